@@ -1,0 +1,19 @@
+# Fails the build if an object compiled with ISA flags defines a weak (COMDAT) symbol: the linker
+# keeps one copy of such a symbol for the whole module, and if it kept the AVX2/AVX512 copy, code
+# that runs before dispatch (or on CPUs without that ISA) would execute those instructions.
+# Called as: cmake -DNM=<nm> -DOBJECTS="<obj;obj;...>" -P check_isa_isolation.cmake
+foreach(obj IN LISTS OBJECTS)
+  if(NOT obj MATCHES "/kernels/(avx2|avx512|amx)/")
+    continue()
+  endif()
+  execute_process(COMMAND "${NM}" --defined-only -C "${obj}" OUTPUT_VARIABLE syms RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "nm failed on ${obj}")
+  endif()
+  string(REGEX MATCHALL "[^\n]* [WVu] [^\n]*" weak "${syms}")
+  if(weak)
+    string(REPLACE ";" "\n  " weak "${weak}")
+    message(FATAL_ERROR "ISA kernel object ${obj} defines weak symbols that other code could bind to:\n  ${weak}\n"
+                        "Give them internal linkage (anonymous namespace) or move them out of the kernel file.")
+  endif()
+endforeach()

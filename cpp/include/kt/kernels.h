@@ -1,0 +1,73 @@
+// The MoE micro-kernel interface and the kernel table (ordered best-first).
+// A row serves one weight format on one ISA tier and names the activation format it reads.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kt/cpu_features.h"
+#include "kt/formats.h"
+
+namespace kt {
+
+// Rows of activations in the kernel's activation format; K padded to the weights' Kp with zeros.
+struct ActView {
+  ActFormat format = ActFormat::f32;
+  const uint8_t* data = nullptr;
+  size_t stride = 0;              // bytes between rows
+  const float* scale = nullptr;   // q8s/q8u: per-row scale s, x ~ s * q
+  const int32_t* gsum = nullptr;  // q8s: per-row sums of q over each group of 32 k
+  int gsum_stride = 0;            // int32s between rows of gsum
+  int Kp = 0;
+};
+
+// stage 1 of an expert: h[i, n] = silu(gate[n] . x[rows[i]]) * (up[n] . x[rows[i]])
+//   for panels [p0, p1) (n = 16 p + c) and i in [0, m); rows == nullptr means row i.
+struct GateUpArgs {
+  const PackedMatrix* gate;
+  const PackedMatrix* up;
+  ActView act;
+  const int32_t* rows;
+  int m;
+  int p0, p1;
+  float* h;
+  size_t ldh;  // floats between rows of h
+};
+
+// stage 2 of an expert: out[tok[i], n] += weight[i] * (down[n] . h[i])
+//   for panels [p0, p1) and i in [0, m); out rows are ldo floats apart, padded to whole panels.
+struct DownArgs {
+  const PackedMatrix* down;
+  ActView act;
+  int m;
+  const int32_t* tok;
+  const float* weight;
+  int p0, p1;
+  float* out;
+  size_t ldo;
+};
+
+using GateUpFn = void (*)(const GateUpArgs&);
+using DownFn = void (*)(const DownArgs&);
+
+struct KernelRow {
+  FormatId format;
+  IsaTier tier;      // lowest tier that runs it
+  ActFormat act;
+  const char* name;  // <op>_<weight fmt>_<act fmt>_<MR>x<NR>__<isa>, gate/up variant
+  GateUpFn gateup;
+  DownFn down;
+};
+
+const std::vector<KernelRow>& kernel_table();
+// First row for `format` whose tier is at most `tier`. The generic tier always has one.
+const KernelRow& select_kernel(FormatId format, IsaTier tier);
+
+// Activation quantization (ISA-free, identical for every tier so that tiers see the same input).
+// Converts one row of K fp32 values into `format`, zero-padded to Kp. Returns false if the row
+// holds NaN or Inf.
+bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale,
+                      int32_t* gsum);
+size_t act_row_bytes(ActFormat format, int Kp);
+
+}  // namespace kt

@@ -1,0 +1,76 @@
+// The MoE operator on the CPU experts of one layer:
+//   out[t] = sum_k w[t,k] * down_e( silu(gate_e(x_t)) * up_e(x_t) ),  e = ids[t,k]
+// e is a physical expert slot; ids of -1 and of slots that run on the GPU contribute nothing.
+// The intermediate dimension I is split across sub-pools at load: sub-pool p owns gate/up rows
+// and down columns [i0_p, i1_p) of every CPU expert and produces a partial output that the last
+// stage sums in fp32.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kt/engine.h"
+#include "kt/formats.h"
+#include "kt/kernels.h"
+
+namespace kt {
+
+struct MoeConfig {
+  int num_experts = 0;  // physical slots
+  int topk = 0;
+  int hidden = 0;        // H
+  int intermediate = 0;  // I
+  FormatId format = FormatId::bf16;
+  std::vector<uint8_t> on_cpu;  // per slot: 1 if its weights live here
+  int chunk_tokens = 0;         // tokens per pass; larger calls run in chunks
+};
+
+struct MoeStats {
+  size_t weight_bytes = 0;  // packed expert weights held in host memory
+  int cpu_experts = 0;
+};
+
+class MoeLayer {
+ public:
+  MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config);
+  ~MoeLayer();
+
+  // gate, up: [E_logical, I, H]; down: [E_logical, H, I]; dtype f32/bf16/f16, contiguous.
+  // Slot p takes logical expert map[p]. Quantizes and packs on the engine's threads.
+  void load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
+                         const int64_t* map, int num_logical);
+  bool loaded() const { return loaded_; }
+
+  // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) must stay alive
+  // until the job is done. ids are int32 or int64 [M, topk]; weights f32 or bf16 [M, topk].
+  std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
+                              const void* weights, DType w_dtype, int M, uint16_t* out);
+
+  const KernelRow& kernel() const { return *kernel_; }
+  IsaTier tier() const { return tier_; }
+  MoeStats stats() const;
+  const MoeConfig& config() const { return cfg_; }
+  // Sub-pool p owns intermediate channels [bounds[p], bounds[p+1]).
+  const std::vector<int>& slice_bounds() const { return bounds_; }
+
+ private:
+  struct Slice;        // one sub-pool's packed weights
+  struct Staging;      // a call's private copy of its inputs
+  void forward(const Staging& in, int M, uint16_t* out);
+  void forward_chunk(const Staging& in, int t0, int M, uint16_t* out);
+
+  std::shared_ptr<Engine> engine_;
+  MoeConfig cfg_;
+  IsaTier tier_;
+  const KernelRow* kernel_;
+  std::vector<int> bounds_;
+  std::vector<std::unique_ptr<Slice>> slices_;
+  bool loaded_ = false;
+};
+
+// Staging buffers of calls, keyed by batch size and reused (set_capture_batch_sizes preallocates).
+void set_capture_batch_sizes(const std::vector<int>& sizes);
+std::vector<int> capture_batch_sizes();
+void clear_buffer_cache();
+
+}  // namespace kt

@@ -1,0 +1,67 @@
+// Per-token activation quantization for the kernels: one scale per row, s = amax / 127,
+// q = round_half_even(x / s). The int4 kernels also need the sum of q over each group of 32
+// to apply the group minimum: sum_k (d q_w + m) s q_a = s (d sum q_w q_a + m sum q_a).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kt/kernels.h"
+
+namespace kt {
+
+size_t act_row_bytes(ActFormat format, int Kp) {
+  switch (format) {
+    case ActFormat::f32: return size_t(Kp) * 4;
+    case ActFormat::bf16: return size_t(Kp) * 2;
+    case ActFormat::q8s:
+    case ActFormat::q8u: return size_t(Kp);
+  }
+  return 0;
+}
+
+bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale,
+                      int32_t* gsum) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int k = 0; k < K; ++k) {
+    finite &= std::isfinite(x[k]);
+    amax = std::max(amax, std::fabs(x[k]));
+  }
+  if (!finite) return false;
+  switch (format) {
+    case ActFormat::f32: {
+      float* o = reinterpret_cast<float*>(dst);
+      std::memcpy(o, x, size_t(K) * 4);
+      std::fill(o + K, o + Kp, 0.f);
+      return true;
+    }
+    case ActFormat::bf16: {
+      uint16_t* o = reinterpret_cast<uint16_t*>(dst);
+      for (int k = 0; k < K; ++k) o[k] = f32_to_bf16(x[k]);
+      std::fill(o + K, o + Kp, uint16_t(0));
+      return true;
+    }
+    case ActFormat::q8s:
+    case ActFormat::q8u: {
+      float s = amax / 127.f;
+      float inv = s > 0.f ? 127.f / amax : 0.f;
+      *scale = s;
+      int8_t* q = reinterpret_cast<int8_t*>(dst);
+      for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] * inv));
+      std::fill(q + K, q + Kp, int8_t(0));
+      if (format == ActFormat::q8s) {
+        for (int g = 0; g < Kp / 32; ++g) {
+          int32_t sum = 0;
+          for (int k = 0; k < 32; ++k) sum += q[g * 32 + k];
+          gsum[g] = sum;
+        }
+      } else {
+        for (int k = 0; k < Kp; ++k) dst[k] = uint8_t(q[k] + 128);
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace kt

@@ -1,0 +1,139 @@
+// AVX2 drivers shared by the avx2 kernel files (AVX2 + FMA + F16C, 8 fp32 lanes per ymm).
+// Everything here has internal linkage: each kernel TU is compiled with its own ISA flags, and a
+// shared inline symbol could otherwise be resolved to a copy that uses instructions the host lacks.
+//
+// A packed panel holds 16 channels, which is two ymm halves: in every format the bytes of channels
+// 0-7 are the first 32 bytes of each 64-byte step and channels 8-15 the last 32 (per-channel
+// scales likewise split in two). With 16 ymm registers an MR = 4 block of gate and up for all 16
+// channels would need 16 accumulators alone, so large blocks run the K loop once per half. Small
+// blocks (NM * MR <= 2, e.g. one decode token) take both halves in one pass instead: their weights
+// are not reused across rows, and one pass reads every 64-byte line once rather than twice.
+//
+// A Tile policy computes an MR x (8 * NH) block of fp32 dot products for NM matrices (2: gate and
+// up, 1: down) over the whole padded K, for the halves h0 .. h0 + NH - 1 of the panel:
+//   template <int NM, int MR, int NH> static void compute(const uint8_t* const* w, int h0, int Kp,
+//                                                         const ActView& act, const int* rows,
+//                                                         __m256 (&acc)[NM][MR][NH]);
+// The drivers walk panels, then rows in blocks of MR (tails dispatch to MR = 1..3), then the
+// halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
+// h = silu(g) * u for gate/up, out += weight * y for down.
+#pragma once
+#include <immintrin.h>
+
+#include "kt/kernels.h"
+
+namespace kt::avx2 {
+namespace {
+
+constexpr int kMR = 4;
+constexpr int kHalfN = 8;  // channels per ymm half of a panel
+
+// halves of a panel per K pass for a block of NM matrices x MR rows (see above)
+constexpr int halves_per_pass(int nm, int mr) { return nm * mr <= 2 ? 2 : 1; }
+
+// An empty asm that makes v an opaque register value here. Integer adds are associative, so GCC
+// rewrites the accumulation chains of an unrolled loop into trees, which keeps far more values
+// live than 16 ymm registers hold and spills the accumulators; this pins the chain order.
+inline void keep_in_register(__m256i& v) { __asm__("" : "+x"(v)); }
+
+// exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
+// before fp32 rounding). The clamp keeps 2^n * e^r a normal float, so 2^n can be applied by adding
+// n to the exponent field of e^r (AVX2 has no scalef).
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln2 split in a short high part (n * hi is exact) and the rest
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.f / 5040.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  // n in [-126, 128] and p in [0.7, 1.42]: the biased exponent of p * 2^n stays in [1, 254]
+  __m256i pow2n = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), pow2n));
+}
+
+// silu(g) * u = g * u / (1 + exp(-g))
+inline __m256 silu_mul(__m256 g, __m256 u) {
+  __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+  return _mm256_div_ps(_mm256_mul_ps(g, u), den);
+}
+
+template <class Tile, int MR>
+inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0) {
+  constexpr int NH = halves_per_pass(2, MR);
+  int rows[MR];
+  for (int r = 0; r < MR; ++r) rows[r] = a.rows ? a.rows[i0 + r] : i0 + r;
+  for (int h0 = 0; h0 < 2; h0 += NH) {
+    __m256 acc[2][MR][NH];
+    Tile::template compute<2, MR, NH>(w, h0, a.act.Kp, a.act, rows, acc);
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < NH; ++h)
+        _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + (h0 + h) * kHalfN,
+                         silu_mul(acc[0][r][h], acc[1][r][h]));
+  }
+}
+
+template <class Tile>
+void gateup(const GateUpArgs& a) {
+  for (int p = a.p0; p < a.p1; ++p) {
+    const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
+    int i = 0;
+    for (; i + kMR <= a.m; i += kMR) gateup_block<Tile, kMR>(a, w, p, i);
+    switch (a.m - i) {
+      case 3: gateup_block<Tile, 3>(a, w, p, i); break;
+      case 2: gateup_block<Tile, 2>(a, w, p, i); break;
+      case 1: gateup_block<Tile, 1>(a, w, p, i); break;
+      default: break;
+    }
+  }
+}
+
+template <class Tile, int MR>
+inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0) {
+  constexpr int NH = halves_per_pass(1, MR);
+  int rows[MR];
+  for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
+  for (int h0 = 0; h0 < 2; h0 += NH) {
+    __m256 acc[1][MR][NH];
+    Tile::template compute<1, MR, NH>(w, h0, a.act.Kp, a.act, rows, acc);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 weight = _mm256_set1_ps(a.weight[i0 + r]);
+      for (int h = 0; h < NH; ++h) {
+        float* o = a.out + a.ldo * a.tok[i0 + r] + p * kPanelN + (h0 + h) * kHalfN;
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(weight, acc[0][r][h], _mm256_loadu_ps(o)));
+      }
+    }
+  }
+}
+
+template <class Tile>
+void down(const DownArgs& a) {
+  for (int p = a.p0; p < a.p1; ++p) {
+    const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
+    int i = 0;
+    for (; i + kMR <= a.m; i += kMR) down_block<Tile, kMR>(a, w, p, i);
+    switch (a.m - i) {
+      case 3: down_block<Tile, 3>(a, w, p, i); break;
+      case 2: down_block<Tile, 2>(a, w, p, i); break;
+      case 1: down_block<Tile, 1>(a, w, p, i); break;
+      default: break;
+    }
+  }
+}
+
+// 4 bytes at p (any alignment) in every 32-bit lane
+inline __m256i bcast32(const void* p) {
+  int v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+}  // namespace
+}  // namespace kt::avx2

@@ -1,0 +1,87 @@
+// [NOTE] int4_g32 weights x q8s activations with AVX2 + F16C. Per group g of 32 k, row r:
+//   isum = sum_k q_w q_a                          (int32 per channel)
+//   acc += cvt(isum) * d[g] + m[g] * gsum_a[r,g]  (fp32, d and m widened from fp16)
+// and at the end acc *= s_a[r], as in the reference.
+// The 4-product dot is pmaddubsw (u8 nibble x s8, pairs at most 2 * 15 * 128 = 3840). Unlike the
+// AVX512 tile, the 8 pmaddubsw results of a group are summed in int16 (at most 8 * 3840 = 30720
+// < 2^15, exact) and widened once per group with pmaddwd. The integer sums equal the reference's;
+// the fp32 accumulation uses FMA, so results differ from it by fp32 rounding only.
+// The matrices are computed one after the other: 16 ymm registers hold the fp32 accumulators and
+// int16 sums of one matrix, not of two.   Layout in formats/int4_g32.cpp.
+#include "kernels/avx2/avx2_driver.h"
+#include "kernels/kernel_decls.h"
+
+namespace kt {
+namespace {
+
+constexpr int kGroupBytes = 320;  // 4 blocks of 64 nibble-pair bytes, then 16 d and 16 m (fp16)
+
+struct Int4G32Tile {
+  // one matrix: acc[r][h] for rows r and halves h0 + h
+  template <int MR, int NH>
+  static void compute_one(const uint8_t* w, int h0, int Kp, const int8_t* const* x,
+                          const int32_t* const* gs, __m256 (&acc)[MR][NH]) {
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_ps();
+    for (int g = 0; g < Kp / 32; ++g) {
+      const uint8_t* blk = w + size_t(g) * kGroupBytes;
+      __m256i sum16[MR][NH];
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < NH; ++h) sum16[r][h] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m256i lo[NH], hi[NH];
+        for (int h = 0; h < NH; ++h) {
+          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 64 + (h0 + h) * 32));
+          lo[h] = _mm256_and_si256(v, nib);                         // k = 8j .. 8j+3
+          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);  // k = 8j+4 .. 8j+7
+        }
+        for (int r = 0; r < MR; ++r) {
+          __m256i a_lo = avx2::bcast32(x[r] + g * 32 + j * 8);
+          __m256i a_hi = avx2::bcast32(x[r] + g * 32 + j * 8 + 4);
+          for (int h = 0; h < NH; ++h) {
+            sum16[r][h] = _mm256_add_epi16(sum16[r][h], _mm256_maddubs_epi16(lo[h], a_lo));
+            sum16[r][h] = _mm256_add_epi16(sum16[r][h], _mm256_maddubs_epi16(hi[h], a_hi));
+            avx2::keep_in_register(sum16[r][h]);
+          }
+        }
+      }
+      for (int h = 0; h < NH; ++h) {
+        const uint8_t* dm = blk + 256 + (h0 + h) * 16;
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm)));
+        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm + 32)));
+        for (int r = 0; r < MR; ++r) {
+          __m256i isum = _mm256_madd_epi16(sum16[r][h], ones);
+          acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][h]);
+          acc[r][h] = _mm256_fmadd_ps(m, _mm256_set1_ps(float(gs[r][g])), acc[r][h]);
+        }
+      }
+    }
+  }
+
+  template <int NM, int MR, int NH>
+  static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
+                      __m256 (&acc)[NM][MR][NH]) {
+    const int8_t* x[MR];
+    const int32_t* gs[MR];
+    for (int r = 0; r < MR; ++r) {
+      x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
+      gs[r] = act.gsum + size_t(act.gsum_stride) * rows[r];
+    }
+    for (int t = 0; t < NM; ++t) compute_one<MR, NH>(w[t], h0, Kp, x, gs, acc[t]);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 s = _mm256_set1_ps(act.scale[rows[r]]);
+      for (int t = 0; t < NM; ++t)
+        for (int h = 0; h < NH; ++h) acc[t][r][h] = _mm256_mul_ps(acc[t][r][h], s);
+    }
+  }
+};
+
+}  // namespace
+
+void gateup_int4g32_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int4G32Tile>(a); }
+void down_int4g32_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int4G32Tile>(a); }
+
+}  // namespace kt

@@ -1,0 +1,62 @@
+// [NOTE] int8_pc weights x q8s activations with AVX2:  y = s_a * s_w[c] * sum_k q_w[c,k] q_a[k]
+// pmaddubsw needs one unsigned operand: use |q_w| and move the weight's sign onto the activation
+// with psignb,  q_w * q_a = |q_w| * (sign(q_w) q_a),  pairs at most 2 * 127 * 127 < 2^15, so no
+// saturation, and pmaddwd with ones widens the pairs to int32. The integer sum is exact and the
+// scaling is applied in the reference's order, s_a * (s_w * sum), so the dot products match it.
+// The comp array after the scales serves the VNNI kernel and is not read here.
+// Layout in formats/int8_pc.cpp.
+#include "kernels/avx2/avx2_driver.h"
+#include "kernels/kernel_decls.h"
+
+namespace kt {
+namespace {
+
+struct Int8Tile {
+  template <int NM, int MR, int NH>
+  static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
+                      __m256 (&acc)[NM][MR][NH]) {
+    const int8_t* x[MR];
+    for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
+    const uint8_t* wh[NM][NH];
+    for (int t = 0; t < NM; ++t)
+      for (int h = 0; h < NH; ++h) wh[t][h] = w[t] + (h0 + h) * 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i isum[NM][MR][NH];
+    for (int t = 0; t < NM; ++t)
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < NH; ++h) isum[t][r][h] = _mm256_setzero_si256();
+    for (int s = 0; s < Kp / 4; ++s) {
+      __m256i v[NM][NH], wabs[NM][NH];
+      for (int t = 0; t < NM; ++t)
+        for (int h = 0; h < NH; ++h) {
+          v[t][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh[t][h] + size_t(s) * 64));
+          wabs[t][h] = _mm256_abs_epi8(v[t][h]);
+        }
+      for (int r = 0; r < MR; ++r) {
+        __m256i a = avx2::bcast32(x[r] + s * 4);
+        for (int t = 0; t < NM; ++t)
+          for (int h = 0; h < NH; ++h) {
+            // psignb also zeroes a where q_w = 0, where |q_w| = 0 anyway
+            __m256i pairs = _mm256_maddubs_epi16(wabs[t][h], _mm256_sign_epi8(a, v[t][h]));
+            isum[t][r][h] = _mm256_add_epi32(isum[t][r][h], _mm256_madd_epi16(pairs, ones));
+            avx2::keep_in_register(isum[t][r][h]);
+          }
+      }
+    }
+    for (int t = 0; t < NM; ++t)
+      for (int h = 0; h < NH; ++h) {
+        const float* scale = reinterpret_cast<const float*>(w[t] + size_t(Kp) * kPanelN) + (h0 + h) * avx2::kHalfN;
+        const __m256 sw = _mm256_loadu_ps(scale);
+        for (int r = 0; r < MR; ++r)
+          acc[t][r][h] = _mm256_mul_ps(_mm256_set1_ps(act.scale[rows[r]]),
+                                       _mm256_mul_ps(sw, _mm256_cvtepi32_ps(isum[t][r][h])));
+      }
+  }
+};
+
+}  // namespace
+
+void gateup_int8pc_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int8Tile>(a); }
+void down_int8pc_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int8Tile>(a); }
+
+}  // namespace kt

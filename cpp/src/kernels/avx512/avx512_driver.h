@@ -1,0 +1,106 @@
+// AVX512 drivers shared by the avx512, avx512_vnni and avx512_bf16 kernel files.
+// Everything here has internal linkage: each kernel TU is compiled with its own ISA flags, and a
+// shared inline symbol could otherwise be resolved to a copy that uses instructions the host lacks.
+//
+// A Tile policy computes an MR x 16 block of fp32 dot products for NM matrices (2: gate and up,
+// 1: down) over the whole padded K:
+//   template <int NM, int MR> static void compute(const uint8_t* const* w, int Kp,
+//                                                 const ActView& act, const int* rows,
+//                                                 __m512 (&acc)[NM][MR]);
+// The drivers walk panels, then rows in blocks of MR (tails dispatch to MR = 1..3), and fuse the
+// epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
+#pragma once
+#include <immintrin.h>
+
+#include "kt/kernels.h"
+
+namespace kt::avx512 {
+namespace {
+
+constexpr int kMR = 4;
+
+// exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
+// before fp32 rounding).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// silu(g) * u = g * u / (1 + exp(-g))
+inline __m512 silu_mul(__m512 g, __m512 u) {
+  __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+  return _mm512_div_ps(_mm512_mul_ps(g, u), den);
+}
+
+template <class Tile, int MR>
+inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0) {
+  int rows[MR];
+  for (int r = 0; r < MR; ++r) rows[r] = a.rows ? a.rows[i0 + r] : i0 + r;
+  __m512 acc[2][MR];
+  Tile::template compute<2, MR>(w, a.act.Kp, a.act, rows, acc);
+  for (int r = 0; r < MR; ++r)
+    _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, silu_mul(acc[0][r], acc[1][r]));
+}
+
+template <class Tile>
+void gateup(const GateUpArgs& a) {
+  for (int p = a.p0; p < a.p1; ++p) {
+    const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
+    int i = 0;
+    for (; i + kMR <= a.m; i += kMR) gateup_block<Tile, kMR>(a, w, p, i);
+    switch (a.m - i) {
+      case 3: gateup_block<Tile, 3>(a, w, p, i); break;
+      case 2: gateup_block<Tile, 2>(a, w, p, i); break;
+      case 1: gateup_block<Tile, 1>(a, w, p, i); break;
+      default: break;
+    }
+  }
+}
+
+template <class Tile, int MR>
+inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0) {
+  int rows[MR];
+  for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
+  __m512 acc[1][MR];
+  Tile::template compute<1, MR>(w, a.act.Kp, a.act, rows, acc);
+  for (int r = 0; r < MR; ++r) {
+    float* o = a.out + a.ldo * a.tok[i0 + r] + p * kPanelN;
+    _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(a.weight[i0 + r]), acc[0][r], _mm512_loadu_ps(o)));
+  }
+}
+
+template <class Tile>
+void down(const DownArgs& a) {
+  for (int p = a.p0; p < a.p1; ++p) {
+    const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
+    int i = 0;
+    for (; i + kMR <= a.m; i += kMR) down_block<Tile, kMR>(a, w, p, i);
+    switch (a.m - i) {
+      case 3: down_block<Tile, 3>(a, w, p, i); break;
+      case 2: down_block<Tile, 2>(a, w, p, i); break;
+      case 1: down_block<Tile, 1>(a, w, p, i); break;
+      default: break;
+    }
+  }
+}
+
+inline __m512i bcast32(const void* p) {
+  int v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+}  // namespace
+}  // namespace kt::avx512

@@ -1,0 +1,66 @@
+// int4_g32 x q8s tile for AVX512, shared by the pmaddubsw (avx512) and vpdpbusd (avx512_vnni)
+// kernels, which differ only in the Dot policy: acc += sum of 4 products u8 (weights) x s8 (x).
+// Per group g of 32 k, for each row r and matrix:
+//   isum = sum_k q_w q_a                          (int32, 16 channels)
+//   acc += cvt(isum) * d[g] + m[g] * gsum_a[r,g]  (fp32)
+// and at the end acc *= s_a[r].  Layout in formats/int4_g32.cpp.
+#pragma once
+#include "kernels/avx512/avx512_driver.h"
+
+namespace kt::avx512 {
+namespace {
+
+template <class Dot>
+struct Int4G32Tile {
+  template <int NM, int MR>
+  static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
+                      __m512 (&acc)[NM][MR]) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const int8_t* x[MR];
+    const int32_t* gs[MR];
+    for (int r = 0; r < MR; ++r) {
+      x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
+      gs[r] = act.gsum + size_t(act.gsum_stride) * rows[r];
+    }
+    for (int t = 0; t < NM; ++t)
+      for (int r = 0; r < MR; ++r) acc[t][r] = _mm512_setzero_ps();
+    for (int g = 0; g < Kp / 32; ++g) {
+      __m512i isum[NM][MR];
+      for (int t = 0; t < NM; ++t)
+        for (int r = 0; r < MR; ++r) isum[t][r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512i lo[NM], hi[NM];
+        for (int t = 0; t < NM; ++t) {
+          __m512i v = _mm512_loadu_si512(w[t] + size_t(g) * 320 + j * 64);
+          lo[t] = _mm512_and_si512(v, nib);
+          hi[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+        }
+        for (int r = 0; r < MR; ++r) {
+          __m512i a_lo = bcast32(x[r] + g * 32 + j * 8);
+          __m512i a_hi = bcast32(x[r] + g * 32 + j * 8 + 4);
+          for (int t = 0; t < NM; ++t) {
+            isum[t][r] = Dot::dp(isum[t][r], lo[t], a_lo);
+            isum[t][r] = Dot::dp(isum[t][r], hi[t], a_hi);
+          }
+        }
+      }
+      for (int t = 0; t < NM; ++t) {
+        const uint8_t* dm = w[t] + size_t(g) * 320 + 256;
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
+        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
+        for (int r = 0; r < MR; ++r) {
+          acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][r]), d, acc[t][r]);
+          acc[t][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(float(gs[r][g])), acc[t][r]);
+        }
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      __m512 s = _mm512_set1_ps(act.scale[rows[r]]);
+      for (int t = 0; t < NM; ++t) acc[t][r] = _mm512_mul_ps(acc[t][r], s);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace kt::avx512

@@ -1,0 +1,31 @@
+// Every kernel entry point, by tier. Each is defined in its own file under kernels/<isa>/.
+#pragma once
+#include "kt/kernels.h"
+
+namespace kt {
+
+#define KT_DECLARE_KERNEL(fmt_act_tile_isa)            \
+  void gateup_##fmt_act_tile_isa(const GateUpArgs& a); \
+  void down_##fmt_act_tile_isa(const DownArgs& a);
+
+// generic: scalar reference twins
+KT_DECLARE_KERNEL(bf16_f32_1x16__ref)
+KT_DECLARE_KERNEL(int8pc_q8s_1x16__ref)
+KT_DECLARE_KERNEL(int4g32_q8s_1x16__ref)
+// avx2
+KT_DECLARE_KERNEL(bf16_f32_4x16__avx2)
+KT_DECLARE_KERNEL(int8pc_q8s_4x16__avx2)
+KT_DECLARE_KERNEL(int4g32_q8s_4x16__avx2)
+// avx512
+KT_DECLARE_KERNEL(bf16_f32_4x16__avx512)
+KT_DECLARE_KERNEL(int8pc_q8s_4x16__avx512)
+KT_DECLARE_KERNEL(int4g32_q8s_4x16__avx512)
+// avx512_vnni
+KT_DECLARE_KERNEL(int8pc_q8u_4x16__avx512vnni)
+KT_DECLARE_KERNEL(int4g32_q8s_4x16__avx512vnni)
+// avx512_bf16
+KT_DECLARE_KERNEL(bf16_bf16_4x16__avx512bf16)
+
+#undef KT_DECLARE_KERNEL
+
+}  // namespace kt

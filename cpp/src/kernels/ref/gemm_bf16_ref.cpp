@@ -1,0 +1,24 @@
+// [NOTE] Reference kernels for bf16 weights, fp32 activations: y[c] = sum_k w[c,k] x[k] in fp32,
+// k in order. Layout in formats/bf16.cpp.
+#include "kernels/kernel_decls.h"
+#include "kernels/ref/ref_driver.h"
+
+namespace kt {
+namespace {
+
+struct Bf16Dot {
+  static void dot(const uint8_t* panel, int Kp, const ActView& act, int row, float* y) {
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(panel);
+    const float* x = reinterpret_cast<const float*>(act.data + act.stride * row);
+    for (int c = 0; c < kPanelN; ++c) y[c] = 0.f;
+    for (int k = 0; k < Kp; ++k)
+      for (int c = 0; c < kPanelN; ++c) y[c] += bf16_to_f32(w[(k / 2) * 32 + c * 2 + (k & 1)]) * x[k];
+  }
+};
+
+}  // namespace
+
+void gateup_bf16_f32_1x16__ref(const GateUpArgs& a) { ref::gateup<Bf16Dot>(a); }
+void down_bf16_f32_1x16__ref(const DownArgs& a) { ref::down<Bf16Dot>(a); }
+
+}  // namespace kt

@@ -1,0 +1,28 @@
+// [NOTE] Reference kernels for int8_pc weights, q8s activations:
+//   y[c] = s_a * s_w[c] * sum_k q_w[c,k] q_a[k]   (int32 sum, exact)
+// Layout in formats/int8_pc.cpp.
+#include "kernels/kernel_decls.h"
+#include "kernels/ref/ref_driver.h"
+
+namespace kt {
+namespace {
+
+struct Int8Dot {
+  static void dot(const uint8_t* panel, int Kp, const ActView& act, int row, float* y) {
+    const int8_t* w = reinterpret_cast<const int8_t*>(panel);
+    const float* scale = reinterpret_cast<const float*>(panel + size_t(Kp) * kPanelN);
+    const int8_t* x = reinterpret_cast<const int8_t*>(act.data + act.stride * row);
+    for (int c = 0; c < kPanelN; ++c) {
+      int32_t acc = 0;
+      for (int k = 0; k < Kp; ++k) acc += int32_t(w[(k / 4) * 64 + c * 4 + (k & 3)]) * x[k];
+      y[c] = act.scale[row] * (scale[c] * float(acc));
+    }
+  }
+};
+
+}  // namespace
+
+void gateup_int8pc_q8s_1x16__ref(const GateUpArgs& a) { ref::gateup<Int8Dot>(a); }
+void down_int8pc_q8s_1x16__ref(const DownArgs& a) { ref::down<Int8Dot>(a); }
+
+}  // namespace kt

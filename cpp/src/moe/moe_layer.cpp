@@ -1,0 +1,447 @@
+// [NOTE] The MoE operator. A forward of M tokens runs as one job on the engine, chunk by chunk:
+//   stage 0 (leader)   routing buckets: rows of each CPU expert, heaviest expert first
+//   stage 1 (shared)   x -> act format                               xq: [M, Hp]
+//   stage 2 (per pool) h = silu(x W_gate^T) * (x W_up^T)             h_p: [rows, Ip_p]  fp32
+//   stage 3 (per pool) h -> act format                               hq_p
+//   stage 4 (per pool) out_p[t] = sum_rows w * (h W_down^T)          out_p: [M, Hpad] fp32
+//   stage 5 (shared)   out[t] = bf16(sum_p out_p[t])
+// Stage 2 tasks are (expert, panel range); stage 4 tasks are panel ranges of H over all experts,
+// so no two threads write the same output element.
+#include "kt/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "moe/routing.h"
+#include "runtime/host_memory.h"
+
+namespace kt {
+
+namespace {
+
+// Scratch of one engine's forwards; jobs on an engine run one at a time, so one per engine.
+struct Workspace {
+  Buckets buckets;
+  std::vector<uint8_t> xq;
+  std::vector<float> xscale;
+  std::vector<int32_t> xgsum;
+  struct Pool {
+    std::vector<float> h;
+    std::vector<uint8_t> hq;
+    std::vector<float> hscale;
+    std::vector<int32_t> hgsum;
+    std::vector<float> out;
+    std::vector<int32_t> task_expert, task_p0, task_p1;
+  };
+  std::vector<Pool> pools;
+};
+
+std::shared_ptr<Workspace> workspace_for(const Engine* engine) {
+  static std::mutex mu;
+  static std::map<const Engine*, std::weak_ptr<Workspace>> all;
+  std::lock_guard<std::mutex> lock(mu);
+  auto ws = all[engine].lock();
+  if (!ws) {
+    ws = std::make_shared<Workspace>();
+    ws->pools.resize(engine->subpools());
+    all[engine] = ws;
+  }
+  return ws;
+}
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// ---- staging buffers of calls -------------------------------------------------------------
+
+std::mutex g_stage_mu;
+std::vector<int> g_capture_sizes;
+std::map<int, std::vector<std::vector<uint8_t>>> g_free_staging;  // batch size -> free buffers
+
+std::vector<uint8_t> acquire_staging(int M, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_stage_mu);
+  auto it = g_free_staging.find(M);
+  if (it != g_free_staging.end())
+    for (auto b = it->second.begin(); b != it->second.end(); ++b)
+      if (b->size() >= bytes) {
+        std::vector<uint8_t> out = std::move(*b);
+        it->second.erase(b);
+        return out;
+      }
+  return std::vector<uint8_t>(bytes);
+}
+
+void release_staging(int M, std::vector<uint8_t> buf) {
+  std::lock_guard<std::mutex> lock(g_stage_mu);
+  if (std::find(g_capture_sizes.begin(), g_capture_sizes.end(), M) != g_capture_sizes.end())
+    g_free_staging[M].push_back(std::move(buf));
+}
+
+}  // namespace
+
+void set_capture_batch_sizes(const std::vector<int>& sizes) {
+  std::lock_guard<std::mutex> lock(g_stage_mu);
+  g_capture_sizes = sizes;
+}
+
+std::vector<int> capture_batch_sizes() {
+  std::lock_guard<std::mutex> lock(g_stage_mu);
+  return g_capture_sizes;
+}
+
+void clear_buffer_cache() {
+  std::lock_guard<std::mutex> lock(g_stage_mu);
+  g_free_staging.clear();
+}
+
+// ---- layer --------------------------------------------------------------------------------
+
+struct MoeLayer::Slice {
+  int i0 = 0, i1 = 0;
+  std::vector<PackedMatrix> gate, up, down;  // per slot; empty for GPU slots
+  HostBuffer arena;
+  size_t bytes = 0;
+};
+
+struct MoeLayer::Staging {
+  std::vector<uint8_t> buf;
+  const uint8_t* x;
+  DType x_dtype;
+  const int32_t* ids;
+  const float* weights;
+  std::shared_ptr<Workspace> ws;
+};
+
+MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
+    : engine_(std::move(engine)), cfg_(std::move(config)) {
+  auto fail = [](const std::string& m) { throw std::invalid_argument(m); };
+  if (cfg_.num_experts <= 0) fail("num_experts=" + std::to_string(cfg_.num_experts) + " must be positive");
+  if (cfg_.topk <= 0 || cfg_.topk > cfg_.num_experts)
+    fail("num_experts_per_tok=" + std::to_string(cfg_.topk) + " must be in 1..num_experts=" + std::to_string(cfg_.num_experts));
+  if (cfg_.hidden <= 0) fail("hidden_size=" + std::to_string(cfg_.hidden) + " must be positive");
+  if (cfg_.intermediate <= 0) fail("moe_intermediate_size=" + std::to_string(cfg_.intermediate) + " must be positive");
+  if (int(cfg_.on_cpu.size()) != cfg_.num_experts)
+    fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
+  if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
+  tier_ = active_tier();
+  kernel_ = &select_kernel(cfg_.format, tier_);
+  // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
+  const FormatTraits& f = format_traits(cfg_.format);
+  const int unit = std::max(kPanelN, f.group ? f.group : f.k_align);
+  const int units = ceil_div(cfg_.intermediate, unit);
+  const int pools = engine_->subpools();
+  bounds_.push_back(0);
+  for (int p = 0, done = 0; p < pools; ++p) {
+    done += units / pools + (p < units % pools ? 1 : 0);
+    bounds_.push_back(std::min(done * unit, cfg_.intermediate));
+  }
+}
+
+MoeLayer::~MoeLayer() = default;
+
+MoeStats MoeLayer::stats() const {
+  MoeStats s;
+  for (const auto& sl : slices_) s.weight_bytes += sl->bytes;
+  for (uint8_t c : cfg_.on_cpu) s.cpu_experts += c;
+  return s;
+}
+
+void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
+                                 const int64_t* map, int num_logical) {
+  const int E = cfg_.num_experts, H = cfg_.hidden, I = cfg_.intermediate;
+  std::vector<int> cpu_slots;
+  for (int p = 0; p < E; ++p) {
+    if (!cfg_.on_cpu[p]) continue;
+    if (map[p] < 0 || map[p] >= num_logical)
+      throw std::invalid_argument("physical_to_logical_map[" + std::to_string(p) + "] = " + std::to_string(map[p]) +
+                                  " is out of range: the weight tensors hold " + std::to_string(num_logical) + " experts");
+    cpu_slots.push_back(p);
+  }
+  const FormatTraits& f = format_traits(cfg_.format);
+  const int pools = engine_->subpools();
+  std::vector<std::unique_ptr<Slice>> slices;
+  for (int p = 0; p < pools; ++p) {
+    auto s = std::make_unique<Slice>();
+    s->i0 = bounds_[p];
+    s->i1 = bounds_[p + 1];
+    const int ni = s->i1 - s->i0;
+    s->gate.resize(E);
+    s->up.resize(E);
+    s->down.resize(E);
+    size_t off = 0;
+    for (int slot : cpu_slots) {
+      auto shape = [&](PackedMatrix& m, int N, int K) {
+        m.N = N;
+        m.K = K;
+        m.Kp = round_up(K, f.k_align);
+        m.panels = ceil_div(N, kPanelN);
+        m.panel_bytes = f.panel_bytes(m.Kp);
+        m.data = reinterpret_cast<uint8_t*>(off);  // offset until the arena exists
+        off += (m.bytes() + 63) / 64 * 64;
+      };
+      shape(s->gate[slot], ni, H);
+      shape(s->up[slot], ni, H);
+      shape(s->down[slot], H, ni);
+    }
+    s->bytes = off;
+    s->arena = alloc_weights(off);
+    for (int slot : cpu_slots)
+      for (auto* m : {&s->gate[slot], &s->up[slot], &s->down[slot]})
+        m->data = s->arena.get() + reinterpret_cast<size_t>(m->data);
+    slices.push_back(std::move(s));
+  }
+
+  // One task per (slot, matrix): convert to fp32, quantize once, pack each sub-pool's slice.
+  const size_t esz = dtype_size(dtype);
+  auto job = engine_->submit([&] {
+    Stage st;
+    st.shared = true;
+    st.tasks[0] = int(cpu_slots.size()) * 3;
+    st.fn = [&](int, int task) {
+      const int slot = cpu_slots[task / 3], which = task % 3;
+      const int N = which == 2 ? H : I, K = which == 2 ? I : H;
+      const uint8_t* base = static_cast<const uint8_t*>(which == 0 ? gate : which == 1 ? up : down);
+      const uint8_t* src = base + size_t(map[slot]) * size_t(N) * K * esz;
+      thread_local std::vector<float> w;
+      thread_local QuantizedMatrix q;
+      w.resize(size_t(N) * K);
+      for (size_t i = 0; i < w.size(); ++i) {
+        if (dtype == DType::f32) std::memcpy(&w[i], src + i * 4, 4);
+        else {
+          uint16_t h;
+          std::memcpy(&h, src + i * 2, 2);
+          w[i] = dtype == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+        }
+        if (!std::isfinite(w[i]))
+          throw std::invalid_argument(std::string(which == 0 ? "gate" : which == 1 ? "up" : "down") +
+                                      " weights of logical expert " + std::to_string(map[slot]) + " contain NaN or Inf at [" +
+                                      std::to_string(i / K) + ", " + std::to_string(i % K) + "]");
+      }
+      f.quantize_ref(w.data(), N, K, &q);
+      for (auto& s : slices) {
+        if (s->i1 == s->i0) continue;
+        if (which == 2) f.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
+        else f.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
+      }
+    };
+    engine_->run(st);
+  });
+  job->wait();
+  slices_ = std::move(slices);
+  loaded_ = true;
+}
+
+std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
+                                      const void* weights, DType w_dtype, int M, uint16_t* out) {
+  if (!loaded_) throw std::runtime_error("forward called before the expert weights were loaded (call load_weights_from_tensors first)");
+  const int H = cfg_.hidden, K = cfg_.topk, E = cfg_.num_experts;
+  if (M < 0) throw std::invalid_argument("token count " + std::to_string(M) + " is negative");
+  const size_t xbytes = size_t(M) * H * dtype_size(x_dtype);
+  const size_t ibytes = size_t(M) * K * 4;
+  auto in = std::make_shared<Staging>();
+  in->buf = acquire_staging(M, xbytes + 2 * ibytes);
+  uint8_t* xs = in->buf.data();
+  int32_t* is = reinterpret_cast<int32_t*>(xs + xbytes);
+  float* ws = reinterpret_cast<float*>(xs + xbytes + ibytes);
+  // Copy and validate now: the caller may overwrite its tensors as soon as we return.
+  std::memcpy(xs, x, xbytes);
+  for (size_t i = 0; i < size_t(M) * K; ++i) {
+    int64_t id = ids_int64 ? static_cast<const int64_t*>(ids)[i] : static_cast<const int32_t*>(ids)[i];
+    if (id < -1 || id >= E)
+      throw std::invalid_argument("topk_ids[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " +
+                                  std::to_string(id) + " is out of range: valid ids are -1 and 0.." + std::to_string(E - 1) +
+                                  " (num_experts=" + std::to_string(E) + ")");
+    is[i] = int32_t(id);
+    float wv;
+    if (w_dtype == DType::f32) wv = static_cast<const float*>(weights)[i];
+    else wv = bf16_to_f32(static_cast<const uint16_t*>(weights)[i]);
+    if (!std::isfinite(wv))
+      throw std::invalid_argument("topk_weights[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] is " +
+                                  std::to_string(wv) + ": routing weights must be finite");
+    ws[i] = wv;
+  }
+  in->x = xs;
+  in->x_dtype = x_dtype;
+  in->ids = is;
+  in->weights = ws;
+  in->ws = workspace_for(engine_.get());
+  return engine_->submit([this, in, M, out] {
+    struct Release {
+      Staging* s;
+      int M;
+      ~Release() { release_staging(M, std::move(s->buf)); }
+    } release{in.get(), M};
+    forward(*in, M, out);
+  });
+}
+
+void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
+  for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
+    forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
+}
+
+void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
+  Workspace& ws = *in.ws;
+  const int H = cfg_.hidden, K = cfg_.topk;
+  const int pools = engine_->subpools();
+  const FormatTraits& f = format_traits(cfg_.format);
+  const ActFormat af = kernel_->act;
+  const int Hp = round_up(H, f.k_align);
+  const int Hpad = round_up(H, kPanelN);
+  const int h_panels = Hpad / kPanelN;
+
+  // stage 0: routing
+  Buckets& b = ws.buckets;
+  build_buckets(in.ids + size_t(t0) * K, in.weights + size_t(t0) * K, M, K, cfg_.on_cpu, &b);
+  const int rows = b.rows();
+  const int n_exp = int(b.experts.size());
+
+  // stage 1: quantize x
+  const size_t xrow = act_row_bytes(af, Hp);
+  grow(ws.xq, size_t(M) * xrow);
+  grow(ws.xscale, size_t(M));
+  grow(ws.xgsum, size_t(M) * (Hp / 32 + 1));
+  const uint8_t* xin = in.x + size_t(t0) * H * dtype_size(in.x_dtype);
+  const DType xdt = in.x_dtype;
+  const int x_tasks = std::min(M, engine_->threads() * 4);
+  if (rows > 0) {
+    Stage st;
+    st.shared = true;
+    st.tasks[0] = x_tasks;
+    st.fn = [&](int, int task) {
+      thread_local std::vector<float> tmp;
+      tmp.resize(H);
+      for (int t = int(int64_t(M) * task / x_tasks); t < int(int64_t(M) * (task + 1) / x_tasks); ++t) {
+        const float* src;
+        if (xdt == DType::f32) {
+          src = reinterpret_cast<const float*>(xin) + size_t(t) * H;
+        } else {
+          const uint16_t* h16 = reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H;
+          for (int k = 0; k < H; ++k) tmp[k] = xdt == DType::bf16 ? bf16_to_f32(h16[k]) : f16_to_f32(h16[k]);
+          src = tmp.data();
+        }
+        if (!quantize_act_row(af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
+                              ws.xgsum.data() + size_t(t) * (Hp / 32 + 1)))
+          throw std::invalid_argument("hidden_states row " + std::to_string(t0 + t) + " contains NaN or Inf");
+      }
+    };
+    engine_->run(st);
+  }
+
+  // stage 2: gate/up, per pool
+  const ActView xview{af, ws.xq.data(), xrow, ws.xscale.data(), ws.xgsum.data(), Hp / 32 + 1, Hp};
+  Stage gu;
+  for (int p = 0; p < pools; ++p) {
+    Workspace::Pool& wp = ws.pools[p];
+    const Slice& s = *slices_[p];
+    const int ni = s.i1 - s.i0;
+    const int panels = ceil_div(ni, kPanelN);
+    wp.task_expert.clear();
+    wp.task_p0.clear();
+    wp.task_p1.clear();
+    if (ni == 0 || rows == 0) continue;
+    grow(wp.h, size_t(rows) * panels * kPanelN);
+    // enough tasks for dynamic balance: about 4 per thread, never splitting below one panel
+    const int want = engine_->threads_in(p) * 4;
+    const int chunks = std::min(panels, std::max(1, ceil_div(want, n_exp)));
+    for (int j = 0; j < n_exp; ++j)
+      for (int c = 0; c < chunks; ++c) {
+        wp.task_expert.push_back(j);
+        wp.task_p0.push_back(panels * c / chunks);
+        wp.task_p1.push_back(panels * (c + 1) / chunks);
+      }
+    gu.tasks[p] = int(wp.task_expert.size());
+  }
+  gu.fn = [&](int p, int task) {
+    Workspace::Pool& wp = ws.pools[p];
+    const Slice& s = *slices_[p];
+    const int j = wp.task_expert[task], slot = b.experts[j];
+    const int ldh = ceil_div(s.i1 - s.i0, kPanelN) * kPanelN;
+    GateUpArgs a{&s.gate[slot], &s.up[slot], xview, b.tok.data() + b.offset[j], b.count[j],
+                 wp.task_p0[task], wp.task_p1[task], wp.h.data() + size_t(b.offset[j]) * ldh, size_t(ldh)};
+    kernel_->gateup(a);
+  };
+  if (rows > 0) engine_->run(gu);
+
+  // stage 3: quantize h, per pool
+  std::vector<int> kp_down(pools), hrow(pools);
+  Stage hs;
+  for (int p = 0; p < pools; ++p) {
+    const Slice& s = *slices_[p];
+    const int ni = s.i1 - s.i0;
+    if (ni == 0 || rows == 0) continue;
+    kp_down[p] = round_up(ni, f.k_align);
+    hrow[p] = int(act_row_bytes(af, kp_down[p]));
+    Workspace::Pool& wp = ws.pools[p];
+    grow(wp.hq, size_t(rows) * hrow[p]);
+    grow(wp.hscale, size_t(rows));
+    grow(wp.hgsum, size_t(rows) * (kp_down[p] / 32 + 1));
+    hs.tasks[p] = std::min(rows, engine_->threads_in(p) * 4);
+  }
+  hs.fn = [&](int p, int task) {
+    Workspace::Pool& wp = ws.pools[p];
+    const Slice& s = *slices_[p];
+    const int ni = s.i1 - s.i0, ldh = ceil_div(ni, kPanelN) * kPanelN, n = hs.tasks[p];
+    for (int r = int(int64_t(rows) * task / n); r < int(int64_t(rows) * (task + 1) / n); ++r)
+      if (!quantize_act_row(af, wp.h.data() + size_t(r) * ldh, ni, kp_down[p], wp.hq.data() + size_t(r) * hrow[p],
+                            &wp.hscale[r], wp.hgsum.data() + size_t(r) * (kp_down[p] / 32 + 1)))
+        throw std::runtime_error("expert intermediate activations overflowed to Inf/NaN (token " +
+                                 std::to_string(t0 + b.tok[r]) + "); the weights or inputs are out of range");
+  };
+  if (rows > 0) engine_->run(hs);
+
+  // stage 4: down, per pool, over panel ranges of H; each task zeroes then accumulates its columns
+  Stage dn;
+  for (int p = 0; p < pools; ++p) {
+    Workspace::Pool& wp = ws.pools[p];
+    grow(wp.out, size_t(M) * Hpad);
+    dn.tasks[p] = std::min(h_panels, engine_->threads_in(p) * 4);
+  }
+  dn.fn = [&](int p, int task) {
+    Workspace::Pool& wp = ws.pools[p];
+    const Slice& s = *slices_[p];
+    const int n = dn.tasks[p];
+    const int p0 = h_panels * task / n, p1 = h_panels * (task + 1) / n;
+    for (int t = 0; t < M; ++t)
+      std::memset(wp.out.data() + size_t(t) * Hpad + p0 * kPanelN, 0, size_t(p1 - p0) * kPanelN * 4);
+    if (s.i1 == s.i0) return;
+    for (int j = 0; j < n_exp; ++j) {
+      const int slot = b.experts[j], r0 = b.offset[j];
+      ActView hv{af, wp.hq.data() + size_t(r0) * hrow[p], size_t(hrow[p]), wp.hscale.data() + r0,
+                 wp.hgsum.data() + size_t(r0) * (kp_down[p] / 32 + 1), kp_down[p] / 32 + 1, kp_down[p]};
+      DownArgs a{&s.down[slot], hv, b.count[j], b.tok.data() + r0, b.weight.data() + r0, p0, p1,
+                 wp.out.data(), size_t(Hpad)};
+      kernel_->down(a);
+    }
+  };
+  engine_->run(dn);
+
+  // stage 5: sum the sub-pools' partial outputs in fp32, round to bf16
+  Stage red;
+  red.shared = true;
+  const int r_tasks = std::min(M, engine_->threads() * 4);
+  red.tasks[0] = r_tasks;
+  red.fn = [&](int, int task) {
+    for (int t = int(int64_t(M) * task / r_tasks); t < int(int64_t(M) * (task + 1) / r_tasks); ++t) {
+      uint16_t* o = out + size_t(t0 + t) * H;
+      const float* o0 = ws.pools[0].out.data() + size_t(t) * Hpad;
+      for (int h = 0; h < H; ++h) {
+        float v = o0[h];
+        for (int p = 1; p < pools; ++p) v += ws.pools[p].out[size_t(t) * Hpad + h];
+        o[h] = f32_to_bf16(v);
+      }
+    }
+  };
+  if (M > 0) engine_->run(red);
+}
+
+}  // namespace kt

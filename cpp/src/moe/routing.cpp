@@ -1,0 +1,42 @@
+#include "moe/routing.h"
+
+#include <algorithm>
+
+namespace kt {
+
+void build_buckets(const int32_t* ids, const float* weights, int M, int topk,
+                   const std::vector<uint8_t>& on_cpu, Buckets* b) {
+  const int E = int(on_cpu.size());
+  b->per_slot.assign(E, 0);
+  for (int i = 0; i < M * topk; ++i)
+    if (ids[i] >= 0 && on_cpu[ids[i]]) ++b->per_slot[ids[i]];
+  b->experts.clear();
+  for (int e = 0; e < E; ++e)
+    if (b->per_slot[e]) b->experts.push_back(e);
+  std::stable_sort(b->experts.begin(), b->experts.end(),
+                   [&](int x, int y) { return b->per_slot[x] > b->per_slot[y]; });
+  const int n = int(b->experts.size());
+  b->offset.resize(n);
+  b->count.resize(n);
+  int rows = 0;
+  for (int j = 0; j < n; ++j) {
+    b->offset[j] = rows;
+    b->count[j] = 0;
+    rows += b->per_slot[b->experts[j]];
+  }
+  // per_slot becomes the slot -> bucket index map for the fill pass
+  for (int j = 0; j < n; ++j) b->per_slot[b->experts[j]] = j;
+  b->tok.resize(rows);
+  b->weight.resize(rows);
+  for (int t = 0; t < M; ++t)
+    for (int k = 0; k < topk; ++k) {
+      int e = ids[t * topk + k];
+      if (e < 0 || !on_cpu[e]) continue;
+      int j = b->per_slot[e];
+      int r = b->offset[j] + b->count[j]++;
+      b->tok[r] = t;
+      b->weight[r] = weights[t * topk + k];
+    }
+}
+
+}  // namespace kt

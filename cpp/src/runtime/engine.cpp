@@ -1,0 +1,152 @@
+// Worker pool and task queue. See kt/engine.h for the threading model.
+#include "kt/engine.h"
+
+#include <immintrin.h>
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace kt {
+namespace {
+
+// About 20-50 us of pause before a waiting thread sleeps: long enough to bridge the gap between
+// two stages of one forward, short enough that an idle engine leaves the cores alone.
+constexpr int kSpinIterations = 2000;
+
+template <class Pred>
+bool spin_until(Pred pred) {
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (pred()) return true;
+    _mm_pause();
+  }
+  return pred();
+}
+
+}  // namespace
+
+void Job::wait() {
+  if (!spin_until([&] { return done(); }))
+    while (!done()) done_.wait(0, std::memory_order_acquire);
+  if (error_) std::rethrow_exception(error_);
+}
+
+Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpools) {
+  if (subpools < 1 || subpools > kMaxSubpools)
+    throw std::invalid_argument("threadpool_count=" + std::to_string(subpools) + " must be in 1.." +
+                                std::to_string(kMaxSubpools));
+  if (threads < subpools)
+    throw std::invalid_argument("cpuinfer_threads=" + std::to_string(threads) +
+                                " must be at least threadpool_count=" + std::to_string(subpools) +
+                                " (each sub-pool needs a thread)");
+  for (int p = 0; p < subpools; ++p) {
+    pool_size_.push_back(threads / subpools + (p < threads % subpools ? 1 : 0));
+    for (int i = 0; i < pool_size_.back(); ++i) thread_pool_.push_back(p);
+  }
+  next_task_ = std::make_unique<std::atomic<int>[]>(subpools + 1);
+  threads_v_.emplace_back([this] { queue_loop(); });
+  for (int t = 1; t < threads; ++t) threads_v_.emplace_back([this, t] { worker_loop(t); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_.store(true);
+  }
+  queue_cv_.notify_all();
+  threads_v_[0].join();  // finishes queued jobs first
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  for (size_t i = 1; i < threads_v_.size(); ++i) threads_v_[i].join();
+}
+
+std::shared_ptr<Engine> Engine::shared(int threads, int subpools) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, std::shared_ptr<Engine>> engines;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& e = engines[{threads, subpools}];
+  if (!e) e = std::make_shared<Engine>(threads, subpools);
+  return e;
+}
+
+std::shared_ptr<Job> Engine::submit(std::function<void()> body) {
+  auto job = std::make_shared<Job>();
+  job->body_ = std::move(body);
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (stop_.load()) throw std::runtime_error("engine is shutting down");
+    queue_.push_back(job);
+  }
+  queue_cv_.notify_one();
+  return job;
+}
+
+void Engine::queue_loop() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stop_.load() || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop requested and nothing left
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    try {
+      job->body_();
+    } catch (...) {
+      job->error_ = std::current_exception();
+    }
+    job->body_ = nullptr;  // release captured buffers before waking the waiter
+    job->done_.store(1, std::memory_order_release);
+    job->done_.notify_all();
+  }
+}
+
+void Engine::run(const Stage& stage) {
+  stage_ = &stage;
+  for (int p = 0; p <= subpools_; ++p) next_task_[p].store(0, std::memory_order_relaxed);
+  abort_.store(false, std::memory_order_relaxed);
+  stage_error_ = nullptr;
+  remaining_.store(threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  work(0);
+  if (!spin_until([&] { return remaining_.load(std::memory_order_acquire) == 0; }))
+    for (int r; (r = remaining_.load(std::memory_order_acquire)) != 0;) remaining_.wait(r, std::memory_order_acquire);
+  stage_ = nullptr;
+  if (stage_error_) std::rethrow_exception(stage_error_);
+}
+
+void Engine::worker_loop(int tid) {
+  uint32_t seen = 0;
+  for (;;) {
+    if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }))
+      generation_.wait(seen, std::memory_order_acquire);
+    seen = generation_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_acquire)) return;
+    work(tid);
+    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_one();
+  }
+}
+
+void Engine::work(int tid) {
+  const Stage& s = *stage_;
+  const int pool = s.shared ? 0 : pool_of(tid);
+  std::atomic<int>& next = s.shared ? next_task_[subpools_] : next_task_[pool];
+  const int n = s.tasks[pool];
+  for (;;) {
+    if (abort_.load(std::memory_order_relaxed)) return;
+    int task = next.fetch_add(1, std::memory_order_relaxed);
+    if (task >= n) return;
+    try {
+      s.fn(s.shared ? pool_of(tid) : pool, task);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu_);
+      if (!stage_error_) stage_error_ = std::current_exception();
+      abort_.store(true, std::memory_order_relaxed);
+    }
+  }
+}
+
+}  // namespace kt

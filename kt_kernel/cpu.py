@@ -1,0 +1,18 @@
+"""What the CPU offers and which ISA tier the kernels use."""
+from __future__ import annotations
+
+from kt_kernel import _ext
+
+
+def cpu_info() -> dict:
+    """Features seen by CPUID/XGETBV, the best tier the CPU runs, the tier in use and why AMX is
+    or is not used. Keys: vendor, brand, flags, best_tier, tiers, override, active_tier, amx."""
+    return _ext.cpu_info()
+
+
+def set_isa(name: str | None) -> None:
+    """Force the kernels of layers created from now on to an ISA tier at or below the CPU's best
+    (one of ``cpu_info()["tiers"]``), or clear the override with ``None``. The environment
+    variable ``KT_KERNEL_ISA`` sets the same override at start-up. Asking for a tier this CPU
+    lacks raises RuntimeError; an unknown name raises ValueError."""
+    _ext.set_isa(name or "")

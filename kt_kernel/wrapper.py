@@ -1,0 +1,245 @@
+"""KTMoEWrapper: the routed experts of one MoE layer, run on the CPU.
+
+Inference engines construct one wrapper per MoE layer, load its weights once and call
+``forward`` (or ``submit_forward`` ... ``sync_forward`` to overlap with GPU work) per step.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from kt_kernel import _ext
+from kt_kernel.formats import METHODS
+
+_FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_ID_DTYPES = (torch.int32, torch.int64)
+_ROUTING_WEIGHT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise NotImplementedError(
+            f"{name} is on {t.device}; this build runs on CPU tensors only (CUDA streams and GPU "
+            "tensors come with the GPU integration). Move it with .cpu()."
+        )
+    if t.dim() != dims:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {dims} dimensions")
+    for i, want in enumerate(shape):
+        if want is not None and t.shape[i] != want:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}: dimension {i} is {t.shape[i]}, expected {want}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}, expected one of {names}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (strides {t.stride()}); call .contiguous() first")
+
+
+class KTMoEWrapper:
+    """The CPU experts of one MoE layer.
+
+    ``topk_ids`` hold physical expert slots; ``physical_to_logical_map[p]`` is the logical expert
+    whose weights fill slot ``p``. Slots marked as GPU experts (the first ``num_gpu_experts``
+    slots, or those set in ``gpu_experts_mask``) and ids equal to -1 contribute nothing, and
+    their weights are not kept in host memory.
+    """
+
+    _capture_batch_sizes: list[int] = []
+
+    def __init__(
+        self,
+        layer_idx: int,
+        num_experts: int,
+        num_experts_per_tok: int,
+        hidden_size: int,
+        moe_intermediate_size: int,
+        num_gpu_experts: int = 0,
+        cpuinfer_threads: Optional[int] = None,
+        threadpool_count: int = 1,
+        weight_path: Optional[str] = None,
+        chunked_prefill_size: int = 512,
+        method: str = "AMXINT4",
+        cpu_save: bool = False,
+        max_deferred_experts_per_token: int = 0,
+        numa_nodes=None,
+        gpu_experts_mask=None,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        if max_deferred_experts_per_token:
+            raise NotImplementedError(
+                "max_deferred_experts_per_token > 0 (deferred experts) is not implemented yet; use 0"
+            )
+        if numa_nodes is not None:
+            raise NotImplementedError(
+                "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
+                "sub-pools run without binding"
+            )
+        if cpu_save:
+            raise NotImplementedError(
+                "cpu_save=True (saving converted weights) is not implemented yet; use "
+                "load_weights_from_tensors"
+            )
+        for name, v in (("num_experts", num_experts), ("num_experts_per_tok", num_experts_per_tok),
+                        ("hidden_size", hidden_size), ("moe_intermediate_size", moe_intermediate_size),
+                        ("chunked_prefill_size", chunked_prefill_size), ("threadpool_count", threadpool_count)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        if num_experts_per_tok > num_experts:
+            raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
+        self.layer_idx = layer_idx
+        self.num_experts = num_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.hidden_size = hidden_size
+        self.moe_intermediate_size = moe_intermediate_size
+        self.weight_path = weight_path
+        self.chunked_prefill_size = chunked_prefill_size
+        self.method = method
+        self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
+        self.num_gpu_experts = int(self.gpu_experts_mask.sum())
+        threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
+        if not isinstance(threads, int) or threads <= 0:
+            raise ValueError(f"cpuinfer_threads={cpuinfer_threads!r} must be a positive integer or None (all cores)")
+        self.cpuinfer_threads = threads
+        self.threadpool_count = threadpool_count
+        self._engine = _ext.Engine.shared(threads, threadpool_count)
+        on_cpu = [0 if g else 1 for g in self.gpu_experts_mask.tolist()]
+        self._layer = _ext.MoeLayer(self._engine, num_experts, num_experts_per_tok, hidden_size,
+                                    moe_intermediate_size, method, on_cpu, chunked_prefill_size)
+        self._pending = None
+
+    def _gpu_mask(self, num_gpu_experts, mask) -> torch.Tensor:
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(torch.bool).cpu().flatten()
+            if mask.numel() != self.num_experts:
+                raise ValueError(f"gpu_experts_mask has {mask.numel()} entries, expected num_experts={self.num_experts}")
+            if num_gpu_experts not in (0, None, int(mask.sum())):
+                raise ValueError(
+                    f"num_gpu_experts={num_gpu_experts} disagrees with gpu_experts_mask, which marks "
+                    f"{int(mask.sum())} experts; give one of them"
+                )
+            return mask
+        n = num_gpu_experts or 0
+        if not isinstance(n, int) or n < 0 or n > self.num_experts:
+            raise ValueError(f"num_gpu_experts={num_gpu_experts!r} must be in 0..num_experts={self.num_experts}")
+        mask = torch.zeros(self.num_experts, dtype=torch.bool)
+        mask[:n] = True
+        return mask
+
+    # ---- weights ------------------------------------------------------------------------
+
+    def load_weights(self, physical_to_logical_map=None) -> None:
+        raise NotImplementedError(
+            "load_weights from converted weight files (weight_path) is not implemented yet; "
+            "use load_weights_from_tensors(gate, up, down, physical_to_logical_map)"
+        )
+
+    def load_weights_from_tensors(self, gate_proj, up_proj, down_proj, physical_to_logical_map=None) -> None:
+        """gate_proj, up_proj: [E, I, H]; down_proj: [E, H, I] (E logical experts), CPU tensors of
+        one dtype among float32, bfloat16, float16. Quantizes to the method's format and packs."""
+        H, I = self.hidden_size, self.moe_intermediate_size
+        if not isinstance(gate_proj, torch.Tensor):
+            raise TypeError(f"gate_proj must be a torch.Tensor, got {type(gate_proj).__name__}")
+        E = gate_proj.shape[0] if gate_proj.dim() == 3 else None
+        _check_tensor("gate_proj", gate_proj, 3, _FLOAT_DTYPES, (None, I, H))
+        _check_tensor("up_proj", up_proj, 3, _FLOAT_DTYPES, (E, I, H))
+        _check_tensor("down_proj", down_proj, 3, _FLOAT_DTYPES, (E, H, I))
+        if not (gate_proj.dtype == up_proj.dtype == down_proj.dtype):
+            raise TypeError(f"gate_proj, up_proj, down_proj have dtypes {gate_proj.dtype}, {up_proj.dtype}, "
+                            f"{down_proj.dtype}; they must share one")
+        if physical_to_logical_map is None:
+            if E != self.num_experts:
+                raise ValueError(f"the weights hold {E} experts and no physical_to_logical_map was given; "
+                                 f"expected num_experts={self.num_experts}")
+            pmap = torch.arange(self.num_experts, dtype=torch.int64)
+        else:
+            pmap = torch.as_tensor(physical_to_logical_map).cpu().flatten()
+            if pmap.dtype.is_floating_point or pmap.dtype == torch.bool:
+                raise TypeError(f"physical_to_logical_map has dtype {pmap.dtype}, expected an integer dtype")
+            pmap = pmap.to(torch.int64).contiguous()
+            if pmap.numel() != self.num_experts:
+                raise ValueError(f"physical_to_logical_map has {pmap.numel()} entries, expected num_experts={self.num_experts}")
+        self._layer.load_from_tensors(gate_proj.data_ptr(), up_proj.data_ptr(), down_proj.data_ptr(),
+                                      _FLOAT_DTYPES[gate_proj.dtype], pmap.data_ptr(), E)
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def submit_forward(self, hidden_states, topk_ids, topk_weights, cuda_stream=None) -> None:
+        """Queue the forward and return at once; the inputs are copied before this returns."""
+        if cuda_stream is not None:
+            raise NotImplementedError("cuda_stream is not supported yet; pass None and CPU tensors")
+        if self._pending is not None:
+            raise RuntimeError(f"layer {self.layer_idx}: submit_forward called twice without sync_forward")
+        H, K = self.hidden_size, self.num_experts_per_tok
+        _check_tensor("hidden_states", hidden_states, 2, _FLOAT_DTYPES, (None, H))
+        M = hidden_states.shape[0]
+        _check_tensor("topk_ids", topk_ids, 2, _ID_DTYPES, (M, K))
+        _check_tensor("topk_weights", topk_weights, 2, _ROUTING_WEIGHT_DTYPES, (M, K))
+        if not self._layer.loaded:
+            raise RuntimeError(f"layer {self.layer_idx}: forward called before the weights were loaded; "
+                               "call load_weights_from_tensors first")
+        out = torch.empty(M, H, dtype=torch.bfloat16)
+        job = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
+                                 topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
+                                 topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M,
+                                 out.data_ptr())
+        self._pending = (job, out)
+
+    def sync_forward(self, hidden_states=None, cuda_stream=None) -> torch.Tensor:
+        """Wait for the submitted forward; returns its output, bf16 [M, hidden_size]."""
+        if self._pending is None:
+            raise RuntimeError(f"layer {self.layer_idx}: sync_forward called without submit_forward")
+        job, out = self._pending
+        self._pending = None
+        job.wait()
+        return out
+
+    def forward(self, hidden_states, topk_ids, topk_weights, cuda_stream=None) -> torch.Tensor:
+        self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream)
+        return self.sync_forward(hidden_states, cuda_stream)
+
+    __call__ = forward
+
+    # ---- introspection ------------------------------------------------------------------
+
+    @property
+    def kernel_name(self) -> str:
+        return self._layer.kernel_name
+
+    @property
+    def isa_tier(self) -> str:
+        return self._layer.tier
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of packed expert weights held in host memory (CPU experts only)."""
+        return self._layer.weight_bytes
+
+    # ---- staging buffers per batch size -------------------------------------------------
+
+    @staticmethod
+    def set_capture_batch_sizes(sizes) -> None:
+        """Keep the staging buffers of calls with these token counts for reuse between calls."""
+        sizes = sorted({int(s) for s in sizes})
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"capture batch sizes must be positive, got {sizes}")
+        KTMoEWrapper._capture_batch_sizes = sizes
+        _ext.set_capture_batch_sizes(sizes)
+
+    @staticmethod
+    def get_capture_batch_sizes() -> list[int]:
+        return list(_ext.capture_batch_sizes())
+
+    @staticmethod
+    def clear_buffer_cache() -> None:
+        _ext.clear_buffer_cache()
