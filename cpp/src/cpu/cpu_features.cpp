@@ -172,7 +172,12 @@ IsaTier active_tier() {
   std::lock_guard<std::mutex> lock(g_override_mu);
   init_override_locked();
   if (g_override.empty()) return f.best;
-  IsaTier t = tier_from_name(g_override);
+  IsaTier t;
+  try {
+    t = tier_from_name(g_override);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("KT_KERNEL_ISA / set_isa: ") + e.what());
+  }
   if (static_cast<int>(t) > static_cast<int>(f.best))
     throw std::runtime_error(std::string("ISA tier '") + g_override + "' was requested (KT_KERNEL_ISA or set_isa) but this CPU supports at most '" +
                              tier_name(f.best) + "'" + (t == IsaTier::amx ? " (AMX: " + f.amx_status + ")" : ""));

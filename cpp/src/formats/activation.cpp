@@ -47,7 +47,11 @@ bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* 
       float inv = s > 0.f ? 127.f / amax : 0.f;
       *scale = s;
       int8_t* q = reinterpret_cast<int8_t*>(dst);
-      for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] * inv));
+      if (std::isinf(inv)) {  // amax below ~3.7e-37: 127/amax overflows, divide by s instead
+        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] / s));
+      } else {
+        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] * inv));
+      }
       std::fill(q + K, q + Kp, int8_t(0));
       if (format == ActFormat::q8s) {
         for (int g = 0; g < Kp / 32; ++g) {

@@ -6,7 +6,8 @@
 //   stage 4 (per pool) out_p[t] = sum_rows w * (h W_down^T)          out_p: [M, Hpad] fp32
 //   stage 5 (shared)   out[t] = bf16(sum_p out_p[t])
 // Stage 2 tasks are (expert, panel range); stage 4 tasks are panel ranges of H over all experts,
-// so no two threads write the same output element.
+// so no two threads write the same output element. Stage 4 adds a token's experts in slot order,
+// so a token's output does not depend on the other tokens of the call (chunking included).
 #include "kt/moe.h"
 
 #include <algorithm>
@@ -414,7 +415,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     for (int t = 0; t < M; ++t)
       std::memset(wp.out.data() + size_t(t) * Hpad + p0 * kPanelN, 0, size_t(p1 - p0) * kPanelN * 4);
     if (s.i1 == s.i0) return;
-    for (int j = 0; j < n_exp; ++j) {
+    for (int j : b.by_slot) {
       const int slot = b.experts[j], r0 = b.offset[j];
       ActView hv{af, wp.hq.data() + size_t(r0) * hrow[p], size_t(hrow[p]), wp.hscale.data() + r0,
                  wp.hgsum.data() + size_t(r0) * (kp_down[p] / 32 + 1), kp_down[p] / 32 + 1, kp_down[p]};

@@ -11,6 +11,8 @@ struct Buckets {
   std::vector<int32_t> count;
   std::vector<int32_t> tok;      // per row: token index within the chunk
   std::vector<float> weight;     // per row: routing weight
+  std::vector<int32_t> by_slot;  // bucket indices in slot order: the order in which a token's
+                                 // expert outputs are summed, the same whatever the batch
   std::vector<int32_t> per_slot; // scratch: rows per slot
   int rows() const { return int(tok.size()); }
 };

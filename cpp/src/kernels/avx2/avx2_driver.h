@@ -14,7 +14,8 @@
 //   template <int NM, int MR, int NH> static void compute(const uint8_t* const* w, int h0, int Kp,
 //                                                         const ActView& act, const int* rows,
 //                                                         __m256 (&acc)[NM][MR][NH]);
-// The drivers walk panels, then rows in blocks of MR (tails dispatch to MR = 1..3), then the
+// Tile::max_rows(NM) is the row block the Tile takes for NM matrices (at most 4).
+// The drivers walk panels, then rows in blocks of MR (tails dispatch to smaller MR), then the
 // halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
 // h = silu(g) * u for gate/up, out += weight * y for down.
 #pragma once
@@ -25,7 +26,6 @@
 namespace kt::avx2 {
 namespace {
 
-constexpr int kMR = 4;
 constexpr int kHalfN = 8;  // channels per ymm half of a panel
 
 // halves of a panel per K pass for a block of NM matrices x MR rows (see above)
@@ -84,12 +84,13 @@ template <class Tile>
 void gateup(const GateUpArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
+    constexpr int MR = Tile::max_rows(2);
     int i = 0;
-    for (; i + kMR <= a.m; i += kMR) gateup_block<Tile, kMR>(a, w, p, i);
+    for (; i + MR <= a.m; i += MR) gateup_block<Tile, MR>(a, w, p, i);
     switch (a.m - i) {
-      case 3: gateup_block<Tile, 3>(a, w, p, i); break;
-      case 2: gateup_block<Tile, 2>(a, w, p, i); break;
-      case 1: gateup_block<Tile, 1>(a, w, p, i); break;
+      case 3: if constexpr (MR > 3) gateup_block<Tile, 3>(a, w, p, i); break;
+      case 2: if constexpr (MR > 2) gateup_block<Tile, 2>(a, w, p, i); break;
+      case 1: if constexpr (MR > 1) gateup_block<Tile, 1>(a, w, p, i); break;
       default: break;
     }
   }
@@ -117,12 +118,13 @@ template <class Tile>
 void down(const DownArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
+    constexpr int MR = Tile::max_rows(1);
     int i = 0;
-    for (; i + kMR <= a.m; i += kMR) down_block<Tile, kMR>(a, w, p, i);
+    for (; i + MR <= a.m; i += MR) down_block<Tile, MR>(a, w, p, i);
     switch (a.m - i) {
-      case 3: down_block<Tile, 3>(a, w, p, i); break;
-      case 2: down_block<Tile, 2>(a, w, p, i); break;
-      case 1: down_block<Tile, 1>(a, w, p, i); break;
+      case 3: if constexpr (MR > 3) down_block<Tile, 3>(a, w, p, i); break;
+      case 2: if constexpr (MR > 2) down_block<Tile, 2>(a, w, p, i); break;
+      case 1: if constexpr (MR > 1) down_block<Tile, 1>(a, w, p, i); break;
       default: break;
     }
   }

@@ -2,9 +2,11 @@
 // A 64-byte step holds k and k+1 for 16 channels; one ymm reads the 32 bytes of one 8-channel
 // half. The low bf16 of each 32-bit lane (k) becomes fp32 by a 16-bit left shift, the high one
 // (k+1) by masking the low half. Differences from the reference (one sum per channel, k in
-// order, separate multiply and add): products are fused into the sum (FMA), and small blocks split
-// each sum into NA partial sums over interleaved k (FMA latency would otherwise bound them), added
-// at the end. Both change results by fp32 rounding only.   Layout in formats/bf16.cpp.
+// order, separate multiply and add): products are fused into the sum (FMA), and each sum is split
+// into two partial sums, even k and odd k, added at the end. The split is the same for every
+// block shape, so a row's result does not depend on the rows computed beside it; it doubles the
+// independent FMA chains of a decode row, and gate/up blocks take 2 rows so that the partial sums
+// fit the 16 ymm registers.   Layout in formats/bf16.cpp.
 #include "kernels/avx2/avx2_driver.h"
 #include "kernels/kernel_decls.h"
 
@@ -35,13 +37,12 @@ struct Bf16Tile {
     }
   }
 
+  static constexpr int max_rows(int nm) { return nm == 2 ? 2 : 4; }
+
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
                       __m256 (&acc)[NM][MR][NH]) {
-    // Partial sums per output vector: at least 8 independent FMA chains in flight (latency 4 x
-    // 2 ports) where the block alone has fewer, within the 16 ymm registers.
-    constexpr int kChains = NM * MR * NH;
-    constexpr int NA = kChains >= 6 ? 1 : kChains >= 3 ? 2 : 4;
+    constexpr int NA = 2;  // partial sums: even k, odd k
     const float* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const float*>(act.data + act.stride * rows[r]);
     const uint8_t* wh[NM][NH];
@@ -52,22 +53,10 @@ struct Bf16Tile {
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h)
           for (int q = 0; q < NA; ++q) part[t][r][h][q] = _mm256_setzero_ps();
-    const int steps = Kp / 2;
-    int s = 0;
-    if constexpr (NA == 4) {  // two steps per iteration, four partials
-      for (; s + 2 <= steps; s += 2) {
-        step<0, 1, NM, MR, NH, NA>(wh, x, s, part);
-        step<2, 3, NM, MR, NH, NA>(wh, x, s + 1, part);
-      }
-    }
-    for (; s < steps; ++s) step<0, 1 % NA, NM, MR, NH, NA>(wh, x, s, part);
+    for (int s = 0; s < Kp / 2; ++s) step<0, 1, NM, MR, NH, NA>(wh, x, s, part);
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r)
-        for (int h = 0; h < NH; ++h) {
-          __m256 sum = part[t][r][h][0];
-          for (int q = 1; q < NA; ++q) sum = _mm256_add_ps(sum, part[t][r][h][q]);
-          acc[t][r][h] = sum;
-        }
+        for (int h = 0; h < NH; ++h) acc[t][r][h] = _mm256_add_ps(part[t][r][h][0], part[t][r][h][1]);
   }
 };
 

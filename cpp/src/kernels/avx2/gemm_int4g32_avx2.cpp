@@ -17,6 +17,8 @@ namespace {
 constexpr int kGroupBytes = 320;  // 4 blocks of 64 nibble-pair bytes, then 16 d and 16 m (fp16)
 
 struct Int4G32Tile {
+  static constexpr int max_rows(int) { return 4; }
+
   // one matrix: acc[r][h] for rows r and halves h0 + h
   template <int MR, int NH>
   static void compute_one(const uint8_t* w, int h0, int Kp, const int8_t* const* x,

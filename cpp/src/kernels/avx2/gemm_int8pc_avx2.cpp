@@ -12,6 +12,8 @@ namespace kt {
 namespace {
 
 struct Int8Tile {
+  static constexpr int max_rows(int) { return 4; }
+
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
                       __m256 (&acc)[NM][MR][NH]) {

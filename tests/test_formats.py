@@ -1,0 +1,245 @@
+"""Weight formats: quantizers, dequantizers, packed layouts and activation rounding, each checked
+against tests/reference.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kt_kernel import _ext
+
+import reference
+
+# N and K that are and are not multiples of 16 / 32, a single element, an odd number of groups
+SHAPES = [(16, 32), (32, 64), (48, 160), (40, 72), (33, 100), (7, 5), (1, 1), (17, 33)]
+
+
+def _ids(shapes):
+    return [f"N{n}xK{k}" for n, k in shapes]
+
+
+def _weights(N: int, K: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((N, K)).astype(np.float32)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# ---- quantize / dequantize ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_reference_dequantizer_matches_package(fmt, shape):
+    q = _ext.quantize(fmt["name"], _weights(*shape))
+    ours, theirs = reference.dequantize(q), np.asarray(_ext.dequantize(q))
+    assert ours.shape == theirs.shape == shape
+    mismatch = np.nonzero(_bits(ours) != _bits(theirs))
+    assert mismatch[0].size == 0, (
+        f"{fmt['name']}: {mismatch[0].size} elements differ, first at {mismatch[0][0], mismatch[1][0]}: "
+        f"reference {ours[mismatch][0]!r} vs _ext.dequantize {theirs[mismatch][0]!r}")
+
+
+def test_logical_arrays_have_documented_shapes(fmt):
+    N, K = 33, 100
+    q = _ext.quantize(fmt["name"], _weights(N, K))
+    assert (q["format"], q["N"], q["K"]) == (fmt["name"], N, K)
+    assert q["values"].shape == (N, K)
+    if fmt["name"] == "int8_pc":
+        assert q["values"].dtype == np.int8 and q["scale"].shape == (N,) and q["scale"].dtype == np.float32
+    elif fmt["name"] == "int4_g32":
+        groups = -(-K // 32)
+        assert q["values"].dtype == np.uint8 and int(q["values"].max()) <= 15
+        assert q["group_scale"].shape == q["group_min"].shape == (N, groups)
+        assert q["group_scale"].dtype == q["group_min"].dtype == np.uint16
+    else:
+        assert q["values"].dtype == np.uint16
+
+
+def test_weight_error_of_matvec_within_bound(fmt, tol):
+    """||W x - deq(W) x|| / ||W x|| for Gaussian W [256, 2048] is below the format's bound."""
+    w = _weights(256, 2048, seed=1)
+    x = np.random.default_rng(2).standard_normal(2048)
+    deq = reference.dequantize(_ext.quantize(fmt["name"], w)).astype(np.float64)
+    y = w.astype(np.float64) @ x
+    rel = np.linalg.norm(y - deq @ x) / np.linalg.norm(y)
+    assert rel <= tol.weight_rel, f"{fmt['name']}: relative error {rel:.4f} > {tol.weight_rel}"
+
+
+def test_bf16_is_round_to_nearest_even():
+    specials = np.array([
+        0.0, -0.0, 1.0, -1.0, np.inf, -np.inf,
+        1.0 + 2.0**-8,                 # tie, even neighbour below: rounds down
+        1.0 + 3 * 2.0**-8,             # tie, odd below: rounds up
+        -(1.0 + 3 * 2.0**-8),
+        1.0 + 2.0**-8 + 2.0**-20,      # just above a tie: up
+        np.finfo(np.float32).max,      # rounds to inf under RNE
+        np.finfo(np.float32).tiny, 1e-40, -3e-42,  # normal minimum and subnormals
+        3.0e38, 65504.0, 0.1, 1 / 3,
+    ], dtype=np.float32)
+    w = np.concatenate([specials, _weights(1, 4000).ravel() * np.float32(1e3)]).reshape(1, -1)
+    got = np.asarray(_ext.quantize("bf16", w)["values"]).ravel()
+    want = reference.f32_to_bf16_bits(w).ravel()
+    bad = np.nonzero(got != want)[0]
+    assert bad.size == 0, (f"bf16 bits differ at {bad[:5]}: inputs {w.ravel()[bad[:5]]}, "
+                           f"got {got[bad[:5]]}, want {want[bad[:5]]}")
+    # the reference itself agrees with torch's round-to-nearest-even conversion
+    torch_bits = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).ravel()
+    np.testing.assert_array_equal(want, torch_bits)
+
+
+def test_bf16_nan_stays_nan():
+    w = np.array([[np.nan, -np.nan, 1.0]], dtype=np.float32)
+    deq = reference.dequantize(_ext.quantize("bf16", w))
+    assert np.isnan(deq[0, :2]).all() and deq[0, 2] == 1.0
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_int8_pc_is_symmetric_rounding_per_channel(shape):
+    """scale = amax/127 (fp32), q = round_half_even(w / scale) in [-127, 127], |w - deq| <= scale/2."""
+    w = _weights(*shape, seed=3)
+    w[0, :] = 0.0  # an all-zero channel: scale 0, q 0
+    q = _ext.quantize("int8_pc", w)
+    scale, values = np.asarray(q["scale"]), np.asarray(q["values"]).astype(np.int32)
+    amax = np.abs(w).max(axis=1)
+    np.testing.assert_array_equal(_bits(scale), _bits(amax / np.float32(127)))
+    assert values.min() >= -127 and values.max() <= 127, "int8_pc must never produce -128"
+    assert (values[0] == 0).all() and scale[0] == 0.0
+    inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    np.testing.assert_array_equal(values, np.clip(np.rint(w * inv[:, None]), -127, 127))
+    err = np.abs(w.astype(np.float64) - reference.dequantize(q))
+    # plus the fp32 rounding of the scale and of the product: a few ulp of w
+    bound = scale.astype(np.float64)[:, None] / 2 + 2 * np.finfo(np.float32).eps * np.abs(w)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert (err <= bound).all(), f"int8_pc error {err[worst]} exceeds scale/2 = {bound[worst]} at {worst}"
+
+
+def test_int4_g32_beats_min_max_rounding():
+    """The least-squares refit must do better than plain min/max rounding (d = (max-min)/15 and
+    m = min in fp16, q = round((w - m)/d))."""
+    N, K = 256, 2048
+    w = _weights(N, K, seed=1)
+    x = np.random.default_rng(2).standard_normal(K)
+    deq = reference.dequantize(_ext.quantize("int4_g32", w)).astype(np.float64)
+    g = w.reshape(N, K // 32, 32)
+    lo, hi = g.min(-1, keepdims=True), g.max(-1, keepdims=True)
+    d = ((hi - lo) / 15).astype(np.float16).astype(np.float32)
+    m = lo.astype(np.float16).astype(np.float32)
+    minmax = (d * np.clip(np.rint((g - m) / d), 0, 15) + m).reshape(N, K).astype(np.float64)
+    y = w.astype(np.float64) @ x
+    rel = np.linalg.norm(y - deq @ x) / np.linalg.norm(y)
+    rel_minmax = np.linalg.norm(y - minmax @ x) / np.linalg.norm(y)
+    assert rel < rel_minmax, f"int4_g32 relative error {rel:.4f} is not below min/max rounding's {rel_minmax:.4f}"
+
+
+@pytest.mark.parametrize("K", [5, 32, 40, 100], ids=lambda k: f"K{k}")
+def test_int4_g32_groups_are_fitted_on_their_own_values(K):
+    """Each group of 32 k (and the partial last group of a K that is not a multiple of 32) is
+    quantized exactly as that group alone would be: no padding or neighbour enters its fit."""
+    w = _weights(4, K, seed=4)
+    full = _ext.quantize("int4_g32", w)
+    for g in range(-(-K // 32)):
+        alone = _ext.quantize("int4_g32", np.ascontiguousarray(w[:, 32 * g : 32 * (g + 1)]))
+        np.testing.assert_array_equal(full["values"][:, 32 * g : 32 * (g + 1)], alone["values"])
+        np.testing.assert_array_equal(full["group_scale"][:, g], alone["group_scale"][:, 0])
+        np.testing.assert_array_equal(full["group_min"][:, g], alone["group_min"][:, 0])
+
+
+def test_int4_g32_constant_group_is_exact_in_fp16():
+    w = np.full((2, 40), 0.5, dtype=np.float32)
+    w[1] = 0.0
+    q = _ext.quantize("int4_g32", w)
+    np.testing.assert_array_equal(reference.dequantize(q), w)
+
+
+# ---- packed layouts -----------------------------------------------------------------------
+
+
+def _slices(fmt: dict, N: int, K: int):
+    """Full matrix; rows [16, N) (the gate/up slice of a second sub-pool); columns [unit, K)
+    (the down slice of a second sub-pool: k0 a multiple of the format's sub-pool unit); both;
+    an interior column window ending before K."""
+    unit = max(16, fmt["group"] or fmt["k_align"])
+    out = [("full", 0, N, 0, K)]
+    if N > 16:
+        out.append(("rows16:", 16, N, 0, K))
+    if K > unit:
+        out.append((f"cols{unit}:", 0, N, unit, K))
+        out.append((f"rows3:cols{unit}:", min(3, N), N, unit, K))
+        if K > unit + 5:
+            out.append((f"cols{unit}:{K - 5}", 0, N, unit, K - 5))
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_packer_is_bit_exact(fmt, shape):
+    N, K = shape
+    q = _ext.quantize(fmt["name"], _weights(N, K, seed=5))
+    for name, n0, n1, k0, k1 in _slices(fmt, N, K):
+        got = np.asarray(_ext.pack(q, n0, n1, k0, k1))
+        want = reference.pack(q, n0, n1, k0, k1)
+        assert got.shape == want.shape, f"{fmt['name']} {name}: {got.size} bytes packed, reference {want.size}"
+        diff = np.nonzero(got != want)[0]
+        assert diff.size == 0, (
+            f"{fmt['name']} N={N} K={K} slice {name} (n0={n0} n1={n1} k0={k0} k1={k1}): {diff.size} bytes "
+            f"differ, first at byte {diff[0]}: got {got[diff[0]]}, want {want[diff[0]]}")
+
+
+def test_pack_rejects_unaligned_column_start(fmt):
+    q = _ext.quantize(fmt["name"], _weights(16, 64))
+    align = fmt["group"] or fmt["k_align"]
+    with pytest.raises(ValueError, match="k0"):
+        _ext.pack(q, 0, 16, align + 1 if align > 1 else 1, 64)
+
+
+# ---- activation rounding ------------------------------------------------------------------
+
+
+ACT_KS = [1, 31, 32, 72, 100]
+
+
+@pytest.mark.parametrize("act", ["f32", "bf16", "q8s", "q8u"])
+@pytest.mark.parametrize("K", ACT_KS, ids=lambda k: f"K{k}")
+def test_activation_rounding_matches_reference(act, K):
+    """The reference emulation of the kernels' input rounding equals the package's, byte for byte."""
+    rng = np.random.default_rng(K)
+    x = rng.standard_normal((6, K)).astype(np.float32) * np.float32(3.0)
+    x[1] = 0.0                                    # all-zero row: scale 0
+    x[2, 0] = 63.5                                # 127/amax = 2 exactly: x = 0.25 j lands on
+    x[2, 1:] = (0.25 * np.arange(1, K)) % 5       # ties 0.5, 1.5, ... (half to even: 0, 2, ...)
+    x[3] *= np.float32(1e4)
+    Kp = reference.round_up(K, 32)
+    data, scale, gsum = (np.asarray(a) for a in _ext.quantize_activation(act, x, Kp))
+    if act == "f32":
+        got = data.view(np.float32)
+        np.testing.assert_array_equal(got[:, :K], reference.round_activation(x, "f32"))
+        assert (got[:, K:] == 0).all()
+    elif act == "bf16":
+        got = data.view(np.uint16)
+        np.testing.assert_array_equal(got[:, :K], reference.f32_to_bf16_bits(x))
+        assert (got[:, K:] == 0).all()
+    else:
+        q, s = reference.quantize_q8(x)
+        np.testing.assert_array_equal(_bits(scale), _bits(s))
+        qi = data.view(np.int8) if act == "q8s" else (data.astype(np.int16) - 128).astype(np.int8)
+        np.testing.assert_array_equal(qi[:, :K], q)
+        assert (qi[:, K:] == 0).all()
+        if act == "q8s":
+            want = np.pad(q.astype(np.int32), ((0, 0), (0, Kp - K))).reshape(6, Kp // 32, 32).sum(-1)
+            np.testing.assert_array_equal(gsum[:, : Kp // 32], want)
+
+
+@pytest.mark.parametrize("amax", [1e-38, 1e-39, 1e-30, 1.0, 1e30], ids=lambda a: f"amax{a:g}")
+def test_q8_activation_error_bound_at_any_scale(amax):
+    """|x - s q| <= s/2 with s = amax/127 must hold for rows of any finite magnitude. For tiny rows
+    127/amax overflows fp32 (amax < ~3.7e-37), so q = round(x * (127/amax)) is not computable as
+    written; the scale is still positive and the bound still applies."""
+    x = np.array([[1.0, -0.5, 0.25, 0.0, -1.0, 0.7]], dtype=np.float32) * np.float32(amax)
+    data, scale, _ = (np.asarray(a) for a in _ext.quantize_activation("q8s", x, 32))
+    q = data.view(np.int8)[0, :6].astype(np.float64)
+    s = float(scale[0])
+    err = np.abs(x[0].astype(np.float64) - s * q)
+    # plus fp32 rounding: of x / s (a few ulp of x) and of s itself (subnormal: 2^-149 per unit of q)
+    bound = s / 2 + 2 * np.finfo(np.float32).eps * np.abs(x[0]) + 128 * 2.0**-149
+    assert (err <= bound).all(), (
+        f"amax={amax}: q = {q.tolist()}, s = {s!r}; |x - s q| = {err.tolist()} exceeds s/2 = {s / 2!r}")
