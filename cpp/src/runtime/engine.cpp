@@ -27,8 +27,9 @@ bool spin_until(Pred pred) {
 }  // namespace
 
 void Job::wait() {
-  if (!spin_until([&] { return done(); }))
-    while (!done()) done_.wait(0, std::memory_order_acquire);
+  // No spinning here: the caller is not one of the engine's threads, and with as many engine
+  // threads as cores a spinning caller would take a core from them.
+  while (!done()) done_.wait(0, std::memory_order_acquire);
   if (error_) std::rethrow_exception(error_);
 }
 

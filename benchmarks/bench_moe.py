@@ -1,0 +1,476 @@
+"""One MoE layer forward, benchmarked per BENCH_PROTOCOL.md.
+
+    python benchmarks/bench_moe.py --shapes A --methods AMXINT4,AMXINT8,BF16 \\
+        --tokens 1,8,64,512 --threads 2 --json out.json
+
+In one process, per shape: random bf16 expert weights (seed 0) are made once; per token count M
+the fp32 torch reference on those weights and the PyTorch bf16 peer (plain torch, same thread
+count) are computed; then per method one KTMoEWrapper loads the weights once and runs every M.
+Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after warm-up, beside:
+  - decode (M <= 8): effective weight bandwidth = distinct experts touched x 3 x H x I x bytes
+    per weight / time, and its % of the read bandwidth measured in this run just before;
+  - prefill (M >= 64): effective GFLOP/s (GOP/s for integer formats) = 2 x 3 x H x I x M x K / time,
+    and its % of a compute proxy measured in this run with plain torch matmuls;
+  - the relative error ||out - ref|| / ||ref|| against the fp32 reference;
+  - the speed-up over the PyTorch bf16 peer measured in the same run.
+The instruction peaks the protocol asks for (AVX512-VNNI int8, AVX512-BF16, AVX2 FMA, AMX) will
+come from a C++ probe; until then the compute "limit" is what torch's own matmuls reach here,
+which is a lower bound of the peak, and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+import kt_kernel
+from kt_kernel import KTMoEWrapper
+from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
+
+from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
+
+# Methods whose kernels multiply integers: their throughput is counted in GOP/s.
+INT_METHODS = ("AMXINT8", "AMXINT4")
+
+
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def other_load(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by other processes over the next `seconds` (this one sleeps)."""
+    m0, o0 = machine_cpu_seconds(), cpu_seconds()
+    time.sleep(seconds)
+    m1, o1 = machine_cpu_seconds(), cpu_seconds()
+    return None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / seconds
+
+
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU time of the whole machine (all processes, /proc/stat), None where unknown.
+    Minus cpu_seconds() it tells how much other processes ran beside the benchmark."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- the machine's limits, measured in this run ----------------------------------------------
+
+class MachineLimits:
+    """The machine's limits, measured again whenever asked (the machine drifts), every sample kept.
+
+    Read bandwidth: repeated torch sums over one fp32 buffer (1 GiB by default, far above any
+    L3), with torch's thread count. The buffer is allocated once and reused, also to flush the
+    caches between calls in --cold mode. Compute: see compute_proxy."""
+
+    def __init__(self, mib: int):
+        self.buf = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+        self.samples: list[dict] = []
+        self.proxies: list[dict] = []
+
+    def compute(self, name: str, label: str) -> dict:
+        p = {**compute_proxy([name])[name], "dtype": name, "label": label}
+        self.proxies.append(p)
+        return p
+
+    def bandwidth(self, label: str, reps: int = 10) -> dict:
+        self.buf.sum()  # warm
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            self.buf.sum()
+            times.append(time.perf_counter() - t0)
+        nbytes = self.buf.numel() * 4
+        s = {"label": label, "best_gbps": nbytes / min(times) / 1e9,
+             "median_gbps": nbytes / statistics.median(times) / 1e9, "reps": reps, "bytes": nbytes}
+        self.samples.append(s)
+        return s
+
+    def flush(self, nbytes: int = 256 * 2**20) -> None:
+        """Evict the caches by reading nbytes of the buffer (not timed). Through numpy, on this
+        thread alone: a torch op here would leave torch's OpenMP threads spinning into the call
+        that follows."""
+        self.buf.numpy()[: min(nbytes // 4, self.buf.numel())].sum()
+
+
+PROXY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def compute_proxy(names=tuple(PROXY_DTYPES), reps: int = 5) -> dict:
+    """Best GFLOP/s (GOP/s for int8) that torch's own matmuls reach here now, per dtype name:
+    a lower bound of the instruction peak, not the peak."""
+    shapes = [(2048, 2048, 2048), (512, 2048, 768)]  # square, and one MoE-like projection (M, K, N)
+    out = {}
+    for name in names:
+        dtype = PROXY_DTYPES[name]
+        best, how = 0.0, None
+        for m, k, n in shapes:
+            if dtype == torch.int8:
+                a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+                b = torch.randint(-128, 128, (k, n), dtype=torch.int8)
+                fn = lambda: torch._int_mm(a, b)  # noqa: E731
+            else:
+                a = torch.randn(m, k).to(dtype)
+                b = torch.randn(n, k).to(dtype)
+                fn = lambda: torch.nn.functional.linear(a, b)  # noqa: E731
+            try:
+                fn()
+            except (RuntimeError, NotImplementedError) as e:  # op missing in this build
+                how = f"unavailable: {e}".splitlines()[0][:120]
+                continue
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                rate = 2 * m * k * n / (time.perf_counter() - t0) / 1e9
+                if rate > best:
+                    best, how = rate, f"torch {'_int_mm' if dtype == torch.int8 else 'F.linear'} {m}x{k}x{n}"
+        out[name] = {"gops": best or None, "how": how}
+    return out
+
+
+# ---- one measured case -----------------------------------------------------------------------
+
+def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, settle: float = 0.05) -> dict:
+    """Median wall time of fn over at least `iters` calls and at least `min_time` seconds, after
+    `warmup` calls; each call timed alone (flush, if given, runs between calls, untimed). The
+    time floor keeps the "other" figure meaningful: /proc/stat counts in 10 ms ticks.
+
+    Sleeps `settle` seconds first: torch's OpenMP threads spin for some milliseconds after each
+    torch op, and a kt_kernel call made meanwhile shares the cores with them (measured: 4-7 ms
+    instead of 0.2-0.9 ms for shape A at M=1 on 2 cores)."""
+    time.sleep(settle)
+    for _ in range(warmup):
+        fn()
+    m0, o0, w0 = machine_cpu_seconds(), cpu_seconds(), time.perf_counter()
+    times, cpu = [], 0.0
+    while len(times) < iters or time.perf_counter() - w0 < min_time:
+        if flush is not None:
+            flush()
+        c0 = cpu_seconds()
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        cpu += cpu_seconds() - c0
+        times.append(t1 - t0)
+    m1, o1, w1 = machine_cpu_seconds(), cpu_seconds(), time.perf_counter()
+    other = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": len(times),
+            "busy_cores": cpu / sum(times), "other_cores": other}
+
+
+def bytes_per_weight(method: str) -> float:
+    """From the format table: bits_per_weight / 8, scales included."""
+    for f in kt_kernel.formats():
+        if f["method"] == method:
+            return f["bits_per_weight"] / 8
+    raise KeyError(f"method {method!r} is not in kt_kernel.formats()")
+
+
+def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: float) -> dict:
+    distinct = int(torch.unique(topk_ids[topk_ids >= 0]).numel())
+    touched = distinct * shape.weights_per_expert() * bpw
+    ops = 2 * shape.weights_per_expert() * M * shape.K
+    return {"distinct_experts": distinct, "weight_bytes_touched": touched, "bytes_per_weight": bpw,
+            "tok_s": M / t, "gbps": touched / t / 1e9, "gops": ops / t / 1e9, "ops": ops}
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+COLUMNS = [("method", 10), ("tier", 12), ("kernel", 38), ("M", 5), ("ms", 9), ("tok/s", 9),
+           ("GB/s|GF/s", 14), ("%lim", 6), ("x torch", 7), ("rel err", 8), ("busy", 5), ("other", 5)]
+
+
+def table_line(values) -> str:
+    return "  ".join(f"{v:<{w}}" if i < 3 else f"{v:>{w}}" for i, ((_, w), v) in enumerate(zip(COLUMNS, values)))
+
+
+def table_header() -> str:
+    head = table_line([c for c, _ in COLUMNS])
+    return head + "\n" + "-" * len(head)
+
+
+def table_row(r: dict) -> str:
+    if r["M"] in DECODE_TOKENS:
+        rate, pct = f"{r['gbps']:.1f} GB/s", r["pct_bandwidth"]
+    else:
+        unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
+        rate, pct = f"{r['gops']:.0f} {unit}", r["pct_compute_proxy"]
+    cached = r.get("may_be_cached") and r["M"] in DECODE_TOKENS
+    return table_line([
+        r["method"], r["tier"], r["kernel"], r["M"], f"{r['ms']:.3f}", f"{r['tok_s']:.1f}",
+        rate + ("*" if cached else ""), "-" if pct is None else f"{pct:.0f}%",
+        "-" if r["x_vs_torch"] is None else f"{r['x_vs_torch']:.2f}", f"{r['rel_err']:.4f}",
+        f"{r['busy_cores']:.1f}", "-" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+    ])
+
+
+def cache_bytes() -> dict:
+    """Data cache sizes from sysfs: {"L2": bytes summed over the cores used, "L3": bytes of one
+    last-level cache}; empty where unknown. Caches shared by several cores are counted once."""
+    seen, sizes = set(), {}
+    try:
+        for cpu in sorted(os.sched_getaffinity(0)):
+            base = f"/sys/devices/system/cpu/cpu{cpu}/cache"
+            for idx in sorted(os.listdir(base)):
+                if not idx.startswith("index"):
+                    continue
+                d = f"{base}/{idx}"
+
+                def rd(name: str, d=d) -> str:
+                    with open(f"{d}/{name}") as f:
+                        return f.read().strip()
+
+                level, kind, shared = int(rd("level")), rd("type"), rd("shared_cpu_list")
+                if level < 2 or kind == "Instruction" or (level, shared) in seen:
+                    continue
+                seen.add((level, shared))
+                size = rd("size")
+                n = int(size.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+                key = f"L{level}"
+                sizes[key] = sizes.get(key, 0) + n if level == 2 else max(sizes.get(key, 0), n)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return sizes
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def proxy_family(method: str) -> str:
+    """The torch-matmul proxy a method's prefill figure is compared with."""
+    return "int8" if method in INT_METHODS else "bf16"
+
+
+def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_total, emit) -> list[dict]:
+    rows = []
+    flush = probe.flush if args.cold else None
+
+    def limits_now(label: str, method: str):
+        """Both limits, measured again right before a block: the machine drifts."""
+        bw = probe.bandwidth(label)
+        fam = proxy_family(method)
+        proxy = probe.compute(fam, label)
+        print(f"  {label}: read bandwidth now {bw['best_gbps']:.1f} GB/s, {fam} proxy "
+              f"{proxy['gops'] or 0:.0f} {'GOP/s' if fam == 'int8' else 'GFLOP/s'}", flush=True)
+        return bw, proxy
+
+    def finish(r: dict, limits, peer_ms) -> dict:
+        bw, proxy = limits
+        r["bandwidth_gbps"] = bw["best_gbps"]
+        r["pct_bandwidth"] = 100 * r["gbps"] / bw["best_gbps"]
+        r["compute_proxy"] = proxy
+        g = proxy["gops"]
+        r["pct_compute_proxy"] = 100 * r["gops"] / g if g else None
+        r["x_vs_torch"] = peer_ms / r["ms"] if peer_ms else None
+        # Warm calls with the same routing re-read the same weights: below about twice the
+        # L2 + L3 capacity, part of them comes from cache (AMD's L3 is a victim of L2).
+        r["may_be_cached"] = bool(cache_total and r["weight_bytes_touched"] <= 2 * cache_total)
+        rows.append(r)
+        emit(r)
+        return r
+
+    t0 = time.perf_counter()
+    gate, up, down = random_expert_weights(shape.E, shape.H, shape.I, seed=0)
+    gen_s = time.perf_counter() - t0
+    print(f"  weights: bf16 {shape.source_bytes() / 1e9:.2f} GB made in {gen_s:.1f} s", flush=True)
+
+    # Per M: the protocol's inputs, the fp32 reference and the torch peer.
+    cases, ref_s = {}, {}
+    for M in tokens:
+        x, ids, w = random_inputs(M, shape.H, shape.E, shape.K, seed=0)
+        t0 = time.perf_counter()
+        ref = moe_forward(x, ids, w, gate, up, down, compute_dtype=torch.float32, out_dtype=torch.float32)
+        ref_s[M] = time.perf_counter() - t0
+        cases[M] = (x, ids, w, ref)
+    print(f"  fp32 reference: {', '.join(f'M={m} {s:.2f} s' for m, s in ref_s.items())}", flush=True)
+
+    peer_ms = {}
+    if not args.no_torch:
+        limits = limits_now(f"{shape.name} {TORCH_PEER}", TORCH_PEER)
+        for M in tokens:
+            x, ids, w, ref = cases[M]
+            out = moe_forward(x, ids, w, gate, up, down)
+            tm = time_calls(lambda: moe_forward(x, ids, w, gate, up, down), args.iters, args.warmup, flush,
+                            args.min_time)
+            r = {"shape": shape.name, "method": TORCH_PEER, "tier": f"torch {torch.backends.cpu.get_cpu_capability()}",
+                 "kernel": "F.linear bf16 per expert", "M": M, "ms": tm["median_s"] * 1e3, **tm,
+                 "rel_err": relative_error(out, ref), "load_s": None}
+            r.update(case_metrics(shape, M, ids, 2.0, tm["median_s"]))
+            peer_ms[M] = r["ms"]
+            finish(r, limits, None)
+
+    for method in methods:
+        bpw = bytes_per_weight(method)
+        t0 = time.perf_counter()
+        wrapper = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K,
+                               hidden_size=shape.H, moe_intermediate_size=shape.I,
+                               cpuinfer_threads=args.threads, threadpool_count=1, method=method)
+        wrapper.load_weights_from_tensors(gate, up, down)
+        load_s = time.perf_counter() - t0
+        packed_bpw = wrapper.weight_bytes / (shape.E * shape.weights_per_expert())
+        print(f"  {method}: loaded in {load_s:.1f} s, {wrapper.weight_bytes / 1e9:.2f} GB packed "
+              f"({8 * packed_bpw:.2f} bits/weight; formats() says {8 * bpw:.2f})", flush=True)
+        limits = limits_now(f"{shape.name} {method}", method)
+        for M in tokens:
+            x, ids, w, ref = cases[M]
+            out = wrapper.forward(x, ids, w)
+            tm = time_calls(lambda: wrapper.forward(x, ids, w), args.iters, args.warmup, flush, args.min_time)
+            r = {"shape": shape.name, "method": method, "tier": wrapper.isa_tier, "kernel": wrapper.kernel_name,
+                 "M": M, "ms": tm["median_s"] * 1e3, **tm, "rel_err": relative_error(out, ref),
+                 "load_s": load_s, "packed_bytes_per_weight": packed_bpw}
+            r.update(case_metrics(shape, M, ids, bpw, tm["median_s"]))
+            finish(r, limits, peer_ms.get(M))
+        del wrapper, out
+        gc.collect()
+
+    del gate, up, down, cases
+    gc.collect()
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="A", help="comma-separated shape names from shapes.py (A, B, C; S is small)")
+    p.add_argument("--methods", default=",".join(kt_kernel.METHODS),
+                   help=f"comma-separated KTMoEWrapper methods (default: all of {', '.join(kt_kernel.METHODS)})")
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated tokens per call M")
+    p.add_argument("--threads", type=int, default=all_cores(),
+                   help="threads for KTMoEWrapper (cpuinfer_threads) and for torch (default: all cores)")
+    p.add_argument("--isa", default=None, help="force the kernels' ISA tier (kt_kernel.set_isa) before building wrappers")
+    p.add_argument("--iters", type=int, default=20, help="timed calls per case (the protocol asks for >= 20)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="seconds of timed calls per case at least (more calls than --iters where they are quick)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    p.add_argument("--cold", action="store_true",
+                   help="evict the caches (read 256 MiB) before each timed call; default: warm, as the protocol")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 peer")
+    p.add_argument("--bw-mib", type=int, default=1024, help="MiB read by the bandwidth probe")
+    p.add_argument("--json", default=None, help="write every figure and the run's conditions here")
+    args = p.parse_args(argv)
+    args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in args.methods:
+        if m not in kt_kernel.METHODS:
+            p.error(f"unknown method {m!r}; valid methods: {', '.join(kt_kernel.METHODS)}")
+    args.tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+    if not args.tokens or any(t <= 0 for t in args.tokens):
+        p.error(f"--tokens must be positive, got {args.tokens}")
+    if args.threads <= 0:
+        p.error(f"--threads must be positive, got {args.threads}")
+    if args.isa:
+        try:
+            kt_kernel.set_isa(args.isa)
+        except (ValueError, RuntimeError) as e:
+            p.error(f"--isa {args.isa}: {e}")
+    if args.iters < 20:
+        print(f"warning: --iters {args.iters} is below the protocol's 20 calls", file=sys.stderr)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    info = kt_kernel.cpu_info()
+    caches = cache_bytes()
+    cache_total = sum(caches.values())
+    print(f"CPU: {info['brand']} ({info['vendor']}), {all_cores()} cores; best tier {info['best_tier']}, "
+          f"active {info['active_tier']}{' (override ' + info['override'] + ')' if info['override'] else ''}; "
+          f"AMX: {info['amx']}; caches {', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in caches.items()) or '?'}")
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), kt_kernel {kt_kernel.__version__}, "
+          f"threads {args.threads} (kt: cpuinfer_threads={args.threads}, threadpool_count=1; torch.set_num_threads)"
+          f"{', cold caches' if args.cold else ', warm caches (same inputs every call)'}")
+
+    load0 = other_load()
+    print(f"other processes keep {'?' if load0 is None else f'{load0:.1f}'} of {all_cores()} cores busy "
+          "(1 s sample before the run): figures taken beside them are slowed")
+    t0 = time.perf_counter()
+    probe = MachineLimits(args.bw_mib)
+    bw0 = probe.bandwidth("start")
+    proxy = compute_proxy()
+    print(f"limits measured now ({time.perf_counter() - t0:.1f} s):")
+    print(f"  read bandwidth ({args.bw_mib} MiB torch sum, {args.threads} threads): best {bw0['best_gbps']:.1f} GB/s, "
+          f"median {bw0['median_gbps']:.1f} GB/s")
+    for k, v in proxy.items():
+        print(f"  {k:4s} compute proxy: {'%.0f' % v['gops'] if v['gops'] else '-'} {'GOP/s' if k == 'int8' else 'GFLOP/s'}"
+              f" ({v['how']})")
+    print("  NOTE: the compute 'limits' are what torch's own matmuls reach on this machine, not instruction peaks;\n"
+          "  the instruction peaks (AVX512-VNNI int8, AVX512-BF16, AVX2 FMA, AMX) will come from a C++ probe.\n"
+          "  Both limits are measured again before each method's block; %lim uses those figures (prefill: the\n"
+          "  bf16 proxy for BF16 and torch, the int8 proxy for the integer methods).")
+
+    rows = []
+    for name in args.shapes:
+        shape = get_shape(name)
+        t_shape = time.perf_counter()
+        print(f"\nshape {shape.name}: H={shape.H} I={shape.I} E={shape.E} K={shape.K} ({shape.like})", flush=True)
+        header_done = []
+
+        def emit(r):
+            if not header_done:
+                print(table_header())
+                header_done.append(True)
+            print(table_row(r), flush=True)
+
+        rows += run_shape(shape, args.methods, args.tokens, args, probe, cache_total, emit)
+        print(f"shape {shape.name} took {time.perf_counter() - t_shape:.1f} s", flush=True)
+
+    print("\n".join([
+        "",
+        "ms: median of the timed calls. M <= 8: GB/s = distinct experts x 3HI x bytes/weight / ms; %lim of the",
+        "  read bandwidth measured just before the block. * = those weights are under 2x the L2+L3 caches: warm",
+        "  calls (the same routing every call) may read them partly from cache; --cold evicts the caches first.",
+        "M >= 64: GF/s (GOP/s for integer formats) = 2 x 3HI x M x K / ms; %lim of the torch-matmul proxy.",
+        "x torch: torch-bf16 ms / ms. busy: this process's CPU seconds / wall seconds over the timed calls (all",
+        "  threads, the caller's too). other: cores used by other processes meanwhile (/proc/stat).",
+    ]))
+    bw1 = probe.bandwidth("end")
+    load1 = other_load()
+    print(f"read bandwidth at the end: best {bw1['best_gbps']:.1f} GB/s, median {bw1['median_gbps']:.1f} GB/s; "
+          f"other processes {'?' if load1 is None else f'{load1:.1f}'} cores; total {time.perf_counter() - t_start:.0f} s")
+
+    result = {
+        "protocol": "BENCH_PROTOCOL.md",
+        "conditions": {"threads": args.threads, "isa_override": args.isa, "cold_caches": args.cold,
+                       "iters": args.iters, "min_time_s": args.min_time, "warmup": args.warmup,
+                       "cpu_info": info, "cache_bytes": caches,
+                       "cores": all_cores(), "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
+                       "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "formats": kt_kernel.formats()},
+        "other_load_cores": {"start": load0, "end": load1},
+        "limits": {"bandwidth": probe.samples, "compute_proxy_start": proxy, "compute_proxy_blocks": probe.proxies,
+                   "note": "compute proxies are torch matmul rates, not instruction peaks; "
+                           "instruction peaks will come from a C++ probe"},
+        "shapes": {n: asdict(get_shape(n)) for n in args.shapes},
+        "results": rows,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
