@@ -98,11 +98,12 @@ def method(request) -> str:
 @pytest.fixture(params=HOST_TIERS, ids=HOST_TIERS)
 def tier(request):
     """Forces the ISA tier of the layers constructed during the test."""
+    before = kt_kernel.cpu_info()["override"]  # KT_KERNEL_ISA, if the run was started with it
     kt_kernel.set_isa(request.param)
     try:
         yield request.param
     finally:
-        kt_kernel.set_isa(None)
+        kt_kernel.set_isa(before or None)
 
 
 @pytest.fixture(params=[1, 2], ids=["tp1", "tp2"])
@@ -113,8 +114,10 @@ def threadpool_count(request) -> int:
 
 @pytest.fixture(autouse=True)
 def _no_isa_override_leaks():
+    """Each test ends with the override the run started with (KT_KERNEL_ISA or none)."""
+    before = kt_kernel.cpu_info()["override"]
     yield
-    kt_kernel.set_isa(None)
+    kt_kernel.set_isa(before or None)
 
 
 def kernel_row(fmt_name: str, tier_name: str) -> dict:

@@ -1,0 +1,307 @@
+"""kt_kernel as an experts implementation of Hugging Face transformers.
+
+transformers (5.7 or later) stores the routed experts of an MoE layer as one module with fused
+``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]`` tensors and dispatches its forward
+``(hidden_states [M, H], top_k_index [M, K], top_k_weights [M, K]) -> [M, H]`` through
+``ALL_EXPERTS_FUNCTIONS`` by the name in ``config._experts_implementation``. Importing this module
+registers the names ``"kt_kernel"`` (method AMXINT4) and ``"kt_kernel:<METHOD>"`` for each method
+of :data:`kt_kernel.METHODS`, so that
+
+    model = AutoModelForCausalLM.from_pretrained(path, experts_implementation="kt_kernel:AMXINT8")
+
+runs the routed experts of every MoE layer through a :class:`~kt_kernel.KTMoEWrapper` (each
+layer quantizes its experts on its first forward, with default options). Routers, shared
+experts, attention and everything else stay transformers' own code. The explicit way, which
+checks the checkpoint first, quantizes every layer at once and takes GPU experts and threads:
+
+    model = load_model(path, method="AMXINT4", num_gpu_experts=4, cpuinfer_threads=16)
+    # or, on a model already loaded:  attach(model, method="AMXINT4", num_gpu_experts=4)
+
+GPU experts: a per-layer mask (or count, the first N experts) keeps those experts in torch on
+the model's device. Per layer and call: the CPU experts' share is submitted to kt_kernel
+(``submit_forward``), the GPU experts run in torch meanwhile, then ``sync_forward`` waits, and the
+two partial sums, each over a disjoint set of experts, are added once in fp32:
+
+    out[t] = sum_{k: e_tk on CPU} w_tk expert_e(x_t)   (kt_kernel, bf16)
+           + sum_{k: e_tk on GPU} w_tk expert_e(x_t)   (torch, model dtype, summed in fp32)
+
+Expert ids from the routers are logical ids; the wrappers use the identity physical map.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+import kt_kernel
+from kt_kernel.models._deps import require_transformers
+
+require_transformers()
+from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers.integrations import moe  # noqa: E402
+
+from kt_kernel.models.architectures import ARCHITECTURES  # noqa: E402
+from kt_kernel.models.checkpoint import find_experts_modules, inspect_checkpoint  # noqa: E402
+from kt_kernel.models.errors import UnsupportedModelError  # noqa: E402
+from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
+
+__all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
+           "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
+
+log = logging.getLogger("kt_kernel")
+
+IMPLEMENTATION = "kt_kernel"
+DEFAULT_METHOD = "AMXINT4"
+_lazy_layers = itertools.count()
+
+
+def implementation_name(method: str = DEFAULT_METHOD) -> str:
+    """The experts_implementation name that selects ``method``."""
+    if method not in kt_kernel.METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(kt_kernel.METHODS)}")
+    return f"{IMPLEMENTATION}:{method}"
+
+
+def _method_of(name: Optional[str]) -> str:
+    if name == IMPLEMENTATION:
+        return DEFAULT_METHOD
+    if name and name.startswith(IMPLEMENTATION + ":"):
+        return name.split(":", 1)[1]
+    raise RuntimeError(f"experts_implementation {name!r} is not kt_kernel's")
+
+
+class KTExperts:
+    """The routed experts of one MoE layer, split between kt_kernel (CPU experts) and torch (GPU
+    experts on the model's device). Lives on the transformers experts module as ``_kt``."""
+
+    def __init__(self, module, layer_idx: int, method: str, gpu_mask: torch.Tensor, *,
+                 cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
+                 release_weights: bool = True):
+        _check_layout(module, layer_idx)
+        gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
+        E, two_i, H = gate_up.shape
+        I = two_i // 2
+        K = module.config.num_experts_per_tok
+        gpu_mask = torch.as_tensor(gpu_mask, dtype=torch.bool).cpu().flatten()
+        if gpu_mask.numel() != E:
+            raise ValueError(f"layer {layer_idx}: the GPU-experts mask has {gpu_mask.numel()} entries, "
+                             f"expected {E} (the layer's experts)")
+        self.layer_idx, self.method = layer_idx, method
+        self.num_experts, self.top_k, self.hidden_size, self.intermediate_size = E, K, H, I
+        self.gpu_mask = gpu_mask
+        self.num_gpu_experts = int(gpu_mask.sum())
+        device, dtype = gate_up.device, gate_up.dtype
+
+        # stage 1: CPU experts into kt_kernel (the wrapper keeps only the experts not in the mask)
+        self.wrapper = None
+        if self.num_gpu_experts < E:
+            self.wrapper = KTMoEWrapper(layer_idx, E, K, H, I, gpu_experts_mask=gpu_mask, method=method,
+                                        cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
+                                        chunked_prefill_size=chunked_prefill_size)
+            self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
+                                                   gate_up[:, I:].cpu().contiguous(), down.cpu().contiguous())
+
+        # stage 2: GPU experts as compact buffers on the model's device; slot[e] indexes them, -1 = CPU
+        gpu_ids = torch.nonzero(gpu_mask).flatten()
+        slot = torch.full((E,), -1, dtype=torch.int64)
+        slot[gpu_ids] = torch.arange(gpu_ids.numel())
+        module.register_buffer("kt_gpu_slot", slot.to(device), persistent=False)
+        module.register_buffer("kt_gpu_gate_up", gate_up[gpu_ids.to(device)].clone(), persistent=False)
+        module.register_buffer("kt_gpu_down", down[gpu_ids.to(device)].clone(), persistent=False)
+
+        # stage 3: the fused tensors are no longer read; free them unless asked to keep them
+        if release_weights:
+            empty = torch.empty(0, dtype=dtype, device=device)
+            module.gate_up_proj = torch.nn.Parameter(empty, requires_grad=False)
+            module.down_proj = torch.nn.Parameter(empty.clone(), requires_grad=False)
+
+    def describe(self) -> str:
+        where = (f"{self.wrapper.isa_tier} {self.wrapper.kernel_name}" if self.wrapper is not None
+                 else "no CPU experts")
+        return (f"layer {self.layer_idx}: {self.num_experts - self.num_gpu_experts} CPU experts ({self.method}, "
+                f"{where}), {self.num_gpu_experts} GPU experts (torch)")
+
+    def forward(self, module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        M, H = hidden_states.shape
+        if H != self.hidden_size or top_k_index.shape != (M, self.top_k) or top_k_weights.shape != (M, self.top_k):
+            raise ValueError(f"layer {self.layer_idx}: experts called with hidden_states {tuple(hidden_states.shape)}, "
+                             f"top_k_index {tuple(top_k_index.shape)}, top_k_weights {tuple(top_k_weights.shape)}; "
+                             f"expected [M, {self.hidden_size}], [M, {self.top_k}], [M, {self.top_k}]")
+        if M == 0:
+            return hidden_states.new_zeros(0, H)
+        x_cpu = None
+        if self.wrapper is not None:  # 1. submit the CPU experts' share (inputs are copied at submit)
+            x_cpu = hidden_states.detach().to("cpu").contiguous()
+            self.wrapper.submit_forward(x_cpu, top_k_index.detach().to("cpu", torch.int64).contiguous(),
+                                        top_k_weights.detach().to("cpu", torch.float32).contiguous())
+        try:  # 2. the GPU experts in torch meanwhile
+            out = self._torch_experts(module, hidden_states, top_k_index, top_k_weights)
+        finally:  # 3. wait for the CPU share even if the torch part failed: no job left in flight
+            cpu_out = self.wrapper.sync_forward(x_cpu) if self.wrapper is not None else None
+        if cpu_out is not None:  # 4. the two shares cover disjoint experts: add once, in fp32
+            out += cpu_out.to(out.device, torch.float32)
+        return out.to(hidden_states.dtype)
+
+    def _torch_experts(self, module, x, top_k_index, top_k_weights) -> torch.Tensor:
+        """sum_{k: expert on GPU} w_tk down_e(act(gate_e x_t) * up_e x_t), fp32 [M, H], on x's device."""
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        if self.num_gpu_experts == 0:
+            return out
+        slot = module.kt_gpu_slot[top_k_index]                         # [M, K], -1 for CPU experts
+        tok, k = torch.nonzero(slot >= 0, as_tuple=True)               # (token, top-k position) pairs
+        if tok.numel() == 0:
+            return out
+        s = slot[tok, k]
+        order = torch.argsort(s, stable=True)
+        tok, k, s = tok[order], k[order], s[order]
+        counts = torch.bincount(s, minlength=self.num_gpu_experts).tolist()
+        start = 0
+        for g, n in enumerate(counts):
+            if n == 0:
+                continue
+            t, kk = tok[start:start + n], k[start:start + n]
+            start += n
+            h = module._apply_gate(F.linear(x[t], module.kt_gpu_gate_up[g]))    # [n, I]
+            y = F.linear(h, module.kt_gpu_down[g])                              # [n, H]
+            out.index_add_(0, t, y.float() * top_k_weights[t, kk, None].float())
+        return out
+
+
+def _check_layout(module, layer_idx: int) -> None:
+    """kt_kernel computes silu(x gate^T) * (x up^T) then down, no bias: refuse anything else."""
+    name = type(module).__name__
+    model_type = getattr(module.config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(f"layer {layer_idx}: model_type {model_type!r} is not a supported MoE "
+                                    f"architecture; supported: {', '.join(ARCHITECTURES)}")
+    flags = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True,
+             "has_post_expert_norm": False}
+    for flag, want in flags.items():
+        if getattr(module, flag, want) != want:
+            raise UnsupportedModelError(f"layer {layer_idx}: {name} has {flag}={not want}; kt_kernel runs "
+                                        f"experts with {', '.join(f'{k}={v}' for k, v in flags.items())}")
+    if getattr(type(module), "_apply_gate", None) is not getattr(moe, "_default_apply_gate", None):
+        raise UnsupportedModelError(f"layer {layer_idx}: {name} has its own gating (_apply_gate); kt_kernel "
+                                    "computes act(gate) * up")
+    act = getattr(module.config, "hidden_act", None)
+    if act != "silu":
+        raise UnsupportedModelError(f"layer {layer_idx}: config hidden_act={act!r}; kt_kernel's experts use silu")
+    gate_up = getattr(module, "gate_up_proj", None)
+    if not isinstance(gate_up, torch.Tensor) or gate_up.dim() != 3 or gate_up.shape[1] % 2:
+        raise UnsupportedModelError(f"layer {layer_idx}: {name} has no fused gate_up_proj [E, 2I, H] tensor")
+
+
+def kt_kernel_experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """The experts forward transformers dispatches to for "kt_kernel" and "kt_kernel:<METHOD>"."""
+    state = getattr(self, "_kt", None)
+    if state is None:  # loaded by from_pretrained(..., experts_implementation="kt_kernel..."), not attached
+        method = _method_of(self.config._experts_implementation)
+        layer = next(_lazy_layers)  # the module does not know its decoder layer: number in order of use
+        log.info("kt_kernel: quantizing the experts of MoE layer #%d to %s on first use "
+                 "(attach() does all layers at once and takes options)", layer, method)
+        state = self._kt = KTExperts(self, layer, method, torch.zeros(self.num_experts, dtype=torch.bool))
+    return state.forward(self, hidden_states, top_k_index, top_k_weights)
+
+
+def register() -> None:
+    """Registers "kt_kernel" and "kt_kernel:<METHOD>" with transformers (idempotent; done when
+    this module is imported)."""
+    for name in [IMPLEMENTATION] + [implementation_name(m) for m in kt_kernel.METHODS]:
+        moe.ExpertsInterface.register(name, kt_kernel_experts_forward)
+
+
+register()
+
+
+def _per_layer(value, layer: int, default):
+    if isinstance(value, dict):
+        return value.get(layer, default)
+    return default if value is None else value
+
+
+def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_experts_mask=None,
+           cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
+           release_weights: bool = True) -> list:
+    """Puts the routed experts of every MoE layer of ``model`` (a transformers model) on kt_kernel
+    and switches its experts implementation to ``"kt_kernel:<method>"``. Returns the KTExperts
+    of each layer.
+
+    num_gpu_experts: int, or {layer index: int}: the first N experts of the layer stay in torch.
+    gpu_experts_mask: bool [E], or {layer index: bool [E]}: the experts that stay in torch (given
+    for a layer, it wins over num_gpu_experts). release_weights: drop the fused torch tensors once
+    the experts are loaded (the module then runs only through kt_kernel)."""
+    impl = implementation_name(method)
+    found = find_experts_modules(model)
+    if not found:
+        raise UnsupportedModelError(f"{type(model).__name__} has no routed-experts module (a transformers experts "
+                                    "class with fused gate_up_proj/down_proj): not an MoE model kt_kernel can run")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(f"model_type {model_type!r} is not a supported MoE architecture; supported: "
+                                    f"{', '.join(ARCHITECTURES)}")
+    moe_layers = [layer for layer, _, _ in found]
+    for option, value in (("num_gpu_experts", num_gpu_experts), ("gpu_experts_mask", gpu_experts_mask)):
+        unknown = sorted(set(value) - set(moe_layers)) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"{option} names layer {unknown[0]}, which is not an MoE layer (MoE layers: {moe_layers})")
+    # check everything before the first layer is converted (and its torch weights released)
+    masks = []
+    for layer, name, module in found:
+        if getattr(module, "_kt", None) is not None:
+            raise RuntimeError(f"{name} is already attached to kt_kernel ({module._kt.describe()})")
+        _check_layout(module, layer)
+        E = module.num_experts
+        mask = _per_layer(gpu_experts_mask, layer, None)
+        if mask is None:
+            n = _per_layer(num_gpu_experts, layer, 0)
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= E:
+                raise ValueError(f"num_gpu_experts={n!r} for layer {layer} must be an integer in 0..{E}")
+            mask = torch.arange(E) < n
+        mask = torch.as_tensor(mask).to(torch.bool).cpu().flatten()
+        if mask.numel() != E:
+            raise ValueError(f"layer {layer}: the GPU-experts mask has {mask.numel()} entries, expected {E} "
+                             "(the layer's experts)")
+        masks.append(mask)
+    layers = []
+    for (layer, _, module), mask in zip(found, masks):
+        module._kt = KTExperts(module, layer, method, mask, cpuinfer_threads=cpuinfer_threads,
+                               threadpool_count=threadpool_count, chunked_prefill_size=chunked_prefill_size,
+                               release_weights=release_weights)
+        layers.append(module._kt)
+    model.set_experts_implementation(impl)
+    bad = [(name, m.config._experts_implementation) for _, name, m in found
+           if m.config._experts_implementation != impl]
+    if bad:
+        raise RuntimeError(f"transformers did not switch {bad[0][0]} to experts_implementation={impl!r} "
+                           f"(it has {bad[0][1]!r})")
+    return layers
+
+
+def kt_layers(model) -> list:
+    """The KTExperts of every attached MoE layer of ``model``."""
+    return [m._kt for _, _, m in find_experts_modules(model) if getattr(m, "_kt", None) is not None]
+
+
+def load_model(path, method: str = DEFAULT_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
+    """Checks the checkpoint in ``path`` (kt_kernel.models.inspect_checkpoint: clear errors for
+    missing or mis-shaped tensors, non-MoE and unsupported models), loads it with transformers in
+    ``dtype`` on the CPU, attaches kt_kernel to its experts (``attach_options`` as :func:`attach`)
+    and only then moves the model to ``device``: the experts on kt_kernel never go there, the GPU
+    experts and everything outside the experts do. Returns the model in eval mode."""
+    inspect_checkpoint(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                 experts_implementation=implementation_name(method))
+    attach(model.eval(), method, **attach_options)
+    return model.to(device)
+
+
+def load_reference(path, *, dtype=torch.float32, device="cpu"):
+    """The same checkpoint in transformers' eager experts, in fp32: the reference kt_kernel's runs
+    are compared with."""
+    inspect_checkpoint(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, experts_implementation="eager")
+    return model.to(device).eval()

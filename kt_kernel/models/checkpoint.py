@@ -1,0 +1,239 @@
+"""Check a Hugging Face MoE checkpoint against its config.json before loading it.
+
+transformers fuses the per-expert tensors of a checkpoint (``experts.{e}.gate_proj.weight`` ...)
+into ``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]`` while loading; when a tensor is
+missing or has the wrong shape, it either fails inside the fusion with a message that names
+neither the key nor the config field, or re-initialises the tensor at random and goes on.
+:func:`inspect_checkpoint` reads only the safetensors headers and config.json, and raises
+:class:`CheckpointError` or :class:`UnsupportedModelError` naming the key and the field first.
+
+The expected tensors come from transformers itself: the model is built from config.json on the
+meta device (no memory), its routed-experts modules say which layers are MoE, and its state dict
+gives every other tensor's name and shape.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kt_kernel.models._deps import require_transformers
+from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
+from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
+
+__all__ = ["CheckpointInfo", "TensorMeta", "inspect_checkpoint", "read_tensor_index", "find_experts_modules"]
+
+# Expert-count fields of MoE configs in transformers: a config with none of them set is dense.
+_EXPERT_COUNT_FIELDS = ("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts")
+_FLOAT_DTYPES = ("F32", "BF16", "F16")
+_MAX_LISTED = 5
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    dtype: str        # safetensors spelling: F32, BF16, F16, F8_E4M3, ...
+    shape: tuple
+    file: str
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    arch: Architecture
+    config: object            # the transformers config
+    moe_layers: list          # decoder-layer indices that hold routed experts
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int    # of one routed expert
+    tensors: dict             # checkpoint key -> TensorMeta
+
+    def describe(self) -> str:
+        return (f"{self.arch.label} ({self.arch.model_type}): {self.config.num_hidden_layers} layers, "
+                f"{len(self.moe_layers)} MoE, {self.num_experts} experts top-{self.top_k}, "
+                f"hidden {self.hidden_size}, expert intermediate {self.intermediate_size}")
+
+
+def _read_header(file: Path) -> dict:
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+    header.pop("__metadata__", None)
+    return {k: TensorMeta(v["dtype"], tuple(v["shape"]), file.name) for k, v in header.items()}
+
+
+def read_tensor_index(path) -> dict:
+    """Checkpoint key -> TensorMeta for every tensor of the safetensors files in ``path`` (the
+    files named by model.safetensors.index.json when it exists). Reads the headers only."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index} has no readable weight_map: {e}") from e
+        files = sorted(set(weight_map.values()))
+    else:
+        weight_map = None
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found {', '.join(other)}: convert them to safetensors)" if other else ""
+        raise CheckpointError(f"{path} holds no .safetensors weight files{hint}")
+    tensors = {}
+    for name in files:
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"{index.name} names {name}, which is not in {path}")
+        tensors.update(_read_header(file))
+    if weight_map is not None:
+        lost = [k for k, f in weight_map.items() if k not in tensors]
+        if lost:
+            raise CheckpointError(f"{index.name} maps {lost[0]} to {weight_map[lost[0]]}, which does not hold it"
+                                  + (f" ({len(lost)} such keys)" if len(lost) > 1 else ""))
+    return tensors
+
+
+def find_experts_modules(model) -> list:
+    """(decoder-layer index, qualified name, module) of every routed-experts module, i.e. every
+    module whose class transformers decorates with ``use_experts_implementation`` (which gives
+    its instances ``is_transposed``) and which holds the experts' ``down_proj`` tensor."""
+    found = []
+    for name, module in model.named_modules():
+        if hasattr(module, "is_transposed") and isinstance(getattr(module, "down_proj", None), torch.Tensor):
+            m = _LAYER_RE.search(name)
+            found.append((int(m.group(1)) if m else len(found), name, module))
+    return found
+
+
+def _load_config(path: Path):
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} has no config.json: not a Hugging Face model folder")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    model_type = raw.get("model_type")
+    if not model_type:
+        raise CheckpointError(f"{cfg_file} has no model_type field")
+    if model_type not in ARCHITECTURES:
+        counts = {f: raw[f] for f in _EXPERT_COUNT_FIELDS if raw.get(f)}
+        if not counts:
+            raise UnsupportedModelError(
+                f"{path} is not a Mixture-of-Experts model: config.json (model_type {model_type!r}) has none of "
+                f"the expert-count fields {', '.join(_EXPERT_COUNT_FIELDS)}; kt_kernel runs the routed experts "
+                f"of MoE models ({', '.join(ARCHITECTURES)})")
+        field, n = next(iter(counts.items()))
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} (config.json {field}={n}) is an MoE architecture kt_kernel does not "
+            f"support yet; supported: {', '.join(ARCHITECTURES)}")
+    arch = architecture(model_type)
+    if raw.get("quantization_config"):
+        method = raw["quantization_config"].get("quant_method", "?")
+        raise UnsupportedModelError(
+            f"config.json has quantization_config (quant_method {method!r}): pre-quantized checkpoints are not "
+            "supported; give a bf16/fp16/fp32 checkpoint, kt_kernel quantizes the experts itself")
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise UnsupportedModelError(f"config.json hidden_act={act!r}: kt_kernel's experts compute silu(gate) * up")
+    transformers = require_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path))
+    except Exception as e:  # transformers raises many kinds on a bad config
+        raise CheckpointError(f"transformers cannot read {cfg_file}: {e}") from e
+    return arch, config
+
+
+def _meta_model(config, path: Path):
+    transformers = require_transformers()
+    try:
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(config)
+    except Exception as e:
+        raise CheckpointError(f"transformers cannot build a model from {path / 'config.json'}: {e}") from e
+
+
+def _problems(kind: str, items: list) -> str:
+    shown = "; ".join(items[:_MAX_LISTED])
+    more = f"; and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"{kind}: {shown}{more}"
+
+
+def inspect_checkpoint(path) -> CheckpointInfo:
+    """Checks the checkpoint in ``path`` and describes it. Raises UnsupportedModelError (not MoE,
+    unsupported architecture, quantized checkpoint) or CheckpointError (a tensor missing, of the
+    wrong shape or dtype), each naming the key and the config field."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder")
+    arch, config = _load_config(path)
+    meta = _meta_model(config, path)
+    experts = find_experts_modules(meta)
+    if not experts:
+        fields = ", ".join(f"{f}={getattr(config, f, None)!r}" for f in arch.moe_fields)
+        raise UnsupportedModelError(
+            f"{path} is not a Mixture-of-Experts model: with config.json {fields} no layer has routed experts")
+    moe_layers = [layer for layer, _, _ in experts]
+    E, I, H = (getattr(config, arch.experts_field), getattr(config, arch.intermediate_field), config.hidden_size)
+    tensors = read_tensor_index(path)
+
+    # 1. routed experts, the per-expert keys of real checkpoints
+    want = {0: (I, H), 1: (I, H), 2: (H, I)}
+    dims = f"{arch.intermediate_field}={I} and hidden_size={H}"
+    missing, wrong = [], []
+    for layer in moe_layers:
+        for e in range(E):
+            for proj in range(3):
+                key = arch.expert_key(layer, e, proj)
+                t = tensors.get(key)
+                if t is None:
+                    missing.append(key)
+                elif t.shape != want[proj]:
+                    wrong.append(f"{key} has shape {t.shape}, but config.json {dims} make it {want[proj]}")
+                elif t.dtype not in _FLOAT_DTYPES:
+                    wrong.append(f"{key} has dtype {t.dtype}; kt_kernel loads {', '.join(_FLOAT_DTYPES)} experts")
+        prefix = f"model.layers.{layer}.{arch.block}.experts."
+        extra = sorted({int(k[len(prefix):].split(".")[0]) for k in tensors
+                        if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()} - set(range(E)))
+        if extra:
+            wrong.append(f"the checkpoint has expert {extra[0]} in layer {layer} ({prefix}{extra[0]}.*), "
+                         f"but config.json {arch.experts_field}={E}")
+    if wrong:
+        raise CheckpointError(_problems(f"{path}: routed-expert tensors disagree with config.json", wrong))
+    if missing:
+        raise CheckpointError(_problems(
+            f"{path}: {len(missing)} routed-expert tensor(s) missing (config.json {arch.experts_field}={E}, "
+            f"MoE layers {moe_layers})", [f"no {k}" for k in missing]))
+
+    # 2. every other tensor the model holds, under its checkpoint name
+    expert_params = {f"{name}.{p}" for _, name, m in experts for p, _ in m.named_parameters(recurse=False)}
+    tied = "lm_head.weight" if getattr(config, "tie_word_embeddings", False) else None
+    missing, wrong = [], []
+    for name, t in meta.state_dict().items():
+        if name in expert_params or name == tied:
+            continue
+        key = arch.checkpoint_name(name)
+        got = tensors.get(key, tensors.get(name))
+        if got is None:
+            missing.append(key)
+        elif got.shape != tuple(t.shape):
+            wrong.append(f"{key} has shape {got.shape}, but config.json makes it {tuple(t.shape)}")
+    if wrong:
+        raise CheckpointError(_problems(f"{path}: tensors disagree with config.json", wrong))
+    if missing:
+        raise CheckpointError(_problems(f"{path}: {len(missing)} tensor(s) missing", [f"no {k}" for k in missing]))
+
+    return CheckpointInfo(path=path, arch=arch, config=config, moe_layers=moe_layers, num_experts=E,
+                          top_k=config.num_experts_per_tok, hidden_size=H, intermediate_size=I, tensors=tensors)
