@@ -219,3 +219,25 @@ def test_captured_sizes_give_the_same_results(moe, shape, capture):
     for m in (1, 4, 64):
         assert torch.equal(a.forward(*inputs_a[m]), want_a[m])
     moe.check(a, shape, *inputs_a[64], out=want_a[64])
+
+
+PIN_PROBE = """
+    import os
+    from kt_kernel import _ext
+    allowed = sorted(os.sched_getaffinity(0))
+    e = _ext.Engine.shared(len(allowed), 1)
+    print("pinned", list(e.pinned_cpus) == allowed, "empty", list(e.pinned_cpus) == [])
+    e = _ext.Engine.shared(len(allowed) + 1, 1)
+    print("oversubscribed_unpinned", list(e.pinned_cpus) == [])
+"""
+
+
+def test_threads_pinned_one_per_allowed_cpu(tmp_path):
+    """Threads take the allowed CPUs in order; more threads than CPUs are left unpinned."""
+    r = _run_python(PIN_PROBE, tmp_path)
+    assert "pinned True" in r.stdout and "oversubscribed_unpinned True" in r.stdout, r.stdout + r.stderr
+
+
+def test_pinning_can_be_turned_off(tmp_path):
+    r = _run_python(PIN_PROBE, tmp_path, KT_KERNEL_PIN_THREADS="0")
+    assert "empty True" in r.stdout, r.stdout + r.stderr

@@ -2,6 +2,8 @@
 // Thread 0 of sub-pool 0 is the queue's thread: it takes jobs in order and, inside a job, leads
 // the parallel stages and works in them like every other thread. Threads that have nothing to do
 // spin for a few tens of microseconds and then sleep on a futex: an idle engine uses no CPU.
+// Threads are pinned one per allowed CPU when there are no more threads than allowed CPUs
+// (KT_KERNEL_PIN_THREADS=0 turns that off).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -52,6 +54,8 @@ class Engine {
   int threads() const { return threads_; }
   int subpools() const { return subpools_; }
   int threads_in(int pool) const { return pool_size_[pool]; }
+  // CPU of each thread, empty when the threads are not pinned.
+  const std::vector<int>& pinned_cpus() const { return pinned_cpus_; }
 
   std::shared_ptr<Job> submit(std::function<void()> body);
   // Runs a stage on all threads; call only from inside a job. Rethrows the first task error.
@@ -65,6 +69,7 @@ class Engine {
 
   int threads_, subpools_;
   std::vector<int> pool_size_, thread_pool_;
+  std::vector<int> pinned_cpus_;
   std::vector<std::thread> threads_v_;
 
   // stage state, written by thread 0 before bumping generation_

@@ -2,7 +2,10 @@
 #include "kt/engine.h"
 
 #include <immintrin.h>
+#include <sched.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -22,6 +25,28 @@ bool spin_until(Pred pred) {
     _mm_pause();
   }
   return pred();
+}
+
+// The CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// Pins the calling thread to one CPU. Unpinned, Linux tends to wake a pool thread on the core of
+// the thread that woke it, and two threads streaming weights on one core while the other idles
+// doubled the time of a cold single-token forward (shape A AMXINT4: 1.18 ms unpinned, 0.55 ms
+// pinned).
+void pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof(set), &set);  // best effort: a refusal leaves the thread unpinned
 }
 
 }  // namespace
@@ -46,8 +71,21 @@ Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpool
     for (int i = 0; i < pool_size_.back(); ++i) thread_pool_.push_back(p);
   }
   next_task_ = std::make_unique<std::atomic<int>[]>(subpools + 1);
-  threads_v_.emplace_back([this] { queue_loop(); });
-  for (int t = 1; t < threads; ++t) threads_v_.emplace_back([this, t] { worker_loop(t); });
+  // One thread per allowed CPU, in order, unless that would put two on one CPU or
+  // KT_KERNEL_PIN_THREADS=0 asks for none (processes sharing CPUs without their own masks).
+  std::vector<int> cpus = allowed_cpus();
+  const char* pin_env = std::getenv("KT_KERNEL_PIN_THREADS");
+  const bool pin = threads <= int(cpus.size()) && !(pin_env && std::strcmp(pin_env, "0") == 0);
+  if (pin) pinned_cpus_.assign(cpus.begin(), cpus.begin() + threads);
+  threads_v_.emplace_back([this] {
+    if (!pinned_cpus_.empty()) pin_to(pinned_cpus_[0]);
+    queue_loop();
+  });
+  for (int t = 1; t < threads; ++t)
+    threads_v_.emplace_back([this, t] {
+      if (!pinned_cpus_.empty()) pin_to(pinned_cpus_[t]);
+      worker_loop(t);
+    });
 }
 
 Engine::~Engine() {
