@@ -12,8 +12,8 @@ namespace kt {
 
 const std::vector<KernelRow>& kernel_table() {
   static const std::vector<KernelRow> table = {
-      KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_4x16__avx512bf16),
-      KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_4x16__avx512vnni),
+      KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_8x16__avx512bf16),
+      KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_8x16__avx512vnni),
       KT_ROW(int4_g32, avx512_vnni, q8s, int4g32_q8s_4x16__avx512vnni),
       KT_ROW(bf16, avx512, f32, bf16_f32_4x16__avx512),
       KT_ROW(int8_pc, avx512, q8s, int8pc_q8s_4x16__avx512),

@@ -7,8 +7,9 @@
 //   template <int NM, int MR> static void compute(const uint8_t* const* w, int Kp,
 //                                                 const ActView& act, const int* rows,
 //                                                 __m512 (&acc)[NM][MR]);
-// The drivers walk panels, then rows in blocks of MR (tails dispatch to MR = 1..3), and fuse the
-// epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
+// Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm).
+// The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
+// the epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
 #pragma once
 #include <immintrin.h>
 
@@ -16,8 +17,6 @@
 
 namespace kt::avx512 {
 namespace {
-
-constexpr int kMR = 4;
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
 // before fp32 rounding).
@@ -54,18 +53,23 @@ inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, in
     _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, silu_mul(acc[0][r], acc[1][r]));
 }
 
+// rows [i, m) of a panel, fewer than R + 1: one block of exactly m - i rows
+template <class Tile, int R>
+inline void gateup_tail(const GateUpArgs& a, const uint8_t* const* w, int p, int i) {
+  if constexpr (R > 0) {
+    if (a.m - i == R) gateup_block<Tile, R>(a, w, p, i);
+    else gateup_tail<Tile, R - 1>(a, w, p, i);
+  }
+}
+
 template <class Tile>
 void gateup(const GateUpArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
+    constexpr int MR = Tile::max_rows(2);
     int i = 0;
-    for (; i + kMR <= a.m; i += kMR) gateup_block<Tile, kMR>(a, w, p, i);
-    switch (a.m - i) {
-      case 3: gateup_block<Tile, 3>(a, w, p, i); break;
-      case 2: gateup_block<Tile, 2>(a, w, p, i); break;
-      case 1: gateup_block<Tile, 1>(a, w, p, i); break;
-      default: break;
-    }
+    for (; i + MR <= a.m; i += MR) gateup_block<Tile, MR>(a, w, p, i);
+    gateup_tail<Tile, MR - 1>(a, w, p, i);
   }
 }
 
@@ -81,18 +85,23 @@ inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0
   }
 }
 
+// rows [i, m) of a panel, fewer than R + 1: one block of exactly m - i rows
+template <class Tile, int R>
+inline void down_tail(const DownArgs& a, const uint8_t* const* w, int p, int i) {
+  if constexpr (R > 0) {
+    if (a.m - i == R) down_block<Tile, R>(a, w, p, i);
+    else down_tail<Tile, R - 1>(a, w, p, i);
+  }
+}
+
 template <class Tile>
 void down(const DownArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
+    constexpr int MR = Tile::max_rows(1);
     int i = 0;
-    for (; i + kMR <= a.m; i += kMR) down_block<Tile, kMR>(a, w, p, i);
-    switch (a.m - i) {
-      case 3: down_block<Tile, 3>(a, w, p, i); break;
-      case 2: down_block<Tile, 2>(a, w, p, i); break;
-      case 1: down_block<Tile, 1>(a, w, p, i); break;
-      default: break;
-    }
+    for (; i + MR <= a.m; i += MR) down_block<Tile, MR>(a, w, p, i);
+    down_tail<Tile, MR - 1>(a, w, p, i);
   }
 }
 

@@ -8,6 +8,8 @@ namespace kt {
 namespace {
 
 struct Bf16DpTile {
+  static constexpr int max_rows(int) { return 8; }  // NM * MR fp32 accumulators
+
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
                       __m512 (&acc)[NM][MR]) {
@@ -29,7 +31,7 @@ struct Bf16DpTile {
 
 }  // namespace
 
-void gateup_bf16_bf16_4x16__avx512bf16(const GateUpArgs& a) { avx512::gateup<Bf16DpTile>(a); }
-void down_bf16_bf16_4x16__avx512bf16(const DownArgs& a) { avx512::down<Bf16DpTile>(a); }
+void gateup_bf16_bf16_8x16__avx512bf16(const GateUpArgs& a) { avx512::gateup<Bf16DpTile>(a); }
+void down_bf16_bf16_8x16__avx512bf16(const DownArgs& a) { avx512::down<Bf16DpTile>(a); }
 
 }  // namespace kt

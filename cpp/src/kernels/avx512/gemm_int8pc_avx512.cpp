@@ -9,6 +9,8 @@ namespace kt {
 namespace {
 
 struct Int8Tile {
+  static constexpr int max_rows(int) { return 4; }
+
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
                       __m512 (&acc)[NM][MR]) {

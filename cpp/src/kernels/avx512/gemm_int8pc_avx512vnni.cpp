@@ -9,6 +9,8 @@ namespace kt {
 namespace {
 
 struct Int8VnniTile {
+  static constexpr int max_rows(int) { return 8; }  // NM * MR int32 accumulators
+
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
                       __m512 (&acc)[NM][MR]) {
@@ -39,7 +41,7 @@ struct Int8VnniTile {
 
 }  // namespace
 
-void gateup_int8pc_q8u_4x16__avx512vnni(const GateUpArgs& a) { avx512::gateup<Int8VnniTile>(a); }
-void down_int8pc_q8u_4x16__avx512vnni(const DownArgs& a) { avx512::down<Int8VnniTile>(a); }
+void gateup_int8pc_q8u_8x16__avx512vnni(const GateUpArgs& a) { avx512::gateup<Int8VnniTile>(a); }
+void down_int8pc_q8u_8x16__avx512vnni(const DownArgs& a) { avx512::down<Int8VnniTile>(a); }
 
 }  // namespace kt

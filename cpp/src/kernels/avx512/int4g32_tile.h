@@ -12,6 +12,8 @@ namespace {
 
 template <class Dot>
 struct Int4G32Tile {
+  static constexpr int max_rows(int) { return 4; }  // isum + acc: 4 NM MR zmm
+
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
                       __m512 (&acc)[NM][MR]) {
