@@ -139,10 +139,34 @@ class KTMoEWrapper:
     # ---- weights ------------------------------------------------------------------------
 
     def load_weights(self, physical_to_logical_map=None) -> None:
-        raise NotImplementedError(
-            "load_weights from converted weight files (weight_path) is not implemented yet; "
-            "use load_weights_from_tensors(gate, up, down, physical_to_logical_map)"
-        )
+        """Loads layer ``layer_idx`` from ``weight_path``: a folder converted by
+        convert_cpu_weights.py (checked against this wrapper: format version, method, shapes,
+        expert count; only CPU slots are read, from a memory map), or a Hugging Face checkpoint
+        folder, whose experts are then quantized at load. Slot p gets logical expert
+        ``physical_to_logical_map[p]`` (identity when None)."""
+        from kt_kernel.convert import is_converted, load_converted_layer, load_hf_layer
+
+        if self.weight_path is None:
+            raise ValueError(f"layer {self.layer_idx}: load_weights needs weight_path (a converted folder or an HF "
+                             "checkpoint); none was given to the constructor")
+        if not os.path.isdir(self.weight_path):
+            raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder")
+        pmap = self._logical_map(physical_to_logical_map)
+        if is_converted(self.weight_path):
+            load_converted_layer(self, self.weight_path, pmap)
+        else:
+            load_hf_layer(self, self.weight_path, pmap)
+
+    def _logical_map(self, physical_to_logical_map):
+        """physical_to_logical_map as a contiguous int64 tensor of num_experts entries, or None."""
+        if physical_to_logical_map is None:
+            return None
+        pmap = torch.as_tensor(physical_to_logical_map).cpu().flatten()
+        if pmap.dtype.is_floating_point or pmap.dtype == torch.bool:
+            raise TypeError(f"physical_to_logical_map has dtype {pmap.dtype}, expected an integer dtype")
+        if pmap.numel() != self.num_experts:
+            raise ValueError(f"physical_to_logical_map has {pmap.numel()} entries, expected num_experts={self.num_experts}")
+        return pmap.to(torch.int64).contiguous()
 
     def load_weights_from_tensors(self, gate_proj, up_proj, down_proj, physical_to_logical_map=None) -> None:
         """gate_proj, up_proj: [E, I, H]; down_proj: [E, H, I] (E logical experts), CPU tensors of
@@ -157,18 +181,12 @@ class KTMoEWrapper:
         if not (gate_proj.dtype == up_proj.dtype == down_proj.dtype):
             raise TypeError(f"gate_proj, up_proj, down_proj have dtypes {gate_proj.dtype}, {up_proj.dtype}, "
                             f"{down_proj.dtype}; they must share one")
-        if physical_to_logical_map is None:
+        pmap = self._logical_map(physical_to_logical_map)
+        if pmap is None:
             if E != self.num_experts:
                 raise ValueError(f"the weights hold {E} experts and no physical_to_logical_map was given; "
                                  f"expected num_experts={self.num_experts}")
             pmap = torch.arange(self.num_experts, dtype=torch.int64)
-        else:
-            pmap = torch.as_tensor(physical_to_logical_map).cpu().flatten()
-            if pmap.dtype.is_floating_point or pmap.dtype == torch.bool:
-                raise TypeError(f"physical_to_logical_map has dtype {pmap.dtype}, expected an integer dtype")
-            pmap = pmap.to(torch.int64).contiguous()
-            if pmap.numel() != self.num_experts:
-                raise ValueError(f"physical_to_logical_map has {pmap.numel()} entries, expected num_experts={self.num_experts}")
         self._layer.load_from_tensors(gate_proj.data_ptr(), up_proj.data_ptr(), down_proj.data_ptr(),
                                       _FLOAT_DTYPES[gate_proj.dtype], pmap.data_ptr(), E)
 

@@ -249,7 +249,7 @@ def test_not_implemented_options_say_so():
                      ({"numa_nodes": [0]}, "numa_nodes"), ({"cpu_save": True}, "cpu_save")):
         with pytest.raises(NotImplementedError, match=name):
             _make(**kw)
-    with pytest.raises(NotImplementedError, match="load_weights"):
+    with pytest.raises(ValueError, match="load_weights needs weight_path"):
         _make().load_weights()
 
 

@@ -57,6 +57,18 @@ void register_moe(py::module_& m) {
              py::gil_scoped_release nogil;
              l.load_from_tensors(ptr<void>(gate), ptr<void>(up), ptr<void>(down), dt, ptr<int64_t>(map), num_logical);
            })
+      .def("load_quantized",
+           [](MoeLayer& l, std::vector<uintptr_t> values, std::vector<uintptr_t> scale, std::vector<uintptr_t> gmin,
+              uintptr_t map, int num_logical, bool drop_pages) {
+             if (values.size() != 3 || scale.size() != 3 || gmin.size() != 3)
+               throw std::invalid_argument("load_quantized takes 3 addresses (gate, up, down) per array");
+             MoeLayer::QuantizedExperts proj[3];
+             for (int j = 0; j < 3; ++j) proj[j] = {ptr<void>(values[j]), ptr<void>(scale[j]), ptr<void>(gmin[j])};
+             py::gil_scoped_release nogil;
+             l.load_quantized(proj, ptr<int64_t>(map), num_logical, drop_pages);
+           },
+           py::arg("values"), py::arg("scale"), py::arg("gmin"), py::arg("map"), py::arg("num_logical"),
+           py::arg("drop_pages") = false, "Pre-quantized logical weights stacked over experts (layouts in kt/moe.h).")
       .def("submit",
            [](MoeLayer& l, uintptr_t x, const std::string& x_dtype, uintptr_t ids, bool ids64, uintptr_t w,
               const std::string& w_dtype, int M, uintptr_t out) {

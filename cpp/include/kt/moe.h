@@ -6,6 +6,7 @@
 // stage sums in fp32.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,6 +40,22 @@ class MoeLayer {
   // Slot p takes logical expert map[p]. Quantizes and packs on the engine's threads.
   void load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
                          const int64_t* map, int num_logical);
+  // Pre-quantized logical weights (a converted checkpoint), stacked over num_logical experts;
+  // projection j = 0 gate [E, I, H], 1 up [E, I, H], 2 down [E, H, I], each [E, N, K]:
+  //   bf16      values: uint16 bf16 bits [E, N, K]
+  //   int8_pc   values: int8 [E, N, K];              scale: fp32 [E, N]
+  //   int4_g32  values: uint8 [E, N, ceil(K/2)], q[k] in the low nibble for even k, high for odd;
+  //             scale (d), gmin (m): fp16 bits [E, N, ceil(K/32)]
+  // Packs exactly as load_from_tensors packs the output of the format's quantize_ref.
+  // drop_pages: the arrays are a read-only file mapping; after an expert's matrix is packed its
+  // pages are released (madvise DONTNEED: a later read faults them in again from the file), so
+  // the mapped source does not add to the peak RSS. Never set it for anonymous memory.
+  struct QuantizedExperts {
+    const void* values = nullptr;
+    const void* scale = nullptr;
+    const void* gmin = nullptr;
+  };
+  void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages = false);
   bool loaded() const { return loaded_; }
 
   // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) must stay alive
@@ -56,6 +73,10 @@ class MoeLayer {
  private:
   struct Slice;        // one sub-pool's packed weights
   struct Staging;      // a call's private copy of its inputs
+  // Allocates the slices of the CPU slots and runs make(slot, which, q) once per (slot, matrix)
+  // on the engine's threads, packing q into every sub-pool's slice. which: 0 gate, 1 up, 2 down.
+  void load_with(const int64_t* map, int num_logical,
+                 const std::function<void(int slot, int which, QuantizedMatrix& q)>& make);
   void forward(const Staging& in, int M, uint16_t* out);
   void forward_chunk(const Staging& in, int t0, int M, uint16_t* out);
 

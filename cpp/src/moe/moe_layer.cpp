@@ -18,6 +18,9 @@
 #include <stdexcept>
 #include <string>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "moe/routing.h"
 #include "runtime/host_memory.h"
 
@@ -156,9 +159,9 @@ MoeStats MoeLayer::stats() const {
   return s;
 }
 
-void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
-                                 const int64_t* map, int num_logical) {
-  const int E = cfg_.num_experts, H = cfg_.hidden, I = cfg_.intermediate;
+void MoeLayer::load_with(const int64_t* map, int num_logical,
+                         const std::function<void(int slot, int which, QuantizedMatrix& q)>& make) {
+  const int E = cfg_.num_experts, H = cfg_.hidden;
   std::vector<int> cpu_slots;
   for (int p = 0; p < E; ++p) {
     if (!cfg_.on_cpu[p]) continue;
@@ -201,19 +204,39 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
     slices.push_back(std::move(s));
   }
 
-  // One task per (slot, matrix): convert to fp32, quantize once, pack each sub-pool's slice.
-  const size_t esz = dtype_size(dtype);
+  // One task per (slot, matrix): make the logical matrix once, pack each sub-pool's slice.
   auto job = engine_->submit([&] {
     Stage st;
     st.shared = true;
     st.tasks[0] = int(cpu_slots.size()) * 3;
     st.fn = [&](int, int task) {
       const int slot = cpu_slots[task / 3], which = task % 3;
+      thread_local QuantizedMatrix q;
+      make(slot, which, q);
+      for (auto& s : slices) {
+        if (s->i1 == s->i0) continue;
+        if (which == 2) f.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
+        else f.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
+      }
+    };
+    engine_->run(st);
+  });
+  job->wait();
+  slices_ = std::move(slices);
+  loaded_ = true;
+}
+
+void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
+                                 const int64_t* map, int num_logical) {
+  const int H = cfg_.hidden, I = cfg_.intermediate;
+  const FormatTraits& f = format_traits(cfg_.format);
+  // Convert to fp32 and quantize with the format's reference quantizer.
+  const size_t esz = dtype_size(dtype);
+  load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
       const int N = which == 2 ? H : I, K = which == 2 ? I : H;
       const uint8_t* base = static_cast<const uint8_t*>(which == 0 ? gate : which == 1 ? up : down);
       const uint8_t* src = base + size_t(map[slot]) * size_t(N) * K * esz;
       thread_local std::vector<float> w;
-      thread_local QuantizedMatrix q;
       w.resize(size_t(N) * K);
       for (size_t i = 0; i < w.size(); ++i) {
         if (dtype == DType::f32) std::memcpy(&w[i], src + i * 4, 4);
@@ -228,17 +251,70 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
                                       std::to_string(i / K) + ", " + std::to_string(i % K) + "]");
       }
       f.quantize_ref(w.data(), N, K, &q);
-      for (auto& s : slices) {
-        if (s->i1 == s->i0) continue;
-        if (which == 2) f.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
-        else f.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
-      }
-    };
-    engine_->run(st);
   });
-  job->wait();
-  slices_ = std::move(slices);
-  loaded_ = true;
+}
+
+namespace {
+
+// Releases this process's pages of a read-only file mapping [p, p + n), widened to whole pages.
+void drop_file_pages(const void* p, size_t n) {
+  if (!p || !n) return;
+  static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n + page - 1) & ~(page - 1);
+  madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+}  // namespace
+
+void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages) {
+  const int H = cfg_.hidden, I = cfg_.intermediate;
+  const FormatTraits& f = format_traits(cfg_.format);
+  load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
+    const int N = which == 2 ? H : I, K = which == 2 ? I : H;
+    const size_t e = size_t(map[slot]), nk = size_t(N) * K;
+    const QuantizedExperts& src = proj[which];
+    q.format = f.id;
+    q.N = N;
+    q.K = K;
+    q.values.resize(nk);
+    switch (f.id) {
+      case FormatId::bf16:
+        q.values.resize(nk * 2);
+        std::memcpy(q.values.data(), static_cast<const uint8_t*>(src.values) + e * nk * 2, nk * 2);
+        break;
+      case FormatId::int8_pc: {
+        std::memcpy(q.values.data(), static_cast<const uint8_t*>(src.values) + e * nk, nk);
+        const float* sc = static_cast<const float*>(src.scale) + e * N;
+        q.scale.assign(sc, sc + N);
+        break;
+      }
+      case FormatId::int4_g32: {
+        // nibbles: byte k/2 of a row holds q[k] (low) and q[k+1] (high)
+        const size_t row = size_t(K + 1) / 2, groups = size_t(K + f.group - 1) / f.group;
+        const uint8_t* v = static_cast<const uint8_t*>(src.values) + e * N * row;
+        for (int n = 0; n < N; ++n)
+          for (int k = 0; k < K; ++k) {
+            const uint8_t b = v[size_t(n) * row + k / 2];
+            q.values[size_t(n) * K + k] = k & 1 ? b >> 4 : b & 0xf;
+          }
+        const uint16_t* d = static_cast<const uint16_t*>(src.scale) + e * N * groups;
+        const uint16_t* m = static_cast<const uint16_t*>(src.gmin) + e * N * groups;
+        q.group_scale.assign(d, d + N * groups);
+        q.group_min.assign(m, m + N * groups);
+        break;
+      }
+    }
+    if (drop_pages) {
+      // the bytes of expert e in each array (the arrays hold [E, N, ...] in expert order)
+      const size_t vb = f.id == FormatId::bf16 ? nk * 2 : f.id == FormatId::int8_pc ? nk : size_t(N) * ((K + 1) / 2);
+      const size_t sb = f.id == FormatId::int8_pc ? size_t(N) * 4
+                      : f.id == FormatId::int4_g32 ? size_t(N) * ((K + f.group - 1) / f.group) * 2 : 0;
+      drop_file_pages(static_cast<const uint8_t*>(src.values) + e * vb, vb);
+      if (src.scale) drop_file_pages(static_cast<const uint8_t*>(src.scale) + e * sb, sb);
+      if (src.gmin) drop_file_pages(static_cast<const uint8_t*>(src.gmin) + e * sb, sb);
+    }
+  });
 }
 
 std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,

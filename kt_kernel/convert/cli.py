@@ -1,0 +1,43 @@
+"""Convert a Hugging Face MoE checkpoint into kt_kernel's quantized CPU expert files.
+
+    kt-convert-cpu-weights --input-path DeepSeek-V3/ --input-type fp8 \
+        --output DeepSeek-V3-kt-int4/ --quant-method int4 --threads 32 [--resume]
+
+The command line over kt_kernel.convert.convert_checkpoint; scripts/convert_cpu_weights.py and the
+console script kt-convert-cpu-weights run it (format: README, "Converted weights").
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    from kt_kernel.convert import QUANT_METHODS, ConversionError, convert_checkpoint
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input-path", required=True, help="HF checkpoint folder: config.json, safetensors, index")
+    p.add_argument("--input-type", choices=["bf16", "fp16", "fp32", "fp8"], default=None,
+                   help="dtype of the expert weights (checked; default: read from the checkpoint)")
+    p.add_argument("--output", required=True, help="output folder (new or empty, or the one to --resume)")
+    p.add_argument("--quant-method", choices=sorted(QUANT_METHODS), default="int4",
+                   help="int4: AMXINT4 (int4_g32, group 32, fixed); int8: AMXINT8 (per channel); bf16: BF16")
+    p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all allowed cores)")
+    p.add_argument("--resume", action="store_true", help="continue in --output, keeping layers that verify")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    a = p.parse_args(argv)
+    try:
+        rec = convert_checkpoint(a.input_path, a.output, a.quant_method, input_type=a.input_type,
+                                 threads=a.threads, resume=a.resume, progress=not a.no_progress)
+    except ConversionError as e:
+        print(f"convert_cpu_weights: error: {e}", file=sys.stderr)
+        return 2
+    st = rec["_stats"]
+    gbps = st["source_bytes_converted"] / max(st["seconds"], 1e-9) / 1e9
+    print(f"converted {len(rec['moe_layers'])} MoE layers ({rec['method']}) into {a.output}: "
+          f"{st['source_bytes_converted'] / 1e9:.3f} GB of source experts in {st['seconds']:.1f} s ({gbps:.2f} GB/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Loading one layer of a converted folder (or of an HF checkpoint, quantizing at load).
+
+A converted layer file is memory-mapped; only the experts of CPU slots are read (their pages
+are touched once, while packing), and the map is closed when the layer is packed, so peak RSS
+while loading is the packed weights plus the mapped pages of the CPU experts' logical arrays,
+which the kernel may drop at any time and which go when the map is closed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kt_kernel.convert import layout as L
+from kt_kernel.convert.safetensors_io import MappedFile, SafetensorsError, read_header
+from kt_kernel.convert.source import ConversionError, open_source
+
+__all__ = ["read_meta", "load_converted_layer", "load_hf_layer", "is_converted"]
+
+
+def is_converted(path) -> bool:
+    """True for a folder written by the converter, finished or not (an unfinished one then fails
+    to load, naming the missing metadata file)."""
+    path = Path(path)
+    return (path / L.META_FILE).exists() or any(path.glob("kt-experts-L*.safetensors*"))
+
+
+def read_meta(path) -> dict:
+    path = Path(path)
+    f = path / L.META_FILE
+    if not f.exists():
+        raise ConversionError(f"{path} has no {L.META_FILE}: not a kt_kernel converted folder (or its conversion "
+                              "did not finish; rerun convert_cpu_weights.py with --resume)")
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{f} is not valid JSON: {e}") from e
+
+
+def _check(field: str, got, want, where: str, source: str = "the converted weights") -> None:
+    if got != want:
+        raise ConversionError(f"{where}: {field} is {got!r} in {source} but {want!r} in this KTMoEWrapper")
+
+
+def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
+    """Checks the converted folder ``path`` against ``wrapper`` and loads its layer
+    ``wrapper.layer_idx`` into the native layer; slot p takes logical expert pmap[p]."""
+    path = Path(path)
+    meta = read_meta(path)
+    where = str(path / L.META_FILE)
+    _check("kt_format (format version)", meta.get("kt_format"), L.FORMAT_VERSION, where)
+    _check("method", meta.get("method"), wrapper.method, where)
+    _check("hidden_size", meta.get("hidden_size"), wrapper.hidden_size, where)
+    _check("intermediate_size (moe_intermediate_size)", meta.get("intermediate_size"),
+           wrapper.moe_intermediate_size, where)
+    layer = wrapper.layer_idx
+    if layer not in meta.get("moe_layers", []):
+        raise ConversionError(f"{where}: layer_idx {layer} is not among the converted MoE layers "
+                              f"{meta.get('moe_layers')}")
+    E = int(meta["num_experts"])
+    if pmap is None:
+        _check("num_experts", E, wrapper.num_experts, where + " (no physical_to_logical_map given)")
+        pmap = torch.arange(E, dtype=torch.int64)
+    file = path / L.layer_file(layer)
+    if not file.exists():
+        raise ConversionError(f"{path} lacks {file.name}, the experts of layer {layer}")
+    try:
+        header = read_header(file)
+    except SafetensorsError as e:
+        raise ConversionError(str(e)) from e
+    fmt, group = meta["format"], int(meta["group"])
+    for k, want in (("kt_format", L.FORMAT_VERSION), ("method", wrapper.method), ("layer", layer)):
+        if header.metadata.get(k) != str(want):
+            raise ConversionError(f"{file}: its metadata {k}={header.metadata.get(k)!r}, expected {str(want)!r} "
+                                  "(a file from another conversion or not a kt_kernel layer file)")
+    spec = L.layer_arrays_spec(fmt, group, E, wrapper.hidden_size, wrapper.moe_intermediate_size)
+    for (proj, part), (dtype, _, shape) in spec.items():
+        t = header.tensors.get(L.key(layer, proj, part))
+        if t is None:
+            raise ConversionError(f"{file} has no tensor {L.key(layer, proj, part)}")
+        if t["dtype"] != dtype or tuple(t["shape"]) != tuple(shape):
+            raise ConversionError(f"{file}: {L.key(layer, proj, part)} is {t['dtype']} {tuple(t['shape'])}, "
+                                  f"expected {dtype} {tuple(shape)}")
+    mf = MappedFile(file, header)
+    try:
+        arrays = {(p, part): mf.array(L.key(layer, p, part)) for p, part in spec}
+        addr = lambda p, part: arrays[(p, part)].ctypes.data if (p, part) in arrays else 0  # noqa: E731
+        wrapper._layer.load_quantized([addr(p, "qweight") for p in L.PROJ], [addr(p, "scale") for p in L.PROJ],
+                                      [addr(p, "min") for p in L.PROJ], pmap.data_ptr(), E,
+                                      drop_pages=True)
+        del arrays
+    finally:
+        mf.close()
+
+
+def load_hf_layer(wrapper, path, pmap: torch.Tensor) -> None:
+    """Reads layer ``wrapper.layer_idx`` of the HF checkpoint in ``path`` and quantizes it at load;
+    only the logical experts that CPU slots use are read."""
+    src = open_source(path)
+    where = str(Path(path) / "config.json")
+    _check("hidden_size", src.hidden_size, wrapper.hidden_size, where, "config.json")
+    _check("intermediate_size (moe_intermediate_size)", src.intermediate_size, wrapper.moe_intermediate_size, where,
+           "config.json")
+    layer = wrapper.layer_idx
+    if layer not in src.moe_layers:
+        raise ConversionError(f"{path}: layer_idx {layer} is not an MoE layer (MoE layers: {src.moe_layers})")
+    if pmap is None:
+        _check("num_experts", src.num_experts, wrapper.num_experts, where + " (no physical_to_logical_map given)",
+               "config.json")
+        pmap = torch.arange(src.num_experts, dtype=torch.int64)
+    cpu = ~wrapper.gpu_experts_mask
+    bad = [(p, int(pmap[p])) for p in range(len(pmap)) if cpu[p] and not 0 <= int(pmap[p]) < src.num_experts]
+    if bad:
+        raise ValueError(f"physical_to_logical_map[{bad[0][0]}] = {bad[0][1]} is out of range: the checkpoint "
+                         f"holds {src.num_experts} experts")
+    needed = sorted({int(pmap[p]) for p in range(len(pmap)) if cpu[p]})
+    compact = {e: i for i, e in enumerate(needed)}
+    n = max(len(needed), 1)
+    H, I = src.hidden_size, src.intermediate_size
+    gate, up, down = torch.zeros(n, I, H), torch.zeros(n, I, H), torch.zeros(n, H, I)
+    for e, i in compact.items():
+        for j, t in enumerate((gate, up, down)):
+            t[i] = src.expert(layer, e, j)
+    cmap = torch.tensor([compact.get(int(pmap[p]), 0) if cpu[p] else 0 for p in range(len(pmap))], dtype=torch.int64)
+    wrapper._layer.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), "float32", cmap.data_ptr(), n)

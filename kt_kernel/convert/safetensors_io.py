@@ -1,0 +1,127 @@
+"""Minimal safetensors reading and writing without copies.
+
+The safetensors file format: 8 bytes little-endian header length n, n bytes of JSON header
+(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
+offsets relative to the end of the header), then the data. Reading memory-maps the file, so a
+tensor costs host memory only for the pages touched; writing streams each array's buffer into
+``name.tmp`` and renames it, so a file under its final name is always complete.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SafetensorsError", "Header", "read_header", "MappedFile", "write_file", "NUMPY_DTYPES"]
+
+# safetensors dtype -> numpy dtype of the same width (bf16 and fp8 are read as raw bits)
+NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8,
+                "I32": np.int32, "I64": np.int64, "F64": np.float64, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8,
+                "BOOL": np.bool_, "I16": np.int16, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
+_DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
+                np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+_ALIGN = 8
+
+
+class SafetensorsError(ValueError):
+    """A file that is not a complete safetensors file."""
+
+
+class Header:
+    def __init__(self, path: Path, tensors: dict, metadata: dict, data_start: int, file_size: int):
+        self.path, self.tensors, self.metadata = path, tensors, metadata
+        self.data_start, self.file_size = data_start, file_size
+
+    def nbytes(self, name: str) -> int:
+        b, e = self.tensors[name]["data_offsets"]
+        return e - b
+
+
+def read_header(path) -> Header:
+    """Parses the header of ``path`` and checks that every tensor's bytes lie inside the file
+    (a truncated file raises SafetensorsError naming the tensor and both sizes)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise SafetensorsError(f"{path} is {size} bytes, shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8:
+                raise SafetensorsError(f"{path}: header length {n} exceeds the file size {size}: truncated or not safetensors")
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{path} is not a readable safetensors file: {e}") from e
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path} is not a safetensors file: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start = 8 + n
+    for name, t in header.items():
+        b, e = t["data_offsets"]
+        if start + e > size:
+            raise SafetensorsError(f"{path} is truncated: tensor {name} ends at byte {start + e}, "
+                                   f"the file has {size} bytes")
+    return Header(path, header, metadata, start, size)
+
+
+class MappedFile:
+    """A read-only memory map of a safetensors file; ``array(name)`` is a zero-copy numpy view."""
+
+    def __init__(self, path, header: Header = None):
+        self.header = header or read_header(path)
+        with open(self.header.path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+
+    def array(self, name: str) -> np.ndarray:
+        t = self.header.tensors[name]
+        b, e = t["data_offsets"]
+        raw = self._buf[self.header.data_start + b:self.header.data_start + e]
+        return raw.view(NUMPY_DTYPES[t["dtype"]]).reshape(t["shape"])
+
+    def raw(self, name: str) -> memoryview:
+        b, e = self.header.tensors[name]["data_offsets"]
+        return memoryview(self._mm)[self.header.data_start + b:self.header.data_start + e]
+
+    def close(self) -> None:
+        self._buf = None
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still alive; the map goes when it does
+            pass
+
+
+def write_file(path, tensors: dict, metadata: dict) -> int:
+    """Writes ``tensors`` (name -> (dtype name, shape, buffer) or numpy array) to ``path`` via
+    ``path.tmp``, fsynced and renamed. Keys are written in sorted order, so the same tensors give
+    the same bytes. Returns the file size."""
+    path = Path(path)
+    entries, offset = {}, 0
+    items = []
+    for name in sorted(tensors):
+        v = tensors[name]
+        if isinstance(v, np.ndarray):
+            v = (_DTYPE_NAMES[v.dtype], list(v.shape), np.ascontiguousarray(v))
+        dtype, shape, buf = v
+        n = memoryview(buf).nbytes
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        items.append(buf)
+        offset += n
+    head = {"__metadata__": {k: str(v) for k, v in metadata.items()}, **entries}
+    hb = json.dumps(head, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % _ALIGN)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for buf in items:
+            f.write(memoryview(buf).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return 8 + len(hb) + offset

@@ -1,0 +1,263 @@
+"""Reading the routed experts of a Hugging Face MoE checkpoint, one layer at a time.
+
+Two expert layouts are found in real checkpoints, and both are read:
+  per-expert  model.layers.{L}.{mlp|block_sparse_moe}.experts.{e}.{gate_proj|up_proj|down_proj}.weight
+              (Mixtral: w1 = gate, w3 = up, w2 = down), each [I, H] / [H, I]
+  fused       model.layers.{L}.mlp.experts.gate_up_proj [E, 2I, H] (gate rows first) and
+              model.layers.{L}.mlp.experts.down_proj [E, H, I] (transformers >= 5 save_pretrained)
+FP8 experts (e4m3 with ``weight_scale_inv`` per block of ``weight_block_size``, DeepSeek-V3's
+layout) are dequantized here on the CPU: w = float(q) * scale_inv[n // bn, k // bk].
+
+The geometry comes from config.json (or its nested ``text_config``) under the names real configs
+use; which layers are MoE is checked against the tensors found.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, read_header
+
+__all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8"]
+
+EXPERT_COUNT_FIELDS = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
+INTERMEDIATE_FIELDS = ("moe_intermediate_size", "intermediate_size")
+_PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
+_PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
+                         r"\.(weight|weight_scale_inv)$")
+_FUSED = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
+_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn}
+INPUT_TYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "F8_E4M3"}
+
+
+class ConversionError(ValueError):
+    """A checkpoint, converted folder or option that cannot be used; the message says why."""
+
+
+def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block) -> torch.Tensor:
+    """fp32 weights of an e4m3 [N, K] tensor with one fp32 scale per [bn, bk] block."""
+    bn, bk = block
+    N, K = q.shape
+    s = scale_inv.to(torch.float32).repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:N, :K]
+    return q.to(torch.float32) * s
+
+
+@dataclass
+class Source:
+    path: Path
+    config: dict              # the text model's config (text_config when nested)
+    num_layers: int
+    num_experts: int
+    hidden_size: int
+    intermediate_size: int
+    moe_layers: list
+    layout: str               # "per-expert" or "fused"
+    dtype: str                # safetensors dtype of the expert weights
+    fp8_block: Optional[tuple]
+    tensors: dict             # key -> (file name, tensor entry)
+    expert_keys: dict         # layer -> {(e, proj) or (proj,): key}
+    scale_keys: dict          # layer -> {(e, proj): key}
+    fingerprint: str
+    data_start: dict          # file name -> byte where its data begins
+
+    def non_expert_keys(self) -> list:
+        taken = {k for d in (*self.expert_keys.values(), *self.scale_keys.values()) for k in d.values()}
+        return sorted(k for k in self.tensors if k not in taken)
+
+    def read(self, key: str, index: Optional[int] = None) -> torch.Tensor:
+        """Tensor ``key`` (or its slice ``index`` along dim 0) read with pread into private memory:
+        no map of the source file, so its pages do not stay in this process's RSS."""
+        fname, t = self.tensors[key]
+        shape = list(t["shape"])
+        b, e = t["data_offsets"]
+        start = self.data_start[fname] + b
+        if index is not None:
+            step = (e - b) // shape[0]
+            start, e, shape = start + index * step, None, shape[1:]
+            n = step
+        else:
+            n = e - b
+        buf = np.empty(n, dtype=np.uint8)
+        fd = os.open(self.path / fname, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [buf], start)
+        finally:
+            os.close(fd)
+        if got != n:
+            raise ConversionError(f"{self.path / fname} is truncated: reading {key} got {got} of {n} bytes")
+        out = torch.from_numpy(buf.view(NUMPY_DTYPES[t["dtype"]]).reshape(shape))
+        if t["dtype"] in ("BF16", "F8_E4M3"):
+            out = out.view(_TORCH[t["dtype"]])
+        return out
+
+    def expert(self, layer: int, e: int, proj: int) -> torch.Tensor:
+        """Weights of one projection (0 gate, 1 up, 2 down) of one expert, fp32 [N, K]."""
+        keys, I = self.expert_keys[layer], self.intermediate_size
+        if self.layout == "fused":
+            if proj == 2:
+                w = self._fused(keys[("down_proj",)], e, self.hidden_size)
+            else:
+                gu = self._fused(keys[("gate_up_proj",)], e, 2 * I)
+                w = gu[:I] if proj == 0 else gu[I:]
+            return w.to(torch.float32)
+        w = self.read(keys[(e, proj)])
+        if self.dtype == "F8_E4M3":
+            return dequantize_fp8(w, self.read(self.scale_keys[layer][(e, proj)]), self.fp8_block)
+        return w.to(torch.float32)
+
+    def _fused(self, key: str, e: int, rows: int) -> torch.Tensor:
+        w = self.read(key, e)
+        if w.shape[0] != rows:  # stored transposed ([E, H, 2I] / [E, I, H]), as some checkpoints do
+            w = w.t()
+        return w
+
+    def layer_bytes(self, layer: int) -> int:
+        """Bytes of this layer's expert tensors in the source files."""
+        ks = list(self.expert_keys[layer].values()) + list(self.scale_keys.get(layer, {}).values())
+        total = 0
+        for k in ks:
+            b, e = self.tensors[k][1]["data_offsets"]
+            total += e - b
+        return total
+
+
+def _text_config(raw: dict) -> dict:
+    cfg = dict(raw)
+    if isinstance(raw.get("text_config"), dict):
+        cfg.update(raw["text_config"])
+    return cfg
+
+
+def _first(cfg: dict, fields, what: str, file: Path):
+    for f in fields:
+        if cfg.get(f):
+            return f, int(cfg[f])
+    raise ConversionError(f"{file} has none of the {what} fields {', '.join(fields)}")
+
+
+def _expected_moe_layers(cfg: dict, n: int) -> list:
+    k = int(cfg.get("first_k_dense_replace") or 0)
+    step = int(cfg.get("decoder_sparse_step") or 1)
+    only = set(cfg.get("mlp_only_layers") or [])
+    return [l for l in range(n) if l >= k and l not in only and (l + 1) % step == 0]
+
+
+def open_source(path, input_type: Optional[str] = None) -> Source:
+    """Reads config.json and the safetensors headers of the checkpoint in ``path`` (no weights)
+    and checks that every MoE layer has all of its experts, with the shapes config.json gives."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise ConversionError(f"{path} has no config.json: not a Hugging Face model folder")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{cfg_file} is not valid JSON: {e}") from e
+    cfg = _text_config(raw)
+    e_field, E = _first(cfg, EXPERT_COUNT_FIELDS, "expert-count", cfg_file)
+    i_field, I = _first(cfg, INTERMEDIATE_FIELDS, "expert intermediate size", cfg_file)
+    H = int(cfg["hidden_size"])
+    L = int(cfg["num_hidden_layers"])
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{path} holds no .safetensors files")
+    tensors, starts, digest = {}, {}, hashlib.sha256(cfg_file.read_bytes())
+    for name in files:
+        if not (path / name).exists():
+            raise ConversionError(f"{index.name} names {name}, which is not in {path}")
+        try:
+            h = read_header(path / name)
+        except SafetensorsError as e:
+            raise ConversionError(str(e)) from e
+        starts[name] = h.data_start
+        digest.update(f"{name}:{h.file_size}:".encode())
+        digest.update(json.dumps(h.tensors, sort_keys=True).encode())
+        for k, t in h.tensors.items():
+            tensors[k] = (name, t)
+
+    experts, scales, layouts, dtypes = {}, {}, set(), set()
+    for k, (_, t) in tensors.items():
+        m = _PER_EXPERT.match(k)
+        if m and int(m.group(1)) < L:
+            layer, e, proj, kind = int(m.group(1)), int(m.group(3)), _PROJ[m.group(4)], m.group(5)
+            if kind == "weight":
+                experts.setdefault(layer, {})[(e, proj)] = k
+                layouts.add("per-expert")
+                dtypes.add(t["dtype"])
+            else:
+                scales.setdefault(layer, {})[(e, proj)] = k
+            continue
+        m = _FUSED.match(k)
+        if m and int(m.group(1)) < L and len(t["shape"]) == 3:
+            experts.setdefault(int(m.group(1)), {})[(m.group(3),)] = k
+            layouts.add("fused")
+            dtypes.add(t["dtype"])
+    if not experts:
+        raise ConversionError(f"{path}: no routed-expert tensors found (looked for "
+                              "model.layers.L.mlp.experts.E.gate_proj.weight and experts.gate_up_proj)")
+    if len(layouts) > 1 or len(dtypes) > 1:
+        raise ConversionError(f"{path} mixes expert layouts {sorted(layouts)} / dtypes {sorted(dtypes)}")
+    layout, dtype = layouts.pop(), dtypes.pop()
+    if dtype not in _TORCH:
+        raise ConversionError(f"{path}: expert weights have dtype {dtype}; supported: {', '.join(_TORCH)}")
+    if input_type is not None and INPUT_TYPES[input_type] != dtype:
+        raise ConversionError(f"--input-type {input_type} but the expert weights of {path} are {dtype}")
+
+    moe_layers = sorted(experts)
+    expected = _expected_moe_layers(cfg, L)
+    missing = sorted(set(expected) - set(moe_layers))
+    if missing:
+        raise ConversionError(f"{path}: config.json makes layer {missing[0]} an MoE layer ({e_field}={E}, "
+                              f"first_k_dense_replace={cfg.get('first_k_dense_replace', 0)}, num_hidden_layers={L}), "
+                              f"but the checkpoint has no experts for it ({len(missing)} such layers)")
+
+    want = {0: [I, H], 1: [I, H], 2: [H, I]}
+    for layer in moe_layers:
+        keys = experts[layer]
+        if layout == "per-expert":
+            for e in range(E):
+                for proj in range(3):
+                    k = keys.get((e, proj))
+                    if k is None:
+                        raise ConversionError(f"{path}: layer {layer} lacks expert {e}'s "
+                                              f"{('gate', 'up', 'down')[proj]} projection ({e_field}={E})")
+                    if tensors[k][1]["shape"] != want[proj]:
+                        raise ConversionError(f"{k} has shape {tuple(tensors[k][1]['shape'])}, but config.json "
+                                              f"{i_field}={I} and hidden_size={H} make it {tuple(want[proj])}")
+                    if dtype == "F8_E4M3" and (e, proj) not in scales.get(layer, {}):
+                        raise ConversionError(f"{k} is fp8 but the checkpoint has no {k}_scale_inv")
+            extra = sorted({e for e, _ in keys} - set(range(E)))
+            if extra:
+                raise ConversionError(f"{path}: layer {layer} has expert {extra[0]}, but config.json {e_field}={E}")
+        else:
+            for name, shapes in (("gate_up_proj", ([E, 2 * I, H], [E, H, 2 * I])), ("down_proj", ([E, H, I], [E, I, H]))):
+                k = keys.get((name,))
+                if k is None:
+                    raise ConversionError(f"{path}: layer {layer} has no experts.{name}")
+                if tensors[k][1]["shape"] not in shapes:
+                    raise ConversionError(f"{k} has shape {tuple(tensors[k][1]['shape'])}, but config.json "
+                                          f"{e_field}={E}, {i_field}={I} and hidden_size={H} make it {tuple(shapes[0])}")
+            if dtype == "F8_E4M3":
+                raise ConversionError(f"{path}: fp8 experts in the fused layout are not supported; "
+                                      "per-expert fp8 (weight_scale_inv) is")
+    block = None
+    if dtype == "F8_E4M3":
+        q = raw.get("quantization_config") or cfg.get("quantization_config") or {}
+        block = tuple(q.get("weight_block_size") or (128, 128))
+    return Source(path=path, config=cfg, num_layers=L, num_experts=E, hidden_size=H, intermediate_size=I,
+                  moe_layers=moe_layers, layout=layout, dtype=dtype, fp8_block=block, tensors=tensors,
+                  expert_keys=experts, scale_keys=scales, fingerprint=digest.hexdigest(),
+                  data_start=starts)
