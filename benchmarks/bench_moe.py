@@ -10,12 +10,15 @@ Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after
   - decode (M <= 8): effective weight bandwidth = distinct experts touched x 3 x H x I x bytes
     per weight / time, and its % of the read bandwidth measured in this run just before;
   - prefill (M >= 64): effective GFLOP/s (GOP/s for integer formats) = 2 x 3 x H x I x M x K / time,
-    and its % of a compute proxy measured in this run with plain torch matmuls;
+    and its % of the peak of the instruction family the method's kernels use, measured in this run;
   - the relative error ||out - ref|| / ||ref|| against the fp32 reference;
   - the speed-up over the PyTorch bf16 peer measured in the same run.
-The instruction peaks the protocol asks for (AVX512-VNNI int8, AVX512-BF16, AVX2 FMA, AMX) will
-come from a C++ probe; until then the compute "limit" is what torch's own matmuls reach here,
-which is a lower bound of the peak, and the output says so.
+Both limits come from kt_kernel's C++ probe (kt_kernel._ext.probe_bandwidth / probe_peaks, the
+same probe as `python -m kt_kernel.doctor`), on --threads std::threads pinned as the engine pins its own:
+read bandwidth streams a --bw-mib buffer with the widest loads of the active tier; the peak is that
+of the family the method uses at the active tier (kt_kernel.doctor.peak_family): integer formats
+vpdpbusd (AVX512-VNNI) where available, else vpmaddubsw; BF16 vdpbf16ps (AVX512-BF16) where
+available, else fp32 FMA. AMX has no probe yet (no AMX kernels either).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from dataclasses import asdict
 import torch
 
 import kt_kernel
-from kt_kernel import KTMoEWrapper
+from kt_kernel import KTMoEWrapper, _ext
+from kt_kernel.doctor import peak_family
 from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
 
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
@@ -78,32 +82,36 @@ def machine_cpu_seconds() -> float | None:
 # ---- the machine's limits, measured in this run ----------------------------------------------
 
 class MachineLimits:
-    """The machine's limits, measured again whenever asked (the machine drifts), every sample kept.
+    """The machine's limits from kt_kernel's C++ probe, measured again whenever asked (the machine
+    drifts), every sample kept. Threads: --threads, pinned by the engine's rule (kt/engine.h).
 
-    Read bandwidth: repeated torch sums over one fp32 buffer (1 GiB by default, far above any
-    L3), with torch's thread count. The buffer is allocated once and reused, also to flush the
-    caches between calls in --cold mode. Compute: see compute_proxy."""
+    Read bandwidth: _ext.probe_bandwidth(threads, mib, reps): `threads` threads each stream their
+    slice of one `mib` MiB buffer (far above any L3). Peaks: _ext.probe_peaks(threads, seconds,
+    families=[...]), all threads at once. A separate 256 MiB buffer flushes the caches in --cold mode."""
 
-    def __init__(self, mib: int):
-        self.buf = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    def __init__(self, mib: int, threads: int, peak_seconds: float = 0.5):
+        self.mib, self.threads, self.peak_seconds = mib, threads, peak_seconds
+        self.buf = torch.ones(256 * 2**20 // 4, dtype=torch.float32)  # for flush() only
         self.samples: list[dict] = []
-        self.proxies: list[dict] = []
+        self.peaks: list[dict] = []
 
-    def compute(self, name: str, label: str) -> dict:
-        p = {**compute_proxy([name])[name], "dtype": name, "label": label}
-        self.proxies.append(p)
+    def peak(self, method: str, label: str) -> dict:
+        """The peak of the instruction family `method` uses at the active tier, measured now:
+        {"family", "gops" (best), "median", "unit", "instruction", "label"}; gops None where no
+        family of the method is available (generic tier)."""
+        fam = peak_family(method)
+        p = {"family": fam, "gops": None, "median": None, "unit": None, "instruction": None, "label": label}
+        if fam is not None:
+            f = _ext.probe_peaks(self.threads, self.peak_seconds, families=[fam])["families"][fam]
+            p.update(gops=f["best"], median=f["median"], unit=f["unit"], instruction=f["instruction"])
+        self.peaks.append(p)
         return p
 
     def bandwidth(self, label: str, reps: int = 10) -> dict:
-        self.buf.sum()  # warm
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            self.buf.sum()
-            times.append(time.perf_counter() - t0)
-        nbytes = self.buf.numel() * 4
-        s = {"label": label, "best_gbps": nbytes / min(times) / 1e9,
-             "median_gbps": nbytes / statistics.median(times) / 1e9, "reps": reps, "bytes": nbytes}
+        b = _ext.probe_bandwidth(self.threads, self.mib, reps)
+        s = {"label": label, "best_gbps": b["best_gbps"], "median_gbps": b["median_gbps"], "reps": reps,
+             "bytes": b["bytes"], "loads": b["loads"], "threads": b["threads"], "pinned": b["pinned"],
+             "cpus": b["cpus"]}
         self.samples.append(s)
         return s
 
@@ -112,41 +120,6 @@ class MachineLimits:
         thread alone: a torch op here would leave torch's OpenMP threads spinning into the call
         that follows."""
         self.buf.numpy()[: min(nbytes // 4, self.buf.numel())].sum()
-
-
-PROXY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
-
-
-def compute_proxy(names=tuple(PROXY_DTYPES), reps: int = 5) -> dict:
-    """Best GFLOP/s (GOP/s for int8) that torch's own matmuls reach here now, per dtype name:
-    a lower bound of the instruction peak, not the peak."""
-    shapes = [(2048, 2048, 2048), (512, 2048, 768)]  # square, and one MoE-like projection (M, K, N)
-    out = {}
-    for name in names:
-        dtype = PROXY_DTYPES[name]
-        best, how = 0.0, None
-        for m, k, n in shapes:
-            if dtype == torch.int8:
-                a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
-                b = torch.randint(-128, 128, (k, n), dtype=torch.int8)
-                fn = lambda: torch._int_mm(a, b)  # noqa: E731
-            else:
-                a = torch.randn(m, k).to(dtype)
-                b = torch.randn(n, k).to(dtype)
-                fn = lambda: torch.nn.functional.linear(a, b)  # noqa: E731
-            try:
-                fn()
-            except (RuntimeError, NotImplementedError) as e:  # op missing in this build
-                how = f"unavailable: {e}".splitlines()[0][:120]
-                continue
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                rate = 2 * m * k * n / (time.perf_counter() - t0) / 1e9
-                if rate > best:
-                    best, how = rate, f"torch {'_int_mm' if dtype == torch.int8 else 'F.linear'} {m}x{k}x{n}"
-        out[name] = {"gops": best or None, "how": how}
-    return out
 
 
 # ---- one measured case -----------------------------------------------------------------------
@@ -215,7 +188,7 @@ def table_row(r: dict) -> str:
         rate, pct = f"{r['gbps']:.1f} GB/s", r["pct_bandwidth"]
     else:
         unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
-        rate, pct = f"{r['gops']:.0f} {unit}", r["pct_compute_proxy"]
+        rate, pct = f"{r['gops']:.0f} {unit}", r["pct_peak"]
     cached = r.get("may_be_cached") and r["M"] in DECODE_TOKENS
     return table_line([
         r["method"], r["tier"], r["kernel"], r["M"], f"{r['ms']:.3f}", f"{r['tok_s']:.1f}",
@@ -256,11 +229,6 @@ def cache_bytes() -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def proxy_family(method: str) -> str:
-    """The torch-matmul proxy a method's prefill figure is compared with."""
-    return "int8" if method in INT_METHODS else "bf16"
-
-
 def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_total, emit) -> list[dict]:
     rows = []
     flush = probe.flush if args.cold else None
@@ -268,19 +236,18 @@ def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_t
     def limits_now(label: str, method: str):
         """Both limits, measured again right before a block: the machine drifts."""
         bw = probe.bandwidth(label)
-        fam = proxy_family(method)
-        proxy = probe.compute(fam, label)
-        print(f"  {label}: read bandwidth now {bw['best_gbps']:.1f} GB/s, {fam} proxy "
-              f"{proxy['gops'] or 0:.0f} {'GOP/s' if fam == 'int8' else 'GFLOP/s'}", flush=True)
-        return bw, proxy
+        peak = probe.peak(method, label)
+        print(f"  {label}: read bandwidth now {bw['best_gbps']:.1f} GB/s, peak of {peak['family'] or '-'} "
+              f"{peak['gops'] or 0:.0f} {peak['unit'] or ''}", flush=True)
+        return bw, peak
 
     def finish(r: dict, limits, peer_ms) -> dict:
-        bw, proxy = limits
+        bw, peak = limits
         r["bandwidth_gbps"] = bw["best_gbps"]
         r["pct_bandwidth"] = 100 * r["gbps"] / bw["best_gbps"]
-        r["compute_proxy"] = proxy
-        g = proxy["gops"]
-        r["pct_compute_proxy"] = 100 * r["gops"] / g if g else None
+        r["peak"] = peak
+        g = peak["gops"]
+        r["pct_peak"] = 100 * r["gops"] / g if g else None
         r["x_vs_torch"] = peer_ms / r["ms"] if peer_ms else None
         # Warm calls with the same routing re-read the same weights: below about twice the
         # L2 + L3 capacity, part of them comes from cache (AMD's L3 is a victim of L2).
@@ -366,6 +333,7 @@ def parse_args(argv=None):
                    help="evict the caches (read 256 MiB) before each timed call; default: warm, as the protocol")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 peer")
     p.add_argument("--bw-mib", type=int, default=1024, help="MiB read by the bandwidth probe")
+    p.add_argument("--peak-seconds", type=float, default=0.5, help="seconds per instruction-family peak probe")
     p.add_argument("--json", default=None, help="write every figure and the run's conditions here")
     args = p.parse_args(argv)
     args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
@@ -406,19 +374,21 @@ def main(argv=None) -> dict:
     print(f"other processes keep {'?' if load0 is None else f'{load0:.1f}'} of {all_cores()} cores busy "
           "(1 s sample before the run): figures taken beside them are slowed")
     t0 = time.perf_counter()
-    probe = MachineLimits(args.bw_mib)
+    probe = MachineLimits(args.bw_mib, args.threads, args.peak_seconds)
     bw0 = probe.bandwidth("start")
-    proxy = compute_proxy()
-    print(f"limits measured now ({time.perf_counter() - t0:.1f} s):")
-    print(f"  read bandwidth ({args.bw_mib} MiB torch sum, {args.threads} threads): best {bw0['best_gbps']:.1f} GB/s, "
+    peaks0 = _ext.probe_peaks(args.threads, args.peak_seconds)
+    print(f"limits measured now by kt_kernel's C++ probe, read bandwidth and instruction peaks "
+          f"({time.perf_counter() - t0:.1f} s; {args.threads} threads "
+          f"{'pinned to CPUs ' + ','.join(map(str, peaks0['cpus'])) if peaks0['pinned'] else 'unpinned'}, "
+          f"tier {peaks0['tier']}):")
+    print(f"  read bandwidth ({args.bw_mib} MiB, {bw0['loads']} loads): best {bw0['best_gbps']:.1f} GB/s, "
           f"median {bw0['median_gbps']:.1f} GB/s")
-    for k, v in proxy.items():
-        print(f"  {k:4s} compute proxy: {'%.0f' % v['gops'] if v['gops'] else '-'} {'GOP/s' if k == 'int8' else 'GFLOP/s'}"
-              f" ({v['how']})")
-    print("  NOTE: the compute 'limits' are what torch's own matmuls reach on this machine, not instruction peaks;\n"
-          "  the instruction peaks (AVX512-VNNI int8, AVX512-BF16, AVX2 FMA, AMX) will come from a C++ probe.\n"
-          "  Both limits are measured again before each method's block; %lim uses those figures (prefill: the\n"
-          "  bf16 proxy for BF16 and torch, the int8 proxy for the integer methods).")
+    for k, v in peaks0["families"].items():
+        print(f"  {k:20s} {v['instruction']:26s} " + (f"best {v['best']:.0f} {v['unit']}, median {v['median']:.0f}"
+                                                     if v["available"] else v["reason"]))
+    print("  Both limits are measured again before each method's block; %lim uses those figures (prefill: the\n"
+          "  peak of the family the method uses at the active tier: integer methods vpdpbusd, else vpmaddubsw;\n"
+          "  BF16 and torch vdpbf16ps, else fp32 FMA).")
 
     rows = []
     for name in args.shapes:
@@ -441,7 +411,7 @@ def main(argv=None) -> dict:
         "ms: median of the timed calls. M <= 8: GB/s = distinct experts x 3HI x bytes/weight / ms; %lim of the",
         "  read bandwidth measured just before the block. * = those weights are under 2x the L2+L3 caches: warm",
         "  calls (the same routing every call) may read them partly from cache; --cold evicts the caches first.",
-        "M >= 64: GF/s (GOP/s for integer formats) = 2 x 3HI x M x K / ms; %lim of the torch-matmul proxy.",
+        "M >= 64: GF/s (GOP/s for integer formats) = 2 x 3HI x M x K / ms; %lim of the instruction-family peak.",
         "x torch: torch-bf16 ms / ms. busy: this process's CPU seconds / wall seconds over the timed calls (all",
         "  threads, the caller's too). other: cores used by other processes meanwhile (/proc/stat).",
     ]))
@@ -459,9 +429,9 @@ def main(argv=None) -> dict:
                        "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "formats": kt_kernel.formats()},
         "other_load_cores": {"start": load0, "end": load1},
-        "limits": {"bandwidth": probe.samples, "compute_proxy_start": proxy, "compute_proxy_blocks": probe.proxies,
-                   "note": "compute proxies are torch matmul rates, not instruction peaks; "
-                           "instruction peaks will come from a C++ probe"},
+        "limits": {"bandwidth": probe.samples, "peaks_start": peaks0, "peaks_blocks": probe.peaks,
+                   "note": "kt_kernel C++ probe (_ext.probe_bandwidth / probe_peaks), threads pinned by the "
+                           "engine's rule"},
         "shapes": {n: asdict(get_shape(n)) for n in args.shapes},
         "results": rows,
     }

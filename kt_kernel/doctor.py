@@ -1,0 +1,332 @@
+"""What this machine can do for kt_kernel: ``python -m kt_kernel.doctor``.
+
+Prints, in sections:
+  CPU          brand, vendor, family/model, the features CPUID/XGETBV report;
+  ISA tier     the tier kt_kernel's kernels use and why AMX is (not) used (kt_kernel.cpu_info());
+  bandwidth    streaming read bandwidth (1 thread and N threads, best and median GB/s);
+  peaks        the peak of each instruction family this CPU has, on N threads at once;
+  decode       predicted decode tokens/s per method for the model shapes asked for: an UPPER BOUND
+               from read bandwidth alone (each token reads the weights of the experts it is routed
+               to in every MoE layer, once, from memory; no caching, no compute, nothing else).
+
+The measurements come from the C++ probe (kt_kernel._ext.probe_bandwidth / probe_peaks): N
+std::threads in the engine's thread model, pinned like the engine's (one per allowed CPU when N is
+at most the allowed CPUs and KT_KERNEL_PIN_THREADS is not 0) unless --pin / --no-pin.
+
+    python -m kt_kernel.doctor                          # all presets, all cores
+    python -m kt_kernel.doctor --model deepseek-v3 --threads 2
+    python -m kt_kernel.doctor --config path/to/config.json
+    python -m kt_kernel.doctor --hidden 4096 --intermediate 14336 --experts-per-token 2 --moe-layers 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+from kt_kernel import _ext
+from kt_kernel.cpu import cpu_info
+from kt_kernel.formats import formats
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The routed-expert part of a MoE model, all that bounds decode by bandwidth."""
+
+    name: str
+    moe_layers: int
+    hidden: int  # H
+    intermediate: int  # I, per expert
+    experts_per_token: int  # K, routed
+    experts: int | None = None  # E, informational
+
+    def weights_per_expert(self) -> int:
+        """gate [I, H] + up [I, H] + down [H, I]."""
+        return 3 * self.hidden * self.intermediate
+
+
+# The protocol's models (BENCH_PROTOCOL.md): routed experts only.
+PRESETS: dict[str, ModelShape] = {
+    "qwen3-30b-a3b": ModelShape("Qwen3-30B-A3B", moe_layers=48, hidden=2048, intermediate=768,
+                                experts_per_token=8, experts=128),
+    "deepseek-v3": ModelShape("DeepSeek-V3 / Kimi-K2", moe_layers=58, hidden=7168, intermediate=2048,
+                              experts_per_token=8, experts=256),
+    "mixtral-8x7b": ModelShape("Mixtral-8x7B", moe_layers=32, hidden=4096, intermediate=14336,
+                               experts_per_token=2, experts=8),
+}
+PRESET_ALIASES = {"kimi-k2": "deepseek-v3", "qwen3": "qwen3-30b-a3b", "mixtral": "mixtral-8x7b"}
+
+# Which probe family bounds each method's prefill, best first; the first one the probe measured wins.
+# Integer formats run vpdpbusd where the tier has VNNI, else vpmaddubsw; BF16 runs vdpbf16ps where
+# the tier has AVX512-BF16, else fp32 FMA.
+PEAK_FAMILIES = {
+    "int": ("int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm"),
+    "BF16": ("bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm"),
+}
+INT_METHODS = ("AMXINT8", "AMXINT4")
+
+
+def peak_family(method: str, families: dict | None = None) -> str | None:
+    """The instruction family a method's kernels use at the active tier, or None (generic tier).
+    `families`: probe_peaks()["families"] or _ext.probe_families() (the default)."""
+    families = _ext.probe_families() if families is None else families
+    for name in PEAK_FAMILIES["int" if method in INT_METHODS else "BF16"]:
+        if families.get(name, {}).get("available"):
+            return name
+    return None
+
+
+# ---- prediction -------------------------------------------------------------------------------
+
+def bytes_per_weight(method: str) -> float:
+    """From the format table: bits_per_weight / 8, scales included."""
+    for f in formats():
+        if f["method"] == method:
+            return f["bits_per_weight"] / 8
+    raise KeyError(f"method {method!r} is not in kt_kernel.formats()")
+
+
+def bytes_per_token(shape: ModelShape, bpw: float) -> float:
+    """Expert weight bytes one decode token reads: moe_layers x K experts x 3HI x bytes/weight."""
+    return shape.moe_layers * shape.experts_per_token * shape.weights_per_expert() * bpw
+
+
+def predict_decode_tok_s(shape: ModelShape, bpw: float, bandwidth_gbps: float) -> float:
+    """Upper bound of decode tokens/s from read bandwidth alone (routed experts only)."""
+    return bandwidth_gbps * 1e9 / bytes_per_token(shape, bpw)
+
+
+def shape_from_hf_config(cfg: dict, name: str = "config.json") -> ModelShape:
+    """A ModelShape from a Hugging Face config.json (Qwen3-MoE, DeepSeek-V3/Kimi-K2, Mixtral and
+    alikes). Raises ValueError naming the fields it could not find."""
+    if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers
+        cfg = cfg["text_config"]
+
+    def first(*keys):
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return None
+
+    hidden = first("hidden_size")
+    inter = first("moe_intermediate_size", "intermediate_size")
+    k = first("num_experts_per_tok", "num_experts_per_token", "moe_topk")
+    layers = first("num_hidden_layers")
+    experts = first("n_routed_experts", "num_experts", "num_local_experts")
+    missing = [n for n, v in [("hidden_size", hidden), ("moe_intermediate_size or intermediate_size", inter),
+                              ("num_experts_per_tok", k), ("num_hidden_layers", layers)] if v is None]
+    if missing:
+        raise ValueError(f"{name} lacks {', '.join(missing)}; pass --hidden --intermediate "
+                         "--experts-per-token --moe-layers instead")
+    # Which layers are MoE: DeepSeek's first_k_dense_replace / moe_layer_freq, Qwen's
+    # decoder_sparse_step / mlp_only_layers; otherwise every layer (Mixtral).
+    dense_first = int(cfg.get("first_k_dense_replace") or 0)
+    freq = int(cfg.get("moe_layer_freq") or 1)
+    step = int(cfg.get("decoder_sparse_step") or 1)
+    mlp_only = set(cfg.get("mlp_only_layers") or [])
+    moe_layers = sum(1 for i in range(int(layers))
+                     if i >= dense_first and (i - dense_first) % freq == 0 and i not in mlp_only
+                     and (i + 1) % step == 0)
+    return ModelShape(cfg.get("model_type", name), moe_layers=moe_layers, hidden=int(hidden),
+                      intermediate=int(inter), experts_per_token=int(k),
+                      experts=None if experts is None else int(experts))
+
+
+# ---- measurements -----------------------------------------------------------------------------
+
+def _machine_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine (/proc/stat), None where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(threads: int, seconds: float = 0.5, mib: int = 1024, repeats: int = 10, pin: bool | None = None) -> dict:
+    """Clock estimate, read bandwidth (1 and `threads` threads) and instruction peaks (`threads`),
+    and the cores other processes kept busy meanwhile. pin None: the engine's rule."""
+    m0, o0, w0 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
+    out = {
+        "clock_ghz": _ext.probe_clock_ghz(0.2),
+        "bandwidth_1": _ext.probe_bandwidth(1, mib, repeats, pin),
+        "bandwidth_n": _ext.probe_bandwidth(threads, mib, repeats, pin),
+        "peaks": _ext.probe_peaks(threads, seconds, pin),
+    }
+    m1, o1, w1 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
+    out["seconds"] = w1 - w0
+    out["other_cores"] = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
+    return out
+
+
+def cpu_identity() -> dict:
+    """Vendor family/model/stepping from /proc/cpuinfo (empty where unavailable), with the AMD
+    core generation where the family tells it."""
+    ident = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping", "model name", "microcode"):
+                    ident[key.replace(" ", "_")] = val.strip()
+    except OSError:
+        return ident
+    fam = int(ident["cpu_family"]) if ident.get("cpu_family", "").isdigit() else None
+    if "AMD" in ident.get("model_name", "") or cpu_info()["vendor"] == "AuthenticAMD":
+        ident["generation"] = {0x17: "Zen / Zen 2", 0x19: "Zen 3 / Zen 4", 0x1A: "Zen 5"}.get(fam, "?")
+    return ident
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_shapes(args) -> list[ModelShape]:
+    custom = {k: getattr(args, k) for k in ("hidden", "intermediate", "experts_per_token", "moe_layers")
+              if getattr(args, k) is not None}
+    if args.config:
+        with open(args.config) as f:
+            base = [shape_from_hf_config(json.load(f), os.path.basename(os.path.dirname(os.path.abspath(args.config)))
+                                         or args.config)]
+    elif args.model == "all":
+        base = list(PRESETS.values())
+    else:
+        key = PRESET_ALIASES.get(args.model.lower(), args.model.lower())
+        if key not in PRESETS:
+            raise SystemExit(f"unknown --model {args.model!r}; presets: {', '.join(PRESETS)} "
+                             f"(aliases {', '.join(PRESET_ALIASES)}), or all")
+        base = [PRESETS[key]]
+    if custom:
+        if args.model == "all" and not args.config:
+            missing = [k for k in ("hidden", "intermediate", "experts_per_token", "moe_layers") if k not in custom]
+            if missing:
+                raise SystemExit(f"a custom shape needs --{' --'.join(m.replace('_', '-') for m in missing)} "
+                                 "(or --model/--config to start from)")
+            return [ModelShape("custom", **custom)]
+        return [replace(s, name=s.name + " (modified)", **custom) for s in base]
+    return base
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m kt_kernel.doctor", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--threads", type=int, default=all_cores(), help="threads for the probes (default: all cores)")
+    p.add_argument("--model", default="all",
+                   help=f"preset for the prediction: {', '.join(PRESETS)}, {', '.join(PRESET_ALIASES)}, or all")
+    p.add_argument("--config", default=None, help="a Hugging Face config.json to take the shape from")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size H")
+    p.add_argument("--intermediate", type=int, default=None, help="expert intermediate size I")
+    p.add_argument("--experts-per-token", type=int, default=None, help="routed experts per token K")
+    p.add_argument("--moe-layers", type=int, default=None, help="MoE layers")
+    p.add_argument("--seconds", type=float, default=0.5, help="seconds per instruction family")
+    p.add_argument("--mib", type=int, default=1024, help="MiB read per bandwidth repeat")
+    p.add_argument("--repeats", type=int, default=10, help="bandwidth repeats")
+    p.add_argument("--pin", dest="pin", action="store_true", default=None,
+                   help="pin probe thread i to the i-th allowed CPU (default: the engine's rule)")
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="leave the probe threads unpinned")
+    p.add_argument("--json", default=None, help="also write everything to this file")
+    args = p.parse_args(argv)
+    for k in ("threads", "hidden", "intermediate", "experts_per_token", "moe_layers", "mib", "repeats"):
+        v = getattr(args, k)
+        if v is not None and v <= 0:
+            p.error(f"--{k.replace('_', '-')} must be positive, got {v}")
+    if not args.seconds > 0:
+        p.error(f"--seconds must be positive, got {args.seconds}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    shapes = resolve_shapes(args)
+    info = cpu_info()
+    ident = cpu_identity()
+
+    print("== CPU ==")
+    print(f"brand: {info['brand']} ({info['vendor']})"
+          + (f"; family {ident.get('cpu_family')} model {ident.get('model')} stepping {ident.get('stepping')}"
+             if ident else "")
+          + (f" ({ident['generation']})" if ident.get("generation") else ""))
+    print(f"cores allowed to this process: {all_cores()}")
+    print(f"features: {' '.join(info['flags'])}")
+
+    print("\n== ISA tier ==")
+    print(f"kt_kernel uses: {info['active_tier']} (best this CPU runs: {info['best_tier']}"
+          f"{'; override ' + info['override'] if info['override'] else ''})")
+    print(f"AMX: {info['amx']}")
+
+    how = {None: "pinned as the engine pins its workers", True: "--pin", False: "--no-pin"}[args.pin]
+    print(f"\nmeasuring with {args.threads} threads ({how}) ...", flush=True)
+    m = measure(args.threads, args.seconds, args.mib, args.repeats, args.pin)
+    cpus = m["peaks"]["cpus"]
+    print(f"  threads {'pinned to CPUs ' + ','.join(map(str, cpus)) if m['peaks']['pinned'] else 'unpinned'}")
+    other = m["other_cores"]
+    print(f"  took {m['seconds']:.1f} s; other processes kept {'?' if other is None else f'{other:.1f}'} cores "
+          "busy meanwhile (figures taken beside them are lower)")
+    print(f"  core clock estimate (dependent adds, 1 thread): {m['clock_ghz']:.2f} GHz")
+
+    print("\n== Read bandwidth ==")
+    for b in (m["bandwidth_1"], m["bandwidth_n"]):
+        print(f"{b['threads']:>3} thread{'s' if b['threads'] > 1 else ' '}: best {b['best_gbps']:6.1f} GB/s, "
+              f"median {b['median_gbps']:6.1f} GB/s  ({b['bytes'] / 2**20:.0f} MiB x {len(b['gbps'])}, "
+              f"{b['loads']} loads{', huge pages advised' if b['huge_pages_advised'] else ''})")
+
+    print(f"\n== Instruction peaks ({m['peaks']['threads']} threads at once, tier {m['peaks']['tier']}) ==")
+    per = m["peaks"]["threads"] * m["clock_ghz"]
+    for name, f in m["peaks"]["families"].items():
+        if f["available"]:
+            print(f"{name:20s} {f['instruction']:26s} best {f['best']:8.0f} {f['unit']:8s} median {f['median']:8.0f}"
+                  f"  ({f['best'] / per:5.1f} ops/cycle/thread at the clock estimate; "
+                  f"{f['ops_per_instruction']} ops/instr, {f['accumulators']} accumulators)")
+        else:
+            print(f"{name:20s} {f['instruction']:26s} {f['reason']}")
+
+    bw_best, bw_med = m["bandwidth_n"]["best_gbps"], m["bandwidth_n"]["median_gbps"]
+    print(f"\n== Predicted decode tokens/s (UPPER BOUND from read bandwidth alone: {args.threads} threads, "
+          f"best {bw_best:.1f} / median {bw_med:.1f} GB/s) ==")
+    print("tokens/s = bandwidth / (MoE layers x experts per token x 3HI x bytes per weight); routed experts only,")
+    print("every weight read once from memory per token; compute, caches, attention and shared experts ignored.")
+    methods = [f["method"] for f in formats()]
+    predictions = []
+    for s in shapes:
+        print(f"{s.name}: {s.moe_layers} MoE layers, H={s.hidden}, I={s.intermediate}, top-{s.experts_per_token}"
+              + (f" of {s.experts} experts" if s.experts else ""))
+        for method in methods:
+            bpw = bytes_per_weight(method)
+            gb = bytes_per_token(s, bpw) / 1e9
+            best, med = predict_decode_tok_s(s, bpw, bw_best), predict_decode_tok_s(s, bpw, bw_med)
+            predictions.append({"model": s.name, "method": method, "bytes_per_weight": bpw, "gb_per_token": gb,
+                                "tok_s_upper_bound": best, "tok_s_at_median_bandwidth": med})
+            print(f"  {method:8s} {8 * bpw:5.2f} bits/weight  {gb:7.3f} GB/token  <= {best:8.1f} tok/s "
+                  f"(at median bandwidth {med:.1f})")
+
+    result = {"cpu_info": info, "cpu_identity": ident, "threads": args.threads, "pinned": m["peaks"]["pinned"],
+              "measurements": m, "shapes": [asdict(s) for s in shapes], "predictions": predictions}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
