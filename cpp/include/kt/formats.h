@@ -48,7 +48,8 @@ struct FormatTraits {
   const char* method;       // KTMoEWrapper method that selects it, e.g. "AMXINT4"
   int group;                // K values sharing one scale; 0 = one scale per output channel / none
   int k_align;              // packed K is padded to a multiple of this
-  double bits_per_weight;   // packed, scales included
+  double bits_per_weight;   // packed, group scales included; per-channel extras (int8_pc: 64 bits
+                            // of scale and compensation per output channel) are not
   // Reference quantizer: w is fp32 [N, K] row-major.
   void (*quantize_ref)(const float* w, int N, int K, QuantizedMatrix* out);
   // Reference dequantizer: out fp32 [N, K].
