@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from kt_kernel import _ext
 from kt_kernel.cpu import cpu_info
 from kt_kernel.formats import formats
+from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, text_config
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,7 @@ def predict_decode_tok_s(shape: ModelShape, bpw: float, bandwidth_gbps: float) -
 def shape_from_hf_config(cfg: dict, name: str = "config.json") -> ModelShape:
     """A ModelShape from a Hugging Face config.json (Qwen3-MoE, DeepSeek-V3/Kimi-K2, Mixtral and
     alikes). Raises ValueError naming the fields it could not find."""
-    if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers
-        cfg = cfg["text_config"]
+    cfg = text_config(cfg)
 
     def first(*keys):
         for k in keys:
@@ -113,24 +113,16 @@ def shape_from_hf_config(cfg: dict, name: str = "config.json") -> ModelShape:
         return None
 
     hidden = first("hidden_size")
-    inter = first("moe_intermediate_size", "intermediate_size")
+    inter = first(*INTERMEDIATE_FIELDS)
     k = first("num_experts_per_tok", "num_experts_per_token", "moe_topk")
     layers = first("num_hidden_layers")
-    experts = first("n_routed_experts", "num_experts", "num_local_experts")
+    experts = first(*EXPERT_COUNT_FIELDS)
     missing = [n for n, v in [("hidden_size", hidden), ("moe_intermediate_size or intermediate_size", inter),
                               ("num_experts_per_tok", k), ("num_hidden_layers", layers)] if v is None]
     if missing:
         raise ValueError(f"{name} lacks {', '.join(missing)}; pass --hidden --intermediate "
                          "--experts-per-token --moe-layers instead")
-    # Which layers are MoE: DeepSeek's first_k_dense_replace / moe_layer_freq, Qwen's
-    # decoder_sparse_step / mlp_only_layers; otherwise every layer (Mixtral).
-    dense_first = int(cfg.get("first_k_dense_replace") or 0)
-    freq = int(cfg.get("moe_layer_freq") or 1)
-    step = int(cfg.get("decoder_sparse_step") or 1)
-    mlp_only = set(cfg.get("mlp_only_layers") or [])
-    moe_layers = sum(1 for i in range(int(layers))
-                     if i >= dense_first and (i - dense_first) % freq == 0 and i not in mlp_only
-                     and (i + 1) % step == 0)
+    moe_layers = len(moe_layer_indices(cfg, int(layers)))
     return ModelShape(cfg.get("model_type", name), moe_layers=moe_layers, hidden=int(hidden),
                       intermediate=int(inter), experts_per_token=int(k),
                       experts=None if experts is None else int(experts))

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, read_header
+from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, text_config
 
 __all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8"]
 
-EXPERT_COUNT_FIELDS = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
-INTERMEDIATE_FIELDS = ("moe_intermediate_size", "intermediate_size")
 _PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
 _PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
                          r"\.(weight|weight_scale_inv)$")
@@ -129,25 +128,11 @@ class Source:
         return total
 
 
-def _text_config(raw: dict) -> dict:
-    cfg = dict(raw)
-    if isinstance(raw.get("text_config"), dict):
-        cfg.update(raw["text_config"])
-    return cfg
-
-
 def _first(cfg: dict, fields, what: str, file: Path):
     for f in fields:
         if cfg.get(f):
             return f, int(cfg[f])
     raise ConversionError(f"{file} has none of the {what} fields {', '.join(fields)}")
-
-
-def _expected_moe_layers(cfg: dict, n: int) -> list:
-    k = int(cfg.get("first_k_dense_replace") or 0)
-    step = int(cfg.get("decoder_sparse_step") or 1)
-    only = set(cfg.get("mlp_only_layers") or [])
-    return [l for l in range(n) if l >= k and l not in only and (l + 1) % step == 0]
 
 
 def open_source(path, input_type: Optional[str] = None) -> Source:
@@ -161,7 +146,7 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
         raw = json.loads(cfg_file.read_text())
     except ValueError as e:
         raise ConversionError(f"{cfg_file} is not valid JSON: {e}") from e
-    cfg = _text_config(raw)
+    cfg = text_config(raw)
     e_field, E = _first(cfg, EXPERT_COUNT_FIELDS, "expert-count", cfg_file)
     i_field, I = _first(cfg, INTERMEDIATE_FIELDS, "expert intermediate size", cfg_file)
     H = int(cfg["hidden_size"])
@@ -217,7 +202,7 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
         raise ConversionError(f"--input-type {input_type} but the expert weights of {path} are {dtype}")
 
     moe_layers = sorted(experts)
-    expected = _expected_moe_layers(cfg, L)
+    expected = moe_layer_indices(cfg, L)
     missing = sorted(set(expected) - set(moe_layers))
     if missing:
         raise ConversionError(f"{path}: config.json makes layer {missing[0]} an MoE layer ({e_field}={E}, "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from kt_kernel.hf_config import EXPERT_COUNT_FIELDS
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
@@ -28,7 +29,6 @@ from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 __all__ = ["CheckpointInfo", "TensorMeta", "inspect_checkpoint", "read_tensor_index", "find_experts_modules"]
 
 # Expert-count fields of MoE configs in transformers: a config with none of them set is dense.
-_EXPERT_COUNT_FIELDS = ("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts")
 _FLOAT_DTYPES = ("F32", "BF16", "F16")
 _MAX_LISTED = 5
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -129,11 +129,11 @@ def _load_config(path: Path):
     if not model_type:
         raise CheckpointError(f"{cfg_file} has no model_type field")
     if model_type not in ARCHITECTURES:
-        counts = {f: raw[f] for f in _EXPERT_COUNT_FIELDS if raw.get(f)}
+        counts = {f: raw[f] for f in EXPERT_COUNT_FIELDS if raw.get(f)}
         if not counts:
             raise UnsupportedModelError(
                 f"{path} is not a Mixture-of-Experts model: config.json (model_type {model_type!r}) has none of "
-                f"the expert-count fields {', '.join(_EXPERT_COUNT_FIELDS)}; kt_kernel runs the routed experts "
+                f"the expert-count fields {', '.join(EXPERT_COUNT_FIELDS)}; kt_kernel runs the routed experts "
                 f"of MoE models ({', '.join(ARCHITECTURES)})")
         field, n = next(iter(counts.items()))
         raise UnsupportedModelError(
