@@ -7,7 +7,8 @@
 //   template <int NM, int MR> static void compute(const uint8_t* const* w, int Kp,
 //                                                 const ActView& act, const int* rows,
 //                                                 __m512 (&acc)[NM][MR]);
-// Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm).
+// Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm), and
+// Tile::down_panels how many adjacent panels the down stage computes at once (1 or 2).
 // The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
 // the epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
 #pragma once
@@ -73,36 +74,49 @@ void gateup(const GateUpArgs& a) {
   }
 }
 
-template <class Tile, int MR>
+// NP adjacent panels (p, p+1, ...) as the Tile's NP matrices: each activation broadcast then
+// feeds NP multiply-adds instead of one (with NP = 1 the broadcasts match the dot products one
+// for one, and the down stage ran at half the rate of gate/up).
+template <class Tile, int NP, int MR>
 inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0) {
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
-  __m512 acc[1][MR];
-  Tile::template compute<1, MR>(w, a.act.Kp, a.act, rows, acc);
+  __m512 acc[NP][MR];
+  Tile::template compute<NP, MR>(w, a.act.Kp, a.act, rows, acc);
   for (int r = 0; r < MR; ++r) {
-    float* o = a.out + a.ldo * a.tok[i0 + r] + p * kPanelN;
-    _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(a.weight[i0 + r]), acc[0][r], _mm512_loadu_ps(o)));
+    const __m512 weight = _mm512_set1_ps(a.weight[i0 + r]);
+    for (int t = 0; t < NP; ++t) {
+      float* o = a.out + a.ldo * a.tok[i0 + r] + (p + t) * kPanelN;
+      _mm512_storeu_ps(o, _mm512_fmadd_ps(weight, acc[t][r], _mm512_loadu_ps(o)));
+    }
   }
 }
 
-// rows [i, m) of a panel, fewer than R + 1: one block of exactly m - i rows
-template <class Tile, int R>
+// rows [i, m) of NP panels, fewer than R + 1: one block of exactly m - i rows
+template <class Tile, int NP, int R>
 inline void down_tail(const DownArgs& a, const uint8_t* const* w, int p, int i) {
   if constexpr (R > 0) {
-    if (a.m - i == R) down_block<Tile, R>(a, w, p, i);
-    else down_tail<Tile, R - 1>(a, w, p, i);
+    if (a.m - i == R) down_block<Tile, NP, R>(a, w, p, i);
+    else down_tail<Tile, NP, R - 1>(a, w, p, i);
   }
+}
+
+template <class Tile, int NP>
+inline void down_panels(const DownArgs& a, int p) {
+  const uint8_t* w[NP];
+  for (int t = 0; t < NP; ++t) w[t] = a.down->data + a.down->panel_bytes * (p + t);
+  constexpr int MR = Tile::max_rows(NP);
+  int i = 0;
+  for (; i + MR <= a.m; i += MR) down_block<Tile, NP, MR>(a, w, p, i);
+  down_tail<Tile, NP, MR - 1>(a, w, p, i);
 }
 
 template <class Tile>
 void down(const DownArgs& a) {
-  for (int p = a.p0; p < a.p1; ++p) {
-    const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
-    constexpr int MR = Tile::max_rows(1);
-    int i = 0;
-    for (; i + MR <= a.m; i += MR) down_block<Tile, MR>(a, w, p, i);
-    down_tail<Tile, MR - 1>(a, w, p, i);
-  }
+  constexpr int NP = Tile::down_panels;
+  int p = a.p0;
+  for (; p + NP <= a.p1; p += NP) down_panels<Tile, NP>(a, p);
+  for (; p < a.p1; ++p) down_panels<Tile, 1>(a, p);
 }
 
 inline __m512i bcast32(const void* p) {

@@ -9,6 +9,7 @@ namespace {
 
 struct Bf16DpTile {
   static constexpr int max_rows(int) { return 8; }  // NM * MR fp32 accumulators
+  static constexpr int down_panels = 2;  // shape A M=512: 66.6-68.9 -> 58.0-58.5 ms
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

@@ -10,6 +10,7 @@ namespace {
 
 struct Int8VnniTile {
   static constexpr int max_rows(int) { return 8; }  // NM * MR int32 accumulators
+  static constexpr int down_panels = 2;  // shape A M=512: 36.4-37.6 -> 34.3-36.5 ms
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
