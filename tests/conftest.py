@@ -298,3 +298,21 @@ def moe() -> Moe:
 @pytest.fixture
 def tol(fmt) -> Tolerance:
     return tolerance(fmt["name"])
+
+
+# ---- tiny HF models (tests of the transformers integration) -------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """arch -> folder of its tiny model, built once per session (HF layout, seed 0)."""
+    from kt_kernel.models import build_tiny_model  # needs transformers: only where used
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    paths = {}
+
+    def get(arch):
+        if arch not in paths:
+            paths[arch] = build_tiny_model(arch, root / arch, seed=0)
+        return paths[arch]
+    return get

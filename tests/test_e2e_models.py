@@ -65,19 +65,6 @@ def _threads():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """arch -> folder of its tiny model (built once per module, HF layout)."""
-    root = tmp_path_factory.mktemp("tiny_models")
-    paths = {}
-
-    def get(arch):
-        if arch not in paths:
-            paths[arch] = build_tiny_model(arch, root / arch, seed=0)
-        return paths[arch]
-    return get
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_checkpoint_has_the_real_layout(tiny, arch):
     """config.json + bf16 safetensors with one tensor per expert projection, as the real

@@ -18,17 +18,6 @@ from kt_kernel.models import ARCHITECTURES, CheckpointError, UnsupportedModelErr
 ARCHS = list(ARCHITECTURES)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_models")
-    paths = {}
-
-    def get(arch):
-        if arch not in paths:
-            paths[arch] = build_tiny_model(arch, root / arch, seed=0)
-        return paths[arch]
-    return get
-
 
 def _copy(src, dst, config=None, drop=(), change=None):
     """A copy of the checkpoint in ``src`` with config.json fields updated, tensors dropped, or
