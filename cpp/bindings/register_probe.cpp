@@ -21,6 +21,17 @@ py::dict family_dict(const probe::PeakResult& p) {
   return f;
 }
 
+// The threads a measurement ran on; both result kinds carry the same four fields.
+template <class Result>
+py::dict threads_dict(const Result& r) {
+  py::dict d;
+  d["threads"] = r.threads;
+  d["pinned"] = r.pinned;
+  d["cpus"] = r.cpus;
+  d["thread_ids"] = r.thread_ids;
+  return d;
+}
+
 }  // namespace
 
 void register_probe(py::module_& m) {
@@ -32,11 +43,7 @@ void register_probe(py::module_& m) {
           py::gil_scoped_release nogil;
           r = probe::measure_bandwidth(threads, mib, repeats, pin);
         }
-        py::dict d;
-        d["threads"] = r.threads;
-        d["pinned"] = r.pinned;
-        d["cpus"] = r.cpus;
-        d["thread_ids"] = r.thread_ids;
+        py::dict d = threads_dict(r);
         d["bytes"] = r.bytes;
         d["loads"] = r.loads;
         d["huge_pages_advised"] = r.huge_pages_advised;
@@ -71,11 +78,7 @@ void register_probe(py::module_& m) {
           }
           fams[py::str(p.name)] = f;
         }
-        py::dict d;
-        d["threads"] = r.threads;
-        d["pinned"] = r.pinned;
-        d["cpus"] = r.cpus;
-        d["thread_ids"] = r.thread_ids;
+        py::dict d = threads_dict(r);
         d["tier"] = r.tier;
         d["seconds_per_family"] = r.seconds_per_family;
         d["families"] = fams;
