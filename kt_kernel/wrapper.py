@@ -69,7 +69,7 @@ class KTMoEWrapper:
         weight_path: Optional[str] = None,
         chunked_prefill_size: int = 512,
         method: str = "AMXINT4",
-        cpu_save: bool = False,
+        cpu_save=False,
         max_deferred_experts_per_token: int = 0,
         numa_nodes=None,
         gpu_experts_mask=None,
@@ -85,11 +85,8 @@ class KTMoEWrapper:
                 "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
                 "sub-pools run without binding"
             )
-        if cpu_save:
-            raise NotImplementedError(
-                "cpu_save=True (saving converted weights) is not implemented yet; use "
-                "load_weights_from_tensors"
-            )
+        if not isinstance(cpu_save, (bool, str, os.PathLike)):
+            raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
         for name, v in (("num_experts", num_experts), ("num_experts_per_tok", num_experts_per_tok),
                         ("hidden_size", hidden_size), ("moe_intermediate_size", moe_intermediate_size),
                         ("chunked_prefill_size", chunked_prefill_size), ("threadpool_count", threadpool_count)):
@@ -103,6 +100,7 @@ class KTMoEWrapper:
         self.hidden_size = hidden_size
         self.moe_intermediate_size = moe_intermediate_size
         self.weight_path = weight_path
+        self.cpu_save = cpu_save
         self.chunked_prefill_size = chunked_prefill_size
         self.method = method
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
@@ -155,7 +153,21 @@ class KTMoEWrapper:
         if is_converted(self.weight_path):
             load_converted_layer(self, self.weight_path, pmap)
         else:
-            load_hf_layer(self, self.weight_path, pmap)
+            load_hf_layer(self, self.weight_path, pmap, save=self._save_folder(from_checkpoint=True))
+
+    def _save_folder(self, from_checkpoint: bool) -> Optional[str]:
+        """Where cpu_save keeps the layers this wrapper quantizes at load; None without cpu_save."""
+        if self.cpu_save is False:
+            return None
+        if self.cpu_save is not True:
+            return os.fspath(self.cpu_save)
+        if from_checkpoint:
+            raise ValueError(f"cpu_save=True saves into weight_path, and weight_path {self.weight_path} is the HF "
+                             "checkpoint being read; pass cpu_save=FOLDER to name where the converted layers go")
+        if self.weight_path is None:
+            raise ValueError("cpu_save=True saves the quantized layer into weight_path, and no weight_path was given; "
+                             "pass weight_path=FOLDER or cpu_save=FOLDER")
+        return self.weight_path
 
     def _logical_map(self, physical_to_logical_map):
         """physical_to_logical_map as a contiguous int64 tensor of num_experts entries, or None."""
@@ -187,8 +199,25 @@ class KTMoEWrapper:
                 raise ValueError(f"the weights hold {E} experts and no physical_to_logical_map was given; "
                                  f"expected num_experts={self.num_experts}")
             pmap = torch.arange(self.num_experts, dtype=torch.int64)
+        folder = self._save_folder(from_checkpoint=False)
+        if folder is not None:
+            self._save_and_load(folder, (gate_proj, up_proj, down_proj), pmap)
+            return
         self._layer.load_from_tensors(gate_proj.data_ptr(), up_proj.data_ptr(), down_proj.data_ptr(),
                                       _FLOAT_DTYPES[gate_proj.dtype], pmap.data_ptr(), E)
+
+    def _save_and_load(self, folder: str, weights, pmap: torch.Tensor) -> None:
+        """cpu_save from tensors: all logical experts quantized into ``folder``, then loaded from it."""
+        from kt_kernel.convert import load_converted_layer
+        from kt_kernel.convert.save import TENSORS_SOURCE, save_layer
+
+        def expert(e, j):
+            w = weights[j][e]
+            return w.to(torch.float32), w.numel() * w.element_size()
+
+        save_layer(folder, self.layer_idx, self.method, weights[0].shape[0], self.hidden_size,
+                   self.moe_intermediate_size, expert, {"fingerprint": TENSORS_SOURCE}, self.cpuinfer_threads)
+        load_converted_layer(self, folder, pmap)
 
     # ---- forward ------------------------------------------------------------------------
 

@@ -36,8 +36,9 @@ def _expert_weights(layer: int, seed: int = 0):
     return gate, up, down
 
 
-def _fp8(w: torch.Tensor):
-    """(e4m3 weights, fp32 scale_inv per FP8_BLOCK) of an fp32 [N, K] matrix, as DeepSeek-V3 stores them."""
+def _fp8(w: torch.Tensor, ue8m0: bool = False):
+    """(e4m3 weights, scale_inv per FP8_BLOCK) of an fp32 [N, K] matrix, as DeepSeek-V3 stores them
+    (fp32 scales) or with ue8m0 scales (powers of two)."""
     bn, bk = FP8_BLOCK
     N, K = w.shape
     sn, sk = -(-N // bn), -(-K // bk)
@@ -45,12 +46,21 @@ def _fp8(w: torch.Tensor):
     pad[:N, :K] = w
     amax = pad.reshape(sn, bn, sk, bk).abs().amax(dim=(1, 3)).clamp(min=1e-12)
     scale = amax / 448.0
+    if ue8m0:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
     q = (w / scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:N, :K]).to(torch.float8_e4m3fn)
-    return q, scale
+    return q, scale.to(torch.float8_e8m0fnu) if ue8m0 else scale
+
+
+def _dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """torch's own float8 decoding times the block scales."""
+    N, K = q.shape
+    return q.to(torch.float32) * s.to(torch.float32).repeat_interleave(FP8_BLOCK[0], 0).repeat_interleave(
+        FP8_BLOCK[1], 1)[:N, :K]
 
 
 def build_checkpoint(path: Path, *, layout="per-expert", dtype="bf16", seed=0, layers=LAYERS, drop_layer=None,
-                     h=H, i=I, e=E) -> Path:
+                     h=H, i=I, e=E, shards=2) -> Path:
     """A qwen3/deepseek-style HF checkpoint: embed + norms + a dense MLP in layer 0, experts in the rest."""
     global H, I, E
     H0, I0, E0 = H, I, E
@@ -60,37 +70,44 @@ def build_checkpoint(path: Path, *, layout="per-expert", dtype="bf16", seed=0, l
         cfg = {"model_type": "deepseek_v3", "hidden_size": H, "moe_intermediate_size": I, "intermediate_size": 2 * I,
                "n_routed_experts": E, "num_experts_per_tok": TOPK, "num_hidden_layers": layers,
                "first_k_dense_replace": DENSE, "vocab_size": 32}
-        if dtype == "fp8":
+        if dtype in ("fp8", "fp8-ue8m0"):
             cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": list(FP8_BLOCK)}
         (path / "config.json").write_text(json.dumps(cfg))
         (path / "tokenizer.json").write_text('{"tiny": true}')
         g = torch.Generator().manual_seed(seed)
-        shards = [{}, {}]
+        n_shards, shards = shards, [{} for _ in range(shards)]
         shards[0]["model.embed_tokens.weight"] = torch.randn(32, H, generator=g).to(torch.bfloat16)
         shards[0]["model.layers.0.mlp.gate_proj.weight"] = torch.randn(2 * I, H, generator=g).to(torch.bfloat16)
         for layer in range(DENSE, layers):
             if layer == drop_layer:
                 continue
-            shard = shards[layer % 2]
+            shard = shards[layer % n_shards]
             shard[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(H, dtype=torch.bfloat16)
             shard[f"model.layers.{layer}.mlp.gate.weight"] = torch.randn(E, H, generator=g).to(torch.bfloat16)
             gate, up, down = _expert_weights(layer, seed)
             prefix = f"model.layers.{layer}.mlp.experts"
             if layout == "fused":
-                shard[f"{prefix}.gate_up_proj"] = torch.cat([gate, up], dim=1).to(torch.bfloat16)
-                shard[f"{prefix}.down_proj"] = down.to(torch.bfloat16)
+                for name, w in (("gate_up_proj", torch.cat([gate, up], dim=1)), ("down_proj", down)):
+                    if dtype == "fp8":
+                        qs = [_fp8(w[x]) for x in range(E)]
+                        shard[f"{prefix}.{name}"] = torch.stack([q for q, _ in qs])
+                        shard[f"{prefix}.{name}_scale_inv"] = torch.stack([s for _, s in qs])
+                    else:
+                        shard[f"{prefix}.{name}"] = w.to(torch.bfloat16)
                 continue
             for x in range(E):
+                # experts spread over the shards too, as in real checkpoints
+                shard = shards[(layer + x) % n_shards]
                 for name, w in (("gate_proj", gate[x]), ("up_proj", up[x]), ("down_proj", down[x])):
-                    if dtype == "fp8":
-                        q, s = _fp8(w)
+                    if dtype.startswith("fp8"):
+                        q, s = _fp8(w, ue8m0=dtype == "fp8-ue8m0")
                         shard[f"{prefix}.{x}.{name}.weight"] = q
                         shard[f"{prefix}.{x}.{name}.weight_scale_inv"] = s
                     else:
                         shard[f"{prefix}.{x}.{name}.weight"] = w.to(torch.bfloat16).contiguous()
         weight_map = {}
         for n, shard in enumerate(shards):
-            name = f"model-{n + 1:05d}-of-00002.safetensors"
+            name = f"model-{n + 1:05d}-of-{n_shards:05d}.safetensors"
             save_file(shard, str(path / name))
             weight_map.update({k: name for k in shard})
         (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -111,15 +128,14 @@ def source_experts(src: Path, layer: int, dtype="bf16"):
             if key not in index:  # fused
                 fk = f"model.layers.{layer}.mlp.experts.{'down_proj' if name == 'down_proj' else 'gate_up_proj'}"
                 with safe_open(str(src / index[fk]), "pt") as f:
-                    t = f.get_tensor(fk)[x].float()
+                    t = f.get_tensor(fk)[x]
+                    t = _dequant(t, f.get_tensor(fk + "_scale_inv")[x]) if dtype.startswith("fp8") else t.float()
                 ws.append(t if name == "down_proj" else (t[:I] if name == "gate_proj" else t[I:]))
                 continue
             with safe_open(str(src / index[key]), "pt") as f:
                 w = f.get_tensor(key)
-                if dtype == "fp8":  # torch's own float8 decoding times the block scales
-                    s = f.get_tensor(key + "_scale_inv")
-                    w = w.to(torch.float32) * s.repeat_interleave(FP8_BLOCK[0], 0).repeat_interleave(FP8_BLOCK[1], 1)[
-                        :w.shape[0], :w.shape[1]]
+                if dtype.startswith("fp8"):
+                    w = _dequant(w, f.get_tensor(key + "_scale_inv"))
                 ws.append(w.float())
         out.append(torch.stack(ws).contiguous())
     return out
@@ -139,12 +155,17 @@ def run(w, seed=0, M=7):
     return w.forward(x, ids, wts)
 
 
+# kind -> (name, expert layout, expert dtype)
+KINDS = {k[0]: k for k in (("per-expert", "per-expert", "bf16"), ("fused", "fused", "bf16"),
+                           ("fp8", "per-expert", "fp8"), ("fused-fp8", "fused", "fp8"),
+                           ("fp8-ue8m0", "per-expert", "fp8-ue8m0"))}
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     return {kind: build_checkpoint(root / kind, layout=layout, dtype=dtype)
-            for kind, layout, dtype in (("per-expert", "per-expert", "bf16"), ("fused", "fused", "bf16"),
-                                        ("fp8", "per-expert", "fp8"))}
+            for kind, layout, dtype in KINDS.values()}
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +189,7 @@ MAPS = {
 
 
 @pytest.mark.parametrize("mapping", sorted(MAPS))
-@pytest.mark.parametrize("kind", ["per-expert", "fused", "fp8"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("method", ["AMXINT4", "AMXINT8", "BF16"])
 def test_converted_matches_load_from_tensors(ckpt, converted, kind, method, mapping):
     pmap, mask = MAPS[mapping]
@@ -176,7 +197,7 @@ def test_converted_matches_load_from_tensors(ckpt, converted, kind, method, mapp
     a = wrapper(method, layer, converted(kind, method), gpu_experts_mask=mask)
     a.load_weights(pmap)
     b = wrapper(method, layer, gpu_experts_mask=mask)
-    b.load_weights_from_tensors(*source_experts(ckpt[kind], layer, "fp8" if kind == "fp8" else "bf16"),
+    b.load_weights_from_tensors(*source_experts(ckpt[kind], layer, KINDS[kind][2]),
                                 physical_to_logical_map=pmap)
     assert a.weight_bytes == b.weight_bytes
     assert torch.equal(run(a), run(b))
@@ -199,12 +220,15 @@ def test_gpu_slots_cost_no_host_memory(converted):
     assert half.weight_bytes * 2 == full.weight_bytes
 
 
-def test_fp8_dequantization_matches_torch():
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32-scales", "ue8m0-scales"])
+def test_fp8_dequantization_matches_torch(ue8m0):
     g = torch.Generator().manual_seed(3)
     w = torch.randn(40, 70, generator=g)
-    q, s = _fp8(w)
-    want = q.to(torch.float32) * s.repeat_interleave(16, 0).repeat_interleave(16, 1)[:40, :70]
-    assert torch.equal(dequantize_fp8(q, s, FP8_BLOCK), want)
+    q, s = _fp8(w, ue8m0)
+    want = q.to(torch.float32) * s.to(torch.float32).repeat_interleave(16, 0).repeat_interleave(16, 1)[:40, :70]
+    got = dequantize_fp8(q, s, FP8_BLOCK)
+    assert torch.equal(got, want)
+    assert (got - w).abs().max() <= w.abs().max() / 8  # e4m3 keeps 3 mantissa bits: the scales are right
 
 
 def test_output_folder(converted, ckpt):
@@ -442,3 +466,104 @@ def test_tiny_models_of_the_model_driver(arch, tmp_path):
     ids = torch.stack([torch.randperm(e, generator=g)[:kw["num_experts_per_tok"]] for _ in range(5)])
     wts = torch.rand(5, kw["num_experts_per_tok"], generator=g)
     assert torch.equal(a.forward(x, ids, wts), b.forward(x, ids, wts))
+
+
+# ---- cpu_save: layers quantized at load are kept, and later starts load them -------------------
+
+
+@pytest.mark.parametrize("method", ["AMXINT4", "AMXINT8", "BF16"])
+def test_cpu_save_from_tensors(ckpt, tmp_path, method):
+    """cpu_save=True keeps the layer in weight_path, all logical experts of it (GPU slots included),
+    and the output is bit-identical to a plain load_weights_from_tensors; a later wrapper with
+    another GPU mask loads the saved folder with load_weights."""
+    pmap, mask = MAPS["remapped"]
+    weights = {layer: source_experts(ckpt["per-expert"], layer) for layer in (1, 2)}
+    for layer in (1, 2):
+        a = wrapper(method, layer, tmp_path / "save", gpu_experts_mask=mask, cpu_save=True)
+        a.load_weights_from_tensors(*weights[layer], physical_to_logical_map=pmap)
+        b = wrapper(method, layer, gpu_experts_mask=mask)
+        b.load_weights_from_tensors(*weights[layer], physical_to_logical_map=pmap)
+        assert torch.equal(run(a), run(b))
+    meta = json.loads((tmp_path / "save" / "kt_kernel_meta.json").read_text())
+    assert meta["moe_layers"] == [1, 2] and meta["method"] == method and meta["num_experts"] == E
+    later = wrapper(method, 2, tmp_path / "save")  # no GPU experts now: every expert comes from the file
+    later.load_weights()
+    full = wrapper(method, 2)
+    full.load_weights_from_tensors(*weights[2])
+    assert torch.equal(run(later), run(full))
+
+
+def test_cpu_save_from_checkpoint_then_reuse(ckpt, tmp_path, monkeypatch):
+    """With weight_path an HF checkpoint and cpu_save=FOLDER, the first load quantizes and saves; a
+    second wrapper with the same arguments loads the saved layer without quantizing anything."""
+    import kt_kernel.convert.load as load_mod
+
+    pmap, mask = MAPS["remapped"]
+    save = tmp_path / "saved"
+    a = wrapper("AMXINT4", 1, ckpt["per-expert"], gpu_experts_mask=mask, cpu_save=str(save))
+    a.load_weights(pmap)
+    plain = wrapper("AMXINT4", 1, ckpt["per-expert"], gpu_experts_mask=mask)
+    plain.load_weights(pmap)
+    assert torch.equal(run(a), run(plain))
+    first = (save / "kt-experts-L0001.safetensors").stat().st_mtime_ns
+
+    def no_quantizing(*args, **kw):
+        raise AssertionError("the saved layer should have been loaded, not quantized again")
+    monkeypatch.setattr(load_mod, "save_layer", no_quantizing)
+    b = wrapper("AMXINT4", 1, ckpt["per-expert"], gpu_experts_mask=mask, cpu_save=save)
+    b.load_weights(pmap)
+    assert torch.equal(run(b), run(plain))
+    assert (save / "kt-experts-L0001.safetensors").stat().st_mtime_ns == first
+
+
+def test_cpu_save_errors(ckpt, tmp_path):
+    with pytest.raises(TypeError, match="cpu_save must be False, True or a folder path"):
+        wrapper("AMXINT4", 1, cpu_save=3)
+    with pytest.raises(ValueError, match="pass cpu_save=FOLDER"):
+        wrapper("AMXINT4", 1, ckpt["per-expert"], cpu_save=True).load_weights()
+    with pytest.raises(ValueError, match="no weight_path was given"):
+        wrapper("AMXINT4", 1, cpu_save=True).load_weights_from_tensors(*source_experts(ckpt["per-expert"], 1))
+    with pytest.raises(ConversionError, match="which kt_kernel did not write"):
+        wrapper("AMXINT4", 1, ckpt["fused"], cpu_save=ckpt["per-expert"]).load_weights()
+    # a folder holds one conversion: another method, or layers from another checkpoint, raise
+    save = tmp_path / "one"
+    wrapper("AMXINT8", 1, ckpt["per-expert"], cpu_save=save).load_weights()
+    with pytest.raises(ConversionError, match="method is 'AMXINT8' there but 'AMXINT4' here"):
+        wrapper("AMXINT4", 2, ckpt["per-expert"], cpu_save=save).load_weights()
+    with pytest.raises(ConversionError, match="source.fingerprint is"):
+        wrapper("AMXINT8", 2, ckpt["fused"], cpu_save=save).load_weights()
+    assert json.loads((save / "kt_kernel_meta.json").read_text())["moe_layers"] == [1]
+
+
+def test_many_shards_and_layers(tmp_path):
+    """Six MoE layers over five shards, each layer's experts spread over several shards, fused
+    fp8 and per-expert bf16: every layer converts and loads bit-identically to
+    load_weights_from_tensors; non-expert tensors are copied byte for byte into files split at
+    --max-shard-gb."""
+    from safetensors import safe_open
+    for kind in ("per-expert", "fused-fp8"):
+        _, layout, dtype = KINDS[kind]
+        src = build_checkpoint(tmp_path / kind, layout=layout, dtype=dtype, layers=7, shards=5)
+        assert len(list(src.glob("*.safetensors"))) == 5
+        out = tmp_path / f"{kind}-out"
+        cli = Path(__file__).resolve().parents[1] / "scripts" / "convert_cpu_weights.py"
+        r = subprocess.run([sys.executable, str(cli), "--input-path", str(src), "--output", str(out),
+                            "--quant-method", "int4", "--threads", "2", "--no-progress", "--max-shard-gb", "1e-6"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        meta = json.loads((out / "kt_kernel_meta.json").read_text())
+        assert meta["moe_layers"] == [1, 2, 3, 4, 5, 6]
+        for layer in meta["moe_layers"]:
+            a = wrapper("AMXINT4", layer, out)
+            a.load_weights()
+            b = wrapper("AMXINT4", layer)
+            b.load_weights_from_tensors(*source_experts(src, layer, dtype))
+            assert torch.equal(run(a, seed=layer), run(b, seed=layer)), (kind, layer)
+        src_index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+        out_index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        nonexpert = [k for k in src_index if ".experts." not in k]
+        files = {out_index[k] for k in nonexpert}
+        assert len(files) == len(nonexpert)  # 1 kB shards: every tensor has a file of its own
+        for k in nonexpert:
+            with safe_open(str(src / src_index[k]), "pt") as f, safe_open(str(out / out_index[k]), "pt") as g:
+                assert torch.equal(f.get_tensor(k), g.get_tensor(k)), k

@@ -23,12 +23,15 @@ def main(argv=None) -> int:
     p.add_argument("--quant-method", choices=sorted(QUANT_METHODS), default="int4",
                    help="int4: AMXINT4 (int4_g32, group 32, fixed); int8: AMXINT8 (per channel); bf16: BF16")
     p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all allowed cores)")
+    p.add_argument("--max-shard-gb", type=float, default=4.0,
+                   help="largest file of copied non-expert tensors, GB (default 4; a larger tensor gets its own)")
     p.add_argument("--resume", action="store_true", help="continue in --output, keeping layers that verify")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     a = p.parse_args(argv)
     try:
         rec = convert_checkpoint(a.input_path, a.output, a.quant_method, input_type=a.input_type,
-                                 threads=a.threads, resume=a.resume, progress=not a.no_progress)
+                                 threads=a.threads, resume=a.resume, progress=not a.no_progress,
+                                 shard_bytes=int(a.max_shard_gb * 1e9))
     except ConversionError as e:
         print(f"convert_cpu_weights: error: {e}", file=sys.stderr)
         return 2

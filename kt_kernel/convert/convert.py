@@ -29,7 +29,7 @@ from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import SafetensorsError, read_header, write_file
 from kt_kernel.convert.source import ConversionError, Source, open_source
 
-__all__ = ["convert_checkpoint", "verify_layer_file", "METHOD_FORMATS"]
+__all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "METHOD_FORMATS"]
 
 METHOD_FORMATS = {f["method"]: f for f in _ext.formats()}
 QUANT_METHODS = {"int4": "AMXINT4", "int8": "AMXINT8", "bf16": "BF16"}
@@ -67,10 +67,10 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _layer_meta(src: Source, method: str, fmt: dict, layer: int) -> dict:
+def layer_meta(method: str, fmt: dict, layer: int, E: int, H: int, I: int, source: str) -> dict:
+    """The ``__metadata__`` of a layer file."""
     return {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
-            "layer": layer, "num_experts": src.num_experts, "hidden_size": src.hidden_size,
-            "intermediate_size": src.intermediate_size, "source": src.fingerprint}
+            "layer": layer, "num_experts": E, "hidden_size": H, "intermediate_size": I, "source": source}
 
 
 def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Optional[str]:
@@ -92,15 +92,18 @@ def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Op
     return None
 
 
-def _quantize_layer(src: Source, layer: int, fmt: dict, pool: ThreadPoolExecutor, progress: _Progress) -> dict:
-    E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
+def quantize_layer_arrays(expert, layer: int, E: int, H: int, I: int, fmt: dict, pool: ThreadPoolExecutor,
+                          done=lambda nbytes: None) -> dict:
+    """The format-v1 arrays of one layer: ``expert(e, j)`` gives projection j (0 gate, 1 up,
+    2 down) of logical expert e as fp32 [N, K] and the bytes it took in its source; ``done(nbytes)``
+    is called as each projection is stored. Returns key -> (safetensors dtype, shape, array)."""
     spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
     out = {k: np.empty(shape, dtype=npt) for k, (_, npt, shape) in spec.items()}
 
     def one(task):
         e, j = task
         proj = L.PROJ[j]
-        w = src.expert(layer, e, j)
+        w, nbytes = expert(e, j)
         if not torch.isfinite(w).all():
             bad = (~torch.isfinite(w)).nonzero()[0].tolist()
             raise ConversionError(f"layer {layer} expert {e} {proj}: NaN or Inf at {bad}")
@@ -113,33 +116,50 @@ def _quantize_layer(src: Source, layer: int, fmt: dict, pool: ThreadPoolExecutor
             out[(proj, "qweight")][e] = q["values"]
             if "scale" in q:
                 out[(proj, "scale")][e] = q["scale"]
-        return w.numel() * {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1}[src.dtype]
+        return nbytes
 
     for nbytes in pool.map(one, [(e, j) for e in range(E) for j in range(3)]):
-        progress.update(tensors=1, nbytes=nbytes)
+        done(nbytes)
     return {L.key(layer, proj, part): (spec[(proj, part)][0], spec[(proj, part)][2], a)
             for (proj, part), a in out.items()}
 
 
-def _copy_nonexpert(src: Source, out: Path) -> dict:
-    """Copies every non-expert tensor unchanged, one output file per source shard that has any
-    (one tensor in memory at a time). Returns key -> file name."""
-    by_file = {}
-    for k in src.non_expert_keys():
-        by_file.setdefault(src.tensors[k][0], []).append(k)
+def _quantize_layer(src: Source, layer: int, fmt: dict, pool: ThreadPoolExecutor, progress: _Progress) -> dict:
+    def expert(e, j):
+        w = src.expert(layer, e, j)
+        return w, w.numel() * src.bytes_per_weight()
+
+    return quantize_layer_arrays(expert, layer, src.num_experts, src.hidden_size, src.intermediate_size, fmt, pool,
+                                 lambda nbytes: progress.update(tensors=1, nbytes=nbytes))
+
+
+def _copy_nonexpert(src: Source, out: Path, shard_bytes: int) -> dict:
+    """Copies every non-expert tensor unchanged into files of at most ``shard_bytes`` (a larger
+    tensor gets a file of its own), streamed one tensor at a time. Returns key -> file name."""
+    keys = sorted(src.non_expert_keys(), key=lambda k: (src.tensors[k][0], k))
+    files, size = [[]], 0
+    for k in keys:
+        b, e = src.tensors[k][1]["data_offsets"]
+        if files[-1] and size + (e - b) > shard_bytes:
+            files.append([])
+            size = 0
+        files[-1].append(k)
+        size += e - b
     weight_map = {}
-    for i, fname in enumerate(sorted(by_file)):
+    for i, ks in enumerate(f for f in files if f):
         name = L.nonexpert_file(i)
         tensors = {}
-        for k in by_file[fname]:
+        for k in ks:
             t = src.tensors[k][1]
-            tensors[k] = (t["dtype"], t["shape"], src.read(k).view(torch.uint8).numpy().reshape(-1))
+            b, e = t["data_offsets"]
+            tensors[k] = (t["dtype"], t["shape"], e - b,
+                          lambda k=k: src.read(k).reshape(-1).view(torch.uint8).numpy())
         write_file(out / name, tensors, {"kt_format": L.FORMAT_VERSION, "source": src.fingerprint})
-        weight_map.update({k: name for k in by_file[fname]})
+        weight_map.update({k: name for k in ks})
     return weight_map
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
@@ -149,11 +169,11 @@ def _sha256(path: Path) -> str:
 
 def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, input_type: Optional[str] = None,
                        threads: Optional[int] = None, resume: bool = False, progress: bool = True,
-                       layers: Optional[list] = None) -> dict:
+                       layers: Optional[list] = None, shard_bytes: int = 4 << 30) -> dict:
     """Converts the HF checkpoint in ``input_path`` into ``output_path``; returns the metadata
     record. ``quant_method``: int4 (AMXINT4, int4_g32), int8 (AMXINT8) or bf16, or a
     KTMoEWrapper method name. ``layers``: convert only these MoE layers (for tests and tools;
-    the metadata then lists only them)."""
+    the metadata then lists only them). ``shard_bytes``: the largest file of non-expert tensors."""
     method = QUANT_METHODS.get(quant_method, quant_method)
     if method not in METHOD_FORMATS:
         raise ConversionError(f"unknown quant method {quant_method!r}; valid: {', '.join(QUANT_METHODS)}")
@@ -177,7 +197,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
         with ThreadPoolExecutor(threads) as pool:
             for layer in todo:
                 spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
-                meta = _layer_meta(src, method, fmt, layer)
+                meta = layer_meta(method, fmt, layer, E, H, I, src.fingerprint)
                 path = out / L.layer_file(layer)
                 if not (resume and verify_layer_file(path, meta, spec, layer) is None):
                     tensors = _quantize_layer(src, layer, fmt, pool, bar)
@@ -189,7 +209,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
                 bar.update(layers=1)
                 weight_map.update({L.key(layer, p, part): path.name for p, part in spec})
                 files[path.name] = {"layer": layer, "bytes": path.stat().st_size}
-        weight_map.update(_copy_nonexpert(src, out))
+        weight_map.update(_copy_nonexpert(src, out, shard_bytes))
     finally:
         bar.close()
     seconds = time.monotonic() - t0
@@ -200,19 +220,18 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
         if f.is_file() and not f.name.endswith(".safetensors") and f.name != L.INDEX_FILE:
             shutil.copyfile(f, out / f.name)  # config.json, tokenizer files, generation config
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))
-    _write_json(out / L.INDEX_FILE, {"metadata": {"total_size": total, "kt_format": L.FORMAT_VERSION},
+    write_json(out / L.INDEX_FILE, {"metadata": {"total_size": total, "kt_format": L.FORMAT_VERSION},
                                     "weight_map": dict(sorted(weight_map.items()))})
     record = {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
               "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": src.num_layers,
-              "moe_layers": todo, "source": {"path": str(Path(input_path).resolve()), "fingerprint": src.fingerprint,
-                                             "layout": src.layout, "dtype": src.dtype},
-              "files": {name: dict(v, sha256=_sha256(out / name)) for name, v in sorted(files.items())}}
-    _write_json(out / L.META_FILE, record)
+              "moe_layers": todo, "source": src.record(),
+              "files": {name: dict(v, sha256=sha256_file(out / name)) for name, v in sorted(files.items())}}
+    write_json(out / L.META_FILE, record)
     record["_stats"] = {"seconds": seconds, "source_bytes_converted": converted}
     return record
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)

@@ -15,8 +15,8 @@ These are the logical arrays of kt_kernel's reference quantizer (``kt_kernel._ex
 independent of the NUMA layout and thread count: the split across sub-pools and the kernel
 packing happen at load. Each file's safetensors ``__metadata__`` holds kt_format, method,
 format, layer, num_experts, hidden_size, intermediate_size and source (the fingerprint).
-Non-expert tensors are copied unchanged into ``kt-nonexpert-{i:05d}.safetensors`` (one per
-source shard that has any); ``model.safetensors.index.json`` maps every key to its file;
+Non-expert tensors are copied unchanged into ``kt-nonexpert-{i:05d}.safetensors``, files of at
+most ``shard_bytes`` (4 GB by default; a larger tensor gets a file of its own); ``model.safetensors.index.json`` maps every key to its file;
 ``kt_kernel_meta.json``, written last, records the whole conversion.
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ import torch
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import MappedFile, SafetensorsError, read_header
 from kt_kernel.convert.source import ConversionError, open_source
+from kt_kernel.convert.save import save_layer, saved_layer_ready
 
 __all__ = ["read_meta", "load_converted_layer", "load_hf_layer", "is_converted"]
 
@@ -95,9 +96,11 @@ def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
         mf.close()
 
 
-def load_hf_layer(wrapper, path, pmap: torch.Tensor) -> None:
+def load_hf_layer(wrapper, path, pmap: torch.Tensor, save=None) -> None:
     """Reads layer ``wrapper.layer_idx`` of the HF checkpoint in ``path`` and quantizes it at load;
-    only the logical experts that CPU slots use are read."""
+    only the logical experts that CPU slots use are read. With a ``save`` folder (cpu_save), the
+    layer is loaded from there when it was saved from this checkpoint before; otherwise all its
+    logical experts are quantized into it, and then loaded from it."""
     src = open_source(path)
     where = str(Path(path) / "config.json")
     _check("hidden_size", src.hidden_size, wrapper.hidden_size, where, "config.json")
@@ -115,6 +118,14 @@ def load_hf_layer(wrapper, path, pmap: torch.Tensor) -> None:
     if bad:
         raise ValueError(f"physical_to_logical_map[{bad[0][0]}] = {bad[0][1]} is out of range: the checkpoint "
                          f"holds {src.num_experts} experts")
+    if save is not None:
+        E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
+        if not saved_layer_ready(save, layer, wrapper.method, E, H, I, src.fingerprint):
+            save_layer(save, layer, wrapper.method, E, H, I,
+                       lambda e, j: (src.expert(layer, e, j), H * I * src.bytes_per_weight()), src.record(),
+                       wrapper.cpuinfer_threads)
+        load_converted_layer(wrapper, save, pmap)
+        return
     needed = sorted({int(pmap[p]) for p in range(len(pmap)) if cpu[p]})
     compact = {e: i for i, e in enumerate(needed)}
     n = max(len(needed), 1)

@@ -21,6 +21,7 @@ __all__ = ["SafetensorsError", "Header", "read_header", "MappedFile", "write_fil
 # safetensors dtype -> numpy dtype of the same width (bf16 and fp8 are read as raw bits)
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8,
                 "I32": np.int32, "I64": np.int64, "F64": np.float64, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8,
+                "F8_E8M0": np.uint8,
                 "BOOL": np.bool_, "I16": np.int16, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
 _DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
                 np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
@@ -97,9 +98,10 @@ class MappedFile:
 
 
 def write_file(path, tensors: dict, metadata: dict) -> int:
-    """Writes ``tensors`` (name -> (dtype name, shape, buffer) or numpy array) to ``path`` via
-    ``path.tmp``, fsynced and renamed. Keys are written in sorted order, so the same tensors give
-    the same bytes. Returns the file size."""
+    """Writes ``tensors`` to ``path`` via ``path.tmp``, fsynced and renamed. A tensor is a numpy
+    array, (dtype name, shape, buffer), or (dtype name, shape, nbytes, read) where read() returns
+    the buffer when its turn comes, so that only one such tensor is in memory at a time. Keys are
+    written in sorted order, so the same tensors give the same bytes. Returns the file size."""
     path = Path(path)
     entries, offset = {}, 0
     items = []
@@ -107,10 +109,13 @@ def write_file(path, tensors: dict, metadata: dict) -> int:
         v = tensors[name]
         if isinstance(v, np.ndarray):
             v = (_DTYPE_NAMES[v.dtype], list(v.shape), np.ascontiguousarray(v))
-        dtype, shape, buf = v
-        n = memoryview(buf).nbytes
+        if len(v) == 3:
+            dtype, shape, buf = v
+            n, read = memoryview(buf).nbytes, (lambda buf=buf: buf)
+        else:
+            dtype, shape, n, read = v
         entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        items.append(buf)
+        items.append((name, n, read))
         offset += n
     head = {"__metadata__": {k: str(v) for k, v in metadata.items()}, **entries}
     hb = json.dumps(head, separators=(",", ":")).encode()
@@ -119,8 +124,12 @@ def write_file(path, tensors: dict, metadata: dict) -> int:
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
-        for buf in items:
-            f.write(memoryview(buf).cast("B"))
+        for name, n, read in items:
+            view = memoryview(read()).cast("B")
+            if view.nbytes != n:
+                raise ValueError(f"{path}: tensor {name} gave {view.nbytes} bytes, {n} were announced")
+            f.write(view)
+            del view
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -5,8 +5,12 @@ Two expert layouts are found in real checkpoints, and both are read:
               (Mixtral: w1 = gate, w3 = up, w2 = down), each [I, H] / [H, I]
   fused       model.layers.{L}.mlp.experts.gate_up_proj [E, 2I, H] (gate rows first) and
               model.layers.{L}.mlp.experts.down_proj [E, H, I] (transformers >= 5 save_pretrained)
-FP8 experts (e4m3 with ``weight_scale_inv`` per block of ``weight_block_size``, DeepSeek-V3's
-layout) are dequantized here on the CPU: w = float(q) * scale_inv[n // bn, k // bk].
+FP8 experts (e4m3 with one scale per block of ``weight_block_size``: ``weight_scale_inv`` beside
+each per-expert weight, as DeepSeek-V3 stores them, or ``gate_up_proj_scale_inv`` /
+``down_proj_scale_inv`` [E, ceil(N/bn), ceil(K/bk)] beside fused ones, as transformers >= 5 saves
+them; scales fp32, bf16 or ue8m0) are dequantized here on the CPU, a whole [N, K] matrix at a
+time: w = float(q) * scale_inv[n // bn, k // bk]; the fused gate_up matrix is dequantized before
+it is split into gate and up.
 
 The geometry comes from config.json (or its nested ``text_config``) under the names real configs
 use; which layers are MoE is checked against the tensors found.
@@ -33,7 +37,10 @@ _PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2
 _PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
                          r"\.(weight|weight_scale_inv)$")
 _FUSED = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
+_FUSED_SCALE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)_scale_inv$")
 _TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn}
+_SCALE_DTYPES = ("F32", "BF16", "F8_E8M0")  # ue8m0: a power of two per block
+_VIEW_AS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
 INPUT_TYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "F8_E4M3"}
 
 
@@ -63,7 +70,7 @@ class Source:
     fp8_block: Optional[tuple]
     tensors: dict             # key -> (file name, tensor entry)
     expert_keys: dict         # layer -> {(e, proj) or (proj,): key}
-    scale_keys: dict          # layer -> {(e, proj): key}
+    scale_keys: dict          # layer -> {(e, proj) or (proj,): key}
     fingerprint: str
     data_start: dict          # file name -> byte where its data begins
 
@@ -93,19 +100,20 @@ class Source:
         if got != n:
             raise ConversionError(f"{self.path / fname} is truncated: reading {key} got {got} of {n} bytes")
         out = torch.from_numpy(buf.view(NUMPY_DTYPES[t["dtype"]]).reshape(shape))
-        if t["dtype"] in ("BF16", "F8_E4M3"):
-            out = out.view(_TORCH[t["dtype"]])
+        if t["dtype"] in _VIEW_AS:
+            out = out.view(_VIEW_AS[t["dtype"]])
         return out
 
     def expert(self, layer: int, e: int, proj: int) -> torch.Tensor:
         """Weights of one projection (0 gate, 1 up, 2 down) of one expert, fp32 [N, K]."""
         keys, I = self.expert_keys[layer], self.intermediate_size
         if self.layout == "fused":
-            if proj == 2:
-                w = self._fused(keys[("down_proj",)], e, self.hidden_size)
-            else:
-                gu = self._fused(keys[("gate_up_proj",)], e, 2 * I)
-                w = gu[:I] if proj == 0 else gu[I:]
+            name, rows = ("down_proj", self.hidden_size) if proj == 2 else ("gate_up_proj", 2 * I)
+            w = self._fused(keys[(name,)], e, rows)
+            if self.dtype == "F8_E4M3":
+                w = dequantize_fp8(w, self.read(self.scale_keys[layer][(name,)], e), self.fp8_block)
+            if proj != 2:
+                w = w[:I] if proj == 0 else w[I:]
             return w.to(torch.float32)
         w = self.read(keys[(e, proj)])
         if self.dtype == "F8_E4M3":
@@ -117,6 +125,14 @@ class Source:
         if w.shape[0] != rows:  # stored transposed ([E, H, 2I] / [E, I, H]), as some checkpoints do
             w = w.t()
         return w
+
+    def record(self) -> dict:
+        """What converted folders record about their source."""
+        return {"path": str(self.path.resolve()), "fingerprint": self.fingerprint, "layout": self.layout,
+                "dtype": self.dtype}
+
+    def bytes_per_weight(self) -> int:
+        return {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1}[self.dtype]
 
     def layer_bytes(self, layer: int) -> int:
         """Bytes of this layer's expert tensors in the source files."""
@@ -185,6 +201,10 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
             else:
                 scales.setdefault(layer, {})[(e, proj)] = k
             continue
+        m = _FUSED_SCALE.match(k)
+        if m and int(m.group(1)) < L:
+            scales.setdefault(int(m.group(1)), {})[(m.group(3),)] = k
+            continue
         m = _FUSED.match(k)
         if m and int(m.group(1)) < L and len(t["shape"]) == 3:
             experts.setdefault(int(m.group(1)), {})[(m.group(3),)] = k
@@ -209,6 +229,10 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
                               f"first_k_dense_replace={cfg.get('first_k_dense_replace', 0)}, num_hidden_layers={L}), "
                               f"but the checkpoint has no experts for it ({len(missing)} such layers)")
 
+    block = None
+    if dtype == "F8_E4M3":
+        q = raw.get("quantization_config") or cfg.get("quantization_config") or {}
+        block = tuple(q.get("weight_block_size") or (128, 128))
     want = {0: [I, H], 1: [I, H], 2: [H, I]}
     for layer in moe_layers:
         keys = experts[layer]
@@ -236,12 +260,23 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
                     raise ConversionError(f"{k} has shape {tuple(tensors[k][1]['shape'])}, but config.json "
                                           f"{e_field}={E}, {i_field}={I} and hidden_size={H} make it {tuple(shapes[0])}")
             if dtype == "F8_E4M3":
-                raise ConversionError(f"{path}: fp8 experts in the fused layout are not supported; "
-                                      "per-expert fp8 (weight_scale_inv) is")
-    block = None
-    if dtype == "F8_E4M3":
-        q = raw.get("quantization_config") or cfg.get("quantization_config") or {}
-        block = tuple(q.get("weight_block_size") or (128, 128))
+                for name, (N, K) in (("gate_up_proj", (2 * I, H)), ("down_proj", (H, I))):
+                    k = keys[(name,)]
+                    if tensors[k][1]["shape"] != [E, N, K]:
+                        raise ConversionError(f"{k} is fp8 stored transposed {tuple(tensors[k][1]['shape'])}; fp8 "
+                                              f"fused experts are read as [E, N, K] = {(E, N, K)}")
+                    s = scales.get(layer, {}).get((name,))
+                    want_s = [E, -(-N // block[0]), -(-K // block[1])]
+                    if s is None:
+                        raise ConversionError(f"{k} is fp8 but the checkpoint has no {k}_scale_inv")
+                    if tensors[s][1]["shape"] != want_s:
+                        raise ConversionError(f"{s} has shape {tuple(tensors[s][1]['shape'])}, but weight_block_size "
+                                              f"{list(block)} makes it {tuple(want_s)}")
+    for layer in scales:
+        for k in scales[layer].values():
+            if tensors[k][1]["dtype"] not in _SCALE_DTYPES:
+                raise ConversionError(f"{k} has dtype {tensors[k][1]['dtype']}; fp8 block scales are read as "
+                                      f"{', '.join(_SCALE_DTYPES)}")
     return Source(path=path, config=cfg, num_layers=L, num_experts=E, hidden_size=H, intermediate_size=I,
                   moe_layers=moe_layers, layout=layout, dtype=dtype, fp8_block=block, tensors=tensors,
                   expert_keys=experts, scale_keys=scales, fingerprint=digest.hexdigest(),

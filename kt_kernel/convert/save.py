@@ -1,0 +1,136 @@
+"""cpu_save: keeping the layers that a wrapper quantizes at load, so later starts load them.
+
+A wrapper with ``cpu_save`` that quantizes a layer (from an HF checkpoint or from tensors) writes
+that layer, all of its logical experts, as a format-v1 layer file into the save folder, records
+it in the folder's ``kt_kernel_meta.json`` and index, and then loads it from there like any
+converted layer (so the result is bit-identical to ``load_weights_from_tensors``). Layers are
+added one at a time, by as many wrappers and processes as there are: each file is written under a
+temporary name and renamed, and the metadata is updated under an exclusive lock.
+
+A save folder holds one conversion: one method, one geometry, one source. A folder whose
+metadata disagrees raises, naming the field and both values, instead of mixing layers.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Optional
+
+from kt_kernel.convert import layout as L
+from kt_kernel.convert.convert import (METHOD_FORMATS, layer_meta, quantize_layer_arrays, sha256_file,
+                                       verify_layer_file, write_json)
+from kt_kernel.convert.safetensors_io import write_file
+from kt_kernel.convert.source import ConversionError
+
+__all__ = ["TENSORS_SOURCE", "saved_layer_ready", "save_layer"]
+
+# The source fingerprint of layers saved from load_weights_from_tensors: tensors in memory have no
+# identity to check, so such layers are rewritten at every load_weights_from_tensors.
+TENSORS_SOURCE = "tensors"
+_LOCK_FILE = ".kt_kernel_meta.lock"
+
+
+def _folder_fields(method: str, E: int, H: int, I: int, source: str) -> dict:
+    fmt = METHOD_FORMATS[method]
+    return {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
+            "num_experts": E, "hidden_size": H, "intermediate_size": I, "source.fingerprint": source}
+
+
+def _read_meta(folder: Path) -> Optional[dict]:
+    f = folder / L.META_FILE
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{f} is not valid JSON: {e}") from e
+
+
+def _mismatch(meta: dict, want: dict) -> Optional[str]:
+    for field, value in want.items():
+        got = meta.get("source", {}).get("fingerprint") if field == "source.fingerprint" else meta.get(field)
+        if got != value:
+            return f"{field} is {got!r} there but {value!r} here"
+    return None
+
+
+def _check_folder(folder: Path, want: dict) -> None:
+    """Raises unless ``folder`` is new, empty or a save folder of the same conversion."""
+    if folder.exists() and not folder.is_dir():
+        raise ConversionError(f"cpu_save folder {folder} is a file, not a folder")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("kt-"))
+        if foreign:
+            raise ConversionError(f"cpu_save folder {folder} holds {foreign[0]}, which kt_kernel did not write (an HF "
+                                  "checkpoint?); give cpu_save a folder of its own")
+    meta = _read_meta(folder)
+    if meta is not None:
+        why = _mismatch(meta, want)
+        if why:
+            raise ConversionError(f"cpu_save folder {folder} holds another conversion: {why} (in {L.META_FILE}); "
+                                  "give another folder or empty this one")
+
+
+def saved_layer_ready(folder, layer: int, method: str, E: int, H: int, I: int, source: str) -> bool:
+    """True when ``folder`` holds layer ``layer`` saved from ``source`` for this method and geometry
+    (its file complete and its metadata matching); raises when the folder holds another
+    conversion; False when the layer is not there yet."""
+    folder = Path(folder)
+    want = _folder_fields(method, E, H, I, source)
+    _check_folder(folder, want)
+    meta = _read_meta(folder)
+    if meta is None or layer not in meta.get("moe_layers", []) or source == TENSORS_SOURCE:
+        return False
+    fmt = METHOD_FORMATS[method]
+    spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
+    return verify_layer_file(folder / L.layer_file(layer), layer_meta(method, fmt, layer, E, H, I, source),
+                             spec, layer) is None
+
+
+@contextmanager
+def _locked(folder: Path):
+    with open(folder / _LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: Callable, source: dict,
+               threads: int) -> Path:
+    """Quantizes the E logical experts of ``layer`` (``expert(e, j)`` -> (fp32 [N, K], source
+    bytes)) into ``folder`` and records the layer there. ``source`` is the metadata record of the
+    source: at least {"fingerprint"}. Returns the layer file's path."""
+    folder = Path(folder)
+    want = _folder_fields(method, E, H, I, source["fingerprint"])
+    _check_folder(folder, want)
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = METHOD_FORMATS[method]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        tensors = quantize_layer_arrays(expert, layer, E, H, I, fmt, pool)
+    path = folder / L.layer_file(layer)
+    spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
+    with _locked(folder):
+        _check_folder(folder, want)  # another process may have started the folder meanwhile
+        write_file(path, tensors, layer_meta(method, fmt, layer, E, H, I, source["fingerprint"]))
+        del tensors
+        meta = _read_meta(folder) or {
+            "kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
+            "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": None,
+            "moe_layers": [], "source": dict(source), "files": {}, "written_by": "cpu_save"}
+        meta["moe_layers"] = sorted(set(meta["moe_layers"]) | {layer})
+        meta["files"][path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        index_file = folder / L.INDEX_FILE
+        index = json.loads(index_file.read_text()) if index_file.exists() else {"metadata": {}, "weight_map": {}}
+        index["weight_map"].update({L.key(layer, p, part): path.name for p, part in spec})
+        index["weight_map"] = dict(sorted(index["weight_map"].items()))
+        index["metadata"] = {"total_size": sum(f["bytes"] for f in meta["files"].values()),
+                             "kt_format": L.FORMAT_VERSION}
+        write_json(index_file, index)
+        write_json(folder / L.META_FILE, meta)
+    return path
+
