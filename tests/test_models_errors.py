@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from kt_kernel.integrations.transformers import attach, load_model  # noqa: E402
-from kt_kernel.models import ARCHITECTURES, CheckpointError, UnsupportedModelError, build_tiny_model  # noqa: E402
+from kt_kernel.models import ARCHITECTURES, CheckpointError, UnsupportedModelError  # noqa: E402
 
 ARCHS = list(ARCHITECTURES)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SafetensorsError", "Header", "read_header", "MappedFile", "write_file", "NUMPY_DTYPES"]
+__all__ = ["SafetensorsError", "Header", "read_header", "list_shards", "MappedFile", "write_file", "NUMPY_DTYPES"]
 
 # safetensors dtype -> numpy dtype of the same width (bf16 and fp8 are read as raw bits)
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8,
@@ -68,6 +68,20 @@ def read_header(path) -> Header:
             raise SafetensorsError(f"{path} is truncated: tensor {name} ends at byte {start + e}, "
                                    f"the file has {size} bytes")
     return Header(path, header, metadata, start, size)
+
+
+def list_shards(path) -> tuple[list, dict | None]:
+    """(safetensors file names, index weight_map or None) of a checkpoint folder: the files named
+    by model.safetensors.index.json when it exists, else every *.safetensors file."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        return sorted(p.name for p in path.glob("*.safetensors")), None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SafetensorsError(f"{index} has no readable weight_map: {e}") from e
+    return sorted(set(weight_map.values())), weight_map
 
 
 class MappedFile:

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, read_header
+from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, list_shards, read_header
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, text_config
 
 __all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8"]
@@ -168,17 +168,16 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
     H = int(cfg["hidden_size"])
     L = int(cfg["num_hidden_layers"])
 
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in path.glob("*.safetensors"))
+    try:
+        files, _ = list_shards(path)
+    except SafetensorsError as e:
+        raise ConversionError(str(e)) from e
     if not files:
         raise ConversionError(f"{path} holds no .safetensors files")
     tensors, starts, digest = {}, {}, hashlib.sha256(cfg_file.read_bytes())
     for name in files:
         if not (path / name).exists():
-            raise ConversionError(f"{index.name} names {name}, which is not in {path}")
+            raise ConversionError(f"model.safetensors.index.json names {name}, which is not in {path}")
         try:
             h = read_header(path / name)
         except SafetensorsError as e:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kt_kernel.convert.safetensors_io import SafetensorsError, list_shards, read_header
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
@@ -59,34 +59,14 @@ class CheckpointInfo:
                 f"hidden {self.hidden_size}, expert intermediate {self.intermediate_size}")
 
 
-def _read_header(file: Path) -> dict:
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", raw)
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
-    header.pop("__metadata__", None)
-    return {k: TensorMeta(v["dtype"], tuple(v["shape"]), file.name) for k, v in header.items()}
-
-
 def read_tensor_index(path) -> dict:
     """Checkpoint key -> TensorMeta for every tensor of the safetensors files in ``path`` (the
     files named by model.safetensors.index.json when it exists). Reads the headers only."""
     path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{index} has no readable weight_map: {e}") from e
-        files = sorted(set(weight_map.values()))
-    else:
-        weight_map = None
-        files = sorted(p.name for p in path.glob("*.safetensors"))
+    try:
+        files, weight_map = list_shards(path)
+    except SafetensorsError as e:
+        raise CheckpointError(str(e)) from e
     if not files:
         other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = f" (found {', '.join(other)}: convert them to safetensors)" if other else ""
@@ -95,13 +75,17 @@ def read_tensor_index(path) -> dict:
     for name in files:
         file = path / name
         if not file.exists():
-            raise CheckpointError(f"{index.name} names {name}, which is not in {path}")
-        tensors.update(_read_header(file))
+            raise CheckpointError(f"model.safetensors.index.json names {name}, which is not in {path}")
+        try:
+            header = read_header(file)
+        except SafetensorsError as e:
+            raise CheckpointError(str(e)) from e
+        tensors.update({k: TensorMeta(v["dtype"], tuple(v["shape"]), name) for k, v in header.tensors.items()})
     if weight_map is not None:
         lost = [k for k, f in weight_map.items() if k not in tensors]
         if lost:
-            raise CheckpointError(f"{index.name} maps {lost[0]} to {weight_map[lost[0]]}, which does not hold it"
-                                  + (f" ({len(lost)} such keys)" if len(lost) > 1 else ""))
+            raise CheckpointError(f"model.safetensors.index.json maps {lost[0]} to {weight_map[lost[0]]}, which does "
+                                  "not hold it" + (f" ({len(lost)} such keys)" if len(lost) > 1 else ""))
     return tensors
 
 
