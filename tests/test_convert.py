@@ -567,3 +567,22 @@ def test_many_shards_and_layers(tmp_path):
         for k in nonexpert:
             with safe_open(str(src / src_index[k]), "pt") as f, safe_open(str(out / out_index[k]), "pt") as g:
                 assert torch.equal(f.get_tensor(k), g.get_tensor(k)), k
+
+
+def test_nan_weights_name_the_expert_and_large_weights_convert(tmp_path):
+    from safetensors.torch import load_file
+    src = build_checkpoint(tmp_path / "src", layers=2)
+
+    def edit(key, fn):
+        shard = next(f for f in src.glob("*.safetensors") if key in load_file(f))
+        tensors = load_file(shard)
+        fn(tensors[key])
+        save_file(tensors, str(shard))
+    nan_key = "model.layers.1.mlp.experts.3.up_proj.weight"
+    edit(nan_key, lambda t: t.__setitem__((5, 7), float("nan")))
+    # finite weights whose sum overflows fp32 must not be taken for Inf
+    edit("model.layers.1.mlp.experts.2.up_proj.weight", lambda t: t.fill_(3e38))
+    with pytest.raises(ConversionError, match=r"layer 1 expert 3 up: NaN or Inf at \[5, 7\]"):
+        convert_checkpoint(src, tmp_path / "bad", "int8", threads=THREADS, progress=False)
+    edit(nan_key, lambda t: t.__setitem__((5, 7), 0.0))
+    convert_checkpoint(src, tmp_path / "good", "int8", threads=THREADS, progress=False)
