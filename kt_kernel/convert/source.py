@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, list_shards, read_header
-from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, text_config
+from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
 __all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8"]
 
@@ -156,12 +156,7 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
     and checks that every MoE layer has all of its experts, with the shapes config.json gives."""
     path = Path(path)
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise ConversionError(f"{path} has no config.json: not a Hugging Face model folder")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise ConversionError(f"{cfg_file} is not valid JSON: {e}") from e
+    raw = read_config(path, ConversionError)
     cfg = text_config(raw)
     e_field, E = _first(cfg, EXPERT_COUNT_FIELDS, "expert-count", cfg_file)
     i_field, I = _first(cfg, INTERMEDIATE_FIELDS, "expert intermediate size", cfg_file)

@@ -13,7 +13,6 @@ gives every other tensor's name and shape.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from kt_kernel.convert.safetensors_io import SafetensorsError, list_shards, read_header
-from kt_kernel.hf_config import EXPERT_COUNT_FIELDS
+from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, read_config
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
@@ -103,12 +102,7 @@ def find_experts_modules(model) -> list:
 
 def _load_config(path: Path):
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{path} has no config.json: not a Hugging Face model folder")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    raw = read_config(path, CheckpointError)
     model_type = raw.get("model_type")
     if not model_type:
         raise CheckpointError(f"{cfg_file} has no model_type field")
