@@ -1,7 +1,7 @@
 """One MoE layer forward, benchmarked per BENCH_PROTOCOL.md.
 
     python benchmarks/bench_moe.py --shapes A,B,C --methods AMXINT4,AMXINT8,BF16 \\
-        --tokens 1,8,64,512 --threads 2 --isas all --json out.json
+        --tokens 1,8,64,512 --threads 2 --isas all --json out.json --markdown out.md --chart out.png
 
 In one process, per shape: random bf16 expert weights (seed 0) are made once, and the protocol's
 inputs and the fp32 torch reference on those weights (once, at the largest M: the inputs of fewer
@@ -24,6 +24,9 @@ of the family the method uses at that tier (kt_kernel.doctor.peak_family): integ
 vpdpbusd (AVX512-VNNI) where available, else vpmaddubsw (zmm, or ymm at avx2); BF16 vdpbf16ps
 (AVX512-BF16) where available, else fp32 FMA (zmm, or ymm at avx2); the PyTorch peer's are those
 of the CPU's best tier. AMX has no probe yet (no AMX kernels either).
+--json keeps every figure; --markdown writes the results table, --chart a roofline-style PNG of
+each case's fraction of its limit with the targets of issue 5 (bench_report.py; the same from a
+--json file later: python benchmarks/bench_report.py out.json --chart out.png --markdown out.md).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from kt_kernel.cpu import add_isa_argument, forced_isa, isas_argument
 from kt_kernel.doctor import peak_family
 from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
 
+import bench_report
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
 # Methods whose kernels multiply integers: their throughput is counted in GOP/s.
@@ -373,6 +377,9 @@ def parse_args(argv=None):
     p.add_argument("--load-seconds", type=float, default=1.0,
                    help="seconds of the sample of other processes' load before and after the run")
     p.add_argument("--json", default=None, help="write every figure and the run's conditions here")
+    p.add_argument("--chart", default=None, metavar="PNG",
+                   help="draw the achieved fraction of each case's limit here (needs matplotlib: pip install -e \".[bench]\")")
+    p.add_argument("--markdown", default=None, metavar="MD", help="write the results table as Markdown here")
     args = p.parse_args(argv)
     args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -385,6 +392,11 @@ def parse_args(argv=None):
     if args.threads <= 0:
         p.error(f"--threads must be positive, got {args.threads}")
     args.isas = isas_argument(p, args)
+    if args.chart:
+        try:  # before the run, not after it
+            bench_report.require_matplotlib()
+        except ImportError as e:
+            p.error(str(e))
     if args.iters < 20:
         print(f"warning: --iters {args.iters} is below the protocol's 20 calls", file=sys.stderr)
     return args
@@ -480,6 +492,13 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(bench_report.markdown(result))
+        print(f"wrote {args.markdown}")
+    if args.chart:
+        bench_report.draw_chart(result, args.chart)
+        print(f"wrote {args.chart}")
     return result
 
 

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import io
 import json
+import sys
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random
                                  relative_error)
 
 import bench_moe
+import bench_report
 from shapes import SMALL_SHAPES
 
 THREADS = bench_moe.all_cores()
@@ -133,20 +135,31 @@ def test_protocol_cases_slice_one_reference():
     assert relative_error(cases[1][3], ref) < 1e-6
 
 
-# ---- the command line ----------------------------------------------------------------------------
+# ---- the command line, its JSON, Markdown and chart ----------------------------------------------
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """bench_moe.py end to end on the small shape over every tier, decode and prefill, with its JSON."""
+    """bench_moe.py end to end on the small shape over every tier, decode and prefill, with its
+    JSON and Markdown (and the chart where matplotlib is installed)."""
     out = tmp_path_factory.mktemp("bench")
-    paths = {"json": out / "out.json"}
+    paths = {"json": out / "out.json", "markdown": out / "out.md", "chart": out / "out.png"}
     argv = ["--shapes", "S", "--tokens", "1,64", "--isas", "all", "--iters", "2", "--min-time", "0",
             "--warmup", "1", "--bw-mib", "16", "--peak-seconds", "0.02", "--load-seconds", "0.05",
-            "--json", str(paths["json"])]
+            "--json", str(paths["json"]), "--markdown", str(paths["markdown"])]
+    if has_matplotlib():
+        argv += ["--chart", str(paths["chart"])]
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         bench_moe.main(argv)
     return text.getvalue(), json.loads(paths["json"].read_text()), paths
+
+
+def has_matplotlib() -> bool:
+    try:
+        bench_report.require_matplotlib()
+    except ImportError:
+        return False
+    return True
 
 
 def test_cli_every_tier(cli_run):
@@ -168,7 +181,47 @@ def test_cli_every_tier(cli_run):
     assert kt_kernel.cpu_info()["override"] == (result["conditions"]["isa_override"] or "")  # restored
 
 
+def test_cli_markdown(cli_run):
+    _, result, paths = cli_run
+    text = paths["markdown"].read_text()
+    assert text == bench_report.markdown(result)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[0] == "| method | tier | M=1 | M=64 | rel. err | prefill peak |"
+    assert len(table) == 1 + 1 + len(kt_kernel.METHODS) * len(result["conditions"]["isas"])
+    assert "--isas all" in text
+
+
+def test_cli_chart(cli_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, _, paths = cli_run
+    again = tmp_path / "again.png"
+    assert bench_report.main([str(paths["json"]), "--chart", str(again)]) == 0
+    for png in (paths["chart"], again):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_without_matplotlib_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(SystemExit):
+        bench_moe.parse_args(["--chart", "out.png"])
+    assert 'pip install -e ".[bench]"' in capsys.readouterr().err
+
+
 def test_cli_rejects_a_tier_the_cpu_lacks(capsys):
     with pytest.raises(SystemExit):
         bench_moe.parse_args(["--isas", "avx2,sse9"])
     assert "'sse9' is not a tier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row, want", [
+    ({"method": "AMXINT4", "M": 1}, 80.0),
+    ({"method": "BF16", "M": 8}, 100 / 1.3),
+    ({"method": TORCH_PEER, "M": 1}, None),
+    ({"method": "AMXINT8", "M": 512, "peak": {"family": "int8_vpdpbusd_zmm"}}, 50.0),
+    ({"method": "AMXINT4", "M": 2048, "peak": {"family": "int8_vpdpbusd_zmm"}}, 40.0),
+    ({"method": "BF16", "M": 512, "peak": {"family": "bf16_dpbf16ps_zmm"}}, 70.0),
+    ({"method": "BF16", "M": 512, "peak": {"family": "fp32_fma_ymm"}}, None),  # avx2: prefill reported only
+    ({"method": "AMXINT8", "M": 64, "peak": {"family": "int8_vpdpbusd_zmm"}}, None),
+], ids=["int4-M1", "bf16-M8", "torch", "int8-M512", "int4-M2048", "bf16-M512", "bf16-avx2", "int8-M64"])
+def test_issue5_targets(row, want):
+    assert bench_report.target_pct(row) == want
