@@ -46,22 +46,11 @@ import torch
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
 from kt_kernel.cpu import add_isa_argument, forced_isa, isas_argument
-from kt_kernel.doctor import peak_family
+from kt_kernel.doctor import INT_METHODS, all_cores, bytes_per_weight, peak_family
 from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
 
 import bench_report
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
-
-# Methods whose kernels multiply integers: their throughput is counted in GOP/s.
-INT_METHODS = ("AMXINT8", "AMXINT4")
-
-
-def all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process, all threads."""
@@ -160,14 +149,6 @@ def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, s
     other = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": len(times),
             "busy_cores": cpu / sum(times), "other_cores": other}
-
-
-def bytes_per_weight(method: str) -> float:
-    """From the format table: bits_per_weight / 8, scales included."""
-    for f in kt_kernel.formats():
-        if f["method"] == method:
-            return f["bits_per_weight"] / 8
-    raise KeyError(f"method {method!r} is not in kt_kernel.formats()")
 
 
 def protocol_cases(shape: Shape, weights, tokens) -> dict:

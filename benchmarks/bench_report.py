@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from kt_kernel.doctor import INT_METHODS  # counted in GOP/s
+
 from shapes import DECODE_TOKENS
 
 # Targets of issue 5, in % of the case's limit. Decode, every method and tier: M=1 80% of the read
@@ -24,7 +26,6 @@ DECODE_TARGET_PCT = {1: 80.0, 8: 100 / 1.3}
 PREFILL_TARGET_M = 512
 PREFILL_TARGETS = {"AMXINT8": ("int8_vpdpbusd_zmm", 50.0), "AMXINT4": ("int8_vpdpbusd_zmm", 40.0),
                    "BF16": ("bf16_dpbf16ps_zmm", 70.0)}
-INT_METHODS = ("AMXINT8", "AMXINT4")
 
 
 def is_decode(row: dict) -> bool:
