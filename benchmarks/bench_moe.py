@@ -1,11 +1,15 @@
 """One MoE layer forward, benchmarked per BENCH_PROTOCOL.md.
 
-    python benchmarks/bench_moe.py --shapes A --methods AMXINT4,AMXINT8,BF16 \\
-        --tokens 1,8,64,512 --threads 2 --json out.json
+    python benchmarks/bench_moe.py --shapes A,B,C --methods AMXINT4,AMXINT8,BF16 \\
+        --tokens 1,8,64,512 --threads 2 --isas all --json out.json --markdown out.md --chart out.png
 
-In one process, per shape: random bf16 expert weights (seed 0) are made once; per token count M
-the fp32 torch reference on those weights and the PyTorch bf16 peer (plain torch, same thread
-count) are computed; then per method one KTMoEWrapper loads the weights once and runs every M.
+In one process, per shape: random bf16 expert weights (seed 0) are made once, and the protocol's
+inputs and the fp32 torch reference on those weights (once, at the largest M: the inputs of fewer
+tokens are its first rows); the PyTorch bf16 peer (plain torch, same thread count) runs every M;
+then per ISA tier (--isas: the tier in use, a list, or all), forced with kt_kernel.set_isa for
+its block, per method one KTMoEWrapper loads the weights and runs every M, and is freed before
+the next one is built (peak memory: the bf16 weights, the largest packed copy and the bandwidth
+probe's buffer; printed as RSS along the way).
 Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after warm-up, beside:
   - decode (M <= 8): effective weight bandwidth = distinct experts touched x 3 x H x I x bytes
     per weight / time, and its % of the read bandwidth measured in this run just before;
@@ -15,10 +19,14 @@ Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after
   - the speed-up over the PyTorch bf16 peer measured in the same run.
 Both limits come from kt_kernel's C++ probe (kt_kernel._ext.probe_bandwidth / probe_peaks, the
 same probe as `python -m kt_kernel.doctor`), on --threads std::threads pinned as the engine pins its own:
-read bandwidth streams a --bw-mib buffer with the widest loads of the active tier; the peak is that
-of the family the method uses at the active tier (kt_kernel.doctor.peak_family): integer formats
-vpdpbusd (AVX512-VNNI) where available, else vpmaddubsw; BF16 vdpbf16ps (AVX512-BF16) where
-available, else fp32 FMA. AMX has no probe yet (no AMX kernels either).
+read bandwidth streams a --bw-mib buffer with the widest loads of the block's tier; the peak is that
+of the family the method uses at that tier (kt_kernel.doctor.peak_family): integer formats
+vpdpbusd (AVX512-VNNI) where available, else vpmaddubsw (zmm, or ymm at avx2); BF16 vdpbf16ps
+(AVX512-BF16) where available, else fp32 FMA (zmm, or ymm at avx2); the PyTorch peer's are those
+of the CPU's best tier. AMX has no probe yet (no AMX kernels either).
+--json keeps every figure; --markdown writes the results table, --chart a roofline-style PNG of
+each case's fraction of its limit with the targets of issue 5 (bench_report.py; the same from a
+--json file later: python benchmarks/bench_report.py out.json --chart out.png --markdown out.md).
 """
 from __future__ import annotations
 
@@ -37,21 +45,12 @@ import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
-from kt_kernel.doctor import peak_family
+from kt_kernel.cpu import add_isa_argument, forced_isa, isas_argument
+from kt_kernel.doctor import INT_METHODS, all_cores, bytes_per_weight, peak_family
 from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
 
+import bench_report
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
-
-# Methods whose kernels multiply integers: their throughput is counted in GOP/s.
-INT_METHODS = ("AMXINT8", "AMXINT4")
-
-
-def all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process, all threads."""
@@ -152,12 +151,15 @@ def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, s
             "busy_cores": cpu / sum(times), "other_cores": other}
 
 
-def bytes_per_weight(method: str) -> float:
-    """From the format table: bits_per_weight / 8, scales included."""
-    for f in kt_kernel.formats():
-        if f["method"] == method:
-            return f["bits_per_weight"] / 8
-    raise KeyError(f"method {method!r} is not in kt_kernel.formats()")
+def protocol_cases(shape: Shape, weights, tokens) -> dict:
+    """Per M: the protocol's inputs x, topk_ids, topk_weights and the fp32 reference output.
+
+    The inputs of M tokens are the first M rows of those of the largest M (row t of random_inputs
+    does not depend on M), and each output row depends on its own input row only: one fp32
+    reference at the largest M serves every M, in one pass over the widened weights."""
+    x, ids, w = random_inputs(max(tokens), shape.H, shape.E, shape.K, seed=0)
+    ref = moe_forward(x, ids, w, *weights, compute_dtype=torch.float32, out_dtype=torch.float32)
+    return {M: (x[:M], ids[:M], w[:M], ref[:M]) for M in tokens}
 
 
 def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: float) -> dict:
@@ -229,12 +231,27 @@ def cache_bytes() -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_total, emit) -> list[dict]:
+def rss_bytes() -> tuple[int | None, int]:
+    """(resident bytes now, or None where /proc is missing; peak resident bytes of the process)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), peak
+    except (OSError, ValueError, IndexError):
+        return None, peak
+
+
+def memory_line() -> str:
+    now, peak = rss_bytes()
+    return f"RSS {'?' if now is None else f'{now / 2**30:.2f}'} GiB, peak {peak / 2**30:.2f} GiB"
+
+
+def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, cache_total, emit) -> list[dict]:
     rows = []
     flush = probe.flush if args.cold else None
 
     def limits_now(label: str, method: str):
-        """Both limits, measured again right before a block: the machine drifts."""
+        """Both limits at the active tier, measured again right before a block: the machine drifts."""
         bw = probe.bandwidth(label)
         peak = probe.peak(method, label)
         print(f"  {label}: read bandwidth now {bw['best_gbps']:.1f} GB/s, peak of {peak['family'] or '-'} "
@@ -259,21 +276,18 @@ def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_t
     t0 = time.perf_counter()
     gate, up, down = random_expert_weights(shape.E, shape.H, shape.I, seed=0)
     gen_s = time.perf_counter() - t0
-    print(f"  weights: bf16 {shape.source_bytes() / 1e9:.2f} GB made in {gen_s:.1f} s", flush=True)
+    print(f"  weights: bf16 {shape.source_bytes() / 1e9:.2f} GB made in {gen_s:.1f} s; {memory_line()}", flush=True)
 
-    # Per M: the protocol's inputs, the fp32 reference and the torch peer.
-    cases, ref_s = {}, {}
-    for M in tokens:
-        x, ids, w = random_inputs(M, shape.H, shape.E, shape.K, seed=0)
-        t0 = time.perf_counter()
-        ref = moe_forward(x, ids, w, gate, up, down, compute_dtype=torch.float32, out_dtype=torch.float32)
-        ref_s[M] = time.perf_counter() - t0
-        cases[M] = (x, ids, w, ref)
-    print(f"  fp32 reference: {', '.join(f'M={m} {s:.2f} s' for m, s in ref_s.items())}", flush=True)
+    t0 = time.perf_counter()
+    cases = protocol_cases(shape, (gate, up, down), tokens)
+    print(f"  fp32 reference at M={max(tokens)} (its first M rows serve every M): {time.perf_counter() - t0:.1f} s; "
+          f"{memory_line()}", flush=True)
 
     peer_ms = {}
     if not args.no_torch:
-        limits = limits_now(f"{shape.name} {TORCH_PEER}", TORCH_PEER)
+        # torch runs its own kernels whatever kt_kernel's tier: its limits are those of the CPU's best tier.
+        with forced_isa(kt_kernel.cpu_info()["best_tier"]):
+            limits = limits_now(f"{shape.name} {TORCH_PEER}", TORCH_PEER)
         for M in tokens:
             x, ids, w, ref = cases[M]
             out = moe_forward(x, ids, w, gate, up, down)
@@ -286,29 +300,36 @@ def run_shape(shape: Shape, methods, tokens, args, probe: MachineLimits, cache_t
             peer_ms[M] = r["ms"]
             finish(r, limits, None)
 
-    for method in methods:
-        bpw = bytes_per_weight(method)
-        t0 = time.perf_counter()
-        wrapper = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K,
-                               hidden_size=shape.H, moe_intermediate_size=shape.I,
-                               cpuinfer_threads=args.threads, threadpool_count=1, method=method)
-        wrapper.load_weights_from_tensors(gate, up, down)
-        load_s = time.perf_counter() - t0
-        packed_bpw = wrapper.weight_bytes / (shape.E * shape.weights_per_expert())
-        print(f"  {method}: loaded in {load_s:.1f} s, {wrapper.weight_bytes / 1e9:.2f} GB packed "
-              f"({8 * packed_bpw:.2f} bits/weight; formats() says {8 * bpw:.2f})", flush=True)
-        limits = limits_now(f"{shape.name} {method}", method)
-        for M in tokens:
-            x, ids, w, ref = cases[M]
-            out = wrapper.forward(x, ids, w)
-            tm = time_calls(lambda: wrapper.forward(x, ids, w), args.iters, args.warmup, flush, args.min_time)
-            r = {"shape": shape.name, "method": method, "tier": wrapper.isa_tier, "kernel": wrapper.kernel_name,
-                 "M": M, "ms": tm["median_s"] * 1e3, **tm, "rel_err": relative_error(out, ref),
-                 "load_s": load_s, "packed_bytes_per_weight": packed_bpw}
-            r.update(case_metrics(shape, M, ids, bpw, tm["median_s"]))
-            finish(r, limits, peer_ms.get(M))
-        del wrapper, out
-        gc.collect()
+    for tier in tiers:
+        # The tier is forced for the whole block: a layer fixes its kernels when it is built, and the
+        # probe's loads and peak family follow the active tier.
+        with forced_isa(tier):
+            for method in methods:
+                bpw = bytes_per_weight(method)
+                t0 = time.perf_counter()
+                wrapper = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K,
+                                       hidden_size=shape.H, moe_intermediate_size=shape.I,
+                                       cpuinfer_threads=args.threads, threadpool_count=1, method=method)
+                wrapper.load_weights_from_tensors(gate, up, down)
+                load_s = time.perf_counter() - t0
+                packed_bpw = wrapper.weight_bytes / (shape.E * shape.weights_per_expert())
+                print(f"  {method} on {tier}: loaded in {load_s:.1f} s, {wrapper.weight_bytes / 1e9:.2f} GB packed "
+                      f"({8 * packed_bpw:.2f} bits/weight; formats() says {8 * bpw:.2f}); {memory_line()}",
+                      flush=True)
+                limits = limits_now(f"{shape.name} {method} {tier}", method)
+                for M in tokens:
+                    x, ids, w, ref = cases[M]
+                    out = wrapper.forward(x, ids, w)
+                    tm = time_calls(lambda: wrapper.forward(x, ids, w), args.iters, args.warmup, flush,
+                                    args.min_time)
+                    r = {"shape": shape.name, "method": method, "tier": wrapper.isa_tier,
+                         "kernel": wrapper.kernel_name, "M": M, "ms": tm["median_s"] * 1e3, **tm,
+                         "rel_err": relative_error(out, ref), "load_s": load_s, "packed_bytes_per_weight": packed_bpw}
+                    r.update(case_metrics(shape, M, ids, bpw, tm["median_s"]))
+                    finish(r, limits, peer_ms.get(M))
+                # One wrapper at a time: its packed weights go before the next is built.
+                del wrapper, out
+                gc.collect()
 
     del gate, up, down, cases
     gc.collect()
@@ -324,7 +345,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated tokens per call M")
     p.add_argument("--threads", type=int, default=all_cores(),
                    help="threads for KTMoEWrapper (cpuinfer_threads) and for torch (default: all cores)")
-    p.add_argument("--isa", default=None, help="force the kernels' ISA tier (kt_kernel.set_isa) before building wrappers")
+    add_isa_argument(p, several=True)
     p.add_argument("--iters", type=int, default=20, help="timed calls per case (the protocol asks for >= 20)")
     p.add_argument("--min-time", type=float, default=0.5,
                    help="seconds of timed calls per case at least (more calls than --iters where they are quick)")
@@ -334,7 +355,12 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 peer")
     p.add_argument("--bw-mib", type=int, default=1024, help="MiB read by the bandwidth probe")
     p.add_argument("--peak-seconds", type=float, default=0.5, help="seconds per instruction-family peak probe")
+    p.add_argument("--load-seconds", type=float, default=1.0,
+                   help="seconds of the sample of other processes' load before and after the run")
     p.add_argument("--json", default=None, help="write every figure and the run's conditions here")
+    p.add_argument("--chart", default=None, metavar="PNG",
+                   help="draw the achieved fraction of each case's limit here (needs matplotlib: pip install -e \".[bench]\")")
+    p.add_argument("--markdown", default=None, metavar="MD", help="write the results table as Markdown here")
     args = p.parse_args(argv)
     args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -346,17 +372,19 @@ def parse_args(argv=None):
         p.error(f"--tokens must be positive, got {args.tokens}")
     if args.threads <= 0:
         p.error(f"--threads must be positive, got {args.threads}")
-    if args.isa:
-        try:
-            kt_kernel.set_isa(args.isa)
-        except (ValueError, RuntimeError) as e:
-            p.error(f"--isa {args.isa}: {e}")
+    args.isas = isas_argument(p, args)
+    if args.chart:
+        try:  # before the run, not after it
+            bench_report.require_matplotlib()
+        except ImportError as e:
+            p.error(str(e))
     if args.iters < 20:
         print(f"warning: --iters {args.iters} is below the protocol's 20 calls", file=sys.stderr)
     return args
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -369,14 +397,16 @@ def main(argv=None) -> dict:
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), kt_kernel {kt_kernel.__version__}, "
           f"threads {args.threads} (kt: cpuinfer_threads={args.threads}, threadpool_count=1; torch.set_num_threads)"
           f"{', cold caches' if args.cold else ', warm caches (same inputs every call)'}")
+    print(f"ISA tiers run: {', '.join(args.isas)} (each forced with kt_kernel.set_isa for its block)")
 
-    load0 = other_load()
+    load0 = other_load(args.load_seconds)
     print(f"other processes keep {'?' if load0 is None else f'{load0:.1f}'} of {all_cores()} cores busy "
-          "(1 s sample before the run): figures taken beside them are slowed")
+          f"({args.load_seconds:g} s sample before the run): figures taken beside them are slowed")
     t0 = time.perf_counter()
     probe = MachineLimits(args.bw_mib, args.threads, args.peak_seconds)
-    bw0 = probe.bandwidth("start")
-    peaks0 = _ext.probe_peaks(args.threads, args.peak_seconds)
+    with forced_isa(info["best_tier"]):  # every family this CPU has
+        bw0 = probe.bandwidth("start")
+        peaks0 = _ext.probe_peaks(args.threads, args.peak_seconds)
     print(f"limits measured now by kt_kernel's C++ probe, read bandwidth and instruction peaks "
           f"({time.perf_counter() - t0:.1f} s; {args.threads} threads "
           f"{'pinned to CPUs ' + ','.join(map(str, peaks0['cpus'])) if peaks0['pinned'] else 'unpinned'}, "
@@ -386,9 +416,9 @@ def main(argv=None) -> dict:
     for k, v in peaks0["families"].items():
         print(f"  {k:20s} {v['instruction']:26s} " + (f"best {v['best']:.0f} {v['unit']}, median {v['median']:.0f}"
                                                      if v["available"] else v["reason"]))
-    print("  Both limits are measured again before each method's block; %lim uses those figures (prefill: the\n"
-          "  peak of the family the method uses at the active tier: integer methods vpdpbusd, else vpmaddubsw;\n"
-          "  BF16 and torch vdpbf16ps, else fp32 FMA).")
+    print("  Both limits are measured again before each method's block, at its tier; %lim uses those figures\n"
+          "  (prefill: the peak of the family the method uses at that tier: integer methods vpdpbusd, else\n"
+          "  vpmaddubsw; BF16 vdpbf16ps, else fp32 FMA; torch at the best tier).")
 
     rows = []
     for name in args.shapes:
@@ -403,8 +433,8 @@ def main(argv=None) -> dict:
                 header_done.append(True)
             print(table_row(r), flush=True)
 
-        rows += run_shape(shape, args.methods, args.tokens, args, probe, cache_total, emit)
-        print(f"shape {shape.name} took {time.perf_counter() - t_shape:.1f} s", flush=True)
+        rows += run_shape(shape, args.methods, args.tokens, args.isas, args, probe, cache_total, emit)
+        print(f"shape {shape.name} took {time.perf_counter() - t_shape:.1f} s; {memory_line()}", flush=True)
 
     print("\n".join([
         "",
@@ -415,19 +445,23 @@ def main(argv=None) -> dict:
         "x torch: torch-bf16 ms / ms. busy: this process's CPU seconds / wall seconds over the timed calls (all",
         "  threads, the caller's too). other: cores used by other processes meanwhile (/proc/stat).",
     ]))
-    bw1 = probe.bandwidth("end")
-    load1 = other_load()
+    with forced_isa(info["best_tier"]):
+        bw1 = probe.bandwidth("end")
+    load1 = other_load(args.load_seconds)
     print(f"read bandwidth at the end: best {bw1['best_gbps']:.1f} GB/s, median {bw1['median_gbps']:.1f} GB/s; "
-          f"other processes {'?' if load1 is None else f'{load1:.1f}'} cores; total {time.perf_counter() - t_start:.0f} s")
+          f"other processes {'?' if load1 is None else f'{load1:.1f}'} cores; total {time.perf_counter() - t_start:.0f} s; "
+          f"peak RSS {rss_bytes()[1] / 2**30:.2f} GiB")
 
     result = {
         "protocol": "BENCH_PROTOCOL.md",
-        "conditions": {"threads": args.threads, "isa_override": args.isa, "cold_caches": args.cold,
+        "command": ["benchmarks/bench_moe.py", *argv],
+        "conditions": {"threads": args.threads, "isas": args.isas, "isa_override": info["override"] or None,
+                       "cold_caches": args.cold,
                        "iters": args.iters, "min_time_s": args.min_time, "warmup": args.warmup,
                        "cpu_info": info, "cache_bytes": caches,
                        "cores": all_cores(), "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
                        "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "formats": kt_kernel.formats()},
+                       "formats": kt_kernel.formats(), "peak_rss_bytes": rss_bytes()[1]},
         "other_load_cores": {"start": load0, "end": load1},
         "limits": {"bandwidth": probe.samples, "peaks_start": peaks0, "peaks_blocks": probe.peaks,
                    "note": "kt_kernel C++ probe (_ext.probe_bandwidth / probe_peaks), threads pinned by the "
@@ -439,6 +473,13 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(bench_report.markdown(result))
+        print(f"wrote {args.markdown}")
+    if args.chart:
+        bench_report.draw_chart(result, args.chart)
+        print(f"wrote {args.chart}")
     return result
 
 

@@ -1,14 +1,21 @@
-"""pytest-benchmark suite: the cases of bench_moe.py on a small shape, with correctness asserted.
+"""pytest-benchmark suite: the protocol cases of bench_moe.py, with correctness asserted.
 
-    pytest benchmarks/test_bench_moe.py                       # time them
     pytest benchmarks/test_bench_moe.py --benchmark-disable   # CI smoke test: each case runs once
+    pytest benchmarks/test_bench_moe.py --bench-shapes A --bench-tokens 1,8,512   # time the protocol's
+    pytest benchmarks/test_bench_moe.py --bench-shapes A,B,C --bench-isas avx512_bf16 --benchmark-save=main
 
-Every timed case also checks its output against the fp32 torch reference on the same weights,
-with the per-method bound of kt_kernel.torch_moe.REL_ERR_BOUNDS.
+Cases: shape x ISA tier x method x M (benchmarks/conftest.py: --bench-shapes, default the small S;
+--bench-tokens, default 1,8,64; --bench-isas, default every tier this CPU runs but generic, each
+forced while its wrappers are built). Every timed case also checks its output against the fp32
+torch reference on the same weights, with the per-method bound of kt_kernel.torch_moe.REL_ERR_BOUNDS.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -16,14 +23,14 @@ import torch.nn.functional as F
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
+from kt_kernel.cpu import forced_isa, resolve_isas
 from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random_expert_weights, random_inputs,
                                  relative_error)
 
 import bench_moe
+import bench_report
 from shapes import SMALL_SHAPES
 
-SHAPE = SMALL_SHAPES["S"]
-TOKENS = (1, 8, 64)
 THREADS = bench_moe.all_cores()
 
 
@@ -36,50 +43,57 @@ def torch_threads():
 
 
 @pytest.fixture(scope="module")
-def weights():
-    return random_expert_weights(SHAPE.E, SHAPE.H, SHAPE.I, seed=0)
+def weights(shape):
+    return random_expert_weights(shape.E, shape.H, shape.I, seed=0)
 
 
 @pytest.fixture(scope="module")
-def cases(weights):
+def cases(request, shape, weights):
     """Per M: x, topk_ids, topk_weights and the fp32 reference output."""
-    out = {}
-    for M in TOKENS:
-        x, ids, w = random_inputs(M, SHAPE.H, SHAPE.E, SHAPE.K, seed=0)
-        out[M] = (x, ids, w, moe_forward(x, ids, w, *weights, compute_dtype=torch.float32, out_dtype=torch.float32))
-    return out
+    return bench_moe.protocol_cases(shape, weights, request.config.bench_tokens)
 
 
-@pytest.fixture(scope="module", params=list(kt_kernel.METHODS))
-def wrapper(request, weights):
-    w = KTMoEWrapper(layer_idx=0, num_experts=SHAPE.E, num_experts_per_tok=SHAPE.K, hidden_size=SHAPE.H,
-                     moe_intermediate_size=SHAPE.I, cpuinfer_threads=THREADS, threadpool_count=1,
-                     method=request.param)
+@pytest.fixture(scope="module")
+def wrapper(shape, weights, method, tier):
+    """A loaded KTMoEWrapper built at `tier` (a layer fixes its kernels when it is built); the tier
+    in force before is back once it is built."""
+    with forced_isa(tier):
+        w = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K, hidden_size=shape.H,
+                         moe_intermediate_size=shape.I, cpuinfer_threads=THREADS, threadpool_count=1, method=method)
     w.load_weights_from_tensors(*weights)
-    return w
+    assert w.isa_tier == tier
+    yield w
+    del w  # before the next wrapper is built: shape C's take gigabytes
+    gc.collect()
 
 
-@pytest.mark.parametrize("M", TOKENS, ids=lambda m: f"M{m}")
-def test_kt_moe(benchmark, wrapper, cases, M):
+def case_info(shape, ids, method: str, M: int) -> dict:
+    """What turns a time into the protocol's rates: bytes of the distinct experts touched, ops."""
+    bpw = 2.0 if method == TORCH_PEER else bench_moe.bytes_per_weight(method)
+    m = bench_moe.case_metrics(shape, M, ids, bpw, 1.0)
+    return {k: m[k] for k in ("distinct_experts", "weight_bytes_touched", "ops")}
+
+
+def test_kt_moe(benchmark, shape, wrapper, cases, M):
     x, ids, w, ref = cases[M]
-    benchmark.group = f"{SHAPE.name} M={M}"
-    benchmark.extra_info.update(method=wrapper.method, tier=wrapper.isa_tier, kernel=wrapper.kernel_name)
+    benchmark.group = f"{shape.name} M={M}"
+    benchmark.extra_info.update(shape=shape.name, method=wrapper.method, tier=wrapper.isa_tier,
+                                kernel=wrapper.kernel_name, M=M, **case_info(shape, ids, wrapper.method, M))
     out = benchmark(wrapper.forward, x, ids, w)
-    assert out.shape == (M, SHAPE.H) and out.dtype == torch.bfloat16
+    assert out.shape == (M, shape.H) and out.dtype == torch.bfloat16
     err = relative_error(out, ref)
     bound = REL_ERR_BOUNDS[wrapper.method]
-    assert err < bound, (f"{wrapper.method} ({wrapper.kernel_name}) at M={M}: relative error {err:.4f} "
-                         f"against the fp32 reference, bound {bound}")
+    assert err < bound, (f"{wrapper.method} ({wrapper.kernel_name}, {wrapper.isa_tier}) on {shape.name} at M={M}: "
+                         f"relative error {err:.4f} against the fp32 reference, bound {bound}")
 
 
-@pytest.mark.parametrize("M", TOKENS, ids=lambda m: f"M{m}")
-def test_torch_peer(benchmark, weights, cases, M):
+def test_torch_peer(benchmark, shape, weights, cases, M):
     x, ids, w, ref = cases[M]
-    benchmark.group = f"{SHAPE.name} M={M}"
-    benchmark.extra_info.update(method=TORCH_PEER)
+    benchmark.group = f"{shape.name} M={M}"
+    benchmark.extra_info.update(shape=shape.name, method=TORCH_PEER, M=M, **case_info(shape, ids, TORCH_PEER, M))
     out = benchmark(moe_forward, x, ids, w, *weights)
     err = relative_error(out, ref)
-    assert err < REL_ERR_BOUNDS[TORCH_PEER], f"{TORCH_PEER} at M={M}: relative error {err:.4f}"
+    assert err < REL_ERR_BOUNDS[TORCH_PEER], f"{TORCH_PEER} on {shape.name} at M={M}: relative error {err:.4f}"
 
 
 def test_reference_matches_token_loop():
@@ -102,23 +116,112 @@ def test_reference_matches_token_loop():
 
 
 def test_routing_is_distinct_and_seeded():
-    ids, w = random_inputs(64, 16, 32, 8, seed=0)[1:]
+    x, ids, w = random_inputs(64, 16, 32, 8, seed=0)
     assert all(len(set(row.tolist())) == 8 for row in ids)
     assert torch.allclose(w.sum(1), torch.ones(64))
-    ids8 = random_inputs(8, 16, 32, 8, seed=0)[1]
-    assert torch.equal(ids[:8], ids8)  # row t does not depend on M
+    # Row t does not depend on M: protocol_cases slices the inputs of every M from the largest.
+    for got, want in zip(random_inputs(8, 16, 32, 8, seed=0), (x, ids, w)):
+        assert torch.equal(got, want[:8])
 
 
-def test_cli_smoke(tmp_path, capsys):
-    """bench_moe.py end to end on the small shape: table printed, JSON written, errors in bounds."""
-    path = tmp_path / "out.json"
-    bench_moe.main(["--shapes", SHAPE.name, "--tokens", "1,8", "--iters", "2", "--min-time", "0", "--warmup", "1",
-                    "--bw-mib", "16", "--json", str(path)])
-    text = capsys.readouterr().out
+def test_protocol_cases_slice_one_reference():
+    """Each M's reference (sliced from the largest M's) equals the one computed for M alone."""
+    shape = SMALL_SHAPES["S"]
+    weights = random_expert_weights(shape.E, shape.H, shape.I, seed=0)
+    cases = bench_moe.protocol_cases(shape, weights, [1, 8])
+    x, ids, w = random_inputs(1, shape.H, shape.E, shape.K, seed=0)
+    ref = moe_forward(x, ids, w, *weights, compute_dtype=torch.float32, out_dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(cases[1][:3], (x, ids, w)))
+    assert relative_error(cases[1][3], ref) < 1e-6
+
+
+# ---- the command line, its JSON, Markdown and chart ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """bench_moe.py end to end on the small shape over every tier, decode and prefill, with its
+    JSON and Markdown (and the chart where matplotlib is installed)."""
+    out = tmp_path_factory.mktemp("bench")
+    paths = {"json": out / "out.json", "markdown": out / "out.md", "chart": out / "out.png"}
+    argv = ["--shapes", "S", "--tokens", "1,64", "--isas", "all", "--iters", "2", "--min-time", "0",
+            "--warmup", "1", "--bw-mib", "16", "--peak-seconds", "0.02", "--load-seconds", "0.05",
+            "--json", str(paths["json"]), "--markdown", str(paths["markdown"])]
+    if has_matplotlib():
+        argv += ["--chart", str(paths["chart"])]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        bench_moe.main(argv)
+    return text.getvalue(), json.loads(paths["json"].read_text()), paths
+
+
+def has_matplotlib() -> bool:
+    try:
+        bench_report.require_matplotlib()
+    except ImportError:
+        return False
+    return True
+
+
+def test_cli_every_tier(cli_run):
+    """Table printed, a row per (method, tier, M) plus the PyTorch peer, errors in bounds, limits of
+    the row's tier."""
+    text, result, _ = cli_run
+    tiers = resolve_isas("all")
     assert "instruction peaks" in text and TORCH_PEER in text
-    result = json.loads(path.read_text())
     rows = result["results"]
-    assert {r["method"] for r in rows} == {TORCH_PEER, *kt_kernel.METHODS}
-    assert len(rows) == 2 * (1 + len(kt_kernel.METHODS))
+    assert result["conditions"]["isas"] == tiers
+    assert {(r["method"], r["tier"]) for r in rows if r["method"] != TORCH_PEER} == \
+        {(m, t) for m in kt_kernel.METHODS for t in tiers}
+    assert len(rows) == 2 * (1 + len(kt_kernel.METHODS) * len(tiers))
     for r in rows:
         assert r["ms"] > 0 and r["rel_err"] < REL_ERR_BOUNDS[r["method"]], r
+        if r["method"] != TORCH_PEER:
+            with forced_isa(r["tier"]):
+                assert r["peak"]["family"] == bench_moe.peak_family(r["method"]), r
+    assert kt_kernel.cpu_info()["override"] == (result["conditions"]["isa_override"] or "")  # restored
+
+
+def test_cli_markdown(cli_run):
+    _, result, paths = cli_run
+    text = paths["markdown"].read_text()
+    assert text == bench_report.markdown(result)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[0] == "| method | tier | M=1 | M=64 | rel. err | prefill peak |"
+    assert len(table) == 1 + 1 + len(kt_kernel.METHODS) * len(result["conditions"]["isas"])
+    assert "--isas all" in text
+
+
+def test_cli_chart(cli_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, _, paths = cli_run
+    again = tmp_path / "again.png"
+    assert bench_report.main([str(paths["json"]), "--chart", str(again)]) == 0
+    for png in (paths["chart"], again):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_without_matplotlib_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(SystemExit):
+        bench_moe.parse_args(["--chart", "out.png"])
+    assert 'pip install -e ".[bench]"' in capsys.readouterr().err
+
+
+def test_cli_rejects_a_tier_the_cpu_lacks(capsys):
+    with pytest.raises(SystemExit):
+        bench_moe.parse_args(["--isas", "avx2,sse9"])
+    assert "'sse9' is not a tier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row, want", [
+    ({"method": "AMXINT4", "M": 1}, 80.0),
+    ({"method": "BF16", "M": 8}, 100 / 1.3),
+    ({"method": TORCH_PEER, "M": 1}, None),
+    ({"method": "AMXINT8", "M": 512, "peak": {"family": "int8_vpdpbusd_zmm"}}, 50.0),
+    ({"method": "AMXINT4", "M": 2048, "peak": {"family": "int8_vpdpbusd_zmm"}}, 40.0),
+    ({"method": "BF16", "M": 512, "peak": {"family": "bf16_dpbf16ps_zmm"}}, 70.0),
+    ({"method": "BF16", "M": 512, "peak": {"family": "fp32_fma_ymm"}}, None),  # avx2: prefill reported only
+    ({"method": "AMXINT8", "M": 64, "peak": {"family": "int8_vpdpbusd_zmm"}}, None),
+], ids=["int4-M1", "bf16-M8", "torch", "int8-M512", "int4-M2048", "bf16-M512", "bf16-avx2", "int8-M64"])
+def test_issue5_targets(row, want):
+    assert bench_report.target_pct(row) == want

@@ -17,6 +17,7 @@ import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
+from kt_kernel.cpu import add_isa_argument, apply_isa_argument
 from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random_expert_weights, random_inputs,
                                  relative_error)
 
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=256, help="tokens per prefill call (default 256)")
     p.add_argument("--gpu-experts", type=int, default=0,
                    help="mark the first N experts as GPU experts: the CPU layer skips them (default 0)")
-    p.add_argument("--isa", default=None, help="force an ISA tier, one of cpu_info()['tiers'] (kt_kernel.set_isa)")
+    add_isa_argument(p)
     args = p.parse_args(argv)
     for name in ("hidden", "intermediate", "experts", "topk", "tokens"):
         if getattr(args, name) <= 0:
@@ -69,11 +70,7 @@ def parse_args(argv=None):
         p.error(f"--gpu-experts {args.gpu_experts} must be in 0..{args.experts}")
     if args.threads is not None and args.threads <= 0:
         p.error(f"--threads must be positive, got {args.threads}")
-    if args.isa:
-        try:
-            kt_kernel.set_isa(args.isa)
-        except (ValueError, RuntimeError) as e:
-            p.error(f"--isa {args.isa}: {e}")
+    apply_isa_argument(p, args)
     return args
 
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 import kt_kernel
+from kt_kernel.cpu import add_isa_argument, apply_isa_argument
 
 __all__ = ["main", "parse_args"]
 
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights (default 0)")
     p.add_argument("--cache-dir", default=None, help="where tiny models are built (default $KT_KERNEL_CACHE or "
                                                      "~/.cache/kt_kernel)")
-    p.add_argument("--isa", default=None, help="force an ISA tier, one of cpu_info()['tiers'] (kt_kernel.set_isa)")
+    add_isa_argument(p)
     args = p.parse_args(argv)
     if args.threads is not None and args.threads <= 0:
         p.error(f"--threads must be positive, got {args.threads}")
@@ -93,6 +94,7 @@ def parse_args(argv=None):
         p.error(f"--gpu-experts must be >= 0, got {args.gpu_experts}")
     if args.max_new_tokens <= 0:
         p.error(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    apply_isa_argument(p, args)
     return args
 
 
@@ -122,8 +124,6 @@ def _run(args) -> int:
     from kt_kernel.models.compare import REFERENCE_PROMPT
 
     t_start = time.perf_counter()
-    if args.isa:
-        kt_kernel.set_isa(args.isa)
     tiny = args.model is None
     dtype = getattr(torch, args.dtype or ("float32" if tiny else "bfloat16"))
     info = kt_kernel.cpu_info()

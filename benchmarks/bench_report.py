@@ -1,0 +1,219 @@
+"""Reports of a bench_moe.py run: a roofline-style PNG chart and the results table in Markdown.
+
+    python benchmarks/bench_report.py results.json --chart results.png --markdown results.md
+
+reads the --json file of a bench_moe.py run (bench_moe.py --chart / --markdown write the same from
+the run itself). The chart shows, per shape, for every case (method, tier, M) the fraction of its
+limit it reached: decode (M <= 8) of the read bandwidth, prefill (M >= 64) of the peak of the
+instruction family its kernels use, both measured in the same run, with the targets of issue 5
+marked. The chart needs matplotlib (pip install -e ".[bench]"); the Markdown table does not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kt_kernel.doctor import INT_METHODS  # counted in GOP/s
+
+from shapes import DECODE_TOKENS
+
+# Targets of issue 5, in % of the case's limit. Decode, every method and tier: M=1 80% of the read
+# bandwidth; M=8 at most 1.3x the time to stream the touched experts once, so 100/1.3 = 77%.
+DECODE_TARGET_PCT = {1: 80.0, 8: 100 / 1.3}
+# Prefill M=512 (and above): % of the peak of a named instruction family, so only where the row's
+# tier runs that family (on lower tiers prefill is reported, without a target).
+PREFILL_TARGET_M = 512
+PREFILL_TARGETS = {"AMXINT8": ("int8_vpdpbusd_zmm", 50.0), "AMXINT4": ("int8_vpdpbusd_zmm", 40.0),
+                   "BF16": ("bf16_dpbf16ps_zmm", 70.0)}
+
+
+def is_decode(row: dict) -> bool:
+    return row["M"] in DECODE_TOKENS
+
+
+def pct_of_limit(row: dict) -> float | None:
+    """% of the case's limit: read bandwidth at decode, instruction peak at prefill (None where the
+    tier has no measured family, the generic tier)."""
+    return row["pct_bandwidth"] if is_decode(row) else row["pct_peak"]
+
+
+def target_pct(row: dict) -> float | None:
+    """The issue-5 target for the row's case in % of its limit, None where there is none (the
+    PyTorch peer, M between decode and 512, a tier below the named family)."""
+    if is_decode(row):
+        return DECODE_TARGET_PCT.get(row["M"]) if row["method"] in PREFILL_TARGETS else None
+    family, pct = PREFILL_TARGETS.get(row["method"], (None, None))
+    if family is None or row["M"] < PREFILL_TARGET_M or row["peak"]["family"] != family:
+        return None
+    return pct
+
+
+def series(rows: list[dict]) -> list[tuple[str, str]]:
+    """(method, tier) pairs, grouped by method; methods and tiers in the order the run measured them."""
+    pairs = list(dict.fromkeys((r["method"], r["tier"]) for r in rows))
+    methods = list(dict.fromkeys(m for m, _ in pairs))
+    return sorted(pairs, key=lambda p: methods.index(p[0]))  # stable: tiers keep their order
+
+
+# ---- Markdown ----------------------------------------------------------------------------------
+
+def _ms(ms: float) -> str:
+    """Three significant digits, no exponent: 0.642, 38.4, 293, 5041."""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def _cell(r: dict) -> str:
+    speedup = "" if r["x_vs_torch"] is None else f", {r['x_vs_torch']:.1f}x"
+    if is_decode(r):
+        cached = "*" if r.get("may_be_cached") else ""
+        return f"{_ms(r['ms'])}{cached} ({r['pct_bandwidth']:.0f}% bw{speedup})"
+    unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
+    pct = "" if r["pct_peak"] is None else f", {r['pct_peak']:.0f}%"
+    return f"{_ms(r['ms'])} ({r['gops']:.0f} {unit}{pct}{speedup})"
+
+
+def _peak_text(peak: dict) -> str:
+    if peak["gops"] is None:
+        return "-"
+    return f"{peak['instruction']} {peak['gops']:.0f} {peak['unit']}"
+
+
+def markdown(result: dict) -> str:
+    """The results as Markdown: one table per shape, a row per (method, tier), a column per M."""
+    c = result["conditions"]
+    info = c["cpu_info"]
+    bw = result["limits"]["bandwidth"]
+    lines = [
+        f"`{' '.join(['python3', *result['command']])}`",
+        "",
+        f"{info['brand']}, {c['cores']} cores, {c['threads']} threads, tiers {', '.join(c['isas'])}; "
+        f"{'cold' if c['cold_caches'] else 'warm'} caches; torch {c['torch']}, kt_kernel {c['kt_kernel']}; "
+        f"{c['time']}. Read bandwidth in the same run {min(b['best_gbps'] for b in bw):.1f}-"
+        f"{max(b['best_gbps'] for b in bw):.1f} GB/s.",
+        "",
+        "ms per call (% of the limit: read bandwidth (bw) at M <= 8, peak of the instruction family at M >= 64; "
+        "x = speed-up over the PyTorch bf16 peer in the same run; * = weights under 2x the L2+L3 caches, "
+        "partly read from cache when warm); rel. err against the fp32 reference, the largest over M.",
+    ]
+    for name, shape in result["shapes"].items():
+        rows = [r for r in result["results"] if r["shape"] == name]
+        if not rows:
+            continue
+        tokens = sorted({r["M"] for r in rows})
+        lines += ["", f"Shape {name} (H={shape['H']}, I={shape['I']}, E={shape['E']}, K={shape['K']}; {shape['like']}):",
+                  "", "| method | tier | " + " | ".join(f"M={m}" for m in tokens) + " | rel. err | prefill peak |",
+                  "|---|---|" + "---|" * len(tokens) + "---|---|"]
+        for method, tier in series(rows):
+            mine = {r["M"]: r for r in rows if r["method"] == method and r["tier"] == tier}
+            cells = [_cell(mine[m]) if m in mine else "-" for m in tokens]
+            err = max(r["rel_err"] for r in mine.values())
+            peak = next(iter(mine.values()))["peak"]
+            lines.append(f"| {method} | {tier} | " + " | ".join(cells) + f" | {err:.2g} | {_peak_text(peak)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- chart -------------------------------------------------------------------------------------
+
+def require_matplotlib():
+    """matplotlib, or ImportError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError('the chart needs matplotlib: pip install -e ".[bench]" (or pip install matplotlib)') from e
+    return matplotlib
+
+
+# One colour map per method, a shade per tier; the PyTorch peer in grey.
+METHOD_COLORMAPS = {"AMXINT4": "Blues", "AMXINT8": "Oranges", "BF16": "Greens"}
+
+
+def _colors(pairs: list[tuple[str, str]]) -> dict:
+    import matplotlib
+
+    colors = {}
+    for method in dict.fromkeys(m for m, _ in pairs):
+        tiers = [t for m, t in pairs if m == method]
+        cmap = matplotlib.colormaps[METHOD_COLORMAPS.get(method, "Greys")]
+        for i, tier in enumerate(tiers):
+            colors[method, tier] = cmap(0.85 - 0.45 * i / max(1, len(tiers) - 1))
+    return colors
+
+
+def draw_chart(result: dict, path: str) -> None:
+    """Bars of % of the limit per case, a panel per (shape, decode | prefill), targets as black ticks."""
+    require_matplotlib()
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows = result["results"]
+    pairs = series(rows)
+    colors = _colors(pairs)
+    shapes = [s for s in result["shapes"] if any(r["shape"] == s for r in rows)]
+    phases = [(label, pred) for label, pred in (("decode", is_decode), ("prefill", lambda r: not is_decode(r)))
+              if any(pred(r) for r in rows)]
+    width = 0.8 / len(pairs)
+    groups = max(len({r["M"] for r in rows if pred(r)}) for _, pred in phases)
+    fig = Figure(figsize=(max(5.0, 0.25 * len(pairs) * groups + 1.5) * len(phases), 3.2 * len(shapes) + 1.4),
+                 layout="constrained")
+    axes = fig.subplots(len(shapes), len(phases), squeeze=False)
+    for si, shape in enumerate(shapes):
+        for pi, (phase, pred) in enumerate(phases):
+            ax = axes[si][pi]
+            mine = [r for r in rows if r["shape"] == shape and pred(r)]
+            tokens = sorted({r["M"] for r in mine})
+            top = 100.0
+            for j, pair in enumerate(pairs):
+                for g, M in enumerate(tokens):
+                    r = next((r for r in mine if (r["method"], r["tier"]) == pair and r["M"] == M), None)
+                    v = None if r is None else pct_of_limit(r)
+                    if v is None:
+                        continue
+                    x = g - 0.4 + width * (j + 0.5)
+                    ax.bar(x, v, width, color=colors[pair], edgecolor="white", linewidth=0.3)
+                    ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=5, rotation=90)
+                    t = target_pct(r)
+                    if t is not None:
+                        ax.hlines(t, x - width / 2, x + width / 2, colors="black", linewidth=1.5)
+                    top = max(top, v, t or 0)
+            ax.axhline(100, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xticks(range(len(tokens)), [f"M={m}" for m in tokens])
+            ax.set_ylim(0, top * 1.15)
+            ax.set_ylabel("% of read bandwidth" if phase == "decode" else "% of instruction peak")
+            ax.set_title(f"shape {shape} {phase}", fontsize=10)
+    c = result["conditions"]
+    fig.suptitle(f"{c['cpu_info']['brand']}, {c['threads']} threads, {'cold' if c['cold_caches'] else 'warm'} "
+                 f"caches, {c['time']}: achieved fraction of the limit measured in the same run", fontsize=9)
+    handles = [Patch(color=colors[p], label=f"{p[0]} {p[1]}") for p in pairs]
+    handles.append(Line2D([], [], color="black", linewidth=1.5, label="target (issue 5)"))
+    handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=0.8, label="limit"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=7)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="the --json file of a bench_moe.py run")
+    p.add_argument("--chart", default=None, metavar="PNG", help="draw the chart here")
+    p.add_argument("--markdown", default=None, metavar="MD", help="write the Markdown table here ('-': stdout)")
+    args = p.parse_args(argv)
+    if not (args.chart or args.markdown):
+        p.error("nothing to do: give --chart and/or --markdown")
+    with open(args.results) as f:
+        result = json.load(f)
+    if args.markdown == "-":
+        sys.stdout.write(markdown(result))
+    elif args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
+    if args.chart:
+        try:
+            draw_chart(result, args.chart)
+        except ImportError as e:
+            p.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
