@@ -40,6 +40,12 @@ void quantize_int4g32_into(const float* w, int N, int K, QuantizedMatrix* out) {
   Kernel(w, N, K, out->values.data(), out->group_scale.data(), out->group_min.data());
 }
 
+template <void (*Kernel)(const float*, int, int, int8_t*, float*)>
+void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
+  int8pc_shape(N, K, out);
+  Kernel(w, N, K, reinterpret_cast<int8_t*>(out->values.data()), out->scale.data());
+}
+
 }  // namespace
 
 #define KT_QROW(fmt, tier, fn, ...) QuantizerRow { FormatId::fmt, IsaTier::tier, #fn, __VA_ARGS__ }
@@ -47,7 +53,9 @@ void quantize_int4g32_into(const float* w, int N, int K, QuantizedMatrix* out) {
 const std::vector<QuantizerRow>& quantizer_table() {
   static const std::vector<QuantizerRow> table = {
       KT_QROW(int4_g32, avx512, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
+      KT_QROW(int8_pc, avx512, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
       KT_QROW(int4_g32, avx2, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
+      KT_QROW(int8_pc, avx2, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
       KT_QROW(bf16, generic, bf16_quantize_ref, bf16_quantize_ref),
       KT_QROW(int8_pc, generic, int8pc_quantize_ref, int8pc_quantize_ref),
       KT_QROW(int4_g32, generic, int4g32_quantize_ref, int4g32_quantize_ref),
