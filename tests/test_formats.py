@@ -271,6 +271,7 @@ def _quantizer_rows(K: int, seed: int) -> list[tuple[str, np.ndarray]]:
             ("offset_neg", -5e4 + normal() * 10.0),
             ("ulp_range", 1.0 + rng.integers(0, 4, K) * 2.0**-23),
             ("ramp", (k % 32) * 0.1 - 1.55),  # q land on exact ties of round-half-even
+            ("half_steps", np.where(k == 0, 127.0, (k % 64 - 32) * 0.5)),  # int8: inv = 1, ties
             ("uniform", rng.random(K)), ("grid", rng.integers(-16, 17, K) / 8.0),
             ("bf16_values", (normal().astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32))]
     # Small integers make the sums exact and the fits land on fp16 ties often: there a one-ulp
@@ -287,6 +288,11 @@ def _quantizer_rows(K: int, seed: int) -> list[tuple[str, np.ndarray]]:
     nan_first[k % 32 == 0] = np.nan
     nan_mid, neg_nan, pos_inf, both_inf, inf_nan = (normal() for _ in range(5))
     nan_mid[k % 32 == 5] = np.nan
+    nan_mid[k % 32 == 31] = np.nan  # last in its group, and in the row when K is a multiple of 32
+    nan_mid[K - 1] = np.nan
+    nan_after_max = normal()  # the row's largest |w| 16 k before a NaN: same lane of 8 or 16
+    nan_after_max[max(K - 17, 0)] = -50.0
+    nan_after_max[K - 1] = np.nan
     neg_nan[k % 32 == 3] = -np.nan
     neg_nan[k % 32 == 0] = -np.nan
     pos_inf[k % 32 == 9] = np.inf
@@ -297,7 +303,7 @@ def _quantizer_rows(K: int, seed: int) -> list[tuple[str, np.ndarray]]:
     # NaN payloads: the reference writes any NaN d or m as sign | 0x7e00 (vcvtps2ph keeps payload)
     payload = normal().astype(np.float32)
     payload[k % 32 == 0] = np.array([0x7FE01234, 0xFF801000, 0x7F800001], np.uint32).view(np.float32)[g % 3][k % 32 == 0]
-    rows += [("nan_payload", payload), ("nan_first", nan_first), ("nan_mid", nan_mid), ("neg_nan", neg_nan), ("inf", pos_inf),
+    rows += [("nan_payload", payload), ("nan_first", nan_first), ("nan_mid", nan_mid), ("nan_after_max", nan_after_max), ("neg_nan", neg_nan), ("inf", pos_inf),
              ("both_inf", both_inf), ("inf_nan", inf_nan), ("all_inf", np.full(K, -np.inf))]
     return rows
 
@@ -335,7 +341,7 @@ def test_quantizer_table_has_a_generic_reference_row(fmt):
 
 
 @pytest.mark.parametrize("K", QUANT_KS, ids=lambda k: f"K{k}")
-@pytest.mark.parametrize("fmt_name", ["int4_g32"])
+@pytest.mark.parametrize("fmt_name", ["int4_g32", "int8_pc"])
 def test_quantizer_is_bit_identical_to_reference(fmt_name, K, tier):
     names, w = _quantizer_input(K)
     want_row = _quantizer_row(fmt_name, tier)
