@@ -41,9 +41,9 @@ constexpr int kGroup = 32;
 // The least-squares fit of the reference's fit_group for V::L groups at once.
 //   wt:   [32][L] transposed values (padding repeats a group's last value)
 //   len:  [L] real values per group (1..32); only read when Partial
-//   bd, bm: [L] the chosen d and m, as fp32 values of fp16 numbers
+//   bd, bm: [L] the chosen d and m, as fp32 values of fp16 numbers; bi: [L] d > 0 ? 1 / d : 0
 template <class V, bool Partial>
-void fit_lanes(const float* wt, const int32_t* len, float* bd, float* bm) {
+void fit_lanes(const float* wt, const int32_t* len, float* bd, float* bm, float* bi) {
   using F = typename V::F;
   using M = typename V::M;
   constexpr int L = V::L;
@@ -148,6 +148,7 @@ void fit_lanes(const float* wt, const int32_t* len, float* bd, float* bm) {
   }
   V::store(bd, best_d);
   V::store(bm, best_m);
+  V::store(bi, inverse(best_d));
 }
 
 // int4g32_quantize_ref on V::L groups at a time, taken in row-major order over all N x groups
@@ -162,7 +163,7 @@ void quantize_int4g32_lanes(const float* w, int N, int K, uint8_t* qout, uint16_
   alignas(64) float zeros[kGroup] = {};  // lanes past the last group: a constant group, cheapest fit
   alignas(64) float wt[kGroup * L];
   alignas(64) int32_t len[L];
-  alignas(64) float bd[L], bm[L];
+  alignas(64) float bd[L], bm[L], bi[L];
   alignas(64) uint16_t dh[L], mh[L];
   const float* src[L];  // each lane's 32 values
   uint8_t* dst[L];      // each lane's first q
@@ -189,20 +190,19 @@ void quantize_int4g32_lanes(const float* w, int N, int K, uint8_t* qout, uint16_
       }
     }
     V::transpose(src, wt);
-    if (partial) fit_lanes<V, true>(wt, len, bd, bm);
-    else fit_lanes<V, false>(wt, len, bd, bm);
+    if (partial) fit_lanes<V, true>(wt, len, bd, bm, bi);
+    else fit_lanes<V, false>(wt, len, bd, bm, bi);
     V::store_f16(dh, V::load(bd));
     V::store_f16(mh, V::load(bm));
     std::memcpy(dout + f0, dh, sizeof(uint16_t) * cnt);
     std::memcpy(mout + f0, mh, sizeof(uint16_t) * cnt);
     // q = round_half_even(clamp((w - m) * inv, 0, 15)) with the chosen d and m, group by group
     for (int l = 0; l < cnt; ++l) {
-      const float d = bd[l], inv = d > 0.f ? 1.f / d : 0.f;
       if (len[l] == kGroup) {
-        V::quantize_group(src[l], bm[l], inv, dst[l]);
+        V::quantize_group(src[l], bm[l], bi[l], dst[l]);
       } else {
         alignas(64) uint8_t q[kGroup];
-        V::quantize_group(src[l], bm[l], inv, q);
+        V::quantize_group(src[l], bm[l], bi[l], q);
         std::memcpy(dst[l], q, size_t(len[l]));
       }
     }
