@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import kt_kernel
 from kt_kernel import _ext
 
 import reference
@@ -243,3 +244,118 @@ def test_q8_activation_error_bound_at_any_scale(amax):
     bound = s / 2 + 2 * np.finfo(np.float32).eps * np.abs(x[0]) + 128 * 2.0**-149
     assert (err <= bound).all(), (
         f"amax={amax}: q = {q.tolist()}, s = {s!r}; |x - s q| = {err.tolist()} exceeds s/2 = {s / 2!r}")
+
+
+# ---- ISA quantizers -----------------------------------------------------------------------
+#
+# Every tier's quantizer must reproduce the format's reference quantizer (the generic tier's)
+# bit for bit: values, scales, fp16 d and m, for any input, NaN and Inf included. The rows below
+# are stacked into one matrix so that the vector quantizers see mixed blocks of groups (constant
+# groups next to refitted ones, NaN next to normal) and the row count is not a multiple of 8 or 16.
+
+QUANT_KS = [32, 64, 33, 31, 1, 100, 2048]
+
+
+def _quantizer_rows(K: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    k = np.arange(K)
+    g = k // 32  # group index of each k
+    normal = lambda: rng.standard_normal(K)  # noqa: E731
+    rows = [("normal", normal()), ("normal", normal()), ("t3", rng.standard_t(3, K)),
+            ("t1", rng.standard_t(1, K)), ("zero", np.zeros(K)), ("constant", np.full(K, 0.37)),
+            ("signed_zeros", np.where(rng.random(K) < 0.5, -0.0, 0.0)),
+            ("constant_groups", np.where(g % 2 == 0, 1.5 + g, normal())),
+            ("two_values", np.where(rng.random(K) < 0.5, -0.75, 2.0)),
+            ("outlier", normal() * np.where(k % 32 == 7, 100.0, 1.0)),
+            ("offset", 1000.0 + normal() * 1e-3),  # shrunk ranges: all q clamp to 15, det = 0
+            ("offset_neg", -5e4 + normal() * 10.0),
+            ("ulp_range", 1.0 + rng.integers(0, 4, K) * 2.0**-23),
+            ("ramp", (k % 32) * 0.1 - 1.55),  # q land on exact ties of round-half-even
+            ("half_steps", np.where(k == 0, 127.0, (k % 64 - 32) * 0.5)),  # int8: inv = 1, ties
+            ("uniform", rng.random(K)), ("grid", rng.integers(-16, 17, K) / 8.0),
+            ("bf16_values", (normal().astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32))]
+    # Small integers make the sums exact and the fits land on fp16 ties often: there a one-ulp
+    # difference anywhere in the fit changes the result (about 7% of the groups differ).
+    rows += [("small_ints", rng.integers(0, 5, K).astype(np.float64)) for _ in range(4)]
+    for scale in [1e4, 3e4, 6.5e4, 1e5, 3e5, 1e30, 3e38]:  # d and m round to fp16 overflow / inf
+        rows.append((f"scale{scale:g}", normal() * scale))
+    for scale in [1e-5, 1e-7, 3e-8, 1e-9, 1e-38, 1e-42]:  # fp16 subnormal / zero d, fp32 denormals
+        rows.append((f"scale{scale:g}", normal() * scale))
+    # m exactly at fp16 rounding edges: 65504 is the largest fp16, 65520 rounds to infinity
+    for lo in [65504.0, 65519.99, 65520.0, -65520.0, 2.0**-24, 2.0**-25, 1.0 + 2.0**-11]:
+        rows.append((f"lo{lo:g}", lo + np.abs(normal()) * abs(lo) * 0.01))
+    nan_first = normal()
+    nan_first[k % 32 == 0] = np.nan
+    nan_mid, neg_nan, pos_inf, both_inf, inf_nan = (normal() for _ in range(5))
+    nan_mid[k % 32 == 5] = np.nan
+    nan_mid[k % 32 == 31] = np.nan  # last in its group, and in the row when K is a multiple of 32
+    nan_mid[K - 1] = np.nan
+    nan_after_max = normal()  # the row's largest |w| 16 k before a NaN: same lane of 8 or 16
+    nan_after_max[max(K - 17, 0)] = -50.0
+    nan_after_max[K - 1] = np.nan
+    neg_nan[k % 32 == 3] = -np.nan
+    neg_nan[k % 32 == 0] = -np.nan
+    pos_inf[k % 32 == 9] = np.inf
+    both_inf[k % 32 == 0] = -np.inf
+    both_inf[k % 32 == 1] = np.inf
+    inf_nan[k % 32 == 2] = np.inf
+    inf_nan[k % 32 == 4] = np.nan
+    # NaN payloads: the reference writes any NaN d or m as sign | 0x7e00 (vcvtps2ph keeps payload)
+    payload = normal().astype(np.float32)
+    payload[k % 32 == 0] = np.array([0x7FE01234, 0xFF801000, 0x7F800001], np.uint32).view(np.float32)[g % 3][k % 32 == 0]
+    rows += [("nan_payload", payload), ("nan_first", nan_first), ("nan_mid", nan_mid), ("nan_after_max", nan_after_max), ("neg_nan", neg_nan), ("inf", pos_inf),
+             ("both_inf", both_inf), ("inf_nan", inf_nan), ("all_inf", np.full(K, -np.inf))]
+    return rows
+
+
+def _quantizer_input(K: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    with np.errstate(all="ignore"):
+        rows = _quantizer_rows(K, seed)
+        w = np.stack([r for _, r in rows]).astype(np.float32)
+    order = np.random.default_rng(seed + 1).permutation(len(rows))
+    return [rows[i][0] for i in order], np.ascontiguousarray(w[order])
+
+
+def _quantizer_row(fmt_name: str, tier_name: str) -> dict:
+    """The quantizer-table row for `fmt_name` on `tier_name` (first at or below it, best-first)."""
+    tiers = list(_ext.all_tiers())
+    for row in _ext.quantizer_table():
+        if row["format"] == fmt_name and tiers.index(row["tier"]) <= tiers.index(tier_name):
+            return row
+    raise AssertionError(f"quantizer table has no row for {fmt_name} at or below {tier_name}")
+
+
+def _reference_quantize(fmt_name: str, w: np.ndarray) -> dict:
+    before = kt_kernel.cpu_info()["override"]
+    kt_kernel.set_isa("generic")
+    try:
+        assert _ext.quantizer(fmt_name) == _quantizer_row(fmt_name, "generic")["name"]
+        return _ext.quantize(fmt_name, w)
+    finally:
+        kt_kernel.set_isa(before or None)
+
+
+def test_quantizer_table_has_a_generic_reference_row(fmt):
+    row = _quantizer_row(fmt["name"], "generic")
+    assert row["tier"] == "generic" and row["name"].endswith("_quantize_ref"), row
+
+
+@pytest.mark.parametrize("K", QUANT_KS, ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("fmt_name", ["int4_g32", "int8_pc"])
+def test_quantizer_is_bit_identical_to_reference(fmt_name, K, tier):
+    names, w = _quantizer_input(K)
+    want_row = _quantizer_row(fmt_name, tier)
+    assert _ext.quantizer(fmt_name) == want_row["name"]
+    got = _ext.quantize(fmt_name, w)
+    want = _reference_quantize(fmt_name, w)
+    for key in sorted(set(want) - {"format", "N", "K"}):
+        a, b = np.asarray(got[key]), np.asarray(want[key])
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{key}: {a.dtype} {a.shape} vs {b.dtype} {b.shape}"
+        bad = np.argwhere(a.view(np.uint8).reshape(a.shape[0], -1) != b.view(np.uint8).reshape(b.shape[0], -1))
+        if bad.size:
+            n = int(bad[0][0])
+            col = int(np.nonzero(a[n].ravel() != b[n].ravel())[0][0]) if a.ndim > 1 else 0
+            raise AssertionError(
+                f"{want_row['name']} on tier {tier}, K={K}: {key} differs from the reference in "
+                f"{len(np.unique(bad[:, 0]))} rows; first row {n} ({names[n]}) at column {col}: "
+                f"got {a[n].ravel()[col]!r}, reference {b[n].ravel()[col]!r}")

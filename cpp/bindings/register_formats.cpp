@@ -23,11 +23,12 @@ py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape)
 py::dict quantize(const std::string& format, py::array_t<float, py::array::c_style | py::array::forcecast> w) {
   if (w.ndim() != 2) throw std::invalid_argument("quantize expects a 2-D [N, K] weight array");
   const FormatTraits& f = format_by_name(format);
+  const QuantizerRow& quantizer = select_quantizer(f.id, active_tier());
   const int N = int(w.shape(0)), K = int(w.shape(1));
   QuantizedMatrix q;
   {
     py::gil_scoped_release nogil;
-    f.quantize_ref(w.data(), N, K, &q);
+    quantizer.quantize(w.data(), N, K, &q);
   }
   py::dict d;
   d["format"] = format;
@@ -109,9 +110,24 @@ void register_formats(py::module_& m) {
     }
     return out;
   });
+  m.def("quantizer_table", [] {
+    py::list out;
+    for (const QuantizerRow& r : quantizer_table()) {
+      py::dict d;
+      d["format"] = format_traits(r.format).name;
+      d["tier"] = tier_name(r.tier);
+      d["name"] = r.name;
+      out.append(d);
+    }
+    return out;
+  });
+  m.def("quantizer", [](const std::string& format) {
+    return select_quantizer(format_by_name(format).id, active_tier()).name;
+  }, py::arg("format"), "Name of the quantizer `quantize` runs for this format on the active tier.");
   m.def("panel_n", [] { return kPanelN; });
   m.def("quantize", &quantize, py::arg("format"), py::arg("w"),
-        "Reference quantizer: fp32 [N, K] -> dict of logical arrays (values, scales).");
+        "Quantizer of the active ISA tier (bit-identical to the format's reference quantizer): "
+        "fp32 [N, K] -> dict of logical arrays (values, scales).");
   m.def("dequantize", [](const py::dict& d) {
     QuantizedMatrix q = from_dict(d);
     py::array_t<float> out({q.N, q.K});

@@ -63,6 +63,20 @@ const std::vector<KernelRow>& kernel_table();
 // First row for `format` whose tier is at most `tier`. The generic tier always has one.
 const KernelRow& select_kernel(FormatId format, IsaTier tier);
 
+// Weight quantizers, one table ordered best-first like the kernels'. Every row produces exactly
+// the logical arrays of the format's quantize_ref (bit for bit, on every input); the generic row
+// is quantize_ref itself. Callers choose a row once (a layer at construction, a binding call at
+// its start) and call it for every matrix.
+using QuantizeFn = void (*)(const float* w, int N, int K, QuantizedMatrix* out);
+struct QuantizerRow {
+  FormatId format;
+  IsaTier tier;      // lowest tier that runs it
+  const char* name;  // quantize_<weight fmt>_<lanes>__<isa>, or the reference's name
+  QuantizeFn quantize;
+};
+const std::vector<QuantizerRow>& quantizer_table();
+const QuantizerRow& select_quantizer(FormatId format, IsaTier tier);
+
 // Activation quantization (ISA-free, identical for every tier so that tiers see the same input).
 // Converts one row of K fp32 values into `format`, zero-padded to Kp. Returns false if the row
 // holds NaN or Inf.

@@ -84,6 +84,7 @@ class MoeLayer {
   MoeConfig cfg_;
   IsaTier tier_;
   const KernelRow* kernel_;
+  const QuantizerRow* quantizer_;  // load_from_tensors' quantizer, chosen with the kernel
   std::vector<int> bounds_;
   std::vector<std::unique_ptr<Slice>> slices_;
   bool loaded_ = false;

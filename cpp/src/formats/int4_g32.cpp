@@ -122,7 +122,7 @@ GroupFit fit_group(const float* src, int len) {
 
 }  // namespace
 
-void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
+void int4g32_shape(int N, int K, QuantizedMatrix* out) {
   const int groups = (K + G - 1) / G;
   out->format = FormatId::int4_g32;
   out->N = N;
@@ -130,6 +130,11 @@ void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
   out->values.resize(size_t(N) * K);
   out->group_scale.resize(size_t(N) * groups);
   out->group_min.resize(size_t(N) * groups);
+}
+
+void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
+  const int groups = (K + G - 1) / G;
+  int4g32_shape(N, K, out);
   for (int n = 0; n < N; ++n) {
     for (int g = 0; g < groups; ++g) {
       const float* wg = w + size_t(n) * K + g * G;

@@ -16,12 +16,16 @@
 
 namespace kt {
 
-void int8pc_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
+void int8pc_shape(int N, int K, QuantizedMatrix* out) {
   out->format = FormatId::int8_pc;
   out->N = N;
   out->K = K;
   out->values.resize(size_t(N) * K);
   out->scale.resize(N);
+}
+
+void int8pc_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
+  int8pc_shape(N, K, out);
   for (int n = 0; n < N; ++n) {
     const float* row = w + size_t(n) * K;
     float amax = 0.f;

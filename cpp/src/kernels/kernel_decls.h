@@ -28,4 +28,21 @@ KT_DECLARE_KERNEL(bf16_bf16_8x16__avx512bf16)
 
 #undef KT_DECLARE_KERNEL
 
+// Quantizer kernels: they write into arrays the caller has sized (kernel_table.cpp), so that no
+// std::vector code is instantiated with ISA flags. Same results as the format's quantize_ref.
+//   int4_g32: q [N, K] in 0..15, d and m [N, ceil(K/32)] fp16 bits
+#define KT_DECLARE_QUANTIZE_INT4G32(lanes_isa) \
+  void quantize_int4g32_##lanes_isa(const float* w, int N, int K, uint8_t* q, uint16_t* d, uint16_t* m);
+//   int8_pc: q [N, K] in -127..127, scale [N]
+#define KT_DECLARE_QUANTIZE_INT8PC(lanes_isa) \
+  void quantize_int8pc_##lanes_isa(const float* w, int N, int K, int8_t* q, float* scale);
+
+KT_DECLARE_QUANTIZE_INT4G32(8g__avx2)
+KT_DECLARE_QUANTIZE_INT4G32(16g__avx512)
+KT_DECLARE_QUANTIZE_INT8PC(8k__avx2)
+KT_DECLARE_QUANTIZE_INT8PC(16k__avx512)
+
+#undef KT_DECLARE_QUANTIZE_INT4G32
+#undef KT_DECLARE_QUANTIZE_INT8PC
+
 }  // namespace kt

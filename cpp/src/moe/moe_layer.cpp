@@ -138,6 +138,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
   tier_ = active_tier();
   kernel_ = &select_kernel(cfg_.format, tier_);
+  quantizer_ = &select_quantizer(cfg_.format, tier_);
   // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
   const FormatTraits& f = format_traits(cfg_.format);
   const int unit = std::max(kPanelN, f.group ? f.group : f.k_align);
@@ -229,8 +230,7 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
 void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
                                  const int64_t* map, int num_logical) {
   const int H = cfg_.hidden, I = cfg_.intermediate;
-  const FormatTraits& f = format_traits(cfg_.format);
-  // Convert to fp32 and quantize with the format's reference quantizer.
+  // Convert to fp32 and quantize with the layer's quantizer (bit-identical to the reference's).
   const size_t esz = dtype_size(dtype);
   load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
       const int N = which == 2 ? H : I, K = which == 2 ? I : H;
@@ -250,7 +250,7 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
                                       " weights of logical expert " + std::to_string(map[slot]) + " contain NaN or Inf at [" +
                                       std::to_string(i / K) + ", " + std::to_string(i % K) + "]");
       }
-      f.quantize_ref(w.data(), N, K, &q);
+      quantizer_->quantize(w.data(), N, K, &q);
   });
 }
 
