@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -91,6 +92,19 @@ def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Op
             return (f"{path.name}: {L.key(layer, proj, part)} is {t['dtype']} {tuple(t['shape'])}, "
                     f"expected {dtype} {tuple(shape)}")
     return None
+
+
+@contextmanager
+def torch_single_threaded():
+    """torch's own intra-op threads off while our pool runs many small torch calls on every core:
+    they spin between calls and took the cores from the quantizer (a 1-thread conversion ran
+    4-10x slower with them). The previous setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def quantize_layer_arrays(expert, layer: int, E: int, H: int, I: int, fmt: dict, pool: ThreadPoolExecutor,
@@ -197,7 +211,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     threads = threads or len(os.sched_getaffinity(0))
     weight_map, files, t0, converted = {}, {}, time.monotonic(), 0
     try:
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(threads) as pool, torch_single_threaded():
             for layer in todo:
                 spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
                 meta = layer_meta(method, fmt, layer, E, H, I, src.fingerprint)

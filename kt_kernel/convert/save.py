@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.convert import (METHOD_FORMATS, layer_meta, quantize_layer_arrays, sha256_file,
-                                       verify_layer_file, write_json)
+                                       torch_single_threaded, verify_layer_file, write_json)
 from kt_kernel.convert.safetensors_io import write_file
 from kt_kernel.convert.source import ConversionError
 
@@ -110,7 +110,7 @@ def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: 
     _check_folder(folder, want)
     folder.mkdir(parents=True, exist_ok=True)
     fmt = METHOD_FORMATS[method]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool, torch_single_threaded():
         tensors = quantize_layer_arrays(expert, layer, E, H, I, fmt, pool)
     path = folder / L.layer_file(layer)
     spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
