@@ -6,7 +6,8 @@
 // 1: down) over the whole padded K:
 //   template <int NM, int MR> static void compute(const uint8_t* const* w, int Kp,
 //                                                 const ActView& act, const int* rows,
-//                                                 __m512 (&acc)[NM][MR]);
+//                                                 const NextPanels& pf, __m512 (&acc)[NM][MR]);
+// A Tile whose steps read 64 bytes per matrix may prefetch pf (below); the others ignore it.
 // Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm), and
 // Tile::down_panels how many adjacent panels the down stage computes at once (1 or 2).
 // The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
@@ -21,6 +22,31 @@ namespace {
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
 // before fp32 rounding).
+// A slice of the next panels, for compute() to prefetch into L2 while it works on the current
+// ones: step s of the Kp/step_k steps prefetches at[t] + ((64 s) >> shift). With b row blocks per
+// panel the first block would otherwise stream the whole panel from DRAM faster than memory
+// delivers it (the compute stalls), and the other blocks find it in cache; the driver hands
+// block i the i-th of 2^shift slices, so the reads spread over all blocks.
+struct NextPanels {
+  const uint8_t* at[2] = {nullptr, nullptr};  // nullptr: nothing to prefetch
+  int shift = 0;
+
+  inline void touch(int t, int s) const {
+    if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * 64) >> shift)), _MM_HINT_T1);
+  }
+};
+
+// For row block `block` of `blocks`: the block-th slice of the panels `advance` bytes after w[t]
+// (t < nm). Nothing with one block (decode: the hardware prefetcher streams) or no next panel.
+inline NextPanels next_panels(const uint8_t* const* w, int nm, size_t advance, size_t panel_bytes, bool more,
+                              int block, int blocks) {
+  NextPanels pf;
+  if (blocks < 2 || !more) return pf;
+  while ((1 << pf.shift) < blocks) ++pf.shift;
+  for (int t = 0; t < nm; ++t) pf.at[t] = w[t] + advance + (panel_bytes >> pf.shift) * block;
+  return pf;
+}
+
 inline __m512 exp_ps(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
@@ -45,32 +71,34 @@ inline __m512 silu_mul(__m512 g, __m512 u) {
 }
 
 template <class Tile, int MR>
-inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0) {
+inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0, const NextPanels& pf) {
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = a.rows ? a.rows[i0 + r] : i0 + r;
   __m512 acc[2][MR];
-  Tile::template compute<2, MR>(w, a.act.Kp, a.act, rows, acc);
+  Tile::template compute<2, MR>(w, a.act.Kp, a.act, rows, pf, acc);
   for (int r = 0; r < MR; ++r)
     _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, silu_mul(acc[0][r], acc[1][r]));
 }
 
 // rows [i, m) of a panel, fewer than R + 1: one block of exactly m - i rows
 template <class Tile, int R>
-inline void gateup_tail(const GateUpArgs& a, const uint8_t* const* w, int p, int i) {
+inline void gateup_tail(const GateUpArgs& a, const uint8_t* const* w, int p, int i, const NextPanels& pf) {
   if constexpr (R > 0) {
-    if (a.m - i == R) gateup_block<Tile, R>(a, w, p, i);
-    else gateup_tail<Tile, R - 1>(a, w, p, i);
+    if (a.m - i == R) gateup_block<Tile, R>(a, w, p, i, pf);
+    else gateup_tail<Tile, R - 1>(a, w, p, i, pf);
   }
 }
 
 template <class Tile>
 void gateup(const GateUpArgs& a) {
+  constexpr int MR = Tile::max_rows(2);
+  const int blocks = (a.m + MR - 1) / MR;
+  const size_t pb = a.gate->panel_bytes;
   for (int p = a.p0; p < a.p1; ++p) {
-    const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
-    constexpr int MR = Tile::max_rows(2);
-    int i = 0;
-    for (; i + MR <= a.m; i += MR) gateup_block<Tile, MR>(a, w, p, i);
-    gateup_tail<Tile, MR - 1>(a, w, p, i);
+    const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + a.up->panel_bytes * p};
+    int i = 0, b = 0;
+    for (; i + MR <= a.m; i += MR, ++b) gateup_block<Tile, MR>(a, w, p, i, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
+    gateup_tail<Tile, MR - 1>(a, w, p, i, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
   }
 }
 
@@ -78,11 +106,11 @@ void gateup(const GateUpArgs& a) {
 // feeds NP multiply-adds instead of one (with NP = 1 the broadcasts match the dot products one
 // for one, and the down stage ran at half the rate of gate/up).
 template <class Tile, int NP, int MR>
-inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0) {
+inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0, const NextPanels& pf) {
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
   __m512 acc[NP][MR];
-  Tile::template compute<NP, MR>(w, a.act.Kp, a.act, rows, acc);
+  Tile::template compute<NP, MR>(w, a.act.Kp, a.act, rows, pf, acc);
   for (int r = 0; r < MR; ++r) {
     const __m512 weight = _mm512_set1_ps(a.weight[i0 + r]);
     for (int t = 0; t < NP; ++t) {
@@ -94,21 +122,24 @@ inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0
 
 // rows [i, m) of NP panels, fewer than R + 1: one block of exactly m - i rows
 template <class Tile, int NP, int R>
-inline void down_tail(const DownArgs& a, const uint8_t* const* w, int p, int i) {
+inline void down_tail(const DownArgs& a, const uint8_t* const* w, int p, int i, const NextPanels& pf) {
   if constexpr (R > 0) {
-    if (a.m - i == R) down_block<Tile, NP, R>(a, w, p, i);
-    else down_tail<Tile, NP, R - 1>(a, w, p, i);
+    if (a.m - i == R) down_block<Tile, NP, R>(a, w, p, i, pf);
+    else down_tail<Tile, NP, R - 1>(a, w, p, i, pf);
   }
 }
 
 template <class Tile, int NP>
 inline void down_panels(const DownArgs& a, int p) {
+  const size_t pb = a.down->panel_bytes;
   const uint8_t* w[NP];
-  for (int t = 0; t < NP; ++t) w[t] = a.down->data + a.down->panel_bytes * (p + t);
+  for (int t = 0; t < NP; ++t) w[t] = a.down->data + pb * (p + t);
   constexpr int MR = Tile::max_rows(NP);
-  int i = 0;
-  for (; i + MR <= a.m; i += MR) down_block<Tile, NP, MR>(a, w, p, i);
-  down_tail<Tile, NP, MR - 1>(a, w, p, i);
+  const int blocks = (a.m + MR - 1) / MR;
+  const bool more = p + 2 * NP <= a.p1;  // a next group of NP panels follows
+  int i = 0, b = 0;
+  for (; i + MR <= a.m; i += MR, ++b) down_block<Tile, NP, MR>(a, w, p, i, next_panels(w, NP, NP * pb, pb, more, b, blocks));
+  down_tail<Tile, NP, MR - 1>(a, w, p, i, next_panels(w, NP, NP * pb, pb, more, b, blocks));
 }
 
 template <class Tile>

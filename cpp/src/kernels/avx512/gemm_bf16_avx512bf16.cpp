@@ -13,7 +13,7 @@ struct Bf16DpTile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      __m512 (&acc)[NM][MR]) {
+                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const uint8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = act.data + act.stride * rows[r];
     for (int t = 0; t < NM; ++t)
@@ -21,6 +21,7 @@ struct Bf16DpTile {
 #pragma GCC unroll 2
     for (int s = 0; s < Kp / 2; ++s) {
       __m512bh v[NM];
+      for (int t = 0; t < NM; ++t) pf.touch(t, s);
       for (int t = 0; t < NM; ++t) v[t] = (__m512bh)_mm512_loadu_si512(w[t] + size_t(s) * 64);
       for (int r = 0; r < MR; ++r) {
         __m512bh a = (__m512bh)avx512::bcast32(x[r] + s * 4);

@@ -14,7 +14,7 @@ struct Int8VnniTile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      __m512 (&acc)[NM][MR]) {
+                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const uint8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = act.data + act.stride * rows[r];
     __m512i isum[NM][MR];
@@ -23,6 +23,7 @@ struct Int8VnniTile {
 #pragma GCC unroll 2
     for (int s = 0; s < Kp / 4; ++s) {
       __m512i v[NM];
+      for (int t = 0; t < NM; ++t) pf.touch(t, s);
       for (int t = 0; t < NM; ++t) v[t] = _mm512_loadu_si512(w[t] + size_t(s) * 64);
       for (int r = 0; r < MR; ++r) {
         __m512i a = avx512::bcast32(x[r] + s * 4);
