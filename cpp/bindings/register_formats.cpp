@@ -97,18 +97,24 @@ void register_formats(py::module_& m) {
     }
     return out;
   });
-  m.def("kernel_table", [] {
+  auto rows = [](const std::vector<KernelRow>& table) {
     py::list out;
-    for (const KernelRow& r : kernel_table()) {
+    for (const KernelRow& r : table) {
       py::dict d;
       d["format"] = format_traits(r.format).name;
       d["tier"] = tier_name(r.tier);
       d["act"] = act_format_name(r.act);
       d["name"] = r.name;
+      d["min_m"] = r.min_m;
       out.append(d);
     }
     return out;
-  });
+  };
+  m.def("kernel_table", [rows] { return rows(kernel_table()); },
+        "The kernel table, best-first: format, tier, act, name, min_m (tokens per expert from which "
+        "the row runs; 0 for vector kernels).");
+  m.def("emulated_kernel_table", [rows] { return rows(emulated_kernel_table()); },
+        "Test-only: the AMX tile kernels on the tile emulator, chosen under set_isa('amx_emu').");
   m.def("panel_n", [] { return kPanelN; });
   m.def("quantize", &quantize, py::arg("format"), py::arg("w"),
         "Reference quantizer: fp32 [N, K] -> dict of logical arrays (values, scales).");

@@ -1,0 +1,15 @@
+// [NOTE] Test-only: the AMX tile kernels (kernels/amx/gemm_*_amx.h) instantiated on the tile
+// emulator (TileEmu, tile_emu.h). Compiled with the AVX512 flags of the avx512_bf16 tier and no
+// AMX flags: the tiles run in software, the gather and the epilogues are the AVX512 code of the
+// hardware kernels. Chosen only under the "amx_emu" override (kt_kernel.set_isa("amx_emu") or
+// KT_KERNEL_ISA=amx_emu), which needs the avx512_bf16 tier; slow (a tdp takes microseconds).
+#include "kernels/amx/gemm_int8pc_amx.h"
+#include "kernels/amx_emu/tile_emu.h"
+#include "kernels/kernel_decls.h"
+
+namespace kt {
+
+void gateup_int8pc_q8u_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int8PcAmx>(a); }
+void down_int8pc_q8u_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int8PcAmx>(a); }
+
+}  // namespace kt
