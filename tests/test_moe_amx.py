@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,11 +26,52 @@ AMX_ROWS = {r["format"]: r for r in _ext.kernel_table() if r["tier"] == "amx"}
 TILE_METHODS = [f["method"] for f in _ext.formats() if f["name"] in EMU_ROWS]
 # integer dot products are exact and the epilogues are the AVX512 kernels' own: equal bits
 BIT_IDENTICAL = {"AMXINT8", "AMXINT4"}
+BIT_IDENTICAL_FORMATS = {"int8_pc", "int4_g32"}
 
 needs_emu = pytest.mark.skipif("amx_emu" not in INFO["emulated_tiers"],
                                reason="amx_emu needs the avx512_bf16 tier (AVX512 epilogues)")
 
 E, TOPK, H, I = 8, 3, 96, 80  # H = 64 + 32: int8/bf16 end in a partial K step; I splits 48 + 32
+
+
+def vector_row(fmt_name: str) -> dict:
+    """The vector kernel that serves buckets below min_m under amx_emu (the avx512_bf16 tier's)."""
+    rank = _ext.all_tiers().index("avx512_bf16")
+    return next(r for r in _ext.kernel_table() if r["format"] == fmt_name and r["min_m"] == 0
+                and _ext.all_tiers().index(r["tier"]) <= rank)
+
+
+def assert_same_bits(fmt_name, got, want, what):
+    if fmt_name in BIT_IDENTICAL_FORMATS:
+        diff = got.view(np.uint32) != want.view(np.uint32)
+        assert not diff.any(), f"{what}: {int(diff.sum())} of {diff.size} fp32 values differ, first at {np.argwhere(diff)[0]}"
+    else:  # bf16: fp32 sums of exact bf16 products in another order
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()), err_msg=what)
+
+
+@needs_emu
+@pytest.mark.parametrize("fmt_name", list(EMU_ROWS))
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 70], ids=lambda m: f"m{m}")
+@pytest.mark.parametrize("n,k", [(16, 64), (48, 96), (40, 200)], ids=lambda v: str(v))
+def test_tile_kernel_stages_against_the_vector_kernel(fmt_name, m, n, k):
+    """Each stage of the tile kernel on its own (any m, also below min_m), in fp32 before the
+    layer's bf16 output rounding could hide a last-bit difference: gate/up on scattered rows
+    (repeats included), down accumulating into existing outputs through a token map."""
+    tiles, vector = EMU_ROWS[fmt_name]["name"], vector_row(fmt_name)["name"]
+    g = torch.Generator().manual_seed(1000 * m + n + k)
+    gate, up = (torch.randn(n, k, generator=g) / k ** 0.5 for _ in range(2))
+    down = torch.randn(72, n, generator=g) / n ** 0.5
+    qg, qu, qd = (_ext.quantize(fmt_name, t.numpy()) for t in (gate, up, down))
+    x = torch.randn(m + 7, k, generator=g).numpy()
+    rows = torch.randint(0, m + 7, (m,), generator=g, dtype=torch.int32).numpy()
+    h = _ext.kernel_gateup(vector, qg, qu, x, rows)
+    assert_same_bits(fmt_name, _ext.kernel_gateup(tiles, qg, qu, x, rows), h, f"{tiles} gate/up")
+    tok = torch.randint(0, m + 3, (m,), generator=g, dtype=torch.int32).numpy()
+    weight = torch.rand(m, generator=g).numpy()
+    out = torch.randn(m + 3, 80, generator=g).numpy()
+    hn = np.ascontiguousarray(h[:, :n])
+    assert_same_bits(fmt_name, _ext.kernel_down(tiles, qd, hn, tok, weight, out),
+                     _ext.kernel_down(vector, qd, hn, tok, weight, out), f"{tiles} down")
 
 
 def layer_pair(moe, method, shape, **kwargs):
