@@ -30,6 +30,8 @@ KT_DECLARE_KERNEL(int8pc_q8u_32x16__amx)
 KT_DECLARE_KERNEL(int8pc_q8u_32x16__amx_emu)
 KT_DECLARE_KERNEL(int4g32_q8s_32x16__amx)
 KT_DECLARE_KERNEL(int4g32_q8s_32x16__amx_emu)
+KT_DECLARE_KERNEL(bf16_bf16_32x16__amx)
+KT_DECLARE_KERNEL(bf16_bf16_32x16__amx_emu)
 
 #undef KT_DECLARE_KERNEL
 

@@ -45,6 +45,7 @@ const std::vector<KernelRow>& kernel_table() {
   static const std::vector<KernelRow> table = {
       KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx),
       KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx),
       KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_8x16__avx512bf16),
       KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_8x16__avx512vnni),
       KT_ROW(int4_g32, avx512_vnni, q8s, int4g32_q8s_4x16__avx512vnni),
@@ -65,6 +66,7 @@ const std::vector<KernelRow>& emulated_kernel_table() {
   static const std::vector<KernelRow> table = {
       KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx_emu),
       KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx_emu),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx_emu),
   };
   return table;
 }
