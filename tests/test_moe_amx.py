@@ -150,7 +150,7 @@ def test_min_m_picks_the_kernel_per_bucket(moe, method):
     x, _, w = moe.inputs(shape, ids.shape[0], seed=3)
     check_tiles_against_vector(moe, method, shape, tiles, vector, x, ids, w)
     assert tiles.last_kernels == {0: tiles.kernel_name, 1: vector.kernel_name,
-                                         3: tiles.kernel_name, 5: vector.kernel_name}
+                                  3: tiles.kernel_name, 5: vector.kernel_name}
     assert set(vector.last_kernels.values()) == {vector.kernel_name}
 
 
@@ -177,7 +177,7 @@ def run_python(code: str, tmp_path: pathlib.Path, **env) -> subprocess.Completed
                           capture_output=True, text=True, timeout=120)
 
 
-DEFAULT_LAYERS = """
+LAYER_KERNELS = """
     import kt_kernel
     info = kt_kernel.cpu_info()
     print(info["active_tier"], info["best_tier"])
@@ -205,7 +205,9 @@ def test_amx_tier_chosen_exactly_where_amx_is_permitted(moe):
 
 @needs_emu
 def test_env_selects_amx_emu(tmp_path):
-    r = run_python(DEFAULT_LAYERS, tmp_path, KT_KERNEL_ISA="amx_emu")
+    """KT_KERNEL_ISA=amx_emu at start-up: every layer is on amx_emu, tile formats run the emulated
+    kernels with the avx512 vector kernels below min_m."""
+    r = run_python(LAYER_KERNELS, tmp_path, KT_KERNEL_ISA="amx_emu")
     assert r.returncode == 0, r.stderr
     lines = list(filter(None, r.stdout.split("\n")))
     assert lines[0].split()[0] == "amx_emu"
