@@ -14,7 +14,8 @@ REFERENCE_TIER = "generic"
 
 def cpu_info() -> dict:
     """Features seen by CPUID/XGETBV, the best tier the CPU runs, the tier in use and why AMX is
-    or is not used. Keys: vendor, brand, flags, best_tier, tiers, override, active_tier, amx."""
+    or is not used. Keys: vendor, brand, flags, best_tier, tiers, override, active_tier, amx,
+    emulated_tiers (the test-only overrides this CPU can run: ``["amx_emu"]`` with AVX512-BF16)."""
     return _ext.cpu_info()
 
 
@@ -22,7 +23,11 @@ def set_isa(name: str | None) -> None:
     """Force the kernels of layers created from now on to an ISA tier at or below the CPU's best
     (one of ``cpu_info()["tiers"]``), or clear the override with ``None``. The environment
     variable ``KT_KERNEL_ISA`` sets the same override at start-up. Asking for a tier this CPU
-    lacks raises RuntimeError; an unknown name raises ValueError."""
+    lacks raises RuntimeError; an unknown name raises ValueError.
+
+    ``"amx_emu"`` is for tests only: layers then run the AMX tile kernels on the software tile
+    emulator (slow: for checking them on CPUs without AMX) and the ``avx512_bf16`` kernels
+    otherwise; it is never chosen automatically."""
     _ext.set_isa(name or "")
 
 

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         gate, up, down = random_expert_weights(E, H, I, seed=0)
     with step(f"loading weights into KTMoEWrapper ({args.method})"):
         wrapper.load_weights_from_tensors(gate, up, down)
-    print(f"  tier used: {wrapper.isa_tier}; kernel: {wrapper.kernel_name}; "
+    print(f"  tier used: {wrapper.isa_tier}; kernel: {wrapper.kernel_description}; "
           f"{wrapper.weight_bytes / 1e9:.2f} GB packed")
 
     # The CPU layer computes the experts it owns; the references skip the GPU experts the same way.

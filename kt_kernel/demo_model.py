@@ -173,7 +173,7 @@ def _run(args) -> int:
     print(f"  generated:    {tokenizer.decode(gen.tokens)!r}\n")
     cpu_layers = [lay for lay in layers if lay.wrapper is not None]
     tiers = sorted({lay.wrapper.isa_tier for lay in cpu_layers})
-    kernels = sorted({lay.wrapper.kernel_name for lay in cpu_layers})
+    kernels = sorted({lay.wrapper.kernel_description for lay in cpu_layers})
     fmt = kt_kernel.METHODS[args.method]
     print(f"  method        {args.method} ({fmt}); ISA tier {', '.join(tiers) or '-'}; "
           f"kernel {', '.join(kernels) or '-'}; {threads or 'all'} threads")

@@ -261,10 +261,38 @@ class KTMoEWrapper:
 
     @property
     def kernel_name(self) -> str:
+        """The layer's best kernel (the kernel table's row for its format and tier). A tile kernel
+        (AMX) runs the experts that get at least ``kernel_min_m`` tokens in a call; the others run
+        ``vector_kernel_name``."""
         return self._layer.kernel_name
 
     @property
+    def vector_kernel_name(self) -> str:
+        """The kernel of buckets below ``kernel_min_m`` tokens (``kernel_name`` itself when that is
+        a vector kernel)."""
+        return self._layer.vector_kernel_name
+
+    @property
+    def kernel_min_m(self) -> int:
+        """Tokens per expert from which ``kernel_name`` runs (0: every bucket)."""
+        return self._layer.tile_min_m
+
+    @property
+    def kernel_description(self) -> str:
+        """``kernel_name``, and for a tile kernel its threshold and the vector kernel below it."""
+        if self.kernel_min_m == 0:
+            return self.kernel_name
+        return f"{self.kernel_name} from {self.kernel_min_m} tokens per expert, {self.vector_kernel_name} below"
+
+    @property
+    def last_kernels(self) -> dict:
+        """{physical slot: kernel name} of the latest completed forward's buckets (of its last
+        chunk that routed tokens to the slot)."""
+        return self._layer.last_kernels
+
+    @property
     def isa_tier(self) -> str:
+        """The ISA tier the layer was built for, or "amx_emu" (the test-only emulated AMX kernels)."""
         return self._layer.tier
 
     @property

@@ -3,11 +3,14 @@
 Parametrized once, here, from what the package reports:
   fmt      one dict per weight format of kt_kernel._ext.formats()        ids: bf16, int8_pc, ...
   method   the KTMoEWrapper method of each format                        ids: BF16, AMXINT8, ...
-  tier     every ISA tier this CPU runs (cpu_info()["tiers"]), set with kt_kernel.set_isa for the
-           test and cleared afterwards; a KTMoEWrapper fixes its tier when it is constructed.
+  tier     every ISA tier this CPU runs (cpu_info()["tiers"]), then the test-only "amx_emu" (the AMX
+           tile kernels on the tile emulator) where the CPU can run it (cpu_info()["emulated_tiers"]);
+           set with kt_kernel.set_isa for the test and cleared afterwards; a KTMoEWrapper fixes its
+           tier when it is constructed.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -33,6 +36,8 @@ import reference
 FORMATS = _ext.formats()
 FORMAT_BY_METHOD = {f["method"]: f for f in FORMATS}
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
+EMULATED_TIERS = list(kt_kernel.cpu_info()["emulated_tiers"])  # ["amx_emu"] on AVX512-BF16 hosts
+TEST_TIERS = HOST_TIERS + EMULATED_TIERS
 ALL_TIERS = list(_ext.all_tiers())
 
 # ---- tolerances ---------------------------------------------------------------------------
@@ -95,7 +100,7 @@ def method(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=HOST_TIERS, ids=HOST_TIERS)
+@pytest.fixture(params=TEST_TIERS, ids=TEST_TIERS)
 def tier(request):
     """Forces the ISA tier of the layers constructed during the test."""
     before = kt_kernel.cpu_info()["override"]  # KT_KERNEL_ISA, if the run was started with it
@@ -122,7 +127,13 @@ def _no_isa_override_leaks():
 
 def kernel_row(fmt_name: str, tier_name: str) -> dict:
     """The kernel-table row that serves `fmt_name` on `tier_name`: the first (best-first table)
-    whose tier is at or below it."""
+    whose tier is at or below it; for "amx_emu" the format's row of the emulated table, or where
+    it has none the avx512_bf16 tier's."""
+    if tier_name == "amx_emu":
+        rows = [r for r in _ext.emulated_kernel_table() if r["format"] == fmt_name]
+        if rows:
+            return rows[0]
+        tier_name = "avx512_bf16"
     rank = ALL_TIERS.index(tier_name)
     for row in _ext.kernel_table():
         if row["format"] == fmt_name and ALL_TIERS.index(row["tier"]) <= rank:
@@ -189,7 +200,7 @@ class Moe:
     """Weights, layers and references shared by the MoE tests (cached: layers hold packed weights
     and are reused across the test parameters that only change the inputs)."""
 
-    tiers = HOST_TIERS
+    tiers = TEST_TIERS
     Shape = Shape
     OUTPUT_RTOL = OUTPUT_RTOL
     kernel_row = staticmethod(kernel_row)
@@ -206,6 +217,7 @@ class Moe:
         self._weights: dict = {}
         self._deq: dict = {}
         self._layers: dict = {}
+        self._refs: dict = {}
 
     # weights ---------------------------------------------------------------------------
     def weights(self, shape: Shape, seed: int = 0):
@@ -270,11 +282,22 @@ class Moe:
         bounds = reference.slice_bounds(shape.intermediate, layer.threadpool_count, f["group"], f["k_align"])
         gpu = layer.gpu_experts_mask.tolist()
         x32, w32 = x.float(), w.float()
-        deq = reference.moe_forward(x32, ids, w32, *self.dequantized(f["name"], shape, seed),
-                                    physical_to_logical_map=pmap, gpu_mask=gpu, act=act, slice_bounds=bounds)
-        exact = reference.moe_forward(x32, ids, w32, *self.weights(shape, seed),
-                                      physical_to_logical_map=pmap, gpu_mask=gpu)
-        return deq, exact
+        # Every tier of a test case has the same references (the dequantized one per activation
+        # format): computed once, keyed by everything they depend on, the inputs by content.
+        digest = hashlib.sha1()
+        for t in (x32, ids.long(), w32):
+            digest.update(t.contiguous().numpy().tobytes())
+        case = (str(shape), shape.n_logical, seed, None if pmap is None else tuple(pmap), tuple(gpu), digest.hexdigest())
+        deq_key = ("deq", f["name"], act, tuple(bounds)) + case
+        if deq_key not in self._refs:
+            self._refs[deq_key] = reference.moe_forward(
+                x32, ids, w32, *self.dequantized(f["name"], shape, seed), physical_to_logical_map=pmap,
+                gpu_mask=gpu, act=act, slice_bounds=bounds)
+        exact_key = ("exact",) + case
+        if exact_key not in self._refs:
+            self._refs[exact_key] = reference.moe_forward(x32, ids, w32, *self.weights(shape, seed),
+                                                          physical_to_logical_map=pmap, gpu_mask=gpu)
+        return self._refs[deq_key], self._refs[exact_key]
 
     def check(self, layer, shape: Shape, x, ids, w, out=None, *, seed: int = 0, pmap=None, fp32: bool = True):
         """Runs the layer (unless `out` is given) and compares with both references."""

@@ -317,8 +317,10 @@ def _quantizer_input(K: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 def _quantizer_row(fmt_name: str, tier_name: str) -> dict:
-    """The quantizer-table row for `fmt_name` on `tier_name` (first at or below it, best-first)."""
+    """The quantizer-table row for `fmt_name` on `tier_name` (first at or below it, best-first).
+    The emulated AMX tier quantizes weights as the AMX tier does: with the best vector quantizer."""
     tiers = list(_ext.all_tiers())
+    tier_name = "amx" if tier_name == "amx_emu" else tier_name
     for row in _ext.quantizer_table():
         if row["format"] == fmt_name and tiers.index(row["tier"]) <= tiers.index(tier_name):
             return row

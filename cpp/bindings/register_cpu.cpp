@@ -19,7 +19,11 @@ void register_cpu(py::module_& m) {
     for (int t = 0; t <= static_cast<int>(f.best); ++t) tiers.push_back(tier_name(static_cast<IsaTier>(t)));
     d["tiers"] = tiers;
     d["override"] = isa_override();
-    d["active_tier"] = tier_name(active_tier());
+    d["active_tier"] = amx_emulated() ? kAmxEmuOverride : tier_name(active_tier());
+    // test-only overrides this host can run (set_isa accepts them; never chosen automatically)
+    std::vector<std::string> emulated;
+    if (static_cast<int>(f.best) >= static_cast<int>(IsaTier::avx512_bf16)) emulated.push_back(kAmxEmuOverride);
+    d["emulated_tiers"] = emulated;
     d["amx"] = f.amx_status;
     return d;
   });

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "bindings/bindings.h"
+#include "kt/cpu_features.h"
 #include "kt/formats.h"
 #include "kt/kernels.h"
 
@@ -82,9 +83,108 @@ QuantizedMatrix from_dict(const py::dict& d) {
   return q;
 }
 
+// A row of the kernel table or of the emulated table, by name, if this CPU can run it.
+const KernelRow& runnable_row(const std::string& name) {
+  const CpuFeatures& f = cpu_features();
+  for (const KernelRow& r : kernel_table())
+    if (name == r.name) {
+      if (static_cast<int>(r.tier) > static_cast<int>(f.best))
+        throw std::runtime_error(name + " needs the " + tier_name(r.tier) + " tier; this CPU supports at most '" +
+                                 tier_name(f.best) + "'");
+      return r;
+    }
+  for (const KernelRow& r : emulated_kernel_table())
+    if (name == r.name) {
+      if (static_cast<int>(f.best) < static_cast<int>(IsaTier::avx512_bf16))
+        throw std::runtime_error(name + " (emulated tiles, AVX512 epilogues) needs the avx512_bf16 tier");
+      return r;
+    }
+  throw std::invalid_argument("no kernel named " + name + " in kernel_table() or emulated_kernel_table()");
+}
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// The whole of a quantized matrix in the kernel layout.
+struct Packed {
+  std::vector<uint8_t> buf;
+  PackedMatrix m;
+  Packed(const QuantizedMatrix& q, FormatId format) {
+    const FormatTraits& f = format_traits(format);
+    if (q.format != format)
+      throw std::invalid_argument(std::string("weights are ") + format_traits(q.format).name + ", the kernel reads " + f.name);
+    m.N = q.N, m.K = q.K, m.Kp = round_up(q.K, f.k_align), m.panels = (q.N + kPanelN - 1) / kPanelN;
+    m.panel_bytes = f.panel_bytes(m.Kp);
+    buf.resize(m.bytes());
+    f.pack(q, 0, q.N, 0, q.K, buf.data());
+    m.data = buf.data();
+  }
+};
+
+// Activation rows of x [T, K] in the kernel's format, padded to Kp.
+struct Acts {
+  std::vector<uint8_t> data;
+  std::vector<float> scale;
+  std::vector<int32_t> gsum;
+  ActView view;
+  Acts(ActFormat af, const F32Array& x, int Kp) {
+    if (x.ndim() != 2) throw std::invalid_argument("activations must be a 2-D [rows, K] array");
+    const int T = int(x.shape(0)), K = int(x.shape(1));
+    const size_t rb = act_row_bytes(af, Kp);
+    const int gs = Kp / 32 + 1;
+    data.resize(rb * T), scale.resize(T), gsum.resize(size_t(gs) * T);
+    for (int t = 0; t < T; ++t)
+      if (!quantize_act_row(af, x.data() + size_t(t) * K, K, Kp, data.data() + rb * t, &scale[t], &gsum[size_t(gs) * t]))
+        throw std::invalid_argument("activation row " + std::to_string(t) + " holds NaN or Inf");
+    view = ActView{af, data.data(), rb, scale.data(), gsum.data(), gs, Kp};
+  }
+};
+
 }  // namespace
 
 void register_formats(py::module_& m) {
+  m.def(
+      "kernel_gateup",
+      [](const std::string& name, const py::dict& gate, const py::dict& up, const F32Array& x, const I32Array& rows) {
+        const KernelRow& row = runnable_row(name);
+        Packed g(from_dict(gate), row.format), u(from_dict(up), row.format);
+        if (g.m.N != u.m.N || g.m.K != u.m.K || x.ndim() != 2 || x.shape(1) != g.m.K)
+          throw std::invalid_argument("gate and up must both be [N, K] and x [T, K]");
+        Acts a(row.act, x, g.m.Kp);
+        const int mrows = int(rows.size());
+        for (int i = 0; i < mrows; ++i)
+          if (rows.data()[i] < 0 || rows.data()[i] >= x.shape(0))
+            throw std::invalid_argument("rows[" + std::to_string(i) + "] = " + std::to_string(rows.data()[i]) + " is not a row of x");
+        py::array_t<float> h({py::ssize_t(mrows), py::ssize_t(g.m.panels * kPanelN)});
+        row.gateup(GateUpArgs{&g.m, &u.m, a.view, rows.data(), mrows, 0, g.m.panels, h.mutable_data(),
+                              size_t(g.m.panels * kPanelN)});
+        return h;
+      },
+      py::arg("name"), py::arg("gate"), py::arg("up"), py::arg("x"), py::arg("rows"),
+      "Test hook: the gate/up stage of kernel `name` (either table) on quantized gate, up [N, K] and "
+      "rows `rows` of x [T, K]: h [len(rows), N padded to 16] fp32 = silu(gate x) * (up x).");
+  m.def(
+      "kernel_down",
+      [](const std::string& name, const py::dict& down, const F32Array& h, const I32Array& tok, const F32Array& weight,
+         const F32Array& out_in) {
+        const KernelRow& row = runnable_row(name);
+        Packed d(from_dict(down), row.format);
+        if (h.ndim() != 2 || h.shape(1) != d.m.K || tok.size() != h.shape(0) || weight.size() != h.shape(0) ||
+            out_in.ndim() != 2 || out_in.shape(1) != d.m.panels * kPanelN)
+          throw std::invalid_argument("expected h [m, K], tok [m], weight [m], out [T, N padded to 16]");
+        for (py::ssize_t i = 0; i < tok.size(); ++i)
+          if (tok.data()[i] < 0 || tok.data()[i] >= out_in.shape(0))
+            throw std::invalid_argument("tok[" + std::to_string(i) + "] is not a row of out");
+        Acts a(row.act, h, d.m.Kp);
+        py::array_t<float> out({out_in.shape(0), out_in.shape(1)});
+        std::memcpy(out.mutable_data(), out_in.data(), size_t(out_in.size()) * 4);
+        row.down(DownArgs{&d.m, a.view, int(h.shape(0)), tok.data(), weight.data(), 0, d.m.panels, out.mutable_data(),
+                          size_t(out_in.shape(1))});
+        return out;
+      },
+      py::arg("name"), py::arg("down"), py::arg("h"), py::arg("tok"), py::arg("weight"), py::arg("out"),
+      "Test hook: the down stage of kernel `name` on quantized down [N, K]: a copy of out [T, N padded "
+      "to 16] fp32 with out[tok[i]] += weight[i] * (down h[i]).");
   m.def("formats", [] {
     py::list out;
     for (const FormatTraits* f : all_formats()) {
@@ -98,18 +198,24 @@ void register_formats(py::module_& m) {
     }
     return out;
   });
-  m.def("kernel_table", [] {
+  auto rows = [](const std::vector<KernelRow>& table) {
     py::list out;
-    for (const KernelRow& r : kernel_table()) {
+    for (const KernelRow& r : table) {
       py::dict d;
       d["format"] = format_traits(r.format).name;
       d["tier"] = tier_name(r.tier);
       d["act"] = act_format_name(r.act);
       d["name"] = r.name;
+      d["min_m"] = r.min_m;
       out.append(d);
     }
     return out;
-  });
+  };
+  m.def("kernel_table", [rows] { return rows(kernel_table()); },
+        "The kernel table, best-first: format, tier, act, name, min_m (tokens per expert from which "
+        "the row runs; 0 for vector kernels).");
+  m.def("emulated_kernel_table", [rows] { return rows(emulated_kernel_table()); },
+        "Test-only: the AMX tile kernels on the tile emulator, chosen under set_isa('amx_emu').");
   m.def("quantizer_table", [] {
     py::list out;
     for (const QuantizerRow& r : quantizer_table()) {

@@ -79,7 +79,18 @@ void register_moe(py::module_& m) {
            })
       .def_property_readonly("loaded", &MoeLayer::loaded)
       .def_property_readonly("kernel_name", [](const MoeLayer& l) { return std::string(l.kernel().name); })
-      .def_property_readonly("tier", [](const MoeLayer& l) { return std::string(tier_name(l.tier())); })
+      .def_property_readonly("vector_kernel_name", [](const MoeLayer& l) { return std::string(l.vector_kernel().name); })
+      .def_property_readonly("tile_min_m", [](const MoeLayer& l) { return l.kernel().min_m; })
+      .def_property_readonly("last_kernels",
+                             [](const MoeLayer& l) {
+                               py::dict d;
+                               const auto& k = l.last_kernels();
+                               for (size_t slot = 0; slot < k.size(); ++slot)
+                                 if (k[slot]) d[py::int_(slot)] = std::string(k[slot]->name);
+                               return d;
+                             },
+                             "slot -> name of the kernel that computed the slot's tokens in the latest forward")
+      .def_property_readonly("tier", &MoeLayer::tier_label)
       .def_property_readonly("act_format", [](const MoeLayer& l) { return std::string(act_format_name(l.kernel().act)); })
       .def_property_readonly("weight_bytes", [](const MoeLayer& l) { return l.stats().weight_bytes; })
       .def_property_readonly("slice_bounds", &MoeLayer::slice_bounds);

@@ -44,4 +44,10 @@ IsaTier active_tier();
 void set_isa_override(const std::string& name);  // "" clears the override
 std::string isa_override();
 
+// Test-only override, not a tier: "amx_emu" runs the AMX tile kernels on the software tile
+// emulator (slow) and the avx512_bf16 tier's kernels for everything else (active_tier() returns
+// avx512_bf16), so it needs that tier. Never chosen automatically.
+constexpr const char* kAmxEmuOverride = "amx_emu";
+bool amx_emulated();  // the override in force is "amx_emu"
+
 }  // namespace kt

@@ -57,11 +57,26 @@ struct KernelRow {
   const char* name;  // <op>_<weight fmt>_<act fmt>_<MR>x<NR>__<isa>, gate/up variant
   GateUpFn gateup;
   DownFn down;
+  // Tokens per expert at or above which this row runs; 0: every bucket (a vector kernel). A tile
+  // row (min_m > 0) leaves the smaller buckets of a call to the best vector row of the same format,
+  // which reads the same packed weights and the same activation format.
+  int min_m;
 };
+
+// The AMX tile kernels' min_m (kernel_table.cpp says where the figure comes from).
+constexpr int kAmxTileMinM = 16;
 
 const std::vector<KernelRow>& kernel_table();
 // First row for `format` whose tier is at most `tier`. The generic tier always has one.
 const KernelRow& select_kernel(FormatId format, IsaTier tier);
+// First row for `format` whose tier is at most `tier` and whose min_m is 0.
+const KernelRow& select_vector_kernel(FormatId format, IsaTier tier);
+// Test-only: the AMX tile kernels instantiated on the tile emulator (kernels/amx_emu), one row per
+// format, tier amx. Never in kernel_table(): chosen only under the "amx_emu" override (slow).
+const std::vector<KernelRow>& emulated_kernel_table();
+// The format's emulated tile row; a format without one gets select_kernel(format, tier), as a
+// format without an amx row does on the amx tier.
+const KernelRow& select_emulated_kernel(FormatId format, IsaTier tier);
 
 // Weight quantizers, one table ordered best-first like the kernels'. Every row produces exactly
 // the logical arrays of the format's quantize_ref (bit for bit, on every input); the generic row

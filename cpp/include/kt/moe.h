@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kt/engine.h"
@@ -63,8 +64,17 @@ class MoeLayer {
   std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
                               const void* weights, DType w_dtype, int M, uint16_t* out);
 
+  // The layer's best kernel; when it is a tile kernel (min_m > 0), buckets of fewer than min_m
+  // tokens run vector_kernel() instead (the same packed weights and activation format).
   const KernelRow& kernel() const { return *kernel_; }
+  const KernelRow& vector_kernel() const { return *vector_kernel_; }
+  const KernelRow& kernel_for(int tokens) const { return tokens >= kernel_->min_m ? *kernel_ : *vector_kernel_; }
   IsaTier tier() const { return tier_; }
+  // The tier's name, or "amx_emu" when the tile kernels run on the emulator (a test-only override).
+  std::string tier_label() const;
+  // Per slot, the kernel that computed its bucket in the latest chunk of the latest forward that
+  // routed tokens to it (nullptr: none); read it after that forward has completed.
+  const std::vector<const KernelRow*>& last_kernels() const { return last_kernels_; }
   MoeStats stats() const;
   const MoeConfig& config() const { return cfg_; }
   // Sub-pool p owns intermediate channels [bounds[p], bounds[p+1]).
@@ -83,7 +93,10 @@ class MoeLayer {
   std::shared_ptr<Engine> engine_;
   MoeConfig cfg_;
   IsaTier tier_;
+  bool emulated_tiles_;
   const KernelRow* kernel_;
+  const KernelRow* vector_kernel_;
+  std::vector<const KernelRow*> last_kernels_;
   const QuantizerRow* quantizer_;  // load_from_tensors' quantizer, chosen with the kernel
   std::vector<int> bounds_;
   std::vector<std::unique_ptr<Slice>> slices_;

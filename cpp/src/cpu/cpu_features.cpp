@@ -133,6 +133,15 @@ std::mutex g_override_mu;
 std::string g_override;  // guarded by g_override_mu
 bool g_override_init = false;
 
+// The emulated AMX kernels keep their AVX512 gather and epilogues and fall back to the
+// avx512_bf16 kernels below min_m: the host needs that tier.
+void check_amx_emu_host(const CpuFeatures& f, const char* who) {
+  if (static_cast<int>(f.best) < static_cast<int>(IsaTier::avx512_bf16))
+    throw std::runtime_error(std::string(who) + ": '" + kAmxEmuOverride +
+                             "' (the AMX tile kernels on the emulator) needs the avx512_bf16 tier; this CPU supports at most '" +
+                             tier_name(f.best) + "'");
+}
+
 void init_override_locked() {
   if (g_override_init) return;
   g_override_init = true;
@@ -149,7 +158,8 @@ IsaTier tier_from_name(const std::string& name) {
     if (name == kTierNames[i]) return static_cast<IsaTier>(i);
   std::string valid;
   for (int i = 0; i < kNumTiers; ++i) valid += std::string(i ? ", " : "") + kTierNames[i];
-  throw std::invalid_argument("unknown ISA tier '" + name + "'; valid tiers: " + valid);
+  throw std::invalid_argument("unknown ISA tier '" + name + "'; valid tiers: " + valid + " (and, for tests, " +
+                              kAmxEmuOverride + ": the AMX tile kernels on the tile emulator)");
 }
 
 std::vector<std::string> CpuFeatures::flags() const {
@@ -172,6 +182,10 @@ IsaTier active_tier() {
   std::lock_guard<std::mutex> lock(g_override_mu);
   init_override_locked();
   if (g_override.empty()) return f.best;
+  if (g_override == kAmxEmuOverride) {
+    check_amx_emu_host(f, "KT_KERNEL_ISA / set_isa");
+    return IsaTier::avx512_bf16;
+  }
   IsaTier t;
   try {
     t = tier_from_name(g_override);
@@ -185,7 +199,9 @@ IsaTier active_tier() {
 }
 
 void set_isa_override(const std::string& name) {
-  if (!name.empty()) {
+  if (name == kAmxEmuOverride) {
+    check_amx_emu_host(cpu_features(), "set_isa");
+  } else if (!name.empty()) {
     IsaTier t = tier_from_name(name);
     const CpuFeatures& f = cpu_features();
     if (static_cast<int>(t) > static_cast<int>(f.best))
@@ -195,6 +211,12 @@ void set_isa_override(const std::string& name) {
   std::lock_guard<std::mutex> lock(g_override_mu);
   g_override_init = true;
   g_override = name;
+}
+
+bool amx_emulated() {
+  std::lock_guard<std::mutex> lock(g_override_mu);
+  init_override_locked();
+  return g_override == kAmxEmuOverride;
 }
 
 std::string isa_override() {

@@ -25,6 +25,13 @@ KT_DECLARE_KERNEL(int8pc_q8u_8x16__avx512vnni)
 KT_DECLARE_KERNEL(int4g32_q8s_4x16__avx512vnni)
 // avx512_bf16
 KT_DECLARE_KERNEL(bf16_bf16_8x16__avx512bf16)
+// amx: the tile kernels (kernels/amx), and the same templates on the tile emulator (kernels/amx_emu)
+KT_DECLARE_KERNEL(int8pc_q8u_32x16__amx)
+KT_DECLARE_KERNEL(int8pc_q8u_32x16__amx_emu)
+KT_DECLARE_KERNEL(int4g32_q8s_32x16__amx)
+KT_DECLARE_KERNEL(int4g32_q8s_32x16__amx_emu)
+KT_DECLARE_KERNEL(bf16_bf16_32x16__amx)
+KT_DECLARE_KERNEL(bf16_bf16_32x16__amx_emu)
 
 #undef KT_DECLARE_KERNEL
 

@@ -1,5 +1,7 @@
 // The kernel and quantizer tables, best-first. Dispatch takes the first row for the format whose
-// tier the active tier covers; a layer makes both choices once, when it is constructed.
+// tier the active tier covers; a layer makes both choices once, when it is constructed. A tile row
+// (min_m > 0) is paired with the best vector row below it, and the layer picks between the two
+// per call and per expert bucket by its token count.
 #include <stdexcept>
 #include <string>
 
@@ -8,11 +10,43 @@
 
 namespace kt {
 
-#define KT_ROW(fmt, tier, act, tile_isa) \
-  KernelRow { FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa }
+// Why 16 tokens per expert (kAmxTileMinM). No AMX hardware was at hand, so the figure comes from
+// Intel's documented throughput (Intel 64 and IA-32 Architectures Optimization Reference Manual,
+// the Intel AMX chapter, Sapphire Rapids: one TDPB*D / TDPBF16PS per 16 cycles per core, i.e.
+// 16x16x64 = 16384 int8 MACs per 16 cycles = 1024 MACs/cycle, 512 bf16 MACs/cycle; TILELOADD of
+// 16 x 64 bytes at the 2 loads/cycle of the core, about 8 cycles) and the AVX512 rate (vpdpbusd
+// and vdpbf16ps zmm: 2 per cycle on ports 0 and 5, 128 int8 / 64 bf16 MACs per cycle).
+// Per 16 output channels and 64 k (int8; 32 k for bf16), with m token rows:
+//   vector  16 m vpdpbusd / 2 per cycle                    =  8 m cycles
+//   tiles   ceil(m/16) tdp x 16 cycles (+ one 1 KiB B-tile load of ~8 cycles that overlaps)
+//           = 16 cycles for m <= 16
+// so the tiles win on arithmetic from m = 3. They pay costs the vector kernels do not: a tile
+// configuration per call, the token rows gathered into a zero-padded scratch, and an epilogue
+// through memory (C tiles stored, then scaled with AVX512), about 2 x 16 cycles per 16x16 C tile,
+// once per K for int8/bf16 (6% of the 512 tdp cycles at K=2048) but once per 32-k group for
+// int4_g32 (its scales are per group): there a group costs ~16 (tdp) + 16 (store C) + 16
+// (epilogue) + 8 (nibble unpacking) = ~56 cycles for up to 16 rows against ~5 m cycles for the
+// vector kernel, even at m = 11. Below about 16 rows a bucket is also bound by the weight
+// bandwidth on either path (decode), where the vector kernel, which reads each weight once with no
+// staging, cannot lose. One full A tile (m = 16) is where every format is past its break-even with
+// a margin: 8x the vector arithmetic for int8/bf16, ~1.4x for int4.
+
+#define KT_ROW(fmt, tier, act, tile_isa)                                                               \
+  KernelRow {                                                                                          \
+    FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
+        /*min_m=*/0                                                                                    \
+  }
+#define KT_TILE_ROW(fmt, tier, act, tile_isa)                                                          \
+  KernelRow {                                                                                          \
+    FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
+        kAmxTileMinM                                                                                   \
+  }
 
 const std::vector<KernelRow>& kernel_table() {
   static const std::vector<KernelRow> table = {
+      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx),
+      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx),
       KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_8x16__avx512bf16),
       KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_8x16__avx512vnni),
       KT_ROW(int4_g32, avx512_vnni, q8s, int4g32_q8s_4x16__avx512vnni),
@@ -29,7 +63,17 @@ const std::vector<KernelRow>& kernel_table() {
   return table;
 }
 
+const std::vector<KernelRow>& emulated_kernel_table() {
+  static const std::vector<KernelRow> table = {
+      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx_emu),
+      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx_emu),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx_emu),
+  };
+  return table;
+}
+
 #undef KT_ROW
+#undef KT_TILE_ROW
 
 namespace {
 
@@ -75,6 +119,18 @@ const KernelRow& select_kernel(FormatId format, IsaTier tier) {
   for (const KernelRow& row : kernel_table())
     if (row.format == format && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
   throw std::logic_error(std::string("no kernel for format ") + format_traits(format).name);
+}
+
+const KernelRow& select_vector_kernel(FormatId format, IsaTier tier) {
+  for (const KernelRow& row : kernel_table())
+    if (row.format == format && row.min_m == 0 && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+  throw std::logic_error(std::string("no vector kernel for format ") + format_traits(format).name);
+}
+
+const KernelRow& select_emulated_kernel(FormatId format, IsaTier tier) {
+  for (const KernelRow& row : emulated_kernel_table())
+    if (row.format == format) return row;
+  return select_kernel(format, tier);
 }
 
 }  // namespace kt

@@ -137,7 +137,15 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
     fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
   tier_ = active_tier();
-  kernel_ = &select_kernel(cfg_.format, tier_);
+  emulated_tiles_ = amx_emulated();
+  kernel_ = emulated_tiles_ ? &select_emulated_kernel(cfg_.format, tier_) : &select_kernel(cfg_.format, tier_);
+  vector_kernel_ = kernel_->min_m > 0 ? &select_vector_kernel(cfg_.format, tier_) : kernel_;
+  // one quantization of x and h serves both kernels
+  if (vector_kernel_->act != kernel_->act)
+    throw std::logic_error(std::string("kernel table: ") + kernel_->name + " reads " + act_format_name(kernel_->act) +
+                           " but its vector kernel " + vector_kernel_->name + " reads " +
+                           act_format_name(vector_kernel_->act));
+  last_kernels_.assign(cfg_.num_experts, nullptr);
   quantizer_ = &select_quantizer(cfg_.format, tier_);
   // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
   const FormatTraits& f = format_traits(cfg_.format);
@@ -152,6 +160,8 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
 }
 
 MoeLayer::~MoeLayer() = default;
+
+std::string MoeLayer::tier_label() const { return emulated_tiles_ ? kAmxEmuOverride : tier_name(tier_); }
 
 MoeStats MoeLayer::stats() const {
   MoeStats s;
@@ -362,6 +372,7 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
 }
 
 void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
+  std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
   for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
     forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
 }
@@ -381,6 +392,8 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   build_buckets(in.ids + size_t(t0) * K, in.weights + size_t(t0) * K, M, K, cfg_.on_cpu, &b);
   const int rows = b.rows();
   const int n_exp = int(b.experts.size());
+  // per bucket: the tile kernel from its min_m tokens up, the vector kernel below
+  for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
 
   // stage 1: quantize x
   const size_t xrow = act_row_bytes(af, Hp);
@@ -445,7 +458,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     const int ldh = ceil_div(s.i1 - s.i0, kPanelN) * kPanelN;
     GateUpArgs a{&s.gate[slot], &s.up[slot], xview, b.tok.data() + b.offset[j], b.count[j],
                  wp.task_p0[task], wp.task_p1[task], wp.h.data() + size_t(b.offset[j]) * ldh, size_t(ldh)};
-    kernel_->gateup(a);
+    kernel_for(b.count[j]).gateup(a);
   };
   if (rows > 0) engine_->run(gu);
 
@@ -497,7 +510,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
                  wp.hgsum.data() + size_t(r0) * (kp_down[p] / 32 + 1), kp_down[p] / 32 + 1, kp_down[p]};
       DownArgs a{&s.down[slot], hv, b.count[j], b.tok.data() + r0, b.weight.data() + r0, p0, p1,
                  wp.out.data(), size_t(Hpad)};
-      kernel_->down(a);
+      kernel_for(b.count[j]).down(a);
     }
   };
   engine_->run(dn);

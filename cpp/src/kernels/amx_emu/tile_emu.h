@@ -37,6 +37,9 @@ void write_register(int t, const uint8_t* src);
 const char* op_name(TdpOp op);
 }  // namespace emu
 
+// Internal linkage, as TileAmx: the flagged kernel files that instantiate kernels with it must not
+// export inline members that the ISA-free emulator tests could bind to.
+namespace {
 struct TileEmu {
   static void config(const TileConfig& c) { emu::ldtilecfg(c); }
   static void release() { emu::tilerelease(); }
@@ -57,5 +60,6 @@ struct TileEmu {
   template <int C, int A, int B>
   static void dpbf16ps() { emu::tdp(TdpOp::dpbf16ps, C, A, B); }
 };
+}  // namespace
 
 }  // namespace kt::amx

@@ -1,0 +1,13 @@
+// [NOTE] The AMX hardware instantiation of the int4_g32 tile kernel (gemm_int4g32_amx.h): AMX
+// flags, called only where kt::cpu_features().amx_permitted (tier amx). Its emulated twin is in
+// kernels/amx_emu/gemm_amx_emu.cpp.
+#include "kernels/amx/gemm_int4g32_amx.h"
+#include "kernels/amx/tile_amx.h"
+#include "kernels/kernel_decls.h"
+
+namespace kt {
+
+void gateup_int4g32_q8s_32x16__amx(const GateUpArgs& a) { amx::gateup<amx::TileAmx, amx::Int4G32Amx>(a); }
+void down_int4g32_q8s_32x16__amx(const DownArgs& a) { amx::down<amx::TileAmx, amx::Int4G32Amx>(a); }
+
+}  // namespace kt

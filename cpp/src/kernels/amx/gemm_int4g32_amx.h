@@ -1,0 +1,61 @@
+// [NOTE] int4_g32 weights x q8s activations on AMX tiles (driver: amx_moe_driver.h). One K step is
+// one group of 32 k: tdpbsud takes the activations (signed) as A and the nibbles (0..15, unsigned)
+// as B, the same products as vpdpbusd in the AVX512-VNNI kernel, and the int32 group sums are
+// exact on both. The epilogue runs after every group, as that kernel's, in its order:
+//   acc += cvt(isum_g) * d_g;  acc += m_g * gsum_a[g]       and at the end  y = acc * s_a
+//
+// The packed group-panel (formats/int4_g32.cpp) holds each k-step pair in one 64-byte block; the
+// B tile of a group is unpacked from it once per panel and call (8 rows of 16 dwords, VNNI):
+//
+//   packed group g (320 B)                           B tile of group g (8 x 64 B)
+//   block j: byte 4c+i = q[c,8j+i] | q[c,8j+4+i]<<4  row 2j   = block j & 0xf          (k 8j..8j+3)
+//            (j = 0..3, 64 B each)                   row 2j+1 = block j >> 4 & 0xf     (k 8j+4..8j+7)
+//   d: 16 x fp16 | m: 16 x fp16                      (read from the packed panel in the epilogue)
+//
+//   A tile: 16 token rows x 32 bytes (q8s of k 32g..32g+31)       C tile: 16 rows x 16 int32
+#pragma once
+#include "kernels/amx/amx_moe_driver.h"
+
+namespace kt::amx {
+namespace {
+
+struct Int4G32Amx {
+  static constexpr int a_colsb = 32, b_rows = 8;
+  static constexpr size_t b_step_bytes = 512;
+  static constexpr bool per_step = true;
+  static constexpr size_t kGroupBytes = 320;  // packed bytes of one group-panel
+
+  static int steps(int Kp) { return Kp / 32; }
+  static size_t act_bytes(int Kp) { return size_t(Kp); }
+
+  template <class Tiles, int C, int A, int B>
+  static void tdp() { Tiles::template dpbsud<C, A, B>(); }
+
+  static const uint8_t* b_tiles(const uint8_t* panel, int Kp, uint8_t* buf) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    for (int g = 0; g < steps(Kp); ++g)
+      for (int j = 0; j < 4; ++j) {
+        const __m512i v = _mm512_loadu_si512(panel + kGroupBytes * g + 64 * j);
+        uint8_t* rows = buf + b_step_bytes * g + 128 * j;
+        _mm512_storeu_si512(rows, _mm512_and_si512(v, nib));
+        _mm512_storeu_si512(rows + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+      }
+    return buf;
+  }
+
+  static __m512 step(__m512 acc, const int32_t* c, const uint8_t* panel, int g, const ActView& act, int row) {
+    const uint8_t* dm = panel + kGroupBytes * g + 256;
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
+    const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
+    const int32_t gsum = act.gsum[size_t(act.gsum_stride) * row + g];
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c)), d, acc);
+    return _mm512_fmadd_ps(m, _mm512_set1_ps(float(gsum)), acc);
+  }
+
+  static __m512 finish(__m512 acc, const ActView& act, int row) {
+    return _mm512_mul_ps(acc, _mm512_set1_ps(act.scale[row]));
+  }
+};
+
+}  // namespace
+}  // namespace kt::amx

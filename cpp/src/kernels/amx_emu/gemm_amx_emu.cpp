@@ -1,0 +1,21 @@
+// [NOTE] Test-only: the AMX tile kernels (kernels/amx/gemm_*_amx.h) instantiated on the tile
+// emulator (TileEmu, tile_emu.h). Compiled with the AVX512 flags of the avx512_bf16 tier and no
+// AMX flags: the tiles run in software, the gather and the epilogues are the AVX512 code of the
+// hardware kernels. Chosen only under the "amx_emu" override (kt_kernel.set_isa("amx_emu") or
+// KT_KERNEL_ISA=amx_emu), which needs the avx512_bf16 tier; slow (a tdp takes microseconds).
+#include "kernels/amx/gemm_bf16_amx.h"
+#include "kernels/amx/gemm_int4g32_amx.h"
+#include "kernels/amx/gemm_int8pc_amx.h"
+#include "kernels/amx_emu/tile_emu.h"
+#include "kernels/kernel_decls.h"
+
+namespace kt {
+
+void gateup_int8pc_q8u_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int8PcAmx>(a); }
+void down_int8pc_q8u_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int8PcAmx>(a); }
+void gateup_int4g32_q8s_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int4G32Amx>(a); }
+void down_int4g32_q8s_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int4G32Amx>(a); }
+void gateup_bf16_bf16_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Bf16Amx>(a); }
+void down_bf16_bf16_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Bf16Amx>(a); }
+
+}  // namespace kt
