@@ -80,14 +80,18 @@ inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, in
     _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, silu_mul(acc[0][r], acc[1][r]));
 }
 
-// rows [i, m) of a panel, fewer than R + 1: one block of exactly m - i rows
+// one block of exactly n <= R rows starting at row i
 template <class Tile, int R>
-inline void gateup_tail(const GateUpArgs& a, const uint8_t* const* w, int p, int i, const NextPanels& pf) {
+inline void gateup_rows(const GateUpArgs& a, const uint8_t* const* w, int p, int i, int n, const NextPanels& pf) {
   if constexpr (R > 0) {
-    if (a.m - i == R) gateup_block<Tile, R>(a, w, p, i, pf);
-    else gateup_tail<Tile, R - 1>(a, w, p, i, pf);
+    if (n == R) gateup_block<Tile, R>(a, w, p, i, pf);
+    else gateup_rows<Tile, R - 1>(a, w, p, i, n, pf);
   }
 }
+
+// Rows are cut into ceil(m / MR) blocks of sizes that differ by at most one (m = 9, MR = 8: 5 + 4,
+// not 8 + 1): a small block has too few accumulators to hide the multiply-add latency.
+inline int block_start(int m, int blocks, int b) { return int(int64_t(m) * b / blocks); }
 
 template <class Tile>
 void gateup(const GateUpArgs& a) {
@@ -96,9 +100,10 @@ void gateup(const GateUpArgs& a) {
   const size_t pb = a.gate->panel_bytes;
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + a.up->panel_bytes * p};
-    int i = 0, b = 0;
-    for (; i + MR <= a.m; i += MR, ++b) gateup_block<Tile, MR>(a, w, p, i, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
-    gateup_tail<Tile, MR - 1>(a, w, p, i, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
+    for (int b = 0; b < blocks; ++b) {
+      const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
+      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
+    }
   }
 }
 
@@ -120,12 +125,12 @@ inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0
   }
 }
 
-// rows [i, m) of NP panels, fewer than R + 1: one block of exactly m - i rows
+// one block of exactly n <= R rows of NP panels starting at row i
 template <class Tile, int NP, int R>
-inline void down_tail(const DownArgs& a, const uint8_t* const* w, int p, int i, const NextPanels& pf) {
+inline void down_rows(const DownArgs& a, const uint8_t* const* w, int p, int i, int n, const NextPanels& pf) {
   if constexpr (R > 0) {
-    if (a.m - i == R) down_block<Tile, NP, R>(a, w, p, i, pf);
-    else down_tail<Tile, NP, R - 1>(a, w, p, i, pf);
+    if (n == R) down_block<Tile, NP, R>(a, w, p, i, pf);
+    else down_rows<Tile, NP, R - 1>(a, w, p, i, n, pf);
   }
 }
 
@@ -137,9 +142,10 @@ inline void down_panels(const DownArgs& a, int p) {
   constexpr int MR = Tile::max_rows(NP);
   const int blocks = (a.m + MR - 1) / MR;
   const bool more = p + 2 * NP <= a.p1;  // a next group of NP panels follows
-  int i = 0, b = 0;
-  for (; i + MR <= a.m; i += MR, ++b) down_block<Tile, NP, MR>(a, w, p, i, next_panels(w, NP, NP * pb, pb, more, b, blocks));
-  down_tail<Tile, NP, MR - 1>(a, w, p, i, next_panels(w, NP, NP * pb, pb, more, b, blocks));
+  for (int b = 0; b < blocks; ++b) {
+    const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
+    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(w, NP, NP * pb, pb, more, b, blocks));
+  }
 }
 
 template <class Tile>
