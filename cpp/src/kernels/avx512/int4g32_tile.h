@@ -18,7 +18,7 @@ struct Int4G32Tile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels&, __m512 (&acc)[NM][MR]) {
+                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const int8_t* x[MR];
     const int32_t* gs[MR];
@@ -29,6 +29,9 @@ struct Int4G32Tile {
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r) acc[t][r] = _mm512_setzero_ps();
     for (int g = 0; g < Kp / 32; ++g) {
+      // a group is 5 lines of 64 bytes: its 5 steps of the next panels' slice
+      for (int t = 0; t < NM; ++t)
+        for (int l = 0; l < 5; ++l) pf.touch(t, 5 * g + l);
       __m512i isum[NM][MR];
       for (int t = 0; t < NM; ++t)
         for (int r = 0; r < MR; ++r) isum[t][r] = _mm512_setzero_si512();
