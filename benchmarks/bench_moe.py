@@ -46,36 +46,20 @@ import torch
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
 from kt_kernel.cpu import add_isa_argument, forced_isa, isas_argument
-from kt_kernel.doctor import INT_METHODS, all_cores, bytes_per_weight, peak_family
+from kt_kernel.doctor import (INT_METHODS, all_cores, bytes_per_weight, machine_busy_seconds, own_cpu_seconds,
+                              peak_family)
 from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
 
 import bench_report
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
 
 def other_load(seconds: float = 1.0) -> float | None:
     """Cores kept busy by other processes over the next `seconds` (this one sleeps)."""
-    m0, o0 = machine_cpu_seconds(), cpu_seconds()
+    m0, o0 = machine_busy_seconds(), own_cpu_seconds()
     time.sleep(seconds)
-    m1, o1 = machine_cpu_seconds(), cpu_seconds()
+    m1, o1 = machine_busy_seconds(), own_cpu_seconds()
     return None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / seconds
-
-
-def machine_cpu_seconds() -> float | None:
-    """Busy CPU time of the whole machine (all processes, /proc/stat), None where unknown.
-    Minus cpu_seconds() it tells how much other processes ran beside the benchmark."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- the machine's limits, measured in this run ----------------------------------------------
@@ -134,18 +118,18 @@ def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, s
     time.sleep(settle)
     for _ in range(warmup):
         fn()
-    m0, o0, w0 = machine_cpu_seconds(), cpu_seconds(), time.perf_counter()
+    m0, o0, w0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     times, cpu = [], 0.0
     while len(times) < iters or time.perf_counter() - w0 < min_time:
         if flush is not None:
             flush()
-        c0 = cpu_seconds()
+        c0 = own_cpu_seconds()
         t0 = time.perf_counter()
         fn()
         t1 = time.perf_counter()
-        cpu += cpu_seconds() - c0
+        cpu += own_cpu_seconds() - c0
         times.append(t1 - t0)
-    m1, o1, w1 = machine_cpu_seconds(), cpu_seconds(), time.perf_counter()
+    m1, o1, w1 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     other = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": len(times),
             "busy_cores": cpu / sum(times), "other_cores": other}

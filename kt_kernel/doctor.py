@@ -130,8 +130,9 @@ def shape_from_hf_config(cfg: dict, name: str = "config.json") -> ModelShape:
 
 # ---- measurements -----------------------------------------------------------------------------
 
-def _machine_busy_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine (/proc/stat), None where unknown."""
+def machine_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine (/proc/stat, all processes), None where unknown.
+    Minus own_cpu_seconds() it tells how much other processes ran meanwhile."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -141,7 +142,8 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_seconds() -> float:
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -149,14 +151,14 @@ def _own_seconds() -> float:
 def measure(threads: int, seconds: float = 0.5, mib: int = 1024, repeats: int = 10, pin: bool | None = None) -> dict:
     """Clock estimate, read bandwidth (1 and `threads` threads) and instruction peaks (`threads`),
     and the cores other processes kept busy meanwhile. pin None: the engine's rule."""
-    m0, o0, w0 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
+    m0, o0, w0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     out = {
         "clock_ghz": _ext.probe_clock_ghz(0.2),
         "bandwidth_1": _ext.probe_bandwidth(1, mib, repeats, pin),
         "bandwidth_n": _ext.probe_bandwidth(threads, mib, repeats, pin),
         "peaks": _ext.probe_peaks(threads, seconds, pin),
     }
-    m1, o1, w1 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
+    m1, o1, w1 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     out["seconds"] = w1 - w0
     out["other_cores"] = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
     return out
