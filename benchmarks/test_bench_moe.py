@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
-from kt_kernel.cpu import forced_isa, resolve_isas
+from kt_kernel.cpu import forced_isa, resolve_isas, torch_threads
 from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random_expert_weights, random_inputs,
                                  relative_error)
 
@@ -35,11 +35,9 @@ THREADS = bench_moe.all_cores()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def torch_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(old)
+def _torch_threads():
+    with torch_threads(THREADS):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,19 @@ def forced_isa(name: str | None) -> Iterator[str]:
         set_isa(before)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n inside the block, the previous count again after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_isas(spec: str | None) -> list[str]:
     """The tiers a command line names, in the CPU's order: None -> the tier in use now (the best,
     or KT_KERNEL_ISA's); "all" -> every tier this CPU runs but the scalar reference; otherwise a

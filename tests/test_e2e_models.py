@@ -29,6 +29,7 @@ import torch
 pytest.importorskip("transformers")
 
 import kt_kernel  # noqa: E402
+from kt_kernel.cpu import torch_threads  # noqa: E402
 from kt_kernel.integrations.transformers import attach, kt_layers, load_model, load_reference  # noqa: E402
 from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, PrintableTokenizer, build_tiny_model,  # noqa: E402
                               check_greedy, generate_greedy, inspect_checkpoint, logit_agreement,
@@ -59,10 +60,8 @@ HYBRID_RTOL = 2.0**-8
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(THREADS):
+        yield
 
 
 @pytest.mark.parametrize("arch", ARCHS)

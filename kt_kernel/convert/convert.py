@@ -19,7 +19,6 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from kt_kernel import _ext
+from kt_kernel.cpu import torch_threads
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import SafetensorsError, read_header, write_file
 from kt_kernel.convert.source import ConversionError, Source, open_source
@@ -75,6 +75,28 @@ def layer_meta(method: str, fmt: dict, layer: int, E: int, H: int, I: int, sourc
             "layer": layer, "num_experts": E, "hidden_size": H, "intermediate_size": I, "source": source}
 
 
+def folder_meta(method: str, E: int, H: int, I: int, num_layers, moe_layers: list, source: dict,
+                files: dict) -> dict:
+    """The kt_kernel_meta.json record of a converted folder."""
+    fmt = METHOD_FORMATS[method]
+    return {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
+            "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": num_layers,
+            "moe_layers": moe_layers, "source": source, "files": files}
+
+
+def read_meta(path) -> dict:
+    """The kt_kernel_meta.json record of the converted folder ``path``."""
+    path = Path(path)
+    f = path / L.META_FILE
+    if not f.exists():
+        raise ConversionError(f"{path} has no {L.META_FILE}: not a kt_kernel converted folder (or its conversion "
+                              "did not finish; rerun convert_cpu_weights.py with --resume)")
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{f} is not valid JSON: {e}") from e
+
+
 def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Optional[str]:
     """None when ``path`` is a complete layer file with ``want_meta``; else why not."""
     try:
@@ -92,19 +114,6 @@ def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Op
             return (f"{path.name}: {L.key(layer, proj, part)} is {t['dtype']} {tuple(t['shape'])}, "
                     f"expected {dtype} {tuple(shape)}")
     return None
-
-
-@contextmanager
-def torch_single_threaded():
-    """torch's own intra-op threads off while our pool runs many small torch calls on every core:
-    they spin between calls and took the cores from the quantizer (a 1-thread conversion ran
-    4-10x slower with them). The previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def quantize_layer_arrays(expert, layer: int, E: int, H: int, I: int, fmt: dict, pool: ThreadPoolExecutor,
@@ -211,7 +220,9 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     threads = threads or len(os.sched_getaffinity(0))
     weight_map, files, t0, converted = {}, {}, time.monotonic(), 0
     try:
-        with ThreadPoolExecutor(threads) as pool, torch_single_threaded():
+        # torch's own threads off while our pool runs many small torch calls on every core: they
+        # spin between calls and took the cores from the quantizer (1 thread ran 4-10x slower)
+        with ThreadPoolExecutor(threads) as pool, torch_threads(1):
             for layer in todo:
                 spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
                 meta = layer_meta(method, fmt, layer, E, H, I, src.fingerprint)
@@ -239,10 +250,8 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))
     write_json(out / L.INDEX_FILE, {"metadata": {"total_size": total, "kt_format": L.FORMAT_VERSION},
                                     "weight_map": dict(sorted(weight_map.items()))})
-    record = {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
-              "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": src.num_layers,
-              "moe_layers": todo, "source": src.record(),
-              "files": {name: dict(v, sha256=sha256_file(out / name)) for name, v in sorted(files.items())}}
+    record = folder_meta(method, E, H, I, src.num_layers, todo, src.record(),
+                         {name: dict(v, sha256=sha256_file(out / name)) for name, v in sorted(files.items())})
     write_json(out / L.META_FILE, record)
     record["_stats"] = {"seconds": seconds, "source_bytes_converted": converted}
     return record

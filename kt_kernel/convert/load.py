@@ -7,17 +7,17 @@ which the kernel may drop at any time and which go when the map is closed.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import MappedFile, SafetensorsError, read_header
+from kt_kernel.convert.convert import read_meta
 from kt_kernel.convert.source import ConversionError, open_source
 from kt_kernel.convert.save import save_layer, saved_layer_ready
 
-__all__ = ["read_meta", "load_converted_layer", "load_hf_layer", "is_converted"]
+__all__ = ["load_converted_layer", "load_hf_layer", "is_converted"]
 
 
 def is_converted(path) -> bool:
@@ -25,18 +25,6 @@ def is_converted(path) -> bool:
     to load, naming the missing metadata file)."""
     path = Path(path)
     return (path / L.META_FILE).exists() or any(path.glob("kt-experts-L*.safetensors*"))
-
-
-def read_meta(path) -> dict:
-    path = Path(path)
-    f = path / L.META_FILE
-    if not f.exists():
-        raise ConversionError(f"{path} has no {L.META_FILE}: not a kt_kernel converted folder (or its conversion "
-                              "did not finish; rerun convert_cpu_weights.py with --resume)")
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise ConversionError(f"{f} is not valid JSON: {e}") from e
 
 
 def _check(field: str, got, want, where: str, source: str = "the converted weights") -> None:

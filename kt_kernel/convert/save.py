@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kt_kernel.convert import layout as L
-from kt_kernel.convert.convert import (METHOD_FORMATS, layer_meta, quantize_layer_arrays, sha256_file,
-                                       torch_single_threaded, verify_layer_file, write_json)
+from kt_kernel.convert.convert import (METHOD_FORMATS, folder_meta, layer_meta, quantize_layer_arrays, read_meta,
+                                       sha256_file, verify_layer_file, write_json)
 from kt_kernel.convert.safetensors_io import write_file
+from kt_kernel.cpu import torch_threads
 from kt_kernel.convert.source import ConversionError
 
 __all__ = ["TENSORS_SOURCE", "saved_layer_ready", "save_layer"]
@@ -33,25 +34,23 @@ TENSORS_SOURCE = "tensors"
 _LOCK_FILE = ".kt_kernel_meta.lock"
 
 
-def _folder_fields(method: str, E: int, H: int, I: int, source: str) -> dict:
-    fmt = METHOD_FORMATS[method]
-    return {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
-            "num_experts": E, "hidden_size": H, "intermediate_size": I, "source.fingerprint": source}
+# the fields that make two conversions the same one (besides the source's fingerprint)
+_IDENTITY = ("kt_format", "method", "format", "group", "num_experts", "hidden_size", "intermediate_size")
 
 
-def _read_meta(folder: Path) -> Optional[dict]:
-    f = folder / L.META_FILE
-    if not f.exists():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise ConversionError(f"{f} is not valid JSON: {e}") from e
+def _want(method: str, E: int, H: int, I: int, source: dict) -> dict:
+    """The record of a new save folder for this conversion."""
+    return dict(folder_meta(method, E, H, I, None, [], dict(source), {}), written_by="cpu_save")
+
+
+def _existing_meta(folder: Path) -> Optional[dict]:
+    return read_meta(folder) if (folder / L.META_FILE).exists() else None
 
 
 def _mismatch(meta: dict, want: dict) -> Optional[str]:
-    for field, value in want.items():
-        got = meta.get("source", {}).get("fingerprint") if field == "source.fingerprint" else meta.get(field)
+    fields = [(f, meta.get(f), want[f]) for f in _IDENTITY]
+    fields.append(("source.fingerprint", meta.get("source", {}).get("fingerprint"), want["source"]["fingerprint"]))
+    for field, got, value in fields:
         if got != value:
             return f"{field} is {got!r} there but {value!r} here"
     return None
@@ -66,7 +65,7 @@ def _check_folder(folder: Path, want: dict) -> None:
         if foreign:
             raise ConversionError(f"cpu_save folder {folder} holds {foreign[0]}, which kt_kernel did not write (an HF "
                                   "checkpoint?); give cpu_save a folder of its own")
-    meta = _read_meta(folder)
+    meta = _existing_meta(folder)
     if meta is not None:
         why = _mismatch(meta, want)
         if why:
@@ -79,9 +78,8 @@ def saved_layer_ready(folder, layer: int, method: str, E: int, H: int, I: int, s
     (its file complete and its metadata matching); raises when the folder holds another
     conversion; False when the layer is not there yet."""
     folder = Path(folder)
-    want = _folder_fields(method, E, H, I, source)
-    _check_folder(folder, want)
-    meta = _read_meta(folder)
+    _check_folder(folder, _want(method, E, H, I, {"fingerprint": source}))
+    meta = _existing_meta(folder)
     if meta is None or layer not in meta.get("moe_layers", []) or source == TENSORS_SOURCE:
         return False
     fmt = METHOD_FORMATS[method]
@@ -106,11 +104,11 @@ def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: 
     bytes)) into ``folder`` and records the layer there. ``source`` is the metadata record of the
     source: at least {"fingerprint"}. Returns the layer file's path."""
     folder = Path(folder)
-    want = _folder_fields(method, E, H, I, source["fingerprint"])
+    want = _want(method, E, H, I, source)
     _check_folder(folder, want)
     folder.mkdir(parents=True, exist_ok=True)
     fmt = METHOD_FORMATS[method]
-    with ThreadPoolExecutor(max(1, threads)) as pool, torch_single_threaded():
+    with ThreadPoolExecutor(max(1, threads)) as pool, torch_threads(1):  # as the converter does
         tensors = quantize_layer_arrays(expert, layer, E, H, I, fmt, pool)
     path = folder / L.layer_file(layer)
     spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
@@ -118,10 +116,7 @@ def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: 
         _check_folder(folder, want)  # another process may have started the folder meanwhile
         write_file(path, tensors, layer_meta(method, fmt, layer, E, H, I, source["fingerprint"]))
         del tensors
-        meta = _read_meta(folder) or {
-            "kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
-            "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": None,
-            "moe_layers": [], "source": dict(source), "files": {}, "written_by": "cpu_save"}
+        meta = _existing_meta(folder) or want
         meta["moe_layers"] = sorted(set(meta["moe_layers"]) | {layer})
         meta["files"][path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
         index_file = folder / L.INDEX_FILE
