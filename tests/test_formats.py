@@ -196,21 +196,37 @@ def test_pack_rejects_unaligned_column_start(fmt):
 # ---- activation rounding ------------------------------------------------------------------
 
 
-ACT_KS = [1, 31, 32, 72, 100]
+ACT_KS = [1, 31, 32, 72, 100, 2048]
 
 
-@pytest.mark.parametrize("act", ["f32", "bf16", "q8s", "q8u"])
-@pytest.mark.parametrize("K", ACT_KS, ids=lambda k: f"K{k}")
-def test_activation_rounding_matches_reference(act, K):
-    """The reference emulation of the kernels' input rounding equals the package's, byte for byte."""
+def _activation_rows(K: int) -> np.ndarray:
     rng = np.random.default_rng(K)
-    x = rng.standard_normal((6, K)).astype(np.float32) * np.float32(3.0)
+    x = rng.standard_normal((9, K)).astype(np.float32) * np.float32(3.0)
     x[1] = 0.0                                    # all-zero row: scale 0
     x[2, 0] = 63.5                                # 127/amax = 2 exactly: x = 0.25 j lands on
     x[2, 1:] = (0.25 * np.arange(1, K)) % 5       # ties 0.5, 1.5, ... (half to even: 0, 2, ...)
     x[3] *= np.float32(1e4)
-    Kp = reference.round_up(K, 32)
+    x[4] *= np.float32(1e-39)                     # subnormal row: 127/amax overflows, q = x / s
+    x[5] = np.where(np.arange(K) % 2, -0.0, 0.0)  # signed zeros
+    # bf16 ties: the low 16 bits are 0x8000 (even and odd high halves), and just either side
+    x[6] = (rng.integers(0x3F80, 0x4100, K).astype(np.uint32) << 16 | 0x8000).view(np.float32)
+    x[7] = (rng.integers(0x3F80, 0x4100, K).astype(np.uint32) << 16 | 0x7FFF).view(np.float32)
+    x[8, K - 1] = np.float32(3.0e38)              # the largest |x| is the last value (a tail lane)
+    return x
+
+
+@pytest.mark.parametrize("act", ["f32", "bf16", "q8s", "q8u"])
+@pytest.mark.parametrize("K", ACT_KS, ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("align", [2, 4, 32], ids=lambda a: f"Kp{a}")
+def test_activation_rounding_matches_reference(act, K, align, tier):
+    """Every tier's activation codec equals the reference emulation of the kernels' input
+    rounding, byte for byte, padding and group sums included (Kp: the k_align of bf16, int8_pc
+    and int4_g32)."""
+    assert _ext.act_codec() == {"generic": "act_ref", "avx2": "act_8__avx2"}.get(tier, "act_16__avx512")
+    x = _activation_rows(K)
+    Kp = reference.round_up(K, align)
     data, scale, gsum = (np.asarray(a) for a in _ext.quantize_activation(act, x, Kp))
+    rows = x.shape[0]
     if act == "f32":
         got = data.view(np.float32)
         np.testing.assert_array_equal(got[:, :K], reference.round_activation(x, "f32"))
@@ -226,8 +242,48 @@ def test_activation_rounding_matches_reference(act, K):
         np.testing.assert_array_equal(qi[:, :K], q)
         assert (qi[:, K:] == 0).all()
         if act == "q8s":
-            want = np.pad(q.astype(np.int32), ((0, 0), (0, Kp - K))).reshape(6, Kp // 32, 32).sum(-1)
+            full = Kp // 32 * 32
+            want = np.pad(q.astype(np.int32), ((0, 0), (0, Kp - K)))[:, :full].reshape(rows, Kp // 32, 32).sum(-1)
             np.testing.assert_array_equal(gsum[:, : Kp // 32], want)
+
+
+@pytest.mark.parametrize("act", ["f32", "bf16", "q8s", "q8u"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("at", [0, 16, 70], ids=lambda i: f"at{i}")
+def test_activation_codec_refuses_non_finite_rows(act, bad, at, tier):
+    x = np.ones((3, 71), np.float32)
+    x[1, at] = bad
+    with pytest.raises(ValueError, match="row 1 holds NaN or Inf"):
+        _ext.quantize_activation(act, x, 72)
+
+
+def _special_floats() -> np.ndarray:
+    """Every bf16 high half with low halves that round down, tie and round up, plus NaNs."""
+    hi = np.arange(1 << 16, dtype=np.uint32) << 16
+    low = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], np.uint32)
+    return (hi[:, None] | low[None, :]).ravel().view(np.float32)
+
+
+def test_round_activation_bf16_matches_reference(tier):
+    """The fp32 -> bf16 rounding of the layer's output, on every high half: ties to even,
+    overflow to Inf, NaN stays NaN with the quiet bit set. Odd lengths exercise the tails."""
+    x = _special_floats()
+    for n in (x.size, 1, 15, 17, 33):
+        got = np.asarray(_ext.round_activation_bf16(x[:n]))
+        np.testing.assert_array_equal(got, reference.f32_to_bf16_bits(x[:n]))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_widen_activation_matches_reference(dtype, tier):
+    """bf16 and f16 inputs to fp32, every one of the 65536 bit patterns (f16 subnormals too).
+    NaN in, NaN out (a signalling f16 NaN may come back quiet; such rows are refused anyway)."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    for n in (bits.size, 1, 7, 9, 17):
+        got = np.asarray(_ext.widen_activation(bits[:n], dtype))
+        want = reference.bf16_bits_to_f32(bits[:n]) if dtype == "bf16" else reference.f16_bits_to_f32(bits[:n])
+        nan = np.isnan(want)
+        assert (np.isnan(got) == nan).all()
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
 @pytest.mark.parametrize("amax", [1e-38, 1e-39, 1e-30, 1.0, 1e30], ids=lambda a: f"amax{a:g}")

@@ -263,12 +263,29 @@ void register_formats(py::module_& m) {
     py::array_t<uint8_t> data({py::ssize_t(M), py::ssize_t(rb)});
     py::array_t<float> scale(M);
     py::array_t<int32_t> gsum({M, Kp / 32 + 1});
+    std::memset(gsum.mutable_data(), 0, size_t(gsum.size()) * 4);
+    const ActCodecRow& codec = select_act_codec(active_tier());
     for (int t = 0; t < M; ++t)
-      if (!quantize_act_row(af, x.data() + size_t(t) * K, K, Kp, data.mutable_data() + t * rb, scale.mutable_data() + t,
-                            gsum.mutable_data() + size_t(t) * (Kp / 32 + 1)))
+      if (!codec.quantize(af, x.data() + size_t(t) * K, K, Kp, data.mutable_data() + t * rb, scale.mutable_data() + t,
+                          gsum.mutable_data() + size_t(t) * (Kp / 32 + 1)))
         throw std::invalid_argument("row " + std::to_string(t) + " holds NaN or Inf");
     return py::make_tuple(data, scale, gsum);
-  });
+  }, py::arg("act"), py::arg("x"), py::arg("Kp"),
+     "The active tier's activation codec: fp32 x [M, K] -> (rows in format `act` padded to Kp, "
+     "per-row scale, per-row sums of q over each group of 32).");
+  m.def("act_codec", [] { return select_act_codec(active_tier()).name; },
+        "Name of the activation codec of the active tier.");
+  m.def("widen_activation", [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> x, const std::string& dtype) {
+    if (dtype != "bf16" && dtype != "f16") throw std::invalid_argument("dtype must be 'bf16' or 'f16', not '" + dtype + "'");
+    py::array_t<float> out(x.size());
+    select_act_codec(active_tier()).widen(dtype == "bf16" ? DType::bf16 : DType::f16, x.data(), int(x.size()), out.mutable_data());
+    return out;
+  }, py::arg("x"), py::arg("dtype"), "The active tier's codec: bf16 or f16 bits (1-D uint16) -> fp32.");
+  m.def("round_activation_bf16", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    py::array_t<uint16_t> out(x.size());
+    select_act_codec(active_tier()).round_bf16(x.data(), int(x.size()), out.mutable_data());
+    return out;
+  }, py::arg("x"), "The active tier's codec: fp32 (1-D) -> bf16 bits, round to nearest even.");
 }
 
 }  // namespace kt::py_bind

@@ -45,6 +45,9 @@ struct DownArgs {
   int p0, p1;
   float* out;
   size_t ldo;
+  // The down matrix the caller runs next over the same panels (its PackedMatrix::data), or
+  // nullptr: a driver may prefetch its first panels while it computes this call's last ones.
+  const uint8_t* next = nullptr;
 };
 
 using GateUpFn = void (*)(const GateUpArgs&);
@@ -92,11 +95,28 @@ struct QuantizerRow {
 const std::vector<QuantizerRow>& quantizer_table();
 const QuantizerRow& select_quantizer(FormatId format, IsaTier tier);
 
-// Activation quantization (ISA-free, identical for every tier so that tiers see the same input).
-// Converts one row of K fp32 values into `format`, zero-padded to Kp. Returns false if the row
-// holds NaN or Inf.
+// Activation quantization reference. Converts one row of K fp32 values into `format`, zero-padded
+// to Kp. Returns false if the row holds NaN or Inf.
 bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale,
                       int32_t* gsum);
 size_t act_row_bytes(ActFormat format, int Kp);
+// n bf16 or f16 values (dtype) to fp32, as bf16_to_f32 / f16_to_f32 do.
+void widen_row_ref(DType dtype, const uint16_t* x, int n, float* out);
+// n fp32 values to bf16, as f32_to_bf16 does (round to nearest even; NaN stays NaN).
+void round_bf16_row_ref(const float* x, int n, uint16_t* out);
+
+// Activation codecs: the conversions around the kernels (input rows to fp32, fp32 rows to the
+// kernels' activation format, fp32 outputs to bf16), one table ordered best-first. Every row gives
+// the reference's bits (the generic row is the reference), so that the kernels of every tier see
+// the same activations and a layer's output does not depend on which codec ran.
+struct ActCodecRow {
+  IsaTier tier;      // lowest tier that runs it
+  const char* name;  // act_<lanes>__<isa>, or the reference's
+  bool (*quantize)(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale, int32_t* gsum);
+  void (*widen)(DType dtype, const uint16_t* x, int n, float* out);
+  void (*round_bf16)(const float* x, int n, uint16_t* out);
+};
+const std::vector<ActCodecRow>& act_codec_table();
+const ActCodecRow& select_act_codec(IsaTier tier);
 
 }  // namespace kt

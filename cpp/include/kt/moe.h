@@ -98,6 +98,7 @@ class MoeLayer {
   const KernelRow* vector_kernel_;
   std::vector<const KernelRow*> last_kernels_;
   const QuantizerRow* quantizer_;  // load_from_tensors' quantizer, chosen with the kernel
+  const ActCodecRow* act_codec_;   // the activation conversions of forward
   std::vector<int> bounds_;
   std::vector<std::unique_ptr<Slice>> slices_;
   bool loaded_ = false;

@@ -68,4 +68,15 @@ bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* 
   return false;
 }
 
+void widen_row_ref(DType dtype, const uint16_t* x, int n, float* out) {
+  if (dtype == DType::bf16)
+    for (int i = 0; i < n; ++i) out[i] = bf16_to_f32(x[i]);
+  else
+    for (int i = 0; i < n; ++i) out[i] = f16_to_f32(x[i]);
+}
+
+void round_bf16_row_ref(const float* x, int n, uint16_t* out) {
+  for (int i = 0; i < n; ++i) out[i] = f32_to_bf16(x[i]);
+}
+
 }  // namespace kt

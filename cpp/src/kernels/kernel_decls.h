@@ -52,4 +52,16 @@ KT_DECLARE_QUANTIZE_INT8PC(16k__avx512)
 #undef KT_DECLARE_QUANTIZE_INT4G32
 #undef KT_DECLARE_QUANTIZE_INT8PC
 
+// Activation codecs (ActCodecRow's functions), the same results as the reference's.
+#define KT_DECLARE_ACT_CODEC(lanes_isa)                                                                 \
+  bool quantize_act_##lanes_isa(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale, \
+                                int32_t* gsum);                                                         \
+  void widen_##lanes_isa(DType dtype, const uint16_t* x, int n, float* out);                            \
+  void round_bf16_##lanes_isa(const float* x, int n, uint16_t* out);
+
+KT_DECLARE_ACT_CODEC(8__avx2)
+KT_DECLARE_ACT_CODEC(16__avx512)
+
+#undef KT_DECLARE_ACT_CODEC
+
 }  // namespace kt

@@ -109,6 +109,21 @@ const std::vector<QuantizerRow>& quantizer_table() {
 
 #undef KT_QROW
 
+const std::vector<ActCodecRow>& act_codec_table() {
+  static const std::vector<ActCodecRow> table = {
+      {IsaTier::avx512, "act_16__avx512", quantize_act_16__avx512, widen_16__avx512, round_bf16_16__avx512},
+      {IsaTier::avx2, "act_8__avx2", quantize_act_8__avx2, widen_8__avx2, round_bf16_8__avx2},
+      {IsaTier::generic, "act_ref", quantize_act_row, widen_row_ref, round_bf16_row_ref},
+  };
+  return table;
+}
+
+const ActCodecRow& select_act_codec(IsaTier tier) {
+  for (const ActCodecRow& row : act_codec_table())
+    if (static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+  throw std::logic_error("no activation codec");
+}
+
 const QuantizerRow& select_quantizer(FormatId format, IsaTier tier) {
   for (const QuantizerRow& row : quantizer_table())
     if (row.format == format && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;

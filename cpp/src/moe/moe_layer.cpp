@@ -147,6 +147,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
                            act_format_name(vector_kernel_->act));
   last_kernels_.assign(cfg_.num_experts, nullptr);
   quantizer_ = &select_quantizer(cfg_.format, tier_);
+  act_codec_ = &select_act_codec(tier_);
   // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
   const FormatTraits& f = format_traits(cfg_.format);
   const int unit = std::max(kPanelN, f.group ? f.group : f.k_align);
@@ -415,11 +416,10 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
         if (xdt == DType::f32) {
           src = reinterpret_cast<const float*>(xin) + size_t(t) * H;
         } else {
-          const uint16_t* h16 = reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H;
-          for (int k = 0; k < H; ++k) tmp[k] = xdt == DType::bf16 ? bf16_to_f32(h16[k]) : f16_to_f32(h16[k]);
+          act_codec_->widen(xdt, reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H, H, tmp.data());
           src = tmp.data();
         }
-        if (!quantize_act_row(af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
+        if (!act_codec_->quantize(af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
                               ws.xgsum.data() + size_t(t) * (Hp / 32 + 1)))
           throw std::invalid_argument("hidden_states row " + std::to_string(t0 + t) + " contains NaN or Inf");
       }
@@ -482,7 +482,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     const Slice& s = *slices_[p];
     const int ni = s.i1 - s.i0, ldh = ceil_div(ni, kPanelN) * kPanelN, n = hs.tasks[p];
     for (int r = int(int64_t(rows) * task / n); r < int(int64_t(rows) * (task + 1) / n); ++r)
-      if (!quantize_act_row(af, wp.h.data() + size_t(r) * ldh, ni, kp_down[p], wp.hq.data() + size_t(r) * hrow[p],
+      if (!act_codec_->quantize(af, wp.h.data() + size_t(r) * ldh, ni, kp_down[p], wp.hq.data() + size_t(r) * hrow[p],
                             &wp.hscale[r], wp.hgsum.data() + size_t(r) * (kp_down[p] / 32 + 1)))
         throw std::runtime_error("expert intermediate activations overflowed to Inf/NaN (token " +
                                  std::to_string(t0 + b.tok[r]) + "); the weights or inputs are out of range");
@@ -504,12 +504,14 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     for (int t = 0; t < M; ++t)
       std::memset(wp.out.data() + size_t(t) * Hpad + p0 * kPanelN, 0, size_t(p1 - p0) * kPanelN * 4);
     if (s.i1 == s.i0) return;
-    for (int j : b.by_slot) {
-      const int slot = b.experts[j], r0 = b.offset[j];
+    const size_t n_by_slot = b.by_slot.size();
+    for (size_t q = 0; q < n_by_slot; ++q) {
+      const int j = b.by_slot[q], slot = b.experts[j], r0 = b.offset[j];
       ActView hv{af, wp.hq.data() + size_t(r0) * hrow[p], size_t(hrow[p]), wp.hscale.data() + r0,
                  wp.hgsum.data() + size_t(r0) * (kp_down[p] / 32 + 1), kp_down[p] / 32 + 1, kp_down[p]};
       DownArgs a{&s.down[slot], hv, b.count[j], b.tok.data() + r0, b.weight.data() + r0, p0, p1,
                  wp.out.data(), size_t(Hpad)};
+      if (q + 1 < n_by_slot) a.next = s.down[b.experts[b.by_slot[q + 1]]].data;
       kernel_for(b.count[j]).down(a);
     }
   };
@@ -522,13 +524,12 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   red.tasks[0] = r_tasks;
   red.fn = [&](int, int task) {
     for (int t = int(int64_t(M) * task / r_tasks); t < int(int64_t(M) * (task + 1) / r_tasks); ++t) {
-      uint16_t* o = out + size_t(t0 + t) * H;
-      const float* o0 = ws.pools[0].out.data() + size_t(t) * Hpad;
-      for (int h = 0; h < H; ++h) {
-        float v = o0[h];
-        for (int p = 1; p < pools; ++p) v += ws.pools[p].out[size_t(t) * Hpad + h];
-        o[h] = f32_to_bf16(v);
+      float* o0 = ws.pools[0].out.data() + size_t(t) * Hpad;
+      for (int p = 1; p < pools; ++p) {
+        const float* op = ws.pools[p].out.data() + size_t(t) * Hpad;
+        for (int h = 0; h < H; ++h) o0[h] += op[h];
       }
+      act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
     }
   };
   if (M > 0) engine_->run(red);

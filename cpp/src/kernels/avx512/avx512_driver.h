@@ -36,14 +36,13 @@ struct NextPanels {
   }
 };
 
-// For row block `block` of `blocks`: the block-th slice of the panels `advance` bytes after w[t]
-// (t < nm). Nothing with one block (decode: the hardware prefetcher streams) or no next panel.
-inline NextPanels next_panels(const uint8_t* const* w, int nm, size_t advance, size_t panel_bytes, bool more,
-                              int block, int blocks) {
+// For row block `block` of `blocks`: the block-th slice of the panels at next[t] (t < nm).
+// Nothing with one block (decode: the hardware prefetcher streams) or no next panels (nullptr).
+inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks) {
   NextPanels pf;
-  if (blocks < 2 || !more) return pf;
+  if (blocks < 2 || !next[0]) return pf;
   while ((1 << pf.shift) < blocks) ++pf.shift;
-  for (int t = 0; t < nm; ++t) pf.at[t] = w[t] + advance + (panel_bytes >> pf.shift) * block;
+  for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + (panel_bytes >> pf.shift) * block;
   return pf;
 }
 
@@ -99,10 +98,12 @@ void gateup(const GateUpArgs& a) {
   const int blocks = (a.m + MR - 1) / MR;
   const size_t pb = a.gate->panel_bytes;
   for (int p = a.p0; p < a.p1; ++p) {
-    const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + a.up->panel_bytes * p};
+    const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + pb * p};
+    const uint8_t* next[2] = {nullptr, nullptr};
+    if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(w, 2, pb, pb, p + 1 < a.p1, b, blocks));
+      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(next, 2, pb, b, blocks));
     }
   }
 }
@@ -141,10 +142,17 @@ inline void down_panels(const DownArgs& a, int p) {
   for (int t = 0; t < NP; ++t) w[t] = a.down->data + pb * (p + t);
   constexpr int MR = Tile::max_rows(NP);
   const int blocks = (a.m + MR - 1) / MR;
-  const bool more = p + 2 * NP <= a.p1;  // a next group of NP panels follows
+  // the next group of NP panels, else (this call's last group) the next matrix's first ones: the
+  // caller runs experts one after another over the same panels, and each would otherwise start
+  // with a group read on demand from DRAM
+  const uint8_t* next[NP] = {};
+  for (int t = 0; t < NP; ++t) {
+    if (p + 2 * NP <= a.p1) next[t] = w[t] + NP * pb;
+    else if (a.next) next[t] = a.next + pb * (a.p0 + t);
+  }
   for (int b = 0; b < blocks; ++b) {
     const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(w, NP, NP * pb, pb, more, b, blocks));
+    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(next, NP, pb, b, blocks));
   }
 }
 
