@@ -20,19 +20,20 @@
 namespace kt::avx512 {
 namespace {
 
-// exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
-// before fp32 rounding).
 // A slice of the next panels, for compute() to prefetch into L2 while it works on the current
-// ones: step s of the Kp/step_k steps prefetches at[t] + ((64 s) >> shift). With b row blocks per
-// panel the first block would otherwise stream the whole panel from DRAM faster than memory
-// delivers it (the compute stalls), and the other blocks find it in cache; the driver hands
-// block i the i-th of 2^shift slices, so the reads spread over all blocks.
+// ones: step s (of the Kp/step_k steps, each reading one 64-byte line per matrix) prefetches
+// at[t] + s * 64 / blocks (16.16 fixed point). With b row blocks per panel the first block would
+// otherwise stream the whole panel from DRAM faster than memory delivers it (the compute stalls),
+// and the other blocks find it in cache; block i prefetches the i-th b-th of the next panels, so
+// the reads spread over all blocks and cover the whole panel whatever b is. (Slices of a power of
+// two, 2^ceil(log2 b), left up to 3/8 of the panel to demand misses for b = 3, 5, 6, 7: 13-16%
+// slower blocks in a streaming microbenchmark.)
 struct NextPanels {
   const uint8_t* at[2] = {nullptr, nullptr};  // nullptr: nothing to prefetch
-  int shift = 0;
+  uint32_t step = 0;                          // bytes per step, 16.16 fixed point: (64 << 16) / b
 
   inline void touch(int t, int s) const {
-    if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * 64) >> shift)), _MM_HINT_T1);
+    if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * step) >> 16)), _MM_HINT_T1);
   }
 };
 
@@ -41,11 +42,14 @@ struct NextPanels {
 inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks) {
   NextPanels pf;
   if (blocks < 2 || !next[0]) return pf;
-  while ((1 << pf.shift) < blocks) ++pf.shift;
-  for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + (panel_bytes >> pf.shift) * block;
+  pf.step = (64u << 16) / uint32_t(blocks);
+  const size_t start = (panel_bytes * size_t(block) / size_t(blocks)) & ~size_t(63);
+  for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + start;
   return pf;
 }
 
+// exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
+// before fp32 rounding).
 inline __m512 exp_ps(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
