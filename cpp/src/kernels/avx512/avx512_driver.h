@@ -119,6 +119,11 @@ template <class Tile, int NP, int MR>
 inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0, const NextPanels& pf) {
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
+  // the output lines the epilogue updates: tokens are scattered over out, and their lines have
+  // usually left L1 and L2 since the previous expert (shape A M=512 BF16: down 19.3 -> 17.1 ms)
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NP; ++t)
+      _mm_prefetch(reinterpret_cast<const char*>(a.out + a.ldo * a.tok[i0 + r] + (p + t) * kPanelN), _MM_HINT_T0);
   __m512 acc[NP][MR];
   Tile::template compute<NP, MR>(w, a.act.Kp, a.act, rows, pf, acc);
   for (int r = 0; r < MR; ++r) {
