@@ -34,6 +34,7 @@ struct Workspace {
   std::vector<uint8_t> xq;
   std::vector<float> xscale;
   std::vector<int32_t> xgsum;
+  std::vector<int32_t> by_size;  // bucket indices, most rows first
   struct Pool {
     std::vector<float> h;
     std::vector<uint8_t> hq;
@@ -430,6 +431,12 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   // stage 2: gate/up, per pool
   const ActView xview{af, ws.xq.data(), xrow, ws.xscale.data(), ws.xgsum.data(), Hp / 32 + 1, Hp};
   Stage gu;
+  // Largest buckets first: tasks are claimed in order, so the stage ends on small ones and the
+  // threads finish together (longest-processing-time-first).
+  std::vector<int32_t>& by_size = ws.by_size;
+  by_size.resize(n_exp);
+  for (int j = 0; j < n_exp; ++j) by_size[j] = j;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](int32_t x, int32_t y) { return b.count[x] > b.count[y]; });
   for (int p = 0; p < pools; ++p) {
     Workspace::Pool& wp = ws.pools[p];
     const Slice& s = *slices_[p];
@@ -443,7 +450,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     // enough tasks for dynamic balance: about 4 per thread, never splitting below one panel
     const int want = engine_->threads_in(p) * 4;
     const int chunks = std::min(panels, std::max(1, ceil_div(want, n_exp)));
-    for (int j = 0; j < n_exp; ++j)
+    for (int j : by_size)
       for (int c = 0; c < chunks; ++c) {
         wp.task_expert.push_back(j);
         wp.task_p0.push_back(panels * c / chunks);
