@@ -143,6 +143,14 @@ void Engine::queue_loop() {
 }
 
 void Engine::run(const Stage& stage) {
+  // A shared stage of one task (decode's input quantization and output rounding) runs here
+  // without the workers: waking them only to find nothing to do made this thread wait for
+  // the slowest wake-up (tens of microseconds from sleep), and the next stage's wake-up
+  // overlaps with this thread's own share of that stage's work instead.
+  if (stage.shared && stage.tasks[0] <= 1) {
+    if (stage.tasks[0] == 1) stage.fn(pool_of(0), 0);
+    return;
+  }
   stage_ = &stage;
   for (int p = 0; p <= subpools_; ++p) next_task_[p].store(0, std::memory_order_relaxed);
   abort_.store(false, std::memory_order_relaxed);
