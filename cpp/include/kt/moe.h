@@ -99,6 +99,9 @@ class MoeLayer {
   std::vector<const KernelRow*> last_kernels_;
   const QuantizerRow* quantizer_;  // load_from_tensors' quantizer, chosen with the kernel
   const ActCodecRow* act_codec_;   // the activation conversions of forward
+  // The engine's forward scratch (moe_layer.cpp's Workspace, shared by the layers of one engine),
+  // held so that it outlives each call: calls reuse its buffers instead of allocating them.
+  std::shared_ptr<void> workspace_;
   std::vector<int> bounds_;
   std::vector<std::unique_ptr<Slice>> slices_;
   bool loaded_ = false;

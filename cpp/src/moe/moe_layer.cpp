@@ -28,7 +28,8 @@ namespace kt {
 
 namespace {
 
-// Scratch of one engine's forwards; jobs on an engine run one at a time, so one per engine.
+// Scratch of one engine's forwards; jobs on an engine run one at a time, so one per engine. Every
+// layer on the engine holds it (MoeLayer::workspace_), so its buffers persist from call to call.
 struct Workspace {
   Buckets buckets;
   std::vector<uint8_t> xq;
@@ -149,6 +150,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   last_kernels_.assign(cfg_.num_experts, nullptr);
   quantizer_ = &select_quantizer(cfg_.format, tier_);
   act_codec_ = &select_act_codec(tier_);
+  workspace_ = workspace_for(engine_.get());
   // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
   const FormatTraits& f = format_traits(cfg_.format);
   const int unit = std::max(kPanelN, f.group ? f.group : f.k_align);
@@ -362,7 +364,7 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   in->x_dtype = x_dtype;
   in->ids = is;
   in->weights = ws;
-  in->ws = workspace_for(engine_.get());
+  in->ws = std::static_pointer_cast<Workspace>(workspace_);
   return engine_->submit([this, in, M, out] {
     struct Release {
       Staging* s;
