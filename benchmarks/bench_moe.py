@@ -146,8 +146,32 @@ def protocol_cases(shape: Shape, weights, tokens) -> dict:
     return {M: (x[:M], ids[:M], w[:M], ref[:M]) for M in tokens}
 
 
-def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: float) -> dict:
-    distinct = int(torch.unique(topk_ids[topk_ids >= 0]).numel())
+FRESH_ROUTINGS = 64
+
+
+def fresh_routings(shape: Shape, M: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """--fresh-routing: FRESH_ROUTINGS (topk_ids, topk_weights) of M tokens (seeds 1, 2, ...), which
+    the timed calls take in turn, so that a call reads mostly other experts than the call before,
+    as in generation (with E experts and K per token, about K/E of a call's experts were also the
+    previous call's, and may still be in L3)."""
+    return [random_inputs(M, shape.H, shape.E, shape.K, seed=1 + s)[1:] for s in range(FRESH_ROUTINGS)]
+
+
+def in_turn(fn, x: torch.Tensor, routings: list):
+    """A call of fn(x, ids, weights) that takes the next routing each time."""
+    turn = iter(range(1 << 62))
+    return lambda: fn(x, *routings[next(turn) % len(routings)])
+
+
+def mean_distinct(routings: list) -> float:
+    return statistics.mean(int(torch.unique(ids[ids >= 0]).numel()) for ids, _ in routings)
+
+
+def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: float,
+                 distinct: float | None = None) -> dict:
+    """distinct: experts touched per call, when the timed calls did not all use topk_ids."""
+    if distinct is None:
+        distinct = int(torch.unique(topk_ids[topk_ids >= 0]).numel())
     touched = distinct * shape.weights_per_expert() * bpw
     ops = 2 * shape.weights_per_expert() * M * shape.K
     return {"distinct_experts": distinct, "weight_bytes_touched": touched, "bytes_per_weight": bpw,
@@ -252,7 +276,8 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
         r["x_vs_torch"] = peer_ms / r["ms"] if peer_ms else None
         # Warm calls with the same routing re-read the same weights: below about twice the
         # L2 + L3 capacity, part of them comes from cache (AMD's L3 is a victim of L2).
-        r["may_be_cached"] = bool(cache_total and r["weight_bytes_touched"] <= 2 * cache_total)
+        r["fresh_routing"] = r["M"] in routings
+        r["may_be_cached"] = bool(cache_total and not r["fresh_routing"] and r["weight_bytes_touched"] <= 2 * cache_total)
         rows.append(r)
         emit(r)
         return r
@@ -267,6 +292,17 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
     print(f"  fp32 reference at M={max(tokens)} (its first M rows serve every M): {time.perf_counter() - t0:.1f} s; "
           f"{memory_line()}", flush=True)
 
+    # per decode M, the routings the timed calls take in turn (--fresh-routing)
+    routings = {M: fresh_routings(shape, M) for M in tokens if args.fresh_routing and M in DECODE_TOKENS}
+
+    def timed(fn, M: int, x, ids, w) -> tuple[dict, float | None]:
+        """time_calls of fn on this case, with the routings in turn where --fresh-routing applies;
+        also the mean experts touched per timed call then (None: those of ids)."""
+        if M in routings:
+            return (time_calls(in_turn(fn, x, routings[M]), args.iters, args.warmup, flush, args.min_time),
+                    mean_distinct(routings[M]))
+        return time_calls(lambda: fn(x, ids, w), args.iters, args.warmup, flush, args.min_time), None
+
     peer_ms = {}
     if not args.no_torch:
         # torch runs its own kernels whatever kt_kernel's tier: its limits are those of the CPU's best tier.
@@ -275,12 +311,11 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
         for M in tokens:
             x, ids, w, ref = cases[M]
             out = moe_forward(x, ids, w, gate, up, down)
-            tm = time_calls(lambda: moe_forward(x, ids, w, gate, up, down), args.iters, args.warmup, flush,
-                            args.min_time)
+            tm, distinct = timed(lambda x_, i_, w_: moe_forward(x_, i_, w_, gate, up, down), M, x, ids, w)
             r = {"shape": shape.name, "method": TORCH_PEER, "tier": f"torch {torch.backends.cpu.get_cpu_capability()}",
                  "kernel": "F.linear bf16 per expert", "M": M, "ms": tm["median_s"] * 1e3, **tm,
                  "rel_err": relative_error(out, ref), "load_s": None}
-            r.update(case_metrics(shape, M, ids, 2.0, tm["median_s"]))
+            r.update(case_metrics(shape, M, ids, 2.0, tm["median_s"], distinct))
             peer_ms[M] = r["ms"]
             finish(r, limits, None)
 
@@ -304,12 +339,11 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
                 for M in tokens:
                     x, ids, w, ref = cases[M]
                     out = wrapper.forward(x, ids, w)
-                    tm = time_calls(lambda: wrapper.forward(x, ids, w), args.iters, args.warmup, flush,
-                                    args.min_time)
+                    tm, distinct = timed(wrapper.forward, M, x, ids, w)
                     r = {"shape": shape.name, "method": method, "tier": wrapper.isa_tier,
                          "kernel": wrapper.kernel_name, "M": M, "ms": tm["median_s"] * 1e3, **tm,
                          "rel_err": relative_error(out, ref), "load_s": load_s, "packed_bytes_per_weight": packed_bpw}
-                    r.update(case_metrics(shape, M, ids, bpw, tm["median_s"]))
+                    r.update(case_metrics(shape, M, ids, bpw, tm["median_s"], distinct))
                     finish(r, limits, peer_ms.get(M))
                 # One wrapper at a time: its packed weights go before the next is built.
                 del wrapper, out
@@ -336,6 +370,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--cold", action="store_true",
                    help="evict the caches (read 256 MiB) before each timed call; default: warm, as the protocol")
+    p.add_argument("--fresh-routing", action="store_true",
+                   help=f"decode (M <= 8): the timed calls take {FRESH_ROUTINGS} random routings in turn, so each "
+                        "reads mostly other experts than the call before, as in generation (weights from DRAM, "
+                        "the rest warm); default: the same routing every call, as the protocol")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch bf16 peer")
     p.add_argument("--bw-mib", type=int, default=1024, help="MiB read by the bandwidth probe")
     p.add_argument("--peak-seconds", type=float, default=0.5, help="seconds per instruction-family peak probe")
@@ -380,7 +418,8 @@ def main(argv=None) -> dict:
           f"AMX: {info['amx']}; caches {', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in caches.items()) or '?'}")
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), kt_kernel {kt_kernel.__version__}, "
           f"threads {args.threads} (kt: cpuinfer_threads={args.threads}, threadpool_count=1; torch.set_num_threads)"
-          f"{', cold caches' if args.cold else ', warm caches (same inputs every call)'}")
+          f"{', cold caches' if args.cold else ', warm caches'}"
+          f"{f', decode routings taken in turn from {FRESH_ROUTINGS}' if args.fresh_routing else ' (same inputs every call)'}")
     print(f"ISA tiers run: {', '.join(args.isas)} (each forced with kt_kernel.set_isa for its block)")
 
     load0 = other_load(args.load_seconds)
@@ -440,7 +479,7 @@ def main(argv=None) -> dict:
         "protocol": "BENCH_PROTOCOL.md",
         "command": ["benchmarks/bench_moe.py", *argv],
         "conditions": {"threads": args.threads, "isas": args.isas, "isa_override": info["override"] or None,
-                       "cold_caches": args.cold,
+                       "cold_caches": args.cold, "fresh_routing": args.fresh_routing,
                        "iters": args.iters, "min_time_s": args.min_time, "warmup": args.warmup,
                        "cpu_info": info, "cache_bytes": caches,
                        "cores": all_cores(), "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,

@@ -88,7 +88,7 @@ def markdown(result: dict) -> str:
         f"`{' '.join(['python3', *result['command']])}`",
         "",
         f"{info['brand']}, {c['cores']} cores, {c['threads']} threads, tiers {', '.join(c['isas'])}; "
-        f"{'cold' if c['cold_caches'] else 'warm'} caches; torch {c['torch']}, kt_kernel {c['kt_kernel']}; "
+        f"{'cold' if c['cold_caches'] else 'warm'} caches{'; decode routings in turn (--fresh-routing)' if c.get('fresh_routing') else ''}; torch {c['torch']}, kt_kernel {c['kt_kernel']}; "
         f"{c['time']}. Read bandwidth in the same run {min(b['best_gbps'] for b in bw):.1f}-"
         f"{max(b['best_gbps'] for b in bw):.1f} GB/s.",
         "",

@@ -29,7 +29,7 @@ from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random
 
 import bench_moe
 import bench_report
-from shapes import SMALL_SHAPES
+from shapes import SMALL_SHAPES, get_shape
 
 THREADS = bench_moe.all_cores()
 
@@ -196,6 +196,31 @@ def test_cli_chart(cli_run, tmp_path):
     assert bench_report.main([str(paths["json"]), "--chart", str(again)]) == 0
     for png in (paths["chart"], again):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fresh_routings_change_the_experts_from_call_to_call():
+    """--fresh-routing: the decode calls take seeded routings in turn, each valid for the shape,
+    most experts differing between consecutive ones, the cycle repeating."""
+    shape = get_shape("A")
+    routings = bench_moe.fresh_routings(shape, 1)
+    assert len(routings) == bench_moe.FRESH_ROUTINGS
+    sets = [set(ids[0].tolist()) for ids, _ in routings]
+    assert all(len(e) == shape.K for e in sets)
+    assert sum(len(a & b) for a, b in zip(sets, sets[1:])) / (len(sets) - 1) < shape.K / 2
+    seen = []
+    call = bench_moe.in_turn(lambda x, ids, w: seen.append(ids), None, routings)
+    for _ in range(len(routings) + 1):
+        call()
+    assert seen[0] is routings[0][0] and seen[1] is routings[1][0] and seen[-1] is routings[0][0]
+    assert bench_moe.mean_distinct(routings) == shape.K
+
+
+def test_cli_fresh_routing(capsys):
+    argv = ["--shapes", "S", "--tokens", "1,8", "--methods", "AMXINT4", "--fresh-routing", "--iters", "3",
+            "--min-time", "0", "--warmup", "1", "--bw-mib", "16", "--peak-seconds", "0.02", "--load-seconds", "0.05",
+            "--no-torch"]
+    bench_moe.main(argv)
+    assert "decode routings taken in turn" in capsys.readouterr().out
 
 
 def test_chart_without_matplotlib_says_how_to_install(monkeypatch, capsys):
