@@ -67,7 +67,8 @@ def _cell(r: dict) -> str:
     speedup = "" if r["x_vs_torch"] is None else f", {r['x_vs_torch']:.1f}x"
     if is_decode(r):
         cached = "*" if r.get("may_be_cached") else ""
-        return f"{_ms(r['ms'])}{cached} ({r['pct_bandwidth']:.0f}% bw{speedup})"
+        switch = "~" if r.get("regime_switch") else ""
+        return f"{_ms(r['ms'])}{cached} ({r['pct_bandwidth']:.0f}%{switch} bw{speedup})"
     unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
     pct = "" if r["pct_peak"] is None else f", {r['pct_peak']:.0f}%"
     return f"{_ms(r['ms'])} ({r['gops']:.0f} {unit}{pct}{speedup})"
@@ -94,7 +95,9 @@ def markdown(result: dict) -> str:
         "",
         "ms per call (% of the limit: read bandwidth (bw) at M <= 8, peak of the instruction family at M >= 64; "
         "x = speed-up over the PyTorch bf16 peer in the same run; * = weights under 2x the L2+L3 caches, "
-        "partly read from cache when warm); rel. err against the fp32 reference, the largest over M.",
+        "partly read from cache when warm; decode is held to the higher of the bandwidth readings just before "
+        "and just after it, ~ = they differ by more than 15%); rel. err against the fp32 reference, the largest "
+        "over M.",
     ]
     for name, shape in result["shapes"].items():
         rows = [r for r in result["results"] if r["shape"] == name]

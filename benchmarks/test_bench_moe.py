@@ -173,6 +173,10 @@ def test_cli_every_tier(cli_run):
     assert len(rows) == 2 * (1 + len(kt_kernel.METHODS) * len(tiers))
     for r in rows:
         assert r["ms"] > 0 and r["rel_err"] < REL_ERR_BOUNDS[r["method"]], r
+        if r["M"] == 1:  # decode: held to the higher of the readings before and after it
+            limit = max(r["bandwidth_gbps"], r["bandwidth_after_gbps"])
+            assert r["pct_bandwidth"] == pytest.approx(100 * r["gbps"] / limit), r
+            assert r["regime_switch"] == (abs(r["bandwidth_gbps"] - r["bandwidth_after_gbps"]) > 0.15 * limit)
         if r["method"] != TORCH_PEER:
             with forced_isa(r["tier"]):
                 assert r["peak"]["family"] == bench_moe.peak_family(r["method"]), r
