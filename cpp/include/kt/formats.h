@@ -76,6 +76,19 @@ static inline float round_half_even(float v) {
   return (v + magic) - magic;
 }
 
+// The q8 activation scale of a row whose largest |x| is amax: s = amax / 127, and
+// q = round_half_even(x * inv) with inv = 127 / amax; where that overflows (amax below ~3.7e-37),
+// q = round_half_even(x / s) instead (divide). An all-zero row has s = inv = 0.
+struct Q8Scale {
+  float s, inv;
+  bool divide;
+};
+static inline Q8Scale q8_scale(float amax) {
+  const float s = amax / 127.f;
+  const float inv = s > 0.f ? 127.f / amax : 0.f;
+  return {s, inv, __builtin_isinf(inv)};
+}
+
 // A packed [N, K] slice: panels of kPanelN channels, each panel_bytes long.
 struct PackedMatrix {
   int N = 0, K = 0;   // logical rows (output channels) and columns of the slice

@@ -43,14 +43,13 @@ bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* 
     }
     case ActFormat::q8s:
     case ActFormat::q8u: {
-      float s = amax / 127.f;
-      float inv = s > 0.f ? 127.f / amax : 0.f;
-      *scale = s;
+      const Q8Scale qs = q8_scale(amax);
+      *scale = qs.s;
       int8_t* q = reinterpret_cast<int8_t*>(dst);
-      if (std::isinf(inv)) {  // amax below ~3.7e-37: 127/amax overflows, divide by s instead
-        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] / s));
+      if (qs.divide) {
+        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] / qs.s));
       } else {
-        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] * inv));
+        for (int k = 0; k < K; ++k) q[k] = int8_t(round_half_even(x[k] * qs.inv));
       }
       std::fill(q + K, q + Kp, int8_t(0));
       if (format == ActFormat::q8s) {

@@ -70,11 +70,10 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
     }
     case ActFormat::q8s:
     case ActFormat::q8u: {
-      const float s = amax / 127.f;
-      const float inv = s > 0.f ? 127.f / amax : 0.f;
-      *scale = s;
-      const bool divide = __builtin_isinf(inv);
-      const __m256 vinv = _mm256_set1_ps(inv), vs = _mm256_set1_ps(s);
+      const Q8Scale qs = q8_scale(amax);
+      *scale = qs.s;
+      const bool divide = qs.divide;
+      const __m256 vinv = _mm256_set1_ps(qs.inv), vs = _mm256_set1_ps(qs.s);
       const int bias = format == ActFormat::q8u ? 128 : 0;
       const __m256i vbias = _mm256_set1_epi32(bias);
       for (int k = 0; k < K32; k += 32) {
@@ -94,19 +93,19 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), pack32_bytes(q[0], q[1], q[2], q[3]));
       }
       // the rest of the row and the padding, as the reference
-      int8_t* qs = reinterpret_cast<int8_t*>(dst);
+      int8_t* q8 = reinterpret_cast<int8_t*>(dst);
       for (int k = K32; k < Kp; ++k) {
         const float v = k < K ? x[k] : 0.f;
-        qs[k] = int8_t(round_half_even(divide ? v / s : v * inv));
+        q8[k] = int8_t(round_half_even(divide ? v / qs.s : v * qs.inv));
       }
       if (format == ActFormat::q8s) {
         for (int g = K32 / 32; g < Kp / 32; ++g) {
           int32_t sum = 0;
-          for (int k = 0; k < 32; ++k) sum += qs[g * 32 + k];
+          for (int k = 0; k < 32; ++k) sum += q8[g * 32 + k];
           gsum[g] = sum;
         }
       } else {
-        for (int k = K32; k < Kp; ++k) dst[k] = uint8_t(qs[k] + 128);
+        for (int k = K32; k < Kp; ++k) dst[k] = uint8_t(q8[k] + 128);
       }
       return true;
     }

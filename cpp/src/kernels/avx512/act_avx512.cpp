@@ -59,11 +59,10 @@ bool quantize_act_16__avx512(ActFormat format, const float* x, int K, int Kp, ui
     }
     case ActFormat::q8s:
     case ActFormat::q8u: {
-      const float s = amax / 127.f;
-      const float inv = s > 0.f ? 127.f / amax : 0.f;
-      *scale = s;
-      const bool divide = __builtin_isinf(inv);
-      const __m512 vinv = _mm512_set1_ps(inv), vs = _mm512_set1_ps(s);
+      const Q8Scale qs = q8_scale(amax);
+      *scale = qs.s;
+      const bool divide = qs.divide;
+      const __m512 vinv = _mm512_set1_ps(qs.inv), vs = _mm512_set1_ps(qs.s);
       const __m512i bias = _mm512_set1_epi32(format == ActFormat::q8u ? 128 : 0);
       // 32 k per step: one q8s group sum
       for (int k = 0; k < Kp; k += 32) {
