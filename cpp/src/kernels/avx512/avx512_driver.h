@@ -9,7 +9,7 @@
 //                                                 const NextPanels& pf, __m512 (&acc)[NM][MR]);
 // A Tile whose steps read 64 bytes per matrix may prefetch pf (below); the others ignore it.
 // Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm), and
-// Tile::down_panels how many adjacent panels the down stage computes at once (1 or 2).
+// Tile::down_panels how many adjacent panels the down stage computes at once (1, 2 or 4).
 // The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
 // the epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
 #pragma once
@@ -29,7 +29,7 @@ namespace {
 // two, 2^ceil(log2 b), left up to 3/8 of the panel to demand misses for b = 3, 5, 6, 7: 13-16%
 // slower blocks in a streaming microbenchmark.)
 struct NextPanels {
-  const uint8_t* at[2] = {nullptr, nullptr};  // nullptr: nothing to prefetch
+  const uint8_t* at[4] = {nullptr, nullptr, nullptr, nullptr};  // per matrix or panel; nullptr: none
   uint32_t step = 0;                          // bytes per step, 16.16 fixed point: (64 << 16) / b
 
   inline void touch(int t, int s) const {
