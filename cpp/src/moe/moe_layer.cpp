@@ -499,11 +499,16 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   if (rows > 0) engine_->run(hs);
 
   // stage 4: down, per pool, over panel ranges of H; each task zeroes then accumulates its columns
+  // Every task does the same work (the same experts over as many panels). About 4 per thread
+  // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) 2
+  // per thread give each expert's panels longer runs to stream (shape A AMXINT4 M=1, a new
+  // routing every call: 0.487-0.504 -> 0.476-0.484 ms).
+  const int dn_per_thread = rows <= 2 * n_exp ? 2 : 4;
   Stage dn;
   for (int p = 0; p < pools; ++p) {
     Workspace::Pool& wp = ws.pools[p];
     grow(wp.out, size_t(M) * Hpad);
-    dn.tasks[p] = std::min(h_panels, engine_->threads_in(p) * 4);
+    dn.tasks[p] = std::min(h_panels, engine_->threads_in(p) * dn_per_thread);
   }
   dn.fn = [&](int p, int task) {
     Workspace::Pool& wp = ws.pools[p];
