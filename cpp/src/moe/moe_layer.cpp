@@ -252,13 +252,13 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
       const uint8_t* src = base + size_t(map[slot]) * size_t(N) * K * esz;
       thread_local std::vector<float> w;
       w.resize(size_t(N) * K);
+      if (dtype == DType::f32) {
+        std::memcpy(w.data(), src, w.size() * 4);
+      } else {
+        for (int n = 0; n < N; ++n)
+          act_codec_->widen(dtype, reinterpret_cast<const uint16_t*>(src) + size_t(n) * K, K, w.data() + size_t(n) * K);
+      }
       for (size_t i = 0; i < w.size(); ++i) {
-        if (dtype == DType::f32) std::memcpy(&w[i], src + i * 4, 4);
-        else {
-          uint16_t h;
-          std::memcpy(&h, src + i * 2, 2);
-          w[i] = dtype == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
-        }
         if (!std::isfinite(w[i]))
           throw std::invalid_argument(std::string(which == 0 ? "gate" : which == 1 ? "up" : "down") +
                                       " weights of logical expert " + std::to_string(map[slot]) + " contain NaN or Inf at [" +
