@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from kt_kernel.convert import quantize_fp8
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import get_shape  # noqa: E402
 
@@ -96,7 +98,7 @@ def build_checkpoint(path: Path, H: int, I: int, E: int, K: int, layers: int, in
                     key = f"model.layers.{layer}.mlp.experts.{e}.{name}.weight"
                     w = torch.randn(n, k, generator=g) * k ** -0.5
                     if input_type == "fp8":
-                        shard[key], shard[key + "_scale_inv"] = _fp8(w)
+                        shard[key], shard[key + "_scale_inv"] = quantize_fp8(w, (FP8_BLOCK, FP8_BLOCK))
                     else:
                         shard[key] = w.to(torch.bfloat16)
         name = f"model-{layer + 1:05d}-of-{layers + 1:05d}.safetensors"
@@ -105,16 +107,6 @@ def build_checkpoint(path: Path, H: int, I: int, E: int, K: int, layers: int, in
         del shard
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return path
-
-
-def _fp8(w: torch.Tensor):
-    b = FP8_BLOCK
-    n, k = w.shape
-    pad = torch.zeros(-(-n // b) * b, -(-k // b) * b)
-    pad[:n, :k] = w
-    scale = pad.reshape(pad.shape[0] // b, b, pad.shape[1] // b, b).abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448
-    q = (w / scale.repeat_interleave(b, 0).repeat_interleave(b, 1)[:n, :k]).to(torch.float8_e4m3fn)
-    return q, scale
 
 
 def _run(code: str, *args) -> dict:

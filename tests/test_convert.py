@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from kt_kernel import KTMoEWrapper
-from kt_kernel.convert import ConversionError, convert_checkpoint, dequantize_fp8
+from kt_kernel.convert import ConversionError, convert_checkpoint, dequantize_fp8, quantize_fp8
 
 H, I, E, TOPK = 64, 40, 8, 2     # I = 40: a partial int4 group along K of down
 LAYERS, DENSE = 3, 1              # layer 0 dense (first_k_dense_replace), layers 1, 2 MoE
@@ -34,22 +34,6 @@ def _expert_weights(layer: int, seed: int = 0):
     up = torch.randn(E, I, H, generator=g) * H ** -0.5
     down = torch.randn(E, H, I, generator=g) * I ** -0.5
     return gate, up, down
-
-
-def _fp8(w: torch.Tensor, ue8m0: bool = False):
-    """(e4m3 weights, scale_inv per FP8_BLOCK) of an fp32 [N, K] matrix, as DeepSeek-V3 stores them
-    (fp32 scales) or with ue8m0 scales (powers of two)."""
-    bn, bk = FP8_BLOCK
-    N, K = w.shape
-    sn, sk = -(-N // bn), -(-K // bk)
-    pad = torch.zeros(sn * bn, sk * bk)
-    pad[:N, :K] = w
-    amax = pad.reshape(sn, bn, sk, bk).abs().amax(dim=(1, 3)).clamp(min=1e-12)
-    scale = amax / 448.0
-    if ue8m0:
-        scale = torch.exp2(torch.ceil(torch.log2(scale)))
-    q = (w / scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:N, :K]).to(torch.float8_e4m3fn)
-    return q, scale.to(torch.float8_e8m0fnu) if ue8m0 else scale
 
 
 def _dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -89,7 +73,7 @@ def build_checkpoint(path: Path, *, layout="per-expert", dtype="bf16", seed=0, l
             if layout == "fused":
                 for name, w in (("gate_up_proj", torch.cat([gate, up], dim=1)), ("down_proj", down)):
                     if dtype == "fp8":
-                        qs = [_fp8(w[x]) for x in range(E)]
+                        qs = [quantize_fp8(w[x], FP8_BLOCK) for x in range(E)]
                         shard[f"{prefix}.{name}"] = torch.stack([q for q, _ in qs])
                         shard[f"{prefix}.{name}_scale_inv"] = torch.stack([s for _, s in qs])
                     else:
@@ -100,7 +84,7 @@ def build_checkpoint(path: Path, *, layout="per-expert", dtype="bf16", seed=0, l
                 shard = shards[(layer + x) % n_shards]
                 for name, w in (("gate_proj", gate[x]), ("up_proj", up[x]), ("down_proj", down[x])):
                     if dtype.startswith("fp8"):
-                        q, s = _fp8(w, ue8m0=dtype == "fp8-ue8m0")
+                        q, s = quantize_fp8(w, FP8_BLOCK, ue8m0=dtype == "fp8-ue8m0")
                         shard[f"{prefix}.{x}.{name}.weight"] = q
                         shard[f"{prefix}.{x}.{name}.weight_scale_inv"] = s
                     else:
@@ -224,7 +208,7 @@ def test_gpu_slots_cost_no_host_memory(converted):
 def test_fp8_dequantization_matches_torch(ue8m0):
     g = torch.Generator().manual_seed(3)
     w = torch.randn(40, 70, generator=g)
-    q, s = _fp8(w, ue8m0)
+    q, s = quantize_fp8(w, FP8_BLOCK, ue8m0)
     want = q.to(torch.float32) * s.to(torch.float32).repeat_interleave(16, 0).repeat_interleave(16, 1)[:40, :70]
     got = dequantize_fp8(q, s, FP8_BLOCK)
     assert torch.equal(got, want)

@@ -31,7 +31,7 @@ import torch
 from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, list_shards, read_header
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
-__all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8"]
+__all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8", "quantize_fp8"]
 
 _PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
 _PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
@@ -54,6 +54,23 @@ def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block) -> torch.Ten
     N, K = q.shape
     s = scale_inv.to(torch.float32).repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:N, :K]
     return q.to(torch.float32) * s
+
+
+def quantize_fp8(w: torch.Tensor, block, ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 weights, scale_inv per [bn, bk] block) of an fp32 [N, K] matrix, as DeepSeek-V3 stores
+    them: scale_inv = amax / 448 per block in fp32, or with ue8m0 rounded up to a power of two and
+    stored as float8_e8m0fnu. For writing fp8 checkpoints (the tests' and benchmarks' synthetic ones);
+    dequantize_fp8 reads them back."""
+    bn, bk = block
+    N, K = w.shape
+    sn, sk = -(-N // bn), -(-K // bk)
+    pad = torch.zeros(sn * bn, sk * bk)
+    pad[:N, :K] = w
+    scale = pad.reshape(sn, bn, sk, bk).abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+    if ue8m0:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    q = (w / scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:N, :K]).to(torch.float8_e4m3fn)
+    return q, scale.to(torch.float8_e8m0fnu) if ue8m0 else scale
 
 
 @dataclass
