@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -162,8 +163,8 @@ def fresh_routings(shape: Shape, M: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 def in_turn(fn, x: torch.Tensor, routings: list):
     """A call of fn(x, ids, weights) that takes the next routing each time."""
-    turn = iter(range(1 << 62))
-    return lambda: fn(x, *routings[next(turn) % len(routings)])
+    turn = itertools.cycle(routings)
+    return lambda: fn(x, *next(turn))
 
 
 def mean_distinct(routings: list) -> float:
