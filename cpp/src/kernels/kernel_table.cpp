@@ -1,7 +1,7 @@
-// The kernel, quantizer and activation-codec tables, best-first. Dispatch takes the first row for the format whose
-// tier the active tier covers; a layer makes both choices once, when it is constructed. A tile row
-// (min_m > 0) is paired with the best vector row below it, and the layer picks between the two
-// per call and per expert bucket by its token count.
+// The kernel, quantizer and activation-codec tables, best-first. Dispatch takes the first row (for
+// the format) whose tier the active tier covers; a layer makes its choices once, when it is
+// constructed. A tile row (min_m > 0) is paired with the best vector row below it, and the layer
+// picks between the two per call and per expert bucket by its token count.
 #include <stdexcept>
 #include <string>
 
