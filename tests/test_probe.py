@@ -1,8 +1,9 @@
 """The machine-limit probe (kt_kernel._ext.probe_*) and `python -m kt_kernel.doctor`.
 
-No timing thresholds: measured figures must be positive and finite, nothing more (the machine is
-shared and noisy). What is checked exactly: which families are available (from the CPU's tiers and
-the active tier), the thread count, the doctor's sections, and the prediction arithmetic.
+Timing thresholds are physical bounds only, far from any figure a shared, noisy machine gives: the
+clock estimate lies in 0.5..7 GHz; other measured figures must be positive and finite. What is
+checked exactly: which families are available (from the CPU's tiers and the active tier), the
+thread count, the doctor's sections, and the prediction arithmetic.
 """
 from __future__ import annotations
 
@@ -152,8 +153,11 @@ def test_peaks_rejects_bad_arguments():
         _ext.probe_peaks(1, 0.05, families=["fp64"])
 
 
-def test_clock_estimate_positive():
-    assert positive_finite(_ext.probe_clock_ghz(0.02))
+def test_clock_estimate_plausible():
+    """One dependent add per cycle: within any x86-64 core's clock range. (An add-immediate chain
+    read 20-23 GHz on a Xeon whose renamer folds those adds.)"""
+    ghz = _ext.probe_clock_ghz(0.02)
+    assert positive_finite(ghz) and 0.5 <= ghz <= 7.0, ghz
 
 
 @pytest.mark.parametrize("tier", HOST_TIERS)

@@ -79,7 +79,8 @@ std::vector<PeakResult> peak_families();
 // An unknown name throws std::invalid_argument listing the known ones.
 PeaksResult measure_peaks(int threads, double seconds, std::optional<bool> pin,
                           const std::vector<std::string>& only = {});
-// Core clock estimate in GHz from a chain of dependent 1-cycle integer adds on one thread.
+// Core clock estimate in GHz from a chain of dependent 1-cycle integer adds on one thread: the
+// fastest ~0.2 ms chunk of `seconds` of them (chunks the scheduler interrupted read slower).
 double measure_clock_ghz(double seconds);
 
 }  // namespace kt::probe
