@@ -1,9 +1,10 @@
 """The machine-limit probe (kt_kernel._ext.probe_*) and `python -m kt_kernel.doctor`.
 
 Timing thresholds are physical bounds only, far from any figure a shared, noisy machine gives: the
-clock estimate lies in 0.5..7 GHz; other measured figures must be positive and finite. What is
-checked exactly: which families are available (from the CPU's tiers and the active tier), the
-thread count, the doctor's sections, and the prediction arithmetic.
+clock estimate lies in 0.5..7 GHz, the tile families beat their vector family and stay under the
+tile unit's throughput at that clock. What is checked exactly: which families are available (from
+the CPU's tiers and the active tier), the thread count, the doctor's sections, and the prediction
+arithmetic.
 """
 from __future__ import annotations
 
@@ -25,10 +26,18 @@ FAMILY_TIER = {
     "fp32_fma_ymm": "avx2",
     "fp32_fma_zmm": "avx512",
     "bf16_dpbf16ps_zmm": "avx512_bf16",
+    "bf16_tdpbf16ps_tmm": "amx",
     "int8_pmaddubsw_ymm": "avx2",
     "int8_pmaddubsw_zmm": "avx512",
     "int8_vpdpbusd_zmm": "avx512_vnni",
+    "int8_tdpbusd_tmm": "amx",
 }
+# tile family -> (ops of one instruction, the vector family of the tier below it)
+TILE_FAMILIES = {
+    "int8_tdpbusd_tmm": (2 * 16 * 16 * 64, "int8_vpdpbusd_zmm"),
+    "bf16_tdpbf16ps_tmm": (2 * 16 * 16 * 32, "bf16_dpbf16ps_zmm"),
+}
+needs_amx = pytest.mark.skipif("amx" not in HOST_TIERS, reason="the tile families run only at the amx tier")
 
 
 def positive_finite(x) -> bool:
@@ -133,6 +142,43 @@ def test_peaks_families_above_the_cpu_say_so():
         if ALL_TIERS.index(tier) > ALL_TIERS.index(best):
             assert not fams[name]["available"]
             assert "this CPU's best tier is " + best in fams[name]["reason"]
+
+
+@pytest.mark.parametrize("name", TILE_FAMILIES)
+def test_tile_families_listed(name):
+    f = _ext.probe_families()[name]
+    assert f["isa"] == "amx" and f["accumulators"] == 4
+    assert f["ops_per_instruction"] == TILE_FAMILIES[name][0]
+    assert f["unit"] == ("GOP/s" if name.startswith("int8") else "GFLOP/s")
+    assert f["available"] is (kt_kernel.cpu_info()["active_tier"] == "amx"), f
+
+
+@pytest.mark.skipif("amx_emu" not in kt_kernel.cpu_info()["emulated_tiers"], reason="amx_emu needs avx512_bf16")
+def test_tile_families_not_run_under_amx_emu(isa):
+    """The emulator override runs the tile kernels in software: the tile families' hardware
+    instructions must not run (on a CPU without AMX they would fault)."""
+    isa("amx_emu")
+    p = _ext.probe_peaks(1, 0.02, families=list(TILE_FAMILIES))
+    for name in TILE_FAMILIES:
+        f = p["families"][name]
+        assert not f["available"] and f["best"] is None, f
+        assert "amx_emu" in f["reason"] and "amx" in f["reason"], f["reason"]
+
+
+@needs_amx
+@pytest.mark.parametrize("name", TILE_FAMILIES)
+def test_tile_peak_plausible(name, isa):
+    """Measured on 2 threads: above twice the vector family's peak measured alongside (AMX does 8x
+    its MACs per cycle on Sapphire Rapids), and at most one tile instruction per 16 cycles per
+    thread (the tile unit's documented throughput), +25%, at the clock estimate."""
+    isa("amx")
+    ops, vector = TILE_FAMILIES[name]
+    p = _ext.probe_peaks(2, 0.2, families=[name, vector])["families"]
+    tile, vec = p[name]["best"], p[vector]["best"]
+    assert positive_finite(tile) and tile > 2 * vec, (name, tile, vector, vec)
+    clock = _ext.probe_clock_ghz(0.05)
+    per_cycle = tile / (2 * clock)
+    assert per_cycle <= 1.25 * ops / 16, f"{name}: {per_cycle:.0f} ops/cycle/thread at {clock:.2f} GHz"
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -27,10 +27,16 @@ uint64_t fma_f32_zmm__avx512(int64_t iters);         // vfmadd231ps zmm  16 MACs
 uint64_t int8_maddubs_zmm__avx512(int64_t iters);    // vpmaddubsw zmm + vpaddw   64 MACs = 128 ops
 uint64_t int8_dpbusd_zmm__avx512vnni(int64_t iters);  // vpdpbusd zmm  64 MACs = 128 ops
 uint64_t bf16_dpbf16ps_zmm__avx512bf16(int64_t iters);  // vdpbf16ps zmm 32 MACs = 64 flops
+// Tile loops: configure the tiles, load A and B once, then `iters` x kTileAccumulators tile
+// instructions, and release the tiles. Run only at the amx tier (kt::cpu_features().amx_permitted).
+uint64_t int8_tdpbusd_tmm__amx(int64_t iters);    // tdpbusd 16x16x64: 16384 MACs = 32768 ops
+uint64_t bf16_tdpbf16ps_tmm__amx(int64_t iters);  // tdpbf16ps 16x16x32: 8192 MACs = 16384 flops
 
-// Independent accumulators per loop iteration: ymm loops (16 registers) use 12, zmm loops 16.
+// Independent accumulators per loop iteration: ymm loops (16 registers) use 12, zmm loops 16,
+// tile loops 4 C tiles (of 8 tiles; the other 4 hold 2 A and 2 B).
 constexpr int kYmmAccumulators = 12;
 constexpr int kZmmAccumulators = 16;
+constexpr int kTileAccumulators = 4;
 
 // ---- the driver (probe.cpp) -------------------------------------------------------------------
 struct BandwidthResult {
@@ -46,12 +52,12 @@ struct BandwidthResult {
 };
 
 struct PeakResult {
-  std::string name;         // fp32_fma_ymm, fp32_fma_zmm, int8_pmaddubsw_ymm, ...
-  std::string instruction;  // "vfmadd231ps zmm", ...
+  std::string name;         // fp32_fma_ymm, fp32_fma_zmm, int8_pmaddubsw_ymm, int8_tdpbusd_tmm, ...
+  std::string instruction;  // "vfmadd231ps zmm", "tdpbusd 16x16x64", ...
   std::string unit;         // "GFLOP/s" or "GOP/s"
   std::string isa;          // tier the loop needs
   int ops_per_instruction = 0;
-  int accumulators = 0;
+  int accumulators = 0;     // independent registers (tiles for the tile families)
   bool available = false;
   std::string reason;       // why not available
   std::vector<double> rates;  // G ops/s, one per trial
