@@ -14,16 +14,22 @@ Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after
   - decode (M <= 8): effective weight bandwidth = distinct experts touched x 3 x H x I x bytes
     per weight / time, and its % of the read bandwidth measured in this run just before;
   - prefill (M >= 64): effective GFLOP/s (GOP/s for integer formats) = 2 x 3 x H x I x M x K / time,
-    and its % of the peak of the instruction family the method's kernels use, measured in this run;
+    its % of the peak of the instruction family the method's kernels use, measured in this run, and
+    its % of the roofline: attainable = min(peak, read bandwidth x intensity), intensity = those ops
+    per byte of expert weights streamed (distinct experts touched x 3 x H x I x bytes per weight,
+    each read once per call), so a case bound by the weight stream is held to the bandwidth;
   - the relative error ||out - ref|| / ||ref|| against the fp32 reference;
   - the speed-up over the PyTorch bf16 peer measured in the same run.
 Both limits come from kt_kernel's C++ probe (kt_kernel._ext.probe_bandwidth / probe_peaks, the
 same probe as `python -m kt_kernel.doctor`), on --threads std::threads pinned as the engine pins its own:
 read bandwidth streams a --bw-mib buffer with the widest loads of the block's tier; the peak is that
-of the family the method uses at that tier (kt_kernel.doctor.peak_family): integer formats
-vpdpbusd (AVX512-VNNI) where available, else vpmaddubsw (zmm, or ymm at avx2); BF16 vdpbf16ps
+of the family the method uses at that tier (kt_kernel.doctor.peak_family): at the amx tier the
+tiles' (integer formats tdpbusd, BF16 tdpbf16ps; expert buckets under the layer's kernel_min_m
+tokens run the vector kernel of the tier below, so where few tokens reach each expert, as at
+M = 64 on shapes A and B, part of the work is not on tiles); below it integer formats vpdpbusd
+(AVX512-VNNI) where available, else vpmaddubsw (zmm, or ymm at avx2), BF16 vdpbf16ps
 (AVX512-BF16) where available, else fp32 FMA (zmm, or ymm at avx2); the PyTorch peer's are those
-of the CPU's best tier. AMX has no probe yet (no AMX kernels either).
+of the CPU's best tier.
 --json keeps every figure; --markdown writes the results table, --chart a roofline-style PNG of
 each case's fraction of its limit with the targets of issue 5 (bench_report.py; the same from a
 --json file later: python benchmarks/bench_report.py out.json --chart out.png --markdown out.md).
@@ -171,6 +177,19 @@ def mean_distinct(routings: list) -> float:
     return statistics.mean(int(torch.unique(ids[ids >= 0]).numel()) for ids, _ in routings)
 
 
+def roofline(ops: float, weight_bytes: float, bandwidth_gbps: float, peak_gops: float | None) -> dict:
+    """Where a prefill case sits on the roofline: intensity = ops per byte of expert weights
+    streamed (each touched expert's weights read once per call), attainable = min(peak, read
+    bandwidth x intensity) in G ops/s, and which of the two bounds it ("memory" or "compute").
+    attainable and bound are None where the tier has no measured peak (generic)."""
+    intensity = ops / weight_bytes
+    memory_roof = bandwidth_gbps * intensity
+    if peak_gops is None:
+        return {"intensity": intensity, "attainable_gops": None, "roof_bound": None}
+    return {"intensity": intensity, "attainable_gops": min(peak_gops, memory_roof),
+            "roof_bound": "memory" if memory_roof < peak_gops else "compute"}
+
+
 def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: float,
                  distinct: float | None = None) -> dict:
     """distinct: experts touched per call, when the timed calls did not all use topk_ids."""
@@ -185,7 +204,8 @@ def case_metrics(shape: Shape, M: int, topk_ids: torch.Tensor, bpw: float, t: fl
 # ---- the table --------------------------------------------------------------------------------
 
 COLUMNS = [("method", 10), ("tier", 12), ("kernel", 38), ("M", 5), ("ms", 9), ("tok/s", 9),
-           ("GB/s|GF/s", 14), ("%lim", 6), ("x torch", 7), ("rel err", 8), ("busy", 5), ("other", 5)]
+           ("GB/s|GF/s", 14), ("%lim", 6), ("%roof", 6), ("x torch", 7), ("rel err", 8), ("busy", 5),
+           ("other", 5)]
 
 
 def table_line(values) -> str:
@@ -204,9 +224,12 @@ def table_row(r: dict) -> str:
         unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
         rate, pct = f"{r['gops']:.0f} {unit}", r["pct_peak"]
     cached = r.get("may_be_cached") and r["M"] in DECODE_TOKENS
+    roof = r["pct_roofline"]
+    roof_cached = "*" if r.get("may_be_cached") and roof is not None and r["roof_bound"] == "memory" else ""
     return table_line([
         r["method"], r["tier"], r["kernel"], r["M"], f"{r['ms']:.3f}", f"{r['tok_s']:.1f}",
         rate + ("*" if cached else ""), "-" if pct is None else f"{pct:.0f}%" + ("~" if r.get("regime_switch") else ""),
+        "-" if roof is None else f"{roof:.0f}%{r['roof_bound'][0]}{roof_cached}",
         "-" if r["x_vs_torch"] is None else f"{r['x_vs_torch']:.2f}", f"{r['rel_err']:.4f}",
         f"{r['busy_cores']:.1f}", "-" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
     ])
@@ -287,6 +310,11 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
         r["peak"] = peak
         g = peak["gops"]
         r["pct_peak"] = 100 * r["gops"] / g if g else None
+        r["pct_roofline"] = None
+        if r["M"] not in DECODE_TOKENS:
+            r.update(roofline(r["ops"], r["weight_bytes_touched"], bw["best_gbps"], g))
+            if r["attainable_gops"]:
+                r["pct_roofline"] = 100 * r["gops"] / r["attainable_gops"]
         r["x_vs_torch"] = peer_ms / r["ms"] if peer_ms else None
         # Warm calls with the same routing re-read the same weights: below about twice the
         # L2 + L3 capacity, part of them comes from cache (AMD's L3 is a victim of L2).
@@ -453,9 +481,10 @@ def main(argv=None) -> dict:
     for k, v in peaks0["families"].items():
         print(f"  {k:20s} {v['instruction']:26s} " + (f"best {v['best']:.0f} {v['unit']}, median {v['median']:.0f}"
                                                      if v["available"] else v["reason"]))
-    print("  Both limits are measured again before each method's block, at its tier; %lim uses those figures\n"
-          "  (prefill: the peak of the family the method uses at that tier: integer methods vpdpbusd, else\n"
-          "  vpmaddubsw; BF16 vdpbf16ps, else fp32 FMA; torch at the best tier).")
+    print("  Both limits are measured again before each method's block, at its tier; %lim and %roof use those\n"
+          "  figures (prefill: the peak of the family the method uses at that tier: integer methods tdpbusd at\n"
+          "  amx, else vpdpbusd, else vpmaddubsw; BF16 tdpbf16ps at amx, else vdpbf16ps, else fp32 FMA; torch at\n"
+          "  the best tier).")
 
     rows = []
     for name in args.shapes:
@@ -480,7 +509,12 @@ def main(argv=None) -> dict:
         "  calls (the same routing every call) may read them partly from cache; --cold evicts the caches first.",
         "  The bandwidth is read again after each decode case and the case held to the higher reading;",
         "  ~ = the two readings differ by more than 15% (the machine switched regimes around the case).",
-        "M >= 64: GF/s (GOP/s for integer formats) = 2 x 3HI x M x K / ms; %lim of the instruction-family peak.",
+        "M >= 64: GF/s (GOP/s for integer formats) = 2 x 3HI x M x K / ms; %lim of the instruction-family peak",
+        "  (at the amx tier the tiles'; expert buckets under the layer's kernel_min_m tokens run the vector kernel).",
+        "  %roof of the roofline: attainable = min(peak, read bandwidth x intensity), intensity = 2 x 3HI x M x K /",
+        "  (distinct experts x 3HI x bytes/weight), the ops per byte of expert weights streamed once per call.",
+        "  m = memory-bound there (bandwidth x intensity < peak: %roof is of the bandwidth's rate), c = compute-bound",
+        "  (%roof = %lim); m* = the weights are under 2x the L2+L3 caches, so warm calls may beat the bandwidth.",
         "x torch: torch-bf16 ms / ms. busy: this process's CPU seconds / wall seconds over the timed calls (all",
         "  threads, the caller's too). other: cores used by other processes meanwhile (/proc/stat).",
     ]))

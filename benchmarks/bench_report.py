@@ -6,7 +6,8 @@ reads the --json file of a bench_moe.py run (bench_moe.py --chart / --markdown w
 the run itself). The chart shows, per shape, for every case (method, tier, M) the fraction of its
 limit it reached: decode (M <= 8) of the read bandwidth, prefill (M >= 64) of the peak of the
 instruction family its kernels use, both measured in the same run, with the targets of issue 5
-marked. The chart needs matplotlib (pip install -e ".[bench]"); the Markdown table does not.
+marked. The Markdown table also gives each prefill case's % of its roofline (bench_moe.roofline).
+The chart needs matplotlib (pip install -e ".[bench]"); the Markdown table does not.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from shapes import DECODE_TOKENS
 # bandwidth; M=8 at most 1.3x the time to stream the touched experts once, so 100/1.3 = 77%.
 DECODE_TARGET_PCT = {1: 80.0, 8: 100 / 1.3}
 # Prefill M=512 (and above): % of the peak of a named instruction family, so only where the row's
-# tier runs that family (on lower tiers prefill is reported, without a target).
+# tier runs that family (on other tiers prefill is reported, without a target; at the amx tier the
+# peak is the tiles', for which issue 5 names no target).
 PREFILL_TARGET_M = 512
 PREFILL_TARGETS = {"AMXINT8": ("int8_vpdpbusd_zmm", 50.0), "AMXINT4": ("int8_vpdpbusd_zmm", 40.0),
                    "BF16": ("bf16_dpbf16ps_zmm", 70.0)}
@@ -71,7 +73,12 @@ def _cell(r: dict) -> str:
         return f"{_ms(r['ms'])}{cached} ({r['pct_bandwidth']:.0f}%{switch} bw{speedup})"
     unit = "GOP/s" if r["method"] in INT_METHODS else "GF/s"
     pct = "" if r["pct_peak"] is None else f", {r['pct_peak']:.0f}%"
-    return f"{_ms(r['ms'])} ({r['gops']:.0f} {unit}{pct}{speedup})"
+    # .get: --json files written before the roofline have no pct_roofline
+    roof = ""
+    if r.get("pct_roofline") is not None:
+        cached = "*" if r.get("may_be_cached") and r["roof_bound"] == "memory" else ""
+        roof = f", {r['pct_roofline']:.0f}%{cached} roof ({r['roof_bound']})"
+    return f"{_ms(r['ms'])} ({r['gops']:.0f} {unit}{pct}{roof}{speedup})"
 
 
 def _peak_text(peak: dict) -> str:
@@ -94,6 +101,8 @@ def markdown(result: dict) -> str:
         f"{max(b['best_gbps'] for b in bw):.1f} GB/s.",
         "",
         "ms per call (% of the limit: read bandwidth (bw) at M <= 8, peak of the instruction family at M >= 64; "
+        "roof = % of the roofline's attainable rate at M >= 64, min(peak, read bandwidth x ops per byte of expert "
+        "weights streamed), (memory) where the bandwidth term is the lower, (compute) where the peak is; "
         "x = speed-up over the PyTorch bf16 peer in the same run; * = weights under 2x the L2+L3 caches, "
         "partly read from cache when warm; decode is held to the higher of the bandwidth readings just before "
         "and just after it, ~ = they differ by more than 15%); rel. err against the fp32 reference, the largest "

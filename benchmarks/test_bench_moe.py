@@ -15,6 +15,7 @@ import contextlib
 import gc
 import io
 import json
+import re
 import sys
 
 import pytest
@@ -177,10 +178,41 @@ def test_cli_every_tier(cli_run):
             limit = max(r["bandwidth_gbps"], r["bandwidth_after_gbps"])
             assert r["pct_bandwidth"] == pytest.approx(100 * r["gbps"] / limit), r
             assert r["regime_switch"] == (abs(r["bandwidth_gbps"] - r["bandwidth_after_gbps"]) > 0.15 * limit)
+        if r["M"] == 1:
+            assert r["pct_roofline"] is None, r
+        else:  # prefill: the roofline against the block's bandwidth reading and peak
+            assert r["intensity"] == pytest.approx(r["ops"] / r["weight_bytes_touched"]), r
+            if r["peak"]["gops"] is None:  # generic tier
+                assert r["pct_roofline"] is None and r["roof_bound"] is None, r
+            else:
+                memory = r["bandwidth_gbps"] * r["intensity"]
+                assert r["attainable_gops"] == pytest.approx(min(r["peak"]["gops"], memory)), r
+                assert r["roof_bound"] == ("memory" if memory < r["peak"]["gops"] else "compute"), r
+                assert r["pct_roofline"] == pytest.approx(100 * r["gops"] / r["attainable_gops"]), r
+                assert r["pct_roofline"] >= r["pct_peak"] - 1e-9, r
         if r["method"] != TORCH_PEER:
             with forced_isa(r["tier"]):
                 assert r["peak"]["family"] == bench_moe.peak_family(r["method"]), r
     assert kt_kernel.cpu_info()["override"] == (result["conditions"]["isa_override"] or "")  # restored
+    header = next(line for line in text.splitlines() if line.startswith("method "))
+    assert "%lim" in header and "%roof" in header
+    assert "%roof of the roofline: attainable = min(peak, read bandwidth x intensity)" in text
+
+
+def test_roofline_hand_computed():
+    """Shape A, AMXINT8 (8 bits/weight), M=512, every expert touched: 128 x 3HI = 603,979,776
+    bytes streamed per call for 2 x 3HI x 512 x 8 = 38,654,705,664 ops, 64 ops per byte; at 31 GB/s
+    the memory roof is 1984 GOP/s, under a 7000 GOP/s tile peak: memory-bound."""
+    shape = get_shape("A")
+    ids = torch.arange(512 * 8).remainder(128).reshape(512, 8)
+    m = bench_moe.case_metrics(shape, 512, ids, bench_moe.bytes_per_weight("AMXINT8"), 1.0)
+    assert (m["distinct_experts"], m["weight_bytes_touched"], m["ops"]) == (128, 603_979_776, 38_654_705_664)
+    r = bench_moe.roofline(m["ops"], m["weight_bytes_touched"], 31.0, 7000.0)
+    assert r == {"intensity": 64.0, "attainable_gops": 1984.0, "roof_bound": "memory"}
+    r = bench_moe.roofline(m["ops"], m["weight_bytes_touched"], 31.0, 900.0)
+    assert r == {"intensity": 64.0, "attainable_gops": 900.0, "roof_bound": "compute"}
+    r = bench_moe.roofline(m["ops"], m["weight_bytes_touched"], 31.0, None)  # generic tier: no peak
+    assert r == {"intensity": 64.0, "attainable_gops": None, "roof_bound": None}
 
 
 def test_cli_markdown(cli_run):
@@ -191,6 +223,9 @@ def test_cli_markdown(cli_run):
     assert table[0] == "| method | tier | M=1 | M=64 | rel. err | prefill peak |"
     assert len(table) == 1 + 1 + len(kt_kernel.METHODS) * len(result["conditions"]["isas"])
     assert "--isas all" in text
+    for line in table[2:]:  # every row with a measured peak gives M=64's % of its roofline
+        if not line.startswith("| torch") and "| generic |" not in line:
+            assert re.search(r"\d+%\*? roof \((memory|compute)\)", line), line
 
 
 def test_cli_chart(cli_run, tmp_path):
@@ -249,6 +284,8 @@ def test_cli_rejects_a_tier_the_cpu_lacks(capsys):
     ({"method": "BF16", "M": 512, "peak": {"family": "bf16_dpbf16ps_zmm"}}, 70.0),
     ({"method": "BF16", "M": 512, "peak": {"family": "fp32_fma_ymm"}}, None),  # avx2: prefill reported only
     ({"method": "AMXINT8", "M": 64, "peak": {"family": "int8_vpdpbusd_zmm"}}, None),
-], ids=["int4-M1", "bf16-M8", "torch", "int8-M512", "int4-M2048", "bf16-M512", "bf16-avx2", "int8-M64"])
+    ({"method": "AMXINT8", "M": 512, "peak": {"family": "int8_tdpbusd_tmm"}}, None),  # amx: no target named
+], ids=["int4-M1", "bf16-M8", "torch", "int8-M512", "int4-M2048", "bf16-M512", "bf16-avx2", "int8-M64",
+        "int8-amx"])
 def test_issue5_targets(row, want):
     assert bench_report.target_pct(row) == want

@@ -61,12 +61,13 @@ PRESETS: dict[str, ModelShape] = {
 }
 PRESET_ALIASES = {"kimi-k2": "deepseek-v3", "qwen3": "qwen3-30b-a3b", "mixtral": "mixtral-8x7b"}
 
-# Which probe family bounds each method's prefill, best first; the first one the probe measured wins.
-# Integer formats run vpdpbusd where the tier has VNNI, else vpmaddubsw; BF16 runs vdpbf16ps where
-# the tier has AVX512-BF16, else fp32 FMA.
+# Which probe family bounds each method's prefill, best first; the first one available at the active
+# tier wins. At the amx tier prefill runs on tiles: integer formats tdpbusd (int4_g32's tdpbsud
+# runs at the same rate), BF16 tdpbf16ps. Below it, integer formats run vpdpbusd where the tier
+# has VNNI, else vpmaddubsw; BF16 runs vdpbf16ps where the tier has AVX512-BF16, else fp32 FMA.
 PEAK_FAMILIES = {
-    "int": ("int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm"),
-    "BF16": ("bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm"),
+    "int": ("int8_tdpbusd_tmm", "int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm"),
+    "BF16": ("bf16_tdpbf16ps_tmm", "bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm"),
 }
 INT_METHODS = ("AMXINT8", "AMXINT4")
 

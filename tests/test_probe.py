@@ -210,10 +210,12 @@ def test_clock_estimate_plausible():
 def test_peak_family_per_method(tier, isa):
     isa(tier)
     at = ALL_TIERS.index(tier)
-    want_int = ("int8_vpdpbusd_zmm" if at >= ALL_TIERS.index("avx512_vnni") else
+    want_int = ("int8_tdpbusd_tmm" if at >= ALL_TIERS.index("amx") else
+                "int8_vpdpbusd_zmm" if at >= ALL_TIERS.index("avx512_vnni") else
                 "int8_pmaddubsw_zmm" if at >= ALL_TIERS.index("avx512") else
                 "int8_pmaddubsw_ymm" if at >= ALL_TIERS.index("avx2") else None)
-    want_bf16 = ("bf16_dpbf16ps_zmm" if at >= ALL_TIERS.index("avx512_bf16") else
+    want_bf16 = ("bf16_tdpbf16ps_tmm" if at >= ALL_TIERS.index("amx") else
+                 "bf16_dpbf16ps_zmm" if at >= ALL_TIERS.index("avx512_bf16") else
                  "fp32_fma_zmm" if at >= ALL_TIERS.index("avx512") else
                  "fp32_fma_ymm" if at >= ALL_TIERS.index("avx2") else None)
     assert doctor.peak_family("AMXINT4") == want_int
