@@ -43,18 +43,20 @@ struct Int4G32Amx {
     return buf;
   }
 
-  static __m512 step(__m512 acc, const int32_t* c, const uint8_t* panel, int g, const ActView& act, int row) {
+  // d and m of group g for the panel's 16 channels
+  static void group_scales(const uint8_t* panel, int g, __m512* d, __m512* m) {
     const uint8_t* dm = panel + kGroupBytes * g + 256;
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
-    const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
-    const int32_t gsum = act.gsum[size_t(act.gsum_stride) * row + g];
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c)), d, acc);
-    return _mm512_fmadd_ps(m, _mm512_set1_ps(float(gsum)), acc);
+    *d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
+    *m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
   }
 
-  static __m512 finish(__m512 acc, const ActView& act, int row) {
-    return _mm512_mul_ps(acc, _mm512_set1_ps(act.scale[row]));
+  // one row's C dwords c of group g, with that row's group sum gsum (as a float)
+  static __m512 step(__m512 acc, const int32_t* c, __m512 d, __m512 m, float gsum) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c)), d, acc);
+    return _mm512_fmadd_ps(m, _mm512_set1_ps(gsum), acc);
   }
+
+  static __m512 finish(__m512 acc, float scale) { return _mm512_mul_ps(acc, _mm512_set1_ps(scale)); }
 };
 
 }  // namespace

@@ -15,18 +15,33 @@ namespace kt::amx {
 namespace {
 
 struct TileAmx {
+  static constexpr size_t kSpanBytes = size_t(1) << 24;
   static void config(const TileConfig& c) { _tile_loadconfig(&c); }
   static void release() { _tile_release(); }
 
+  // The memory operands name what a tile load reads and a tile store writes, instead of a
+  // "memory" clobber: a clobber makes the compiler keep every variable that lives in memory
+  // there, and the accumulators of an epilogue between two tile instructions went to the stack
+  // and back on every K step. A load reads up to 16 rows of a region no larger than kSpan.
+  struct Span {
+    char bytes[kSpanBytes];
+  };
   template <int T>
   static void load(const void* base, size_t stride) {
     static_assert(0 <= T && T < kNumTiles);
-    asm volatile("tileloadd (%0,%1,1), %%tmm%c2" ::"r"(base), "r"(long(stride)), "i"(T) : "memory");
+    asm volatile("tileloadd (%1,%2,1), %%tmm%c3" ::"m"(*static_cast<const Span*>(base)), "r"(base), "r"(long(stride)),
+                 "i"(T));
   }
   template <int T>
   static void store(void* base, size_t stride) {
     static_assert(0 <= T && T < kNumTiles);
     asm volatile("tilestored %%tmm%c2, (%0,%1,1)" ::"r"(base), "r"(long(stride)), "i"(T) : "memory");
+  }
+  // a whole C tile, 16 rows of 64 bytes, into c
+  template <int T>
+  static void store(int32_t (&c)[16][16]) {
+    static_assert(0 <= T && T < kNumTiles);
+    asm volatile("tilestored %%tmm%c2, (%1,%3,1)" : "=m"(c) : "r"(&c[0][0]), "i"(T), "r"(64L));
   }
   template <int T>
   static void zero() {

@@ -6,6 +6,7 @@
 //   Tiles::release()                                      tilerelease
 //   Tiles::template load<T>(const void* base, size_t stride)    tileloadd  tmmT, [base + stride*row]
 //   Tiles::template store<T>(void* base, size_t stride)         tilestored [base + stride*row], tmmT
+//   Tiles::template store<T>(int32_t (&c)[16][16])              the same for a whole C tile into c
 //   Tiles::template zero<T>()                             tilezero   tmmT
 //   Tiles::template dpbssd<C, A, B>()  (and dpbsud, dpbusd, dpbuud)   C[m][n] += A[m][k] . B[k][n]
 //   Tiles::template dpbf16ps<C, A, B>()                   the same over bf16 pairs into fp32

@@ -48,6 +48,8 @@ struct TileEmu {
   template <int T>
   static void store(void* base, size_t stride) { emu::tilestored(T, base, stride); }
   template <int T>
+  static void store(int32_t (&c)[16][16]) { emu::tilestored(T, c, 64); }
+  template <int T>
   static void zero() { emu::tilezero(T); }
   template <int C, int A, int B>
   static void dpbssd() { emu::tdp(TdpOp::dpbssd, C, A, B); }
