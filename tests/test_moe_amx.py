@@ -34,6 +34,16 @@ needs_emu = pytest.mark.skipif("amx_emu" not in INFO["emulated_tiers"],
 E, TOPK, H, I = 8, 3, 96, 80  # H = 64 + 32: int8/bf16 end in a partial K step; I splits 48 + 32
 
 
+def min_m_of(moe, method) -> int:
+    return EMU_ROWS[moe.format_of(method)["name"]]["min_m"]
+
+
+def at_least(m: int, min_m: int, period: int = 32) -> int:
+    """m raised by whole periods (32 rows: two A tiles) until a bucket of it runs the tile kernel:
+    the same position in the 16-row tiles and 32-row blocks, at or above min_m."""
+    return m + period * max(0, -(-(min_m - m) // period))
+
+
 def vector_row(fmt_name: str) -> dict:
     """The vector kernel that serves buckets below min_m under amx_emu (the avx512_bf16 tier's)."""
     rank = _ext.all_tiers().index("avx512_bf16")
@@ -98,12 +108,15 @@ def check_tiles_against_vector(moe, method, shape, tiles, vector, x, ids, w, **r
 
 @needs_emu
 @pytest.mark.parametrize("method", TILE_METHODS)
-@pytest.mark.parametrize("M", [64, 200], ids=lambda m: f"M{m}")
+@pytest.mark.parametrize("load", [2, 6], ids=lambda f: f"{f}x_min_m")
 @pytest.mark.parametrize("routing", ["nogpu", "gpu_count3", "gpu_mask_permuted"])
 @pytest.mark.parametrize("threadpool_count", [1, 2], ids=["tp1", "tp2"])
-def test_tile_kernels_match_vector_kernels(moe, method, M, routing, threadpool_count):
+def test_tile_kernels_match_vector_kernels(moe, method, load, routing, threadpool_count):
     """Buckets above min_m run the tile kernel; int8_pc/int4_g32 outputs equal the AVX512-VNNI
-    layer's bit for bit, bf16 is checked against the reference (its tile accumulates in another order)."""
+    layer's bit for bit, bf16 is checked against the reference (its tile accumulates in another order).
+    M tokens give buckets of about `load` x min_m tokens (at least 64 and 200 tokens in all, so that
+    buckets of every size mix)."""
+    M = max(64 if load == 2 else 200, load * min_m_of(moe, method) * E // TOPK)
     kwargs = {"threadpool_count": threadpool_count}
     pmap = None
     if routing == "gpu_count3":
@@ -123,8 +136,10 @@ def test_tile_kernels_match_vector_kernels(moe, method, M, routing, threadpool_c
 @pytest.mark.parametrize("m", [16, 17, 31, 32, 33, 50], ids=lambda m: f"m{m}")
 @pytest.mark.parametrize("hidden,intermediate", [(64, 32), (200, 40)], ids=["H64I32", "H200I40"])
 def test_tile_row_and_k_tails(moe, method, m, hidden, intermediate):
-    """One expert takes all m tokens: full and partial 16-row A tiles and 32-row blocks, K in whole
-    tile steps (64, 32) and not (200 = 3 x 64 + 8, 40)."""
+    """One expert takes all m tokens (raised by whole 32-row blocks to the format's min_m): full and
+    partial 16-row A tiles and 32-row blocks, K in whole tile steps (64, 32) and not
+    (200 = 3 x 64 + 8, 40)."""
+    m = at_least(m, min_m_of(moe, method))
     shape = moe.Shape(4, 1, hidden, intermediate)
     tiles, vector = layer_pair(moe, method, shape)
     x, _, w = moe.inputs(shape, m, seed=m)
@@ -138,7 +153,7 @@ def test_tile_row_and_k_tails(moe, method, m, hidden, intermediate):
 def test_min_m_picks_the_kernel_per_bucket(moe, method):
     """In one call: a bucket of exactly min_m tokens and one of 2 min_m - 1 run the tile kernel,
     buckets of min_m - 1 tokens and of 1 token the vector kernel."""
-    min_m = EMU_ROWS[moe.format_of(method)["name"]]["min_m"]
+    min_m = min_m_of(moe, method)
     shape = moe.Shape(E, TOPK, H, I)
     tiles, vector = layer_pair(moe, method, shape)
     assert tiles.kernel_min_m == min_m > 1 and vector.kernel_min_m == 0

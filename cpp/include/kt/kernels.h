@@ -66,9 +66,6 @@ struct KernelRow {
   int min_m;
 };
 
-// The AMX tile kernels' min_m (kernel_table.cpp says where the figure comes from).
-constexpr int kAmxTileMinM = 16;
-
 const std::vector<KernelRow>& kernel_table();
 // First row for `format` whose tier is at most `tier`. The generic tier always has one.
 const KernelRow& select_kernel(FormatId format, IsaTier tier);

@@ -10,43 +10,45 @@
 
 namespace kt {
 
-// Why 16 tokens per expert (kAmxTileMinM). No AMX hardware was at hand, so the figure comes from
-// Intel's documented throughput (Intel 64 and IA-32 Architectures Optimization Reference Manual,
-// the Intel AMX chapter, Sapphire Rapids: one TDPB*D / TDPBF16PS per 16 cycles per core, i.e.
-// 16x16x64 = 16384 int8 MACs per 16 cycles = 1024 MACs/cycle, 512 bf16 MACs/cycle; TILELOADD of
-// 16 x 64 bytes at the 2 loads/cycle of the core, about 8 cycles) and the AVX512 rate (vpdpbusd
-// and vdpbf16ps zmm: 2 per cycle on ports 0 and 5, 128 int8 / 64 bf16 MACs per cycle).
-// Per 16 output channels and 64 k (int8; 32 k for bf16), with m token rows:
-//   vector  16 m vpdpbusd / 2 per cycle                    =  8 m cycles
-//   tiles   ceil(m/16) tdp x 16 cycles (+ one 1 KiB B-tile load of ~8 cycles that overlaps)
-//           = 16 cycles for m <= 16
-// so the tiles win on arithmetic from m = 3. They pay costs the vector kernels do not: a tile
-// configuration per call, the token rows gathered into a zero-padded scratch, and an epilogue
-// through memory (C tiles stored, then scaled with AVX512), about 2 x 16 cycles per 16x16 C tile,
-// once per K for int8/bf16 (6% of the 512 tdp cycles at K=2048) but once per 32-k group for
-// int4_g32 (its scales are per group): there a group costs ~16 (tdp) + 16 (store C) + 16
-// (epilogue) + 8 (nibble unpacking) = ~56 cycles for up to 16 rows against ~5 m cycles for the
-// vector kernel, even at m = 11. Below about 16 rows a bucket is also bound by the weight
-// bandwidth on either path (decode), where the vector kernel, which reads each weight once with no
-// staging, cannot lose. One full A tile (m = 16) is where every format is past its break-even with
-// a margin: 8x the vector arithmetic for int8/bf16, ~1.4x for int4.
+// Tokens per expert from which a tile row runs (its min_m), measured on the first AMX host (an
+// Intel Xeon with AMX-INT8/BF16 under KVM, 2 cores, 16 GB/s read bandwidth per core): one thread,
+// the experts of shape A (H=2048, I=768; 64 of them, 32 for bf16, about 400 MB of weights either
+// way) with m rows each, gate/up + down in ms, the tile kernel against the vector kernel it is
+// paired with, weights streamed from DRAM (the kernels called directly, best of 2-3 runs):
+//
+//   m         1      2      4      8     12     16     24     28     32     48
+//   bf16    20.7   20.8   21.1   21.8   21.8   22.0     -      -    24.8      -     tiles
+//           20.0   21.6   25.9   35.8   37.1   46.3     -      -    91.4      -     avx512_bf16
+//   int8    20.5   20.7   21.2   21.5   22.5   22.5   27.8     -    27.3      -     tiles
+//           18.5   20.4   21.9   22.0   23.7   26.3   32.0     -    37.2      -     avx512_vnni
+//   int4       -      -   32.6   33.6   34.3   33.9   47.4   45.7   48.4   61.1     tiles
+//              -      -   16.2   17.4   24.2   28.8   40.7   47.9   53.6   87.6     avx512_vnni
+//
+// Below about 8 rows every path streams the weights at the core's bandwidth and the vector
+// kernels, with no staging, are as fast or faster. bf16 tiles win from 2 rows: vdpbf16ps runs at
+// about one instruction per 2 cycles on this core, a tenth of tdpbf16ps. int4_g32 scales every
+// 32-k group's C tile in fp32 (3 vector operations per row and group, about the vector kernel's
+// cost per row without its 8 vpdpbusd), so its tiles pay off only from about 28-32 rows.
+constexpr int kTileMinMBf16 = 2;
+constexpr int kTileMinMInt8 = 8;
+constexpr int kTileMinMInt4 = 32;
 
 #define KT_ROW(fmt, tier, act, tile_isa)                                                               \
   KernelRow {                                                                                          \
     FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
         /*min_m=*/0                                                                                    \
   }
-#define KT_TILE_ROW(fmt, tier, act, tile_isa)                                                          \
+#define KT_TILE_ROW(fmt, tier, act, tile_isa, min_m)                                                   \
   KernelRow {                                                                                          \
     FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
-        kAmxTileMinM                                                                                   \
+        min_m                                                                                          \
   }
 
 const std::vector<KernelRow>& kernel_table() {
   static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx),
-      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx),
-      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx),
+      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx, kTileMinMInt8),
+      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx, kTileMinMInt4),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx, kTileMinMBf16),
       KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_8x16__avx512bf16),
       KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_8x16__avx512vnni),
       KT_ROW(int4_g32, avx512_vnni, q8s, int4g32_q8s_4x16__avx512vnni),
@@ -65,9 +67,9 @@ const std::vector<KernelRow>& kernel_table() {
 
 const std::vector<KernelRow>& emulated_kernel_table() {
   static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx_emu),
-      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx_emu),
-      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx_emu),
+      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx_emu, kTileMinMInt8),
+      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx_emu, kTileMinMInt4),
+      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx_emu, kTileMinMBf16),
   };
   return table;
 }
