@@ -4,9 +4,11 @@
 
 reads the --json file of a bench_moe.py run (bench_moe.py --chart / --markdown write the same from
 the run itself). The chart shows, per shape, for every case (method, tier, M) the fraction of its
-limit it reached: decode (M <= 8) of the read bandwidth, prefill (M >= 64) of the peak of the
-instruction family its kernels use, both measured in the same run, with the targets of issue 5
-marked. The Markdown table also gives each prefill case's % of its roofline (bench_moe.roofline).
+limit it reached: decode (M <= 8) of the read bandwidth, prefill (M >= 64) of its roofline
+(bench_moe.roofline: the lower of the peak of the instruction family its kernels use and the read
+bandwidth times the case's ops per byte of weights), all measured in the same run, with the
+targets of issue 5 marked (converted from % of the peak where the roofline is the bandwidth's).
+The Markdown table gives both % of the peak and % of the roofline.
 The chart needs matplotlib (pip install -e ".[bench]"); the Markdown table does not.
 """
 from __future__ import annotations
@@ -35,9 +37,22 @@ def is_decode(row: dict) -> bool:
 
 
 def pct_of_limit(row: dict) -> float | None:
-    """% of the case's limit: read bandwidth at decode, instruction peak at prefill (None where the
-    tier has no measured family, the generic tier)."""
-    return row["pct_bandwidth"] if is_decode(row) else row["pct_peak"]
+    """% of the case's limit: read bandwidth at decode; at prefill the roofline, min(instruction
+    peak, read bandwidth x ops per byte of weights) (the instruction peak in --json files written
+    before the roofline); None where the tier has no measured family (the generic tier)."""
+    if is_decode(row):
+        return row["pct_bandwidth"]
+    roof = row.get("pct_roofline")
+    return row["pct_peak"] if roof is None else roof
+
+
+def chart_target(row: dict) -> float | None:
+    """target_pct in the unit pct_of_limit plots: a prefill target is a % of the instruction peak,
+    which is that % x peak / attainable of the roofline."""
+    t = target_pct(row)
+    if t is None or is_decode(row) or row.get("pct_roofline") is None:
+        return t
+    return t * row["peak"]["gops"] / row["attainable_gops"]
 
 
 def target_pct(row: dict) -> float | None:
@@ -185,14 +200,14 @@ def draw_chart(result: dict, path: str) -> None:
                     x = g - 0.4 + width * (j + 0.5)
                     ax.bar(x, v, width, color=colors[pair], edgecolor="white", linewidth=0.3)
                     ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=5, rotation=90)
-                    t = target_pct(r)
+                    t = chart_target(r)
                     if t is not None:
                         ax.hlines(t, x - width / 2, x + width / 2, colors="black", linewidth=1.5)
                     top = max(top, v, t or 0)
             ax.axhline(100, color="grey", linestyle="--", linewidth=0.8)
             ax.set_xticks(range(len(tokens)), [f"M={m}" for m in tokens])
             ax.set_ylim(0, top * 1.15)
-            ax.set_ylabel("% of read bandwidth" if phase == "decode" else "% of instruction peak")
+            ax.set_ylabel("% of read bandwidth" if phase == "decode" else "% of roofline")
             ax.set_title(f"shape {shape} {phase}", fontsize=10)
     c = result["conditions"]
     fig.suptitle(f"{c['cpu_info']['brand']}, {c['threads']} threads, {'cold' if c['cold_caches'] else 'warm'} "

@@ -289,3 +289,19 @@ def test_cli_rejects_a_tier_the_cpu_lacks(capsys):
         "int8-amx"])
 def test_issue5_targets(row, want):
     assert bench_report.target_pct(row) == want
+
+
+@pytest.mark.parametrize("row, want", [
+    ({"method": "AMXINT8", "M": 1, "pct_bandwidth": 91.0}, (91.0, 80.0)),
+    # compute-bound roofline: the same figure and target as against the peak
+    ({"method": "AMXINT8", "M": 512, "pct_peak": 53.0, "pct_roofline": 53.0, "attainable_gops": 1800.0,
+      "peak": {"family": "int8_vpdpbusd_zmm", "gops": 1800.0}}, (53.0, 50.0)),
+    # memory-bound roofline: the target of 50% of a 1800 GOP/s peak is 900 of 1200 attainable
+    ({"method": "AMXINT8", "M": 512, "pct_peak": 40.0, "pct_roofline": 60.0, "attainable_gops": 1200.0,
+      "peak": {"family": "int8_vpdpbusd_zmm", "gops": 1800.0}}, (60.0, 75.0)),
+    # a --json file written before the roofline
+    ({"method": "BF16", "M": 512, "pct_peak": 77.0, "peak": {"family": "bf16_dpbf16ps_zmm", "gops": 1100.0}},
+     (77.0, 70.0)),
+], ids=["decode", "compute-bound", "memory-bound", "no-roofline"])
+def test_chart_plots_prefill_against_the_roofline(row, want):
+    assert (bench_report.pct_of_limit(row), bench_report.chart_target(row)) == pytest.approx(want)
