@@ -7,8 +7,8 @@ In one process, per shape: random bf16 expert weights (seed 0) are made once, an
 inputs and the fp32 torch reference on those weights (once, at the largest M: the inputs of fewer
 tokens are its first rows); the PyTorch bf16 peer (plain torch, same thread count) runs every M;
 then per ISA tier (--isas: the tier in use, a list, or all), forced with kt_kernel.set_isa for
-its block, per method one KTMoEWrapper loads the weights and runs every M, and is freed before
-the next one is built (peak memory: the bf16 weights, the largest packed copy and the bandwidth
+its block, per method one KTMoEWrapper (chunked_prefill_size = the largest M, so that every call
+is one chunk) loads the weights and runs every M, and is freed before the next one is built (peak memory: the bf16 weights, the largest packed copy and the bandwidth
 probe's buffer; printed as RSS along the way).
 Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after warm-up, beside:
   - decode (M <= 8): effective weight bandwidth = distinct experts touched x 3 x H x I x bytes
@@ -368,9 +368,12 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
             for method in methods:
                 bpw = bytes_per_weight(method)
                 t0 = time.perf_counter()
+                # one chunk per call: each call of M tokens streams the weights once, as the
+                # roofline assumes (the wrapper's default, 512, would run M = 2048 as 4 chunks)
                 wrapper = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K,
                                        hidden_size=shape.H, moe_intermediate_size=shape.I,
-                                       cpuinfer_threads=args.threads, threadpool_count=1, method=method)
+                                       cpuinfer_threads=args.threads, threadpool_count=1, method=method,
+                                       chunked_prefill_size=max(tokens))
                 wrapper.load_weights_from_tensors(gate, up, down)
                 load_s = time.perf_counter() - t0
                 packed_bpw = wrapper.weight_bytes / (shape.E * shape.weights_per_expert())
