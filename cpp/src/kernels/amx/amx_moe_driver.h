@@ -106,11 +106,11 @@ void store_c(int32_t (*c)[2][16][16], bool lower) {
 }
 
 // The next panels (the packed bytes of up to 2), prefetched into L2 a slice at a time while the
-// current ones are computed: the tile loads of B wait on DRAM otherwise (decode-sized row blocks
-// compute a panel in a fraction of the time memory takes to deliver it, and the hardware
-// prefetchers do not run far enough ahead of tile loads). The calls of one panel visit `units`
-// points (row blocks x K steps); point u prefetches the u-th of `units` equal slices, so the whole
-// of each next panel is requested once, whatever the block count.
+// current ones are computed, so that the first row block of a panel finds its B tiles in L2
+// (shape A on the AMX host, alternating processes: M=512 int8 31.5-32.5 against 32.7-33.1 ms,
+// M=2048 125-131 against 133-135 ms, bf16 2-3%). The calls of one panel visit `units` points
+// (row blocks x K steps); point u prefetches the u-th of `units` equal slices, so the whole of
+// each next panel is requested once, whatever the block count.
 struct NextPanels {
   const uint8_t* at[2] = {nullptr, nullptr};
   size_t bytes = 0;  // packed bytes of one panel
