@@ -1,6 +1,7 @@
-"""The AMX tile kernels. This machine has no AMX: they run here on the tile emulator (the test-only
-"amx_emu" override: the same kernel templates with the software tile backend), which the whole
-correctness matrix of test_moe_matrix.py / test_moe_edges.py also covers through the `tier` fixture.
+"""The AMX tile kernels. On every host with the avx512_bf16 tier they run on the tile emulator (the
+test-only "amx_emu" override: the same kernel templates with the software tile backend), which the
+whole correctness matrix of test_moe_matrix.py / test_moe_edges.py also covers through the `tier`
+fixture; on an AMX host the hardware kernels run too, and must give the emulator's results.
 Here: bit-identity with the AVX512 kernels where the arithmetic is the same (int8_pc, int4_g32),
 the per-bucket choice between tile and vector kernel at min_m, and that the emulated kernels are
 never chosen automatically while the hardware ones are chosen exactly where AMX is permitted."""
