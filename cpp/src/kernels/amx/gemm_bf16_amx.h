@@ -14,9 +14,9 @@
 // k pair per step, are one 16 x 64 B tile covering 32 k of 16 channels (dword [s][c] = the bf16
 // pair c:k, c:k+1 of k = 2s):
 //
-//   panel   | step 0: c0 k0 k1 | c1 k0 k1 | ... | c15 k0 k1 |   <- B tile row 0  \
-//           | ...                                           |                    } K step 0 (k 0..31)
-//           | step 15: c0 k30 k31 | ...                     |   <- B tile row 15 /
+//   panel   | step 0: c0 k0 k1 | c1 k0 k1 | ... | c15 k0 k1 |   <- B tile row 0  --+
+//           | ...                                           |                      | K step 0 (k 0..31)
+//           | step 15: c0 k30 k31 | ...                     |   <- B tile row 15 --+
 //           | step 16 ... (K step 1: k 32..63) ...          |
 //
 //   A tile: 16 token rows x 64 bytes (bf16 of k 32s..32s+31)      C tile: 16 rows x 16 fp32

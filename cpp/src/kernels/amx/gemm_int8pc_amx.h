@@ -7,10 +7,10 @@
 // The packed panel (formats/int8_pc.cpp) already is the B-tile layout: 16 steps of 64 bytes are
 // one 16 x 64 B tile covering 64 k of 16 channels, dword [s][c] = q[c, 4s..4s+3] (VNNI):
 //
-//   panel   | step 0: c0 q q q q | c1 q q q q | ... | c15 q q q q |   <- B tile row 0  \
-//           | step 1: ...                                         |   <- B tile row 1   } K step 0
-//           | ...                                                 |                    |  (k 0..63)
-//           | step 15                                             |   <- B tile row 15 /
+//   panel   | step 0: c0 q q q q | c1 q q q q | ... | c15 q q q q |   <- B tile row 0  --+
+//           | step 1: ...                                         |   <- B tile row 1    | K step 0
+//           | ...                                                 |                      | (k 0..63)
+//           | step 15                                             |   <- B tile row 15 --+
 //           | step 16 ... (K step 1: k 64..127) ...               |
 //           | scale: 16 x fp32 | comp: 16 x int32                 |
 //
