@@ -86,7 +86,7 @@ struct Q8Scale {
 static inline Q8Scale q8_scale(float amax) {
   const float s = amax / 127.f;
   const float inv = s > 0.f ? 127.f / amax : 0.f;
-  return {s, inv, __builtin_isinf(inv)};
+  return {s, inv, __builtin_isinf(inv) != 0};
 }
 
 // A packed [N, K] slice: panels of kPanelN channels, each panel_bytes long.
