@@ -113,8 +113,10 @@ void store_c(int32_t (*c)[2][16][16], bool lower) {
 // each next panel is requested once, whatever the block count.
 struct NextPanels {
   const uint8_t* at[2] = {nullptr, nullptr};
-  size_t bytes = 0;  // packed bytes of one panel
-  size_t units = 1;
+  size_t bytes;  // packed bytes of one panel
+  size_t units;
+
+  NextPanels(size_t panel_bytes, size_t points) : bytes(panel_bytes), units(points) {}
 
   inline void touch(size_t u) const {
     const size_t b0 = bytes * u / units & ~size_t(63), b1 = bytes * (u + 1) / units;
@@ -234,9 +236,7 @@ void gateup_grouped(const GateUpArgs& a) {
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.gate->panel_bytes;
   const int halves = (a.m + 15) / 16;
-  NextPanels pf;
-  pf.bytes = pb;
-  pf.units = size_t(steps) * halves * 2;
+  NextPanels pf(pb, size_t(steps) * halves * 2);
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* panel[2] = {a.gate->data + pb * p, a.up->data + pb * p};
     pf.at[0] = p + 1 < a.p1 ? panel[0] + pb : nullptr;
@@ -267,9 +267,7 @@ void down_grouped(const DownArgs& a) {
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.down->panel_bytes;
   const int halves = (a.m + 15) / 16;
-  NextPanels pf;
-  pf.bytes = pb;
-  pf.units = size_t(steps) * halves;
+  NextPanels pf(pb, size_t(steps) * halves);
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* panel = a.down->data + pb * p;
     // the next panel, else (the last one) the next matrix's first: the caller runs the experts
@@ -298,9 +296,7 @@ void gateup_whole(const GateUpArgs& a) {
   uint8_t* bbuf[2] = {thread_scratch(1, Fmt::b_step_bytes * steps), thread_scratch(2, Fmt::b_step_bytes * steps)};
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.gate->panel_bytes;
-  NextPanels pf;
-  pf.bytes = pb;
-  pf.units = size_t(steps) * ((a.m + kBlockRows - 1) / kBlockRows);
+  NextPanels pf(pb, size_t(steps) * ((a.m + kBlockRows - 1) / kBlockRows));
   for (int p = a.p0; p < a.p1; ++p) {
     const uint8_t* panel[2] = {a.gate->data + pb * p, a.up->data + pb * p};
     pf.at[0] = p + 1 < a.p1 ? panel[0] + pb : nullptr;
@@ -328,9 +324,7 @@ void down_whole(const DownArgs& a) {
   uint8_t* bbuf[2] = {thread_scratch(1, Fmt::b_step_bytes * steps), thread_scratch(2, Fmt::b_step_bytes * steps)};
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.down->panel_bytes;
-  NextPanels pf;
-  pf.bytes = pb;
-  pf.units = size_t(steps) * ((a.m + kBlockRows - 1) / kBlockRows);
+  NextPanels pf(pb, size_t(steps) * ((a.m + kBlockRows - 1) / kBlockRows));
   for (int p = a.p0; p < a.p1; p += 2) {
     const int nb = a.p1 - p >= 2 ? 2 : 1;
     const uint8_t* panel[2] = {a.down->data + pb * p, nullptr};
