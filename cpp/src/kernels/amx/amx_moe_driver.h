@@ -212,8 +212,7 @@ void group_pass(const uint8_t* a, size_t lda, const uint8_t* b, const uint8_t* p
 // The group sums and scales of the rows gathered by gather_rows (rows[i], or i), as group_pass
 // reads them: per 16 rows (zero rows past m), steps x 16 floats, gs[16 (steps h + s) + r] for row
 // 16 h + r; scale[i] for row i.
-template <class Fmt>
-void gather_group_sums(const ActView& act, const int32_t* rows, int m, int steps, float** gs, float** scale) {
+inline void gather_group_sums(const ActView& act, const int32_t* rows, int m, int steps, float** gs, float** scale) {
   const int mpad = (m + 15) / 16 * 16;
   *gs = reinterpret_cast<float*>(thread_scratch(3, (size_t(mpad) * steps + mpad) * sizeof(float)));
   *scale = *gs + size_t(mpad) * steps;
@@ -231,7 +230,7 @@ void gateup_grouped(const GateUpArgs& a) {
   const size_t lda = size_t(steps) * Fmt::a_colsb;
   const uint8_t* x = gather_rows<Fmt>(a.act, a.rows, a.m, lda);
   float *gs, *scale;
-  gather_group_sums<Fmt>(a.act, a.rows, a.m, steps, &gs, &scale);
+  gather_group_sums(a.act, a.rows, a.m, steps, &gs, &scale);
   uint8_t* bbuf[2] = {thread_scratch(1, Fmt::b_step_bytes * steps), thread_scratch(2, Fmt::b_step_bytes * steps)};
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.gate->panel_bytes;
@@ -262,7 +261,7 @@ void down_grouped(const DownArgs& a) {
   const size_t lda = size_t(steps) * Fmt::a_colsb;
   const uint8_t* x = gather_rows<Fmt>(a.act, nullptr, a.m, lda);
   float *gs, *scale;
-  gather_group_sums<Fmt>(a.act, nullptr, a.m, steps, &gs, &scale);
+  gather_group_sums(a.act, nullptr, a.m, steps, &gs, &scale);
   uint8_t* bbuf = thread_scratch(1, Fmt::b_step_bytes * steps);
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.down->panel_bytes;
