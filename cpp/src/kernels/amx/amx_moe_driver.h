@@ -63,6 +63,7 @@ namespace kt::amx {
 namespace {
 
 constexpr int kBlockRows = 32;  // two A tiles
+constexpr size_t kPrefetchMaxRowBytes = size_t(256) << 10;  // an eighth of the AMX CPUs' 2 MiB L2; see NextPanels
 
 template <class Tiles>
 struct TileScope {
@@ -105,31 +106,45 @@ void store_c(int32_t (*c)[2][16][16], bool lower) {
   }
 }
 
+// A prefetch into L2. An asm statement, not _mm_prefetch: gcc 12 takes a function whose only
+// effects are __builtin_prefetch calls for pure and deletes its calls when it is not inlined
+// early, which left every AMX kernel without its prefetches.
+inline void prefetch_l2(const uint8_t* p) { asm volatile("prefetcht1 %0" ::"m"(*p)); }
+
 // The next panels (the packed bytes of up to 2), prefetched into L2 a slice at a time while the
-// current ones are computed, so that the first row block of a panel finds its B tiles in L2
-// (shape A on the AMX host, alternating processes: M=512 int8 31.5-32.5 against 32.7-33.1 ms,
-// M=2048 125-131 against 133-135 ms, bf16 2-3%). The calls of one panel visit `units` points
-// (row blocks x K steps); point u prefetches the u-th of `units` equal slices, so the whole of
-// each next panel is requested once, whatever the block count.
+// current ones are computed, so that the first row block of a panel finds its B tiles in L2. The
+// calls of one panel visit `units` points (row blocks x K steps); point u prefetches the u-th of
+// `units` equal slices, so the whole of each next panel is requested once, whatever the block
+// count.
+//
+// It runs only while the call's gathered rows take at most kPrefetchMaxRowBytes, and the kernels
+// are instantiated with and without it (a run-time switch in the step loop changed the register
+// allocation of the int4 pass and cost 10-15% where it was off). On the AMX host, whole layers at
+// M=512, 4 alternating rounds (A) or 2 (B, C), median ms without -> with:
+//   A (H=2048, about 32 rows per expert)   AMXINT4 56.9 -> 54.4   BF16 61.8 -> 57.1   AMXINT8 33.2 -> 32.7
+//   B (H=7168, about 64 rows)              AMXINT4 380 -> 352     BF16 366 -> 355     AMXINT8 177 -> 168
+//   C (H=4096, about 128 rows)             all within 1%
+// Prefetching at every row count instead made C's AMXINT4 15% and B's BF16 20% slower: with many
+// or long rows the first block's misses are a small part of a panel's time, and the prefetched
+// panels only crowd the gathered rows, which every panel reads again, out of L2.
 struct NextPanels {
   const uint8_t* at[2] = {nullptr, nullptr};
-  size_t bytes;  // packed bytes of one panel
-  size_t units;
+  size_t slice;  // bytes per point, 16.16 fixed point
 
-  NextPanels(size_t panel_bytes, size_t points) : bytes(panel_bytes), units(points) {}
+  NextPanels(size_t panel_bytes, size_t points) : slice((panel_bytes << 16) / points) {}
 
   inline void touch(size_t u) const {
-    const size_t b0 = bytes * u / units & ~size_t(63), b1 = bytes * (u + 1) / units;
+    const size_t b0 = (u * slice >> 16) & ~size_t(63), b1 = (u + 1) * slice >> 16;
     for (int t = 0; t < 2; ++t)
       if (at[t])
-        for (size_t b = b0; b < b1; b += 64) _mm_prefetch(reinterpret_cast<const char*>(at[t] + b), _MM_HINT_T1);
+        for (size_t b = b0; b < b1; b += 64) prefetch_l2(at[t] + b);
   }
 };
 
 // y[r][t] for rows r < mr of the block at `a` (lda bytes per row) and the NB panels whose B tiles
 // are b[t] and packed bytes panel[t]. row_ids[r]: the activation row of block row r. Step s of the
-// block prefetches slice u0 + s of pf.
-template <class Tiles, class Fmt, int NB>
+// block prefetches slice u0 + s of pf when Pf.
+template <class Tiles, class Fmt, bool Pf, int NB>
 void tile_block(const uint8_t* a, size_t lda, int mr, const uint8_t* const* b, const uint8_t* const* panel,
                 int steps, int Kp, const ActView& act, const int* row_ids, const NextPanels& pf, size_t u0,
                 __m512 (*y)[2]) {
@@ -138,7 +153,7 @@ void tile_block(const uint8_t* a, size_t lda, int mr, const uint8_t* const* b, c
   alignas(64) int32_t c[2][2][16][16];
   Tiles::template zero<0>(), Tiles::template zero<1>(), Tiles::template zero<2>(), Tiles::template zero<3>();
   for (int s = 0; s < steps; ++s) {
-    pf.touch(u0 + s);
+    if constexpr (Pf) pf.touch(u0 + s);
     const uint8_t* as = a + size_t(s) * Fmt::a_colsb;
     // C0t += A0 . Bt, C1t += A1 . Bt
     Tiles::template load<4>(as, /*stride=*/lda);
@@ -167,7 +182,7 @@ void tile_block(const uint8_t* a, size_t lda, int mr, const uint8_t* const* b, c
 //
 // y[r] for the 16 rows at `a` (lda bytes per row; padding rows are zero) and the panel whose B
 // tiles are b and packed bytes panel; gs[16 s + r]: row r's group sum of step s as a float;
-// scale: the rows' activation scales. Step s prefetches slice u0 + s of pf.
+// scale: the rows' activation scales. Step s prefetches slice u0 + s of pf when Pf.
 template <class Tiles, class Fmt, int C, int A, int B>
 inline void group_tdp(const uint8_t* a, size_t lda, const uint8_t* b, int s) {
   Tiles::template zero<C>();
@@ -184,7 +199,7 @@ inline void group_scale(__m512 (&acc)[16], const int32_t (&c)[16][16], const uin
   for (int r = 0; r < 16; ++r) acc[r] = Fmt::step(acc[r], c[r], d, m, gs[16 * s + r]);
 }
 
-template <class Tiles, class Fmt>
+template <class Tiles, class Fmt, bool Pf>
 void group_pass(const uint8_t* a, size_t lda, const uint8_t* b, const uint8_t* panel, int steps, const float* gs,
                 const float* scale, const NextPanels& pf, size_t u0, __m512 (&y)[16]) {
   static_assert(Fmt::per_step, "whole-K formats take tile_block");
@@ -195,12 +210,12 @@ void group_pass(const uint8_t* a, size_t lda, const uint8_t* b, const uint8_t* p
   group_tdp<Tiles, Fmt, 0, 4, 6>(a, lda, b, 0);
   for (int s = 0; s < steps; s += 2) {
     // even steps in C0 (A tmm4, B tmm6), odd steps in C1 (tmm5, tmm7)
-    pf.touch(u0 + s);
+    if constexpr (Pf) pf.touch(u0 + s);
     if (s + 1 < steps) group_tdp<Tiles, Fmt, 1, 5, 7>(a, lda, b, s + 1);
     Tiles::template store<0>(c[0]);
     group_scale<Fmt>(acc, c[0], panel, s, gs);
     if (s + 1 >= steps) break;
-    pf.touch(u0 + s + 1);
+    if constexpr (Pf) pf.touch(u0 + s + 1);
     if (s + 2 < steps) group_tdp<Tiles, Fmt, 0, 4, 6>(a, lda, b, s + 2);
     Tiles::template store<1>(c[1]);
     group_scale<Fmt>(acc, c[1], panel, s + 1, gs);
@@ -224,7 +239,7 @@ inline void gather_group_sums(const ActView& act, const int32_t* rows, int m, in
   }
 }
 
-template <class Tiles, class Fmt>
+template <class Tiles, class Fmt, bool Pf>
 void gateup_grouped(const GateUpArgs& a) {
   const int Kp = a.act.Kp, steps = Fmt::steps(Kp);
   const size_t lda = size_t(steps) * Fmt::a_colsb;
@@ -244,10 +259,10 @@ void gateup_grouped(const GateUpArgs& a) {
     for (int hf = 0; hf < halves; ++hf) {
       const int i0 = 16 * hf, mr = a.m - i0 < 16 ? a.m - i0 : 16;
       __m512 g[16], u[16];
-      group_pass<Tiles, Fmt>(x + lda * i0, lda, b[0], panel[0], steps, gs + size_t(16) * steps * hf, scale + i0, pf,
-                             size_t(steps) * (2 * hf), g);
-      group_pass<Tiles, Fmt>(x + lda * i0, lda, b[1], panel[1], steps, gs + size_t(16) * steps * hf, scale + i0, pf,
-                             size_t(steps) * (2 * hf + 1), u);
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[0], panel[0], steps, gs + size_t(16) * steps * hf, scale + i0,
+                                 pf, size_t(steps) * (2 * hf), g);
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[1], panel[1], steps, gs + size_t(16) * steps * hf, scale + i0,
+                                 pf, size_t(steps) * (2 * hf + 1), u);
       // stage epilogue: h = silu(gate) * up
       for (int r = 0; r < mr; ++r)
         _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, avx512::silu_mul(g[r], u[r]));
@@ -255,7 +270,7 @@ void gateup_grouped(const GateUpArgs& a) {
   }
 }
 
-template <class Tiles, class Fmt>
+template <class Tiles, class Fmt, bool Pf>
 void down_grouped(const DownArgs& a) {
   const int Kp = a.act.Kp, steps = Fmt::steps(Kp);
   const size_t lda = size_t(steps) * Fmt::a_colsb;
@@ -276,8 +291,8 @@ void down_grouped(const DownArgs& a) {
     for (int hf = 0; hf < halves; ++hf) {
       const int i0 = 16 * hf, mr = a.m - i0 < 16 ? a.m - i0 : 16;
       __m512 y[16];
-      group_pass<Tiles, Fmt>(x + lda * i0, lda, b, panel, steps, gs + size_t(16) * steps * hf, scale + i0, pf,
-                             size_t(steps) * hf, y);
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b, panel, steps, gs + size_t(16) * steps * hf, scale + i0, pf,
+                                 size_t(steps) * hf, y);
       // stage epilogue: out[tok] += weight * y
       for (int r = 0; r < mr; ++r) {
         float* o = a.out + a.ldo * a.tok[i0 + r] + p * kPanelN;
@@ -287,7 +302,7 @@ void down_grouped(const DownArgs& a) {
   }
 }
 
-template <class Tiles, class Fmt>
+template <class Tiles, class Fmt, bool Pf>
 void gateup_whole(const GateUpArgs& a) {
   const int Kp = a.act.Kp, steps = Fmt::steps(Kp);
   const size_t lda = size_t(steps) * Fmt::a_colsb;
@@ -306,7 +321,7 @@ void gateup_whole(const GateUpArgs& a) {
       int row_ids[kBlockRows];
       for (int r = 0; r < mr; ++r) row_ids[r] = a.rows ? a.rows[i0 + r] : i0 + r;
       __m512 y[kBlockRows][2];
-      tile_block<Tiles, Fmt, 2>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf,
+      tile_block<Tiles, Fmt, Pf, 2>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf,
                                 size_t(steps) * (i0 / kBlockRows), y);
       // stage epilogue: h = silu(gate) * up
       for (int r = 0; r < mr; ++r)
@@ -315,7 +330,7 @@ void gateup_whole(const GateUpArgs& a) {
   }
 }
 
-template <class Tiles, class Fmt>
+template <class Tiles, class Fmt, bool Pf>
 void down_whole(const DownArgs& a) {
   const int Kp = a.act.Kp, steps = Fmt::steps(Kp);
   const size_t lda = size_t(steps) * Fmt::a_colsb;
@@ -344,8 +359,8 @@ void down_whole(const DownArgs& a) {
       for (int r = 0; r < mr; ++r) row_ids[r] = i0 + r;
       __m512 y[kBlockRows][2];
       const size_t u0 = size_t(steps) * (i0 / kBlockRows);
-      if (nb == 2) tile_block<Tiles, Fmt, 2>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf, u0, y);
-      else tile_block<Tiles, Fmt, 1>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf, u0, y);
+      if (nb == 2) tile_block<Tiles, Fmt, Pf, 2>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf, u0, y);
+      else tile_block<Tiles, Fmt, Pf, 1>(x + lda * i0, lda, mr, b, panel, steps, Kp, a.act, row_ids, pf, u0, y);
       // stage epilogue: out[tok] += weight * y
       for (int r = 0; r < mr; ++r) {
         const __m512 weight = _mm512_set1_ps(a.weight[i0 + r]);
@@ -358,18 +373,36 @@ void down_whole(const DownArgs& a) {
   }
 }
 
+template <class Tiles, class Fmt, bool Pf>
+void gateup_rows(const GateUpArgs& a) {
+  if constexpr (Fmt::per_step) gateup_grouped<Tiles, Fmt, Pf>(a);
+  else gateup_whole<Tiles, Fmt, Pf>(a);
+}
+
+template <class Tiles, class Fmt, bool Pf>
+void down_rows(const DownArgs& a) {
+  if constexpr (Fmt::per_step) down_grouped<Tiles, Fmt, Pf>(a);
+  else down_whole<Tiles, Fmt, Pf>(a);
+}
+
+// NextPanels runs only where it pays: while the call's gathered rows are small (see there).
+template <class Fmt>
+bool prefetch_pays(const ActView& act, int m) {
+  return size_t(m) * Fmt::steps(act.Kp) * Fmt::a_colsb <= kPrefetchMaxRowBytes;
+}
+
 template <class Tiles, class Fmt>
 void gateup(const GateUpArgs& a) {
   if (a.m <= 0 || a.p0 >= a.p1) return;
-  if constexpr (Fmt::per_step) gateup_grouped<Tiles, Fmt>(a);
-  else gateup_whole<Tiles, Fmt>(a);
+  if (prefetch_pays<Fmt>(a.act, a.m)) gateup_rows<Tiles, Fmt, true>(a);
+  else gateup_rows<Tiles, Fmt, false>(a);
 }
 
 template <class Tiles, class Fmt>
 void down(const DownArgs& a) {
   if (a.m <= 0 || a.p0 >= a.p1) return;
-  if constexpr (Fmt::per_step) down_grouped<Tiles, Fmt>(a);
-  else down_whole<Tiles, Fmt>(a);
+  if (prefetch_pays<Fmt>(a.act, a.m)) down_rows<Tiles, Fmt, true>(a);
+  else down_rows<Tiles, Fmt, false>(a);
 }
 
 }  // namespace
