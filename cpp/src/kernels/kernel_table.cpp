@@ -14,24 +14,25 @@ namespace kt {
 // Intel Xeon with AMX-INT8/BF16 under KVM, 2 cores, 16 GB/s read bandwidth per core): one thread,
 // the experts of shape A (H=2048, I=768; 64 of them, 32 for bf16, about 400 MB of weights either
 // way) with m rows each, gate/up + down in ms, the tile kernel against the vector kernel it is
-// paired with, weights streamed from DRAM (the kernels called directly, best of 2-3 runs):
+// paired with, weights streamed from DRAM (the kernels called directly, best of 2 runs of 3):
 //
-//   m         1      2      4      8     12     16     24     28     32     48
-//   bf16    20.7   20.8   21.1   21.8   21.8   22.0     -      -    24.8      -     tiles
-//           20.0   21.6   25.9   35.8   37.1   46.3     -      -    91.4      -     avx512_bf16
-//   int8    20.5   20.7   21.2   21.5   22.5   22.5   27.8     -    27.3      -     tiles
-//           18.5   20.4   21.9   22.0   23.7   26.3   32.0     -    37.2      -     avx512_vnni
-//   int4       -      -   32.6   33.6   34.3   33.9   47.4   45.7   48.4   61.1     tiles
-//              -      -   16.2   17.4   24.2   28.8   40.7   47.9   53.6   87.6     avx512_vnni
+//   m         1      2      4      8     12     16     20     24     28     32     48
+//   bf16    22.9   23.4   25.7   24.0   24.1   26.2   26.4   25.8   26.6   25.7   30.6   tiles
+//           21.9   26.2   29.1   36.1   37.5   48.0   56.6   69.4   80.7   93.3  140.6   avx512_bf16
+//   int8    22.7   23.4   25.4   24.1   24.7   24.7   27.3   27.0   27.8   28.1   32.4   tiles
+//           19.7   21.0   24.0   23.6   24.6   26.3   28.6   31.7   35.7   38.4   53.8   avx512_vnni
+//   int4       -      -   26.7   26.2   25.9   26.4   37.3   37.2   38.1   37.5   50.1   tiles
+//              -      -   18.5   17.2   22.4   28.7   34.8   41.3   49.1   53.3   81.1   avx512_vnni
 //
 // Below about 8 rows every path streams the weights at the core's bandwidth and the vector
 // kernels, with no staging, are as fast or faster. bf16 tiles win from 2 rows: vdpbf16ps runs at
 // about one instruction per 2 cycles on this core, a tenth of tdpbf16ps. int4_g32 scales every
 // 32-k group's C tile in fp32 (3 vector operations per row and group, about the vector kernel's
-// cost per row without its 8 vpdpbusd), so its tiles pay off only from about 28-32 rows.
+// cost per row without its 8 vpdpbusd), and its tile passes cover 16 rows: its tiles tie at 16
+// rows, lose with a second, part-filled pass (17-20) and win from 24.
 constexpr int kTileMinMBf16 = 2;
 constexpr int kTileMinMInt8 = 8;
-constexpr int kTileMinMInt4 = 32;
+constexpr int kTileMinMInt4 = 24;
 
 #define KT_ROW(fmt, tier, act, tile_isa)                                                               \
   KernelRow {                                                                                          \
