@@ -38,10 +38,13 @@ struct NextPanels {
 };
 
 // For row block `block` of `blocks`: the block-th slice of the panels at next[t] (t < nm).
-// Nothing with one block (decode: the hardware prefetcher streams) or no next panels (nullptr).
-inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks) {
+// Nothing with no next panels (nullptr), nor with one block (decode) unless the tile asks for it
+// (Tile::prefetch_decode): there the hardware prefetcher streams the panels.
+constexpr size_t kDecodePrefetchMaxPanel = 24576;
+inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks,
+                              bool one_block) {
   NextPanels pf;
-  if (blocks < 2 || !next[0]) return pf;
+  if ((blocks < 2 && !(one_block && panel_bytes <= kDecodePrefetchMaxPanel)) || !next[0]) return pf;
   pf.step = (64u << 16) / uint32_t(blocks);
   const size_t start = (panel_bytes * size_t(block) / size_t(blocks)) & ~size_t(63);
   for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + start;
@@ -107,7 +110,7 @@ void gateup(const GateUpArgs& a) {
     if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(next, 2, pb, b, blocks));
+      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(next, 2, pb, b, blocks, Tile::prefetch_decode));
     }
   }
 }
@@ -161,7 +164,7 @@ inline void down_panels(const DownArgs& a, int p) {
   }
   for (int b = 0; b < blocks; ++b) {
     const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(next, NP, pb, b, blocks));
+    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(next, NP, pb, b, blocks, Tile::prefetch_decode));
   }
 }
 
