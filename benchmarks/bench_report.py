@@ -24,9 +24,10 @@ from shapes import DECODE_TOKENS
 # Targets of issue 5, in % of the case's limit. Decode, every method and tier: M=1 80% of the read
 # bandwidth; M=8 at most 1.3x the time to stream the touched experts once, so 100/1.3 = 77%.
 DECODE_TARGET_PCT = {1: 80.0, 8: 100 / 1.3}
-# Prefill M=512 (and above): % of the peak of a named instruction family, so only where the row's
-# tier runs that family (on other tiers prefill is reported, without a target; at the amx tier the
-# peak is the tiles', for which issue 5 names no target).
+# Prefill M=512 (and above): % of the peak of a named instruction family. Where the row's tier runs
+# that family, the target is a % of the row's own peak; at the amx tier, whose peak is the tiles',
+# the chart draws it as the same rate (% x that family's peak measured at the start of the run); on
+# the tiers below the family (avx2, avx512) prefill is reported without a target.
 PREFILL_TARGET_M = 512
 PREFILL_TARGETS = {"AMXINT8": ("int8_vpdpbusd_zmm", 50.0), "AMXINT4": ("int8_vpdpbusd_zmm", 40.0),
                    "BF16": ("bf16_dpbf16ps_zmm", 70.0)}
@@ -46,13 +47,27 @@ def pct_of_limit(row: dict) -> float | None:
     return row["pct_peak"] if roof is None else roof
 
 
-def chart_target(row: dict) -> float | None:
+def chart_target(row: dict, family_peaks: dict | None = None) -> float | None:
     """target_pct in the unit pct_of_limit plots: a prefill target is a % of the instruction peak,
-    which is that % x peak / attainable of the roofline."""
+    which is that % x peak / attainable of the roofline. An amx row's target is the rate of its
+    method's target family, family_peaks[family] (GOP/s measured in the same run) x its %."""
     t = target_pct(row)
+    if t is None and not is_decode(row) and row.get("tier") == "amx" and row.get("attainable_gops"):
+        family, pct = PREFILL_TARGETS.get(row["method"], (None, None))
+        peak = (family_peaks or {}).get(family)
+        if peak is None or row["M"] < PREFILL_TARGET_M:
+            return None
+        return pct * peak / row["attainable_gops"]
     if t is None or is_decode(row) or row.get("pct_roofline") is None:
         return t
     return t * row["peak"]["gops"] / row["attainable_gops"]
+
+
+def family_peaks(result: dict) -> dict:
+    """{family: best GOP/s} of the instruction families measured at the start of the run ({} in
+    files written before it was recorded)."""
+    families = result.get("limits", {}).get("peaks_start", {}).get("families", {})
+    return {f: v["best"] for f, v in families.items() if v.get("available") and v.get("best")}
 
 
 def target_pct(row: dict) -> float | None:
@@ -175,6 +190,7 @@ def draw_chart(result: dict, path: str) -> None:
     from matplotlib.patches import Patch
 
     rows = result["results"]
+    peaks = family_peaks(result)
     pairs = series(rows)
     colors = _colors(pairs)
     shapes = [s for s in result["shapes"] if any(r["shape"] == s for r in rows)]
@@ -200,7 +216,7 @@ def draw_chart(result: dict, path: str) -> None:
                     x = g - 0.4 + width * (j + 0.5)
                     ax.bar(x, v, width, color=colors[pair], edgecolor="white", linewidth=0.3)
                     ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=5, rotation=90)
-                    t = chart_target(r)
+                    t = chart_target(r, peaks)
                     if t is not None:
                         ax.hlines(t, x - width / 2, x + width / 2, colors="black", linewidth=1.5)
                     top = max(top, v, t or 0)

@@ -305,3 +305,20 @@ def test_issue5_targets(row, want):
 ], ids=["decode", "compute-bound", "memory-bound", "no-roofline"])
 def test_chart_plots_prefill_against_the_roofline(row, want):
     assert (bench_report.pct_of_limit(row), bench_report.chart_target(row)) == pytest.approx(want)
+
+
+def test_chart_puts_amx_prefill_against_the_named_family_peak():
+    """An amx row's target is 40% (int4) of the vpdpbusd peak measured in the run, as a % of its
+    tile roofline: 0.40 x 1800 / 3000 = 24%; none without that peak, nor below M=512."""
+    row = {"method": "AMXINT4", "tier": "amx", "M": 512, "pct_peak": 6.0, "pct_roofline": 25.0,
+           "attainable_gops": 3000.0, "peak": {"family": "int8_tdpbusd_tmm", "gops": 13000.0}}
+    peaks = {"int8_vpdpbusd_zmm": 1800.0, "int8_tdpbusd_tmm": 13000.0}
+    assert bench_report.target_pct(row) is None
+    assert bench_report.chart_target(row, peaks) == pytest.approx(24.0)
+    assert bench_report.chart_target(row, {}) is None
+    assert bench_report.chart_target({**row, "M": 64}, peaks) is None
+    result = {"limits": {"peaks_start": {"families": {
+        "int8_vpdpbusd_zmm": {"available": True, "best": 1800.0},
+        "int8_dpbusd_ymm": {"available": False}}}}}
+    assert bench_report.family_peaks(result) == {"int8_vpdpbusd_zmm": 1800.0}
+    assert bench_report.family_peaks({}) == {}
