@@ -37,14 +37,22 @@ struct NextPanels {
   }
 };
 
+// Panels of at most this many bytes are prefetched at decode too, where the tile asks for it
+// (Tile::prefetch_decode). Shape A AMXINT4 M=1 on the AMX host (gate/up panels 20 KB, down 7.7 KB),
+// fresh routing, alternating processes: without 0.90-0.97 ms; with 0.87-0.91 (median 0.88 of 7);
+// with the down panels alone (a 16 KiB bound) 0.85-0.95 (median 0.91 of 8). Shape B (down panels
+// 20 KB) stayed within its noise (7.1-7.4 against 6.7-7.6 ms). With every panel prefetched,
+// shape C (40 and 140 KB panels) went from 7.0-7.2 to 7.9-8.1 ms.
+constexpr size_t kDecodePrefetchMaxPanel = size_t(24) << 10;
+
 // For row block `block` of `blocks`: the block-th slice of the panels at next[t] (t < nm).
-// Nothing with no next panels (nullptr), nor with one block (decode) unless the tile asks for it
-// (Tile::prefetch_decode): there the hardware prefetcher streams the panels.
-constexpr size_t kDecodePrefetchMaxPanel = 24576;
+// Nothing with no next panels (nullptr), nor with one block (decode) unless prefetch_decode and
+// the panels are small (above): there the hardware prefetcher streams the panels.
 inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks,
-                              bool one_block) {
+                              bool prefetch_decode) {
   NextPanels pf;
-  if ((blocks < 2 && !(one_block && panel_bytes <= kDecodePrefetchMaxPanel)) || !next[0]) return pf;
+  const bool decode_too = prefetch_decode && panel_bytes <= kDecodePrefetchMaxPanel;
+  if (!next[0] || (blocks < 2 && !decode_too)) return pf;
   pf.step = (64u << 16) / uint32_t(blocks);
   const size_t start = (panel_bytes * size_t(block) / size_t(blocks)) & ~size_t(63);
   for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + start;

@@ -18,8 +18,9 @@ struct Int4G32Tile {
   // unchanged; on the Zen 4 host it had measured M=64 9.0 -> 10.0 ms.
   static constexpr int down_panels = 2;
   // Prefetch small next panels at decode too (kDecodePrefetchMaxPanel): one thread streaming 64
-  // shape-A experts at m=1 on the AMX host, down 12.2-12.7 -> 13.7-15.0 GB/s (the int8 kernel,
-  // which spends fewer instructions per line, streams at 15-16.5 GB/s either way).
+  // shape-A experts at m=1 on the AMX host, gate/up 13.5-14.7 -> 14.4-15.2 GB/s, down 12.2-12.7 ->
+  // 13.7-15.0 GB/s (the int8 kernel, which spends fewer instructions per line, streams at
+  // 15-16.5 GB/s either way).
   static constexpr bool prefetch_decode = true;
 
   template <int NM, int MR>
