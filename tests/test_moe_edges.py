@@ -27,6 +27,18 @@ def test_one_expert_takes_every_token(moe, method, tier, threadpool_count):
     moe.check(layer, shape, x, ids, w)
 
 
+def test_every_row_count_from_1_to_8(moe, method, tier, threadpool_count):
+    """Slot e takes e + 1 of 36 top-1 tokens, in shuffled order: every way the drivers cut an
+    expert's rows into blocks (whole blocks, a lone tail, blocks of unequal sizes, one pass or one
+    per panel half) meets the reference."""
+    shape = moe.Shape(E, 1, H, I)
+    layer = moe.layer(method, shape, threadpool_count=threadpool_count)
+    slots = torch.repeat_interleave(torch.arange(E), torch.arange(1, E + 1))
+    x, ids, w = moe.inputs(shape, len(slots), seed=10)
+    ids[:, 0] = slots[torch.randperm(len(slots), generator=torch.Generator().manual_seed(11))]
+    moe.check(layer, shape, x, ids, w)
+
+
 def test_same_expert_in_every_slot_of_a_token(moe, method, tier):
     """A slot repeated within a token's top-k contributes once per occurrence."""
     shape = _shape(moe)

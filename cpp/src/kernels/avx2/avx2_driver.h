@@ -6,30 +6,32 @@
 // 0-7 are the first 32 bytes of each 64-byte step and channels 8-15 the last 32 (per-channel
 // scales likewise split in two). With 16 ymm registers an MR = 4 block of gate and up for all 16
 // channels would need 16 accumulators alone, so large blocks run the K loop once per half. Small
-// blocks (NM * MR <= 2, e.g. one decode token) take both halves in one pass instead: their weights
-// are not reused across rows, and one pass reads every 64-byte line once rather than twice.
+// blocks take both halves in one pass instead (Tile::halves): one pass reads every 64-byte line
+// once rather than twice.
 //
 // A Tile policy computes an MR x (8 * NH) block of fp32 dot products for NM matrices (2: gate and
-// up, 1: down) over the whole padded K, for the halves h0 .. h0 + NH - 1 of the panel:
+// up, 1: down) over the whole padded K, for the halves h0 .. h0 + NH - 1 of the panel, and touches
+// pf once per 64-byte step of each matrix (kernels/next_panels.h):
 //   template <int NM, int MR, int NH> static void compute(const uint8_t* const* w, int h0, int Kp,
 //                                                         const ActView& act, const int* rows,
+//                                                         const NextPanels& pf,
 //                                                         __m256 (&acc)[NM][MR][NH]);
-// Tile::max_rows(NM) is the row block the Tile takes for NM matrices (at most 4).
-// The drivers walk panels, then rows in blocks of MR (tails dispatch to smaller MR), then the
-// halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
-// h = silu(g) * u for gate/up, out += weight * y for down.
+// Tile::max_rows(NM) is the row block the Tile takes for NM matrices (at most 4), and
+// Tile::halves(NM, MR) the halves per K pass of such a block (1 or 2).
+// The drivers walk panels, then rows in blocks of at most MR whose sizes differ by at most one,
+// then the halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
+// h = silu(g) * u for gate/up, out += weight * y for down. A panel that takes more than one K pass
+// has its passes prefetch the next panel, each a slice of it.
 #pragma once
 #include <immintrin.h>
 
+#include "kernels/next_panels.h"
 #include "kt/kernels.h"
 
 namespace kt::avx2 {
 namespace {
 
 constexpr int kHalfN = 8;  // channels per ymm half of a panel
-
-// halves of a panel per K pass for a block of NM matrices x MR rows (see above)
-constexpr int halves_per_pass(int nm, int mr) { return nm * mr <= 2 ? 2 : 1; }
 
 // An empty asm that makes v an opaque register value here. Integer adds are associative, so GCC
 // rewrites the accumulation chains of an unrolled loop into trees, which keeps far more values
@@ -65,14 +67,42 @@ inline __m256 silu_mul(__m256 g, __m256 u) {
   return _mm256_div_ps(_mm256_mul_ps(g, u), den);
 }
 
+// Rows are cut into ceil(m / MR) blocks of sizes that differ by at most one (m = 5, MR = 4: 3 + 2,
+// not 4 + 1).
+inline int block_start(int m, int blocks, int b) { return int(int64_t(m) * b / blocks); }
+
+// K passes over a panel of the blocks of m rows, NM matrices
+template <class Tile, int NM>
+int panel_passes(int m) {
+  const int blocks = (m + Tile::max_rows(NM) - 1) / Tile::max_rows(NM);
+  int passes = 0;
+  for (int b = 0; b < blocks; ++b)
+    passes += 2 / Tile::halves(NM, block_start(m, blocks, b + 1) - block_start(m, blocks, b));
+  return passes;
+}
+
+// What a block needs to prefetch its share of the next panels: pass q of `passes` over the panel.
+// One thread on 3 shape-C experts from DRAM, int4, median ms before -> after (VNNI kernel): gate/up
+// m=2 42.0 -> 29.5 (27.7; one pass instead of two), m=3 46.1 -> 28.5 (25.9), down m=3 20.5 -> 13.2
+// (11.7).
+struct PassPrefetch {
+  const uint8_t* const* next;  // next panel per matrix (nullptr: none)
+  size_t panel_bytes;
+  int passes;
+  int q;  // the block's first pass
+  NextPanels at(int nm, int pass) const {
+    return passes < 2 ? NextPanels{} : next_panel_slice(next, nm, panel_bytes, q + pass, passes);
+  }
+};
+
 template <class Tile, int MR>
-inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0) {
-  constexpr int NH = halves_per_pass(2, MR);
+inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0, const PassPrefetch& pp) {
+  constexpr int NH = Tile::halves(2, MR);
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = a.rows ? a.rows[i0 + r] : i0 + r;
   for (int h0 = 0; h0 < 2; h0 += NH) {
     __m256 acc[2][MR][NH];
-    Tile::template compute<2, MR, NH>(w, h0, a.act.Kp, a.act, rows, acc);
+    Tile::template compute<2, MR, NH>(w, h0, a.act.Kp, a.act, rows, pp.at(2, h0 / NH), acc);
     for (int r = 0; r < MR; ++r)
       for (int h = 0; h < NH; ++h)
         _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + (h0 + h) * kHalfN,
@@ -80,30 +110,42 @@ inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, in
   }
 }
 
+// one block of exactly n <= R rows starting at row i
+template <class Tile, int R>
+inline void gateup_rows(const GateUpArgs& a, const uint8_t* const* w, int p, int i, int n, const PassPrefetch& pp) {
+  if constexpr (R > 0) {
+    if (n == R) gateup_block<Tile, R>(a, w, p, i, pp);
+    else gateup_rows<Tile, R - 1>(a, w, p, i, n, pp);
+  }
+}
+
 template <class Tile>
 void gateup(const GateUpArgs& a) {
+  constexpr int MR = Tile::max_rows(2);
+  const int blocks = (a.m + MR - 1) / MR;
+  const int passes = panel_passes<Tile, 2>(a.m);
+  const size_t pb = a.gate->panel_bytes;
   for (int p = a.p0; p < a.p1; ++p) {
-    const uint8_t* w[2] = {a.gate->data + a.gate->panel_bytes * p, a.up->data + a.up->panel_bytes * p};
-    constexpr int MR = Tile::max_rows(2);
-    int i = 0;
-    for (; i + MR <= a.m; i += MR) gateup_block<Tile, MR>(a, w, p, i);
-    switch (a.m - i) {
-      case 3: if constexpr (MR > 3) gateup_block<Tile, 3>(a, w, p, i); break;
-      case 2: if constexpr (MR > 2) gateup_block<Tile, 2>(a, w, p, i); break;
-      case 1: if constexpr (MR > 1) gateup_block<Tile, 1>(a, w, p, i); break;
-      default: break;
+    const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + pb * p};
+    const uint8_t* next[2] = {nullptr, nullptr};
+    if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
+    PassPrefetch pp{next, pb, passes, 0};
+    for (int b = 0; b < blocks; ++b) {
+      const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
+      gateup_rows<Tile, MR>(a, w, p, i, n, pp);
+      pp.q += 2 / Tile::halves(2, n);
     }
   }
 }
 
 template <class Tile, int MR>
-inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0) {
-  constexpr int NH = halves_per_pass(1, MR);
+inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0, const PassPrefetch& pp) {
+  constexpr int NH = Tile::halves(1, MR);
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
   for (int h0 = 0; h0 < 2; h0 += NH) {
     __m256 acc[1][MR][NH];
-    Tile::template compute<1, MR, NH>(w, h0, a.act.Kp, a.act, rows, acc);
+    Tile::template compute<1, MR, NH>(w, h0, a.act.Kp, a.act, rows, pp.at(1, h0 / NH), acc);
     for (int r = 0; r < MR; ++r) {
       const __m256 weight = _mm256_set1_ps(a.weight[i0 + r]);
       for (int h = 0; h < NH; ++h) {
@@ -114,18 +156,30 @@ inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0
   }
 }
 
+template <class Tile, int R>
+inline void down_rows(const DownArgs& a, const uint8_t* const* w, int p, int i, int n, const PassPrefetch& pp) {
+  if constexpr (R > 0) {
+    if (n == R) down_block<Tile, R>(a, w, p, i, pp);
+    else down_rows<Tile, R - 1>(a, w, p, i, n, pp);
+  }
+}
+
 template <class Tile>
 void down(const DownArgs& a) {
+  constexpr int MR = Tile::max_rows(1);
+  const int blocks = (a.m + MR - 1) / MR;
+  const int passes = panel_passes<Tile, 1>(a.m);
+  const size_t pb = a.down->panel_bytes;
   for (int p = a.p0; p < a.p1; ++p) {
-    const uint8_t* w[1] = {a.down->data + a.down->panel_bytes * p};
-    constexpr int MR = Tile::max_rows(1);
-    int i = 0;
-    for (; i + MR <= a.m; i += MR) down_block<Tile, MR>(a, w, p, i);
-    switch (a.m - i) {
-      case 3: if constexpr (MR > 3) down_block<Tile, 3>(a, w, p, i); break;
-      case 2: if constexpr (MR > 2) down_block<Tile, 2>(a, w, p, i); break;
-      case 1: if constexpr (MR > 1) down_block<Tile, 1>(a, w, p, i); break;
-      default: break;
+    const uint8_t* w[1] = {a.down->data + pb * p};
+    // the next panel, else (this call's last) the next matrix's first one: the caller runs experts
+    // one after another over the same panels
+    const uint8_t* next[1] = {p + 1 < a.p1 ? w[0] + pb : a.next ? a.next + pb * a.p0 : nullptr};
+    PassPrefetch pp{next, pb, passes, 0};
+    for (int b = 0; b < blocks; ++b) {
+      const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
+      down_rows<Tile, MR>(a, w, p, i, n, pp);
+      pp.q += 2 / Tile::halves(1, n);
     }
   }
 }

@@ -38,10 +38,11 @@ struct Bf16Tile {
   }
 
   static constexpr int max_rows(int nm) { return nm == 2 ? 2 : 4; }
+  static constexpr int halves(int nm, int mr) { return nm * mr <= 2 ? 2 : 1; }  // 2 NM MR NH partial sums
 
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
-                      __m256 (&acc)[NM][MR][NH]) {
+                      const NextPanels& pf, __m256 (&acc)[NM][MR][NH]) {
     constexpr int NA = 2;  // partial sums: even k, odd k
     const float* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const float*>(act.data + act.stride * rows[r]);
@@ -53,7 +54,10 @@ struct Bf16Tile {
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h)
           for (int q = 0; q < NA; ++q) part[t][r][h][q] = _mm256_setzero_ps();
-    for (int s = 0; s < Kp / 2; ++s) step<0, 1, NM, MR, NH, NA>(wh, x, s, part);
+    for (int s = 0; s < Kp / 2; ++s) {
+      for (int t = 0; t < NM; ++t) pf.touch(t, s);
+      step<0, 1, NM, MR, NH, NA>(wh, x, s, part);
+    }
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h) acc[t][r][h] = _mm256_add_ps(part[t][r][h][0], part[t][r][h][1]);

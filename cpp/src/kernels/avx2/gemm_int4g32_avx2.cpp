@@ -7,7 +7,10 @@
 // < 2^15, exact) and widened once per group with pmaddwd. The integer sums equal the reference's;
 // the fp32 accumulation uses FMA, so results differ from it by fp32 rounding only.
 // The matrices are computed one after the other: 16 ymm registers hold the fp32 accumulators and
-// int16 sums of one matrix, not of two.   Layout in formats/int4_g32.cpp.
+// int16 sums of one matrix, not of two, so blocks of up to 2 rows take both panel halves in one
+// pass. The rows' group sums are widened to fp32 8 groups at a time, and each group broadcasts
+// its own from memory (a load, not a convert and a shuffle per row and group).
+// Layout in formats/int4_g32.cpp.
 #include "kernels/avx2/avx2_driver.h"
 #include "kernels/kernel_decls.h"
 
@@ -18,46 +21,59 @@ constexpr int kGroupBytes = 320;  // 4 blocks of 64 nibble-pair bytes, then 16 d
 
 struct Int4G32Tile {
   static constexpr int max_rows(int) { return 4; }
+  // the matrices are computed one at a time: acc, sum16, lo and hi of 2 rows x 2 halves fit
+  static constexpr int halves(int, int mr) { return mr <= 2 ? 2 : 1; }
 
-  // one matrix: acc[r][h] for rows r and halves h0 + h
+  // matrix t: acc[r][h] for rows r and halves h0 + h
   template <int MR, int NH>
-  static void compute_one(const uint8_t* w, int h0, int Kp, const int8_t* const* x,
-                          const int32_t* const* gs, __m256 (&acc)[MR][NH]) {
+  static void compute_one(const uint8_t* w, int t, int h0, int Kp, const int8_t* const* x,
+                          const int32_t* const* gs, const NextPanels& pf, __m256 (&acc)[MR][NH]) {
     const __m256i nib = _mm256_set1_epi8(0x0f);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < MR; ++r)
       for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_ps();
-    for (int g = 0; g < Kp / 32; ++g) {
-      const uint8_t* blk = w + size_t(g) * kGroupBytes;
-      __m256i sum16[MR][NH];
-      for (int r = 0; r < MR; ++r)
-        for (int h = 0; h < NH; ++h) sum16[r][h] = _mm256_setzero_si256();
+    const int G = Kp / 32;
+    for (int g0 = 0; g0 < G; g0 += 8) {
+      // the rows' group sums of this chunk as fp32, so that each group broadcasts one from memory
+      alignas(32) float gsf[MR][8];
+      const int gn = G - g0 < 8 ? G - g0 : 8;
+      for (int r = 0; r < MR; ++r) {
+        if (gn == 8)
+          _mm256_store_ps(gsf[r], _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[r] + g0))));
+        else
+          for (int i = 0; i < gn; ++i) gsf[r][i] = float(gs[r][g0 + i]);
+      }
+      for (int g = g0; g < g0 + gn; ++g) {
+        const uint8_t* blk = w + size_t(g) * kGroupBytes;
+        for (int l = 0; l < kGroupBytes / 64; ++l) pf.touch(t, (kGroupBytes / 64) * g + l);
+        __m256i sum16[MR][NH];
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m256i lo[NH], hi[NH];
-        for (int h = 0; h < NH; ++h) {
-          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 64 + (h0 + h) * 32));
-          lo[h] = _mm256_and_si256(v, nib);                         // k = 8j .. 8j+3
-          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);  // k = 8j+4 .. 8j+7
-        }
-        for (int r = 0; r < MR; ++r) {
-          __m256i a_lo = avx2::bcast32(x[r] + g * 32 + j * 8);
-          __m256i a_hi = avx2::bcast32(x[r] + g * 32 + j * 8 + 4);
+        for (int j = 0; j < 4; ++j) {
+          __m256i lo[NH], hi[NH];
           for (int h = 0; h < NH; ++h) {
-            sum16[r][h] = _mm256_add_epi16(sum16[r][h], _mm256_maddubs_epi16(lo[h], a_lo));
-            sum16[r][h] = _mm256_add_epi16(sum16[r][h], _mm256_maddubs_epi16(hi[h], a_hi));
-            avx2::keep_in_register(sum16[r][h]);
+            __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 64 + (h0 + h) * 32));
+            lo[h] = _mm256_and_si256(v, nib);                         // k = 8j .. 8j+3
+            hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);  // k = 8j+4 .. 8j+7
+          }
+          for (int r = 0; r < MR; ++r) {
+            __m256i a_lo = avx2::bcast32(x[r] + g * 32 + j * 8);
+            __m256i a_hi = avx2::bcast32(x[r] + g * 32 + j * 8 + 4);
+            for (int h = 0; h < NH; ++h) {
+              __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], a_lo), _mm256_maddubs_epi16(hi[h], a_hi));
+              sum16[r][h] = j == 0 ? p : _mm256_add_epi16(sum16[r][h], p);
+              avx2::keep_in_register(sum16[r][h]);
+            }
           }
         }
-      }
-      for (int h = 0; h < NH; ++h) {
-        const uint8_t* dm = blk + 256 + (h0 + h) * 16;
-        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm)));
-        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm + 32)));
-        for (int r = 0; r < MR; ++r) {
-          __m256i isum = _mm256_madd_epi16(sum16[r][h], ones);
-          acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][h]);
-          acc[r][h] = _mm256_fmadd_ps(m, _mm256_set1_ps(float(gs[r][g])), acc[r][h]);
+        for (int h = 0; h < NH; ++h) {
+          const uint8_t* dm = blk + 256 + (h0 + h) * 16;
+          __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm)));
+          __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm + 32)));
+          for (int r = 0; r < MR; ++r) {
+            __m256i isum = _mm256_madd_epi16(sum16[r][h], ones);
+            acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][h]);
+            acc[r][h] = _mm256_fmadd_ps(m, _mm256_broadcast_ss(&gsf[r][g - g0]), acc[r][h]);
+          }
         }
       }
     }
@@ -65,14 +81,14 @@ struct Int4G32Tile {
 
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
-                      __m256 (&acc)[NM][MR][NH]) {
+                      const NextPanels& pf, __m256 (&acc)[NM][MR][NH]) {
     const int8_t* x[MR];
     const int32_t* gs[MR];
     for (int r = 0; r < MR; ++r) {
       x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
       gs[r] = act.gsum + size_t(act.gsum_stride) * rows[r];
     }
-    for (int t = 0; t < NM; ++t) compute_one<MR, NH>(w[t], h0, Kp, x, gs, acc[t]);
+    for (int t = 0; t < NM; ++t) compute_one<MR, NH>(w[t], t, h0, Kp, x, gs, pf, acc[t]);
     for (int r = 0; r < MR; ++r) {
       const __m256 s = _mm256_set1_ps(act.scale[rows[r]]);
       for (int t = 0; t < NM; ++t)

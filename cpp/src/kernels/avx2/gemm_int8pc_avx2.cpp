@@ -13,10 +13,11 @@ namespace {
 
 struct Int8Tile {
   static constexpr int max_rows(int) { return 4; }
+  static constexpr int halves(int nm, int mr) { return nm * mr <= 2 ? 2 : 1; }  // isum + weights: 16 ymm
 
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
-                      __m256 (&acc)[NM][MR][NH]) {
+                      const NextPanels& pf, __m256 (&acc)[NM][MR][NH]) {
     const int8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
     const uint8_t* wh[NM][NH];
@@ -28,6 +29,7 @@ struct Int8Tile {
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h) isum[t][r][h] = _mm256_setzero_si256();
     for (int s = 0; s < Kp / 4; ++s) {
+      for (int t = 0; t < NM; ++t) pf.touch(t, s);
       __m256i v[NM][NH], wabs[NM][NH];
       for (int t = 0; t < NM; ++t)
         for (int h = 0; h < NH; ++h) {

@@ -7,7 +7,8 @@
 //   template <int NM, int MR> static void compute(const uint8_t* const* w, int Kp,
 //                                                 const ActView& act, const int* rows,
 //                                                 const NextPanels& pf, __m512 (&acc)[NM][MR]);
-// A Tile whose steps read 64 bytes per matrix may prefetch pf (below); the others ignore it.
+// A Tile whose steps read 64 bytes per matrix may prefetch pf (kernels/next_panels.h); the others
+// ignore it.
 // Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm), and
 // Tile::down_panels how many adjacent panels the down stage computes at once (1, 2 or 4).
 // The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
@@ -15,31 +16,11 @@
 #pragma once
 #include <immintrin.h>
 
+#include "kernels/next_panels.h"
 #include "kt/kernels.h"
 
 namespace kt::avx512 {
 namespace {
-
-// A slice of the next panels, for compute() to prefetch into L2 while it works on the current
-// ones: step s (of the Kp/step_k steps, each reading one 64-byte line per matrix) prefetches
-// at[t] + s * 64 / blocks (16.16 fixed point). With b row blocks per panel the first block would
-// otherwise stream the whole panel from DRAM faster than memory delivers it (the compute stalls),
-// and the other blocks find it in cache; block i prefetches the i-th b-th of the next panels, so
-// the reads spread over all blocks and cover the whole panel whatever b is. (Slices of a power of
-// two, 2^ceil(log2 b), left up to 3/8 of the panel to demand misses for b = 3, 5, 6, 7: 13-16%
-// slower blocks in a streaming microbenchmark.)
-struct NextPanels {
-  const uint8_t* at[4] = {nullptr, nullptr, nullptr, nullptr};  // per matrix or panel; nullptr: none
-  uint32_t step = 0;                          // bytes per step, 16.16 fixed point: (64 << 16) / b
-
-  // _mm_prefetch stays here, unlike the AMX driver's NextPanels: gcc 12 deletes the calls of a
-  // function whose only effects are prefetches unless it is inlined early, which this one-line
-  // member is (its prefetcht1 are in the kernels' code); the asm prefetch made the avx512_bf16
-  // BF16 kernel 17% slower at shape A M=512 (190-198 -> 224-229 ms) through its code generation.
-  inline void touch(int t, int s) const {
-    if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * step) >> 16)), _MM_HINT_T1);
-  }
-};
 
 // Panels of at most this many bytes are prefetched at decode too, where the tile asks for it
 // (Tile::prefetch_decode). Shape A AMXINT4 M=1 on the AMX host (gate/up panels 20 KB, down 7.7 KB),
@@ -49,18 +30,14 @@ struct NextPanels {
 // shape C (40 and 140 KB panels) went from 7.0-7.2 to 7.9-8.1 ms.
 constexpr size_t kDecodePrefetchMaxPanel = size_t(24) << 10;
 
-// For row block `block` of `blocks`: the block-th slice of the panels at next[t] (t < nm).
-// Nothing with no next panels (nullptr), nor with one block (decode) unless prefetch_decode and
-// the panels are small (above): there the hardware prefetcher streams the panels.
+// For row block `block` of `blocks` (each one K pass): its slice of the panels at next[t] (t < nm).
+// Nothing with one block (decode) unless prefetch_decode and the panels are small (above): there
+// the hardware prefetcher streams the panels.
 inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks,
                               bool prefetch_decode) {
-  NextPanels pf;
   const bool decode_too = prefetch_decode && panel_bytes <= kDecodePrefetchMaxPanel;
-  if (!next[0] || (blocks < 2 && !decode_too)) return pf;
-  pf.step = (64u << 16) / uint32_t(blocks);
-  const size_t start = (panel_bytes * size_t(block) / size_t(blocks)) & ~size_t(63);
-  for (int t = 0; t < nm; ++t) pf.at[t] = next[t] + start;
-  return pf;
+  if (blocks < 2 && !decode_too) return NextPanels{};
+  return next_panel_slice(next, nm, panel_bytes, block, blocks);
 }
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8

@@ -14,7 +14,7 @@ struct Bf16Tile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels&, __m512 (&acc)[NM][MR]) {
+                      const NextPanels&, __m512 (&acc)[NM][MR]) {
     const float* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const float*>(act.data + act.stride * rows[r]);
     const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));

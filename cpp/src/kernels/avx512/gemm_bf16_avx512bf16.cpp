@@ -17,7 +17,7 @@ struct Bf16DpTile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
+                      const NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const uint8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = act.data + act.stride * rows[r];
     for (int t = 0; t < NM; ++t)

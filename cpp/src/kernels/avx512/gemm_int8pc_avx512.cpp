@@ -15,7 +15,7 @@ struct Int8Tile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels&, __m512 (&acc)[NM][MR]) {
+                      const NextPanels&, __m512 (&acc)[NM][MR]) {
     const int8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
     const __m512i ones = _mm512_set1_epi16(1);

@@ -16,7 +16,7 @@ struct Int8VnniTile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
+                      const NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const uint8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = act.data + act.stride * rows[r];
     __m512i isum[NM][MR];

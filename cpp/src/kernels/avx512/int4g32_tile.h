@@ -25,7 +25,7 @@ struct Int4G32Tile {
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      const avx512::NextPanels& pf, __m512 (&acc)[NM][MR]) {
+                      const NextPanels& pf, __m512 (&acc)[NM][MR]) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const int8_t* x[MR];
     const int32_t* gs[MR];
