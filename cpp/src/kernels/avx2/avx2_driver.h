@@ -18,7 +18,7 @@
 //                                                         __m256 (&acc)[NM][MR][NH]);
 // Tile::max_rows(NM) is the row block the Tile takes for NM matrices (at most 4), and
 // Tile::halves(NM, MR) the halves per K pass of such a block (1 or 2).
-// The drivers walk panels, then rows in blocks of at most MR whose sizes differ by at most one,
+// The drivers walk panels, then rows in blocks of at most MR (kernels/row_blocks.h),
 // then the halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
 // h = silu(g) * u for gate/up, out += weight * y for down. A panel that takes more than one K pass
 // has its passes prefetch the next panel, each a slice of it.
@@ -26,6 +26,7 @@
 #include <immintrin.h>
 
 #include "kernels/next_panels.h"
+#include "kernels/row_blocks.h"
 #include "kt/kernels.h"
 
 namespace kt::avx2 {
@@ -67,9 +68,9 @@ inline __m256 silu_mul(__m256 g, __m256 u) {
   return _mm256_div_ps(_mm256_mul_ps(g, u), den);
 }
 
-// Rows are cut into ceil(m / MR) blocks of sizes that differ by at most one (m = 5, MR = 4: 3 + 2,
-// not 4 + 1).
-inline int block_start(int m, int blocks, int b) { return int(int64_t(m) * b / blocks); }
+// K passes over a panel of a block of n rows, NM matrices
+template <class Tile, int NM>
+constexpr int block_passes(int n) { return 2 / Tile::halves(NM, n); }
 
 // K passes over a panel of the blocks of m rows, NM matrices
 template <class Tile, int NM>
@@ -77,7 +78,7 @@ int panel_passes(int m) {
   const int blocks = (m + Tile::max_rows(NM) - 1) / Tile::max_rows(NM);
   int passes = 0;
   for (int b = 0; b < blocks; ++b)
-    passes += 2 / Tile::halves(NM, block_start(m, blocks, b + 1) - block_start(m, blocks, b));
+    passes += block_passes<Tile, NM>(block_start(m, blocks, b + 1) - block_start(m, blocks, b));
   return passes;
 }
 
@@ -133,7 +134,7 @@ void gateup(const GateUpArgs& a) {
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
       gateup_rows<Tile, MR>(a, w, p, i, n, pp);
-      pp.q += 2 / Tile::halves(2, n);
+      pp.q += block_passes<Tile, 2>(n);
     }
   }
 }
@@ -179,7 +180,7 @@ void down(const DownArgs& a) {
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
       down_rows<Tile, MR>(a, w, p, i, n, pp);
-      pp.q += 2 / Tile::halves(1, n);
+      pp.q += block_passes<Tile, 1>(n);
     }
   }
 }

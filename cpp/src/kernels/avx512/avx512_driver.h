@@ -11,12 +11,13 @@
 // ignore it.
 // Tile::max_rows(NM) is its row block for NM matrices (accumulators must fit the 32 zmm), and
 // Tile::down_panels how many adjacent panels the down stage computes at once (1, 2 or 4).
-// The drivers walk panels, then rows in blocks of MR (a tail block takes the rows left), and fuse
+// The drivers walk panels, then rows in blocks of at most MR (kernels/row_blocks.h), and fuse
 // the epilogues: h = silu(g) * u for gate/up, out += weight * y for down.
 #pragma once
 #include <immintrin.h>
 
 #include "kernels/next_panels.h"
+#include "kernels/row_blocks.h"
 #include "kt/kernels.h"
 
 namespace kt::avx512 {
@@ -83,10 +84,6 @@ inline void gateup_rows(const GateUpArgs& a, const uint8_t* const* w, int p, int
     else gateup_rows<Tile, R - 1>(a, w, p, i, n, pf);
   }
 }
-
-// Rows are cut into ceil(m / MR) blocks of sizes that differ by at most one (m = 9, MR = 8: 5 + 4,
-// not 8 + 1): a small block has too few accumulators to hide the multiply-add latency.
-inline int block_start(int m, int blocks, int b) { return int(int64_t(m) * b / blocks); }
 
 template <class Tile>
 void gateup(const GateUpArgs& a) {
