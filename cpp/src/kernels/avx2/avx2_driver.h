@@ -21,7 +21,8 @@
 // The drivers walk panels, then rows in blocks of at most MR (kernels/row_blocks.h),
 // then the halves (the block's activation rows stay in L1 between passes), and fuse the epilogues:
 // h = silu(g) * u for gate/up, out += weight * y for down. A panel that takes more than one K pass
-// has its passes prefetch the next panel, each a slice of it.
+// has its passes prefetch the next panel, each a slice of it; one computed in a single pass
+// prefetches its own stream kStreamAhead bytes ahead.
 #pragma once
 #include <immintrin.h>
 
@@ -82,17 +83,26 @@ int panel_passes(int m) {
   return passes;
 }
 
-// What a block needs to prefetch its share of the next panels: pass q of `passes` over the panel.
+// Bytes ahead of the line read that a one-pass panel prefetches its stream (stream_ahead). One
+// thread, int4 kernels alone on shape-A experts from DRAM at m=1, median ms: none 26.0-33.0,
+// 1 KiB ahead 28.9, 2 KiB 23.8-28.2, 4 KiB 21.4-26.6, 6 KiB 26.3, 8 KiB 21.0, the whole next
+// panel (20 KB ahead) 22.5-26.6; shape B at m=1 31.1 -> 25.9 (4 KiB); shape C within its noise.
+constexpr size_t kStreamAhead = size_t(4) << 10;
+
+// What a block needs to prefetch: with one pass over the panel, its stream kStreamAhead ahead;
+// with several, pass q of `passes` prefetches the q-th slice of the next panel.
 // One thread on 3 shape-C experts from DRAM, int4, median ms before -> after (VNNI kernel): gate/up
 // m=2 42.0 -> 29.5 (27.7; one pass instead of two), m=3 46.1 -> 28.5 (25.9), down m=3 20.5 -> 13.2
 // (11.7).
 struct PassPrefetch {
+  const uint8_t* const* cur;   // this panel per matrix
   const uint8_t* const* next;  // next panel per matrix (nullptr: none)
   size_t panel_bytes;
   int passes;
   int q;  // the block's first pass
   NextPanels at(int nm, int pass) const {
-    return passes < 2 ? NextPanels{} : next_panel_slice(next, nm, panel_bytes, q + pass, passes);
+    return passes < 2 ? stream_ahead(cur, nm, kStreamAhead)
+                      : next_panel_slice(next, nm, panel_bytes, q + pass, passes);
   }
 };
 
@@ -130,7 +140,7 @@ void gateup(const GateUpArgs& a) {
     const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + pb * p};
     const uint8_t* next[2] = {nullptr, nullptr};
     if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
-    PassPrefetch pp{next, pb, passes, 0};
+    PassPrefetch pp{w, next, pb, passes, 0};
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
       gateup_rows<Tile, MR>(a, w, p, i, n, pp);
@@ -176,7 +186,7 @@ void down(const DownArgs& a) {
     // the next panel, else (this call's last) the next matrix's first one: the caller runs experts
     // one after another over the same panels
     const uint8_t* next[1] = {p + 1 < a.p1 ? w[0] + pb : a.next ? a.next + pb * a.p0 : nullptr};
-    PassPrefetch pp{next, pb, passes, 0};
+    PassPrefetch pp{w, next, pb, passes, 0};
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
       down_rows<Tile, MR>(a, w, p, i, n, pp);
