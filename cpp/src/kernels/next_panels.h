@@ -41,10 +41,15 @@ inline NextPanels next_panel_slice(const uint8_t* const* next, int nm, size_t pa
   return pf;
 }
 
-// A panel computed in one K pass (the AVX2 driver at decode): prefetch each matrix's own stream
-// `distance` bytes ahead of the line read, on into the next panel (a matrix's panels are
-// contiguous). The hardware prefetcher alone left one AVX2 thread at 75% of the VNNI kernel's
-// stream: its ymm tile spends twice the instructions per line, so fewer lines are in flight.
+// A panel computed in one K pass (decode): prefetch each matrix's own stream `distance` bytes ahead
+// of the line read, on into the next panel (a matrix's panels are contiguous). The hardware
+// prefetcher alone left one AVX2 thread streaming int4 experts at 75% of the VNNI kernel's rate:
+// its ymm tile spends twice the instructions per line, so fewer lines are in flight.
+// kStreamAhead: one thread, int4 AVX2 kernels alone on shape-A experts from DRAM at m=1, median ms:
+// none 26.0-33.0, 1 KiB ahead 28.9, 2 KiB 23.8-28.2, 4 KiB 21.4-26.6, 6 KiB 26.3, 8 KiB 21.0, the
+// whole next panel (20 KB ahead) 22.5-26.6; shape B 31.1 -> 25.9 (4 KiB); shape C within its noise.
+constexpr size_t kStreamAhead = size_t(4) << 10;
+
 inline NextPanels stream_ahead(const uint8_t* const* cur, int nm, size_t distance) {
   NextPanels pf;
   pf.step = 64u << 16;

@@ -83,12 +83,6 @@ int panel_passes(int m) {
   return passes;
 }
 
-// Bytes ahead of the line read that a one-pass panel prefetches its stream (stream_ahead). One
-// thread, int4 kernels alone on shape-A experts from DRAM at m=1, median ms: none 26.0-33.0,
-// 1 KiB ahead 28.9, 2 KiB 23.8-28.2, 4 KiB 21.4-26.6, 6 KiB 26.3, 8 KiB 21.0, the whole next
-// panel (20 KB ahead) 22.5-26.6; shape B at m=1 31.1 -> 25.9 (4 KiB); shape C within its noise.
-constexpr size_t kStreamAhead = size_t(4) << 10;
-
 // What a block needs to prefetch: with one pass over the panel, its stream kStreamAhead ahead;
 // with several, pass q of `passes` prefetches the q-th slice of the next panel.
 // One thread on 3 shape-C experts from DRAM, int4, median ms before -> after (VNNI kernel): gate/up

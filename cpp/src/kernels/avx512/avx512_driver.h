@@ -23,21 +23,16 @@
 namespace kt::avx512 {
 namespace {
 
-// Panels of at most this many bytes are prefetched at decode too, where the tile asks for it
-// (Tile::prefetch_decode). Shape A AMXINT4 M=1 on the AMX host (gate/up panels 20 KB, down 7.7 KB),
-// fresh routing, alternating processes: without 0.90-0.97 ms; with 0.87-0.91 (median 0.88 of 7);
-// with the down panels alone (a 16 KiB bound) 0.85-0.95 (median 0.91 of 8). Shape B (down panels
-// 20 KB) stayed within its noise (7.1-7.4 against 6.7-7.6 ms). With every panel prefetched,
-// shape C (40 and 140 KB panels) went from 7.0-7.2 to 7.9-8.1 ms.
-constexpr size_t kDecodePrefetchMaxPanel = size_t(24) << 10;
-
 // For row block `block` of `blocks` (each one K pass): its slice of the panels at next[t] (t < nm).
-// Nothing with one block (decode) unless prefetch_decode and the panels are small (above): there
-// the hardware prefetcher streams the panels.
-inline NextPanels next_panels(const uint8_t* const* next, int nm, size_t panel_bytes, int block, int blocks,
-                              bool prefetch_decode) {
-  const bool decode_too = prefetch_decode && panel_bytes <= kDecodePrefetchMaxPanel;
-  if (blocks < 2 && !decode_too) return NextPanels{};
+// With one block (decode), the block's own stream kStreamAhead ahead instead (cur[t]). Before, one
+// block prefetched nothing, but for int4 whole next panels of up to 24 KiB (shape A's; 3% over
+// nothing; whole next panels of every size had cost shape C 12%). Against that, one thread on int4
+// experts from DRAM at m=1, kernels alone, median ms: shape A 18.0 either way, C 35.7 -> 30.9; whole
+// layers, held to the unchanged AVX2 tier in alternating rounds (bench_tiers.py): the int8 and
+// bf16 kernels 0-27% faster (median 11%) at M=1 and 8 on every shape.
+inline NextPanels next_panels(const uint8_t* const* cur, const uint8_t* const* next, int nm, size_t panel_bytes,
+                              int block, int blocks) {
+  if (blocks < 2) return stream_ahead(cur, nm, kStreamAhead);
   return next_panel_slice(next, nm, panel_bytes, block, blocks);
 }
 
@@ -96,7 +91,7 @@ void gateup(const GateUpArgs& a) {
     if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
     for (int b = 0; b < blocks; ++b) {
       const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(next, 2, pb, b, blocks, Tile::prefetch_decode));
+      gateup_rows<Tile, MR>(a, w, p, i, n, next_panels(w, next, 2, pb, b, blocks));
     }
   }
 }
@@ -150,7 +145,7 @@ inline void down_panels(const DownArgs& a, int p) {
   }
   for (int b = 0; b < blocks; ++b) {
     const int i = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i;
-    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(next, NP, pb, b, blocks, Tile::prefetch_decode));
+    down_rows<Tile, NP, MR>(a, w, p, i, n, next_panels(w, next, NP, pb, b, blocks));
   }
 }
 

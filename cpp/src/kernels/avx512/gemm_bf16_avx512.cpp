@@ -10,7 +10,6 @@ namespace {
 struct Bf16Tile {
   static constexpr int max_rows(int) { return 4; }
   static constexpr int down_panels = 1;
-  static constexpr bool prefetch_decode = false;
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

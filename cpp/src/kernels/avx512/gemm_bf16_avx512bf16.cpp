@@ -13,7 +13,6 @@ struct Bf16DpTile {
   // against 2 panels of 8 rows; 1 panel had run at half the rate of gate/up)
   static constexpr int max_rows(int nm) { return nm > 2 ? 6 : 8; }
   static constexpr int down_panels = 4;
-  static constexpr bool prefetch_decode = false;
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

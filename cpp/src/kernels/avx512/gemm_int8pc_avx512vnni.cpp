@@ -12,7 +12,6 @@ struct Int8VnniTile {
   // NM * MR int32 accumulators; 6 rows beat 8 (shape A M=512: 29.3-30.9 -> 27.6-28.9 ms), 4 and 12
   static constexpr int max_rows(int) { return 6; }
   static constexpr int down_panels = 2;  // shape A M=512: 36.4-37.6 -> 34.3-36.5 ms
-  static constexpr bool prefetch_decode = false;
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

@@ -17,11 +17,6 @@ struct Int4G32Tile {
   // avx512_bf16 tier), shape A M=64 16.5 -> 15.1-15.5 ms, M=512 61-63 -> 58.6-60.4 ms, M=1-8
   // unchanged; on the Zen 4 host it had measured M=64 9.0 -> 10.0 ms.
   static constexpr int down_panels = 2;
-  // Prefetch small next panels at decode too (kDecodePrefetchMaxPanel): one thread streaming 64
-  // shape-A experts at m=1 on the AMX host, gate/up 13.5-14.7 -> 14.4-15.2 GB/s, down 12.2-12.7 ->
-  // 13.7-15.0 GB/s (the int8 kernel, which spends fewer instructions per line, streams at
-  // 15-16.5 GB/s either way).
-  static constexpr bool prefetch_decode = true;
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
