@@ -11,41 +11,52 @@
 namespace kt {
 namespace {
 
+// 64-byte steps (4 k) per turn of a matrix: 2 KiB of it
+constexpr int kTurnSteps = 32;
+
 struct Int8Tile {
   static constexpr int max_rows(int) { return 4; }
-  static constexpr int halves(int nm, int mr) { return nm * mr <= 2 ? 2 : 1; }  // isum + weights: 16 ymm
+  // the matrices take turns: isum, weights and |weights| of 2 rows x 2 halves fit
+  static constexpr int halves(int, int mr) { return mr <= 2 ? 2 : 1; }
+
+  // matrix t, the steps s0 .. s1 - 1 added to the int32 sums isum[r][h] of rows r and halves h0 + h
+  template <int MR, int NH>
+  static void turn(const uint8_t* w, int t, int h0, int s0, int s1, const int8_t* const* x, const NextPanels& pf,
+                   __m256i (&isum)[MR][NH]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int s = s0; s < s1; ++s) {
+      pf.touch(t, s);
+      __m256i v[NH], wabs[NH];
+      for (int h = 0; h < NH; ++h) {
+        v[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + size_t(s) * 64 + (h0 + h) * 32));
+        wabs[h] = _mm256_abs_epi8(v[h]);
+      }
+      for (int r = 0; r < MR; ++r) {
+        __m256i a = avx2::bcast32(x[r] + s * 4);
+        for (int h = 0; h < NH; ++h) {
+          // psignb also zeroes a where q_w = 0, where |q_w| = 0 anyway
+          __m256i pairs = _mm256_maddubs_epi16(wabs[h], _mm256_sign_epi8(a, v[h]));
+          isum[r][h] = _mm256_add_epi32(isum[r][h], _mm256_madd_epi16(pairs, ones));
+          avx2::keep_in_register(isum[r][h]);
+        }
+      }
+    }
+  }
 
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
                       const NextPanels& pf, __m256 (&acc)[NM][MR][NH]) {
     const int8_t* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const int8_t*>(act.data + act.stride * rows[r]);
-    const uint8_t* wh[NM][NH];
-    for (int t = 0; t < NM; ++t)
-      for (int h = 0; h < NH; ++h) wh[t][h] = w[t] + (h0 + h) * 32;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256i isum[NM][MR][NH];
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h) isum[t][r][h] = _mm256_setzero_si256();
-    for (int s = 0; s < Kp / 4; ++s) {
-      for (int t = 0; t < NM; ++t) pf.touch(t, s);
-      __m256i v[NM][NH], wabs[NM][NH];
-      for (int t = 0; t < NM; ++t)
-        for (int h = 0; h < NH; ++h) {
-          v[t][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh[t][h] + size_t(s) * 64));
-          wabs[t][h] = _mm256_abs_epi8(v[t][h]);
-        }
-      for (int r = 0; r < MR; ++r) {
-        __m256i a = avx2::bcast32(x[r] + s * 4);
-        for (int t = 0; t < NM; ++t)
-          for (int h = 0; h < NH; ++h) {
-            // psignb also zeroes a where q_w = 0, where |q_w| = 0 anyway
-            __m256i pairs = _mm256_maddubs_epi16(wabs[t][h], _mm256_sign_epi8(a, v[t][h]));
-            isum[t][r][h] = _mm256_add_epi32(isum[t][r][h], _mm256_madd_epi16(pairs, ones));
-            avx2::keep_in_register(isum[t][r][h]);
-          }
-      }
+    const int S = Kp / 4;
+    for (int s0 = 0; s0 < S; s0 += kTurnSteps) {
+      const int s1 = S - s0 < kTurnSteps ? S : s0 + kTurnSteps;
+#pragma GCC unroll 4
+      for (int t = 0; t < NM; ++t) turn<MR, NH>(w[t], t, h0, s0, s1, x, pf, isum[t]);
     }
     for (int t = 0; t < NM; ++t)
       for (int h = 0; h < NH; ++h) {
