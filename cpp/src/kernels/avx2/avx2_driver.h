@@ -5,9 +5,10 @@
 // A packed panel holds 16 channels, which is two ymm halves: in every format the bytes of channels
 // 0-7 are the first 32 bytes of each 64-byte step and channels 8-15 the last 32 (per-channel
 // scales likewise split in two). With 16 ymm registers an MR = 4 block of gate and up for all 16
-// channels would need 16 accumulators alone, so large blocks run the K loop once per half. Small
-// blocks take both halves in one pass instead (Tile::halves): one pass reads every 64-byte line
-// once rather than twice.
+// channels would need 16 accumulators alone, so a Tile may run the K loop of large blocks once
+// per half (Tile::halves: the bf16 tile does). One pass reads every 64-byte line once rather than
+// twice and keeps the memory busy throughout; the int tiles let gate and up take turns, so that
+// the registers hold one matrix's sums, and run every block in one pass.
 //
 // A Tile policy computes an MR x (8 * NH) block of fp32 dot products for NM matrices (2: gate and
 // up, 1: down) over the whole padded K, for the halves h0 .. h0 + NH - 1 of the panel, and touches
