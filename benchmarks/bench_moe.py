@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import json
 import os
 import platform
 import resource
@@ -545,14 +544,7 @@ def main(argv=None) -> dict:
         "shapes": {n: asdict(get_shape(n)) for n in args.shapes},
         "results": rows,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(bench_report.markdown(result))
-        print(f"wrote {args.markdown}")
+    bench_report.write_files(result, args.json, args.markdown)
     if args.chart:
         bench_report.draw_chart(result, args.chart)
         print(f"wrote {args.chart}")

@@ -117,6 +117,19 @@ def _peak_text(peak: dict) -> str:
     return f"{peak['instruction']} {peak['gops']:.0f} {peak['unit']}"
 
 
+def write_files(result: dict, json_path: str | None, markdown_path: str | None, to_markdown=None) -> None:
+    """A run's --json (the result) and --markdown (to_markdown(result), by default this module's
+    table of a bench_moe.py run) files, each where a path is given."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {json_path}")
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write((to_markdown or markdown)(result))
+        print(f"wrote {markdown_path}")
+
+
 def markdown(result: dict) -> str:
     """The results as Markdown: one table per shape, a row per (method, tier), a column per M."""
     c = result["conditions"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import statistics
 import sys
@@ -35,6 +34,7 @@ from kt_kernel.cpu import forced_isa
 from kt_kernel.doctor import all_cores
 from kt_kernel.torch_moe import random_expert_weights, random_inputs, relative_error
 
+import bench_report
 from bench_moe import FRESH_ROUTINGS, fresh_routings, in_turn, mean_distinct
 from shapes import DECODE_TOKENS, get_shape
 
@@ -225,14 +225,7 @@ def main(argv=None) -> dict:
         "machine": machine,
         "results": rows,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(result))
-        print(f"wrote {args.markdown}")
+    bench_report.write_files(result, args.json, args.markdown, markdown)
     return result
 
 
