@@ -1,6 +1,6 @@
 """pytest-benchmark suite: the protocol cases of bench_moe.py, with correctness asserted.
 
-    pytest benchmarks/test_bench_moe.py --benchmark-disable   # CI smoke test: each case runs once
+    pytest benchmarks/test_bench_moe.py --benchmark-disable   # smoke test, each case once (CI runs all of benchmarks/)
     pytest benchmarks/test_bench_moe.py --bench-shapes A --bench-tokens 1,8,512   # time the protocol's
     pytest benchmarks/test_bench_moe.py --bench-shapes A,B,C --bench-isas avx512_bf16 --benchmark-save=main
 

@@ -98,6 +98,8 @@ struct Int4G32Tile {
         else
           for (int i = 0; i < gn; ++i) gsf[r][i] = float(gs[r][g0 + i]);
       }
+      // unrolled, so that each matrix's sums are registers, not an array indexed at run time (on the
+      // stack)
 #pragma GCC unroll 4
       for (int t = 0; t < NM; ++t) turn<MR, NH>(w[t], t, h0, g0, gn, x, gsf, pf, acc[t]);
     }

@@ -57,6 +57,8 @@ struct Int8Tile {
     const int S = Kp / 4;
     for (int s0 = 0; s0 < S; s0 += kTurnSteps) {
       const int s1 = S - s0 < kTurnSteps ? S : s0 + kTurnSteps;
+      // unrolled, so that each matrix's sums are registers, not an array indexed at run time (on the
+      // stack)
 #pragma GCC unroll 4
       for (int t = 0; t < NM; ++t) turn<MR, NH>(w[t], t, h0, s0, s1, x, pf, isum[t]);
     }
