@@ -270,14 +270,14 @@ def _previous_conversion(out: Path) -> Optional[dict]:
     if (out / L.META_FILE).exists():
         meta = read_meta(out)
         return dict({f: meta[f] for f in IDENTITY}, fingerprint=meta["source"]["fingerprint"],
-                    copied=meta.get("copied", []), where=str(out / L.META_FILE))
+                    path=meta["source"].get("path"), copied=meta.get("copied", []), where=str(out / L.META_FILE))
     for f in sorted(out.glob("kt-experts-L*.safetensors")):
         try:
             h = read_header(f)
         except SafetensorsError:
             continue
-        return dict({k: h.metadata.get(k) for k in IDENTITY}, fingerprint=h.metadata.get("source"), copied=[],
-                    where=str(f))
+        return dict({k: h.metadata.get(k) for k in IDENTITY}, fingerprint=h.metadata.get("source"), path=None,
+                    copied=[], where=str(f))
     return None
 
 
@@ -304,12 +304,15 @@ def _check_output(out: Path, src: Source, want: dict, resume: bool, overwrite: b
     if prev is None:
         return set()
     if not overwrite:
-        for field, value in [(f, want[f]) for f in IDENTITY] + [("source.fingerprint", want["source"])]:
-            got = prev["fingerprint"] if field == "source.fingerprint" else prev[field]
+        # the path too: a fine-tune has the same config and tensor headers, so the same fingerprint
+        here = src.record()["path"]
+        fields = [(f, prev[f], want[f]) for f in IDENTITY] + [
+            ("source.fingerprint", prev["fingerprint"], want["source"]), ("source.path", prev["path"] or here, here)]
+        for field, got, value in fields:
             if str(got) != str(value):
-                what = f"{src.path} ({value})" if field == "source.fingerprint" else repr(value)
                 raise ConversionError(f"{out} holds another conversion: {field} is {got!r} in {prev['where']} but "
-                                      f"{what} in this one; pass --overwrite to replace it, or give another folder")
+                                      f"{str(value)!r} in this one (input {src.path}); pass --overwrite to replace "
+                                      "it, or give another folder")
     return set(prev["copied"])
 
 
