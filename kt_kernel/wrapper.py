@@ -29,6 +29,9 @@ def _default_threads() -> int:
 _INT_MAX = 2 ** 31 - 1
 # more threads than this is a mistake, not a machine (each one is an OS thread the engine keeps)
 MAX_THREADS = 4096
+# real models have at most a few hundred experts; the constructor builds per-expert lists, and
+# num_experts=2**31 made them tens of GB (the process was killed for memory)
+MAX_EXPERTS = 1 << 16
 
 
 def _check_int(name: str, v, lo: int, hi: int) -> None:
@@ -102,15 +105,15 @@ class KTMoEWrapper:
         if not isinstance(cpu_save, (bool, str, os.PathLike)):
             raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
         _check_int("layer_idx", layer_idx, 0, _INT_MAX)
-        for name, v in (("num_experts", num_experts), ("num_experts_per_tok", num_experts_per_tok),
-                        ("hidden_size", hidden_size), ("moe_intermediate_size", moe_intermediate_size),
-                        ("chunked_prefill_size", chunked_prefill_size)):
+        _check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+        for name, v in (("num_experts_per_tok", num_experts_per_tok), ("hidden_size", hidden_size),
+                        ("moe_intermediate_size", moe_intermediate_size), ("chunked_prefill_size", chunked_prefill_size)):
             _check_int(name, v, 1, _INT_MAX)
         _check_int("threadpool_count", threadpool_count, 1, MAX_THREADS)
         if cpuinfer_threads is not None:
             _check_int("cpuinfer_threads", cpuinfer_threads, 1, MAX_THREADS)
         if num_gpu_experts is not None:
-            _check_int("num_gpu_experts", num_gpu_experts, 0, _INT_MAX)
+            _check_int("num_gpu_experts", num_gpu_experts, 0, MAX_EXPERTS)
         if num_experts_per_tok > num_experts:
             raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
         self.layer_idx = layer_idx
