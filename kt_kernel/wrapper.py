@@ -107,7 +107,8 @@ class KTMoEWrapper:
         _check_int("layer_idx", layer_idx, 0, _INT_MAX)
         _check_int("num_experts", num_experts, 1, MAX_EXPERTS)
         for name, v in (("num_experts_per_tok", num_experts_per_tok), ("hidden_size", hidden_size),
-                        ("moe_intermediate_size", moe_intermediate_size), ("chunked_prefill_size", chunked_prefill_size)):
+                        ("moe_intermediate_size", moe_intermediate_size),
+                        ("chunked_prefill_size", chunked_prefill_size)):
             _check_int(name, v, 1, _INT_MAX)
         _check_int("threadpool_count", threadpool_count, 1, MAX_THREADS)
         if cpuinfer_threads is not None:
