@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kt_kernel.convert import ConversionError, convert_checkpoint
+from kt_kernel.convert import ConversionError, convert_checkpoint, verify_folder
 from kt_kernel.convert import layout as L
 from kt_kernel.convert import safetensors_io
 from kt_kernel.convert.safetensors_io import read_header
@@ -142,6 +142,31 @@ def test_folder_from_before_checksums_is_verified_by_its_sha256(converted, tmp_p
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ConversionError, match=rf"records no checksum of {file.name}.*re-run the converter"):
         wrapper("AMXINT4", LAYER, out).load_weights()
+
+
+def _flip_last_expert(out: Path) -> None:
+    """The last expert's min of layer 1: in a GPU slot of a loader it would never be read."""
+    file = out / L.layer_file(LAYER)
+    _flip(file, _expert_offset(file, L.key(LAYER, "up", "min"), E - 1)[0], 8)
+
+
+FOLDER_FILES = {
+    "layer_gpu_expert": _flip_last_expert,
+    "nonexpert": lambda out: _flip(out / "kt-nonexpert-00000.safetensors",
+                                   (out / "kt-nonexpert-00000.safetensors").stat().st_size - 64),
+    "index": lambda out: (out / L.INDEX_FILE).write_text((out / L.INDEX_FILE).read_text().replace("L0001", "L0002", 1)),
+    "copied_config": lambda out: (out / "config.json").write_text((out / "config.json").read_text() + " "),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOLDER_FILES))
+def test_verify_folder_checks_every_file(converted, tmp_path, kind):
+    out = _copy(converted("AMXINT4"), tmp_path)
+    verify_folder(out)
+    FOLDER_FILES[kind](out)
+    differs = r"(: expert \d+ of \S+ does not match| is missing or does not match| does not match)"
+    with pytest.raises(ConversionError, match=rf"{out}/[\w.-]+{differs}"):
+        verify_folder(out)
 
 
 # ---- malformed kt_kernel_meta.json --------------------------------------------------------

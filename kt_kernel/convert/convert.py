@@ -5,9 +5,10 @@ projection in fp32 and its quantized form, so its peak RSS is about one layer of
 ``threads`` expert matrices (below one layer of source experts), whatever the model size.
 Source tensors are read with pread, never mapped, so the source files' pages do not stay in RSS.
 
-Atomicity and resume: every file is written as ``name.tmp`` and renamed when complete; the
-metadata file is written last. With ``resume=True`` a layer whose file exists and verifies
-(header, keys, shapes, metadata naming the same source, method and layer) is skipped.
+Atomicity and resume: every file is written as ``name.tmp`` and renamed when complete (a failed
+write removes its ``.tmp``); the metadata file is written last. With ``resume=True`` a layer whose
+file exists and verifies (header, keys, shapes, metadata naming the same source, method and layer,
+every expert's checksum) is skipped. Files the converter did not write are never touched.
 """
 from __future__ import annotations
 
@@ -151,6 +152,10 @@ def check_meta(record, file: Path) -> None:
         for field in ("header_xxh3", "xxh3", "sha256"):
             if field in v and not isinstance(v[field], str):
                 bad(f"files.{name}.{field}", f"is {v[field]!r}, expected a hex string")
+    others = record.get("other_files", {})
+    if not isinstance(others, dict) or not all(isinstance(v, dict) and isinstance(v.get("xxh3"), str)
+                                               for v in others.values()):
+        bad("other_files", "is not an object of per-file records with an xxh3 string")
     if "copied" in record and (not isinstance(record["copied"], list)
                                or not all(isinstance(x, str) for x in record["copied"])):
         bad("copied", f"is {record['copied']!r}, expected a list of file names")

@@ -2,11 +2,10 @@
 
 Each layer file's safetensors ``__metadata__`` holds ``xxh3``: for every tensor, the xxh3-64 of
 each expert's slice (16 hex digits per expert, in expert order), so a loader verifies exactly the
-experts it reads (the CPU slots') and nothing else, at memory speed. The header itself is checked
-field by field (keys, dtypes, shapes, metadata). ``kt_kernel_meta.json``
-holds ``meta_xxh3``, the xxh3-64 of its own other fields, and per layer file the xxh3-64 of its
-header bytes (``header_xxh3``), so every byte that loading reads is covered. Every other file the converter writes
-(non-expert shards, the index, copied files) has its whole-file xxh3-64 in the record's ``files``.
+experts it reads (the CPU slots') and nothing else, at memory speed. ``kt_kernel_meta.json`` holds
+per layer file the xxh3-64 of its header bytes (``header_xxh3``), so every byte that loading reads
+is covered; the whole-file xxh3-64 of every other file the converter writes (``other_files``:
+non-expert shards, the index, copied files); and ``meta_xxh3``, the xxh3-64 of its own other fields.
 
 Folders converted before these checksums have a sha256 per layer file in ``kt_kernel_meta.json``;
 loading one verifies that digest over the whole layer file (slower: see the README).

@@ -16,11 +16,12 @@ import torch
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import MappedFile, SafetensorsError, read_header
 from kt_kernel.convert.convert import read_meta
-from kt_kernel.convert.integrity import VERIFY_ENV, header_xxh3, sha256_file, verification_enabled, verify_experts
+from kt_kernel.convert.integrity import (VERIFY_ENV, file_xxh3, header_xxh3, sha256_file, verification_enabled,
+                                        verify_experts)
 from kt_kernel.convert.source import ConversionError, open_source
 from kt_kernel.convert.save import save_layer, saved_layer_ready
 
-__all__ = ["load_converted_layer", "load_hf_layer", "is_converted"]
+__all__ = ["load_converted_layer", "load_hf_layer", "is_converted", "verify_folder"]
 
 
 def is_converted(path) -> bool:
@@ -109,6 +110,25 @@ def _verify(file: Path, header, entry: dict, keys: list, experts: set, E: int) -
                                   f"damaged after conversion; {fix}")
     else:
         raise ConversionError(f"{L.META_FILE} records no checksum of {file.name}, so it cannot be verified; {fix}")
+
+
+def verify_folder(path) -> None:
+    """Checks every file of the converted folder ``path`` against its recorded checksums (every
+    expert of every layer, the other files whole); raises ConversionError naming the first file
+    that differs. Loading checks only what it reads; this is for copies and archives."""
+    path = Path(path)
+    meta = read_meta(path, verify=True)
+    for name, entry in meta["files"].items():
+        file = path / name
+        try:
+            header = read_header(file)
+        except (SafetensorsError, FileNotFoundError) as e:
+            raise ConversionError(str(e)) from e
+        _verify(file, header, entry, list(header.tensors), set(range(meta["num_experts"])), meta["num_experts"])
+    for name, entry in meta.get("other_files", {}).items():
+        if not (path / name).is_file() or file_xxh3(path / name) != entry.get("xxh3"):
+            raise ConversionError(f"{path / name} is missing or does not match its xxh3 in {L.META_FILE}: changed "
+                                  "or damaged after conversion; re-run the converter with --resume to rewrite it")
 
 
 def load_hf_layer(wrapper, path, pmap: torch.Tensor, save=None) -> None:
