@@ -206,7 +206,7 @@ def resolve_shapes(args) -> list[ModelShape]:
                                          or args.config)]
         except OSError as e:
             raise SystemExit(f"--config {args.config}: cannot read it: {e.strerror or e}")
-        except (ValueError, AttributeError) as e:  # not JSON, not an object, or no MoE shape fields
+        except (ValueError, AttributeError, TypeError) as e:  # not JSON, not an object, or no MoE shape fields
             raise SystemExit(f"--config {args.config}: not a usable Hugging Face config.json: {e}")
     elif args.model == "all":
         base = list(PRESETS.values())

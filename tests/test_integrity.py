@@ -177,6 +177,8 @@ META_CASES = {
     "files_missing": (lambda m: m.pop("files"), "files"),
     "source_number": (lambda m: m.update(source=3), "source"),
     "num_experts_negative": (lambda m: m.update(num_experts=-8), "num_experts"),
+    "file_bytes_missing": (lambda m: m["files"][L.layer_file(LAYER)].pop("bytes"),
+                           rf"files\.{L.layer_file(LAYER)}\.bytes"),
     "method_unknown": (lambda m: m.update(method="AMXINT5", format="int5"), "method"),
     "not_an_object": (lambda m: (m.clear(), m.update(x=1)) and None, "kt_format"),
 }
@@ -292,6 +294,18 @@ def test_no_space_injected(src, tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match=rf"cannot write the converted weights into {out}: No space left"):
         convert_checkpoint(src, out, "int4", threads=THREADS, progress=False)
     _no_leftovers(out)
+
+
+def test_unreadable_source_named_as_such(src, tmp_path, monkeypatch):
+    """An input error during the conversion is not reported as a write failure of the output."""
+    from kt_kernel.convert.source import Source
+    shard = src / "model-00001-of-00002.safetensors"
+
+    def gone(self, key, index=None):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(shard))
+    monkeypatch.setattr(Source, "read", gone)
+    with pytest.raises(ConversionError, match=rf"cannot read {shard}: No such file or directory"):
+        convert_checkpoint(src, tmp_path / "out", "int4", threads=THREADS, progress=False)
 
 
 def test_read_only_output_injected(src, tmp_path, monkeypatch):

@@ -149,6 +149,9 @@ def check_meta(record, file: Path) -> None:
     if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
         bad("files", "is not an object of per-file records")
     for name, v in files.items():
+        for field in ("layer", "bytes"):
+            if not _is_int(v.get(field)) or v[field] < 0:
+                bad(f"files.{name}.{field}", f"is {v.get(field)!r}, expected a non-negative integer")
         for field in ("header_xxh3", "xxh3", "sha256"):
             if field in v and not isinstance(v[field], str):
                 bad(f"files.{name}.{field}", f"is {v[field]!r}, expected a hex string")
@@ -375,6 +378,8 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     try:
         return _convert(src, out, method, fmt, copies, threads, resume, progress, layers, shard_bytes)
     except OSError as e:
+        if e.filename and out.resolve() not in Path(e.filename).resolve().parents:
+            raise ConversionError(f"cannot read {e.filename}: {e.strerror or e}") from e
         # ENOSPC, EROFS, EACCES...: every write is to name.tmp, removed on failure, so what is left
         # is complete files, which --resume keeps
         raise ConversionError(f"cannot write the converted weights into {out}: {e.strerror or e} "
