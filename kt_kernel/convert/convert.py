@@ -86,6 +86,11 @@ def folder_meta(method: str, E: int, H: int, I: int, num_layers, moe_layers: lis
             "moe_layers": moe_layers, "source": source, "files": files}
 
 
+# the metadata cannot say which conversion the folder holds, so --resume alone refuses it
+_REWRITE_META = ("re-run the converter with --resume --overwrite to rewrite it (the layer files that verify are "
+                 "kept)")
+
+
 def read_meta(path, verify: Optional[bool] = None) -> dict:
     """The kt_kernel_meta.json record of the converted folder ``path``, its fields checked (and its
     own checksum, unless ``verify`` is False or KT_KERNEL_VERIFY_WEIGHTS=0)."""
@@ -102,7 +107,7 @@ def read_meta(path, verify: Optional[bool] = None) -> dict:
     if (verification_enabled() if verify is None else verify) and "meta_xxh3" in record \
             and record["meta_xxh3"] != meta_digest(record):
         raise ConversionError(f"{f} does not match its checksum meta_xxh3: the file was changed or damaged after "
-                              f"conversion; re-run the converter with --resume to rewrite it (or set {VERIFY_ENV}=0)")
+                              f"conversion; {_REWRITE_META} (or set {VERIFY_ENV}=0)")
     return record
 
 
@@ -114,8 +119,8 @@ def check_meta(record, file: Path) -> None:
     """Raises ConversionError naming the field and ``file`` when a kt_kernel_meta.json record is
     malformed: a field missing, of the wrong type or out of range, or an unknown method."""
     def bad(field, why):
-        raise ConversionError(f"{file}: field {field} {why} (a damaged or hand-edited {L.META_FILE}; re-run the "
-                              "converter to rewrite it)")
+        raise ConversionError(f"{file}: field {field} {why} (a damaged or hand-edited {L.META_FILE}; "
+                              f"{_REWRITE_META})")
 
     if not isinstance(record, dict):
         bad("(top level)", f"is a {type(record).__name__}, expected a JSON object")
@@ -378,7 +383,8 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     try:
         return _convert(src, out, method, fmt, copies, threads, resume, progress, layers, shard_bytes)
     except OSError as e:
-        if e.filename and out.resolve() not in Path(e.filename).resolve().parents:
+        o, f = out.resolve(), Path(e.filename or out).resolve()
+        if not (f == o or o in f.parents or f in o.parents):  # not the output folder, a file in it or its parents
             raise ConversionError(f"cannot read {e.filename}: {e.strerror or e}") from e
         # ENOSPC, EROFS, EACCES...: every write is to name.tmp, removed on failure, so what is left
         # is complete files, which --resume keeps
