@@ -206,6 +206,18 @@ def test_malformed_meta_refused_by_resume(src, converted, tmp_path):
     assert meta_file.exists()
 
 
+def test_damaged_meta_resume_needs_overwrite_and_keeps_verified_layers(src, converted, tmp_path):
+    out = _copy(converted("AMXINT4"), tmp_path)
+    meta_file, layer = out / L.META_FILE, out / L.layer_file(LAYER)
+    meta_file.write_text(meta_file.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 4'))
+    with pytest.raises(ConversionError, match=r"does not match its checksum meta_xxh3.*--resume --overwrite"):
+        convert_checkpoint(src, out, "int4", threads=THREADS, resume=True, progress=False)
+    before = layer.stat().st_mtime_ns
+    convert_checkpoint(src, out, "int4", threads=THREADS, resume=True, overwrite=True, progress=False)
+    assert layer.stat().st_mtime_ns == before  # verified, so kept
+    assert meta_file.read_bytes() == (converted("AMXINT4") / L.META_FILE).read_bytes()
+
+
 # ---- --resume -----------------------------------------------------------------------------
 
 def test_resume_keeps_user_files_and_rewrites_a_corrupted_layer(src, converted, tmp_path):
