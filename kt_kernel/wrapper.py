@@ -25,6 +25,23 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# the native layer takes these arguments as C int; larger values would fail in the binding
+_INT_MAX = 2 ** 31 - 1
+# more threads than this is a mistake, not a machine (each one is an OS thread the engine keeps)
+MAX_THREADS = 4096
+# real models have at most a few hundred experts; the constructor builds per-expert lists, and
+# num_experts=2**31 made them tens of GB (the process was killed for memory)
+MAX_EXPERTS = 1 << 16
+
+
+def _check_int(name: str, v, lo: int, hi: int) -> None:
+    """Raises unless ``v`` is an int (bools refused: True is not a count) in lo..hi."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{name}={v!r} must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v!r} is out of range: expected {lo}..{hi}")
+
+
 def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]]) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -87,11 +104,17 @@ class KTMoEWrapper:
             )
         if not isinstance(cpu_save, (bool, str, os.PathLike)):
             raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
-        for name, v in (("num_experts", num_experts), ("num_experts_per_tok", num_experts_per_tok),
-                        ("hidden_size", hidden_size), ("moe_intermediate_size", moe_intermediate_size),
-                        ("chunked_prefill_size", chunked_prefill_size), ("threadpool_count", threadpool_count)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
+        _check_int("layer_idx", layer_idx, 0, _INT_MAX)
+        _check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+        for name, v in (("num_experts_per_tok", num_experts_per_tok), ("hidden_size", hidden_size),
+                        ("moe_intermediate_size", moe_intermediate_size),
+                        ("chunked_prefill_size", chunked_prefill_size)):
+            _check_int(name, v, 1, _INT_MAX)
+        _check_int("threadpool_count", threadpool_count, 1, MAX_THREADS)
+        if cpuinfer_threads is not None:
+            _check_int("cpuinfer_threads", cpuinfer_threads, 1, MAX_THREADS)
+        if num_gpu_experts is not None:
+            _check_int("num_gpu_experts", num_gpu_experts, 0, MAX_EXPERTS)
         if num_experts_per_tok > num_experts:
             raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
         self.layer_idx = layer_idx
@@ -106,8 +129,6 @@ class KTMoEWrapper:
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
         threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
-        if not isinstance(threads, int) or threads <= 0:
-            raise ValueError(f"cpuinfer_threads={cpuinfer_threads!r} must be a positive integer or None (all cores)")
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
         self._engine = _ext.Engine.shared(threads, threadpool_count)
