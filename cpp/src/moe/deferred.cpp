@@ -56,6 +56,12 @@ DeferredLinks::DeferredLinks(const Engine* engine, int layer_idx, int deferred, 
   if (deferred > 0) outgoing_ = slot_of(engine, layer_idx);
 }
 
+DeferredLinks::~DeferredLinks() {
+  if (!outgoing_) return;
+  std::lock_guard<std::mutex> lock(outgoing_->mu);
+  outgoing_->pending = false;
+}
+
 DeferredLinks::Step DeferredLinks::begin(int M, int H) {
   Step step;
   if (!incoming_ && !outgoing_) return step;

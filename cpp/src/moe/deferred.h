@@ -43,6 +43,10 @@ class DeferredLinks {
  public:
   // layer_idx < 0 takes part in no chain (then deferred must be 0).
   DeferredLinks(const Engine* engine, int layer_idx, int deferred, int topk);
+  // A part this layer left pending goes with it: no later layer_idx + 1 forward adds it.
+  ~DeferredLinks();
+  DeferredLinks(const DeferredLinks&) = delete;
+  DeferredLinks& operator=(const DeferredLinks&) = delete;
 
   struct Step {
     std::shared_ptr<const DeferredPart> add;  // the previous layer's pending part, or null
