@@ -257,3 +257,27 @@ def test_d0_layers_leave_outputs_alone(moe):
     check(moe, first.forward(x, ids, w), refs(moe, first, shape, x, ids, w, 0), method, "layer 0")
     x1, ids1, w1 = moe.inputs(shape, 7, seed=2)
     check(moe, second.forward(x1, ids1, w1), refs(moe, second, shape, x1, ids1, w1, 1), method, "layer 1")
+
+
+def test_attach_defers_on_every_moe_layer_followed_by_one_with_cpu_experts(tiny):
+    """The whole-model driver: d on each MoE layer whose next decoder layer has CPU experts, 0 on
+    the others (the last MoE layer, or one followed by an all-GPU layer); the run defers."""
+    pytest.importorskip("transformers")
+    from kt_kernel.integrations.transformers import kt_layers, load_model
+    from kt_kernel.models import teacher_forced_logits
+
+    def deferring(model):
+        return {k.layer_idx: k.wrapper.max_deferred_experts_per_token for k in kt_layers(model) if k.wrapper}
+
+    prompt = torch.arange(3, 40)
+    ds = load_model(tiny("deepseek_v3"), "BF16", dtype=torch.float32, cpuinfer_threads=1,
+                    max_deferred_experts_per_token=2)
+    assert deferring(ds) == {1: 2, 2: 0}  # layer 0 is dense
+    plain = load_model(tiny("deepseek_v3"), "BF16", dtype=torch.float32, cpuinfer_threads=1)
+    assert not torch.equal(teacher_forced_logits(ds, prompt), teacher_forced_logits(plain, prompt))
+    qwen = load_model(tiny("qwen3_moe"), "BF16", dtype=torch.float32, cpuinfer_threads=1,
+                      max_deferred_experts_per_token=1, gpu_experts_mask={1: [True] * 32})
+    assert deferring(qwen) == {0: 0}
+    with pytest.raises(ValueError, match=r"max_deferred_experts_per_token=4 must be an integer in "
+                                         r"0\.\.num_experts_per_tok-1=3"):
+        load_model(tiny("qwen3_moe"), "BF16", dtype=torch.float32, max_deferred_experts_per_token=4)
