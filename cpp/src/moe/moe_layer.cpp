@@ -393,9 +393,10 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
 
 std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part) {
   const int K = cfg_.topk;
+  const size_t bytes = size_t(M) * cfg_.hidden * dtype_size(in.x_dtype) + 2 * size_t(M) * K * 4;  // x, ids, weights
   auto later = std::make_shared<Staging>();
-  later->buf = acquire_staging(M, in.buf.size());
-  std::memcpy(later->buf.data(), in.buf.data(), in.buf.size());
+  later->buf = acquire_staging(M, bytes);
+  std::memcpy(later->buf.data(), in.buf.data(), bytes);
   const uint8_t* base = in.buf.data();
   auto at = [&](const void* p) { return later->buf.data() + (static_cast<const uint8_t*>(p) - base); };
   later->x = at(in.x);
