@@ -95,12 +95,12 @@ def test_two_layers_sum_to_the_full_result(moe, method, tier, M, d):
 
 
 @pytest.mark.parametrize("ds", [(1, 2, 0), (0, 3, 0)], ids=["d1-d2-d0", "d0-d3-d0"])
-def test_chain_matches_a_reference_that_adds_one_layer_later(moe, ds):
+def test_chain_matches_a_reference_that_adds_one_layer_later(moe, ds, threadpool_count):
     """Three layers over three steps with new inputs each step: layer i's output is its kept
     slots plus layer i-1's deferred slots of the same step; nothing crosses from one step to the
-    next (the last layer defers nothing)."""
+    next (the last layer defers nothing). With two sub-pools the part is added to their sum."""
     method = "AMXINT8"
-    layers = [make(moe, method, BASE + i, d, seed=i) for i, d in enumerate(ds)]
+    layers = [make(moe, method, BASE + i, d, seed=i, threadpool_count=threadpool_count) for i, d in enumerate(ds)]
     shape = layers[0][1]
     for step in range(3):
         M = [1, 37, 300][step]
@@ -108,7 +108,9 @@ def test_chain_matches_a_reference_that_adds_one_layer_later(moe, ds):
         for i, ((layer, _), d) in enumerate(zip(layers, ds)):
             x, ids, w = moe.inputs(shape, M, seed=100 * step + i)
             out = layer.forward(x, ids, w)
+            kernels = layer.last_kernels
             kept, later = split(ids, w, d)
+            assert set(kernels) == {int(e) for e in kept[kept >= 0]}, "last_kernels are the kept experts'"
             expect = refs(moe, layer, shape, x, kept, w, i)
             if carried is not None:
                 expect = tuple(a + b for a, b in zip(expect, carried))

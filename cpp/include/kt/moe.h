@@ -83,7 +83,8 @@ class MoeLayer {
   // The tier's name, or "amx_emu" when the tile kernels run on the emulator (a test-only override).
   std::string tier_label() const;
   // Per slot, the kernel that computed its bucket in the latest chunk of the latest forward that
-  // routed tokens to it (nullptr: none); read it after that forward has completed.
+  // routed tokens to it (nullptr: none); read it after that forward has completed. A deferred
+  // job (deferred_experts > 0) does not change it.
   const std::vector<const KernelRow*>& last_kernels() const { return last_kernels_; }
   MoeStats stats() const;
   const MoeConfig& config() const { return cfg_; }

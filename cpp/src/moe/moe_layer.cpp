@@ -437,8 +437,9 @@ void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
                                std::to_string(cfg_.layer_idx - 1) + " failed: " + e.what());
     }
   }
+  // a deferred job leaves last_kernels_ to the forward the caller synced (and may read meanwhile)
   if (in.sum_into) in.sum_into->sum.resize(size_t(M) * cfg_.hidden);
-  std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
+  else std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
   for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
     forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
 }
@@ -459,7 +460,8 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   const int rows = b.rows();
   const int n_exp = int(b.experts.size());
   // per bucket: the tile kernel from its min_m tokens up, the vector kernel below
-  for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
+  if (!in.sum_into)
+    for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
 
   // stage 1: quantize x
   const size_t xrow = act_row_bytes(af, Hp);
