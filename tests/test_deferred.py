@@ -266,7 +266,7 @@ def test_attach_defers_on_every_moe_layer_followed_by_one_with_cpu_experts(tiny)
     the others (the last MoE layer, or one followed by an all-GPU layer); the run defers."""
     pytest.importorskip("transformers")
     from kt_kernel.integrations.transformers import kt_layers, load_model
-    from kt_kernel.models import teacher_forced_logits
+    from kt_kernel.models import generate_greedy, teacher_forced_logits
 
     def deferring(model):
         return {k.layer_idx: k.wrapper.max_deferred_experts_per_token for k in kt_layers(model) if k.wrapper}
@@ -277,6 +277,11 @@ def test_attach_defers_on_every_moe_layer_followed_by_one_with_cpu_experts(tiny)
     assert deferring(ds) == {1: 2, 2: 0}  # layer 0 is dense
     plain = load_model(tiny("deepseek_v3"), "BF16", dtype=torch.float32, cpuinfer_threads=1)
     assert not torch.equal(teacher_forced_logits(ds, prompt), teacher_forced_logits(plain, prompt))
+    # decoding (M = 1 per step) defers per token as the teacher-forced pass does: the same logits up
+    # to summation order (2^-7 of their scale, test_e2e_models.DECODE_RTOL)
+    gen = generate_greedy(ds, prompt, 6)
+    own = teacher_forced_logits(ds, torch.cat([prompt, torch.tensor(gen.tokens[:-1])]))[len(prompt) - 1:]
+    assert float((gen.logits - own).abs().max() / own.abs().max()) <= 2.0**-7
     qwen = load_model(tiny("qwen3_moe"), "BF16", dtype=torch.float32, cpuinfer_threads=1,
                       max_deferred_experts_per_token=1, gpu_experts_mask={1: [True] * 32})
     assert deferring(qwen) == {0: 0}
