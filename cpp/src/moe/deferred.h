@@ -57,7 +57,6 @@ class DeferredLinks {
   // the previous forward was never taken, or when the previous layer's part does not fit this call
   // (another token count or hidden size). Nothing changes when it throws for another reason.
   Step begin(int M, int H);
-  int deferred() const { return deferred_; }
 
  private:
   int layer_idx_, deferred_;
