@@ -69,6 +69,13 @@ class KTMoEWrapper:
     whose weights fill slot ``p``. Slots marked as GPU experts (the first ``num_gpu_experts``
     slots, or those set in ``gpu_experts_mask``) and ids equal to -1 contribute nothing, and
     their weights are not kept in host memory.
+
+    ``max_deferred_experts_per_token = d`` (0 <= d < num_experts_per_tok): per token, the
+    ``num_experts_per_tok - d`` slots with the largest routing weights make this forward's output;
+    the other ``d`` run in the background and their weighted sum is added to the output of the next
+    forward of the wrapper with ``layer_idx + 1`` (same engine, token count and hidden size). The
+    last MoE layer must use 0: a deferred part that no layer takes makes this layer's next forward
+    raise. README "Deferred experts" has the contract.
     """
 
     _capture_batch_sizes: list[int] = []
@@ -93,10 +100,6 @@ class KTMoEWrapper:
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-        if max_deferred_experts_per_token:
-            raise NotImplementedError(
-                "max_deferred_experts_per_token > 0 (deferred experts) is not implemented yet; use 0"
-            )
         if numa_nodes is not None:
             raise NotImplementedError(
                 "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
@@ -117,6 +120,12 @@ class KTMoEWrapper:
             _check_int("num_gpu_experts", num_gpu_experts, 0, MAX_EXPERTS)
         if num_experts_per_tok > num_experts:
             raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
+        if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or layer_idx < 0:
+            raise ValueError(f"layer_idx={layer_idx!r} must be a non-negative integer")
+        d = max_deferred_experts_per_token
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < num_experts_per_tok:
+            raise ValueError(f"max_deferred_experts_per_token={d!r} must be an integer in "
+                             f"0..num_experts_per_tok-1={num_experts_per_tok - 1}")
         self.layer_idx = layer_idx
         self.num_experts = num_experts
         self.num_experts_per_tok = num_experts_per_tok
@@ -126,6 +135,7 @@ class KTMoEWrapper:
         self.cpu_save = cpu_save
         self.chunked_prefill_size = chunked_prefill_size
         self.method = method
+        self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
         threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
@@ -134,7 +144,8 @@ class KTMoEWrapper:
         self._engine = _ext.Engine.shared(threads, threadpool_count)
         on_cpu = [0 if g else 1 for g in self.gpu_experts_mask.tolist()]
         self._layer = _ext.MoeLayer(self._engine, num_experts, num_experts_per_tok, hidden_size,
-                                    moe_intermediate_size, method, on_cpu, chunked_prefill_size)
+                                    moe_intermediate_size, method, on_cpu, chunked_prefill_size,
+                                    layer_idx, max_deferred_experts_per_token)
         self._pending = None
 
     def _gpu_mask(self, num_gpu_experts, mask) -> torch.Tensor:

@@ -244,10 +244,8 @@ def test_submit_twice(moe, shape, layer, good):
 
 
 def test_not_implemented_options_say_so():
-    for kw, name in (({"max_deferred_experts_per_token": 2}, "max_deferred_experts_per_token"),
-                     ({"numa_nodes": [0]}, "numa_nodes")):
-        with pytest.raises(NotImplementedError, match=name):
-            _make(**kw)
+    with pytest.raises(NotImplementedError, match="numa_nodes"):
+        _make(numa_nodes=[0])
     with pytest.raises(ValueError, match="load_weights needs weight_path"):
         _make().load_weights()
 

@@ -37,7 +37,7 @@ void register_moe(py::module_& m) {
 
   py::class_<MoeLayer, std::shared_ptr<MoeLayer>>(m, "MoeLayer")
       .def(py::init([](std::shared_ptr<Engine> engine, int E, int topk, int H, int I, const std::string& method,
-                       std::vector<uint8_t> on_cpu, int chunk) {
+                       std::vector<uint8_t> on_cpu, int chunk, int layer_idx, int deferred) {
              MoeConfig c;
              c.num_experts = E;
              c.topk = topk;
@@ -46,10 +46,13 @@ void register_moe(py::module_& m) {
              c.format = format_by_method(method).id;
              c.on_cpu = std::move(on_cpu);
              c.chunk_tokens = chunk;
+             c.layer_idx = layer_idx;
+             c.deferred_experts = deferred;
              return std::make_shared<MoeLayer>(std::move(engine), std::move(c));
            }),
            py::arg("engine"), py::arg("num_experts"), py::arg("topk"), py::arg("hidden"), py::arg("intermediate"),
-           py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"))
+           py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"), py::arg("layer_idx") = -1,
+           py::arg("deferred_experts") = 0)
       .def("load_from_tensors",
            [](MoeLayer& l, uintptr_t gate, uintptr_t up, uintptr_t down, const std::string& dtype, uintptr_t map,
               int num_logical) {

@@ -17,6 +17,9 @@
 
 namespace kt {
 
+class DeferredLinks;
+struct DeferredPart;
+
 struct MoeConfig {
   int num_experts = 0;  // physical slots
   int topk = 0;
@@ -25,6 +28,11 @@ struct MoeConfig {
   FormatId format = FormatId::bf16;
   std::vector<uint8_t> on_cpu;  // per slot: 1 if its weights live here
   int chunk_tokens = 0;         // tokens per pass; larger calls run in chunks
+  // Deferred experts (moe/deferred.h): per token, the deferred_experts slots of least routing
+  // weight run as a second job whose sum is added to the output of layer_idx + 1's next forward
+  // on the same engine. layer_idx < 0: the layer neither defers nor takes a deferred part.
+  int layer_idx = -1;
+  int deferred_experts = 0;
 };
 
 struct MoeStats {
@@ -61,6 +69,8 @@ class MoeLayer {
 
   // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) must stay alive
   // until the job is done. ids are int32 or int64 [M, topk]; weights f32 or bf16 [M, topk].
+  // With deferred_experts > 0 the returned job computes the kept slots, and a second job queued
+  // behind it the deferred ones (moe/deferred.h); out gets the previous layer's deferred part.
   std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
                               const void* weights, DType w_dtype, int M, uint16_t* out);
 
@@ -73,7 +83,8 @@ class MoeLayer {
   // The tier's name, or "amx_emu" when the tile kernels run on the emulator (a test-only override).
   std::string tier_label() const;
   // Per slot, the kernel that computed its bucket in the latest chunk of the latest forward that
-  // routed tokens to it (nullptr: none); read it after that forward has completed.
+  // routed tokens to it (nullptr: none); read it after that forward has completed. A deferred
+  // job (deferred_experts > 0) does not change it.
   const std::vector<const KernelRow*>& last_kernels() const { return last_kernels_; }
   MoeStats stats() const;
   const MoeConfig& config() const { return cfg_; }
@@ -87,6 +98,10 @@ class MoeLayer {
   // on the engine's threads, packing q into every sub-pool's slice. which: 0 gate, 1 up, 2 down.
   void load_with(const int64_t* map, int num_logical,
                  const std::function<void(int slot, int which, QuantizedMatrix& q)>& make);
+  // A copy of in whose ids are this call's deferred slots (removed from in), to be summed into part;
+  // queue_deferred queues its forward.
+  std::shared_ptr<Staging> split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part);
+  void queue_deferred(std::shared_ptr<Staging> later, int M);
   void forward(const Staging& in, int M, uint16_t* out);
   void forward_chunk(const Staging& in, int t0, int M, uint16_t* out);
 
@@ -105,6 +120,8 @@ class MoeLayer {
   std::vector<int> bounds_;
   std::vector<std::unique_ptr<Slice>> slices_;
   bool loaded_ = false;
+  std::unique_ptr<DeferredLinks> deferred_;
+  std::shared_ptr<Job> deferred_job_;  // the latest deferred job, which the destructor waits for
 };
 
 // Staging buffers of calls, keyed by batch size and reused (set_capture_batch_sizes preallocates).

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "moe/deferred.h"
 #include "moe/routing.h"
 #include "runtime/host_memory.h"
 
@@ -125,6 +126,8 @@ struct MoeLayer::Staging {
   const int32_t* ids;
   const float* weights;
   std::shared_ptr<Workspace> ws;
+  std::shared_ptr<const DeferredPart> add;  // the previous layer's deferred part, added before rounding
+  std::shared_ptr<DeferredPart> sum_into;   // a deferred job's: the fp32 sum goes here, not to out
 };
 
 MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
@@ -138,6 +141,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   if (int(cfg_.on_cpu.size()) != cfg_.num_experts)
     fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
+  deferred_ = std::make_unique<DeferredLinks>(engine_.get(), cfg_.layer_idx, cfg_.deferred_experts, cfg_.topk);
   tier_ = active_tier();
   emulated_tiles_ = amx_emulated();
   kernel_ = emulated_tiles_ ? &select_emulated_kernel(cfg_.format, tier_) : &select_kernel(cfg_.format, tier_);
@@ -163,7 +167,14 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   }
 }
 
-MoeLayer::~MoeLayer() = default;
+MoeLayer::~MoeLayer() {
+  // a deferred job may still be queued, and it reads this layer's weights; its error, if any,
+  // belongs to the layer that adds its part
+  if (deferred_job_) try {
+      deferred_job_->wait();
+    } catch (...) {
+    }
+}
 
 std::string MoeLayer::tier_label() const { return emulated_tiles_ ? kAmxEmuOverride : tier_name(tier_); }
 
@@ -365,7 +376,10 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   in->ids = is;
   in->weights = ws;
   in->ws = std::static_pointer_cast<Workspace>(workspace_);
-  return engine_->submit([this, in, M, out] {
+  const DeferredLinks::Step deferral = deferred_->begin(M, H);
+  in->add = deferral.add;
+  std::shared_ptr<Staging> later = deferral.produce ? split_off_deferred(*in, M, deferral.produce) : nullptr;
+  auto job = engine_->submit([this, in, M, out] {
     struct Release {
       Staging* s;
       int M;
@@ -373,10 +387,59 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
     } release{in.get(), M};
     forward(*in, M, out);
   });
+  if (later) queue_deferred(std::move(later), M);
+  return job;
+}
+
+std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part) {
+  const int K = cfg_.topk;
+  const size_t bytes = size_t(M) * cfg_.hidden * dtype_size(in.x_dtype) + 2 * size_t(M) * K * 4;  // x, ids, weights
+  auto later = std::make_shared<Staging>();
+  later->buf = acquire_staging(M, bytes);
+  std::memcpy(later->buf.data(), in.buf.data(), bytes);
+  const uint8_t* base = in.buf.data();
+  auto at = [&](const void* p) { return later->buf.data() + (static_cast<const uint8_t*>(p) - base); };
+  later->x = at(in.x);
+  later->x_dtype = in.x_dtype;
+  later->ids = reinterpret_cast<const int32_t*>(at(in.ids));
+  later->weights = reinterpret_cast<const float*>(at(in.weights));
+  later->ws = in.ws;
+  later->sum_into = std::move(part);
+  split_deferred(const_cast<int32_t*>(in.ids), in.weights, M, K, cfg_.deferred_experts,
+                 reinterpret_cast<int32_t*>(at(in.ids)));
+  return later;
+}
+
+void MoeLayer::queue_deferred(std::shared_ptr<Staging> later, int M) {
+  deferred_job_ = engine_->submit([this, later, M] {
+    struct Release {
+      Staging* s;
+      int M;
+      ~Release() { release_staging(M, std::move(s->buf)); }
+    } release{later.get(), M};
+    DeferredPart& part = *later->sum_into;
+    part.error = nullptr;
+    try {
+      forward(*later, M, nullptr);
+    } catch (...) {
+      part.error = std::current_exception();  // raised again by the job that adds the part
+      throw;
+    }
+  });
 }
 
 void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
-  std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
+  if (in.add && in.add->error) {
+    try {
+      std::rethrow_exception(in.add->error);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("layer " + std::to_string(cfg_.layer_idx) + ": the deferred experts of layer " +
+                               std::to_string(cfg_.layer_idx - 1) + " failed: " + e.what());
+    }
+  }
+  // a deferred job leaves last_kernels_ to the forward the caller synced (and may read meanwhile)
+  if (in.sum_into) in.sum_into->sum.resize(size_t(M) * cfg_.hidden);
+  else std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
   for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
     forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
 }
@@ -397,7 +460,8 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   const int rows = b.rows();
   const int n_exp = int(b.experts.size());
   // per bucket: the tile kernel from its min_m tokens up, the vector kernel below
-  for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
+  if (!in.sum_into)
+    for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
 
   // stage 1: quantize x
   const size_t xrow = act_row_bytes(af, Hp);
@@ -543,7 +607,12 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
         const float* op = ws.pools[p].out.data() + size_t(t) * Hpad;
         for (int h = 0; h < H; ++h) o0[h] += op[h];
       }
-      act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
+      if (in.add) {
+        const float* prev = in.add->sum.data() + size_t(t0 + t) * H;
+        for (int h = 0; h < H; ++h) o0[h] += prev[h];
+      }
+      if (in.sum_into) std::memcpy(in.sum_into->sum.data() + size_t(t0 + t) * H, o0, size_t(H) * 4);
+      else act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
     }
   };
   if (M > 0) engine_->run(red);
