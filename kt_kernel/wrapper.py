@@ -120,8 +120,6 @@ class KTMoEWrapper:
             _check_int("num_gpu_experts", num_gpu_experts, 0, MAX_EXPERTS)
         if num_experts_per_tok > num_experts:
             raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
-        if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or layer_idx < 0:
-            raise ValueError(f"layer_idx={layer_idx!r} must be a non-negative integer")
         d = max_deferred_experts_per_token
         if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < num_experts_per_tok:
             raise ValueError(f"max_deferred_experts_per_token={d!r} must be an integer in "
