@@ -22,7 +22,7 @@ struct PointerAttributes {
   int device;
   void* device_pointer;
   void* host_pointer;
-  unsigned char reserved[64];
+  unsigned char reserved[128];
 };
 
 struct Api {
