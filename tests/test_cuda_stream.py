@@ -14,8 +14,11 @@ from kt_kernel import _ext
 
 E, TOPK, H, I = 8, 2, 64, 32
 
-needs_no_runtime = pytest.mark.skipif(_ext.cuda_runtime_path() is not None,
-                                      reason="a CUDA runtime is loaded in this process")
+
+@pytest.fixture
+def no_runtime():
+    if _ext.cuda_runtime_path() is not None:
+        pytest.skip(f"this process has loaded the CUDA runtime {_ext.cuda_runtime_path()}")
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +26,8 @@ def shape(moe):
     return moe.Shape(E, TOPK, H, I)
 
 
-@needs_no_runtime
 @pytest.mark.parametrize("stream", [0, 1, 0x7F3A5C000000], ids=["default", "one", "handle"])
-def test_cpu_tensors_ignore_the_stream(moe, shape, stream):
+def test_cpu_tensors_ignore_the_stream(moe, shape, stream, no_runtime):
     layer = moe.layer("BF16", shape)
     x, ids, w = moe.inputs(shape, 9, seed=1)
     want = layer.forward(x, ids, w)
@@ -35,8 +37,7 @@ def test_cpu_tensors_ignore_the_stream(moe, shape, stream):
     assert _ext.cuda_runtime_path() is None, "the CPU path looked for a CUDA runtime and loaded one"
 
 
-@needs_no_runtime
-def test_a_torch_stream_without_a_runtime_says_so(moe, shape):
+def test_a_torch_stream_without_a_runtime_says_so(moe, shape, no_runtime):
     layer = moe.layer("BF16", shape)
     stream = object.__new__(torch.cuda.ExternalStream)  # what a CUDA build would hand us
     with pytest.raises(RuntimeError, match=f"torch.cuda.Stream.*no(ne)? .*{_ext.CUDA_RUNTIME_ENV}"):

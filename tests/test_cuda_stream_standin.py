@@ -3,7 +3,9 @@ lookup as a real libcudart (KT_KERNEL_CUDART). The stand-in's device memory is h
 reports as device memory, so these CPU-typed tensors take the stream path a GPU tensor takes:
 stream-ordered D2H copies into pinned staging, host functions that start and await the job, the
 H2D copy of the output, graph capture and replay. What differs from a GPU: the output tensor is a
-host tensor (torch allocates it on hidden_states' device, here the CPU) and must be bfloat16."""
+host tensor (torch allocates it on hidden_states' device, here the CPU) and must be bfloat16, and
+since the CPU allocator does not follow stream order, a test keeps each output alive until the
+stream has copied into it."""
 from __future__ import annotations
 
 import os
@@ -204,6 +206,27 @@ def test_job_error_becomes_a_python_exception(moe, shape, rt, stream, what):
         layer.submit_forward(*d, cuda_stream=stream)
     assert layer._pending is None
     good = _inputs(moe, shape, 4, seed=7)
+    out = layer.forward(*_on_device(rt, *good), cuda_stream=stream)
+    rt.synchronize(stream)
+    assert torch.equal(out, _cpu_result(layer, *good))
+
+
+def test_an_earlier_error_raised_by_sync_leaves_the_layer_usable(moe, shape, rt, stream):
+    """Forward A fails while forward B is in flight: B's sync_forward raises A's error and still
+    consumes B, so the next forward works."""
+    layer = _layers(moe, shape, 1)[0]
+    bad = _inputs(moe, shape, 3, seed=11)
+    bad[1][0, 0] = -5
+    scratch = torch.zeros(1)
+    rt.sleep_then_copy(stream, 100, scratch, scratch)  # holds the stream until B is submitted
+    out_a = layer.forward(*_on_device(rt, *bad), cuda_stream=stream)  # a host tensor: kept until the copy
+    layer.submit_forward(*_on_device(rt, *_inputs(moe, shape, 3, seed=12)), cuda_stream=stream)
+    rt.synchronize(stream)
+    assert out_a.isnan().all()
+    with pytest.raises(ValueError, match=r"topk_ids\[0, 0\] = -5"):
+        layer.sync_forward(cuda_stream=stream)
+    assert layer._pending is None
+    good = _inputs(moe, shape, 3, seed=13)
     out = layer.forward(*_on_device(rt, *good), cuda_stream=stream)
     rt.synchronize(stream)
     assert torch.equal(out, _cpu_result(layer, *good))

@@ -299,7 +299,6 @@ void StreamLayer::submit(cuda::Stream stream, const void* x, DType x_dtype, cons
 }
 
 void StreamLayer::sync(cuda::Stream stream, void* out) {
-  rethrow_error();
   const cuda::Api& api = cuda::require_runtime("a forward on a CUDA stream");
   if (!pending_) throw std::logic_error("sync on a CUDA stream called without submit");
   if (stream != last_stream_)
@@ -310,6 +309,9 @@ void StreamLayer::sync(cuda::Stream stream, void* out) {
     throw std::runtime_error("submit_forward and sync_forward must both be inside one CUDA-graph capture, or both outside");
   Call* call = std::exchange(pending_, nullptr);
   cuda::check(api, api.launch_host_func(stream, &StreamLayer::finish_job, call), "cudaLaunchHostFunc (sync)");
+  // An earlier forward's error: this one is consumed all the same (its job still completes), but
+  // nothing is copied into out, which the caller drops when we raise.
+  rethrow_error();
   cuda::check(api, api.memcpy_async(out, call->out, size_t(call->M) * layer_->config().hidden * 2, cuda::kHostToDevice, stream),
               "cudaMemcpyAsync of the output");
 }

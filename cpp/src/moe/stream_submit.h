@@ -67,7 +67,8 @@ class StreamLayer : public std::enable_shared_from_this<StreamLayer> {
   // memory on stream's device. Under capture, M must be a reserved batch size.
   void submit(cuda::Stream stream, const void* x, DType x_dtype, const void* ids, bool ids_int64,
               const void* weights, DType w_dtype, int M);
-  // out: device memory for [M, H] bf16; stream: the one submit used.
+  // out: device memory for [M, H] bf16; stream: the one submit used. After enqueueing the wait,
+  // rethrows the error of an earlier forward (see rethrow_error) instead of copying the output.
   void sync(cuda::Stream stream, void* out);
   // Rethrows (once) the error of a forward whose host functions have run: a job that threw, or
   // inputs MoeLayer::submit rejected. Outputs of such a forward are NaN.
