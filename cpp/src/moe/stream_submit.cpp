@@ -233,31 +233,32 @@ void StreamLayer::submit(cuda::Stream stream, const void* x, DType x_dtype, cons
   const size_t out_bytes = size_t(M) * cfg.hidden * 2;
 
   SharedStaging& sh = shared();
-  std::vector<int> sizes;
-  {
+  auto capture_sizes = [&sh] {
     std::lock_guard<std::mutex> lock(sh.mu);
-    sizes = sh.sizes;
-  }
+    return sh.sizes;
+  };
   if (!capturing) {
     // Sizes set before a runtime was loaded are reserved at the first call outside capture.
-    for (int m : sizes)
-      if (!captured_calls_.count(m)) {
-        reserve_capture(api, sizes);
-        break;
-      }
+    const std::vector<int> sizes = capture_sizes();
+    bool missing;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      missing = std::any_of(sizes.begin(), sizes.end(), [&](int m) { return !captured_calls_.count(m); });
+    }
+    if (missing) reserve_capture(api, sizes);
   }
   Call* call;
   uint16_t* out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (capturing) {
-      // Nothing may allocate or block here: only what reserve_capture set up.
+      // Nothing may allocate or block here: only what reserve_capture set up is used.
       auto it = captured_calls_.find(M);
       if (it == captured_calls_.end())
         throw std::runtime_error("CUDA-graph capture of a batch of " + std::to_string(M) +
                                  " tokens, whose staging buffers were not pre-allocated: call "
                                  "KTMoEWrapper.set_capture_batch_sizes with " + std::to_string(M) +
-                                 " among the sizes before capturing (pre-allocated: " + sizes_text(sizes) + ")");
+                                 " among the sizes before capturing (pre-allocated: " + sizes_text(capture_sizes()) + ")");
       call = it->second.get();
       if (captured_out_.size() < out_bytes)
         throw std::logic_error("pinned capture staging is smaller than a reserved batch needs");
