@@ -41,7 +41,6 @@ Api* load(const std::string& path) {
   sym(api->launch_host_func, "cudaLaunchHostFunc");
   sym(api->memcpy_async, "cudaMemcpyAsync");
   sym(api->stream_is_capturing, "cudaStreamIsCapturing");
-  sym(api->stream_synchronize, "cudaStreamSynchronize");
   sym(api->host_alloc, "cudaHostAlloc");
   sym(api->free_host, "cudaFreeHost");
   sym(api->pointer_get_attributes, "cudaPointerGetAttributes");

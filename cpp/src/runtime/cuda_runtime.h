@@ -29,7 +29,6 @@ struct Api {
   int (*launch_host_func)(Stream, HostFn, void*);
   int (*memcpy_async)(void* dst, const void* src, size_t bytes, int kind, Stream);
   int (*stream_is_capturing)(Stream, int* status);
-  int (*stream_synchronize)(Stream);
   int (*host_alloc)(void** ptr, size_t bytes, unsigned flags);
   int (*free_host)(void* ptr);
   int (*pointer_get_attributes)(PointerAttributes*, const void*);
