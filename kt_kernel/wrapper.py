@@ -235,12 +235,12 @@ class KTMoEWrapper:
         if not self._layer.loaded:
             raise RuntimeError(f"layer {self.layer_idx}: forward called before the weights were loaded; "
                                "call load_weights_from_tensors first")
-        out = torch.empty(M, H, dtype=torch.bfloat16)
-        job = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
-                                 topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
-                                 topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M,
-                                 out.data_ptr())
-        self._pending = (job, out)
+        # the output buffer is the extension's, shared by the job and this tensor: the job never
+        # writes freed memory, whenever the wrapper or the tensor goes
+        job, out = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
+                                      topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
+                                      topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M)
+        self._pending = (job, torch.from_numpy(out).view(torch.bfloat16))
 
     def sync_forward(self, hidden_states=None, cuda_stream=None) -> torch.Tensor:
         """Wait for the submitted forward; returns its output, bf16 [M, hidden_size]."""

@@ -4,9 +4,14 @@
 // spin for a few tens of microseconds and then sleep on a futex: an idle engine uses no CPU.
 // Threads are pinned one per allowed CPU when there are no more threads than allowed CPUs
 // (KT_KERNEL_PIN_THREADS=0 turns that off).
+// Lifetime: Engine::shared hands out one engine per configuration while someone holds it; the
+// last holder's release stops and joins its threads. After fork() an engine belongs to the parent:
+// its threads do not exist in the child, so there it refuses new jobs (MoeLayer then takes a new
+// engine of the child's) and its destructor leaves the thread handles alone.
 #pragma once
+#include <sys/types.h>
+
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -32,13 +37,19 @@ struct Stage {
 class Job {
  public:
   void wait();
+  // Blocks until the job ran, without rethrowing its error; returns at once for an orphan.
+  void join() noexcept;
   bool done() const { return done_.load(std::memory_order_acquire) != 0; }
+  // Submitted in the parent of this forked process and not run there before the fork: it never
+  // runs in this process.
+  bool orphaned() const;
 
  private:
   friend class Engine;
   std::function<void()> body_;
   std::exception_ptr error_;
   std::atomic<int> done_{0};
+  pid_t pid_ = 0;  // the submitting process
 };
 
 class Engine {
@@ -48,8 +59,12 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // The process-wide engine for this configuration, created on first use.
+  // The engine of this configuration in this process, created when nobody holds one.
   static std::shared_ptr<Engine> shared(int threads, int subpools);
+  // Waits until the jobs queued on every live engine have run (at process exit).
+  static void drain_all();
+  // False in a child forked after this engine was created (its threads are the parent's).
+  bool owned_by_this_process() const;
 
   int threads() const { return threads_; }
   int subpools() const { return subpools_; }
@@ -57,6 +72,7 @@ class Engine {
   // CPU of each thread, empty when the threads are not pinned.
   const std::vector<int>& pinned_cpus() const { return pinned_cpus_; }
 
+  // Throws in a forked child (see owned_by_this_process).
   std::shared_ptr<Job> submit(std::function<void()> body);
   // Runs a stage on all threads; call only from inside a job. Rethrows the first task error.
   void run(const Stage& stage);
@@ -68,6 +84,7 @@ class Engine {
   int pool_of(int tid) const { return thread_pool_[tid]; }
 
   int threads_, subpools_;
+  pid_t pid_;  // the creating process
   std::vector<int> pool_size_, thread_pool_;
   std::vector<int> pinned_cpus_;
   std::vector<std::thread> threads_v_;
@@ -82,9 +99,10 @@ class Engine {
   std::exception_ptr stage_error_;
   std::atomic<bool> stop_{false};
 
-  // task queue
+  // task queue; thread 0 sleeps on queue_seq_ (a futex: a forked child can destroy it even though
+  // the parent's thread 0 was waiting on it, which would block a condition variable's destructor)
   std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
+  std::atomic<uint32_t> queue_seq_{0};
   std::deque<std::shared_ptr<Job>> queue_;
 };
 
