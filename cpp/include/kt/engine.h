@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -99,10 +100,11 @@ class Engine {
   std::exception_ptr stage_error_;
   std::atomic<bool> stop_{false};
 
-  // task queue; thread 0 sleeps on queue_seq_ (a futex: a forked child can destroy it even though
-  // the parent's thread 0 was waiting on it, which would block a condition variable's destructor)
+  // task queue. queue_cv_ is on the heap so that a forked child can leave it undestroyed: the
+  // parent's thread 0 may have been waiting on it, and destroying a condition variable waits for
+  // its waiters, which in the child never come back.
   std::mutex queue_mu_;
-  std::atomic<uint32_t> queue_seq_{0};
+  std::unique_ptr<std::condition_variable> queue_cv_ = std::make_unique<std::condition_variable>();
   std::deque<std::shared_ptr<Job>> queue_;
 };
 

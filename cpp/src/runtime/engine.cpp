@@ -110,16 +110,17 @@ Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpool
 Engine::~Engine() {
   if (!owned_by_this_process()) {
     // A forked child: the threads are the parent's, and joining them would wait forever. Their
-    // handles are left as they are (a std::thread destroyed unjoined would terminate).
+    // handles and the queue's condition variable are left as they are (a std::thread destroyed
+    // unjoined would terminate; see queue_cv_).
     new std::vector<std::thread>(std::move(threads_v_));
+    queue_cv_.release();
     return;
   }
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     stop_.store(true);
   }
-  queue_seq_.fetch_add(1, std::memory_order_release);
-  queue_seq_.notify_all();
+  queue_cv_->notify_all();
   threads_v_[0].join();  // finishes queued jobs first
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
@@ -169,27 +170,19 @@ std::shared_ptr<Job> Engine::submit(std::function<void()> body) {
     if (stop_.load()) throw std::runtime_error("engine is shutting down");
     queue_.push_back(job);
   }
-  queue_seq_.fetch_add(1, std::memory_order_release);
-  queue_seq_.notify_one();
+  queue_cv_->notify_one();
   return job;
 }
 
 void Engine::queue_loop() {
   for (;;) {
     std::shared_ptr<Job> job;
-    const uint32_t seen = queue_seq_.load(std::memory_order_acquire);
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      if (!queue_.empty()) {
-        job = std::move(queue_.front());
-        queue_.pop_front();
-      } else if (stop_.load()) {
-        return;  // stop requested and nothing left
-      }
-    }
-    if (!job) {
-      queue_seq_.wait(seen, std::memory_order_acquire);  // until a submit or stop bumps it
-      continue;
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_->wait(lock, [&] { return stop_.load() || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop requested and nothing left
+      job = std::move(queue_.front());
+      queue_.pop_front();
     }
     try {
       job->body_();
