@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The C++ core under AddressSanitizer and UndefinedBehaviorSanitizer: builds kt_kernel._ext with
-# -fsanitize=address,undefined into build/sanitize, then runs the engine, lifecycle, error and
-# edge tests with it (the tests' own subprocesses too). Exit status 0 only when every test passes
-# and no sanitizer reported anything (every finding aborts the process).
+# The C++ core under the sanitizers: the engine's stress driver (tests/cpp) under ThreadSanitizer,
+# then kt_kernel._ext built with -fsanitize=address,undefined into build/sanitize and the engine,
+# lifecycle, error and edge tests run with it (the tests' own subprocesses too). Exit status 0 only
+# when every test passes and no sanitizer reported anything (every finding aborts the process).
 # Needs the package installed in the active Python (pip install -e ".[test]") for the Python side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CXX=${CXX:-c++}
 BUILD=build/sanitize
+
+# ThreadSanitizer on the engine alone (queue, stages, errors, engines released while in use): a
+# C++ driver, since an uninstrumented Python would hide the races that matter behind false ones.
+mkdir -p "$BUILD"
+"$CXX" -std=c++20 -O1 -g -fsanitize=thread -Icpp/include -Icpp/src cpp/src/runtime/engine.cpp \
+  tests/cpp/engine_stress.cpp -o "$BUILD/engine_stress_tsan" -pthread
+TSAN_OPTIONS=halt_on_error=1 "$BUILD/engine_stress_tsan"
 
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$CXX" \
   -DKT_SANITIZE=address,undefined -DPython_EXECUTABLE="$(command -v "$PYTHON")" >/dev/null

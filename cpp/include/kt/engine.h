@@ -98,7 +98,8 @@ class Engine {
   std::atomic<bool> abort_{false};
   std::mutex error_mu_;
   std::exception_ptr stage_error_;
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false};          // no more jobs: thread 0 exits once the queue is empty
+  std::atomic<bool> workers_exit_{false};  // set after thread 0 has exited: no more stages
 
   // task queue. queue_cv_ is on the heap so that a forked child can leave it undestroyed: the
   // parent's thread 0 may have been waiting on it, and destroying a condition variable waits for

@@ -121,7 +121,8 @@ Engine::~Engine() {
     stop_.store(true);
   }
   queue_cv_->notify_all();
-  threads_v_[0].join();  // finishes queued jobs first
+  threads_v_[0].join();  // finishes queued jobs first, their stages with the workers
+  workers_exit_.store(true, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
   for (size_t i = 1; i < threads_v_.size(); ++i) threads_v_[i].join();
@@ -224,7 +225,7 @@ void Engine::worker_loop(int tid) {
     if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }))
       generation_.wait(seen, std::memory_order_acquire);
     seen = generation_.load(std::memory_order_acquire);
-    if (stop_.load(std::memory_order_acquire)) return;
+    if (workers_exit_.load(std::memory_order_acquire)) return;
     work(tid);
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_one();
   }
