@@ -104,17 +104,21 @@ void release_staging(int M, std::vector<uint8_t> buf) {
   if (std::find(sizes.begin(), sizes.end(), M) != sizes.end()) pool.value.free[M].push_back(std::move(buf));
 }
 
-// Copies n values of x (IEEE bits of type Bits) and tells whether they are all finite: a value is
-// Inf or NaN exactly when its exponent bits (exp_mask) are all set. One pass, vectorized.
+// Copies n IEEE values (their bits) and tells whether all are finite. A value is Inf or NaN when
+// its exponent field (exp_mask) is all ones; adding the field's lowest bit then carries into the
+// sign bit. OR-ing those sums needs no compare or branch, so the loop vectorizes and runs at the
+// speed of memcpy (a bool reduction did not vectorize: 4x slower).
 template <class Bits>
 bool copy_finite(const Bits* src, Bits* dst, size_t n, Bits exp_mask) {
-  bool finite = true;
+  const Bits exp_lsb = Bits(exp_mask & ~(exp_mask << 1));
+  const Bits carry = Bits(exp_mask + exp_lsb);  // the sign bit
+  Bits sums = 0;
   for (size_t i = 0; i < n; ++i) {
     const Bits v = src[i];
     dst[i] = v;
-    finite &= (v & exp_mask) != exp_mask;
+    sums |= Bits((v & exp_mask) + exp_lsb);
   }
-  return finite;
+  return !(sums & carry);
 }
 
 // Copies rows [0, M) of x ([M, H] of dtype) into dst; returns the first row with NaN or Inf, or -1.
