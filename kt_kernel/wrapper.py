@@ -309,12 +309,12 @@ class KTMoEWrapper:
         if stream is not None and self._in_device_memory(hidden_states, topk_ids, topk_weights):
             self._submit_on_stream(stream, hidden_states, topk_ids, topk_weights)
             return
-        out = torch.empty(M, H, dtype=torch.bfloat16)
-        job = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
-                                 topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
-                                 topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M,
-                                 out.data_ptr())
-        self._pending = (job, out)
+        # the output buffer is the extension's, shared by the job and this tensor: the job never
+        # writes freed memory, whenever the wrapper or the tensor goes
+        job, out = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
+                                      topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
+                                      topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M)
+        self._pending = (job, torch.from_numpy(out).view(torch.bfloat16))
 
     @staticmethod
     def _in_device_memory(*tensors) -> bool:

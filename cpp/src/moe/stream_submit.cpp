@@ -115,7 +115,10 @@ void StreamLayer::start_job(void* p) {
   try {
     // The one call into the layer: it copies the staged inputs, so the next call's D2H copies
     // may overwrite them as soon as this returns.
-    c->job = c->layer->submit(c->x, c->x_dtype, c->ids, c->ids_int64, c->weights, c->w_dtype, c->M, c->out);
+    // out is pinned staging that outlives the job (see the StreamLayer's destructor): shared
+    // without an owner.
+    std::shared_ptr<uint16_t> out(std::shared_ptr<void>(), c->out);
+    c->job = c->layer->submit(c->x, c->x_dtype, c->ids, c->ids_int64, c->weights, c->w_dtype, c->M, std::move(out));
   } catch (...) {
     c->error = std::current_exception();
   }
