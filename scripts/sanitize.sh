@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C++ core under the sanitizers: the engine's stress driver (tests/cpp) under ThreadSanitizer,
 # then kt_kernel._ext built with -fsanitize=address,undefined into build/sanitize and the engine,
-# lifecycle, error and edge tests run with it (the tests' own subprocesses too). Exit status 0 only
-# when every test passes and no sanitizer reported anything (every finding aborts the process).
+# lifecycle, error, edge, deferral and stand-in CUDA stream tests run with it (the tests' own
+# subprocesses too). Exit status 0 only when every test passes and no sanitizer reported anything
+# (every finding aborts the process).
 # Needs the package installed in the active Python (pip install -e ".[test]") for the Python side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +53,4 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 "$PYTHON" -c "import kt_kernel._ext as e, os; assert e.__file__ == os.environ['KT_SANITIZED_EXT'], e.__file__"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_lifecycle.py tests/test_errors.py \
-  tests/test_moe_edges.py "$@"
+  tests/test_moe_edges.py tests/test_deferred.py tests/test_cuda_stream_standin.py "$@"
