@@ -5,8 +5,9 @@ Inference engines construct one wrapper per MoE layer, load its weights once and
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -25,14 +26,12 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]]) -> None:
+def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]], cuda_ok: bool = False) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise NotImplementedError(
-            f"{name} is on {t.device}; this build runs on CPU tensors only (CUDA streams and GPU "
-            "tensors come with the GPU integration). Move it with .cpu()."
-        )
+    if t.device.type != "cpu" and not (cuda_ok and t.device.type == "cuda"):
+        raise NotImplementedError(f"{name} is on {t.device}; this argument takes CPU tensors" +
+                                  (" or CUDA tensors" if cuda_ok else "") + ". Move it with .cpu().")
     if t.dim() != dims:
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {dims} dimensions")
     for i, want in enumerate(shape):
@@ -43,6 +42,30 @@ def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]
         raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}, expected one of {names}")
     if not t.is_contiguous():
         raise ValueError(f"{name} is not contiguous (strides {t.stride()}); call .contiguous() first")
+
+
+def _stream_handle(cuda_stream) -> Optional[int]:
+    """cuda_stream as a cudaStream_t handle: None, an int handle as engines pass it
+    (``torch.cuda.current_stream().cuda_stream``; 0 is the default stream) or a torch.cuda.Stream."""
+    if cuda_stream is None:
+        return None
+    if isinstance(cuda_stream, torch.cuda.Stream):  # ExternalStream included
+        _ext.require_cuda_runtime("cuda_stream given as a torch.cuda.Stream")
+        return int(cuda_stream.cuda_stream)
+    if isinstance(cuda_stream, int) and not isinstance(cuda_stream, bool):
+        if cuda_stream < 0:
+            raise ValueError(f"cuda_stream={cuda_stream} is not a stream handle (handles are addresses, 0 or positive)")
+        return cuda_stream
+    raise TypeError(f"cuda_stream must be None, an int cudaStream_t handle or a torch.cuda.Stream, got "
+                    f"{type(cuda_stream).__name__}")
+
+
+class _StreamForward(NamedTuple):
+    """A forward submitted on a CUDA stream, awaiting sync_forward."""
+    stream: int
+    tokens: int
+    device: torch.device
+    dtype: torch.dtype
 
 
 class KTMoEWrapper:
@@ -114,6 +137,7 @@ class KTMoEWrapper:
         on_cpu = [0 if g else 1 for g in self.gpu_experts_mask.tolist()]
         self._layer = _ext.MoeLayer(self._engine, num_experts, num_experts_per_tok, hidden_size,
                                     moe_intermediate_size, method, on_cpu, chunked_prefill_size)
+        self._stream_layer = _ext.StreamLayer(self._layer)
         self._pending = None
 
     def _gpu_mask(self, num_gpu_experts, mask) -> torch.Tensor:
@@ -222,19 +246,39 @@ class KTMoEWrapper:
     # ---- forward ------------------------------------------------------------------------
 
     def submit_forward(self, hidden_states, topk_ids, topk_weights, cuda_stream=None) -> None:
-        """Queue the forward and return at once; the inputs are copied before this returns."""
-        if cuda_stream is not None:
-            raise NotImplementedError("cuda_stream is not supported yet; pass None and CPU tensors")
+        """Queue the forward and return at once.
+
+        CPU tensors: the inputs are copied before this returns, and any ``cuda_stream`` gives
+        exactly the result of None. CUDA tensors (all three on one device): the work is enqueued
+        on ``cuda_stream`` (the device's current stream when None): copies of the inputs into
+        pinned staging, then a host function that starts the CPU job; the calling thread does
+        not wait. ``cuda_stream``: None, an int cudaStream_t handle or a torch.cuda.Stream.
+        """
+        stream = _stream_handle(cuda_stream)
         if self._pending is not None:
             raise RuntimeError(f"layer {self.layer_idx}: submit_forward called twice without sync_forward")
         H, K = self.hidden_size, self.num_experts_per_tok
-        _check_tensor("hidden_states", hidden_states, 2, _FLOAT_DTYPES, (None, H))
+        _check_tensor("hidden_states", hidden_states, 2, _FLOAT_DTYPES, (None, H), cuda_ok=True)
         M = hidden_states.shape[0]
-        _check_tensor("topk_ids", topk_ids, 2, _ID_DTYPES, (M, K))
-        _check_tensor("topk_weights", topk_weights, 2, _ROUTING_WEIGHT_DTYPES, (M, K))
+        _check_tensor("topk_ids", topk_ids, 2, _ID_DTYPES, (M, K), cuda_ok=True)
+        _check_tensor("topk_weights", topk_weights, 2, _ROUTING_WEIGHT_DTYPES, (M, K), cuda_ok=True)
+        for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
+            if t.device != hidden_states.device:
+                raise ValueError(f"{name} is on {t.device} but hidden_states is on {hidden_states.device}; "
+                                 "all three must be on one device")
         if not self._layer.loaded:
             raise RuntimeError(f"layer {self.layer_idx}: forward called before the weights were loaded; "
                                "call load_weights_from_tensors first")
+        self._stream_layer.rethrow_error()
+        if hidden_states.is_cuda:
+            if stream is None:
+                stream = torch.cuda.current_stream(hidden_states.device).cuda_stream
+            with torch.cuda.device(hidden_states.device):
+                self._submit_on_stream(stream, hidden_states, topk_ids, topk_weights)
+            return
+        if stream is not None and self._in_device_memory(hidden_states, topk_ids, topk_weights):
+            self._submit_on_stream(stream, hidden_states, topk_ids, topk_weights)
+            return
         out = torch.empty(M, H, dtype=torch.bfloat16)
         job = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
                                  topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
@@ -242,16 +286,71 @@ class KTMoEWrapper:
                                  out.data_ptr())
         self._pending = (job, out)
 
+    @staticmethod
+    def _in_device_memory(*tensors) -> bool:
+        """Whether CPU-typed tensors lie in memory the loaded CUDA runtime calls device memory: only
+        under a stand-in runtime, whose device memory is host memory (tests/cuda_standin)."""
+        names = ("hidden_states", "topk_ids", "topk_weights")
+        on_device = [_ext.is_device_pointer(t.data_ptr()) for t in tensors]
+        if any(on_device) and not all(on_device):
+            raise ValueError(", ".join(n for n, d in zip(names, on_device) if not d) + " not in the CUDA runtime's "
+                             "device memory, unlike " + ", ".join(n for n, d in zip(names, on_device) if d))
+        if on_device[0] and tensors[0].dtype != torch.bfloat16:
+            raise ValueError("hidden_states in device memory of a CPU-typed tensor must be bfloat16: its output "
+                             "cannot be converted in stream order without a CUDA device")
+        return on_device[0]
+
+    def _submit_on_stream(self, stream: int, x, ids, weights) -> None:
+        M = x.shape[0]
+        if M:
+            self._stream_layer.submit(stream, x.data_ptr(), _FLOAT_DTYPES[x.dtype], ids.data_ptr(),
+                                      ids.dtype == torch.int64, weights.data_ptr(),
+                                      _ROUTING_WEIGHT_DTYPES[weights.dtype], M)
+        self._pending = _StreamForward(stream, M, x.device, x.dtype)
+
     def sync_forward(self, hidden_states=None, cuda_stream=None) -> torch.Tensor:
-        """Wait for the submitted forward; returns its output, bf16 [M, hidden_size]."""
-        if self._pending is None:
+        """The submitted forward's output [M, hidden_size]: for CPU inputs a bf16 CPU tensor, after
+        waiting for the job; for CUDA inputs a tensor on their device and of hidden_states' dtype,
+        returned at once, whose contents are valid in the order of the stream (a host function
+        there waits for the job, then the output is copied in). ``cuda_stream`` must be the one
+        submit_forward used, or None."""
+        stream = _stream_handle(cuda_stream)
+        pending = self._pending
+        if pending is None:
             raise RuntimeError(f"layer {self.layer_idx}: sync_forward called without submit_forward")
-        job, out = self._pending
+        if isinstance(pending, _StreamForward) and stream is not None and stream != pending.stream:
+            raise ValueError(f"layer {self.layer_idx}: sync_forward on stream {stream:#x}, but submit_forward used "
+                             f"{pending.stream:#x}; the job starts in that stream's order, so sync on it")
         self._pending = None
+        if isinstance(pending, _StreamForward):
+            return self._sync_on_stream(pending)
+        job, out = pending
         job.wait()
         return out
 
+    def _sync_on_stream(self, pending: _StreamForward) -> torch.Tensor:
+        shape, device = (pending.tokens, self.hidden_size), pending.device
+        if not pending.tokens:
+            self._stream_layer.rethrow_error()
+            return torch.empty(shape, dtype=pending.dtype, device=device)
+        if device.type != "cuda":  # a stand-in runtime's device memory (bfloat16 only)
+            out = torch.empty(shape, dtype=torch.bfloat16)
+            self._stream_layer.sync(pending.stream, out.data_ptr())
+            return out
+        with torch.cuda.device(device), self._torch_stream(pending.stream, device):
+            out = torch.empty(shape, dtype=torch.bfloat16, device=device)
+            self._stream_layer.sync(pending.stream, out.data_ptr())
+            return out if pending.dtype == torch.bfloat16 else out.to(pending.dtype)
+
+    @staticmethod
+    def _torch_stream(stream: int, device: torch.device):
+        """Makes torch allocate and convert the output on the caller's stream."""
+        if stream == torch.cuda.current_stream(device).cuda_stream:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device))
+
     def forward(self, hidden_states, topk_ids, topk_weights, cuda_stream=None) -> torch.Tensor:
+        """submit_forward, then sync_forward (which does not block for CUDA inputs)."""
         self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream)
         return self.sync_forward(hidden_states, cuda_stream)
 
@@ -304,12 +403,24 @@ class KTMoEWrapper:
 
     @staticmethod
     def set_capture_batch_sizes(sizes) -> None:
-        """Keep the staging buffers of calls with these token counts for reuse between calls."""
+        """The batch sizes CUDA graphs will be captured with; call before capturing.
+
+        CPU inputs: the staging buffers of calls with these token counts are kept for reuse.
+        CUDA streams: pins, now, for every wrapper alive and every wrapper made later, what a
+        captured forward uses, so that capture neither allocates nor blocks: one pinned input
+        buffer shared by all layers (stream order serializes its users), one pinned output buffer
+        per layer, both sized for the largest batch, and per layer one host-function context per
+        batch size. Capturing a batch size not given here raises. Buffers a captured graph uses
+        stay allocated until its wrapper is deleted (the shared input: until the process ends).
+        Without a CUDA runtime loaded yet, the pinning happens at each layer's first stream call
+        outside capture.
+        """
         sizes = sorted({int(s) for s in sizes})
         if any(s <= 0 for s in sizes):
             raise ValueError(f"capture batch sizes must be positive, got {sizes}")
         KTMoEWrapper._capture_batch_sizes = sizes
         _ext.set_capture_batch_sizes(sizes)
+        _ext.set_stream_capture_batch_sizes(sizes)
 
     @staticmethod
     def get_capture_batch_sizes() -> list[int]:

@@ -117,9 +117,14 @@ def test_nan_hidden_states_rejected_by_every_format(moe, method):
         layer.forward(x, ids, w)
 
 
-def test_cuda_stream_is_refused(layer, good):
-    with pytest.raises(NotImplementedError, match="cuda_stream"):
-        layer.forward(*good, cuda_stream=object())
+@pytest.mark.parametrize("stream, exc", [(object(), TypeError), ("0", TypeError), (True, TypeError), (-1, ValueError)],
+                         ids=["object", "str", "bool", "negative"])
+def test_cuda_stream_of_a_wrong_kind(layer, good, stream, exc):
+    with pytest.raises(exc, match="cuda_stream"):
+        layer.forward(*good, cuda_stream=stream)
+    with pytest.raises(exc, match="cuda_stream"):
+        layer.submit_forward(*good, cuda_stream=stream)
+    assert layer._pending is None
 
 
 # ---- construction -------------------------------------------------------------------------

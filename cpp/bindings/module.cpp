@@ -8,4 +8,5 @@ PYBIND11_MODULE(_ext, m) {
   kt::py_bind::register_moe(m);
   kt::py_bind::register_probe(m);
   kt::py_bind::register_amx(m);
+  kt::py_bind::register_stream(m);
 }

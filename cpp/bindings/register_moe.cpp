@@ -11,13 +11,6 @@ namespace py = pybind11;
 namespace kt::py_bind {
 namespace {
 
-DType dtype_from(const std::string& s) {
-  if (s == "float32") return DType::f32;
-  if (s == "bfloat16") return DType::bf16;
-  if (s == "float16") return DType::f16;
-  throw std::invalid_argument("unsupported dtype " + s + "; expected float32, bfloat16 or float16");
-}
-
 template <class T>
 const T* ptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
 
