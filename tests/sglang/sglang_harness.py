@@ -15,10 +15,10 @@ Shims (SGLang's CUDA assumptions only; everything else is SGLang's own code):
      longer than the test and changes nothing it computes.
   5. The GPU experts' kernel: ``UnquantizedFusedMoEMethod.apply`` (the GPU method KT wraps) runs
      SGLang's own torch MoE, ``moe_forward_native``, instead of its Triton/CUDA kernel. That
-     function has no notion of the -1 ids the CUDA kernels skip, so the shim gives -1 entries
-     weight 0 on slot 0 (zeros when a call has no GPU entry at all). SGLang's CPU engine
-     (SGLANG_USE_CPU_ENGINE=1) would pick that function itself but needs the CPU build of
-     sgl_kernel, which is not on PyPI.
+     function has no notion of the -1 ids the CUDA kernels skip (and counts an id once per row),
+     so the shim sends the -1 entry at top-k position k to an all-zero expert of its own, slot
+     num_gpu_experts + k, with weight 0. SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1) would pick
+     that function itself but needs the CPU build of sgl_kernel, which is not on PyPI.
 """
 from __future__ import annotations
 
@@ -82,11 +82,84 @@ def install_shims() -> None:
         x = dispatch_output.hidden_states
         topk_output = dispatch_output.topk_output
         weights, ids = topk_output.topk_weights, topk_output.topk_ids
-        valid = ids >= 0
-        if not bool(valid.any()):
-            return StandardCombineInput(hidden_states=torch.zeros_like(x))
-        kept = topk_output._replace(topk_weights=torch.where(valid, weights, torch.zeros_like(weights)),
-                                    topk_ids=torch.where(valid, ids, torch.zeros_like(ids)))
-        return StandardCombineInput(hidden_states=moe_forward_native(layer, x, kept, self.moe_runner_config))
+        num_gpu, top_k = layer.w13_weight.shape[0], ids.shape[1]
+        skipped = ids < 0
+        zero_slots = torch.arange(num_gpu, num_gpu + top_k, dtype=ids.dtype).expand_as(ids)
+        kept = topk_output._replace(topk_weights=weights.masked_fill(skipped, 0),
+                                    topk_ids=torch.where(skipped, zero_slots, ids))
+        with_zero_experts = types.SimpleNamespace(
+            num_experts=num_gpu + top_k,
+            w13_weight=torch.cat([layer.w13_weight, layer.w13_weight.new_zeros(top_k, *layer.w13_weight.shape[1:])]),
+            w2_weight=torch.cat([layer.w2_weight, layer.w2_weight.new_zeros(top_k, *layer.w2_weight.shape[1:])]))
+        out = moe_forward_native(with_zero_experts, x, kept, self.moe_runner_config)
+        return StandardCombineInput(hidden_states=out)
 
     UnquantizedFusedMoEMethod.apply = gpu_experts
+
+
+# ---- SGLang's FusedMoE with KT, built from server arguments ------------------------------------
+
+
+def server_args(model_path, method: str, num_gpu_experts: int, *, deferred: int, chunked_prefill_size: int,
+                physical_to_logical_map, redundant: int):
+    """SGLang's ServerArgs parsed from the command line a user gives ``sglang.launch_server``,
+    published as this process's runtime context (SGLang's own fixture for processes without
+    distributed groups)."""
+    import argparse
+    import json
+
+    from sglang.srt.arg_groups.overrides import model_config_of
+    from sglang.srt.eplb.expert_location import (compute_initial_expert_location_metadata,
+                                                 set_global_expert_location_metadata)
+    from sglang.srt.runtime_context import reset_context
+    from sglang.srt.server_args import ServerArgs
+    from sglang.test.parallel_groups import publish
+
+    argv = ["--model-path", str(model_path), "--device", "cpu",
+            "--kt-weight-path", str(model_path), "--kt-method", method,
+            "--kt-num-gpu-experts", str(num_gpu_experts), "--kt-cpuinfer", "2", "--kt-threadpool-count", "2",
+            "--kt-max-deferred-experts-per-token", str(deferred),
+            "--chunked-prefill-size", str(chunked_prefill_size),
+            "--ep-num-redundant-experts", str(redundant),
+            "--init-expert-location", json.dumps({"physical_to_logical_map": physical_to_logical_map})]
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    args = ServerArgs.from_cli_args(parser.parse_args(argv))
+    reset_context()
+    publish(args, role="scheduler")
+    config = model_config_of(args)
+    set_global_expert_location_metadata(compute_initial_expert_location_metadata(config, moe_ep_rank=0),
+                                        allow_overwrite=True)
+    return args, config.hf_config
+
+
+def moe_layer(hf_config, layer_id: int, redundant: int, checkpoint: dict):
+    """FusedMoE and TopK as SGLang's Qwen3-MoE block builds them; the experts' weights go through
+    FusedMoE's weight loader (GPU slots) and process_weights_after_loading (KTMoEWrapper.load_weights
+    with SGLang's physical_to_logical_map, reading --kt-weight-path)."""
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+    from sglang.srt.layers.moe.topk import TopK
+    from sglang.srt.layers.moe.utils import RoutingMethodType
+
+    layer = FusedMoE(num_experts=hf_config.num_experts + redundant, top_k=hf_config.num_experts_per_tok,
+                     layer_id=layer_id, hidden_size=hf_config.hidden_size,
+                     intermediate_size=hf_config.moe_intermediate_size, params_dtype=torch.bfloat16,
+                     prefix=f"model.layers.{layer_id}.mlp.experts", routing_method_type=RoutingMethodType.Renormalize)
+    params = dict(layer.named_parameters(prefix="experts"))
+    prefix = f"model.layers.{layer_id}.mlp."
+    mapping = FusedMoE.make_expert_params_mapping("gate_proj", "down_proj", "up_proj", hf_config.num_experts)
+    for name, tensor in checkpoint.items():
+        if not name.startswith(prefix + "experts."):
+            continue
+        short = name[len(prefix):]
+        for param_prefix, weight_name, expert_id, shard_id in mapping:
+            if weight_name in short:
+                param_name = short.replace(weight_name, param_prefix)
+                param = params[param_name]
+                param.weight_loader(param, tensor, param_name, shard_id=shard_id, expert_id=expert_id)
+                break
+    layer.quant_method.process_weights_after_loading(layer)
+    topk = TopK(top_k=hf_config.num_experts_per_tok, renormalize=hf_config.norm_topk_prob, use_grouped_topk=False,
+                layer_id=layer_id)
+    topk.bind_runner_backend(layer.runner_backend, routing_method_type=layer.routing_method_type)
+    return layer, topk
