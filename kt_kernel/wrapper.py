@@ -68,6 +68,18 @@ class _StreamForward(NamedTuple):
     dtype: torch.dtype
 
 
+def _check_plain_swiglu(swiglu_limit, swiglu_alpha) -> None:
+    """sglang-kt passes both; 0.0 (its value for every model but GPT-OSS-style clamped experts)
+    is the plain SwiGLU silu(gate) * up that the kernels compute."""
+    for name, v in (("swiglu_limit", swiglu_limit), ("swiglu_alpha", swiglu_alpha)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+        if v != 0.0:
+            raise NotImplementedError(
+                f"{name}={v} (clamped SwiGLU) is not implemented; the kernels compute plain SwiGLU, "
+                "silu(gate) * up: pass swiglu_limit=0.0 and swiglu_alpha=0.0")
+
+
 class KTMoEWrapper:
     """The CPU experts of one MoE layer.
 
@@ -96,7 +108,10 @@ class KTMoEWrapper:
         max_deferred_experts_per_token: int = 0,
         numa_nodes=None,
         gpu_experts_mask=None,
+        swiglu_limit: float = 0.0,
+        swiglu_alpha: float = 0.0,
     ):
+        _check_plain_swiglu(swiglu_limit, swiglu_alpha)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         if max_deferred_experts_per_token:

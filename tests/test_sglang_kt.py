@@ -1,0 +1,93 @@
+"""The names the KT fork of SGLang (sglang-kt 0.7.2) imports and the keywords it constructs
+KTMoEWrapper with (its kt_ep_wrapper.py, inference path), tested directly: sglang-kt itself is not
+installed here (its wheel needs its own sgl_kernel payload and a CUDA torch)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import reference
+from conftest import assert_close_fp32
+
+
+def test_sglang_kt_imports_both_names():
+    from kt_kernel import KTMoEWrapper, generate_gpu_experts_masks  # noqa: F401  (sglang-kt's import line)
+
+
+def _chosen_are_the_most_active(freq: torch.Tensor, mask: torch.Tensor) -> bool:
+    chosen, rest = freq[mask], freq[~mask]
+    return chosen.numel() == 0 or rest.numel() == 0 or bool(chosen.min() >= rest.max())
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 24, 32])
+def test_masks_pick_the_globally_most_active_experts(n):
+    from kt_kernel import generate_gpu_experts_masks
+
+    freq = torch.rand(4, 8, generator=torch.Generator().manual_seed(n))
+    freq[0] *= 10  # a hot layer: the count is global, so it takes more than its share
+    mask = generate_gpu_experts_masks(freq, n)
+    assert mask.dtype == torch.bool and mask.device.type == "cpu" and mask.shape == (4, 8)
+    assert int(mask.sum()) == n
+    assert _chosen_are_the_most_active(freq, mask)
+    mask[0].copy_(torch.ones(8, dtype=torch.bool))  # writable: sglang-kt edits the masks in place
+    assert bool(mask[0].all())
+
+
+def test_masks_break_ties_by_position():
+    from kt_kernel import generate_gpu_experts_masks
+
+    mask = generate_gpu_experts_masks(torch.ones(2, 3), 4)
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+@pytest.mark.parametrize("freq, n, error, words", [
+    ([1.0, 2.0], 1, ValueError, "activation_freq has shape"),
+    (torch.ones(2, 2, dtype=torch.bool), 1, TypeError, "activation_freq has dtype"),
+    (torch.ones(2, 2), 5, ValueError, "num_gpu_experts_total=5"),
+    (torch.ones(2, 2), -1, ValueError, "num_gpu_experts_total=-1"),
+    (torch.full((2, 2), float("nan")), 1, ValueError, "NaN"),
+])
+def test_mask_arguments_are_checked(freq, n, error, words):
+    from kt_kernel import generate_gpu_experts_masks
+
+    if isinstance(freq, list):
+        freq = torch.tensor(freq)
+    with pytest.raises(error, match=words):
+        generate_gpu_experts_masks(freq, n)
+
+
+E, K, H, I = 8, 2, 64, 32
+
+
+def _sglang_kt_wrapper(mask, **extra):
+    from kt_kernel import KTMoEWrapper
+
+    # the keyword set of sglang-kt's inference path; no num_gpu_experts
+    kwargs = dict(layer_idx=0, num_experts=E, num_experts_per_tok=K, hidden_size=H, moe_intermediate_size=I,
+                  gpu_experts_mask=mask, cpuinfer_threads=2, threadpool_count=2, numa_nodes=None, weight_path=None,
+                  chunked_prefill_size=16, swiglu_limit=0.0, swiglu_alpha=0.0, method="BF16",
+                  max_deferred_experts_per_token=0)
+    kwargs.update(extra)
+    return KTMoEWrapper(**kwargs)
+
+
+def test_sglang_kt_keywords_run_the_cpu_experts_of_the_mask():
+    g = torch.Generator().manual_seed(3)
+    gate, up = torch.randn(E, I, H, generator=g) / H**0.5, torch.randn(E, I, H, generator=g) / H**0.5
+    down = torch.randn(E, H, I, generator=g) / I**0.5
+    mask = torch.tensor([True, False, False, True, False, True, False, False])
+    w = _sglang_kt_wrapper(mask)
+    assert w.gpu_experts_mask.tolist() == mask.tolist()
+    w.load_weights_from_tensors(gate, up, down)
+    x = torch.randn(20, H, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(20)])
+    weights = torch.rand(20, K, generator=g)
+    out = w.forward(x, ids, weights)
+    ref = reference.moe_forward(x, ids, weights, gate, up, down, gpu_mask=mask.tolist())
+    assert_close_fp32(out, ref, "bf16", "sglang-kt keyword set")
+
+
+@pytest.mark.parametrize("name", ["swiglu_limit", "swiglu_alpha"])
+def test_clamped_swiglu_is_refused_by_name(name):
+    with pytest.raises(NotImplementedError, match=f"{name}=7.0.*swiglu_limit=0.0 and swiglu_alpha=0.0"):
+        _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **{name: 7.0})
