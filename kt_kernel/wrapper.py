@@ -13,6 +13,7 @@ import torch
 
 from kt_kernel import _ext
 from kt_kernel.formats import METHODS
+from kt_kernel.integrations.sglang import resolve_method
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -112,6 +113,7 @@ class KTMoEWrapper:
         swiglu_alpha: float = 0.0,
     ):
         _check_plain_swiglu(swiglu_limit, swiglu_alpha)
+        method = resolve_method(method)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         if max_deferred_experts_per_token:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import reference
-from conftest import assert_close_fp32
 
 
 def test_sglang_kt_imports_both_names():
@@ -71,7 +70,7 @@ def _sglang_kt_wrapper(mask, **extra):
     return KTMoEWrapper(**kwargs)
 
 
-def test_sglang_kt_keywords_run_the_cpu_experts_of_the_mask():
+def test_sglang_kt_keywords_run_the_cpu_experts_of_the_mask(moe):
     g = torch.Generator().manual_seed(3)
     gate, up = torch.randn(E, I, H, generator=g) / H**0.5, torch.randn(E, I, H, generator=g) / H**0.5
     down = torch.randn(E, H, I, generator=g) / I**0.5
@@ -84,10 +83,29 @@ def test_sglang_kt_keywords_run_the_cpu_experts_of_the_mask():
     weights = torch.rand(20, K, generator=g)
     out = w.forward(x, ids, weights)
     ref = reference.moe_forward(x, ids, weights, gate, up, down, gpu_mask=mask.tolist())
-    assert_close_fp32(out, ref, "bf16", "sglang-kt keyword set")
+    moe.assert_close_fp32(out, ref, "bf16", "sglang-kt keyword set")
 
 
 @pytest.mark.parametrize("name", ["swiglu_limit", "swiglu_alpha"])
 def test_clamped_swiglu_is_refused_by_name(name):
     with pytest.raises(NotImplementedError, match=f"{name}=7.0.*swiglu_limit=0.0 and swiglu_alpha=0.0"):
         _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **{name: 7.0})
+
+
+def test_amxbf16_is_bf16():
+    assert _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), method="AMXBF16").method == "BF16"
+
+
+@pytest.mark.parametrize("method", ["AMXFP8", "MXFP8"])
+def test_fp8_methods_are_refused_by_name(method):
+    with pytest.raises(NotImplementedError, match=f"method '{method}'.*BF16 \\(also AMXBF16\\), AMXINT8, AMXINT4"):
+        _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), method=method)
+
+
+@pytest.mark.parametrize("sft_keyword", [{"mode": "sft"}, {"lora_rank": 8}])
+def test_sft_keywords_stay_unknown(sft_keyword):
+    """sglang-kt builds SFT wrappers only for expert LoRA, after probing kt_kernel.sft (absent)."""
+    with pytest.raises(TypeError, match=next(iter(sft_keyword))):
+        _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **sft_keyword)
+    with pytest.raises(ImportError):
+        import kt_kernel.sft  # noqa: F401

@@ -34,3 +34,17 @@ def generate_gpu_experts_masks(activation_freq: torch.Tensor, num_gpu_experts_to
     mask = torch.zeros(total, dtype=torch.bool)
     mask[order[:num_gpu_experts_total]] = True
     return mask.view(activation_freq.shape)
+
+
+# sglang-kt's --kt-method names that are other names of ours, and those of formats we lack
+_METHOD_ALIASES = {"AMXBF16": "BF16"}
+_METHODS_WITHOUT_A_FORMAT = {"AMXFP8": "fp8 block-quantized experts", "MXFP8": "mxfp8 experts"}
+
+
+def resolve_method(method):
+    """``method`` as KTMoEWrapper's own name; sglang-kt's fp8 names raise, naming what works."""
+    if method in _METHODS_WITHOUT_A_FORMAT:
+        raise NotImplementedError(
+            f"method {method!r} ({_METHODS_WITHOUT_A_FORMAT[method]}) is not implemented; methods: BF16 (also "
+            "AMXBF16), AMXINT8, AMXINT4")
+    return _METHOD_ALIASES.get(method, method)

@@ -28,8 +28,7 @@ with warnings.catch_warnings():  # SGLang warns at import about its CUDA-only qu
     import sglang  # noqa: F401  (its import-time warnings stay inside this block)
     from sglang.srt.layers.moe.fused_moe_triton import layer as _fused_moe_layer  # noqa: F401
 
-from conftest import FORMAT_BY_METHOD, assert_close_fp32  # tests/conftest.py: the suite's tolerances
-
+import kt_kernel
 from kt_kernel.models import build_tiny_model
 
 REDUNDANT = 4
@@ -88,8 +87,8 @@ def run_layer(layer, topk, hf_config, tensors, layer_id, seed, num_gpu_experts):
 
 
 @pytest.mark.parametrize("num_gpu_experts", [0, 8, 32 + REDUNDANT], ids=["gpu0", "gpu8", "gpu_all"])
-@pytest.mark.parametrize("method", list(FORMAT_BY_METHOD))
-def test_fused_moe_with_kt_matches_torch(checkpoint, method, num_gpu_experts):
+@pytest.mark.parametrize("method", list(kt_kernel.METHODS))
+def test_fused_moe_with_kt_matches_torch(moe, checkpoint, method, num_gpu_experts):
     path, tensors = checkpoint
     pmap = physical_to_logical(2, 32)
     _, hf_config = sglang_harness.server_args(path, method, num_gpu_experts, deferred=0, chunked_prefill_size=CHUNK,
@@ -101,7 +100,7 @@ def test_fused_moe_with_kt_matches_torch(checkpoint, method, num_gpu_experts):
     if 0 < num_gpu_experts < 32:
         assert bool((ids < num_gpu_experts).any()) and bool((ids >= num_gpu_experts).any())
     ref = reference(x, ids, weights, pmap[0], tensors, 0)
-    assert_close_fp32(out, ref, FORMAT_BY_METHOD[method]["name"], f"SGLang FusedMoE + kt_kernel {method}")
+    moe.assert_close_fp32(out, ref, moe.format_of(method)["name"], f"SGLang FusedMoE + kt_kernel {method}")
 
 
 def _kt_kernel_defers() -> bool:
@@ -119,7 +118,7 @@ def _kt_kernel_defers() -> bool:
 @pytest.mark.xfail(not _kt_kernel_defers(), raises=NotImplementedError,
                    reason="deferred experts come with issue 17 (branch defer); this kt_kernel refuses them")
 @pytest.mark.parametrize("method", ["AMXINT8"])
-def test_deferred_experts_reach_the_next_layer(checkpoint, method):
+def test_deferred_experts_reach_the_next_layer(moe, checkpoint, method):
     """--kt-max-deferred-experts-per-token 1: SGLang passes 1 to layer 0 and 0 to the last layer
     (1); what layer 0 defers is added to layer 1's output, so the two outputs sum to the two
     references' sum."""
@@ -136,4 +135,4 @@ def test_deferred_experts_reach_the_next_layer(checkpoint, method):
         x, ids, weights, out = run_layer(layer, topk, hf_config, tensors, i, seed=1, num_gpu_experts=8)
         total_out += out.double()
         total_ref += reference(x, ids, weights, pmap[i], tensors, i)
-    assert_close_fp32(total_out, total_ref, FORMAT_BY_METHOD[method]["name"], "two layers with deferred experts")
+    moe.assert_close_fp32(total_out, total_ref, moe.format_of(method)["name"], "two layers with deferred experts")
