@@ -109,3 +109,54 @@ def test_sft_keywords_stay_unknown(sft_keyword):
         _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **sft_keyword)
     with pytest.raises(ImportError):
         import kt_kernel.sft  # noqa: F401
+
+
+def _tiny_layer_weights(path, layer_id, num_experts):
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    stack = lambda p: torch.stack([tensors[f"model.layers.{layer_id}.mlp.experts.{e}.{p}_proj.weight"].float()
+                                   for e in range(num_experts)])
+    return stack("gate"), stack("up"), stack("down")
+
+
+def test_mask_edited_in_place_takes_effect_at_the_next_forward(moe):
+    """sglang-kt's dynamic placement: ``wrapper.gpu_experts_mask.copy_(new)`` between forwards;
+    experts newly on the CPU are read from weight_path (here an HF checkpoint, quantized at load)."""
+    from kt_kernel import KTMoEWrapper
+    from kt_kernel.models import build_tiny_model, tiny_config
+
+    path = build_tiny_model("qwen3_moe")
+    cfg = tiny_config("qwen3_moe")
+    E_, K_, H_, I_ = cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size, cfg.moe_intermediate_size
+    first = torch.zeros(E_, dtype=torch.bool)
+    first[:E_ // 2] = True
+    w = KTMoEWrapper(layer_idx=1, num_experts=E_, num_experts_per_tok=K_, hidden_size=H_, moe_intermediate_size=I_,
+                     gpu_experts_mask=first.clone(), cpuinfer_threads=2, threadpool_count=2, numa_nodes=None,
+                     weight_path=str(path), chunked_prefill_size=16, swiglu_limit=0.0, swiglu_alpha=0.0,
+                     method="BF16", max_deferred_experts_per_token=0)
+    w.load_weights(torch.arange(E_))
+    gate, up, down = _tiny_layer_weights(path, 1, E_)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(24, H_, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E_, generator=g)[:K_] for _ in range(24)])
+    weights = torch.rand(24, K_, generator=g)
+    for mask in (first, ~first, torch.arange(E_) % 3 == 0):
+        w.gpu_experts_mask.copy_(mask)
+        out = w.forward(x, ids, weights)
+        ref = reference.moe_forward(x, ids, weights, gate, up, down, gpu_mask=mask.tolist())
+        moe.assert_close_fp32(out, ref, "bf16", f"after moving to {mask.int().tolist()}")
+        assert w.num_gpu_experts == int(mask.sum())
+
+
+def test_mask_edit_without_weight_path_says_how_to_reload():
+    w = _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool))
+    g = torch.Generator().manual_seed(1)
+    w.load_weights_from_tensors(torch.randn(E, I, H, generator=g), torch.randn(E, I, H, generator=g),
+                                torch.randn(E, H, I, generator=g))
+    w.gpu_experts_mask[2] = True
+    x = torch.randn(4, H, generator=g).bfloat16()
+    with pytest.raises(RuntimeError, match=r"gpu_experts_mask changed \(slots \[2\]\).*load_weights"):
+        w.forward(x, torch.zeros(4, K, dtype=torch.int64) + torch.arange(K), torch.ones(4, K))
