@@ -6,13 +6,14 @@ Shims (SGLang's CUDA assumptions only; everything else is SGLang's own code):
      submit_forward / sync_forward; on a CUDA machine it is the current stream's handle, and the
      default stream's handle is 0. kt_kernel receives SGLang's value unchanged.
   2. torch.cuda.synchronize -> no-op: called before load_weights; a CPU build has no CUDA work.
-  3. torchvision: SGLang's multimodal modules import it at import time; the CPU build of
-     torchvision for this torch is not on PyPI (PyPI's is a CUDA build pulling a CUDA torch), and
-     nothing this test runs uses it. Stub modules answer those imports; transformers' own
+  3. torchvision: SGLang's multimodal modules import it at import time, and nothing this test
+     runs uses it. PyPI's torchvision wheels are CUDA builds: installed with their dependencies
+     they replace this CPU torch with a CUDA one; without them their operators fail to register
+     against the CPU torch 2.13.0. Stub modules answer those imports; transformers' own
      torchvision probe is made first, so it sees the truth (not installed).
   4. torch.compile -> identity: SGLang compiles ``mask_cpu_expert_ids`` (the in-place
-     ``topk_ids[topk_ids >= num_gpu_experts] = -1``); compiling it with inductor on 2 cores takes
-     longer than the test and changes nothing it computes.
+     ``topk_ids[topk_ids >= num_gpu_experts] = -1``) with inductor (Triton code on a GPU); the shim runs
+     SGLang's function body eagerly instead, the same in-place write.
   5. The GPU experts' kernel: ``UnquantizedFusedMoEMethod.apply`` (the GPU method KT wraps) runs
      SGLang's own torch MoE, ``moe_forward_native``, instead of its Triton/CUDA kernel. That
      function has no notion of the -1 ids the CUDA kernels skip (and counts an id once per row),
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import types
 
