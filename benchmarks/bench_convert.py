@@ -9,7 +9,9 @@ so that its peak RSS (VmHWM, reset just before the step) is its own:
   - convert: kt-convert-cpu-weights' convert_checkpoint; GB/s of source expert bytes, and the peak
     RSS growth beside one layer of source experts and one layer of output;
   - load: KTMoEWrapper.load_weights of one converted layer, all experts on the CPU; time, and the
-    peak RSS growth beside the packed size;
+    peak RSS growth beside the packed size; again with KT_KERNEL_VERIFY_WEIGHTS=0 (no checksums);
+  - verify: the checksum verification alone (kt_kernel.convert.integrity.verify_experts) over
+    every expert of the layer file, file in the page cache, best of 3: seconds per GB;
   - cpu_save: load_weights straight from the HF checkpoint with cpu_save (quantize, save, load),
     then the same call again in a new process, which loads the saved layer.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,6 +74,20 @@ _LOAD = _PEAK + textwrap.dedent("""
     print(json.dumps({"grew": status("VmHWM") - base, "seconds": seconds, "packed": w.weight_bytes}))
 """)
 
+_VERIFY = textwrap.dedent("""
+    import json, sys, time
+    from kt_kernel.convert.integrity import verify_experts
+    from kt_kernel.convert.safetensors_io import read_header
+    h = read_header(sys.argv[1])
+    E = int(h.metadata["num_experts"])
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        verify_experts(h, list(h.tensors), None, E)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"seconds": min(times), "bytes": sum(h.nbytes(k) for k in h.tensors)}))
+""")
+
 METHODS = {"int4": "AMXINT4", "int8": "AMXINT8", "bf16": "BF16"}
 
 
@@ -109,8 +126,9 @@ def build_checkpoint(path: Path, H: int, I: int, E: int, K: int, layers: int, in
     return path
 
 
-def _run(code: str, *args) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+def _run(code: str, *args, env=None) -> dict:
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env=None if env is None else dict(os.environ, **env))
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -126,7 +144,6 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", default="/tmp/kt_bench_convert", help="where the checkpoint and outputs go")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    import os
     threads = a.threads or len(os.sched_getaffinity(0))
     shape = get_shape(a.shape)
     work = Path(a.workdir)
@@ -142,21 +159,25 @@ def main(argv=None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         conv = _run(_CONVERT, src, out, m, threads)
         load = _run(_LOAD, out, METHODS[m], cfg)
+        unverified = _run(_LOAD, out, METHODS[m], cfg, env={"KT_KERNEL_VERIFY_WEIGHTS": "0"})
+        verify = _run(_VERIFY, out / "kt-experts-L0001.safetensors")
         save = work / f"save-{m}"
         shutil.rmtree(save, ignore_errors=True)
         first = _run(_LOAD, src, METHODS[m], cfg, save)
         again = _run(_LOAD, src, METHODS[m], cfg, save)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(save, ignore_errors=True)
-        rows.append({"method": m, "convert": conv, "load": load, "cpu_save_first": first, "cpu_save_again": again})
+        rows.append({"method": m, "convert": conv, "load": load, "load_unverified": unverified, "verify": verify,
+                     "cpu_save_first": first, "cpu_save_again": again})
     print("| method | convert GB/s | convert peak RSS growth | one source layer + one output layer | load one layer "
-          "| load peak RSS / packed | cpu_save first load | cpu_save next load |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| load unverified | verify alone | load peak RSS / packed | cpu_save first load | cpu_save next load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, ld = r["convert"], r["load"]
         print(f"| {r['method']} | {c['source_bytes'] / c['seconds'] / 1e9:.2f} | {c['grew'] / 1e6:.0f} MB | "
               f"{c['src_layer'] / 1e6:.0f} MB + {c['out_layer'] / 1e6:.0f} MB | {ld['seconds'] * 1e3:.0f} ms "
-              f"({ld['packed'] / ld['seconds'] / 1e9:.2f} GB/s) | {ld['grew'] / ld['packed']:.2f} | "
+              f"({ld['packed'] / ld['seconds'] / 1e9:.2f} GB/s) | {r['load_unverified']['seconds'] * 1e3:.0f} ms | "
+              f"{r['verify']['seconds'] / r['verify']['bytes'] * 1e9:.3f} s/GB | {ld['grew'] / ld['packed']:.2f} | "
               f"{r['cpu_save_first']['seconds']:.2f} s | {r['cpu_save_again']['seconds'] * 1e3:.0f} ms |")
     result = {"shape": shape.name, "layers": a.layers, "input_type": a.input_type, "threads": threads, "rows": rows}
     if a.json:

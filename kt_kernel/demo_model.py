@@ -13,9 +13,11 @@ files, bf16).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -94,8 +96,34 @@ def parse_args(argv=None):
         p.error(f"--gpu-experts must be >= 0, got {args.gpu_experts}")
     if args.max_new_tokens <= 0:
         p.error(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        p.error(f"--device {args.device!r} is not a torch device: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch build sees no CUDA device (torch.cuda.is_available() is "
+                "False); use --device cpu")
+    if args.model is not None:
+        _refuse_converted_folder(p, args.model)
     apply_isa_argument(p, args)
     return args
+
+
+def _refuse_converted_folder(p: argparse.ArgumentParser, path: str) -> None:
+    """--model takes a Hugging Face checkpoint; a kt_kernel converted folder is refused by name."""
+    from kt_kernel.convert import is_converted
+
+    if not is_converted(path):
+        return
+    origin = ""
+    try:
+        origin = json.loads((Path(path) / "kt_kernel_meta.json").read_text())["source"]["path"]
+        origin = f" (this one was converted from {origin})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    p.error(f"--model {path} is a folder converted by kt-convert-cpu-weights; the demo needs the Hugging Face "
+            f"checkpoint (config.json, safetensors, tokenizer){origin}. The demo has no option that takes converted "
+            "weights: they load through KTMoEWrapper(weight_path=...)")
 
 
 def main(argv=None) -> int:

@@ -199,9 +199,15 @@ def resolve_shapes(args) -> list[ModelShape]:
     custom = {k: getattr(args, k) for k in ("hidden", "intermediate", "experts_per_token", "moe_layers")
               if getattr(args, k) is not None}
     if args.config:
-        with open(args.config) as f:
-            base = [shape_from_hf_config(json.load(f), os.path.basename(os.path.dirname(os.path.abspath(args.config)))
+        try:
+            with open(args.config) as f:
+                cfg = json.load(f)
+            base = [shape_from_hf_config(cfg, os.path.basename(os.path.dirname(os.path.abspath(args.config)))
                                          or args.config)]
+        except OSError as e:
+            raise SystemExit(f"--config {args.config}: cannot read it: {e.strerror or e}")
+        except (ValueError, AttributeError, TypeError) as e:  # not JSON, not an object, or no MoE shape fields
+            raise SystemExit(f"--config {args.config}: not a usable Hugging Face config.json: {e}")
     elif args.model == "all":
         base = list(PRESETS.values())
     else:

@@ -27,6 +27,23 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# the native layer takes these arguments as C int; larger values would fail in the binding
+_INT_MAX = 2 ** 31 - 1
+# more threads than this is a mistake, not a machine (each one is an OS thread the engine keeps)
+MAX_THREADS = 4096
+# real models have at most a few hundred experts; the constructor builds per-expert lists, and
+# num_experts=2**31 made them tens of GB (the process was killed for memory)
+MAX_EXPERTS = 1 << 16
+
+
+def _check_int(name: str, v, lo: int, hi: int) -> None:
+    """Raises unless ``v`` is an int (bools refused: True is not a count) in lo..hi."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{name}={v!r} must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v!r} is out of range: expected {lo}..{hi}")
+
+
 def _check_tensor(name: str, t, dims: int, dtypes, shape: Sequence[Optional[int]], cuda_ok: bool = False) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -88,6 +105,13 @@ class KTMoEWrapper:
     whose weights fill slot ``p``. Slots marked as GPU experts (the first ``num_gpu_experts``
     slots, or those set in ``gpu_experts_mask``) and ids equal to -1 contribute nothing, and
     their weights are not kept in host memory.
+
+    ``max_deferred_experts_per_token = d`` (0 <= d < num_experts_per_tok): per token, the
+    ``num_experts_per_tok - d`` slots with the largest routing weights make this forward's output;
+    the other ``d`` run in the background and their weighted sum is added to the output of the next
+    forward of the wrapper with ``layer_idx + 1`` (same engine, token count and hidden size). The
+    last MoE layer must use 0: a deferred part that no layer takes makes this layer's next forward
+    raise. README "Deferred experts" has the contract.
     """
 
     _capture_batch_sizes: list[int] = []
@@ -116,10 +140,6 @@ class KTMoEWrapper:
         method = resolve_method(method)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-        if max_deferred_experts_per_token:
-            raise NotImplementedError(
-                "max_deferred_experts_per_token > 0 (deferred experts) is not implemented yet; use 0"
-            )
         if numa_nodes is not None:
             raise NotImplementedError(
                 "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
@@ -127,13 +147,23 @@ class KTMoEWrapper:
             )
         if not isinstance(cpu_save, (bool, str, os.PathLike)):
             raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
-        for name, v in (("num_experts", num_experts), ("num_experts_per_tok", num_experts_per_tok),
-                        ("hidden_size", hidden_size), ("moe_intermediate_size", moe_intermediate_size),
-                        ("chunked_prefill_size", chunked_prefill_size), ("threadpool_count", threadpool_count)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
+        _check_int("layer_idx", layer_idx, 0, _INT_MAX)
+        _check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+        for name, v in (("num_experts_per_tok", num_experts_per_tok), ("hidden_size", hidden_size),
+                        ("moe_intermediate_size", moe_intermediate_size),
+                        ("chunked_prefill_size", chunked_prefill_size)):
+            _check_int(name, v, 1, _INT_MAX)
+        _check_int("threadpool_count", threadpool_count, 1, MAX_THREADS)
+        if cpuinfer_threads is not None:
+            _check_int("cpuinfer_threads", cpuinfer_threads, 1, MAX_THREADS)
+        if num_gpu_experts is not None:
+            _check_int("num_gpu_experts", num_gpu_experts, 0, MAX_EXPERTS)
         if num_experts_per_tok > num_experts:
             raise ValueError(f"num_experts_per_tok={num_experts_per_tok} exceeds num_experts={num_experts}")
+        d = max_deferred_experts_per_token
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < num_experts_per_tok:
+            raise ValueError(f"max_deferred_experts_per_token={d!r} must be an integer in "
+                             f"0..num_experts_per_tok-1={num_experts_per_tok - 1}")
         self.layer_idx = layer_idx
         self.num_experts = num_experts
         self.num_experts_per_tok = num_experts_per_tok
@@ -143,11 +173,10 @@ class KTMoEWrapper:
         self.cpu_save = cpu_save
         self.chunked_prefill_size = chunked_prefill_size
         self.method = method
+        self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
         threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
-        if not isinstance(threads, int) or threads <= 0:
-            raise ValueError(f"cpuinfer_threads={cpuinfer_threads!r} must be a positive integer or None (all cores)")
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
         self._engine = _ext.Engine.shared(threads, threadpool_count)
@@ -159,7 +188,8 @@ class KTMoEWrapper:
         self._placed_mask = self.gpu_experts_mask.clone()
         on_cpu = [0 if g else 1 for g in self._placed_mask.tolist()]
         self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
-                                    self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size)
+                                    self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size,
+                                    self.layer_idx, self.max_deferred_experts_per_token)
         self._stream_layer = _ext.StreamLayer(self._layer)
 
     def _follow_gpu_mask_edits(self) -> None:
@@ -327,12 +357,12 @@ class KTMoEWrapper:
         if stream is not None and self._in_device_memory(hidden_states, topk_ids, topk_weights):
             self._submit_on_stream(stream, hidden_states, topk_ids, topk_weights)
             return
-        out = torch.empty(M, H, dtype=torch.bfloat16)
-        job = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
-                                 topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
-                                 topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M,
-                                 out.data_ptr())
-        self._pending = (job, out)
+        # the output buffer is the extension's, shared by the job and this tensor: the job never
+        # writes freed memory, whenever the wrapper or the tensor goes
+        job, out = self._layer.submit(hidden_states.data_ptr(), _FLOAT_DTYPES[hidden_states.dtype],
+                                      topk_ids.data_ptr(), topk_ids.dtype == torch.int64,
+                                      topk_weights.data_ptr(), _ROUTING_WEIGHT_DTYPES[topk_weights.dtype], M)
+        self._pending = (job, torch.from_numpy(out).view(torch.bfloat16))
 
     @staticmethod
     def _in_device_memory(*tensors) -> bool:

@@ -251,3 +251,32 @@ def test_sync_on_another_stream_raises(moe, shape, rt, stream):
     out = layer.sync_forward(cuda_stream=stream)  # the forward is still there
     rt.synchronize(stream)
     assert torch.equal(out, _cpu_result(layer, *host))
+
+
+@pytest.mark.parametrize("M", [1, 9])
+def test_deferred_experts_in_stream_order(moe, shape, rt, stream, M):
+    """Layers 70 (d = 1) and 71 (d = 0) on the stream, each submitted before the previous one is
+    synced: layer 71's output carries layer 70's deferred slots exactly as on the CPU path
+    (tests/test_deferred.py checks that path against a reference adding them one layer later),
+    over two steps, so the pending part is taken and renewed in stream order."""
+    def pair():
+        made = []
+        for idx, d in ((70, 1), (71, 0)):
+            w = kt_kernel.KTMoEWrapper(idx, E, TOPK, H, I, method="BF16", cpuinfer_threads=2,
+                                       max_deferred_experts_per_token=d)
+            w.load_weights_from_tensors(*moe.weights(shape, idx))
+            made.append(w)
+        return made
+
+    on_stream, on_cpu = pair(), pair()
+    for step in range(2):
+        hosts = [_inputs(moe, shape, M, seed=100 * step + i) for i in range(2)]
+        devs = [_on_device(rt, *h) for h in hosts]
+        on_stream[0].submit_forward(*devs[0], cuda_stream=stream)
+        on_stream[1].submit_forward(*devs[1], cuda_stream=stream)
+        outs = [on_stream[0].sync_forward(devs[0][0], cuda_stream=stream),
+                on_stream[1].sync_forward(devs[1][0], cuda_stream=stream)]
+        rt.synchronize(stream)
+        wants = [w.forward(*h) for w, h in zip(on_cpu, hosts)]
+        for i in range(2):
+            assert torch.equal(outs[i], wants[i]), f"step {step}, layer {70 + i}"

@@ -238,3 +238,17 @@ def test_reloading_weights_replaces_them(moe, method):
     layer.load_weights_from_tensors(*moe.weights(shape), physical_to_logical_map=pmap)
     x, ids, w = moe.inputs(shape, 20, seed=16)
     moe.check(layer, shape, x, ids, w, pmap=pmap)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("M", [0, 1, 3])
+def test_half_hidden_states_of_an_odd_byte_count(moe, method, dtype, M):
+    """M x H half values of 2 mod 4 bytes (odd H) and empty calls: the staged ids and routing
+    weights after x stay aligned (scripts/sanitize.sh runs this under UBSan)."""
+    shape = moe.Shape(E, TOPK, 63, I)
+    layer = moe.layer(method, shape)
+    x, ids, w = moe.inputs(shape, M, seed=17)
+    xh = x.to(dtype)
+    out = layer.forward(xh, ids, w)
+    assert torch.equal(out, layer.forward(xh.float(), ids, w))
+    moe.check(layer, shape, xh.float(), ids, w, out=out)

@@ -1,6 +1,11 @@
 // Engine and MoE layer. Tensors cross as raw addresses (data_ptr) with shapes and dtypes checked
 // by the Python wrapper; the extension does not link against torch.
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
 
 #include "bindings/bindings.h"
 #include "kt/engine.h"
@@ -13,6 +18,14 @@ namespace {
 
 template <class T>
 const T* ptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
+
+// An uninitialized bf16 output of n values, 64-byte aligned like a torch allocation.
+std::shared_ptr<uint16_t> alloc_output(size_t n) {
+  const size_t bytes = (n * sizeof(uint16_t) + 63) / 64 * 64 + 64;  // never 0 bytes
+  auto* p = static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  return std::shared_ptr<uint16_t>(p, [](uint16_t* q) { std::free(q); });
+}
 
 }  // namespace
 
@@ -30,7 +43,7 @@ void register_moe(py::module_& m) {
 
   py::class_<MoeLayer, std::shared_ptr<MoeLayer>>(m, "MoeLayer")
       .def(py::init([](std::shared_ptr<Engine> engine, int E, int topk, int H, int I, const std::string& method,
-                       std::vector<uint8_t> on_cpu, int chunk) {
+                       std::vector<uint8_t> on_cpu, int chunk, int layer_idx, int deferred) {
              MoeConfig c;
              c.num_experts = E;
              c.topk = topk;
@@ -39,10 +52,13 @@ void register_moe(py::module_& m) {
              c.format = format_by_method(method).id;
              c.on_cpu = std::move(on_cpu);
              c.chunk_tokens = chunk;
+             c.layer_idx = layer_idx;
+             c.deferred_experts = deferred;
              return std::make_shared<MoeLayer>(std::move(engine), std::move(c));
            }),
            py::arg("engine"), py::arg("num_experts"), py::arg("topk"), py::arg("hidden"), py::arg("intermediate"),
-           py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"))
+           py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"), py::arg("layer_idx") = -1,
+           py::arg("deferred_experts") = 0)
       .def("load_from_tensors",
            [](MoeLayer& l, uintptr_t gate, uintptr_t up, uintptr_t down, const std::string& dtype, uintptr_t map,
               int num_logical) {
@@ -64,12 +80,25 @@ void register_moe(py::module_& m) {
            py::arg("drop_pages") = false, "Pre-quantized logical weights stacked over experts (layouts in kt/moe.h).")
       .def("submit",
            [](MoeLayer& l, uintptr_t x, const std::string& x_dtype, uintptr_t ids, bool ids64, uintptr_t w,
-              const std::string& w_dtype, int M, uintptr_t out) {
+              const std::string& w_dtype, int M) {
              DType xd = dtype_from(x_dtype), wd = dtype_from(w_dtype);
-             py::gil_scoped_release nogil;
-             return l.submit(ptr<void>(x), xd, ptr<void>(ids), ids64, ptr<void>(w), wd, M,
-                             reinterpret_cast<uint16_t*>(out));
-           })
+             const int H = l.config().hidden;
+             std::shared_ptr<uint16_t> out = alloc_output(size_t(std::max(M, 0)) * H);
+             std::shared_ptr<Job> job;
+             {
+               py::gil_scoped_release nogil;
+               job = l.submit(ptr<void>(x), xd, ptr<void>(ids), ids64, ptr<void>(w), wd, M, out);
+             }
+             // The array and the job share the buffer: whichever lets go of it last frees it.
+             py::capsule owner(new std::shared_ptr<uint16_t>(out),
+                               [](void* p) { delete static_cast<std::shared_ptr<uint16_t>*>(p); });
+             py::array_t<uint16_t> array(std::vector<py::ssize_t>{M, H}, out.get(), owner);
+             return py::make_tuple(job, array);
+           },
+           py::arg("x"), py::arg("x_dtype"), py::arg("ids"), py::arg("ids_int64"), py::arg("weights"),
+           py::arg("w_dtype"), py::arg("tokens"),
+           "Queues a forward; returns (job, output): the output, uint16 bf16 bits [tokens, hidden], is "
+           "written by the job and valid once job.wait() returns.")
       .def_property_readonly("loaded", &MoeLayer::loaded)
       .def_property_readonly("kernel_name", [](const MoeLayer& l) { return std::string(l.kernel().name); })
       .def_property_readonly("vector_kernel_name", [](const MoeLayer& l) { return std::string(l.vector_kernel().name); })

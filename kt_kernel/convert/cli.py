@@ -25,14 +25,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all allowed cores)")
     p.add_argument("--max-shard-gb", type=float, default=4.0,
                    help="largest file of copied non-expert tensors, GB (default 4; a larger tensor gets its own)")
-    p.add_argument("--resume", action="store_true", help="continue in --output, keeping layers that verify")
+    p.add_argument("--resume", action="store_true",
+                   help="continue in --output, keeping the layers that verify (checksums included), rewriting the rest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="convert into an --output that holds another conversion (method, geometry or source), "
+                        "replacing its files (files the converter did not write are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     a = p.parse_args(argv)
     try:
         rec = convert_checkpoint(a.input_path, a.output, a.quant_method, input_type=a.input_type,
-                                 threads=a.threads, resume=a.resume, progress=not a.no_progress,
+                                 threads=a.threads, resume=a.resume, overwrite=a.overwrite,
+                                 progress=not a.no_progress,
                                  shard_bytes=int(a.max_shard_gb * 1e9))
-    except ConversionError as e:
+    except (ConversionError, OSError) as e:  # OSError: an input file unreadable (output errors are ConversionErrors)
         print(f"convert_cpu_weights: error: {e}", file=sys.stderr)
         return 2
     st = rec["_stats"]

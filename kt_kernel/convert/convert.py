@@ -5,13 +5,13 @@ projection in fp32 and its quantized form, so its peak RSS is about one layer of
 ``threads`` expert matrices (below one layer of source experts), whatever the model size.
 Source tensors are read with pread, never mapped, so the source files' pages do not stay in RSS.
 
-Atomicity and resume: every file is written as ``name.tmp`` and renamed when complete; the
-metadata file is written last. With ``resume=True`` a layer whose file exists and verifies
-(header, keys, shapes, metadata naming the same source, method and layer) is skipped.
+Atomicity and resume: every file is written as ``name.tmp`` and renamed when complete (a failed
+write removes its ``.tmp``); the metadata file is written last. With ``resume=True`` a layer whose
+file exists and verifies (header, keys, shapes, metadata naming the same source, method and layer,
+every expert's checksum) is skipped. Files the converter did not write are never touched.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +29,8 @@ from kt_kernel import _ext
 from kt_kernel.cpu import torch_threads
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import SafetensorsError, read_header, write_file
+from kt_kernel.convert.integrity import (DIGEST_KEY, VERIFY_ENV, file_xxh3, header_xxh3, layer_digests, meta_digest,
+                                        verification_enabled, verify_experts)
 from kt_kernel.convert.source import ConversionError, Source, open_source
 
 __all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "METHOD_FORMATS"]
@@ -84,21 +86,94 @@ def folder_meta(method: str, E: int, H: int, I: int, num_layers, moe_layers: lis
             "moe_layers": moe_layers, "source": source, "files": files}
 
 
-def read_meta(path) -> dict:
-    """The kt_kernel_meta.json record of the converted folder ``path``."""
+# the metadata cannot say which conversion the folder holds, so --resume alone refuses it
+_REWRITE_META = ("re-run the converter with --resume --overwrite to rewrite it (the layer files that verify are "
+                 "kept)")
+
+
+def read_meta(path, verify: Optional[bool] = None) -> dict:
+    """The kt_kernel_meta.json record of the converted folder ``path``, its fields checked (and its
+    own checksum, unless ``verify`` is False or KT_KERNEL_VERIFY_WEIGHTS=0)."""
     path = Path(path)
     f = path / L.META_FILE
     if not f.exists():
         raise ConversionError(f"{path} has no {L.META_FILE}: not a kt_kernel converted folder (or its conversion "
                               "did not finish; rerun convert_cpu_weights.py with --resume)")
     try:
-        return json.loads(f.read_text())
-    except ValueError as e:
+        record = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
         raise ConversionError(f"{f} is not valid JSON: {e}") from e
+    check_meta(record, f)
+    if (verification_enabled() if verify is None else verify) and "meta_xxh3" in record \
+            and record["meta_xxh3"] != meta_digest(record):
+        raise ConversionError(f"{f} does not match its checksum meta_xxh3: the file was changed or damaged after "
+                              f"conversion; {_REWRITE_META} (or set {VERIFY_ENV}=0)")
+    return record
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_meta(record, file: Path) -> None:
+    """Raises ConversionError naming the field and ``file`` when a kt_kernel_meta.json record is
+    malformed: a field missing, of the wrong type or out of range, or an unknown method."""
+    def bad(field, why):
+        raise ConversionError(f"{file}: field {field} {why} (a damaged or hand-edited {L.META_FILE}; "
+                              f"{_REWRITE_META})")
+
+    if not isinstance(record, dict):
+        bad("(top level)", f"is a {type(record).__name__}, expected a JSON object")
+    for field in ("kt_format", "method", "format", "group", "num_experts", "hidden_size", "intermediate_size",
+                  "moe_layers", "source", "files"):
+        if field not in record:
+            bad(field, "is missing")
+    if record["kt_format"] != L.FORMAT_VERSION or not _is_int(record["kt_format"]):
+        bad("kt_format", f"is {record['kt_format']!r}; this kt_kernel reads format version {L.FORMAT_VERSION}")
+    method = record["method"]
+    if not isinstance(method, str) or method not in METHOD_FORMATS:
+        bad("method", f"is {method!r}; valid: {', '.join(METHOD_FORMATS)}")
+    fmt = METHOD_FORMATS[method]
+    if record["format"] != fmt["name"]:
+        bad("format", f"is {record['format']!r}, but method {method} stores {fmt['name']!r}")
+    if not _is_int(record["group"]) or record["group"] != fmt["group"]:
+        bad("group", f"is {record['group']!r}, but format {fmt['name']} has group {fmt['group']}")
+    for field in ("num_experts", "hidden_size", "intermediate_size"):
+        if not _is_int(record[field]) or not 0 < record[field] < 2 ** 31:
+            bad(field, f"is {record[field]!r}, expected a positive integer")
+    n = record.get("num_hidden_layers")
+    if n is not None and (not _is_int(n) or n <= 0):
+        bad("num_hidden_layers", f"is {n!r}, expected a positive integer or null")
+    layers = record["moe_layers"]
+    if not isinstance(layers, list) or not all(_is_int(x) and 0 <= x < 2 ** 31 for x in layers):
+        bad("moe_layers", f"is {layers!r}, expected a list of layer indices (non-negative integers)")
+    src = record["source"]
+    if not isinstance(src, dict) or not isinstance(src.get("fingerprint"), str):
+        bad("source", f"is {src!r}, expected an object with a string fingerprint")
+    files = record["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        bad("files", "is not an object of per-file records")
+    for name, v in files.items():
+        for field in ("layer", "bytes"):
+            if not _is_int(v.get(field)) or v[field] < 0:
+                bad(f"files.{name}.{field}", f"is {v.get(field)!r}, expected a non-negative integer")
+        for field in ("header_xxh3", "xxh3", "sha256"):
+            if field in v and not isinstance(v[field], str):
+                bad(f"files.{name}.{field}", f"is {v[field]!r}, expected a hex string")
+    others = record.get("other_files", {})
+    if not isinstance(others, dict) or not all(isinstance(v, dict) and isinstance(v.get("xxh3"), str)
+                                               for v in others.values()):
+        bad("other_files", "is not an object of per-file records with an xxh3 string")
+    if "copied" in record and (not isinstance(record["copied"], list)
+                               or not all(isinstance(x, str) for x in record["copied"])):
+        bad("copied", f"is {record['copied']!r}, expected a list of file names")
+    if "meta_xxh3" in record and not isinstance(record["meta_xxh3"], str):
+        bad("meta_xxh3", f"is {record['meta_xxh3']!r}, expected a hex string")
 
 
 def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Optional[str]:
-    """None when ``path`` is a complete layer file with ``want_meta``; else why not."""
+    """None when ``path`` is a complete layer file with ``want_meta`` whose every expert matches
+    its checksum; else why not (a file written before checksums never verifies)."""
     try:
         h = read_header(path)
     except (SafetensorsError, FileNotFoundError) as e:
@@ -113,6 +188,12 @@ def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Op
         if t["dtype"] != dtype or tuple(t["shape"]) != tuple(shape):
             return (f"{path.name}: {L.key(layer, proj, part)} is {t['dtype']} {tuple(t['shape'])}, "
                     f"expected {dtype} {tuple(shape)}")
+    if DIGEST_KEY not in h.metadata:
+        return f"{path.name} was written before per-expert checksums"
+    try:
+        verify_experts(h, [L.key(layer, p, part) for p, part in spec], None, int(want_meta["num_experts"]))
+    except ConversionError as e:
+        return str(e)
     return None
 
 
@@ -185,34 +266,141 @@ def _copy_nonexpert(src: Source, out: Path, shard_bytes: int) -> dict:
     return weight_map
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# the fields that make two conversions the same one (besides the source's fingerprint)
+IDENTITY = ("method", "format", "group", "num_experts", "hidden_size", "intermediate_size")
+
+
+def converter_file(name: str) -> bool:
+    """True for the names the converter writes itself; any other file in an output folder is the
+    user's (or a copy of an input file, recorded in the metadata's ``copied``)."""
+    return name in (L.META_FILE, L.INDEX_FILE) or (name.startswith("kt-") and name.endswith(".safetensors"))
+
+
+def _previous_conversion(out: Path) -> Optional[dict]:
+    """What the conversion already in ``out`` was (identity fields, source fingerprint, copied
+    files): its metadata, or, when the converter stopped before writing that, the metadata of its
+    first readable layer file; None for a folder holding neither."""
+    if (out / L.META_FILE).exists():
+        meta = read_meta(out)
+        return dict({f: meta[f] for f in IDENTITY}, fingerprint=meta["source"]["fingerprint"],
+                    path=meta["source"].get("path"), copied=meta.get("copied", []), where=str(out / L.META_FILE))
+    for f in sorted(out.glob("kt-experts-L*.safetensors")):
+        try:
+            h = read_header(f)
+        except SafetensorsError:
+            continue
+        return dict({k: h.metadata.get(k) for k in IDENTITY}, fingerprint=h.metadata.get("source"), path=None,
+                    copied=[], where=str(f))
+    return None
+
+
+def _check_output(out: Path, src: Source, want: dict, resume: bool, overwrite: bool) -> set:
+    """Refuses an output folder the conversion must not write into; returns the names of input files
+    that earlier runs copied there (which this run may replace)."""
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"--output {out} is a file, not a folder; give a new or empty folder")
+    inp, o = src.path.resolve(), out.resolve()
+    if o == inp or inp in o.parents:
+        raise ConversionError(f"--output {out} is {'the input folder' if o == inp else 'inside the input folder'} "
+                              f"{src.path}; give a folder outside the checkpoint")
+    if not out.is_dir() or not any(out.iterdir()):
+        return set()
+    if not (resume or overwrite):
+        raise ConversionError(f"{out} exists and is not empty; pass --resume to continue a conversion there, "
+                              "--overwrite to replace the conversion there, or give an empty or new folder")
+    try:
+        prev = _previous_conversion(out)
+    except ConversionError:
+        if not overwrite:
+            raise
+        prev = None
+    if prev is None:
+        return set()
+    if not overwrite:
+        # the path too: a fine-tune has the same config and tensor headers, so the same fingerprint
+        here = src.record()["path"]
+        fields = [(f, prev[f], want[f]) for f in IDENTITY] + [
+            ("source.fingerprint", prev["fingerprint"], want["source"]), ("source.path", prev["path"] or here, here)]
+        for field, got, value in fields:
+            if str(got) != str(value):
+                raise ConversionError(f"{out} holds another conversion: {field} is {got!r} in {prev['where']} but "
+                                      f"{str(value)!r} in this one (input {src.path}); pass --overwrite to replace "
+                                      "it, or give another folder")
+    return set(prev["copied"])
+
+
+def _copies(src: Source) -> list:
+    """The input files copied beside the converted weights: config.json, tokenizer and generation files."""
+    return sorted(f for f in src.path.iterdir()
+                  if f.is_file() and not f.name.endswith(".safetensors") and f.name != L.INDEX_FILE)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and file_xxh3(a) == file_xxh3(b)
+
+
+def _copy_file(f: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_layer_file(path: Path, tensors: dict, meta: dict, num_experts: int) -> dict:
+    """Writes a layer file with its per-expert checksums; returns its kt_kernel_meta.json ``files`` entry."""
+    write_file(path, tensors, dict(meta, **{DIGEST_KEY: layer_digests(tensors, num_experts)}))
+    return {"layer": meta["layer"], "bytes": path.stat().st_size, "header_xxh3": header_xxh3(path)}
 
 
 def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, input_type: Optional[str] = None,
-                       threads: Optional[int] = None, resume: bool = False, progress: bool = True,
-                       layers: Optional[list] = None, shard_bytes: int = 4 << 30) -> dict:
+                       threads: Optional[int] = None, resume: bool = False, overwrite: bool = False,
+                       progress: bool = True, layers: Optional[list] = None, shard_bytes: int = 4 << 30) -> dict:
     """Converts the HF checkpoint in ``input_path`` into ``output_path``; returns the metadata
     record. ``quant_method``: int4 (AMXINT4, int4_g32), int8 (AMXINT8) or bf16, or a
-    KTMoEWrapper method name. ``layers``: convert only these MoE layers (for tests and tools;
-    the metadata then lists only them). ``shard_bytes``: the largest file of non-expert tensors."""
+    KTMoEWrapper method name. ``resume``: keep the layers already there that verify (checksums
+    included) and rewrite the others. ``overwrite``: convert into a folder that holds another
+    conversion (method, geometry or source), replacing its files; without it that raises.
+    Files in the output folder that the converter did not write are never deleted or replaced.
+    ``layers``: convert only these MoE layers (for tests and tools; the metadata then lists only
+    them). ``shard_bytes``: the largest file of non-expert tensors."""
     method = QUANT_METHODS.get(quant_method, quant_method)
     if method not in METHOD_FORMATS:
         raise ConversionError(f"unknown quant method {quant_method!r}; valid: {', '.join(QUANT_METHODS)}")
     fmt = METHOD_FORMATS[method]
     src = open_source(input_path, input_type)
     out = Path(output_path)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise ConversionError(f"{out} exists and is not empty; pass --resume to continue a conversion there, "
-                              "or give an empty or new folder")
+    E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
+    copied_before = _check_output(out, src, layer_meta(method, fmt, 0, E, H, I, src.fingerprint), resume, overwrite)
+    copies = _copies(src)
+    for f in copies:
+        dest = out / f.name
+        if dest.exists() and f.name not in copied_before and not (dest.is_file() and _same_bytes(f, dest)):
+            raise ConversionError(f"{dest} exists and the converter did not write it; it would be replaced by "
+                                  f"{f}: move it away, or give another folder")
+    try:
+        return _convert(src, out, method, fmt, copies, threads, resume, progress, layers, shard_bytes)
+    except OSError as e:
+        o, f = out.resolve(), Path(e.filename or out).resolve()
+        if not (f == o or o in f.parents or f in o.parents):  # not the output folder, a file in it or its parents
+            raise ConversionError(f"cannot read {e.filename}: {e.strerror or e}") from e
+        # ENOSPC, EROFS, EACCES...: every write is to name.tmp, removed on failure, so what is left
+        # is complete files, which --resume keeps
+        raise ConversionError(f"cannot write the converted weights into {out}: {e.strerror or e} "
+                              f"({e.filename or out}); free space or fix permissions there, then rerun with "
+                              "--resume") from e
+
+
+def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threads, resume: bool, progress: bool,
+             layers, shard_bytes: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / L.META_FILE).unlink(missing_ok=True)  # the folder is incomplete until the meta is rewritten
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
+    ours = {f.name for f in copies}
+    for stale in out.glob("*.tmp"):  # left by a killed run; only the names this converter writes
+        if converter_file(stale.name[:-4]) or stale.name[:-4] in ours:
+            stale.unlink()
 
     todo = src.moe_layers if layers is None else [l for l in src.moe_layers if l in set(layers)]
     E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
@@ -227,31 +415,32 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
                 spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
                 meta = layer_meta(method, fmt, layer, E, H, I, src.fingerprint)
                 path = out / L.layer_file(layer)
-                if not (resume and verify_layer_file(path, meta, spec, layer) is None):
+                if resume and verify_layer_file(path, meta, spec, layer) is None:
+                    bar.update(tensors=E * 3)
+                    files[path.name] = {"layer": layer, "bytes": path.stat().st_size,
+                                        "header_xxh3": header_xxh3(path)}
+                else:
                     tensors = _quantize_layer(src, layer, fmt, pool, bar)
-                    write_file(path, tensors, meta)
+                    files[path.name] = write_layer_file(path, tensors, meta, E)
                     del tensors
                     converted += src.layer_bytes(layer)
-                else:
-                    bar.update(tensors=E * 3)
                 bar.update(layers=1)
                 weight_map.update({L.key(layer, p, part): path.name for p, part in spec})
-                files[path.name] = {"layer": layer, "bytes": path.stat().st_size}
         weight_map.update(_copy_nonexpert(src, out, shard_bytes))
     finally:
         bar.close()
     seconds = time.monotonic() - t0
-    for f in out.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name != L.META_FILE:
-            f.unlink()  # left from an older run; replaced below
-    for f in Path(input_path).iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name != L.INDEX_FILE:
-            shutil.copyfile(f, out / f.name)  # config.json, tokenizer files, generation config
+    for f in copies:
+        _copy_file(f, out / f.name)
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))
     write_json(out / L.INDEX_FILE, {"metadata": {"total_size": total, "kt_format": L.FORMAT_VERSION},
                                     "weight_map": dict(sorted(weight_map.items()))})
-    record = folder_meta(method, E, H, I, src.num_layers, todo, src.record(),
-                         {name: dict(v, sha256=sha256_file(out / name)) for name, v in sorted(files.items())})
+    others = sorted(set(weight_map.values()) - set(files)) + [L.INDEX_FILE] + [f.name for f in copies]
+    record = folder_meta(method, E, H, I, src.num_layers, todo, src.record(), dict(sorted(files.items())))
+    record["other_files"] = {name: {"bytes": (out / name).stat().st_size, "xxh3": file_xxh3(out / name)}
+                             for name in others}
+    record["copied"] = [f.name for f in copies]
+    record["meta_xxh3"] = meta_digest(record)
     write_json(out / L.META_FILE, record)
     record["_stats"] = {"seconds": seconds, "source_bytes_converted": converted}
     return record
@@ -259,5 +448,9 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
 
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never a partial file left behind (ENOSPC, EROFS)
+        raise

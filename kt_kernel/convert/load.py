@@ -3,7 +3,9 @@
 A converted layer file is memory-mapped; only the experts of CPU slots are read (their pages
 are touched once, while packing), and the map is closed when the layer is packed, so peak RSS
 while loading is the packed weights plus the mapped pages of the CPU experts' logical arrays,
-which the kernel may drop at any time and which go when the map is closed.
+which the kernel may drop at any time and which go when the map is closed. Before packing, the
+bytes of those experts are checked against the checksums the converter recorded
+(kt_kernel.convert.integrity), through one reused buffer.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import torch
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import MappedFile, SafetensorsError, read_header
 from kt_kernel.convert.convert import read_meta
+from kt_kernel.convert.integrity import (VERIFY_ENV, file_xxh3, header_xxh3, sha256_file, verification_enabled,
+                                        verify_experts)
 from kt_kernel.convert.source import ConversionError, open_source
 from kt_kernel.convert.save import save_layer, saved_layer_ready
 
-__all__ = ["load_converted_layer", "load_hf_layer", "is_converted"]
+__all__ = ["load_converted_layer", "load_hf_layer", "is_converted", "verify_folder"]
 
 
 def is_converted(path) -> bool:
@@ -58,8 +62,11 @@ def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
         header = read_header(file)
     except SafetensorsError as e:
         raise ConversionError(str(e)) from e
-    fmt, group = meta["format"], int(meta["group"])
-    for k, want in (("kt_format", L.FORMAT_VERSION), ("method", wrapper.method), ("layer", layer)):
+    fmt, group = meta["format"], meta["group"]
+    want_header = {"kt_format": L.FORMAT_VERSION, "method": wrapper.method, "layer": layer, "format": fmt,
+                   "group": group, "num_experts": E, "hidden_size": meta["hidden_size"],
+                   "intermediate_size": meta["intermediate_size"], "source": meta["source"]["fingerprint"]}
+    for k, want in want_header.items():
         if header.metadata.get(k) != str(want):
             raise ConversionError(f"{file}: its metadata {k}={header.metadata.get(k)!r}, expected {str(want)!r} "
                                   "(a file from another conversion or not a kt_kernel layer file)")
@@ -71,6 +78,10 @@ def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
         if t["dtype"] != dtype or tuple(t["shape"]) != tuple(shape):
             raise ConversionError(f"{file}: {L.key(layer, proj, part)} is {t['dtype']} {tuple(t['shape'])}, "
                                   f"expected {dtype} {tuple(shape)}")
+    if verification_enabled():
+        cpu = ~wrapper.gpu_experts_mask
+        read = {int(pmap[p]) for p in range(len(pmap)) if cpu[p] and 0 <= int(pmap[p]) < E}
+        _verify(file, header, meta["files"].get(file.name, {}), [L.key(layer, p, part) for p, part in spec], read, E)
     mf = MappedFile(file, header)
     try:
         arrays = {(p, part): mf.array(L.key(layer, p, part)) for p, part in spec}
@@ -81,6 +92,43 @@ def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
         del arrays
     finally:
         mf.close()
+
+
+def _verify(file: Path, header, entry: dict, keys: list, experts: set, E: int) -> None:
+    """Checks what loading reads of ``file``: its header against the folder's record and the
+    ``experts`` of each tensor against their checksums; a folder converted before per-expert
+    checksums has only a sha256 of each whole file, verified instead."""
+    fix = f"re-run the converter with --resume to rewrite it (or set {VERIFY_ENV}=0 to load it unverified)"
+    if "header_xxh3" in entry:
+        if header_xxh3(file) != entry["header_xxh3"]:
+            raise ConversionError(f"{file}: its header does not match header_xxh3 in {L.META_FILE}: the file was "
+                                  f"changed or damaged after conversion; {fix}")
+        verify_experts(header, keys, experts, E)
+    elif "sha256" in entry:
+        if sha256_file(file) != entry["sha256"]:
+            raise ConversionError(f"{file} does not match its sha256 in {L.META_FILE}: the file was changed or "
+                                  f"damaged after conversion; {fix}")
+    else:
+        raise ConversionError(f"{L.META_FILE} records no checksum of {file.name}, so it cannot be verified; {fix}")
+
+
+def verify_folder(path) -> None:
+    """Checks every file of the converted folder ``path`` against its recorded checksums (every
+    expert of every layer, the other files whole); raises ConversionError naming the first file
+    that differs. Loading checks only what it reads; this is for copies and archives."""
+    path = Path(path)
+    meta = read_meta(path, verify=True)
+    for name, entry in meta["files"].items():
+        file = path / name
+        try:
+            header = read_header(file)
+        except (SafetensorsError, FileNotFoundError) as e:
+            raise ConversionError(str(e)) from e
+        _verify(file, header, entry, list(header.tensors), set(range(meta["num_experts"])), meta["num_experts"])
+    for name, entry in meta.get("other_files", {}).items():
+        if not (path / name).is_file() or file_xxh3(path / name) != entry.get("xxh3"):
+            raise ConversionError(f"{path / name} is missing or does not match its xxh3 in {L.META_FILE}: changed "
+                                  "or damaged after conversion; re-run the converter with --resume to rewrite it")
 
 
 def load_hf_layer(wrapper, path, pmap: torch.Tensor, save=None) -> None:

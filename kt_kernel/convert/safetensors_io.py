@@ -135,16 +135,20 @@ def write_file(path, tensors: dict, metadata: dict) -> int:
     hb = json.dumps(head, separators=(",", ":")).encode()
     hb += b" " * (-len(hb) % _ALIGN)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for name, n, read in items:
-            view = memoryview(read()).cast("B")
-            if view.nbytes != n:
-                raise ValueError(f"{path}: tensor {name} gave {view.nbytes} bytes, {n} were announced")
-            f.write(view)
-            del view
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hb)))
+            f.write(hb)
+            for name, n, read in items:
+                view = memoryview(read()).cast("B")
+                if view.nbytes != n:
+                    raise ValueError(f"{path}: tensor {name} gave {view.nbytes} bytes, {n} were announced")
+                f.write(view)
+                del view
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never a partial file left behind (ENOSPC, EROFS, a bad tensor)
+        raise
     return 8 + len(hb) + offset

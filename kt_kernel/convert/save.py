@@ -21,8 +21,8 @@ from typing import Callable, Optional
 
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.convert import (METHOD_FORMATS, folder_meta, layer_meta, quantize_layer_arrays, read_meta,
-                                       sha256_file, verify_layer_file, write_json)
-from kt_kernel.convert.safetensors_io import write_file
+                                       verify_layer_file, write_json, write_layer_file)
+from kt_kernel.convert.integrity import meta_digest
 from kt_kernel.cpu import torch_threads
 from kt_kernel.convert.source import ConversionError
 
@@ -114,11 +114,11 @@ def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: 
     spec = L.layer_arrays_spec(fmt["name"], fmt["group"], E, H, I)
     with _locked(folder):
         _check_folder(folder, want)  # another process may have started the folder meanwhile
-        write_file(path, tensors, layer_meta(method, fmt, layer, E, H, I, source["fingerprint"]))
+        entry = write_layer_file(path, tensors, layer_meta(method, fmt, layer, E, H, I, source["fingerprint"]), E)
         del tensors
         meta = _existing_meta(folder) or want
         meta["moe_layers"] = sorted(set(meta["moe_layers"]) | {layer})
-        meta["files"][path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        meta["files"][path.name] = entry
         index_file = folder / L.INDEX_FILE
         index = json.loads(index_file.read_text()) if index_file.exists() else {"metadata": {}, "weight_map": {}}
         index["weight_map"].update({L.key(layer, p, part): path.name for p, part in spec})
@@ -126,6 +126,7 @@ def save_layer(folder, layer: int, method: str, E: int, H: int, I: int, expert: 
         index["metadata"] = {"total_size": sum(f["bytes"] for f in meta["files"].values()),
                              "kt_format": L.FORMAT_VERSION}
         write_json(index_file, index)
+        meta["meta_xxh3"] = meta_digest(meta)
         write_json(folder / L.META_FILE, meta)
     return path
 

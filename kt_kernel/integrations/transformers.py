@@ -79,7 +79,7 @@ class KTExperts:
 
     def __init__(self, module, layer_idx: int, method: str, gpu_mask: torch.Tensor, *,
                  cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-                 release_weights: bool = True):
+                 max_deferred_experts_per_token: int = 0, release_weights: bool = True):
         _check_layout(module, layer_idx)
         gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
         E, two_i, H = gate_up.shape
@@ -100,7 +100,8 @@ class KTExperts:
         if self.num_gpu_experts < E:
             self.wrapper = KTMoEWrapper(layer_idx, E, K, H, I, gpu_experts_mask=gpu_mask, method=method,
                                         cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
-                                        chunked_prefill_size=chunked_prefill_size)
+                                        chunked_prefill_size=chunked_prefill_size,
+                                        max_deferred_experts_per_token=max_deferred_experts_per_token)
             self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
                                                    gate_up[:, I:].cpu().contiguous(), down.cpu().contiguous())
 
@@ -121,6 +122,8 @@ class KTExperts:
     def describe(self) -> str:
         where = (f"{self.wrapper.isa_tier} {self.wrapper.kernel_name}" if self.wrapper is not None
                  else "no CPU experts")
+        if self.wrapper is not None and self.wrapper.max_deferred_experts_per_token:
+            where += f", {self.wrapper.max_deferred_experts_per_token} deferred per token"
         return (f"layer {self.layer_idx}: {self.num_experts - self.num_gpu_experts} CPU experts ({self.method}, "
                 f"{where}), {self.num_gpu_experts} GPU experts (torch)")
 
@@ -225,7 +228,7 @@ def _per_layer(value, layer: int, default):
 
 def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_experts_mask=None,
            cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-           release_weights: bool = True) -> list:
+           max_deferred_experts_per_token: int = 0, release_weights: bool = True) -> list:
     """Puts the routed experts of every MoE layer of ``model`` (a transformers model) on kt_kernel
     and switches its experts implementation to ``"kt_kernel:<method>"``. Returns the KTExperts
     of each layer.
@@ -233,7 +236,9 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
     num_gpu_experts: int, or {layer index: int}: the first N experts of the layer stay in torch.
     gpu_experts_mask: bool [E], or {layer index: bool [E]}: the experts that stay in torch (given
     for a layer, it wins over num_gpu_experts). release_weights: drop the fused torch tensors once
-    the experts are loaded (the module then runs only through kt_kernel)."""
+    the experts are loaded (the module then runs only through kt_kernel).
+    max_deferred_experts_per_token: d for every MoE layer whose next decoder layer is an MoE layer
+    with CPU experts, 0 for the others (the last among them): see README "Deferred experts"."""
     impl = implementation_name(method)
     found = find_experts_modules(model)
     if not found:
@@ -244,6 +249,10 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
         raise UnsupportedModelError(f"model_type {model_type!r} is not a supported MoE architecture; supported: "
                                     f"{', '.join(ARCHITECTURES)}")
     moe_layers = [layer for layer, _, _ in found]
+    d = max_deferred_experts_per_token
+    top_k = min(m.config.num_experts_per_tok for _, _, m in found)
+    if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < top_k:
+        raise ValueError(f"max_deferred_experts_per_token={d!r} must be an integer in 0..num_experts_per_tok-1={top_k - 1}")
     for option, value in (("num_gpu_experts", num_gpu_experts), ("gpu_experts_mask", gpu_experts_mask)):
         unknown = sorted(set(value) - set(moe_layers)) if isinstance(value, dict) else []
         if unknown:
@@ -266,10 +275,14 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
             raise ValueError(f"layer {layer}: the GPU-experts mask has {mask.numel()} entries, expected {E} "
                              "(the layer's experts)")
         masks.append(mask)
+    # a layer's deferred experts are added by the next decoder layer's CPU experts: only layers
+    # followed by an MoE layer with CPU experts defer (never the last one)
+    on_cpu = {layer for (layer, _, _), mask in zip(found, masks) if not mask.all()}
     layers = []
     for (layer, _, module), mask in zip(found, masks):
         module._kt = KTExperts(module, layer, method, mask, cpuinfer_threads=cpuinfer_threads,
                                threadpool_count=threadpool_count, chunked_prefill_size=chunked_prefill_size,
+                               max_deferred_experts_per_token=d if layer + 1 in on_cpu else 0,
                                release_weights=release_weights)
         layers.append(module._kt)
     model.set_experts_implementation(impl)

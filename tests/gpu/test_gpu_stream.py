@@ -274,3 +274,62 @@ def test_bad_inputs_name_the_argument():
         with pytest.raises(ValueError, match="topk_ids is on cuda:1"):
             lay.submit_forward(xd, idsd.to("cuda:1"), wd, stream)
     assert lay._pending is None
+
+
+def _deferring_pair():
+    """Layers 20 (max_deferred_experts_per_token=1) and 21 (0) on the same weights as layer(0),
+    layer(1)."""
+    pair = []
+    for idx, d in ((20, 1), (21, 0)):
+        g = torch.Generator().manual_seed(idx - 20)
+        w = KTMoEWrapper(idx, E, K, H, I, method="BF16", cpuinfer_threads=THREADS, max_deferred_experts_per_token=d)
+        w.load_weights_from_tensors(torch.randn(E, I, H, generator=g) / H**0.5,
+                                    torch.randn(E, I, H, generator=g) / H**0.5,
+                                    torch.randn(E, H, I, generator=g) / I**0.5)
+        pair.append(w)
+    return pair
+
+
+def test_deferred_experts_eager_and_captured():
+    """Layer 21's output carries layer 20's deferred slots in stream order, as on the CPU path
+    (checked there against a reference), eagerly and in a captured graph's replays."""
+    on_stream, on_cpu = _deferring_pair(), _deferring_pair()
+
+    def step(devs):
+        stream = torch.cuda.current_stream().cuda_stream
+        for lay, d in zip(on_stream, devs):
+            lay.submit_forward(*d, stream)
+        return [lay.sync_forward(d[0], stream) for lay, d in zip(on_stream, devs)]
+
+    def expect(hosts):
+        return [lay.forward(*h) for lay, h in zip(on_cpu, hosts)]
+
+    for s in range(2):
+        hosts = [inputs(5, 300 + 10 * s + i) for i in range(2)]
+        outs = step([on_gpu(*h) for h in hosts])
+        torch.cuda.synchronize()
+        for i, (o, want) in enumerate(zip(outs, expect(hosts))):
+            assert torch.equal(o.cpu(), want), f"eager step {s}, layer {20 + i}"
+
+    KTMoEWrapper.set_capture_batch_sizes([4])
+    try:
+        static = [on_gpu(*inputs(4, 400 + i)) for i in range(2)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step(static)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = step(static)
+        for r in range(3):
+            fresh = [inputs(4, 500 + 10 * r + i) for i in range(2)]
+            for d, h in zip(static, fresh):
+                for dst, src in zip(d, h):
+                    dst.copy_(src)
+            graph.replay()
+            torch.cuda.synchronize()
+            for i, (o, want) in enumerate(zip(outs, expect(fresh))):
+                assert torch.equal(o.cpu(), want), f"replay {r}, layer {20 + i}"
+    finally:
+        KTMoEWrapper.set_capture_batch_sizes([])

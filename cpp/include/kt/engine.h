@@ -4,7 +4,13 @@
 // spin for a few tens of microseconds and then sleep on a futex: an idle engine uses no CPU.
 // Threads are pinned one per allowed CPU when there are no more threads than allowed CPUs
 // (KT_KERNEL_PIN_THREADS=0 turns that off).
+// Lifetime: Engine::shared hands out one engine per configuration while someone holds it; the
+// last holder's release stops and joins its threads. After fork() an engine belongs to the parent:
+// its threads do not exist in the child, so there it refuses new jobs (MoeLayer then takes a new
+// engine of the child's) and its destructor leaves the thread handles alone.
 #pragma once
+#include <sys/types.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -32,13 +38,19 @@ struct Stage {
 class Job {
  public:
   void wait();
+  // Blocks until the job ran, without rethrowing its error; returns at once for an orphan.
+  void join() noexcept;
   bool done() const { return done_.load(std::memory_order_acquire) != 0; }
+  // Submitted in the parent of this forked process and not run there before the fork: it never
+  // runs in this process.
+  bool orphaned() const;
 
  private:
   friend class Engine;
   std::function<void()> body_;
   std::exception_ptr error_;
   std::atomic<int> done_{0};
+  pid_t pid_ = 0;  // the submitting process
 };
 
 class Engine {
@@ -48,8 +60,12 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // The process-wide engine for this configuration, created on first use.
+  // The engine of this configuration in this process, created when nobody holds one.
   static std::shared_ptr<Engine> shared(int threads, int subpools);
+  // Waits until the jobs queued on every live engine have run (at process exit).
+  static void drain_all();
+  // False in a child forked after this engine was created (its threads are the parent's).
+  bool owned_by_this_process() const;
 
   int threads() const { return threads_; }
   int subpools() const { return subpools_; }
@@ -57,6 +73,7 @@ class Engine {
   // CPU of each thread, empty when the threads are not pinned.
   const std::vector<int>& pinned_cpus() const { return pinned_cpus_; }
 
+  // Throws in a forked child (see owned_by_this_process).
   std::shared_ptr<Job> submit(std::function<void()> body);
   // Runs a stage on all threads; call only from inside a job. Rethrows the first task error.
   void run(const Stage& stage);
@@ -68,6 +85,7 @@ class Engine {
   int pool_of(int tid) const { return thread_pool_[tid]; }
 
   int threads_, subpools_;
+  pid_t pid_;  // the creating process
   std::vector<int> pool_size_, thread_pool_;
   std::vector<int> pinned_cpus_;
   std::vector<std::thread> threads_v_;
@@ -80,11 +98,14 @@ class Engine {
   std::atomic<bool> abort_{false};
   std::mutex error_mu_;
   std::exception_ptr stage_error_;
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false};          // no more jobs: thread 0 exits once the queue is empty
+  std::atomic<bool> workers_exit_{false};  // set after thread 0 has exited: no more stages
 
-  // task queue
+  // task queue. queue_cv_ is on the heap so that a forked child can leave it undestroyed: the
+  // parent's thread 0 may have been waiting on it, and destroying a condition variable waits for
+  // its waiters, which in the child never come back.
   std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
+  std::unique_ptr<std::condition_variable> queue_cv_ = std::make_unique<std::condition_variable>();
   std::deque<std::shared_ptr<Job>> queue_;
 };
 

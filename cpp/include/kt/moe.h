@@ -4,10 +4,19 @@
 // The intermediate dimension I is split across sub-pools at load: sub-pool p owns gate/up rows
 // and down columns [i0_p, i1_p) of every CPU expert and produces a partial output that the last
 // stage sums in fp32.
+// Lifetime: a job touches its layer, its staged inputs and its output. The staged inputs and the
+// output are owned by the job (the output jointly with the caller), and the layer's destructor
+// waits for the layer's last job: whatever order Python drops a wrapper, its tensors and the
+// layer in, no job writes freed memory. Jobs still queued at process exit run before static
+// destructors (Engine::drain_all, registered by the first layer).
+// Loads and forwards of a layer are serialised: a load packs new weights aside and swaps them in
+// inside an engine job, between two forwards, which see the old or the new weights.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -17,6 +26,9 @@
 
 namespace kt {
 
+class DeferredLinks;
+struct DeferredPart;
+
 struct MoeConfig {
   int num_experts = 0;  // physical slots
   int topk = 0;
@@ -25,6 +37,11 @@ struct MoeConfig {
   FormatId format = FormatId::bf16;
   std::vector<uint8_t> on_cpu;  // per slot: 1 if its weights live here
   int chunk_tokens = 0;         // tokens per pass; larger calls run in chunks
+  // Deferred experts (moe/deferred.h): per token, the deferred_experts slots of least routing
+  // weight run as a second job whose sum is added to the output of layer_idx + 1's next forward
+  // on the same engine. layer_idx < 0: the layer neither defers nor takes a deferred part.
+  int layer_idx = -1;
+  int deferred_experts = 0;
 };
 
 struct MoeStats {
@@ -57,12 +74,15 @@ class MoeLayer {
     const void* gmin = nullptr;
   };
   void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages = false);
-  bool loaded() const { return loaded_; }
+  bool loaded() const { return loaded_.load(std::memory_order_acquire); }
 
-  // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) must stay alive
-  // until the job is done. ids are int32 or int64 [M, topk]; weights f32 or bf16 [M, topk].
+  // Validates and copies the inputs, then queues the forward. ids are int32 or int64 [M, topk];
+  // weights f32 or bf16 [M, topk]. out ([M, H] bf16) is shared with the job, which holds it until
+  // it is done. A row of x with NaN or Inf fails the job (its wait() raises, naming the row).
+  // With deferred_experts > 0 the returned job computes the kept slots, and a second job queued
+  // behind it the deferred ones (moe/deferred.h); out gets the previous layer's deferred part.
   std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
-                              const void* weights, DType w_dtype, int M, uint16_t* out);
+                              const void* weights, DType w_dtype, int M, std::shared_ptr<uint16_t> out);
 
   // The layer's best kernel; when it is a tile kernel (min_m > 0), buckets of fewer than min_m
   // tokens run vector_kernel() instead (the same packed weights and activation format).
@@ -73,7 +93,8 @@ class MoeLayer {
   // The tier's name, or "amx_emu" when the tile kernels run on the emulator (a test-only override).
   std::string tier_label() const;
   // Per slot, the kernel that computed its bucket in the latest chunk of the latest forward that
-  // routed tokens to it (nullptr: none); read it after that forward has completed.
+  // routed tokens to it (nullptr: none); read it after that forward has completed. A deferred
+  // job (deferred_experts > 0) does not change it.
   const std::vector<const KernelRow*>& last_kernels() const { return last_kernels_; }
   MoeStats stats() const;
   const MoeConfig& config() const { return cfg_; }
@@ -87,10 +108,18 @@ class MoeLayer {
   // on the engine's threads, packing q into every sub-pool's slice. which: 0 gate, 1 up, 2 down.
   void load_with(const int64_t* map, int num_logical,
                  const std::function<void(int slot, int which, QuantizedMatrix& q)>& make);
+  // A copy of in whose ids are this call's deferred slots (removed from in), to be summed into part;
+  // queue_deferred queues its forward on engine and returns its job.
+  std::shared_ptr<Staging> split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part);
+  std::shared_ptr<Job> queue_deferred(Engine& engine, std::shared_ptr<Staging> later, int M);
+  // The engine to queue on, replaced by one of this process's after a fork(); workspace: its scratch.
+  std::shared_ptr<Engine> engine_for_this_process(std::shared_ptr<void>* workspace);
   void forward(const Staging& in, int M, uint16_t* out);
   void forward_chunk(const Staging& in, int t0, int M, uint16_t* out);
 
+  std::mutex mu_;  // guards engine_, workspace_ and last_job_
   std::shared_ptr<Engine> engine_;
+  std::shared_ptr<Job> last_job_;  // the latest job that uses this layer; the destructor waits for it
   MoeConfig cfg_;
   IsaTier tier_;
   bool emulated_tiles_;
@@ -103,8 +132,10 @@ class MoeLayer {
   // held so that it outlives each call: calls reuse its buffers instead of allocating them.
   std::shared_ptr<void> workspace_;
   std::vector<int> bounds_;
-  std::vector<std::unique_ptr<Slice>> slices_;
-  bool loaded_ = false;
+  std::vector<std::unique_ptr<Slice>> slices_;  // replaced only inside an engine job
+  std::atomic<size_t> weight_bytes_{0};
+  std::atomic<bool> loaded_{false};
+  std::unique_ptr<DeferredLinks> deferred_;
 };
 
 // Staging buffers of calls, keyed by batch size and reused (set_capture_batch_sizes preallocates).

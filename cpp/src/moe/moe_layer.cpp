@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -21,8 +22,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "moe/deferred.h"
 #include "moe/routing.h"
 #include "runtime/host_memory.h"
+#include "runtime/process_state.h"
 
 namespace kt {
 
@@ -47,15 +50,22 @@ struct Workspace {
   std::vector<Pool> pools;
 };
 
+struct Workspaces {
+  std::map<const Engine*, std::weak_ptr<Workspace>> by_engine;
+};
+
 std::shared_ptr<Workspace> workspace_for(const Engine* engine) {
-  static std::mutex mu;
-  static std::map<const Engine*, std::weak_ptr<Workspace>> all;
-  std::lock_guard<std::mutex> lock(mu);
-  auto ws = all[engine].lock();
+  auto& all = process_state<Workspaces>();
+  std::lock_guard<std::mutex> lock(all.mu);
+  // engines come and go: forget the workspaces nobody holds (an engine's address may be reused)
+  for (auto it = all.value.by_engine.begin(); it != all.value.by_engine.end();)
+    it = it->second.expired() ? all.value.by_engine.erase(it) : std::next(it);
+  std::weak_ptr<Workspace>& slot = all.value.by_engine[engine];
+  auto ws = slot.lock();
   if (!ws) {
     ws = std::make_shared<Workspace>();
     ws->pools.resize(engine->subpools());
-    all[engine] = ws;
+    slot = ws;
   }
   return ws;
 }
@@ -69,14 +79,16 @@ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // ---- staging buffers of calls -------------------------------------------------------------
 
-std::mutex g_stage_mu;
-std::vector<int> g_capture_sizes;
-std::map<int, std::vector<std::vector<uint8_t>>> g_free_staging;  // batch size -> free buffers
+struct StagingPool {
+  std::vector<int> capture_sizes;
+  std::map<int, std::vector<std::vector<uint8_t>>> free;  // batch size -> free buffers
+};
 
 std::vector<uint8_t> acquire_staging(int M, size_t bytes) {
-  std::lock_guard<std::mutex> lock(g_stage_mu);
-  auto it = g_free_staging.find(M);
-  if (it != g_free_staging.end())
+  auto& pool = process_state<StagingPool>();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  auto it = pool.value.free.find(M);
+  if (it != pool.value.free.end())
     for (auto b = it->second.begin(); b != it->second.end(); ++b)
       if (b->size() >= bytes) {
         std::vector<uint8_t> out = std::move(*b);
@@ -87,26 +99,62 @@ std::vector<uint8_t> acquire_staging(int M, size_t bytes) {
 }
 
 void release_staging(int M, std::vector<uint8_t> buf) {
-  std::lock_guard<std::mutex> lock(g_stage_mu);
-  if (std::find(g_capture_sizes.begin(), g_capture_sizes.end(), M) != g_capture_sizes.end())
-    g_free_staging[M].push_back(std::move(buf));
+  auto& pool = process_state<StagingPool>();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  const std::vector<int>& sizes = pool.value.capture_sizes;
+  if (std::find(sizes.begin(), sizes.end(), M) != sizes.end()) pool.value.free[M].push_back(std::move(buf));
+}
+
+// Copies n IEEE values (their bits) and tells whether all are finite. A value is Inf or NaN when
+// its exponent field (exp_mask) is all ones; adding the field's lowest bit then carries into the
+// sign bit. OR-ing those sums needs no compare or branch, so the loop vectorizes and runs at the
+// speed of memcpy (a bool reduction did not vectorize: 4x slower).
+template <class Bits>
+bool copy_finite(const Bits* src, Bits* dst, size_t n, Bits exp_mask) {
+  const Bits exp_lsb = Bits(exp_mask & ~(exp_mask << 1));
+  const Bits carry = Bits(exp_mask + exp_lsb);  // the sign bit
+  Bits sums = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Bits v = src[i];
+    dst[i] = v;
+    sums |= Bits((v & exp_mask) + exp_lsb);
+  }
+  return !(sums & carry);
+}
+
+// Copies rows [0, M) of x ([M, H] of dtype) into dst; returns the first row with NaN or Inf, or -1.
+int copy_rows_finite(const void* x, DType dtype, int M, int H, void* dst) {
+  for (int t = 0; t < M; ++t) {
+    const size_t at = size_t(t) * H;
+    bool finite;
+    if (dtype == DType::f32)
+      finite = copy_finite(static_cast<const uint32_t*>(x) + at, static_cast<uint32_t*>(dst) + at, H, 0x7f800000u);
+    else
+      finite = copy_finite(static_cast<const uint16_t*>(x) + at, static_cast<uint16_t*>(dst) + at, H,
+                           uint16_t(dtype == DType::bf16 ? 0x7f80 : 0x7c00));
+    if (!finite) return t;  // the job fails before it reads x: the rest need not be copied
+  }
+  return -1;
 }
 
 }  // namespace
 
 void set_capture_batch_sizes(const std::vector<int>& sizes) {
-  std::lock_guard<std::mutex> lock(g_stage_mu);
-  g_capture_sizes = sizes;
+  auto& pool = process_state<StagingPool>();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  pool.value.capture_sizes = sizes;
 }
 
 std::vector<int> capture_batch_sizes() {
-  std::lock_guard<std::mutex> lock(g_stage_mu);
-  return g_capture_sizes;
+  auto& pool = process_state<StagingPool>();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  return pool.value.capture_sizes;
 }
 
 void clear_buffer_cache() {
-  std::lock_guard<std::mutex> lock(g_stage_mu);
-  g_free_staging.clear();
+  auto& pool = process_state<StagingPool>();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  pool.value.free.clear();
 }
 
 // ---- layer --------------------------------------------------------------------------------
@@ -118,13 +166,21 @@ struct MoeLayer::Slice {
   size_t bytes = 0;
 };
 
+// A call's staging: x, then ids and weights from a 64-byte boundary (x's bytes need not be a
+// multiple of 4, and ids and weights are read as int32 and float).
+static size_t staged_x_bytes(int M, int H, DType x_dtype) { return (size_t(M) * H * dtype_size(x_dtype) + 63) / 64 * 64; }
+static size_t staging_bytes(int M, int H, int K, DType x_dtype) { return staged_x_bytes(M, H, x_dtype) + 2 * size_t(M) * K * 4; }
+
 struct MoeLayer::Staging {
   std::vector<uint8_t> buf;
   const uint8_t* x;
   DType x_dtype;
+  int nonfinite_row;  // the first row of x with NaN or Inf, -1 if none
   const int32_t* ids;
   const float* weights;
   std::shared_ptr<Workspace> ws;
+  std::shared_ptr<const DeferredPart> add;  // the previous layer's deferred part, added before rounding
+  std::shared_ptr<DeferredPart> sum_into;   // a deferred job's: the fp32 sum goes here, not to out
 };
 
 MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
@@ -138,6 +194,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   if (int(cfg_.on_cpu.size()) != cfg_.num_experts)
     fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
+  deferred_ = std::make_unique<DeferredLinks>(engine_.get(), cfg_.layer_idx, cfg_.deferred_experts, cfg_.topk);
   tier_ = active_tier();
   emulated_tiles_ = amx_emulated();
   kernel_ = emulated_tiles_ ? &select_emulated_kernel(cfg_.format, tier_) : &select_kernel(cfg_.format, tier_);
@@ -161,15 +218,24 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
     done += units / pools + (p < units % pools ? 1 : 0);
     bounds_.push_back(std::min(done * unit, cfg_.intermediate));
   }
+  // Jobs still queued when the process exits run before static destructors free what they use.
+  // Registered after the kernel and format tables the layer uses exist, so it runs before their
+  // destructors (atexit handlers and static destructors run in reverse order of registration).
+  static const bool drain_at_exit = std::atexit([] { Engine::drain_all(); }) == 0;
+  (void)drain_at_exit;
 }
 
-MoeLayer::~MoeLayer() = default;
+MoeLayer::~MoeLayer() {
+  // The layer's jobs touch it until they are done: its last job (jobs run in order) must have run.
+  // Its error, if any, has nobody to go to. In a forked child the parent's jobs never run here.
+  if (last_job_) last_job_->join();
+}
 
 std::string MoeLayer::tier_label() const { return emulated_tiles_ ? kAmxEmuOverride : tier_name(tier_); }
 
 MoeStats MoeLayer::stats() const {
   MoeStats s;
-  for (const auto& sl : slices_) s.weight_bytes += sl->bytes;
+  s.weight_bytes = weight_bytes_.load(std::memory_order_relaxed);
   for (uint8_t c : cfg_.on_cpu) s.cpu_experts += c;
   return s;
 }
@@ -186,8 +252,11 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
     cpu_slots.push_back(p);
   }
   const FormatTraits& f = format_traits(cfg_.format);
-  const int pools = engine_->subpools();
+  std::shared_ptr<void> workspace;
+  const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
+  const int pools = engine->subpools();
   std::vector<std::unique_ptr<Slice>> slices;
+  size_t bytes = 0;
   for (int p = 0; p < pools; ++p) {
     auto s = std::make_unique<Slice>();
     s->i0 = bounds_[p];
@@ -212,6 +281,7 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
       shape(s->down[slot], H, ni);
     }
     s->bytes = off;
+    bytes += off;
     s->arena = alloc_weights(off);
     for (int slot : cpu_slots)
       for (auto* m : {&s->gate[slot], &s->up[slot], &s->down[slot]})
@@ -219,8 +289,10 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
     slices.push_back(std::move(s));
   }
 
-  // One task per (slot, matrix): make the logical matrix once, pack each sub-pool's slice.
-  auto job = engine_->submit([&] {
+  // One task per (slot, matrix): make the logical matrix once, pack each sub-pool's slice. The
+  // new slices replace the old inside the job, so no forward runs while they are swapped; the old
+  // ones are freed on return, by this thread.
+  auto job = engine->submit([&] {
     Stage st;
     st.shared = true;
     st.tasks[0] = int(cpu_slots.size()) * 3;
@@ -234,11 +306,25 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
         else f.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
       }
     };
-    engine_->run(st);
+    engine->run(st);
+    slices_.swap(slices);
+    weight_bytes_.store(bytes, std::memory_order_relaxed);
+    loaded_.store(true, std::memory_order_release);
   });
   job->wait();
-  slices_ = std::move(slices);
-  loaded_ = true;
+}
+
+std::shared_ptr<Engine> MoeLayer::engine_for_this_process(std::shared_ptr<void>* workspace) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!engine_->owned_by_this_process()) {
+    // A forked child inherited this layer: its engine's threads stayed in the parent, and so did
+    // the layer's jobs that had not run. The child gets an engine (and scratch) of its own.
+    engine_ = Engine::shared(engine_->threads(), engine_->subpools());
+    workspace_ = workspace_for(engine_.get());
+    last_job_ = nullptr;
+  }
+  *workspace = workspace_;
+  return engine_;
 }
 
 void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
@@ -332,19 +418,19 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
 }
 
 std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
-                                      const void* weights, DType w_dtype, int M, uint16_t* out) {
-  if (!loaded_) throw std::runtime_error("forward called before the expert weights were loaded (call load_weights_from_tensors first)");
+                                      const void* weights, DType w_dtype, int M, std::shared_ptr<uint16_t> out) {
+  if (!loaded()) throw std::runtime_error("forward called before the expert weights were loaded (call load_weights_from_tensors first)");
   const int H = cfg_.hidden, K = cfg_.topk, E = cfg_.num_experts;
   if (M < 0) throw std::invalid_argument("token count " + std::to_string(M) + " is negative");
-  const size_t xbytes = size_t(M) * H * dtype_size(x_dtype);
+  const size_t xbytes = staged_x_bytes(M, H, x_dtype);
   const size_t ibytes = size_t(M) * K * 4;
   auto in = std::make_shared<Staging>();
-  in->buf = acquire_staging(M, xbytes + 2 * ibytes);
+  in->buf = acquire_staging(M, staging_bytes(M, H, K, x_dtype));
   uint8_t* xs = in->buf.data();
   int32_t* is = reinterpret_cast<int32_t*>(xs + xbytes);
   float* ws = reinterpret_cast<float*>(xs + xbytes + ibytes);
   // Copy and validate now: the caller may overwrite its tensors as soon as we return.
-  std::memcpy(xs, x, xbytes);
+  in->nonfinite_row = copy_rows_finite(x, x_dtype, M, H, xs);
   for (size_t i = 0; i < size_t(M) * K; ++i) {
     int64_t id = ids_int64 ? static_cast<const int64_t*>(ids)[i] : static_cast<const int32_t*>(ids)[i];
     if (id < -1 || id >= E)
@@ -364,19 +450,80 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   in->x_dtype = x_dtype;
   in->ids = is;
   in->weights = ws;
-  in->ws = std::static_pointer_cast<Workspace>(workspace_);
-  return engine_->submit([this, in, M, out] {
+  std::shared_ptr<void> workspace;
+  const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
+  in->ws = std::static_pointer_cast<Workspace>(std::move(workspace));
+  const DeferredLinks::Step deferral = deferred_->begin(M, H);
+  in->add = deferral.add;
+  std::shared_ptr<Staging> later = deferral.produce ? split_off_deferred(*in, M, deferral.produce) : nullptr;
+  // The jobs own their staged inputs and share out; `this` stays valid because the destructor
+  // waits for last_job_. Submitting under mu_ keeps last_job_ the latest job in queue order.
+  std::lock_guard<std::mutex> lock(mu_);
+  auto job = engine->submit([this, in, M, out] {
     struct Release {
       Staging* s;
       int M;
       ~Release() { release_staging(M, std::move(s->buf)); }
     } release{in.get(), M};
-    forward(*in, M, out);
+    forward(*in, M, out.get());
+  });
+  last_job_ = job;
+  if (later) last_job_ = queue_deferred(*engine, std::move(later), M);
+  return job;
+}
+
+std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part) {
+  const int K = cfg_.topk;
+  const size_t bytes = staging_bytes(M, cfg_.hidden, K, in.x_dtype);
+  auto later = std::make_shared<Staging>();
+  later->buf = acquire_staging(M, bytes);
+  std::memcpy(later->buf.data(), in.buf.data(), bytes);
+  const uint8_t* base = in.buf.data();
+  auto at = [&](const void* p) { return later->buf.data() + (static_cast<const uint8_t*>(p) - base); };
+  later->x = at(in.x);
+  later->x_dtype = in.x_dtype;
+  later->nonfinite_row = in.nonfinite_row;
+  later->ids = reinterpret_cast<const int32_t*>(at(in.ids));
+  later->weights = reinterpret_cast<const float*>(at(in.weights));
+  later->ws = in.ws;
+  later->sum_into = std::move(part);
+  split_deferred(const_cast<int32_t*>(in.ids), in.weights, M, K, cfg_.deferred_experts,
+                 reinterpret_cast<int32_t*>(at(in.ids)));
+  return later;
+}
+
+std::shared_ptr<Job> MoeLayer::queue_deferred(Engine& engine, std::shared_ptr<Staging> later, int M) {
+  return engine.submit([this, later, M] {
+    struct Release {
+      Staging* s;
+      int M;
+      ~Release() { release_staging(M, std::move(s->buf)); }
+    } release{later.get(), M};
+    DeferredPart& part = *later->sum_into;
+    part.error = nullptr;
+    try {
+      forward(*later, M, nullptr);
+    } catch (...) {
+      part.error = std::current_exception();  // raised again by the job that adds the part
+      throw;
+    }
   });
 }
 
 void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
-  std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
+  if (in.nonfinite_row >= 0)
+    throw std::invalid_argument("hidden_states row " + std::to_string(in.nonfinite_row) + " contains NaN or Inf");
+  if (in.add && in.add->error) {
+    try {
+      std::rethrow_exception(in.add->error);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("layer " + std::to_string(cfg_.layer_idx) + ": the deferred experts of layer " +
+                               std::to_string(cfg_.layer_idx - 1) + " failed: " + e.what());
+    }
+  }
+  // a deferred job leaves last_kernels_ to the forward the caller synced (and may read meanwhile)
+  if (in.sum_into) in.sum_into->sum.resize(size_t(M) * cfg_.hidden);
+  else std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
   for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
     forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
 }
@@ -397,7 +544,8 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   const int rows = b.rows();
   const int n_exp = int(b.experts.size());
   // per bucket: the tile kernel from its min_m tokens up, the vector kernel below
-  for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
+  if (!in.sum_into)
+    for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
 
   // stage 1: quantize x
   const size_t xrow = act_row_bytes(af, Hp);
@@ -543,7 +691,12 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
         const float* op = ws.pools[p].out.data() + size_t(t) * Hpad;
         for (int h = 0; h < H; ++h) o0[h] += op[h];
       }
-      act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
+      if (in.add) {
+        const float* prev = in.add->sum.data() + size_t(t0 + t) * H;
+        for (int h = 0; h < H; ++h) o0[h] += prev[h];
+      }
+      if (in.sum_into) std::memcpy(in.sum_into->sum.data() + size_t(t0 + t) * H, o0, size_t(H) * 4);
+      else act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
     }
   };
   if (M > 0) engine_->run(red);

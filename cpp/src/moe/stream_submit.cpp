@@ -115,7 +115,10 @@ void StreamLayer::start_job(void* p) {
   try {
     // The one call into the layer: it copies the staged inputs, so the next call's D2H copies
     // may overwrite them as soon as this returns.
-    c->job = c->layer->submit(c->x, c->x_dtype, c->ids, c->ids_int64, c->weights, c->w_dtype, c->M, c->out);
+    // out is pinned staging that outlives the job (see the StreamLayer's destructor): shared
+    // without an owner.
+    std::shared_ptr<uint16_t> out(std::shared_ptr<void>(), c->out);
+    c->job = c->layer->submit(c->x, c->x_dtype, c->ids, c->ids_int64, c->weights, c->w_dtype, c->M, std::move(out));
   } catch (...) {
     c->error = std::current_exception();
   }
@@ -308,11 +311,17 @@ void StreamLayer::sync(cuda::Stream stream, void* out) {
   cuda::check(api, api.stream_is_capturing(stream, &status), "cudaStreamIsCapturing");
   if ((status == cuda::kCaptureActive) != pending_capturing_)
     throw std::runtime_error("submit_forward and sync_forward must both be inside one CUDA-graph capture, or both outside");
+  // An earlier forward's error, taken before this forward's finish_job can report its own (which
+  // the next call raises): this forward is consumed all the same (its job still completes), but
+  // nothing is copied into out, which the caller drops when we raise.
+  std::exception_ptr earlier;
+  {
+    std::lock_guard<std::mutex> lock(errors_->mu);
+    earlier = std::exchange(errors_->first, nullptr);
+  }
   Call* call = std::exchange(pending_, nullptr);
   cuda::check(api, api.launch_host_func(stream, &StreamLayer::finish_job, call), "cudaLaunchHostFunc (sync)");
-  // An earlier forward's error: this one is consumed all the same (its job still completes), but
-  // nothing is copied into out, which the caller drops when we raise.
-  rethrow_error();
+  if (earlier) std::rethrow_exception(earlier);
   cuda::check(api, api.memcpy_async(out, call->out, size_t(call->M) * layer_->config().hidden * 2, cuda::kHostToDevice, stream),
               "cudaMemcpyAsync of the output");
 }

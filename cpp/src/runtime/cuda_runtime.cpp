@@ -13,7 +13,7 @@ namespace {
 
 std::mutex g_mu;
 const Api* g_api = nullptr;  // set once, never freed: host functions may run until exit
-bool g_maps_scanned = false;  // no libcudart was mapped when we looked (torch maps it at import)
+bool g_maps_scanned = false;  // no libcudart was mapped when we last looked
 
 // The path of a libcudart the process has already mapped, or "".
 std::string mapped_cudart() {
@@ -52,7 +52,7 @@ Api* load(const std::string& path) {
 
 }  // namespace
 
-const Api* find_runtime() {
+const Api* find_runtime(bool rescan) {
   std::lock_guard<std::mutex> lock(g_mu);
   if (g_api) return g_api;
   const char* env = std::getenv(kRuntimeEnv);
@@ -60,7 +60,7 @@ const Api* find_runtime() {
     g_api = load(env);
     return g_api;
   }
-  if (g_maps_scanned) return nullptr;
+  if (g_maps_scanned && !rescan) return nullptr;
   const std::string path = mapped_cudart();
   if (path.empty()) {
     g_maps_scanned = true;
@@ -71,7 +71,7 @@ const Api* find_runtime() {
 }
 
 const Api& require_runtime(const char* why) {
-  if (const Api* api = find_runtime()) return *api;
+  if (const Api* api = find_runtime(/*rescan=*/true)) return *api;
   throw std::runtime_error(std::string(why) +
                            " needs the CUDA runtime, and none is loaded in this process (a CUDA build of torch "
                            "loads libcudart; or name one with " + kRuntimeEnv + "=/path/to/libcudart.so)");

@@ -42,9 +42,10 @@ constexpr const char* kRuntimeEnv = "KT_KERNEL_CUDART";
 
 // The runtime, loaded on first success and kept for the process: the library named by
 // KT_KERNEL_CUDART, else a libcudart already mapped into the process. nullptr when neither
-// exists; a KT_KERNEL_CUDART that cannot be loaded throws (why names the path).
-const Api* find_runtime();
-// find_runtime(), or a runtime_error saying what to do when there is none.
+// exists; a KT_KERNEL_CUDART that cannot be loaded throws (why names the path). The process's
+// maps are read again only with rescan (a CPU-only process keeps asking with CPU tensors).
+const Api* find_runtime(bool rescan = false);
+// find_runtime(rescan = true), or a runtime_error saying what to do when there is none.
 const Api& require_runtime(const char* why);
 // Throws runtime_error "<what>: <CUDA's message> (error N)" when err is not cudaSuccess.
 void check(const Api& api, int err, const char* what);

@@ -3,6 +3,7 @@
 
 #include <immintrin.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "runtime/process_state.h"
 
 namespace kt {
 namespace {
@@ -49,16 +52,32 @@ void pin_to(int cpu) {
   sched_setaffinity(0, sizeof(set), &set);  // best effort: a refusal leaves the thread unpinned
 }
 
+// The live engines by (threads, subpools); an engine goes when its last holder releases it.
+struct EngineRegistry {
+  std::map<std::pair<int, int>, std::weak_ptr<Engine>> engines;
+};
+
 }  // namespace
 
-void Job::wait() {
+bool Job::orphaned() const { return !done() && pid_ != getpid(); }
+
+void Job::join() noexcept {
+  if (orphaned()) return;
   // No spinning here: the caller is not one of the engine's threads, and with as many engine
   // threads as cores a spinning caller would take a core from them.
   while (!done()) done_.wait(0, std::memory_order_acquire);
+}
+
+void Job::wait() {
+  if (orphaned())
+    throw std::runtime_error("this forward was submitted in process " + std::to_string(pid_) +
+                             " before it called fork(); it never runs in this child process (pid " +
+                             std::to_string(getpid()) + "): submit it again here");
+  join();
   if (error_) std::rethrow_exception(error_);
 }
 
-Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpools) {
+Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpools), pid_(getpid()) {
   if (subpools < 1 || subpools > kMaxSubpools)
     throw std::invalid_argument("threadpool_count=" + std::to_string(subpools) + " must be in 1.." +
                                 std::to_string(kMaxSubpools));
@@ -89,35 +108,70 @@ Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpool
 }
 
 Engine::~Engine() {
+  if (!owned_by_this_process()) {
+    // A forked child: the threads are the parent's, and joining them would wait forever. Their
+    // handles and the queue's condition variable are left as they are (a std::thread destroyed
+    // unjoined would terminate; see queue_cv_).
+    new std::vector<std::thread>(std::move(threads_v_));
+    queue_cv_.release();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     stop_.store(true);
   }
-  queue_cv_.notify_all();
-  threads_v_[0].join();  // finishes queued jobs first
+  queue_cv_->notify_all();
+  threads_v_[0].join();  // finishes queued jobs first, their stages with the workers
+  workers_exit_.store(true, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
   for (size_t i = 1; i < threads_v_.size(); ++i) threads_v_[i].join();
 }
 
+bool Engine::owned_by_this_process() const { return pid_ == getpid(); }
+
 std::shared_ptr<Engine> Engine::shared(int threads, int subpools) {
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, std::shared_ptr<Engine>> engines;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& e = engines[{threads, subpools}];
-  if (!e) e = std::make_shared<Engine>(threads, subpools);
+  auto& registry = process_state<EngineRegistry>();
+  std::lock_guard<std::mutex> lock(registry.mu);
+  auto& engines = registry.value.engines;
+  for (auto it = engines.begin(); it != engines.end();)
+    it = it->second.expired() ? engines.erase(it) : std::next(it);
+  std::weak_ptr<Engine>& slot = engines[{threads, subpools}];
+  std::shared_ptr<Engine> e = slot.lock();
+  if (!e || !e->owned_by_this_process()) {
+    e = std::make_shared<Engine>(threads, subpools);
+    slot = e;
+  }
   return e;
 }
 
+void Engine::drain_all() {
+  std::vector<std::shared_ptr<Engine>> live;
+  {
+    auto& registry = process_state<EngineRegistry>();
+    std::lock_guard<std::mutex> lock(registry.mu);
+    for (auto& [config, weak] : registry.value.engines)
+      if (auto e = weak.lock(); e && e->owned_by_this_process()) live.push_back(std::move(e));
+  }
+  // jobs run in order: once an empty job has run, so have all before it
+  for (auto& e : live) e->submit([] {})->join();
+  // `live` may hold the last reference to an engine: its destructor joins its threads here
+}
+
 std::shared_ptr<Job> Engine::submit(std::function<void()> body) {
+  if (!owned_by_this_process())
+    throw std::runtime_error("this engine was created in process " + std::to_string(pid_) +
+                             " before fork(); its threads do not exist in this child process (pid " +
+                             std::to_string(getpid()) + ")");
   auto job = std::make_shared<Job>();
   job->body_ = std::move(body);
+  job->pid_ = pid_;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     if (stop_.load()) throw std::runtime_error("engine is shutting down");
     queue_.push_back(job);
   }
-  queue_cv_.notify_one();
+  queue_cv_->notify_one();
   return job;
 }
 
@@ -126,7 +180,7 @@ void Engine::queue_loop() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stop_.load() || !queue_.empty(); });
+      queue_cv_->wait(lock, [&] { return stop_.load() || !queue_.empty(); });
       if (queue_.empty()) return;  // stop requested and nothing left
       job = std::move(queue_.front());
       queue_.pop_front();
@@ -171,7 +225,7 @@ void Engine::worker_loop(int tid) {
     if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }))
       generation_.wait(seen, std::memory_order_acquire);
     seen = generation_.load(std::memory_order_acquire);
-    if (stop_.load(std::memory_order_acquire)) return;
+    if (workers_exit_.load(std::memory_order_acquire)) return;
     work(tid);
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_one();
   }
