@@ -115,20 +115,6 @@ def test_fused_moe_with_kt_matches_torch(moe, checkpoint, method, num_gpu_expert
     moe.assert_close_fp32(out, ref, moe.format_of(method)["name"], f"SGLang FusedMoE + kt_kernel {method}")
 
 
-def _kt_kernel_defers() -> bool:
-    from kt_kernel import KTMoEWrapper
-
-    try:
-        KTMoEWrapper(layer_idx=0, num_experts=8, num_experts_per_tok=2, hidden_size=64, moe_intermediate_size=32,
-                     num_gpu_experts=0, cpuinfer_threads=1, threadpool_count=1, weight_path=None,
-                     chunked_prefill_size=16, method="BF16", max_deferred_experts_per_token=1)
-    except NotImplementedError:
-        return False
-    return True
-
-
-@pytest.mark.xfail(not _kt_kernel_defers(), raises=NotImplementedError,
-                   reason="deferred experts come with issue 17 (branch defer); this kt_kernel refuses them")
 @pytest.mark.parametrize("method", ["AMXINT8"])
 def test_deferred_experts_reach_the_next_layer(moe, checkpoint, method):
     """--kt-max-deferred-experts-per-token 1: SGLang passes 1 to layer 0 and 0 to the last layer
