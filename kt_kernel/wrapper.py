@@ -13,6 +13,7 @@ import torch
 
 from kt_kernel import _ext
 from kt_kernel.formats import METHODS
+from kt_kernel.integrations.sglang import resolve_method
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -85,6 +86,18 @@ class _StreamForward(NamedTuple):
     dtype: torch.dtype
 
 
+def _check_plain_swiglu(swiglu_limit, swiglu_alpha) -> None:
+    """sglang-kt passes both; 0.0 (its value for every model but GPT-OSS-style clamped experts)
+    is the plain SwiGLU silu(gate) * up that the kernels compute."""
+    for name, v in (("swiglu_limit", swiglu_limit), ("swiglu_alpha", swiglu_alpha)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+        if v != 0.0:
+            raise NotImplementedError(
+                f"{name}={v} (clamped SwiGLU) is not implemented; the kernels compute plain SwiGLU, "
+                "silu(gate) * up: pass swiglu_limit=0.0 and swiglu_alpha=0.0")
+
+
 class KTMoEWrapper:
     """The CPU experts of one MoE layer.
 
@@ -120,7 +133,11 @@ class KTMoEWrapper:
         max_deferred_experts_per_token: int = 0,
         numa_nodes=None,
         gpu_experts_mask=None,
+        swiglu_limit: float = 0.0,
+        swiglu_alpha: float = 0.0,
     ):
+        _check_plain_swiglu(swiglu_limit, swiglu_alpha)
+        method = resolve_method(method)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         if numa_nodes is not None:
@@ -163,12 +180,38 @@ class KTMoEWrapper:
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
         self._engine = _ext.Engine.shared(threads, threadpool_count)
-        on_cpu = [0 if g else 1 for g in self.gpu_experts_mask.tolist()]
-        self._layer = _ext.MoeLayer(self._engine, num_experts, num_experts_per_tok, hidden_size,
-                                    moe_intermediate_size, method, on_cpu, chunked_prefill_size,
-                                    layer_idx, max_deferred_experts_per_token)
-        self._stream_layer = _ext.StreamLayer(self._layer)
+        self._build_native_layer()
         self._pending = None
+        self._weights_from_path = None  # (physical_to_logical_map,) of the last load_weights
+
+    def _build_native_layer(self) -> None:
+        self._placed_mask = self.gpu_experts_mask.clone()
+        on_cpu = [0 if g else 1 for g in self._placed_mask.tolist()]
+        self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
+                                    self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size,
+                                    self.layer_idx, self.max_deferred_experts_per_token)
+        self._stream_layer = _ext.StreamLayer(self._layer)
+
+    def _follow_gpu_mask_edits(self) -> None:
+        """sglang-kt moves experts between GPU and CPU by editing ``gpu_experts_mask`` in place
+        (``.copy_()``) between forwards. A changed mask rebuilds the native layer for the new
+        placement and reloads it from ``weight_path`` (experts newly on the CPU need their
+        weights); weights given as tensors cannot be reloaded, so that raises."""
+        if torch.equal(self.gpu_experts_mask, self._placed_mask):
+            return
+        moved = torch.nonzero(self.gpu_experts_mask != self._placed_mask).flatten().tolist()
+        if self._weights_from_path is None:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: gpu_experts_mask changed (slots {moved}) but the weights came from "
+                "load_weights_from_tensors and cannot be reloaded for the new placement; load them with "
+                "load_weights(weight_path) to move experts, or call load_weights_from_tensors again after the edit")
+        self.load_weights(*self._weights_from_path)
+
+    def _place_as_masked(self) -> None:
+        """Before a load: the native layer for the mask as it is now."""
+        if not torch.equal(self.gpu_experts_mask, self._placed_mask):
+            self._build_native_layer()
+            self.num_gpu_experts = int(self._placed_mask.sum())
 
     def _gpu_mask(self, num_gpu_experts, mask) -> torch.Tensor:
         if mask is not None:
@@ -204,10 +247,12 @@ class KTMoEWrapper:
         if not os.path.isdir(self.weight_path):
             raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder")
         pmap = self._logical_map(physical_to_logical_map)
+        self._place_as_masked()
         if is_converted(self.weight_path):
             load_converted_layer(self, self.weight_path, pmap)
         else:
             load_hf_layer(self, self.weight_path, pmap, save=self._save_folder(from_checkpoint=True))
+        self._weights_from_path = (physical_to_logical_map,)
 
     def _save_folder(self, from_checkpoint: bool) -> Optional[str]:
         """Where cpu_save keeps the layers this wrapper quantizes at load; None without cpu_save."""
@@ -253,6 +298,8 @@ class KTMoEWrapper:
                 raise ValueError(f"the weights hold {E} experts and no physical_to_logical_map was given; "
                                  f"expected num_experts={self.num_experts}")
             pmap = torch.arange(self.num_experts, dtype=torch.int64)
+        self._place_as_masked()
+        self._weights_from_path = None
         folder = self._save_folder(from_checkpoint=False)
         if folder is not None:
             self._save_and_load(folder, (gate_proj, up_proj, down_proj), pmap)
@@ -287,6 +334,7 @@ class KTMoEWrapper:
         stream = _stream_handle(cuda_stream)
         if self._pending is not None:
             raise RuntimeError(f"layer {self.layer_idx}: submit_forward called twice without sync_forward")
+        self._follow_gpu_mask_edits()
         H, K = self.hidden_size, self.num_experts_per_tok
         _check_tensor("hidden_states", hidden_states, 2, _FLOAT_DTYPES, (None, H), cuda_ok=True)
         M = hidden_states.shape[0]
