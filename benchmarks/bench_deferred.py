@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import sys
 import tempfile
@@ -262,8 +261,7 @@ def main(argv=None) -> dict:
         "command": ["benchmarks/bench_deferred.py", *argv],
         "conditions": {"cpu": info["brand"], "threads": args.threads, "rounds": args.rounds,
                        "round_calls": args.round_calls, "warmup": args.warmup, "fresh_routings": FRESH_ROUTINGS,
-                       "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
-                       "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                       **bench_report.software()},
         "accuracy": acc,
         "timing": times,
     }

@@ -40,7 +40,6 @@ import argparse
 import gc
 import itertools
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -534,8 +533,7 @@ def main(argv=None) -> dict:
                        "cold_caches": args.cold, "fresh_routing": args.fresh_routing,
                        "iters": args.iters, "min_time_s": args.min_time, "warmup": args.warmup,
                        "cpu_info": info, "cache_bytes": caches,
-                       "cores": all_cores(), "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
-                       "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "cores": all_cores(), **bench_report.software(),
                        "formats": kt_kernel.formats(), "peak_rss_bytes": rss_bytes()[1]},
         "other_load_cores": {"start": load0, "end": load1},
         "limits": {"bandwidth": probe.samples, "peaks_start": peaks0, "peaks_blocks": probe.peaks,

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
+import time
+
+import torch
+
+import kt_kernel
 
 from kt_kernel.doctor import INT_METHODS  # counted in GOP/s
 
@@ -115,6 +121,12 @@ def _peak_text(peak: dict) -> str:
     if peak["gops"] is None:
         return "-"
     return f"{peak['instruction']} {peak['gops']:.0f} {peak['unit']}"
+
+
+def software() -> dict:
+    """The versions and the start time every run's "conditions" record."""
+    return {"torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
+            "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def write_files(result: dict, json_path: str | None, markdown_path: str | None, to_markdown=None) -> None:

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import sys
 import time
 
-import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
@@ -220,8 +218,7 @@ def main(argv=None) -> dict:
         "conditions": {"cpu": info["brand"], "threads": args.threads, "tier": args.tier, "reference": args.reference,
                        "rounds": args.rounds, "round_calls": args.round_calls, "round_time_s": args.round_time,
                        "warmup": args.warmup, "fresh_routings": FRESH_ROUTINGS, "target_ratio": TARGET_RATIO,
-                       "torch": torch.__version__, "kt_kernel": kt_kernel.__version__,
-                       "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                       **bench_report.software()},
         "machine": machine,
         "results": rows,
     }
