@@ -283,4 +283,7 @@ def test_wrappers_coming_and_going_stay_bounded(tmp_path):
         print("rss bounded", growth < 16, f"({growth:.1f} MB)")
     """, tmp_path, timeout=120)
     assert_clean_exit(r, "extra threads 0")
-    assert "rss bounded True" in r.stdout, r.stdout
+    # Under AddressSanitizer (scripts/sanitize.sh) freed blocks wait in its quarantine (256 MB by
+    # default) instead of being reused, so RSS grows by design there; ASan checks the frees instead.
+    if not os.environ.get("KT_SANITIZED_EXT"):
+        assert "rss bounded True" in r.stdout, r.stdout
