@@ -172,6 +172,11 @@ static size_t staged_x_bytes(int M, int H, DType x_dtype) { return (size_t(M) * 
 static size_t staging_bytes(int M, int H, int K, DType x_dtype) { return staged_x_bytes(M, H, x_dtype) + 2 * size_t(M) * K * 4; }
 
 struct MoeLayer::Staging {
+  // The buffer goes back to the pool when the job holding this is done with it (or when a
+  // submit that failed drops it).
+  Staging(int tokens, size_t bytes) : M(tokens), buf(acquire_staging(tokens, bytes)) {}
+  ~Staging() { release_staging(M, std::move(buf)); }
+  int M;
   std::vector<uint8_t> buf;
   const uint8_t* x;
   DType x_dtype;
@@ -424,8 +429,7 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   if (M < 0) throw std::invalid_argument("token count " + std::to_string(M) + " is negative");
   const size_t xbytes = staged_x_bytes(M, H, x_dtype);
   const size_t ibytes = size_t(M) * K * 4;
-  auto in = std::make_shared<Staging>();
-  in->buf = acquire_staging(M, staging_bytes(M, H, K, x_dtype));
+  auto in = std::make_shared<Staging>(M, staging_bytes(M, H, K, x_dtype));
   uint8_t* xs = in->buf.data();
   int32_t* is = reinterpret_cast<int32_t*>(xs + xbytes);
   float* ws = reinterpret_cast<float*>(xs + xbytes + ibytes);
@@ -459,14 +463,7 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   // The jobs own their staged inputs and share out; `this` stays valid because the destructor
   // waits for last_job_. Submitting under mu_ keeps last_job_ the latest job in queue order.
   std::lock_guard<std::mutex> lock(mu_);
-  auto job = engine->submit([this, in, M, out] {
-    struct Release {
-      Staging* s;
-      int M;
-      ~Release() { release_staging(M, std::move(s->buf)); }
-    } release{in.get(), M};
-    forward(*in, M, out.get());
-  });
+  auto job = engine->submit([this, in, M, out] { forward(*in, M, out.get()); });
   last_job_ = job;
   if (later) last_job_ = queue_deferred(*engine, std::move(later), M);
   return job;
@@ -475,8 +472,7 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
 std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part) {
   const int K = cfg_.topk;
   const size_t bytes = staging_bytes(M, cfg_.hidden, K, in.x_dtype);
-  auto later = std::make_shared<Staging>();
-  later->buf = acquire_staging(M, bytes);
+  auto later = std::make_shared<Staging>(M, bytes);
   std::memcpy(later->buf.data(), in.buf.data(), bytes);
   const uint8_t* base = in.buf.data();
   auto at = [&](const void* p) { return later->buf.data() + (static_cast<const uint8_t*>(p) - base); };
@@ -494,11 +490,6 @@ std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int
 
 std::shared_ptr<Job> MoeLayer::queue_deferred(Engine& engine, std::shared_ptr<Staging> later, int M) {
   return engine.submit([this, later, M] {
-    struct Release {
-      Staging* s;
-      int M;
-      ~Release() { release_staging(M, std::move(s->buf)); }
-    } release{later.get(), M};
     DeferredPart& part = *later->sum_into;
     part.error = nullptr;
     try {
