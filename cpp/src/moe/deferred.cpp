@@ -1,9 +1,12 @@
 #include "moe/deferred.h"
 
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "runtime/process_state.h"
 
 namespace kt {
 
@@ -25,11 +28,18 @@ void split_deferred(int32_t* ids, const float* weights, int M, int topk, int def
 
 namespace {
 
+struct DeferredSlots {
+  std::map<std::pair<const Engine*, int>, std::weak_ptr<DeferredSlot>> by_layer;
+};
+
+// As the engines and their workspaces: process-wide (fork-safe lock), entries kept while held.
 std::shared_ptr<DeferredSlot> slot_of(const Engine* engine, int layer_idx) {
-  static std::mutex mu;
-  static std::map<std::pair<const Engine*, int>, std::weak_ptr<DeferredSlot>> slots;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& entry = slots[{engine, layer_idx}];
+  auto& slots = process_state<DeferredSlots>();
+  std::lock_guard<std::mutex> lock(slots.mu);
+  // layers come and go: forget the slots nobody holds (an engine's address may be reused)
+  for (auto it = slots.value.by_layer.begin(); it != slots.value.by_layer.end();)
+    it = it->second.expired() ? slots.value.by_layer.erase(it) : std::next(it);
+  auto& entry = slots.value.by_layer[{engine, layer_idx}];
   auto slot = entry.lock();
   if (!slot) {
     slot = std::make_shared<DeferredSlot>();
