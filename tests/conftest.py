@@ -32,6 +32,7 @@ except ImportError as e:  # most often: the source tree shadows the installed pa
         "first on sys.path).") from e
 
 import reference
+from output_digests import OutputDigests
 
 FORMATS = _ext.formats()
 FORMAT_BY_METHOD = {f["method"]: f for f in FORMATS}
@@ -316,6 +317,14 @@ class Moe:
 @pytest.fixture(scope="session")
 def moe() -> Moe:
     return Moe()
+
+
+@pytest.fixture(scope="session")
+def output_digests():
+    """The matrix's bit-exact output digests (tests/output_digests.py)."""
+    d = OutputDigests()
+    yield d
+    d.save()
 
 
 @pytest.fixture

@@ -43,12 +43,29 @@ def pmap(request):
     return MAPS[request.param]
 
 
-def test_moe_matrix(moe, method, tier, M, gpu, pmap, threadpool_count):
+def test_moe_matrix(moe, output_digests, method, tier, M, gpu, pmap, threadpool_count, request):
     shape = moe.Shape(E, TOPK, H, I)
     layer = moe.layer(method, shape, pmap=pmap, threadpool_count=threadpool_count, cpuinfer_threads=2, **gpu)
     assert layer.isa_tier == tier
     x, ids, w = moe.inputs(shape, M, seed=M)
-    moe.check(layer, shape, x, ids, w, pmap=pmap)
+    out = moe.check(layer, shape, x, ids, w, pmap=pmap)
+    output_digests.check(request.node.callspec.id, out)
+
+
+# A model-sized layer (several K blocks, vector and tile kernels' full panels, I split unevenly)
+# at decode, small-batch and prefill sizes: checked against the references and recorded bit for
+# bit like the matrix.
+LARGE = (16, 4, 1024, 352)
+
+
+@pytest.mark.parametrize("m", [1, 17, 300], ids=lambda m: f"M{m}")
+def test_model_sized_layer(moe, output_digests, method, tier, m, threadpool_count, request):
+    shape = moe.Shape(*LARGE)
+    layer = moe.layer(method, shape, threadpool_count=threadpool_count, num_gpu_experts=2)
+    assert layer.isa_tier == tier
+    x, ids, w = moe.inputs(shape, m, seed=100 + m)
+    out = moe.check(layer, shape, x, ids, w)
+    output_digests.check("large-" + request.node.callspec.id, out)
 
 
 @pytest.mark.parametrize("intermediate", [I, 40, 21, 160], ids=lambda i: f"I{i}")
