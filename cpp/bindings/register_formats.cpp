@@ -14,11 +14,18 @@ namespace py = pybind11;
 namespace kt::py_bind {
 namespace {
 
-template <class T>
-py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
-  py::array_t<T> a(shape);
-  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
-  return a;
+// The numpy dtype of a logical array's elements (bf16 and fp16 as their uint16 bits).
+py::dtype numpy_dtype(const char* safetensors_dtype) {
+  static const struct { const char* st; const char* np; } names[] = {
+      {"BF16", "uint16"}, {"F16", "uint16"}, {"F32", "float32"}, {"I8", "int8"}, {"U8", "uint8"}};
+  for (const auto& n : names)
+    if (std::strcmp(safetensors_dtype, n.st) == 0) return py::dtype(n.np);
+  throw std::invalid_argument(std::string("no numpy dtype for safetensors dtype ") + safetensors_dtype);
+}
+
+std::vector<py::ssize_t> array_shape(const FormatTraits& f, int i, int N, int K) {
+  if (f.arrays[i].per == ArrayPer::row) return {N};
+  return {N, py::ssize_t(f.array_row_elems(i, K))};
 }
 
 py::dict quantize(const std::string& format, py::array_t<float, py::array::c_style | py::array::forcecast> w) {
@@ -35,50 +42,42 @@ py::dict quantize(const std::string& format, py::array_t<float, py::array::c_sty
   d["format"] = format;
   d["N"] = N;
   d["K"] = K;
-  const int groups = f.group ? (K + f.group - 1) / f.group : 0;
-  switch (q.format) {
-    case FormatId::bf16: {
-      std::vector<uint16_t> v(size_t(N) * K);
-      std::memcpy(v.data(), q.values.data(), v.size() * 2);
-      d["values"] = to_array(v, {N, K});
-      break;
-    }
-    case FormatId::int8_pc: {
-      std::vector<int8_t> v(q.values.begin(), q.values.end());
-      d["values"] = to_array(v, {N, K});
-      d["scale"] = to_array(q.scale, {N});
-      break;
-    }
-    case FormatId::int4_g32:
-      d["values"] = to_array(q.values, {N, K});
-      d["group_scale"] = to_array(q.group_scale, {N, groups});
-      d["group_min"] = to_array(q.group_min, {N, groups});
-      break;
+  for (int i = 0; i < f.num_arrays(); ++i) {
+    py::array a(numpy_dtype(f.arrays[i].dtype), array_shape(f, i, N, K));
+    if (size_t(a.nbytes()) != q.arrays[i].size())
+      throw std::logic_error(std::string(f.name) + " array " + f.arrays[i].name + ": the quantizer wrote " +
+                             std::to_string(q.arrays[i].size()) + " bytes, the record sizes it " +
+                             std::to_string(a.nbytes()));
+    if (!q.arrays[i].empty()) std::memcpy(a.mutable_data(), q.arrays[i].data(), q.arrays[i].size());
+    d[f.arrays[i].name] = a;
   }
   return d;
 }
 
+// A dict of quantize()'s shape back into a QuantizedMatrix; each array must hold the record's
+// number of elements.
 QuantizedMatrix from_dict(const py::dict& d) {
   QuantizedMatrix q;
   const FormatTraits& f = format_by_name(d["format"].cast<std::string>());
   q.format = f.id;
   q.N = d["N"].cast<int>();
   q.K = d["K"].cast<int>();
-  auto bytes_of = [](const py::handle& h) {
-    py::array a = py::array::ensure(h, py::array::c_style);
+  for (int i = 0; i < f.num_arrays(); ++i) {
+    const char* name = f.arrays[i].name;
+    if (!d.contains(name)) throw std::invalid_argument(std::string(f.name) + " weights need the array '" + name + "'");
+    // values keep their bits; scales convert, as a float64 array from numpy arithmetic would need
+    py::array a = py::array::ensure(d[name], py::array::c_style);
+    const py::dtype dt = numpy_dtype(f.arrays[i].dtype);
+    if (a && !a.dtype().is(dt))
+      a = i == 0 ? py::array(py::module_::import("numpy").attr("ascontiguousarray")(a).attr("view")(dt))
+                 : py::array(a.attr("astype")(dt));
+    const size_t want = size_t(q.N) * f.array_row_elems(i, q.K);
+    if (!a || size_t(a.size()) != want)
+      throw std::invalid_argument(std::string(f.name) + " array '" + name + "' must hold " + std::to_string(want) +
+                                  " elements of " + std::string(py::str(dt)) + " for N=" + std::to_string(q.N) +
+                                  ", K=" + std::to_string(q.K));
     const uint8_t* p = static_cast<const uint8_t*>(a.data());
-    return std::vector<uint8_t>(p, p + a.nbytes());
-  };
-  q.values = bytes_of(d["values"]);
-  if (d.contains("scale")) {
-    auto s = d["scale"].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
-    q.scale.assign(s.data(), s.data() + s.size());
-  }
-  if (d.contains("group_scale")) {
-    auto gs = d["group_scale"].cast<py::array_t<uint16_t, py::array::c_style | py::array::forcecast>>();
-    auto gm = d["group_min"].cast<py::array_t<uint16_t, py::array::c_style | py::array::forcecast>>();
-    q.group_scale.assign(gs.data(), gs.data() + gs.size());
-    q.group_min.assign(gm.data(), gm.data() + gm.size());
+    q.arrays[i].assign(p, p + a.nbytes());
   }
   return q;
 }
@@ -131,7 +130,7 @@ struct Acts {
     if (x.ndim() != 2) throw std::invalid_argument("activations must be a 2-D [rows, K] array");
     const int T = int(x.shape(0)), K = int(x.shape(1));
     const size_t rb = act_row_bytes(af, Kp);
-    const int gs = Kp / 32 + 1;
+    const int gs = q8_gsum_stride(Kp);
     data.resize(rb * T), scale.resize(T), gsum.resize(size_t(gs) * T);
     for (int t = 0; t < T; ++t)
       if (!quantize_act_row(af, x.data() + size_t(t) * K, K, Kp, data.data() + rb * t, &scale[t], &gsum[size_t(gs) * t]))
@@ -191,13 +190,40 @@ void register_formats(py::module_& m) {
       py::dict d;
       d["name"] = f->name;
       d["method"] = f->method;
+      d["quant_method"] = f->quant_method;
       d["group"] = f->group;
       d["k_align"] = f->k_align;
-      d["bits_per_weight"] = f->bits_per_weight;
+      d["block_bytes"] = f->block_bytes;
+      d["panel_tail_bytes"] = f->panel_tail_bytes;
+      d["bits_per_weight"] = f->bits_per_weight();
+      py::list arrays;
+      for (int i = 0; i < f->num_arrays(); ++i) {
+        const FormatArray& a = f->arrays[i];
+        static const char* per[] = {"value", "row", "group"};
+        arrays.append(py::dict(py::arg("name") = a.name, py::arg("part") = a.part, py::arg("dtype") = a.dtype,
+                               py::arg("file_bits") = a.file_bits, py::arg("per") = per[static_cast<int>(a.per)]));
+      }
+      d["arrays"] = arrays;
+      py::list acts;
+      for (int a = 0; a < kNumActFormats; ++a)
+        if (f->acts & act_bit(ActFormat(a))) acts.append(act_format_name(ActFormat(a)));
+      d["acts"] = acts;
+      d["int_dot"] = f->int_dot;
+      d["weight_rel_err"] = f->weight_rel_err;
+      d["layer_rel_err"] = f->layer_rel_err;
+      d["agreement"] = py::dict(py::arg("kl_mean") = f->agreement.kl_mean, py::arg("top1") = f->agreement.top1,
+                                py::arg("tie_margin") = f->agreement.tie_margin);
+      py::list kernels;
+      for (const KernelRow& r : kernel_table())
+        if (r.format == f->id) kernels.append(r.name);
+      d["kernels"] = kernels;
       out.append(d);
     }
     return out;
-  });
+  }, "One dict per weight format, from the format records (cpp/src/formats/format_registry.cpp): name, "
+     "method, quant_method, group, k_align (k per block), block_bytes, panel_tail_bytes, bits_per_weight, arrays (name, part, "
+     "dtype, file_bits, per), acts, int_dot, weight_rel_err, layer_rel_err, agreement (kl_mean, top1, "
+     "tie_margin) and kernels (its kernel-table rows, best first).");
   auto rows = [](const std::vector<KernelRow>& table) {
     py::list out;
     for (const KernelRow& r : table) {
@@ -245,8 +271,7 @@ void register_formats(py::module_& m) {
     const FormatTraits& f = format_traits(q.format);
     if (n0 < 0 || n1 > q.N || n0 > n1 || k0 < 0 || k1 > q.K || k0 > k1)
       throw std::invalid_argument("pack range out of bounds");
-    int align = f.group ? f.group : f.k_align;
-    if (k0 % align) throw std::invalid_argument("pack: k0 must be a multiple of " + std::to_string(align));
+    if (k0 % f.k_step()) throw std::invalid_argument("pack: k0 must be a multiple of " + std::to_string(f.k_step()));
     int panels = (n1 - n0 + kPanelN - 1) / kPanelN;
     py::array_t<uint8_t> out(py::ssize_t(f.panel_bytes(round_up(k1 - k0, f.k_align)) * panels));
     f.pack(q, n0, n1, k0, k1, out.mutable_data());
@@ -262,12 +287,12 @@ void register_formats(py::module_& m) {
     size_t rb = act_row_bytes(af, Kp);
     py::array_t<uint8_t> data({py::ssize_t(M), py::ssize_t(rb)});
     py::array_t<float> scale(M);
-    py::array_t<int32_t> gsum({M, Kp / 32 + 1});
+    py::array_t<int32_t> gsum({M, q8_gsum_stride(Kp)});
     std::memset(gsum.mutable_data(), 0, size_t(gsum.size()) * 4);
     const ActCodecRow& codec = select_act_codec(active_tier());
     for (int t = 0; t < M; ++t)
       if (!codec.quantize(af, x.data() + size_t(t) * K, K, Kp, data.mutable_data() + t * rb, scale.mutable_data() + t,
-                          gsum.mutable_data() + size_t(t) * (Kp / 32 + 1)))
+                          gsum.mutable_data() + size_t(t) * q8_gsum_stride(Kp)))
         throw std::invalid_argument("row " + std::to_string(t) + " holds NaN or Inf");
     return py::make_tuple(data, scale, gsum);
   }, py::arg("act"), py::arg("x"), py::arg("Kp"),

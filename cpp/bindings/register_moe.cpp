@@ -67,17 +67,25 @@ void register_moe(py::module_& m) {
              l.load_from_tensors(ptr<void>(gate), ptr<void>(up), ptr<void>(down), dt, ptr<int64_t>(map), num_logical);
            })
       .def("load_quantized",
-           [](MoeLayer& l, std::vector<uintptr_t> values, std::vector<uintptr_t> scale, std::vector<uintptr_t> gmin,
-              uintptr_t map, int num_logical, bool drop_pages) {
-             if (values.size() != 3 || scale.size() != 3 || gmin.size() != 3)
-               throw std::invalid_argument("load_quantized takes 3 addresses (gate, up, down) per array");
+           [](MoeLayer& l, std::vector<std::vector<uintptr_t>> arrays, uintptr_t map, int num_logical, bool drop_pages) {
+             const FormatTraits& f = format_traits(l.config().format);
+             if (arrays.size() != 3)
+               throw std::invalid_argument("load_quantized takes the arrays of 3 projections (gate, up, down), not " +
+                                           std::to_string(arrays.size()));
              MoeLayer::QuantizedExperts proj[3];
-             for (int j = 0; j < 3; ++j) proj[j] = {ptr<void>(values[j]), ptr<void>(scale[j]), ptr<void>(gmin[j])};
+             for (int j = 0; j < 3; ++j) {
+               if (int(arrays[j].size()) != f.num_arrays())
+                 throw std::invalid_argument(std::string(f.name) + " weights have " + std::to_string(f.num_arrays()) +
+                                             " arrays per projection; projection " + std::to_string(j) + " has " +
+                                             std::to_string(arrays[j].size()));
+               for (int i = 0; i < f.num_arrays(); ++i) proj[j].arrays[i] = ptr<void>(arrays[j][i]);
+             }
              py::gil_scoped_release nogil;
              l.load_quantized(proj, ptr<int64_t>(map), num_logical, drop_pages);
            },
-           py::arg("values"), py::arg("scale"), py::arg("gmin"), py::arg("map"), py::arg("num_logical"),
-           py::arg("drop_pages") = false, "Pre-quantized logical weights stacked over experts (layouts in kt/moe.h).")
+           py::arg("arrays"), py::arg("map"), py::arg("num_logical"), py::arg("drop_pages") = false,
+           "Pre-quantized logical weights stacked over experts: arrays[proj][i] is the address of the "
+           "format's array i (formats()[..]['arrays']) for projection proj (layouts in kt/moe.h).")
       .def("submit",
            [](MoeLayer& l, uintptr_t x, const std::string& x_dtype, uintptr_t ids, bool ids64, uintptr_t w,
               const std::string& w_dtype, int M) {

@@ -13,6 +13,7 @@ import sys
 
 
 def main(argv=None) -> int:
+    from kt_kernel import _ext
     from kt_kernel.convert import QUANT_METHODS, ConversionError, convert_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -21,7 +22,8 @@ def main(argv=None) -> int:
                    help="dtype of the expert weights (checked; default: read from the checkpoint)")
     p.add_argument("--output", required=True, help="output folder (new or empty, or the one to --resume)")
     p.add_argument("--quant-method", choices=sorted(QUANT_METHODS), default="int4",
-                   help="int4: AMXINT4 (int4_g32, group 32, fixed); int8: AMXINT8 (per channel); bf16: BF16")
+                   help="; ".join(f"{f['quant_method']}: {f['method']} ({f['name']}, {f['bits_per_weight']:g} bits "
+                                  "per weight)" for f in _ext.formats()))
     p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all allowed cores)")
     p.add_argument("--max-shard-gb", type=float, default=4.0,
                    help="largest file of copied non-expert tensors, GB (default 4; a larger tensor gets its own)")

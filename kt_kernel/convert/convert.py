@@ -36,7 +36,7 @@ from kt_kernel.convert.source import ConversionError, Source, open_source
 __all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "METHOD_FORMATS"]
 
 METHOD_FORMATS = {f["method"]: f for f in _ext.formats()}
-QUANT_METHODS = {"int4": "AMXINT4", "int8": "AMXINT8", "bf16": "BF16"}
+QUANT_METHODS = {f["quant_method"]: f["method"] for f in _ext.formats()}  # converter name -> method
 
 
 class _Progress:
@@ -215,14 +215,8 @@ def quantize_layer_arrays(expert, layer: int, E: int, H: int, I: int, fmt: dict,
             bad = (~torch.isfinite(w)).nonzero()[0].tolist()
             raise ConversionError(f"layer {layer} expert {e} {proj}: NaN or Inf at {bad}")
         q = _ext.quantize(fmt["name"], w.numpy())
-        if fmt["name"] == "int4_g32":
-            out[(proj, "qweight")][e] = L.pack_nibbles(q["values"])
-            out[(proj, "scale")][e] = q["group_scale"]
-            out[(proj, "min")][e] = q["group_min"]
-        else:
-            out[(proj, "qweight")][e] = q["values"]
-            if "scale" in q:
-                out[(proj, "scale")][e] = q["scale"]
+        for a in fmt["arrays"]:
+            out[(proj, a["part"])][e] = L.to_file_array(q[a["name"]], a["file_bits"])
         return nbytes
 
     for nbytes in pool.map(one, [(e, j) for e in range(E) for j in range(3)]):
@@ -359,7 +353,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
                        threads: Optional[int] = None, resume: bool = False, overwrite: bool = False,
                        progress: bool = True, layers: Optional[list] = None, shard_bytes: int = 4 << 30) -> dict:
     """Converts the HF checkpoint in ``input_path`` into ``output_path``; returns the metadata
-    record. ``quant_method``: int4 (AMXINT4, int4_g32), int8 (AMXINT8) or bf16, or a
+    record. ``quant_method``: a format's converter name (QUANT_METHODS: int4 for AMXINT4, ...) or a
     KTMoEWrapper method name. ``resume``: keep the layers already there that verify (checksums
     included) and rewrite the others. ``overwrite``: convert into a folder that holds another
     conversion (method, geometry or source), replacing its files; without it that raises.

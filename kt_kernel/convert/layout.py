@@ -1,15 +1,17 @@
 """The converted-checkpoint format (version 1): key names, dtypes, shapes, metadata.
 
 A converted folder holds, for MoE layer L of E logical experts (gate/up [E, I, H], down [E, H, I],
-each projection an [E, N, K] stack of N x K matrices), one file ``kt-experts-L{L:04d}.safetensors``:
+each projection an [E, N, K] stack of N x K matrices), one file ``kt-experts-L{L:04d}.safetensors``
+with one tensor per array of the format's record (``kt_kernel._ext.formats()[i]["arrays"]``):
 
-  kt.layers.{L}.experts.{proj}.qweight     proj in gate, up, down
-        bf16      BF16 [E, N, K]
-        int8_pc   I8   [E, N, K]               w = scale[e, n] * q
-        int4_g32  U8   [E, N, ceil(K/2)]       q[k] in the low nibble of byte k//2 for even k,
-                                               the high nibble for odd k, q in 0..15
-  kt.layers.{L}.experts.{proj}.scale       int8_pc: F32 [E, N];  int4_g32: F16 [E, N, ceil(K/32)] (d)
-  kt.layers.{L}.experts.{proj}.min         int4_g32: F16 [E, N, ceil(K/32)] (m);  w = d * q + m
+  kt.layers.{L}.experts.{proj}.{part}      proj in gate, up, down; part, dtype from the array
+        per "value"   [E, N, K]   (file_bits 4: [E, N, ceil(K/2)], element k in the low nibble of
+                                   byte k//2 for even k, the high nibble for odd k)
+        per "row"     [E, N]
+        per "group"   [E, N, ceil(K/group)]
+
+e.g. int4_g32 stores qweight U8 [E, N, ceil(K/2)], scale F16 and min F16 [E, N, ceil(K/32)]
+(w = scale * q + min); int8_pc qweight I8 [E, N, K] and scale F32 [E, N] (w = scale * q).
 
 These are the logical arrays of kt_kernel's reference quantizer (``kt_kernel._ext.quantize``),
 independent of the NUMA layout and thread count: the split across sub-pools and the kernel
@@ -24,7 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "META_FILE", "PROJ", "layer_file", "key", "layer_arrays_spec", "pack_nibbles"]
+from kt_kernel import _ext
+
+__all__ = ["FORMAT_VERSION", "META_FILE", "PROJ", "layer_file", "key", "format_record", "layer_arrays_spec",
+           "to_file_array"]
 
 FORMAT_VERSION = 1
 META_FILE = "kt_kernel_meta.json"
@@ -44,29 +49,40 @@ def key(layer: int, proj: str, part: str) -> str:
     return f"kt.layers.{layer}.experts.{proj}.{part}"
 
 
+# numpy element type of each safetensors dtype the format records use (bf16 and fp16 as their bits)
+NUMPY_DTYPES = {"BF16": np.uint16, "F16": np.uint16, "F32": np.float32, "I8": np.int8, "U8": np.uint8}
+_RECORDS = {f["name"]: f for f in _ext.formats()}
+
+
+def format_record(fmt: str) -> dict:
+    """The record of weight format ``fmt`` (an entry of ``kt_kernel._ext.formats()``)."""
+    if fmt not in _RECORDS:
+        raise ValueError(f"format {fmt!r} has no converted layout; formats: {', '.join(_RECORDS)}")
+    return _RECORDS[fmt]
+
+
 def layer_arrays_spec(fmt: str, group: int, E: int, H: int, I: int) -> dict:
-    """(proj, part) -> (safetensors dtype, numpy dtype, shape) of one layer's arrays."""
+    """(proj, part) -> (safetensors dtype, numpy dtype, shape) of one layer's arrays, in the order
+    of the format's arrays."""
+    arrays = format_record(fmt)["arrays"]
     spec = {}
     for proj in PROJ:
         N, K = (H, I) if proj == "down" else (I, H)
-        if fmt == "bf16":
-            spec[(proj, "qweight")] = ("BF16", np.uint16, (E, N, K))
-        elif fmt == "int8_pc":
-            spec[(proj, "qweight")] = ("I8", np.int8, (E, N, K))
-            spec[(proj, "scale")] = ("F32", np.float32, (E, N))
-        elif fmt == "int4_g32":
-            G = -(-K // group)
-            spec[(proj, "qweight")] = ("U8", np.uint8, (E, N, (K + 1) // 2))
-            spec[(proj, "scale")] = ("F16", np.uint16, (E, N, G))
-            spec[(proj, "min")] = ("F16", np.uint16, (E, N, G))
-        else:
-            raise ValueError(f"format {fmt!r} has no converted layout")
+        for a in arrays:
+            per = {"value": K, "row": None, "group": -(-K // group) if group else None}[a["per"]]
+            if a["file_bits"] == 4:
+                per = (per + 1) // 2
+            shape = (E, N) if per is None else (E, N, per)
+            spec[(proj, a["part"])] = (a["dtype"], NUMPY_DTYPES[a["dtype"]], shape)
     return spec
 
 
-def pack_nibbles(q: np.ndarray) -> np.ndarray:
-    """uint8 [N, K] values in 0..15 -> [N, ceil(K/2)]: even k low nibble, odd k high nibble."""
-    N, K = q.shape
+def to_file_array(a: np.ndarray, file_bits: int) -> np.ndarray:
+    """A logical array [N, ...] as the converted file stores it: file_bits 4 packs values 0..15 two
+    per byte, even k in the low nibble (a row of odd length gets a zero high nibble)."""
+    if file_bits != 4:
+        return a
+    N, K = a.shape
     if K % 2:
-        q = np.concatenate([q, np.zeros((N, 1), np.uint8)], axis=1)
-    return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+        a = np.concatenate([a, np.zeros((N, 1), np.uint8)], axis=1)
+    return (a[:, 0::2] | (a[:, 1::2] << 4)).astype(np.uint8)

@@ -85,10 +85,9 @@ def load_converted_layer(wrapper, path, pmap: torch.Tensor) -> None:
     mf = MappedFile(file, header)
     try:
         arrays = {(p, part): mf.array(L.key(layer, p, part)) for p, part in spec}
-        addr = lambda p, part: arrays[(p, part)].ctypes.data if (p, part) in arrays else 0  # noqa: E731
-        wrapper._layer.load_quantized([addr(p, "qweight") for p in L.PROJ], [addr(p, "scale") for p in L.PROJ],
-                                      [addr(p, "min") for p in L.PROJ], pmap.data_ptr(), E,
-                                      drop_pages=True)
+        parts = [a["part"] for a in L.format_record(fmt)["arrays"]]
+        wrapper._layer.load_quantized([[arrays[(p, part)].ctypes.data for part in parts] for p in L.PROJ],
+                                      pmap.data_ptr(), E, drop_pages=True)
         del arrays
     finally:
         mf.close()

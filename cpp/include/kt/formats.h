@@ -1,70 +1,144 @@
-// Weight formats described as data: one traits row per format (see format_registry.cpp).
+// Weight formats described as data: one record per format in format_registry.cpp, the single
+// source of truth for C++ and Python (kt_kernel._ext.formats() returns the same records).
 // A format has two representations:
-//   logical  QuantizedMatrix: quantized values in row-major [N, K] order plus scales (what the
-//            reference quantizer produces and what tests decode independently);
-//   packed   the kernel layout, built once at load by the format's packer, in panels of
-//            kPanelN output channels with the scales inline (layouts drawn in each format's .cpp).
+//   logical  QuantizedMatrix: the format's arrays (FormatTraits::arrays), quantized values in
+//            row-major [N, K] order plus per-row or per-group scales (what the reference quantizer
+//            produces, what a converted checkpoint stores, what tests decode independently);
+//   packed   the kernel layout, built once at load by the format's packer: panels of kPanelN
+//            output channels, each Kp / k_align blocks (kt/format_blocks.h) and a panel tail.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "kt/format_blocks.h"
+
 namespace kt {
 
-constexpr int kPanelN = 16;  // output channels per packed panel (one zmm of fp32/int32 lanes)
+// The weight formats, in record order. Adding a format adds its id here and its record in
+// format_registry.cpp (docs/adding_a_format.md).
+#define KT_FORMAT_IDS(X) X(bf16) X(int8_pc) X(int4_g32)
 
-enum class FormatId : int { bf16 = 0, int8_pc = 1, int4_g32 = 2 };
-constexpr int kNumFormats = 3;
+enum class FormatId : int {
+#define KT_FORMAT_ENUMERATOR(id) id,
+  KT_FORMAT_IDS(KT_FORMAT_ENUMERATOR)
+#undef KT_FORMAT_ENUMERATOR
+};
+#define KT_FORMAT_ONE(id) +1
+constexpr int kNumFormats = 0 KT_FORMAT_IDS(KT_FORMAT_ONE);
+#undef KT_FORMAT_ONE
 
 // Activation formats the kernels read (one row per token, K padded like the weights).
 enum class ActFormat : int {
   f32 = 0,   // fp32 values
   bf16 = 1,  // bf16 values (pairs feed vdpbf16ps)
-  q8s = 2,   // int8 q = round(x / s), s = amax/127 per row; plus int32 sums of q per 32-group
+  q8s = 2,   // int8 q = round(x / s), s = amax/127 per row; plus int32 sums of q per kQ8Group k
   q8u = 3,   // the same q stored as q + 128 (uint8), for vpdpbusd's unsigned operand
 };
+constexpr int kNumActFormats = 4;
 const char* act_format_name(ActFormat a);
+constexpr unsigned act_bit(ActFormat a) { return 1u << static_cast<int>(a); }
+
+// q8s rows carry the sum of q over each group of kQ8Group k (the int4_g32 kernels apply the
+// group minimum with it). Rows of sums are q8_gsum_stride(Kp) int32s apart: the Kp / kQ8Group
+// sums of the whole groups and one spare.
+constexpr int kQ8Group = 32;
+constexpr int q8_gsum_stride(int Kp) { return Kp / kQ8Group + 1; }
 
 enum class DType : int { f32 = 0, bf16 = 1, f16 = 2 };
 size_t dtype_size(DType t);
 
-// Logical quantized matrix. Which fields are used depends on the format:
-//   bf16     values: N*K*2 bytes (bf16 bits, little endian)
-//   int8_pc  values: N*K int8; scale: N fp32          w = scale[n] * q
-//   int4_g32 values: N*K uint8 in [0,15]; group_scale, group_min: N*ceil(K/32) fp16 bits
-//                                                      w = d[n,g] * q + m[n,g]
+// One array of a format's logical representation, as stored in memory and in a converted checkpoint.
+enum class ArrayPer : int {
+  value = 0,  // one element per weight: [N, K]
+  row = 1,    // one per output channel: [N]
+  group = 2,  // one per group of `group` k: [N, ceil(K / group)]
+};
+struct FormatArray {
+  const char* name;   // key of the logical array: quantize()'s dict, QuantizedMatrix::arrays order
+  const char* part;   // its converted tensor: kt.layers.{L}.experts.{proj}.<part>
+  const char* dtype;  // safetensors dtype of an element: BF16, I8, U8, F16, F32
+  int file_bits;      // bits of an element in the converted file: 4 stores two per byte (even k in
+                      // the low nibble), otherwise the dtype's width
+  ArrayPer per;
+};
+constexpr int kMaxFormatArrays = 3;
+size_t safetensors_dtype_bytes(const char* dtype);  // throws on a dtype no format uses
+
+// Logical quantized matrix: arrays[i] holds the format's array i (FormatTraits::arrays[i]),
+// elements of its dtype, row-major.
 struct QuantizedMatrix {
   FormatId format = FormatId::bf16;
   int N = 0, K = 0;
-  std::vector<uint8_t> values;
-  std::vector<float> scale;
-  std::vector<uint16_t> group_scale, group_min;
+  std::vector<uint8_t> arrays[kMaxFormatArrays];
+  template <class T> T* array(int i) { return reinterpret_cast<T*>(arrays[i].data()); }
+  template <class T> const T* array(int i) const { return reinterpret_cast<const T*>(arrays[i].data()); }
+};
+
+// Model-level agreement of a tiny model with its experts in this format against the fp32 model
+// (kt_kernel.models.compare): mean KL at most kl_mean, top-1 agreement at least top1; a decoded
+// token may differ from the reference's argmax only where the reference's top-2 gap is below tie_margin.
+struct AgreementBounds {
+  double kl_mean, top1, tie_margin;
 };
 
 struct FormatTraits {
   FormatId id;
-  const char* name;         // format id string, e.g. "int4_g32"
-  const char* method;       // KTMoEWrapper method that selects it, e.g. "AMXINT4"
-  int group;                // K values sharing one scale; 0 = one scale per output channel / none
-  int k_align;              // packed K is padded to a multiple of this
-  double bits_per_weight;   // packed, group scales included; per-channel extras (int8_pc: 64 bits
-                            // of scale and compensation per output channel) are not
+  const char* name;    // format id string, e.g. "int4_g32"
+  const char* method;  // KTMoEWrapper method that selects it, e.g. "AMXINT4"
+  const char* quant_method;  // the converter's name for it (convert_cpu_weights.py --quant-method), e.g. "int4"
+  int group;           // K values sharing one scale; 0 = one scale per output channel / none
+  // Packed geometry: a panel is Kp / k_align blocks of block_bytes (Kp = K padded to k_align, the
+  // k of one block), then panel_tail_bytes. All three come from the format's structs in
+  // kt/format_blocks.h.
+  int k_align;
+  int block_bytes;
+  int panel_tail_bytes;
+  FormatArray arrays[kMaxFormatArrays];  // the logical arrays, unused entries null
+  unsigned acts;                         // act_bit() of each activation format its kernels read
+  bool int_dot;  // its kernels multiply integers (counted in GOP/s, bounded by the int8 dot peaks)
+  // Error bounds. weight_rel_err bounds the quantizer alone: ||W x - deq(W) x|| / ||W x|| for
+  // Gaussian W [256, 2048] and x; layer_rel_err bounds a MoE layer's output against the fp32
+  // layer on the original weights (normal(0, 1/fan_in) weights, normal(0, 1) activations).
+  double weight_rel_err;
+  double layer_rel_err;
+  AgreementBounds agreement;
   // Reference quantizer: w is fp32 [N, K] row-major.
   void (*quantize_ref)(const float* w, int N, int K, QuantizedMatrix* out);
   // Reference dequantizer: out fp32 [N, K].
   void (*dequantize_ref)(const QuantizedMatrix& q, float* out);
-  // Bytes of one packed panel (kPanelN channels) for a padded K.
-  size_t (*panel_bytes)(int k_padded);
   // Packs rows [n0, n1) and columns [k0, k1) of q into dst (panels of kPanelN channels).
-  // k0 must be a multiple of `group` (or of k_align when group is 0).
+  // k0 must be a multiple of k_step().
   void (*pack)(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+
+  int k_step() const { return group ? group : k_align; }  // where a packed slice of K may start
+  int num_arrays() const {
+    int n = 0;
+    while (n < kMaxFormatArrays && arrays[n].name) ++n;
+    return n;
+  }
+  size_t panel_bytes(int k_padded) const { return size_t(k_padded / k_align) * block_bytes + panel_tail_bytes; }
+  // Packed, group scales included; panel tails (int8_pc: 64 bits of scale and compensation per
+  // output channel) are not.
+  double bits_per_weight() const { return block_bytes * 8.0 / (kPanelN * k_align); }
+  // Elements of array i for a [N, K] matrix, and per row.
+  size_t array_row_elems(int i, int K) const {
+    switch (arrays[i].per) {
+      case ArrayPer::value: return size_t(K);
+      case ArrayPer::row: return 1;
+      case ArrayPer::group: return size_t((K + group - 1) / group);
+    }
+    return 0;
+  }
 };
 
 const FormatTraits& format_traits(FormatId id);
 const FormatTraits& format_by_name(const std::string& name);    // throws listing valid names
 const FormatTraits& format_by_method(const std::string& method);  // throws listing valid methods
 const std::vector<const FormatTraits*>& all_formats();
+// Sizes out's arrays for a [N, K] matrix of format f (contents unspecified) and sets format, N, K.
+void shape_quantized(const FormatTraits& f, int N, int K, QuantizedMatrix* out);
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 

@@ -60,18 +60,14 @@ class MoeLayer {
                          const int64_t* map, int num_logical);
   // Pre-quantized logical weights (a converted checkpoint), stacked over num_logical experts;
   // projection j = 0 gate [E, I, H], 1 up [E, I, H], 2 down [E, H, I], each [E, N, K]:
-  //   bf16      values: uint16 bf16 bits [E, N, K]
-  //   int8_pc   values: int8 [E, N, K];              scale: fp32 [E, N]
-  //   int4_g32  values: uint8 [E, N, ceil(K/2)], q[k] in the low nibble for even k, high for odd;
-  //             scale (d), gmin (m): fp16 bits [E, N, ceil(K/32)]
+  // arrays[i] is the format's array i (FormatTraits::arrays) of all experts, in its file layout
+  // (file_bits 4: two elements per byte, even k in the low nibble, rows padded to whole bytes).
   // Packs exactly as load_from_tensors packs the output of the format's quantize_ref.
   // drop_pages: the arrays are a read-only file mapping; after an expert's matrix is packed its
   // pages are released (madvise DONTNEED: a later read faults them in again from the file), so
   // the mapped source does not add to the peak RSS. Never set it for anonymous memory.
   struct QuantizedExperts {
-    const void* values = nullptr;
-    const void* scale = nullptr;
-    const void* gmin = nullptr;
+    const void* arrays[kMaxFormatArrays] = {};
   };
   void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages = false);
   bool loaded() const { return loaded_.load(std::memory_order_acquire); }

@@ -53,9 +53,9 @@ bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* 
       }
       std::fill(q + K, q + Kp, int8_t(0));
       if (format == ActFormat::q8s) {
-        for (int g = 0; g < Kp / 32; ++g) {
+        for (int g = 0; g < Kp / kQ8Group; ++g) {
           int32_t sum = 0;
-          for (int k = 0; k < 32; ++k) sum += q[g * 32 + k];
+          for (int k = 0; k < kQ8Group; ++k) sum += q[g * kQ8Group + k];
           gsum[g] = sum;
         }
       } else {

@@ -1,4 +1,4 @@
-// Entry points of each format file, gathered for the traits table.
+// Entry points of each format file, gathered for the records of format_registry.cpp.
 #pragma once
 #include "kt/formats.h"
 
@@ -6,19 +6,18 @@ namespace kt {
 
 void bf16_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
 void bf16_dequantize_ref(const QuantizedMatrix& q, float* out);
-size_t bf16_panel_bytes(int k_padded);
 void bf16_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 
+// int8_pc arrays: values int8 [N, K], scale fp32 [N]
+enum Int8PcArray { kInt8PcValues = 0, kInt8PcScale = 1 };
 void int8pc_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
-void int8pc_shape(int N, int K, QuantizedMatrix* out);  // format, N, K and array sizes of the output
 void int8pc_dequantize_ref(const QuantizedMatrix& q, float* out);
-size_t int8pc_panel_bytes(int k_padded);
 void int8pc_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 
+// int4_g32 arrays: values uint8 [N, K] in 0..15, group_scale and group_min fp16 bits [N, ceil(K/32)]
+enum Int4G32Array { kInt4G32Values = 0, kInt4G32Scale = 1, kInt4G32Min = 2 };
 void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
-void int4g32_shape(int N, int K, QuantizedMatrix* out);  // format, N, K and array sizes of the output
 void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out);
-size_t int4g32_panel_bytes(int k_padded);
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 
 }  // namespace kt

@@ -1,5 +1,6 @@
-// The traits table: one row per weight format. Adding a format = adding a row here and a file
-// beside this one with its reference quantizer and packer.
+// The format records: one per weight format, the single source of truth for C++ and Python
+// (kt_kernel._ext.formats() exposes them; the converter, loaders, doctor, tests and benchmarks
+// iterate them). Adding a format: docs/adding_a_format.md.
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -10,14 +11,56 @@
 namespace kt {
 namespace {
 
-const FormatTraits kFormats[kNumFormats] = {
-    {FormatId::bf16, "bf16", "BF16", 0, 2, 16.0, bf16_quantize_ref, bf16_dequantize_ref,
-     bf16_panel_bytes, bf16_pack},
-    {FormatId::int8_pc, "int8_pc", "AMXINT8", 0, 4, 8.0, int8pc_quantize_ref, int8pc_dequantize_ref,
-     int8pc_panel_bytes, int8pc_pack},
-    {FormatId::int4_g32, "int4_g32", "AMXINT4", 32, 32, 5.0, int4g32_quantize_ref,
-     int4g32_dequantize_ref, int4g32_panel_bytes, int4g32_pack},
+constexpr unsigned kFloatActs = act_bit(ActFormat::f32) | act_bit(ActFormat::bf16);
+constexpr unsigned kQ8Acts = act_bit(ActFormat::q8s) | act_bit(ActFormat::q8u);
+
+// The bounds' figures: relative errors on Gaussian data (weight_rel_err: W [256, 2048]); the
+// layer's on shapes A and S of benchmarks/shapes.py; agreement over the tiny models of
+// kt_kernel.models.tiny (seed 0, 3 architectures x {all experts on CPU, half in torch} x the ISA
+// tiers generic..avx512_bf16), 339 positions of REFERENCE_PROMPT. Agreement bounds: KL at 2.5x the
+// worst measured, top-1 at the worst minus about 3-4 standard deviations of an agreement rate over
+// 339 positions, tie_margin at 1.25-3x the p99 of how much the format moves the reference's top-2 gap.
+constexpr FormatTraits kFormats[kNumFormats] = {
+    // bf16: rounding to 8 significant bits leaves ulp/sqrt(12) rms, at most 2^-7/sqrt(12) = 0.23%
+    // of a value (weight_rel_err; measured 0.16%). Through gate/up, down and the bf16 output about
+    // 0.35% (0.5% with the bf16 activations of avx512_bf16): layer_rel_err 1%. Agreement: KL
+    // < 5e-6, top-1 0.997, gap error p99 0.012; KL bound 1e-4 (20x: 2.5x of almost nothing would
+    // flake on a tier that rounds differently).
+    {FormatId::bf16, "bf16", "BF16", "bf16", /*group=*/0, Bf16Block::kK, sizeof(Bf16Block), /*panel_tail_bytes=*/0,
+     {{"values", "qweight", "BF16", 16, ArrayPer::value}},
+     kFloatActs, /*int_dot=*/false, /*weight_rel_err=*/0.0025, /*layer_rel_err=*/0.01,
+     AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
+     bf16_quantize_ref, bf16_dequantize_ref, bf16_pack},
+    // int8_pc: step s = amax/127 per channel, error s/sqrt(12) rms; amax of 2048 Gaussians is about
+    // 3.5 sigma, so 3.5/(127 sqrt 12) = 0.8% (weight_rel_err 1%). The q8 activations (x and h) add
+    // the same kind of error; through the layer about 1.8-2.7% measured: layer_rel_err 4%.
+    // Agreement: KL 7.5e-4, top-1 0.991, gap error p99 0.16 (max 1.18: a routing near-tie flipped).
+    {FormatId::int8_pc, "int8_pc", "AMXINT8", "int8", /*group=*/0, Int8PcBlock::kK, sizeof(Int8PcBlock), sizeof(Int8PcTail),
+     {{"values", "qweight", "I8", 8, ArrayPer::value}, {"scale", "scale", "F32", 32, ArrayPer::row}},
+     kQ8Acts, /*int_dot=*/true, /*weight_rel_err=*/0.01, /*layer_rel_err=*/0.04,
+     AgreementBounds{/*kl_mean=*/2e-3, /*top1=*/0.96, /*tie_margin=*/0.25},
+     int8pc_quantize_ref, int8pc_dequantize_ref, int8pc_pack},
+    // int4_g32: 16 levels over the range of 32 Gaussians (~4.1 sigma): step 0.27 sigma, error
+    // 0.079 sigma rms by plain min/max rounding (7.2% measured), the least-squares refit does
+    // better (6.9% measured): weight_rel_err 7.5%. Gate and up errors combine in h (~10%), down
+    // adds ~7%: about 13% through the layer, layer_rel_err 20% leaves room for the few outputs of
+    // M = 1. Agreement: KL 8.2e-3, top-1 0.944, gap error p99 0.79.
+    {FormatId::int4_g32, "int4_g32", "AMXINT4", "int4", /*group=*/Int4G32Block::kK, Int4G32Block::kK, sizeof(Int4G32Block),
+     /*panel_tail_bytes=*/0,
+     {{"values", "qweight", "U8", 4, ArrayPer::value},
+      {"group_scale", "scale", "F16", 16, ArrayPer::group},
+      {"group_min", "min", "F16", 16, ArrayPer::group}},
+     act_bit(ActFormat::q8s), /*int_dot=*/true, /*weight_rel_err=*/0.075, /*layer_rel_err=*/0.20,
+     AgreementBounds{/*kl_mean=*/2e-2, /*top1=*/0.90, /*tie_margin=*/1.0},
+     int4g32_quantize_ref, int4g32_dequantize_ref, int4g32_pack},
 };
+
+constexpr bool records_in_id_order() {
+  for (int i = 0; i < kNumFormats; ++i)
+    if (static_cast<int>(kFormats[i].id) != i) return false;
+  return true;
+}
+static_assert(records_in_id_order(), "kFormats must list the formats in KT_FORMAT_IDS order");
 
 template <class Get>
 std::string list_of(Get get) {
@@ -29,8 +72,26 @@ std::string list_of(Get get) {
 }  // namespace
 
 const char* act_format_name(ActFormat a) {
-  static const char* names[] = {"f32", "bf16", "q8s", "q8u"};
+  static const char* names[kNumActFormats] = {"f32", "bf16", "q8s", "q8u"};
   return names[static_cast<int>(a)];
+}
+
+size_t safetensors_dtype_bytes(const char* dtype) {
+  static const struct { const char* name; size_t bytes; } sizes[] = {
+      {"BF16", 2}, {"F16", 2}, {"F32", 4}, {"I8", 1}, {"U8", 1}};
+  for (const auto& s : sizes)
+    if (std::strcmp(dtype, s.name) == 0) return s.bytes;
+  throw std::invalid_argument(std::string("no element size for safetensors dtype ") + dtype);
+}
+
+void shape_quantized(const FormatTraits& f, int N, int K, QuantizedMatrix* out) {
+  out->format = f.id;
+  out->N = N;
+  out->K = K;
+  for (int i = 0; i < kMaxFormatArrays; ++i)
+    out->arrays[i].resize(i < f.num_arrays()
+                              ? size_t(N) * f.array_row_elems(i, K) * safetensors_dtype_bytes(f.arrays[i].dtype)
+                              : 0);
 }
 
 size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }

@@ -6,16 +6,17 @@
 // Quantizer: for a group, try ranges [min, max] scaled by 1.0, 0.9, 0.8; for each refit (d, m)
 // twice by least squares on the rounded q; round d and m to fp16; keep the smallest error.
 //
-// Packed panel (16 channels, Kp = K rounded up to 32), per group of 32 k:
+// Packed panel (16 channels, Kp = K rounded up to 32): one Int4G32Block (kt/format_blocks.h) per
+// group of 32 k, 320 bytes:
 //
-//   block j = 0..3 (k = 8j..8j+7 within the group), 64 bytes:
+//   block row j = 0..3 (k = 8j..8j+7 within the group), 64 bytes:
 //     byte [4c + i] = q[c, 8j + i]  |  q[c, 8j + 4 + i] << 4        c = 0..15, i = 0..3
 //     so  v & 0xf     is the vpdpbusd operand for k = 8j..8j+3   (lane c, bytes i)
 //     and v >> 4 & 0xf the operand for k = 8j+4..8j+7
 //   d: 16 x fp16    m: 16 x fp16                                  64 bytes
 //
-// 320 bytes per group-panel. Padded channels have q = d = m = 0; padded k have q = 0, which adds
-// m * 0 since the activation there is zero.
+// Padded channels have q = d = m = 0; padded k have q = 0, which adds m * 0 since the activation
+// there is zero.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,7 +28,8 @@
 namespace kt {
 namespace {
 
-constexpr int G = 32;
+constexpr int G = Int4G32Block::kK;
+static_assert(G == kQ8Group, "the q8s group sums are per int4_g32 group");
 
 struct GroupFit {
   uint16_t d, m;
@@ -122,68 +124,63 @@ GroupFit fit_group(const float* src, int len) {
 
 }  // namespace
 
-void int4g32_shape(int N, int K, QuantizedMatrix* out) {
-  const int groups = (K + G - 1) / G;
-  out->format = FormatId::int4_g32;
-  out->N = N;
-  out->K = K;
-  out->values.resize(size_t(N) * K);
-  out->group_scale.resize(size_t(N) * groups);
-  out->group_min.resize(size_t(N) * groups);
-}
-
 void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {
   const int groups = (K + G - 1) / G;
-  int4g32_shape(N, K, out);
+  shape_quantized(format_traits(FormatId::int4_g32), N, K, out);
+  uint8_t* values = out->array<uint8_t>(kInt4G32Values);
+  uint16_t* scale = out->array<uint16_t>(kInt4G32Scale);
+  uint16_t* min = out->array<uint16_t>(kInt4G32Min);
   for (int n = 0; n < N; ++n) {
     for (int g = 0; g < groups; ++g) {
       const float* wg = w + size_t(n) * K + g * G;
       int len = std::min(G, K - g * G);
       GroupFit f = fit_group(wg, len);
-      out->group_scale[size_t(n) * groups + g] = f.d;
-      out->group_min[size_t(n) * groups + g] = f.m;
+      scale[size_t(n) * groups + g] = f.d;
+      min[size_t(n) * groups + g] = f.m;
       float q[G];
       const float d = f16_to_f32(f.d), m = f16_to_f32(f.m), inv = d > 0.f ? 1.f / d : 0.f;
       for (int i = 0; i < len; ++i)
         q[i] = round_half_even(std::clamp((wg[i] - m) * inv, 0.f, 15.f));
-      for (int i = 0; i < len; ++i) out->values[size_t(n) * K + g * G + i] = uint8_t(q[i]);
+      for (int i = 0; i < len; ++i) values[size_t(n) * K + g * G + i] = uint8_t(q[i]);
     }
   }
 }
 
 void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out) {
   const int groups = (q.K + G - 1) / G;
+  const uint8_t* values = q.array<uint8_t>(kInt4G32Values);
+  const uint16_t* scale = q.array<uint16_t>(kInt4G32Scale);
+  const uint16_t* min = q.array<uint16_t>(kInt4G32Min);
   for (int n = 0; n < q.N; ++n)
     for (int k = 0; k < q.K; ++k) {
       size_t gi = size_t(n) * groups + k / G;
-      out[size_t(n) * q.K + k] =
-          f16_to_f32(q.group_scale[gi]) * q.values[size_t(n) * q.K + k] + f16_to_f32(q.group_min[gi]);
+      out[size_t(n) * q.K + k] = f16_to_f32(scale[gi]) * values[size_t(n) * q.K + k] + f16_to_f32(min[gi]);
     }
 }
-
-size_t int4g32_panel_bytes(int k_padded) { return size_t(k_padded / G) * (4 * 64 + 64); }
 
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
   const int kp = round_up(k1 - k0, G);
   const int groups_src = (q.K + G - 1) / G;
-  const size_t pb = int4g32_panel_bytes(kp);
+  const size_t pb = format_traits(FormatId::int4_g32).panel_bytes(kp);
+  const uint8_t* values = q.array<uint8_t>(kInt4G32Values);
+  const uint16_t* scale = q.array<uint16_t>(kInt4G32Scale);
+  const uint16_t* min = q.array<uint16_t>(kInt4G32Min);
   const int panels = (n1 - n0 + kPanelN - 1) / kPanelN;
   std::memset(dst, 0, pb * panels);
   for (int p = 0; p < panels; ++p) {
-    uint8_t* panel = dst + pb * p;
+    Int4G32Block* blocks = reinterpret_cast<Int4G32Block*>(dst + pb * p);
     for (int g = 0; g < kp / G; ++g) {
-      uint8_t* blk = panel + size_t(g) * 320;
-      uint16_t* dm = reinterpret_cast<uint16_t*>(blk + 256);
+      Int4G32Block& blk = blocks[g];
       for (int c = 0; c < kPanelN; ++c) {
         int n = n0 + p * kPanelN + c;
         if (n >= n1) break;
         int kg0 = k0 + g * G;  // first source k of this group
-        dm[c] = q.group_scale[size_t(n) * groups_src + kg0 / G];
-        dm[kPanelN + c] = q.group_min[size_t(n) * groups_src + kg0 / G];
+        blk.d[c] = scale[size_t(n) * groups_src + kg0 / G];
+        blk.m[c] = min[size_t(n) * groups_src + kg0 / G];
         for (int kk = 0; kk < G && kg0 + kk < k1; ++kk) {
-          uint8_t v = q.values[size_t(n) * q.K + kg0 + kk];
+          uint8_t v = values[size_t(n) * q.K + kg0 + kk];
           int j = kk / 8, r = kk % 8;
-          uint8_t& byte = blk[j * 64 + c * 4 + (r & 3)];
+          uint8_t& byte = blk.q[j][c * 4 + (r & 3)];
           byte |= r < 4 ? v : uint8_t(v << 4);
         }
       }

@@ -83,14 +83,15 @@ namespace {
 // Sizes the logical arrays (as the reference does), then runs an ISA kernel on their storage.
 template <void (*Kernel)(const float*, int, int, uint8_t*, uint16_t*, uint16_t*)>
 void quantize_int4g32_into(const float* w, int N, int K, QuantizedMatrix* out) {
-  int4g32_shape(N, K, out);
-  Kernel(w, N, K, out->values.data(), out->group_scale.data(), out->group_min.data());
+  shape_quantized(format_traits(FormatId::int4_g32), N, K, out);
+  Kernel(w, N, K, out->array<uint8_t>(kInt4G32Values), out->array<uint16_t>(kInt4G32Scale),
+         out->array<uint16_t>(kInt4G32Min));
 }
 
 template <void (*Kernel)(const float*, int, int, int8_t*, float*)>
 void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
-  int8pc_shape(N, K, out);
-  Kernel(w, N, K, reinterpret_cast<int8_t*>(out->values.data()), out->scale.data());
+  shape_quantized(format_traits(FormatId::int8_pc), N, K, out);
+  Kernel(w, N, K, out->array<int8_t>(kInt8PcValues), out->array<float>(kInt8PcScale));
 }
 
 }  // namespace

@@ -377,47 +377,25 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
   const FormatTraits& f = format_traits(cfg_.format);
   load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
     const int N = which == 2 ? H : I, K = which == 2 ? I : H;
-    const size_t e = size_t(map[slot]), nk = size_t(N) * K;
-    const QuantizedExperts& src = proj[which];
-    q.format = f.id;
-    q.N = N;
-    q.K = K;
-    q.values.resize(nk);
-    switch (f.id) {
-      case FormatId::bf16:
-        q.values.resize(nk * 2);
-        std::memcpy(q.values.data(), static_cast<const uint8_t*>(src.values) + e * nk * 2, nk * 2);
-        break;
-      case FormatId::int8_pc: {
-        std::memcpy(q.values.data(), static_cast<const uint8_t*>(src.values) + e * nk, nk);
-        const float* sc = static_cast<const float*>(src.scale) + e * N;
-        q.scale.assign(sc, sc + N);
-        break;
-      }
-      case FormatId::int4_g32: {
-        // nibbles: byte k/2 of a row holds q[k] (low) and q[k+1] (high)
-        const size_t row = size_t(K + 1) / 2, groups = size_t(K + f.group - 1) / f.group;
-        const uint8_t* v = static_cast<const uint8_t*>(src.values) + e * N * row;
+    const size_t e = size_t(map[slot]);
+    shape_quantized(f, N, K, &q);
+    for (int i = 0; i < f.num_arrays(); ++i) {
+      // the arrays hold [E, N, row] in expert order; a 4-bit row is its elements two per byte
+      const FormatArray& a = f.arrays[i];
+      const size_t elems = f.array_row_elems(i, K), elem_bytes = safetensors_dtype_bytes(a.dtype);
+      const size_t row = a.file_bits == 4 ? (elems + 1) / 2 : elems * elem_bytes;
+      const uint8_t* src = static_cast<const uint8_t*>(proj[which].arrays[i]) + e * N * row;
+      uint8_t* dst = q.arrays[i].data();
+      if (a.file_bits == 4) {
         for (int n = 0; n < N; ++n)
-          for (int k = 0; k < K; ++k) {
-            const uint8_t b = v[size_t(n) * row + k / 2];
-            q.values[size_t(n) * K + k] = k & 1 ? b >> 4 : b & 0xf;
+          for (size_t k = 0; k < elems; ++k) {
+            const uint8_t b = src[n * row + k / 2];
+            dst[n * elems + k] = k & 1 ? b >> 4 : b & 0xf;
           }
-        const uint16_t* d = static_cast<const uint16_t*>(src.scale) + e * N * groups;
-        const uint16_t* m = static_cast<const uint16_t*>(src.gmin) + e * N * groups;
-        q.group_scale.assign(d, d + N * groups);
-        q.group_min.assign(m, m + N * groups);
-        break;
+      } else {
+        std::memcpy(dst, src, N * row);
       }
-    }
-    if (drop_pages) {
-      // the bytes of expert e in each array (the arrays hold [E, N, ...] in expert order)
-      const size_t vb = f.id == FormatId::bf16 ? nk * 2 : f.id == FormatId::int8_pc ? nk : size_t(N) * ((K + 1) / 2);
-      const size_t sb = f.id == FormatId::int8_pc ? size_t(N) * 4
-                      : f.id == FormatId::int4_g32 ? size_t(N) * ((K + f.group - 1) / f.group) * 2 : 0;
-      drop_file_pages(static_cast<const uint8_t*>(src.values) + e * vb, vb);
-      if (src.scale) drop_file_pages(static_cast<const uint8_t*>(src.scale) + e * sb, sb);
-      if (src.gmin) drop_file_pages(static_cast<const uint8_t*>(src.gmin) + e * sb, sb);
+      if (drop_pages) drop_file_pages(src, N * row);
     }
   });
 }

@@ -23,9 +23,7 @@ struct Int4G32Amx {
   static constexpr int a_colsb = 32, b_rows = 8;
   static constexpr size_t b_step_bytes = 512;
   static constexpr bool per_step = true;
-  static constexpr size_t kGroupBytes = 320;  // packed bytes of one group-panel
-
-  static int steps(int Kp) { return Kp / 32; }
+  static int steps(int Kp) { return Kp / Int4G32Block::kK; }
   static size_t act_bytes(int Kp) { return size_t(Kp); }
 
   template <class Tiles, int C, int A, int B>
@@ -34,8 +32,8 @@ struct Int4G32Amx {
   static const uint8_t* b_tiles(const uint8_t* panel, int Kp, uint8_t* buf) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     for (int g = 0; g < steps(Kp); ++g)
-      for (int j = 0; j < 4; ++j) {
-        const __m512i v = _mm512_loadu_si512(panel + kGroupBytes * g + 64 * j);
+      for (int j = 0; j < Int4G32Block::kSteps; ++j) {
+        const __m512i v = _mm512_loadu_si512(reinterpret_cast<const Int4G32Block*>(panel)[g].q[j]);
         uint8_t* rows = buf + b_step_bytes * g + 128 * j;
         _mm512_storeu_si512(rows, _mm512_and_si512(v, nib));
         _mm512_storeu_si512(rows + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
@@ -45,9 +43,9 @@ struct Int4G32Amx {
 
   // d and m of group g for the panel's 16 channels
   static void group_scales(const uint8_t* panel, int g, __m512* d, __m512* m) {
-    const uint8_t* dm = panel + kGroupBytes * g + 256;
-    *d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
-    *m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
+    const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(panel)[g];
+    *d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
+    *m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.m)));
   }
 
   // one row's C dwords c of group g, with that row's group sum gsum (as a float)

@@ -43,9 +43,9 @@ struct Int8PcAmx {
   }
 
   static __m512 finish(const int32_t* c, const uint8_t* panel, int Kp, const ActView& act, int row) {
-    const uint8_t* tail = panel + size_t(Kp) * kPanelN;
-    const __m512 sw = _mm512_loadu_ps(reinterpret_cast<const float*>(tail));
-    const __m512i comp = _mm512_loadu_si512(tail + 64);
+    const Int8PcTail* tail = int8pc_tail(panel, Kp);
+    const __m512 sw = _mm512_loadu_ps(tail->scale);
+    const __m512i comp = _mm512_loadu_si512(tail->comp);
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(c), comp)),
                          _mm512_mul_ps(sw, _mm512_set1_ps(act.scale[row])));
   }

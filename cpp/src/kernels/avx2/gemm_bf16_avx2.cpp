@@ -23,7 +23,7 @@ struct Bf16Tile {
     __m256 ev[NM][NH], od[NM][NH];
     for (int t = 0; t < NM; ++t)
       for (int h = 0; h < NH; ++h) {
-        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh[t][h] + size_t(s) * 64));
+        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh[t][h] + size_t(s) * sizeof(Bf16Block)));
         ev[t][h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         od[t][h] = _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask));
       }

@@ -21,7 +21,8 @@
 namespace kt {
 namespace {
 
-constexpr int kGroupBytes = 320;  // 4 blocks of 64 nibble-pair bytes, then 16 d and 16 m (fp16)
+constexpr int kGroupK = Int4G32Block::kK;
+constexpr int kGroupLines = sizeof(Int4G32Block) / 64;  // cache lines of one group-panel
 // Groups per turn of a matrix (2.5 KiB of it); one group sum convert of a row serves 8 groups.
 constexpr int kTurnGroups = 8;
 
@@ -42,20 +43,20 @@ struct Int4G32Tile {
     const __m256i nib = _mm256_set1_epi8(0x0f);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int g = g0; g < g0 + gn; ++g) {
-      const uint8_t* blk = w + size_t(g) * kGroupBytes;
-      for (int l = 0; l < kGroupBytes / 64; ++l) pf.touch(t, (kGroupBytes / 64) * g + l);
+      const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(w)[g];
+      for (int l = 0; l < kGroupLines; ++l) pf.touch(t, kGroupLines * g + l);
       __m256i sum16[MR][NH];
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < Int4G32Block::kSteps; ++j) {
         __m256i lo[NH], hi[NH];
         for (int h = 0; h < NH; ++h) {
-          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 64 + (h0 + h) * 32));
+          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.q[j] + (h0 + h) * 32));
           lo[h] = _mm256_and_si256(v, nib);                         // k = 8j .. 8j+3
           hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);  // k = 8j+4 .. 8j+7
         }
         for (int r = 0; r < MR; ++r) {
-          __m256i a_lo = avx2::bcast32(x[r] + g * 32 + j * 8);
-          __m256i a_hi = avx2::bcast32(x[r] + g * 32 + j * 8 + 4);
+          __m256i a_lo = avx2::bcast32(x[r] + g * kGroupK + j * 8);
+          __m256i a_hi = avx2::bcast32(x[r] + g * kGroupK + j * 8 + 4);
           for (int h = 0; h < NH; ++h) {
             __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], a_lo), _mm256_maddubs_epi16(hi[h], a_hi));
             sum16[r][h] = j == 0 ? p : _mm256_add_epi16(sum16[r][h], p);
@@ -64,9 +65,8 @@ struct Int4G32Tile {
         }
       }
       for (int h = 0; h < NH; ++h) {
-        const uint8_t* dm = blk + 256 + (h0 + h) * 16;
-        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm)));
-        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dm + 32)));
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.d + (h0 + h) * avx2::kHalfN)));
+        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.m + (h0 + h) * avx2::kHalfN)));
         for (int r = 0; r < MR; ++r) {
           __m256i isum = _mm256_madd_epi16(sum16[r][h], ones);
           acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][h]);
@@ -88,7 +88,7 @@ struct Int4G32Tile {
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h) acc[t][r][h] = _mm256_setzero_ps();
-    const int G = Kp / 32;
+    const int G = Kp / kGroupK;
     for (int g0 = 0; g0 < G; g0 += kTurnGroups) {
       const int gn = G - g0 < kTurnGroups ? G - g0 : kTurnGroups;
       alignas(32) float gsf[MR][kTurnGroups];

@@ -30,7 +30,7 @@ struct Int8Tile {
       pf.touch(t, s);
       __m256i v[NH], wabs[NH];
       for (int h = 0; h < NH; ++h) {
-        v[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + size_t(s) * 64 + (h0 + h) * 32));
+        v[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + size_t(s) * sizeof(Int8PcBlock) + (h0 + h) * 32));
         wabs[h] = _mm256_abs_epi8(v[h]);
       }
       for (int r = 0; r < MR; ++r) {
@@ -64,7 +64,7 @@ struct Int8Tile {
     }
     for (int t = 0; t < NM; ++t)
       for (int h = 0; h < NH; ++h) {
-        const float* scale = reinterpret_cast<const float*>(w[t] + size_t(Kp) * kPanelN) + (h0 + h) * avx2::kHalfN;
+        const float* scale = int8pc_tail(w[t], Kp)->scale + (h0 + h) * avx2::kHalfN;
         const __m256 sw = _mm256_loadu_ps(scale);
         for (int r = 0; r < MR; ++r)
           acc[t][r][h] = _mm256_mul_ps(_mm256_set1_ps(act.scale[rows[r]]),

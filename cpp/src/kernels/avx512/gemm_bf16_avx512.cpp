@@ -23,7 +23,7 @@ struct Bf16Tile {
     for (int s = 0; s < Kp / 2; ++s) {
       __m512 ev[NM], od[NM];
       for (int t = 0; t < NM; ++t) {
-        __m512i v = _mm512_loadu_si512(w[t] + size_t(s) * 64);
+        __m512i v = _mm512_loadu_si512(w[t] + size_t(s) * sizeof(Bf16Block));
         ev[t] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
         od[t] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
       }

@@ -25,7 +25,7 @@ struct Bf16DpTile {
     for (int s = 0; s < Kp / 2; ++s) {
       __m512bh v[NM];
       for (int t = 0; t < NM; ++t) pf.touch(t, s);
-      for (int t = 0; t < NM; ++t) v[t] = (__m512bh)_mm512_loadu_si512(w[t] + size_t(s) * 64);
+      for (int t = 0; t < NM; ++t) v[t] = (__m512bh)_mm512_loadu_si512(w[t] + size_t(s) * sizeof(Bf16Block));
       for (int r = 0; r < MR; ++r) {
         __m512bh a = (__m512bh)avx512::bcast32(x[r] + s * 4);
         for (int t = 0; t < NM; ++t) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], v[t], a);

@@ -25,7 +25,7 @@ struct Int8Tile {
       __m512i wabs[NM];
       __mmask64 neg[NM];
       for (int t = 0; t < NM; ++t) {
-        __m512i v = _mm512_loadu_si512(w[t] + size_t(s) * 64);
+        __m512i v = _mm512_loadu_si512(w[t] + size_t(s) * sizeof(Int8PcBlock));
         wabs[t] = _mm512_abs_epi8(v);
         neg[t] = _mm512_movepi8_mask(v);
       }
@@ -38,7 +38,7 @@ struct Int8Tile {
       }
     }
     for (int t = 0; t < NM; ++t) {
-      __m512 sw = _mm512_loadu_ps(reinterpret_cast<const float*>(w[t] + size_t(Kp) * kPanelN));
+      __m512 sw = _mm512_loadu_ps(int8pc_tail(w[t], Kp)->scale);
       for (int r = 0; r < MR; ++r)
         acc[t][r] = _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t][r]), _mm512_mul_ps(sw, _mm512_set1_ps(act.scale[rows[r]])));
     }

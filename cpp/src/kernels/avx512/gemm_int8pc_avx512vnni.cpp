@@ -25,16 +25,16 @@ struct Int8VnniTile {
     for (int s = 0; s < Kp / 4; ++s) {
       __m512i v[NM];
       for (int t = 0; t < NM; ++t) pf.touch(t, s);
-      for (int t = 0; t < NM; ++t) v[t] = _mm512_loadu_si512(w[t] + size_t(s) * 64);
+      for (int t = 0; t < NM; ++t) v[t] = _mm512_loadu_si512(w[t] + size_t(s) * sizeof(Int8PcBlock));
       for (int r = 0; r < MR; ++r) {
         __m512i a = avx512::bcast32(x[r] + s * 4);
         for (int t = 0; t < NM; ++t) isum[t][r] = _mm512_dpbusd_epi32(isum[t][r], a, v[t]);
       }
     }
     for (int t = 0; t < NM; ++t) {
-      const uint8_t* tail = w[t] + size_t(Kp) * kPanelN;
-      __m512 sw = _mm512_loadu_ps(reinterpret_cast<const float*>(tail));
-      __m512i comp = _mm512_loadu_si512(tail + 64);
+      const Int8PcTail* tail = int8pc_tail(w[t], Kp);
+      __m512 sw = _mm512_loadu_ps(tail->scale);
+      __m512i comp = _mm512_loadu_si512(tail->comp);
       for (int r = 0; r < MR; ++r)
         acc[t][r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t][r], comp)),
                                   _mm512_mul_ps(sw, _mm512_set1_ps(act.scale[rows[r]])));

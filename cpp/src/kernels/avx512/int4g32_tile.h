@@ -30,24 +30,25 @@ struct Int4G32Tile {
     }
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r) acc[t][r] = _mm512_setzero_ps();
-    for (int g = 0; g < Kp / 32; ++g) {
+    constexpr int lines = sizeof(Int4G32Block) / 64;
+    for (int g = 0; g < Kp / Int4G32Block::kK; ++g) {
       // a group is 5 lines of 64 bytes: its 5 steps of the next panels' slice
       for (int t = 0; t < NM; ++t)
-        for (int l = 0; l < 5; ++l) pf.touch(t, 5 * g + l);
+        for (int l = 0; l < lines; ++l) pf.touch(t, lines * g + l);
       __m512i isum[NM][MR];
       for (int t = 0; t < NM; ++t)
         for (int r = 0; r < MR; ++r) isum[t][r] = _mm512_setzero_si512();
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < Int4G32Block::kSteps; ++j) {
         __m512i lo[NM], hi[NM];
         for (int t = 0; t < NM; ++t) {
-          __m512i v = _mm512_loadu_si512(w[t] + size_t(g) * 320 + j * 64);
+          __m512i v = _mm512_loadu_si512(reinterpret_cast<const Int4G32Block*>(w[t])[g].q[j]);
           lo[t] = _mm512_and_si512(v, nib);
           hi[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
         }
         for (int r = 0; r < MR; ++r) {
-          __m512i a_lo = bcast32(x[r] + g * 32 + j * 8);
-          __m512i a_hi = bcast32(x[r] + g * 32 + j * 8 + 4);
+          __m512i a_lo = bcast32(x[r] + g * Int4G32Block::kK + j * 8);
+          __m512i a_hi = bcast32(x[r] + g * Int4G32Block::kK + j * 8 + 4);
           for (int t = 0; t < NM; ++t) {
             isum[t][r] = Dot::dp(isum[t][r], lo[t], a_lo);
             isum[t][r] = Dot::dp(isum[t][r], hi[t], a_hi);
@@ -55,9 +56,9 @@ struct Int4G32Tile {
         }
       }
       for (int t = 0; t < NM; ++t) {
-        const uint8_t* dm = w[t] + size_t(g) * 320 + 256;
-        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm)));
-        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dm + 32)));
+        const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(w[t])[g];
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
+        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.m)));
         for (int r = 0; r < MR; ++r) {
           acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][r]), d, acc[t][r]);
           acc[t][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(float(gs[r][g])), acc[t][r]);

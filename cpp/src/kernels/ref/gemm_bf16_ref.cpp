@@ -8,11 +8,11 @@ namespace {
 
 struct Bf16Dot {
   static void dot(const uint8_t* panel, int Kp, const ActView& act, int row, float* y) {
-    const uint16_t* w = reinterpret_cast<const uint16_t*>(panel);
+    const Bf16Block* w = reinterpret_cast<const Bf16Block*>(panel);
     const float* x = reinterpret_cast<const float*>(act.data + act.stride * row);
     for (int c = 0; c < kPanelN; ++c) y[c] = 0.f;
     for (int k = 0; k < Kp; ++k)
-      for (int c = 0; c < kPanelN; ++c) y[c] += bf16_to_f32(w[(k / 2) * 32 + c * 2 + (k & 1)]) * x[k];
+      for (int c = 0; c < kPanelN; ++c) y[c] += bf16_to_f32(w[k / Bf16Block::kK].w[c][k % Bf16Block::kK]) * x[k];
   }
 };
 

@@ -12,17 +12,17 @@ struct Int4Dot {
     const int8_t* x = reinterpret_cast<const int8_t*>(act.data + act.stride * row);
     const int32_t* gsum = act.gsum + size_t(act.gsum_stride) * row;
     for (int c = 0; c < kPanelN; ++c) y[c] = 0.f;
-    for (int g = 0; g < Kp / 32; ++g) {
-      const uint8_t* blk = panel + size_t(g) * 320;
-      const uint16_t* dm = reinterpret_cast<const uint16_t*>(blk + 256);
+    constexpr int G = Int4G32Block::kK;
+    for (int g = 0; g < Kp / G; ++g) {
+      const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(panel)[g];
       for (int c = 0; c < kPanelN; ++c) {
         int32_t acc = 0;
-        for (int kk = 0; kk < 32; ++kk) {
-          uint8_t byte = blk[(kk / 8) * 64 + c * 4 + (kk & 3)];
+        for (int kk = 0; kk < G; ++kk) {
+          uint8_t byte = blk.q[kk / 8][c * 4 + (kk & 3)];
           int q = (kk % 8) < 4 ? (byte & 0xf) : (byte >> 4);
-          acc += q * x[g * 32 + kk];
+          acc += q * x[g * G + kk];
         }
-        y[c] += f16_to_f32(dm[c]) * float(acc) + f16_to_f32(dm[kPanelN + c]) * float(gsum[g]);
+        y[c] += f16_to_f32(blk.d[c]) * float(acc) + f16_to_f32(blk.m[c]) * float(gsum[g]);
       }
     }
     for (int c = 0; c < kPanelN; ++c) y[c] *= act.scale[row];

@@ -9,12 +9,12 @@ namespace {
 
 struct Int8Dot {
   static void dot(const uint8_t* panel, int Kp, const ActView& act, int row, float* y) {
-    const int8_t* w = reinterpret_cast<const int8_t*>(panel);
-    const float* scale = reinterpret_cast<const float*>(panel + size_t(Kp) * kPanelN);
+    const Int8PcBlock* w = reinterpret_cast<const Int8PcBlock*>(panel);
+    const float* scale = int8pc_tail(panel, Kp)->scale;
     const int8_t* x = reinterpret_cast<const int8_t*>(act.data + act.stride * row);
     for (int c = 0; c < kPanelN; ++c) {
       int32_t acc = 0;
-      for (int k = 0; k < Kp; ++k) acc += int32_t(w[(k / 4) * 64 + c * 4 + (k & 3)]) * x[k];
+      for (int k = 0; k < Kp; ++k) acc += int32_t(w[k / Int8PcBlock::kK].q[c][k % Int8PcBlock::kK]) * x[k];
       y[c] = act.scale[row] * (scale[c] * float(acc));
     }
   }
