@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kt_kernel.convert import quantize_fp8
+from kt_kernel.convert import QUANT_METHODS as METHODS, quantize_fp8  # converter name -> method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import get_shape  # noqa: E402
@@ -88,8 +88,6 @@ _VERIFY = textwrap.dedent("""
     print(json.dumps({"seconds": min(times), "bytes": sum(h.nbytes(k) for k in h.tensors)}))
 """)
 
-METHODS = {"int4": "AMXINT4", "int8": "AMXINT8", "bf16": "BF16"}
-
 
 def build_checkpoint(path: Path, H: int, I: int, E: int, K: int, layers: int, input_type: str) -> Path:
     """A DeepSeek-style checkpoint: layer 0 dense, layers 1..layers MoE, one shard per layer."""
@@ -138,7 +136,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="A", help="protocol shape from shapes.py (A, B, C; S is small)")
     p.add_argument("--layers", type=int, default=3, help="MoE layers in the synthetic checkpoint")
-    p.add_argument("--methods", default="int4,int8,bf16")
+    p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=None, help="converter and engine threads (default: all cores)")
     p.add_argument("--input-type", choices=["bf16", "fp8"], default="bf16")
     p.add_argument("--workdir", default="/tmp/kt_bench_convert", help="where the checkpoint and outputs go")

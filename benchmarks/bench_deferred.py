@@ -37,7 +37,7 @@ import bench_report
 from bench_moe import FRESH_ROUTINGS, fresh_routings
 from shapes import get_shape
 
-METHODS = ("AMXINT4", "AMXINT8", "BF16")
+METHODS = tuple(kt_kernel.METHODS)
 DS = (0, 1, 2)
 NEXT_I = 32  # intermediate size of the timed layer's successor: it only has to add the deferred part
 

@@ -37,7 +37,7 @@ def _same(a: dict, b: dict) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="A", help="comma-separated names from benchmarks/shapes.py")
-    p.add_argument("--formats", default="int4_g32,int8_pc,bf16")
+    p.add_argument("--formats", default=",".join(f["name"] for f in _ext.formats()))
     p.add_argument("--tiers", default=None, help="default: every tier the host runs")
     p.add_argument("--reps", type=int, default=11)
     a = p.parse_args(argv)

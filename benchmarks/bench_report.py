@@ -192,7 +192,8 @@ def require_matplotlib():
 
 
 # One colour map per method, a shade per tier; the PyTorch peer in grey.
-METHOD_COLORMAPS = {"AMXINT4": "Blues", "AMXINT8": "Oranges", "BF16": "Greens"}
+# one colormap per method, in the order of the format records
+METHOD_COLORMAPS = dict(zip(kt_kernel.METHODS, ("Greens", "Oranges", "Blues", "Purples", "Reds", "YlOrBr", "PuRd")))
 
 
 def _colors(pairs: list[tuple[str, str]]) -> dict:

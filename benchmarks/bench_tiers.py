@@ -38,7 +38,7 @@ from shapes import DECODE_TOKENS, get_shape
 
 # Issue 5: the AVX2 tier decodes within 1.3x of the AVX512 tier's time.
 TARGET_RATIO = 1.3
-METHODS = ("AMXINT4", "AMXINT8", "BF16")
+METHODS = tuple(kt_kernel.METHODS)
 
 
 def default_reference() -> str | None:

@@ -69,7 +69,7 @@ PEAK_FAMILIES = {
     "int": ("int8_tdpbusd_tmm", "int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm"),
     "BF16": ("bf16_tdpbf16ps_tmm", "bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm"),
 }
-INT_METHODS = ("AMXINT8", "AMXINT4")
+INT_METHODS = tuple(f["method"] for f in formats() if f["int_dot"])
 
 
 def peak_family(method: str, families: dict | None = None) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kt_kernel import _ext
 from kt_kernel.models._deps import require_transformers
 
 __all__ = ["REFERENCE_PROMPT", "Agreement", "Bounds", "AGREEMENT_BOUNDS", "GreedyCheck", "Generation",
@@ -40,22 +41,10 @@ class Bounds:
 
 # Per method, for the tiny models of kt_kernel.models.tiny (seed 0) run in fp32 with their experts
 # on kt_kernel, against the same checkpoint in transformers' eager experts in fp32, over
-# REFERENCE_PROMPT (339 positions). Worst case over 3 architectures x {all experts on CPU, half
-# in torch} x the 5 ISA tiers generic..avx512_bf16 (the results barely depend on the tier):
-#             KL mean    top-1   |top-2 gap error| p99 / max
-#   BF16      < 5e-6     0.997   0.012 / 0.016   (bf16 activations on avx512_bf16; weights exact)
-#   AMXINT8   7.5e-4     0.991   0.16  / 1.18    (max: a routing near-tie flipped)
-#   AMXINT4   8.2e-3     0.944   0.79  / 1.01
-# Bounds: KL at 2.5x the worst (BF16: 1e-4, 20x, as 2.5x of almost nothing would flake on a tier
-# that rounds differently), top-1 at the worst minus 0.017 (BF16) to 0.045 (AMXINT4), about 3-4
-# standard deviations of an agreement rate near 0.95 over 339 positions;
-# tie_margin at 1.25-3x the p99 of how much the method moves the reference's top-2 gap: a decoded
-# token may differ from the reference's argmax only where the reference's own gap is below it.
-AGREEMENT_BOUNDS = {
-    "BF16": Bounds(kl_mean=1e-4, top1=0.98, tie_margin=0.05),
-    "AMXINT8": Bounds(kl_mean=2e-3, top1=0.96, tie_margin=0.25),
-    "AMXINT4": Bounds(kl_mean=2e-2, top1=0.90, tie_margin=1.0),
-}
+# REFERENCE_PROMPT (339 positions): the agreement bounds of each format's record, where the
+# measured figures behind them are given. A decoded token may differ from the reference's argmax
+# only where the reference's own top-2 gap is below tie_margin.
+AGREEMENT_BOUNDS = {f["method"]: Bounds(**f["agreement"]) for f in _ext.formats()}
 
 
 @dataclass(frozen=True)
