@@ -10,6 +10,8 @@ import kt_kernel
 from kt_kernel import _ext
 
 import reference
+from conftest import ACT_ATOL, RECORD_FIELDS
+from kt_kernel.convert import layout
 
 # N and K that are and are not multiples of 16 / 32, a single element, an odd number of groups
 SHAPES = [(16, 32), (32, 64), (48, 160), (40, 72), (33, 100), (7, 5), (1, 1), (17, 33)]
@@ -25,6 +27,66 @@ def _weights(N: int, K: int, seed: int = 0) -> np.ndarray:
 
 def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# ---- format records -----------------------------------------------------------------------
+
+ARRAY_FIELDS = {"name": str, "part": str, "dtype": str, "file_bits": int, "per": str}
+
+
+def test_record_has_every_field(fmt):
+    """Every field that the converter, the loaders, doctor, the tests and the benchmarks read."""
+    for field, kind in RECORD_FIELDS.items():
+        assert field in fmt, f"format {fmt.get('name')!r} has no field {field!r}"
+        assert isinstance(fmt[field], kind), f"{fmt['name']}.{field} = {fmt[field]!r} is not a {kind.__name__}"
+    assert fmt["arrays"] and fmt["arrays"][0]["name"] == "values", f"{fmt['name']}: arrays start with the values"
+    for a in fmt["arrays"]:
+        for field, kind in ARRAY_FIELDS.items():
+            assert isinstance(a.get(field), kind), f"{fmt['name']} array {a.get('name')!r}: {field} = {a.get(field)!r}"
+        assert a["dtype"] in layout.NUMPY_DTYPES and a["per"] in ("value", "row", "group"), a
+        bits = 8 * np.dtype(layout.NUMPY_DTYPES[a["dtype"]]).itemsize
+        assert a["file_bits"] in (4, bits) and (a["file_bits"] == bits or a["dtype"] == "U8"), a
+    assert len({a["part"] for a in fmt["arrays"]}) == len(fmt["arrays"]), f"{fmt['name']}: converted parts repeat"
+    assert (fmt["group"] > 0) == any(a["per"] == "group" for a in fmt["arrays"]), fmt["name"]
+    assert fmt["acts"] and set(fmt["acts"]) <= set(ACT_ATOL), f"{fmt['name']} acts {fmt['acts']}"
+    assert 0 < fmt["weight_rel_err"] <= fmt["layer_rel_err"] < 1, fmt["name"]
+    assert set(fmt["agreement"]) == {"kl_mean", "top1", "tie_margin"}
+    assert fmt["agreement"]["kl_mean"] > 0 and 0 < fmt["agreement"]["top1"] <= 1 and fmt["agreement"]["tie_margin"] > 0
+    assert fmt["kernels"] and fmt["kernels"][-1].endswith("__ref"), f"{fmt['name']}: no generic kernel last"
+
+
+def test_record_names_are_unique():
+    for field in ("name", "method", "quant_method"):
+        values = [f[field] for f in _ext.formats()]
+        assert len(set(values)) == len(values), f"repeated {field}: {values}"
+
+
+def test_record_acts_are_its_kernels_acts(fmt):
+    rows = [r for r in _ext.kernel_table() + _ext.emulated_kernel_table() if r["format"] == fmt["name"]]
+    assert {r["act"] for r in rows} == set(fmt["acts"])
+    assert [r["name"] for r in _ext.kernel_table() if r["format"] == fmt["name"]] == fmt["kernels"]
+
+
+def test_record_geometry_is_the_packed_layout(fmt):
+    """panel bytes = Kp / k_align blocks of block_bytes, then the tail; bits per weight from the block."""
+    N, K = 33, 100
+    q = _ext.quantize(fmt["name"], _weights(N, K))
+    kp = reference.round_up(K, fmt["k_align"])
+    panel = kp // fmt["k_align"] * fmt["block_bytes"] + fmt["panel_tail_bytes"]
+    assert reference.pack(q, 0, N, 0, K).size == -(-N // 16) * panel
+    assert fmt["bits_per_weight"] == fmt["block_bytes"] * 8 / (16 * fmt["k_align"])
+
+
+def test_record_arrays_are_what_quantize_and_the_converter_store(fmt):
+    N, K = 33, 101
+    q = _ext.quantize(fmt["name"], _weights(N, K))
+    assert set(q) == {"format", "N", "K"} | {a["name"] for a in fmt["arrays"]}
+    spec = layout.layer_arrays_spec(fmt["name"], fmt["group"], 1, N, K)  # down: [E=1, H=N, I=K]
+    for a in fmt["arrays"]:
+        v = q[a["name"]]
+        assert v.dtype == layout.NUMPY_DTYPES[a["dtype"]], f"{fmt['name']} {a['name']}: {v.dtype}"
+        dtype, npt, shape = spec[("down", a["part"])]
+        assert (dtype, layout.to_file_array(v, a["file_bits"]).shape) == (a["dtype"], shape[1:]), a
 
 
 # ---- quantize / dequantize ----------------------------------------------------------------
@@ -399,7 +461,8 @@ def test_quantizer_table_has_a_generic_reference_row(fmt):
 
 
 @pytest.mark.parametrize("K", QUANT_KS, ids=lambda k: f"K{k}")
-@pytest.mark.parametrize("fmt_name", ["int4_g32", "int8_pc"])
+@pytest.mark.parametrize("fmt_name", [f["name"] for f in _ext.formats()
+                                      if any(r["format"] == f["name"] and r["tier"] != "generic" for r in _ext.quantizer_table())])
 def test_quantizer_is_bit_identical_to_reference(fmt_name, K, tier):
     names, w = _quantizer_input(K)
     want_row = _quantizer_row(fmt_name, tier)
