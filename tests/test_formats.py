@@ -31,7 +31,7 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 # ---- format records -----------------------------------------------------------------------
 
-ARRAY_FIELDS = {"name": str, "part": str, "dtype": str, "file_bits": int, "per": str}
+ARRAY_FIELDS = {"name": str, "part": str, "dtype": str, "numpy": str, "file_bits": int, "per": str}
 
 
 def test_record_has_every_field(fmt):
@@ -43,8 +43,8 @@ def test_record_has_every_field(fmt):
     for a in fmt["arrays"]:
         for field, kind in ARRAY_FIELDS.items():
             assert isinstance(a.get(field), kind), f"{fmt['name']} array {a.get('name')!r}: {field} = {a.get(field)!r}"
-        assert a["dtype"] in layout.NUMPY_DTYPES and a["per"] in ("value", "row", "group"), a
-        bits = 8 * np.dtype(layout.NUMPY_DTYPES[a["dtype"]]).itemsize
+        assert a["per"] in ("value", "row", "group"), a
+        bits = 8 * np.dtype(a["numpy"]).itemsize
         assert a["file_bits"] in (4, bits) and (a["file_bits"] == bits or a["dtype"] == "U8"), a
     assert len({a["part"] for a in fmt["arrays"]}) == len(fmt["arrays"]), f"{fmt['name']}: converted parts repeat"
     assert (fmt["group"] > 0) == any(a["per"] == "group" for a in fmt["arrays"]), fmt["name"]
@@ -84,7 +84,7 @@ def test_record_arrays_are_what_quantize_and_the_converter_store(fmt):
     spec = layout.layer_arrays_spec(fmt["name"], fmt["group"], 1, N, K)  # down: [E=1, H=N, I=K]
     for a in fmt["arrays"]:
         v = q[a["name"]]
-        assert v.dtype == layout.NUMPY_DTYPES[a["dtype"]], f"{fmt['name']} {a['name']}: {v.dtype}"
+        assert v.dtype == np.dtype(a["numpy"]), f"{fmt['name']} {a['name']}: {v.dtype}"
         dtype, npt, shape = spec[("down", a["part"])]
         assert (dtype, layout.to_file_array(v, a["file_bits"]).shape) == (a["dtype"], shape[1:]), a
 

@@ -14,14 +14,7 @@ namespace py = pybind11;
 namespace kt::py_bind {
 namespace {
 
-// The numpy dtype of a logical array's elements (bf16 and fp16 as their uint16 bits).
-py::dtype numpy_dtype(const char* safetensors_dtype) {
-  static const struct { const char* st; const char* np; } names[] = {
-      {"BF16", "uint16"}, {"F16", "uint16"}, {"F32", "float32"}, {"I8", "int8"}, {"U8", "uint8"}};
-  for (const auto& n : names)
-    if (std::strcmp(safetensors_dtype, n.st) == 0) return py::dtype(n.np);
-  throw std::invalid_argument(std::string("no numpy dtype for safetensors dtype ") + safetensors_dtype);
-}
+py::dtype numpy_dtype(const char* safetensors_dtype) { return py::dtype(element_type(safetensors_dtype).numpy); }
 
 std::vector<py::ssize_t> array_shape(const FormatTraits& f, int i, int N, int K) {
   if (f.arrays[i].per == ArrayPer::row) return {N};
@@ -201,7 +194,8 @@ void register_formats(py::module_& m) {
         const FormatArray& a = f->arrays[i];
         static const char* per[] = {"value", "row", "group"};
         arrays.append(py::dict(py::arg("name") = a.name, py::arg("part") = a.part, py::arg("dtype") = a.dtype,
-                               py::arg("file_bits") = a.file_bits, py::arg("per") = per[static_cast<int>(a.per)]));
+                               py::arg("numpy") = element_type(a.dtype).numpy, py::arg("file_bits") = a.file_bits,
+                               py::arg("per") = per[static_cast<int>(a.per)]));
       }
       d["arrays"] = arrays;
       py::list acts;
@@ -222,7 +216,7 @@ void register_formats(py::module_& m) {
     return out;
   }, "One dict per weight format, from the format records (cpp/src/formats/format_registry.cpp): name, "
      "method, quant_method, group, k_align (k per block), block_bytes, panel_tail_bytes, bits_per_weight, arrays (name, part, "
-     "dtype, file_bits, per), acts, int_dot, weight_rel_err, layer_rel_err, agreement (kl_mean, top1, "
+     "dtype, numpy, file_bits, per), acts, int_dot, weight_rel_err, layer_rel_err, agreement (kl_mean, top1, "
      "tie_margin) and kernels (its kernel-table rows, best first).");
   auto rows = [](const std::vector<KernelRow>& table) {
     py::list out;

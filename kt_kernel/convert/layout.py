@@ -49,8 +49,6 @@ def key(layer: int, proj: str, part: str) -> str:
     return f"kt.layers.{layer}.experts.{proj}.{part}"
 
 
-# numpy element type of each safetensors dtype the format records use (bf16 and fp16 as their bits)
-NUMPY_DTYPES = {"BF16": np.uint16, "F16": np.uint16, "F32": np.float32, "I8": np.int8, "U8": np.uint8}
 _RECORDS = {f["name"]: f for f in _ext.formats()}
 
 
@@ -73,7 +71,7 @@ def layer_arrays_spec(fmt: str, group: int, E: int, H: int, I: int) -> dict:
             if a["file_bits"] == 4:
                 per = (per + 1) // 2
             shape = (E, N) if per is None else (E, N, per)
-            spec[(proj, a["part"])] = (a["dtype"], NUMPY_DTYPES[a["dtype"]], shape)
+            spec[(proj, a["part"])] = (a["dtype"], np.dtype(a["numpy"]), shape)
     return spec
 
 

@@ -64,7 +64,14 @@ struct FormatArray {
   ArrayPer per;
 };
 constexpr int kMaxFormatArrays = 3;
-size_t safetensors_dtype_bytes(const char* dtype);  // throws on a dtype no format uses
+// The element types format arrays use: safetensors name, bytes, numpy name (bf16 and fp16 held as
+// their uint16 bits). Throws on a name not in the table.
+struct ElementType {
+  const char* safetensors;
+  size_t bytes;
+  const char* numpy;
+};
+const ElementType& element_type(const char* safetensors_dtype);
 
 // Logical quantized matrix: arrays[i] holds the format's array i (FormatTraits::arrays[i]),
 // elements of its dtype, row-major.

@@ -76,12 +76,12 @@ const char* act_format_name(ActFormat a) {
   return names[static_cast<int>(a)];
 }
 
-size_t safetensors_dtype_bytes(const char* dtype) {
-  static const struct { const char* name; size_t bytes; } sizes[] = {
-      {"BF16", 2}, {"F16", 2}, {"F32", 4}, {"I8", 1}, {"U8", 1}};
-  for (const auto& s : sizes)
-    if (std::strcmp(dtype, s.name) == 0) return s.bytes;
-  throw std::invalid_argument(std::string("no element size for safetensors dtype ") + dtype);
+const ElementType& element_type(const char* safetensors_dtype) {
+  static const ElementType types[] = {
+      {"BF16", 2, "uint16"}, {"F16", 2, "uint16"}, {"F32", 4, "float32"}, {"I8", 1, "int8"}, {"U8", 1, "uint8"}};
+  for (const ElementType& t : types)
+    if (std::strcmp(safetensors_dtype, t.safetensors) == 0) return t;
+  throw std::invalid_argument(std::string("no element type for safetensors dtype ") + safetensors_dtype);
 }
 
 void shape_quantized(const FormatTraits& f, int N, int K, QuantizedMatrix* out) {
@@ -90,7 +90,7 @@ void shape_quantized(const FormatTraits& f, int N, int K, QuantizedMatrix* out) 
   out->K = K;
   for (int i = 0; i < kMaxFormatArrays; ++i)
     out->arrays[i].resize(i < f.num_arrays()
-                              ? size_t(N) * f.array_row_elems(i, K) * safetensors_dtype_bytes(f.arrays[i].dtype)
+                              ? size_t(N) * f.array_row_elems(i, K) * element_type(f.arrays[i].dtype).bytes
                               : 0);
 }
 

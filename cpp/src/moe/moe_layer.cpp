@@ -382,7 +382,7 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
     for (int i = 0; i < f.num_arrays(); ++i) {
       // the arrays hold [E, N, row] in expert order; a 4-bit row is its elements two per byte
       const FormatArray& a = f.arrays[i];
-      const size_t elems = f.array_row_elems(i, K), elem_bytes = safetensors_dtype_bytes(a.dtype);
+      const size_t elems = f.array_row_elems(i, K), elem_bytes = element_type(a.dtype).bytes;
       const size_t row = a.file_bits == 4 ? (elems + 1) / 2 : elems * elem_bytes;
       const uint8_t* src = static_cast<const uint8_t*>(proj[which].arrays[i]) + e * N * row;
       uint8_t* dst = q.arrays[i].data();
