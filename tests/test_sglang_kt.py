@@ -338,3 +338,27 @@ def test_forward_inference_is_the_forward(moe):
     assert torch.equal(got, want)
     with pytest.raises(RuntimeError, match="sync_forward called without submit_forward"):
         w.sync_forward_inference(0)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_write_handles_padded_panels(moe, method, tp):
+    """H = 40 and I = 48: packed K padded (to 32 for int4), partial panels of 16 rows, and I split
+    over one sub-pool per 16 or 32 channels; every CPU slot still comes back as loaded."""
+    from kt_kernel import KTMoEWrapper
+
+    E_, H_, I_ = 4, 40, 48
+    shape = moe.Shape(E_, 2, H_, I_)
+    w = KTMoEWrapper(0, E_, 2, H_, I_, gpu_experts_mask=torch.tensor([False, True, False, False]),
+                     cpuinfer_threads=2, threadpool_count=2, method=method)
+    w.load_weights_from_tensors(*moe.weights(shape))
+    gate, up, down = moe.dequantized(moe.format_of(method)["name"], shape)
+    Ir = I_ // tp
+    for e in (0, 2, 3):
+        w13 = [torch.full((2 * Ir, H_), float("nan"), dtype=torch.bfloat16) for _ in range(tp)]
+        w2 = [torch.full((H_, Ir), float("nan"), dtype=torch.bfloat16) for _ in range(tp)]
+        w.submit_write_weight_scale_to_buffer(tp, e, _ptrs(w13), [0] * tp, _ptrs(w2), [0] * tp)
+        w.sync_write_weight_scale_to_buffer()
+        for r in range(tp):
+            want13 = torch.cat([gate[e, r * Ir:(r + 1) * Ir], up[e, r * Ir:(r + 1) * Ir]]).bfloat16()
+            assert torch.equal(w13[r].view(torch.int16), want13.view(torch.int16)), f"slot {e} w13 rank {r}"
+            assert torch.equal(w2[r].view(torch.int16), down[e, :, r * Ir:(r + 1) * Ir].bfloat16().view(torch.int16))
