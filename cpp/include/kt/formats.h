@@ -59,6 +59,9 @@ struct FormatTraits {
   // Packs rows [n0, n1) and columns [k0, k1) of q into dst (panels of kPanelN channels).
   // k0 must be a multiple of `group` (or of k_align when group is 0).
   void (*pack)(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+  // Dequantizes row n of a packed matrix with K columns (padded to Kp; data: its panels) into
+  // out[0, K): pack's inverse followed by dequantize_ref, equal to it bit for bit.
+  void (*unpack_row)(const uint8_t* data, int Kp, int n, int K, float* out);
 };
 
 const FormatTraits& format_traits(FormatId id);

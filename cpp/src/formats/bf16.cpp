@@ -45,4 +45,10 @@ void bf16_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t
   }
 }
 
+void bf16_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const uint16_t* panel = reinterpret_cast<const uint16_t*>(data + bf16_panel_bytes(Kp) * size_t(n / kPanelN));
+  const int c = n % kPanelN;
+  for (int k = 0; k < K; ++k) out[k] = bf16_to_f32(panel[(k / 2) * (kPanelN * 2) + c * 2 + (k & 1)]);
+}
+
 }  // namespace kt

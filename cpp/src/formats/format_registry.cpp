@@ -12,11 +12,11 @@ namespace {
 
 const FormatTraits kFormats[kNumFormats] = {
     {FormatId::bf16, "bf16", "BF16", 0, 2, 16.0, bf16_quantize_ref, bf16_dequantize_ref,
-     bf16_panel_bytes, bf16_pack},
+     bf16_panel_bytes, bf16_pack, bf16_unpack_row},
     {FormatId::int8_pc, "int8_pc", "AMXINT8", 0, 4, 8.0, int8pc_quantize_ref, int8pc_dequantize_ref,
-     int8pc_panel_bytes, int8pc_pack},
+     int8pc_panel_bytes, int8pc_pack, int8pc_unpack_row},
     {FormatId::int4_g32, "int4_g32", "AMXINT4", 32, 32, 5.0, int4g32_quantize_ref,
-     int4g32_dequantize_ref, int4g32_panel_bytes, int4g32_pack},
+     int4g32_dequantize_ref, int4g32_panel_bytes, int4g32_pack, int4g32_unpack_row},
 };
 
 template <class Get>

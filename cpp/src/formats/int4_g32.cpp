@@ -191,4 +191,22 @@ void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint
   }
 }
 
+void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const uint8_t* panel = data + int4g32_panel_bytes(Kp) * size_t(n / kPanelN);
+  const int c = n % kPanelN;
+  for (int g = 0; g * G < K; ++g) {
+    const uint8_t* blk = panel + size_t(g) * 320;
+    uint16_t dm[2];
+    std::memcpy(&dm[0], blk + 256 + c * 2, 2);
+    std::memcpy(&dm[1], blk + 256 + (kPanelN + c) * 2, 2);
+    const float d = f16_to_f32(dm[0]), m = f16_to_f32(dm[1]);
+    for (int kk = 0; kk < G && g * G + kk < K; ++kk) {
+      const int j = kk / 8, r = kk % 8;
+      const uint8_t byte = blk[j * 64 + c * 4 + (r & 3)];
+      const uint8_t q = r < 4 ? byte & 0xf : byte >> 4;
+      out[g * G + kk] = d * q + m;  // w = d * q + m
+    }
+  }
+}
+
 }  // namespace kt

@@ -72,4 +72,12 @@ void int8pc_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8
   }
 }
 
+void int8pc_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const int8_t* panel = reinterpret_cast<const int8_t*>(data + int8pc_panel_bytes(Kp) * size_t(n / kPanelN));
+  const int c = n % kPanelN;
+  float scale;
+  std::memcpy(&scale, panel + size_t(Kp) * kPanelN + c * sizeof(float), sizeof(float));
+  for (int k = 0; k < K; ++k) out[k] = scale * panel[(k / 4) * (kPanelN * 4) + c * 4 + (k & 3)];  // w = scale * q
+}
+
 }  // namespace kt
