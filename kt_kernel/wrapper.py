@@ -78,6 +78,35 @@ def _stream_handle(cuda_stream) -> Optional[int]:
                     f"{type(cuda_stream).__name__}")
 
 
+def _pointer_list(name: str, ptrs, count: int) -> list[int]:
+    """ptrs as a list of ``count`` addresses (non-negative ints)."""
+    if isinstance(ptrs, (str, bytes)) or not hasattr(ptrs, "__len__"):
+        raise TypeError(f"{name} must be a list of {count} integer addresses, got {type(ptrs).__name__}")
+    if len(ptrs) != count:
+        raise ValueError(f"{name} has {len(ptrs)} entries, expected gpu_tp_count={count}")
+    out = []
+    for i, p in enumerate(ptrs):
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"{name}[{i}] must be an integer address, got {type(p).__name__}")
+        if not 0 <= p < 2 ** 64:
+            raise ValueError(f"{name}[{i}]={p} is not an address")
+        out.append(p)
+    return out
+
+
+class CpuInfer:
+    """What sglang-kt reaches through ``wrapper.cpu_infer``: ``sync()``."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def sync(self) -> None:
+        """Returns once every job queued so far on the engine (forwards of every wrapper sharing
+        it, their deferred parts, weight writes) has run. Errors stay with the calls that own them
+        (``sync_forward``, ``sync_write_weight_scale_to_buffer``)."""
+        self._layer.submit_barrier().wait()  # an empty job: never raises
+
+
 class _StreamForward(NamedTuple):
     """A forward submitted on a CUDA stream, awaiting sync_forward."""
     stream: int
@@ -182,6 +211,7 @@ class KTMoEWrapper:
         self._engine = _ext.Engine.shared(threads, threadpool_count)
         self._build_native_layer()
         self._pending = None
+        self._writes = []  # jobs of submit_write_weight_scale_to_buffer, until synced
         self._weights_from_path = None  # (physical_to_logical_map,) of the last load_weights
 
     def _build_native_layer(self) -> None:
@@ -427,12 +457,89 @@ class KTMoEWrapper:
             return contextlib.nullcontext()
         return torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device))
 
+    # sglang-kt calls these two instead of submit_forward / sync_forward when it serves expert LoRA
+    # adapters; without adapters here they are the same forward
+    def submit_forward_inference(self, hidden_states, topk_ids, topk_weights, cuda_stream) -> None:
+        """sglang-kt's name for ``submit_forward`` (same arguments and contract)."""
+        self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream)
+
+    def sync_forward_inference(self, cuda_stream) -> torch.Tensor:
+        """sglang-kt's name for ``sync_forward`` without ``hidden_states``: the output of the
+        forward ``submit_forward_inference`` queued, of its inputs' shape, device and (for CUDA
+        inputs) dtype; bf16 for CPU inputs."""
+        return self.sync_forward(None, cuda_stream)
+
     def forward(self, hidden_states, topk_ids, topk_weights, cuda_stream=None) -> torch.Tensor:
         """submit_forward, then sync_forward (which does not block for CUDA inputs)."""
         self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream)
         return self.sync_forward(hidden_states, cuda_stream)
 
     __call__ = forward
+
+    # ---- expert weights into a caller's buffers (sglang-kt's dynamic expert update) -----
+
+    def submit_write_weight_scale_to_buffer(self, gpu_tp_count, expert_id, w13_weight_ptrs, w13_scale_ptrs,
+                                            w2_weight_ptrs, w2_scale_ptrs) -> None:
+        """Queues the copy of expert slot ``expert_id``'s weights, as this wrapper holds them, into
+        buffers given by address (``data_ptr()`` of host or pinned tensors: the CPU writes them),
+        split over ``gpu_tp_count`` tensor-parallel ranks as SGLang splits the intermediate size I:
+        rank r gets channels ``[r*I/T, (r+1)*I/T)`` and
+
+            w13_weight_ptrs[r] -> bf16 [2*I/T, hidden]  gate rows of those channels, then up rows
+            w2_weight_ptrs[r]  -> bf16 [hidden, I/T]    the down columns of those channels
+
+        which is one expert of SGLang's unquantized ``w13_weight`` / ``w2_weight``. The values are
+        the loaded weights dequantized (exact for BF16) and rounded to bf16. Scales are not written:
+        every entry of ``w13_scale_ptrs`` and ``w2_scale_ptrs`` must be 0, as sglang-kt passes for an
+        unquantized GPU layer; quantized GPU layouts (its INT4 Marlin and FP8 paths) raise
+        NotImplementedError. Returns at once; the write runs on the engine after the forwards
+        already queued. The buffers must stay valid until ``sync_write_weight_scale_to_buffer``.
+        """
+        _check_int("gpu_tp_count", gpu_tp_count, 1, _INT_MAX)
+        if self.moe_intermediate_size % gpu_tp_count:
+            raise ValueError(f"gpu_tp_count={gpu_tp_count} does not divide moe_intermediate_size="
+                             f"{self.moe_intermediate_size}; each rank takes an equal share of the channels")
+        _check_int("expert_id", expert_id, 0, self.num_experts - 1)
+        lists = {}
+        for name, ptrs in (("w13_weight_ptrs", w13_weight_ptrs), ("w13_scale_ptrs", w13_scale_ptrs),
+                           ("w2_weight_ptrs", w2_weight_ptrs), ("w2_scale_ptrs", w2_scale_ptrs)):
+            lists[name] = _pointer_list(name, ptrs, gpu_tp_count)
+        for name in ("w13_weight_ptrs", "w2_weight_ptrs"):
+            if 0 in lists[name]:
+                raise ValueError(f"{name}[{lists[name].index(0)}] is 0, a null pointer")
+        for name in ("w13_scale_ptrs", "w2_scale_ptrs"):
+            if any(lists[name]):
+                raise NotImplementedError(
+                    f"{name} holds non-zero addresses: the caller expects quantized GPU weights with scales "
+                    "(sglang-kt's INT4 Marlin or FP8 layouts), which kt_kernel does not write. It writes bf16 "
+                    "weights for an unquantized GPU layer: pass 0 for every scale pointer")
+        self._follow_gpu_mask_edits()
+        if bool(self._placed_mask[expert_id]):
+            raise ValueError(f"expert_id={expert_id} is a GPU expert of layer {self.layer_idx}: kt_kernel holds the "
+                             "weights of CPU experts only (gpu_experts_mask False)")
+        if not self._layer.loaded:
+            raise RuntimeError(f"layer {self.layer_idx}: submit_write_weight_scale_to_buffer called before the weights "
+                               "were loaded")
+        self._writes.append(self._layer.submit_write_bf16(expert_id, gpu_tp_count, lists["w13_weight_ptrs"],
+                                                          lists["w2_weight_ptrs"]))
+
+    def sync_write_weight_scale_to_buffer(self) -> None:
+        """Waits for every write queued by ``submit_write_weight_scale_to_buffer``; raises the
+        first one's error, if any."""
+        writes, self._writes = self._writes, []
+        error = None
+        for job in writes:
+            try:
+                job.wait()
+            except Exception as e:  # the others still ran; wait for them before raising
+                error = error or e
+        if error is not None:
+            raise error
+
+    @property
+    def cpu_infer(self) -> "CpuInfer":
+        """The engine this wrapper runs on, for sglang-kt's ``wrapper.cpu_infer.sync()``."""
+        return CpuInfer(self._layer)
 
     # ---- introspection ------------------------------------------------------------------
 

@@ -160,3 +160,205 @@ def test_mask_edit_without_weight_path_says_how_to_reload():
     x = torch.randn(4, H, generator=g).bfloat16()
     with pytest.raises(RuntimeError, match=r"gpu_experts_mask changed \(slots \[2\]\).*load_weights"):
         w.forward(x, torch.zeros(4, K, dtype=torch.int64) + torch.arange(K), torch.ones(4, K))
+
+
+# ---- sglang-kt's other inference calls ------------------------------------------------------
+#
+# submit_forward_inference / sync_forward_inference(stream) (its expert-LoRA serving path),
+# wrapper.cpu_infer.sync() (a drain before its FP8 layerwise prefetch) and
+# submit_write_weight_scale_to_buffer / sync_write_weight_scale_to_buffer (its layerwise GPU
+# prefill: each CPU expert written into double-buffered host buffers, one per TP rank, then copied
+# to the GPU). CPU tensors' data_ptr() stand in for its pinned shared-memory buffers.
+
+WRITE = dict(E=8, logical=6, K=2, H=64, I=96)  # I = 3 * 32: sub-pool slices straddle the TP ranks
+WRITE_PMAP = [0, 1, 2, 3, 4, 5, 1, 4]  # slots 6 and 7 repeat logical experts 1 and 4
+WRITE_MASK = torch.tensor([True, False, False, True, False, False, False, False])
+
+
+def _write_layer(moe, method):
+    from kt_kernel import KTMoEWrapper
+
+    shape = moe.Shape(WRITE["E"], WRITE["K"], WRITE["H"], WRITE["I"], logical_experts=WRITE["logical"])
+    w = KTMoEWrapper(layer_idx=0, num_experts=WRITE["E"], num_experts_per_tok=WRITE["K"], hidden_size=WRITE["H"],
+                     moe_intermediate_size=WRITE["I"], gpu_experts_mask=WRITE_MASK.clone(), cpuinfer_threads=2,
+                     threadpool_count=2, numa_nodes=None, weight_path=None, chunked_prefill_size=16,
+                     swiglu_limit=0.0, swiglu_alpha=0.0, method=method, max_deferred_experts_per_token=0)
+    w.load_weights_from_tensors(*moe.weights(shape), physical_to_logical_map=torch.tensor(WRITE_PMAP))
+    # a sub-pool's slice of I straddles a TP rank's share at tp 2 or 3 (bounds [0, 48 or 64, 96])
+    assert any(w._layer.slice_bounds[1] % (WRITE["I"] // tp) for tp in (2, 3))
+    return w, shape
+
+
+def _rank_buffers(tp):
+    """Per rank: w13 bf16 [2*I/tp, H] and w2 bf16 [H, I/tp], NaN where nothing was written."""
+    Ir, H = WRITE["I"] // tp, WRITE["H"]
+    return ([torch.full((2 * Ir, H), float("nan"), dtype=torch.bfloat16) for _ in range(tp)],
+            [torch.full((H, Ir), float("nan"), dtype=torch.bfloat16) for _ in range(tp)])
+
+
+def _expected_rank_buffers(deq, logical, tp):
+    """SGLang's TP split of one expert: rank r holds channels [r*Ir, (r+1)*Ir) of gate and up
+    (stacked) and the same columns of down, rounded to bf16."""
+    gate, up, down = (t[logical] for t in deq)
+    Ir = WRITE["I"] // tp
+    w13 = [torch.cat([gate[r * Ir:(r + 1) * Ir], up[r * Ir:(r + 1) * Ir]]).bfloat16() for r in range(tp)]
+    w2 = [down[:, r * Ir:(r + 1) * Ir].bfloat16() for r in range(tp)]
+    return w13, w2
+
+
+def _ptrs(ts):
+    return [t.data_ptr() for t in ts]
+
+
+@pytest.mark.parametrize("tp", [1, 2, 3])
+def test_write_weight_scale_to_buffer_writes_the_loaded_weights_split_by_rank(moe, method, tp):
+    """Each CPU slot (redundant slots included) written as sglang-kt does, double-buffered: two
+    writes queued, then one sync; bit-identical to the weights as loaded (the package's quantizer,
+    the reference's dequantizer), rounded to bf16 and split as SGLang's TP ranks hold them. A
+    forward queued before the writes is unaffected by them."""
+    w, shape = _write_layer(moe, method)
+    deq = moe.dequantized(moe.format_of(method)["name"], shape)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, WRITE["H"], generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(WRITE["E"], generator=g)[:WRITE["K"]] for _ in range(12)]).to(torch.int32)
+    weights = torch.rand(12, WRITE["K"], generator=g)
+    alone = w.forward(x, ids, weights).clone()
+    cpu_slots = [e for e in range(WRITE["E"]) if not WRITE_MASK[e]]
+    slots = [_rank_buffers(tp), _rank_buffers(tp)]  # sglang-kt's double buffer
+    zeros = [0] * tp
+    w.submit_forward(x, ids, weights, 0)
+    for i in range(0, len(cpu_slots), 2):
+        pair = cpu_slots[i:i + 2]
+        for e, (w13, w2) in zip(pair, slots):
+            for b in w13 + w2:
+                b.fill_(float("nan"))
+            w.submit_write_weight_scale_to_buffer(tp, e, _ptrs(w13), zeros, _ptrs(w2), zeros)
+        w.sync_write_weight_scale_to_buffer()
+        for e, (w13, w2) in zip(pair, slots):
+            want13, want2 = _expected_rank_buffers(deq, WRITE_PMAP[e], tp)
+            for r in range(tp):
+                assert torch.equal(w13[r].view(torch.int16), want13[r].view(torch.int16)), f"slot {e} w13 rank {r}"
+                assert torch.equal(w2[r].view(torch.int16), want2[r].view(torch.int16)), f"slot {e} w2 rank {r}"
+    assert torch.equal(w.sync_forward(x, 0), alone)
+
+
+def test_sync_write_without_a_write_returns():
+    w = _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool))
+    w.sync_write_weight_scale_to_buffer()
+
+
+def _bad_write_calls():
+    tp, Ir, Hh = 2, WRITE["I"] // 2, WRITE["H"]
+    w13 = [torch.empty(2 * Ir, Hh, dtype=torch.bfloat16) for _ in range(tp)]
+    w2 = [torch.empty(Hh, Ir, dtype=torch.bfloat16) for _ in range(tp)]
+    good = dict(gpu_tp_count=tp, expert_id=1, w13_weight_ptrs=_ptrs(w13), w13_scale_ptrs=[0, 0],
+                w2_weight_ptrs=_ptrs(w2), w2_scale_ptrs=[0, 0])
+    cases = [
+        (dict(expert_id=8), ValueError, r"expert_id=8 is out of range: expected 0..7"),
+        (dict(expert_id=-1), ValueError, r"expert_id=-1 is out of range"),
+        (dict(expert_id=3), ValueError, r"expert_id=3 is a GPU expert"),
+        (dict(expert_id=1.0), TypeError, r"expert_id=1.0 must be an integer"),
+        (dict(gpu_tp_count=0), ValueError, r"gpu_tp_count=0 is out of range"),
+        (dict(gpu_tp_count=5), ValueError, r"gpu_tp_count=5 does not divide moe_intermediate_size=96"),
+        (dict(w13_weight_ptrs=_ptrs(w13)[:1]), ValueError, r"w13_weight_ptrs has 1 entries, expected gpu_tp_count=2"),
+        (dict(w2_scale_ptrs=[0]), ValueError, r"w2_scale_ptrs has 1 entries, expected gpu_tp_count=2"),
+        (dict(w2_weight_ptrs=[w2[0].data_ptr(), 0]), ValueError, r"w2_weight_ptrs\[1\] is 0, a null pointer"),
+        (dict(w13_weight_ptrs=[w13[0], w13[1]]), TypeError, r"w13_weight_ptrs\[0\] must be an integer address"),
+        (dict(w13_weight_ptrs=w13[0].data_ptr()), TypeError, r"w13_weight_ptrs must be a list"),
+        (dict(w13_weight_ptrs=[-8, 8]), ValueError, r"w13_weight_ptrs\[0\]=-8 is not an address"),
+        (dict(w13_scale_ptrs=[w2[0].data_ptr(), 0]), NotImplementedError,
+         r"w13_scale_ptrs holds non-zero addresses.*pass 0 for every scale pointer"),
+    ]
+    return good, cases, (w13, w2)
+
+
+def test_write_arguments_are_checked_by_name(moe):
+    w, _ = _write_layer(moe, "BF16")
+    good, cases, keep = _bad_write_calls()
+    for change, error, words in cases:
+        with pytest.raises(error, match=words):
+            w.submit_write_weight_scale_to_buffer(**{**good, **change})
+    assert w._writes == []  # nothing was queued by the refused calls
+    w.submit_write_weight_scale_to_buffer(**good)  # the good call still works after them
+    w.sync_write_weight_scale_to_buffer()
+    assert not torch.isnan(keep[0][0].float()).any()
+
+
+def test_native_write_checks_raise_rather_than_crash(moe):
+    """The extension re-checks what it is handed (a caller bypassing the wrapper's checks)."""
+    w, _ = _write_layer(moe, "AMXINT8")
+    buf = torch.empty(2 * WRITE["I"] * WRITE["H"], dtype=torch.bfloat16)
+    p = buf.data_ptr()
+    for args, words in [((9, 1, [p], [p]), "expert_id=9 is out of range"),
+                        ((0, 1, [p], [p]), "expert_id=0 is a GPU expert"),
+                        ((1, 7, [p] * 7, [p] * 7), "gpu_tp_count=7 must be a positive divisor"),
+                        ((1, 2, [p], [p, p]), "w13_weight_ptrs has 1 entries"),
+                        ((1, 1, [p], [0]), r"w2_weight_ptrs\[0\] is a null pointer")]:
+        with pytest.raises(ValueError, match=words):
+            w._layer.submit_write_bf16(*args)
+
+
+def test_write_before_load_is_refused():
+    w = _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool))
+    b = torch.empty(2 * I * H, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="before the weights were loaded"):
+        w.submit_write_weight_scale_to_buffer(1, 0, [b.data_ptr()], [0], [b.data_ptr()], [0])
+
+
+def test_cpu_infer_sync_drains_the_queued_forwards(moe):
+    """wrapper.cpu_infer.sync() returns once the jobs already queued have run: here the forward
+    of another wrapper on the same engine and this wrapper's own."""
+    a, _ = _write_layer(moe, "BF16")
+    b, _ = _write_layer(moe, "AMXINT4")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, WRITE["H"], generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(WRITE["E"], generator=g)[:WRITE["K"]] for _ in range(64)])
+    weights = torch.rand(64, WRITE["K"], generator=g)
+    a.submit_forward(x, ids, weights)
+    b.submit_forward(x, ids, weights)
+    jobs = [a._pending[0], b._pending[0]]
+    a.cpu_infer.sync()
+    assert all(j.done() for j in jobs)
+    assert a.sync_forward(x).shape == b.sync_forward(x).shape == x.shape
+
+
+def test_forward_inference_is_the_forward(moe):
+    """sglang-kt's submit_forward_inference(x, ids, weights, stream) / sync_forward_inference(stream):
+    the same output, bit for bit, as submit_forward / sync_forward."""
+    w, _ = _write_layer(moe, "AMXINT8")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20, WRITE["H"], generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(WRITE["E"], generator=g)[:WRITE["K"]] for _ in range(20)])
+    weights = torch.rand(20, WRITE["K"], generator=g)
+    want = w.forward(x, ids, weights, 0).clone()
+    w.submit_forward_inference(x, ids, weights, 0)
+    ids.fill_(-1)  # sglang-kt may reuse the ids after the submit
+    got = w.sync_forward_inference(0)
+    assert got.shape == x.shape and got.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="sync_forward called without submit_forward"):
+        w.sync_forward_inference(0)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_write_handles_padded_panels(moe, method, tp):
+    """H = 40 and I = 48: packed K padded (to 32 for int4), partial panels of 16 rows, and I split
+    over one sub-pool per 16 or 32 channels; every CPU slot still comes back as loaded."""
+    from kt_kernel import KTMoEWrapper
+
+    E_, H_, I_ = 4, 40, 48
+    shape = moe.Shape(E_, 2, H_, I_)
+    w = KTMoEWrapper(0, E_, 2, H_, I_, gpu_experts_mask=torch.tensor([False, True, False, False]),
+                     cpuinfer_threads=2, threadpool_count=2, method=method)
+    w.load_weights_from_tensors(*moe.weights(shape))
+    gate, up, down = moe.dequantized(moe.format_of(method)["name"], shape)
+    Ir = I_ // tp
+    for e in (0, 2, 3):
+        w13 = [torch.full((2 * Ir, H_), float("nan"), dtype=torch.bfloat16) for _ in range(tp)]
+        w2 = [torch.full((H_, Ir), float("nan"), dtype=torch.bfloat16) for _ in range(tp)]
+        w.submit_write_weight_scale_to_buffer(tp, e, _ptrs(w13), [0] * tp, _ptrs(w2), [0] * tp)
+        w.sync_write_weight_scale_to_buffer()
+        for r in range(tp):
+            want13 = torch.cat([gate[e, r * Ir:(r + 1) * Ir], up[e, r * Ir:(r + 1) * Ir]]).bfloat16()
+            assert torch.equal(w13[r].view(torch.int16), want13.view(torch.int16)), f"slot {e} w13 rank {r}"
+            assert torch.equal(w2[r].view(torch.int16), down[e, :, r * Ir:(r + 1) * Ir].bfloat16().view(torch.int16))

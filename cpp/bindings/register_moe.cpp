@@ -107,6 +107,20 @@ void register_moe(py::module_& m) {
            py::arg("w_dtype"), py::arg("tokens"),
            "Queues a forward; returns (job, output): the output, uint16 bf16 bits [tokens, hidden], is "
            "written by the job and valid once job.wait() returns.")
+      .def("submit_write_bf16",
+           [](MoeLayer& l, int slot, int tp, const std::vector<uintptr_t>& w13, const std::vector<uintptr_t>& w2) {
+             auto as_ptrs = [](const std::vector<uintptr_t>& v) {
+               std::vector<uint16_t*> out;
+               for (uintptr_t p : v) out.push_back(reinterpret_cast<uint16_t*>(p));
+               return out;
+             };
+             return l.submit_write_bf16(slot, tp, as_ptrs(w13), as_ptrs(w2));
+           },
+           py::arg("slot"), py::arg("tp"), py::arg("w13"), py::arg("w2"),
+           "Queues the write of a CPU slot's weights as bf16 into per-rank buffers (layouts in kt/moe.h); "
+           "returns the job.")
+      .def("submit_barrier", &MoeLayer::submit_barrier,
+           "An empty job queued on the layer's engine: done once every job queued before it ran.")
       .def_property_readonly("loaded", &MoeLayer::loaded)
       .def_property_readonly("kernel_name", [](const MoeLayer& l) { return std::string(l.kernel().name); })
       .def_property_readonly("vector_kernel_name", [](const MoeLayer& l) { return std::string(l.vector_kernel().name); })

@@ -75,12 +75,29 @@ def route(topk, hf_config, tensors, layer_id, seed):
     return x, topk(x, logits)
 
 
-def run_layer(layer, topk, hf_config, tensors, layer_id, seed, num_gpu_experts):
+def run_layer(layer, topk, hf_config, tensors, layer_id, seed, num_gpu_experts, ids_dtype=torch.int64):
+    """SGLang's forward of ``layer`` on routed tokens. ``ids_dtype``: SGLang's TopK gives int64
+    ids on this CPU and int32 from its CUDA kernels; the ids are cast before SGLang's layer takes
+    them, and the dtype reaching kt_kernel is checked."""
     x, topk_output = route(topk, hf_config, tensors, layer_id, seed)
+    topk_output = topk_output._replace(topk_ids=topk_output.topk_ids.to(ids_dtype))
     ids = topk_output.topk_ids.clone()
     weights = topk_output.topk_weights.clone()
-    out = layer(x, topk_output)
+    seen = []
+    submit = kt_kernel.KTMoEWrapper.submit_forward
+
+    def recording_submit(self, hidden_states, topk_ids, *args):
+        seen.append(topk_ids.dtype)
+        return submit(self, hidden_states, topk_ids, *args)
+
+    kt_kernel.KTMoEWrapper.submit_forward = recording_submit
+    try:
+        out = layer(x, topk_output)
+    finally:
+        kt_kernel.KTMoEWrapper.submit_forward = submit
     assert out.shape == x.shape and out.dtype == torch.bfloat16
+    if num_gpu_experts < 32 + REDUNDANT:
+        assert seen == [ids_dtype], f"kt_kernel was handed topk_ids of {seen}, expected [{ids_dtype}]"
     # SGLang masked the CPU slots in the very tensor kt_kernel was handed
     assert torch.equal(topk_output.topk_ids, ids.masked_fill(ids >= num_gpu_experts, -1))
     return x, ids, weights, out
@@ -98,16 +115,18 @@ def test_capture_batch_sizes_set_as_sglang_does():
         KTMoEWrapper.set_capture_batch_sizes(before)
 
 
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=["ids64", "ids32"])
 @pytest.mark.parametrize("num_gpu_experts", [0, 8, 32 + REDUNDANT], ids=["gpu0", "gpu8", "gpu_all"])
 @pytest.mark.parametrize("method", list(kt_kernel.METHODS))
-def test_fused_moe_with_kt_matches_torch(moe, checkpoint, method, num_gpu_experts):
+def test_fused_moe_with_kt_matches_torch(moe, checkpoint, method, num_gpu_experts, ids_dtype):
     path, tensors = checkpoint
     pmap = physical_to_logical(2, 32)
     _, hf_config = sglang_harness.server_args(path, method, num_gpu_experts, deferred=0, chunked_prefill_size=CHUNK,
                                               physical_to_logical_map=pmap, redundant=REDUNDANT)
     layer, topk = sglang_harness.moe_layer(hf_config, 0, REDUNDANT, tensors)
     assert type(layer.quant_method).__name__ == "KTEPWrapperMethod"
-    x, ids, weights, out = run_layer(layer, topk, hf_config, tensors, 0, seed=1, num_gpu_experts=num_gpu_experts)
+    x, ids, weights, out = run_layer(layer, topk, hf_config, tensors, 0, seed=1, num_gpu_experts=num_gpu_experts,
+                                     ids_dtype=ids_dtype)
     assert bool((ids >= 32).any()), "the routing reached no redundant slot; pick another seed"
     if 0 < num_gpu_experts < 32:
         assert bool((ids < num_gpu_experts).any()) and bool((ids >= num_gpu_experts).any())

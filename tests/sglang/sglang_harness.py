@@ -20,6 +20,20 @@ Shims (SGLang's CUDA assumptions only; everything else is SGLang's own code):
      so the shim sends the -1 entry at top-k position k to an all-zero expert of its own, slot
      num_gpu_experts + k, with weight 0. SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1) would pick
      that function itself but needs the CPU build of sgl_kernel, which is not on PyPI.
+
+Whole model (check_sglang_model.py) adds:
+  6. vllm._custom_ops: SGLang's RotaryEmbedding imports vllm's rotary CUDA kernel at construction on
+     a host that is neither CUDA nor running SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1, whose
+     imports need sgl_kernel's CPU build: ``from sgl_kernel import copy_all_layer_kv_cache_cpu`` in
+     mem_cache/memory_pool.py). The forward takes RotaryEmbedding.forward_native (CustomOp's dispatch
+     without CUDA); the stub's kernel raises if anything calls it.
+  7. ModelRunner is not run: it is the server's GPU runtime (it sizes the KV cache from
+     torch.cuda.mem_get_info through get_available_gpu_memory, sets the CUDA device, captures CUDA
+     graphs). sglang_model / model_forward build what it hands the model from SGLang's own classes:
+     torch.distributed on gloo with SGLang's initialize_model_parallel (TP = PP = 1), ReqToTokenPool,
+     MHATokenToKVPool, TorchNativeAttnBackend (``--attention-backend torch_native``), ForwardBatch
+     (one EXTEND request) and the forward context; a namespace carries the device and the two pools
+     to the backend, which reads nothing else from the runner.
 """
 from __future__ import annotations
 
@@ -27,6 +41,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -163,3 +178,129 @@ def moe_layer(hf_config, layer_id: int, redundant: int, checkpoint: dict):
                 layer_id=layer_id)
     topk.bind_runner_backend(layer.runner_backend, routing_method_type=layer.routing_method_type)
     return layer, topk
+
+
+# ---- SGLang's Qwen3-MoE model with KT ----------------------------------------------------------
+
+
+def install_model_shims() -> None:
+    """Shim 6: a vllm._custom_ops whose rotary kernel raises if called (see the module docstring)."""
+    def rotary_embedding(*args, **kwargs):
+        raise RuntimeError("vllm's rotary_embedding kernel was called; the CPU forward should use forward_native")
+
+    vllm = types.ModuleType("vllm")
+    vllm.__path__ = []
+    ops = types.ModuleType("vllm._custom_ops")
+    ops.rotary_embedding = rotary_embedding
+    sys.modules.setdefault("vllm", vllm)
+    sys.modules.setdefault("vllm._custom_ops", ops)
+
+
+_GROUP_NAMES = ("tp_group", "pp_group", "moe_ep_group", "moe_dp_group", "moe_tp_group", "attn_tp_group",
+                "attn_cp_group", "shared_experts_tp_group", "dcp_group")
+_groups: dict = {}
+
+
+def _model_parallel(args) -> None:
+    """torch.distributed (gloo, one rank) and SGLang's model-parallel groups (TP = PP = 1), built
+    once per process; every call publishes ``args`` as the scheduler's context with those groups
+    (SGLang's initialize_model_parallel refuses a second build, and destroy_model_parallel imports
+    its HTTP server)."""
+    import os
+
+    from sglang.srt.distributed import parallel_state
+    from sglang.srt.runtime_context import SpawnRanks, get_parallel, publish, reset_context
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if not torch.distributed.is_initialized():
+        parallel_state.init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo")
+    reset_context()
+    publish(args, role="scheduler", ranks=SpawnRanks(world_rank=0))
+    get_parallel().override_permanently(world_group=parallel_state._WORLD)
+    if not _groups:
+        parallel_state.initialize_model_parallel(backend="gloo")
+        for name in _GROUP_NAMES:
+            try:
+                _groups[name] = getattr(get_parallel(), name)
+            except RuntimeError:  # a group SGLang leaves unset at this size
+                pass
+    else:
+        get_parallel().override_permanently(**_groups)
+
+
+def sglang_model(model_path, method: str, num_gpu_experts: int, *, chunked_prefill_size: int):
+    """SGLang's Qwen3MoeForCausalLM from the server arguments a user gives, loaded as SGLang's model
+    loader does: ``load_weights`` on the checkpoint's tensors, then every module's
+    ``process_weights_after_loading`` (KT's: KTMoEWrapper.load_weights from --kt-weight-path)."""
+    import argparse
+
+    from safetensors.torch import load_file
+    from sglang.srt.arg_groups.overrides import model_config_of
+    from sglang.srt.eplb.expert_location import (compute_initial_expert_location_metadata,
+                                                 set_global_expert_location_metadata)
+    from sglang.srt.models.qwen3_moe import Qwen3MoeForCausalLM
+    from sglang.srt.server_args import ServerArgs
+
+    argv = ["--model-path", str(model_path), "--device", "cpu", "--attention-backend", "torch_native",
+            "--kt-weight-path", str(model_path), "--kt-method", method,
+            "--kt-num-gpu-experts", str(num_gpu_experts), "--kt-cpuinfer", "2", "--kt-threadpool-count", "2",
+            "--chunked-prefill-size", str(chunked_prefill_size)]
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    args = ServerArgs.from_cli_args(parser.parse_args(argv))
+    _model_parallel(args)
+    config = model_config_of(args)
+    set_global_expert_location_metadata(compute_initial_expert_location_metadata(config, moe_ep_rank=0),
+                                        allow_overwrite=True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(config.dtype)  # as SGLang's loader builds the model
+    try:
+        model = Qwen3MoeForCausalLM(config=config.hf_config, quant_config=None)
+    finally:
+        torch.set_default_dtype(default)
+    tensors = {}
+    for f in sorted(Path(model_path).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    model.load_weights(list(tensors.items()))
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if quant_method is not None and hasattr(quant_method, "process_weights_after_loading"):
+            quant_method.process_weights_after_loading(module)
+    return model.eval(), config.hf_config
+
+
+def model_forward(model, hf_config, input_ids):
+    """One prefill (EXTEND) of ``input_ids`` as a single request: the final hidden states of every
+    position (Qwen3MoeModel.forward) and the last position's logits (the whole model's forward,
+    SGLang's LogitsProcessor)."""
+    from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+    from sglang.srt.model_executor.runner_utils.forward_batch import set_forward_batch
+
+    L = int(input_ids.shape[0])
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    req_pool = ReqToTokenPool(size=1, max_context_len=L + 1, device="cpu", enable_memory_saver=False)
+    kv_pool = MHATokenToKVPool(size=L + 1, page_size=1, dtype=torch.bfloat16, head_num=hf_config.num_key_value_heads,
+                               head_dim=head_dim, layer_num=hf_config.num_hidden_layers, device="cpu",
+                               enable_memory_saver=False, enable_alt_stream=False)
+    cache_loc = torch.arange(1, L + 1)  # KV slot 0 is the pool's padding slot
+    req_pool.req_to_token[0, :L] = cache_loc.to(req_pool.req_to_token.dtype)
+    backend = TorchNativeAttnBackend(types.SimpleNamespace(device="cpu", req_to_token_pool=req_pool,
+                                                           token_to_kv_pool=kv_pool))
+    batch = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=1, input_ids=input_ids,
+                         req_pool_indices=torch.tensor([0]), seq_lens=torch.tensor([L]), out_cache_loc=cache_loc,
+                         seq_lens_sum=L, seq_lens_cpu=torch.tensor([L]), positions=torch.arange(L),
+                         extend_num_tokens=L, extend_seq_lens=torch.tensor([L]), extend_prefix_lens=torch.tensor([0]),
+                         extend_start_loc=torch.tensor([0]), extend_seq_lens_cpu=[L], extend_prefix_lens_cpu=[0],
+                         return_logprob=False, capture_hidden_mode=CaptureHiddenMode.NULL)
+    outputs = []
+    for run in (lambda: model.model(input_ids, batch.positions, batch),
+                lambda: model(input_ids, batch.positions, batch).next_token_logits[0]):
+        backend.init_forward_metadata(batch)
+        with torch.no_grad(), forward_context(ForwardContext(attn_backend=backend), forward_batch=batch), \
+                set_forward_batch(batch):
+            outputs.append(run())
+    return outputs[0], outputs[1]

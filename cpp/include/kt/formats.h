@@ -118,6 +118,9 @@ struct FormatTraits {
   // Packs rows [n0, n1) and columns [k0, k1) of q into dst (panels of kPanelN channels).
   // k0 must be a multiple of k_step().
   void (*pack)(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+  // Dequantizes row n of a packed matrix with K columns (padded to Kp; data: its panels) into
+  // out[0, K): pack's inverse followed by dequantize_ref, equal to it bit for bit.
+  void (*unpack_row)(const uint8_t* data, int Kp, int n, int K, float* out);
 
   int k_step() const { return group ? group : k_align; }  // where a packed slice of K may start
   int num_arrays() const {

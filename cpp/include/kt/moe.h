@@ -80,6 +80,19 @@ class MoeLayer {
   std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
                               const void* weights, DType w_dtype, int M, std::shared_ptr<uint16_t> out);
 
+  // Queues, behind the layer's forwards, the write of CPU slot `slot`'s weights as this layer
+  // holds them (dequantized, rounded to bf16) into a caller's buffers, split over tp ranks the way
+  // SGLang's tensor parallelism splits I: rank r owns channels [r*Ir, (r+1)*Ir), Ir = I / tp, and
+  //   w13[r]  bf16 [2*Ir, H]   rows [0, Ir): gate channels, rows [Ir, 2*Ir): up channels
+  //   w2[r]   bf16 [H, Ir]     the down columns of those channels
+  // (SGLang's unquantized w13_weight / w2_weight of one expert). The buffers must stay valid until
+  // the returned job is done. Throws std::invalid_argument for a GPU slot, an I that tp does not
+  // divide, or a pointer list of the wrong length or holding a null pointer.
+  std::shared_ptr<Job> submit_write_bf16(int slot, int tp, const std::vector<uint16_t*>& w13,
+                                         const std::vector<uint16_t*>& w2);
+  // Queues an empty job: it is done once every job queued on the layer's engine before it ran.
+  std::shared_ptr<Job> submit_barrier();
+
   // The layer's best kernel; when it is a tile kernel (min_m > 0), buckets of fewer than min_m
   // tokens run vector_kernel() instead (the same packed weights and activation format).
   const KernelRow& kernel() const { return *kernel_; }

@@ -40,4 +40,11 @@ void bf16_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t
   }
 }
 
+void bf16_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const Bf16Block* blocks =
+      reinterpret_cast<const Bf16Block*>(data + format_traits(FormatId::bf16).panel_bytes(Kp) * size_t(n / kPanelN));
+  const int c = n % kPanelN;
+  for (int k = 0; k < K; ++k) out[k] = bf16_to_f32(blocks[k / Bf16Block::kK].w[c][k % Bf16Block::kK]);
+}
+
 }  // namespace kt

@@ -7,17 +7,20 @@ namespace kt {
 void bf16_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
 void bf16_dequantize_ref(const QuantizedMatrix& q, float* out);
 void bf16_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void bf16_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
 // int8_pc arrays: values int8 [N, K], scale fp32 [N]
 enum Int8PcArray { kInt8PcValues = 0, kInt8PcScale = 1 };
 void int8pc_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
 void int8pc_dequantize_ref(const QuantizedMatrix& q, float* out);
 void int8pc_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void int8pc_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
 // int4_g32 arrays: values uint8 [N, K] in 0..15, group_scale and group_min fp16 bits [N, ceil(K/32)]
 enum Int4G32Array { kInt4G32Values = 0, kInt4G32Scale = 1, kInt4G32Min = 2 };
 void int4g32_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
 void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out);
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
 }  // namespace kt

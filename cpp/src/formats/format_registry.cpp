@@ -30,7 +30,7 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      {{"values", "qweight", "BF16", 16, ArrayPer::value}},
      kFloatActs, /*int_dot=*/false, /*weight_rel_err=*/0.0025, /*layer_rel_err=*/0.01,
      AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
-     bf16_quantize_ref, bf16_dequantize_ref, bf16_pack},
+     bf16_quantize_ref, bf16_dequantize_ref, bf16_pack, bf16_unpack_row},
     // int8_pc: step s = amax/127 per channel, error s/sqrt(12) rms; amax of 2048 Gaussians is about
     // 3.5 sigma, so 3.5/(127 sqrt 12) = 0.8% (weight_rel_err 1%). The q8 activations (x and h) add
     // the same kind of error; through the layer about 1.8-2.7% measured: layer_rel_err 4%.
@@ -39,7 +39,7 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      {{"values", "qweight", "I8", 8, ArrayPer::value}, {"scale", "scale", "F32", 32, ArrayPer::row}},
      kQ8Acts, /*int_dot=*/true, /*weight_rel_err=*/0.01, /*layer_rel_err=*/0.04,
      AgreementBounds{/*kl_mean=*/2e-3, /*top1=*/0.96, /*tie_margin=*/0.25},
-     int8pc_quantize_ref, int8pc_dequantize_ref, int8pc_pack},
+     int8pc_quantize_ref, int8pc_dequantize_ref, int8pc_pack, int8pc_unpack_row},
     // int4_g32: 16 levels over the range of 32 Gaussians (~4.1 sigma): step 0.27 sigma, error
     // 0.079 sigma rms by plain min/max rounding (7.2% measured), the least-squares refit does
     // better (6.9% measured): weight_rel_err 7.5%. Gate and up errors combine in h (~10%), down
@@ -52,7 +52,7 @@ constexpr FormatTraits kFormats[kNumFormats] = {
       {"group_min", "min", "F16", 16, ArrayPer::group}},
      act_bit(ActFormat::q8s), /*int_dot=*/true, /*weight_rel_err=*/0.075, /*layer_rel_err=*/0.20,
      AgreementBounds{/*kl_mean=*/2e-2, /*top1=*/0.90, /*tie_margin=*/1.0},
-     int4g32_quantize_ref, int4g32_dequantize_ref, int4g32_pack},
+     int4g32_quantize_ref, int4g32_dequantize_ref, int4g32_pack, int4g32_unpack_row},
 };
 
 constexpr bool records_in_id_order() {

@@ -188,4 +188,20 @@ void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint
   }
 }
 
+void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const Int4G32Block* blocks =
+      reinterpret_cast<const Int4G32Block*>(data + format_traits(FormatId::int4_g32).panel_bytes(Kp) * size_t(n / kPanelN));
+  const int c = n % kPanelN;
+  for (int g = 0; g * G < K; ++g) {
+    const Int4G32Block& blk = blocks[g];
+    const float d = f16_to_f32(blk.d[c]), m = f16_to_f32(blk.m[c]);
+    for (int kk = 0; kk < G && g * G + kk < K; ++kk) {
+      const int j = kk / 8, r = kk % 8;
+      const uint8_t byte = blk.q[j][c * 4 + (r & 3)];
+      const uint8_t q = r < 4 ? byte & 0xf : byte >> 4;
+      out[g * G + kk] = d * q + m;  // w = d * q + m
+    }
+  }
+}
+
 }  // namespace kt

@@ -62,4 +62,12 @@ void int8pc_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8
   }
 }
 
+void int8pc_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const uint8_t* panel = data + format_traits(FormatId::int8_pc).panel_bytes(Kp) * size_t(n / kPanelN);
+  const Int8PcBlock* blocks = reinterpret_cast<const Int8PcBlock*>(panel);
+  const int c = n % kPanelN;
+  const float scale = int8pc_tail(panel, Kp)->scale[c];
+  for (int k = 0; k < K; ++k) out[k] = scale * blocks[k / Int8PcBlock::kK].q[c][k % Int8PcBlock::kK];  // w = scale * q
+}
+
 }  // namespace kt

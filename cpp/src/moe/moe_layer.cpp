@@ -447,6 +447,83 @@ std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* 
   return job;
 }
 
+std::shared_ptr<Job> MoeLayer::submit_write_bf16(int slot, int tp, const std::vector<uint16_t*>& w13,
+                                                 const std::vector<uint16_t*>& w2) {
+  const int E = cfg_.num_experts, H = cfg_.hidden, I = cfg_.intermediate;
+  if (!loaded()) throw std::invalid_argument("the layer's weights are not loaded yet");
+  if (slot < 0 || slot >= E)
+    throw std::invalid_argument("expert_id=" + std::to_string(slot) + " is out of range: expected 0.." + std::to_string(E - 1));
+  if (!cfg_.on_cpu[slot])
+    throw std::invalid_argument("expert_id=" + std::to_string(slot) +
+                                " is a GPU expert: its weights are not held in host memory, only those of CPU experts");
+  if (tp < 1 || I % tp != 0)
+    throw std::invalid_argument("gpu_tp_count=" + std::to_string(tp) + " must be a positive divisor of moe_intermediate_size=" +
+                                std::to_string(I));
+  for (const auto* list : {&w13, &w2}) {
+    const char* name = list == &w13 ? "w13_weight_ptrs" : "w2_weight_ptrs";
+    if (int(list->size()) != tp)
+      throw std::invalid_argument(std::string(name) + " has " + std::to_string(list->size()) + " entries, expected gpu_tp_count=" +
+                                  std::to_string(tp));
+    for (int r = 0; r < tp; ++r)
+      if (!(*list)[r]) throw std::invalid_argument(std::string(name) + "[" + std::to_string(r) + "] is a null pointer");
+  }
+  const int Ir = I / tp;
+  std::shared_ptr<void> workspace;
+  const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
+  std::lock_guard<std::mutex> lock(mu_);
+  Engine* eng = engine.get();  // runs the job, so outlives it
+  auto job = engine->submit([this, slot, Ir, H, w13, w2, eng] {
+    const FormatTraits& f = format_traits(cfg_.format);
+    // one task per (sub-pool slice, matrix, panel of kPanelN rows)
+    struct Task {
+      const Slice* s;
+      int which, n0, n1;
+    };
+    std::vector<Task> tasks;
+    for (const auto& s : slices_) {
+      if (s->i1 == s->i0) continue;
+      for (int which = 0; which < 3; ++which) {
+        const int N = which == 2 ? H : s->i1 - s->i0;
+        for (int n0 = 0; n0 < N; n0 += kPanelN) tasks.push_back({s.get(), which, n0, std::min(N, n0 + kPanelN)});
+      }
+    }
+    Stage st;
+    st.shared = true;
+    st.tasks[0] = int(tasks.size());
+    st.fn = [&](int, int t) {
+      const Task& task = tasks[t];
+      const Slice& s = *task.s;
+      const PackedMatrix& m = task.which == 0 ? s.gate[slot] : task.which == 1 ? s.up[slot] : s.down[slot];
+      thread_local std::vector<float> row;
+      row.resize(m.K);
+      for (int n = task.n0; n < task.n1; ++n) {
+        f.unpack_row(m.data, m.Kp, n, m.K, row.data());
+        if (task.which < 2) {
+          // gate/up row n is channel i; rank i / Ir, row (i % Ir) of its gate or up half
+          const int i = s.i0 + n;
+          uint16_t* dst = w13[i / Ir] + (size_t(task.which == 1 ? Ir : 0) + i % Ir) * H;
+          for (int k = 0; k < H; ++k) dst[k] = f32_to_bf16(row[k]);
+        } else {
+          // down row n is output h = n; its column k is channel i = i0 + k
+          for (int k = 0; k < m.K; ++k) {
+            const int i = s.i0 + k;
+            w2[i / Ir][size_t(n) * Ir + i % Ir] = f32_to_bf16(row[k]);
+          }
+        }
+      }
+    };
+    eng->run(st);
+  });
+  last_job_ = job;
+  return job;
+}
+
+std::shared_ptr<Job> MoeLayer::submit_barrier() {
+  std::shared_ptr<void> workspace;
+  const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
+  return engine->submit([] {});
+}
+
 std::shared_ptr<MoeLayer::Staging> MoeLayer::split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part) {
   const int K = cfg_.topk;
   const size_t bytes = staging_bytes(M, cfg_.hidden, K, in.x_dtype);
