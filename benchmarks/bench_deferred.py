@@ -7,7 +7,7 @@ experts on kt_kernel in fp32 (attach's rule: every MoE layer defers d but the la
 over REFERENCE_PROMPT, against the same checkpoint in transformers' eager experts in fp32: mean
 KL(reference || run) and top-1 agreement over the 339 positions, for d = 0, 1, 2 (where d < top-k).
 
-Time: one layer of a protocol shape (BENCH_PROTOCOL.md; A by default), per method and M: the
+Time: one layer of a protocol shape (docs/benchmark_protocol.md; A by default), per method and M: the
 time from submit_forward to sync_forward's return of a layer with d > 0 (its kept experts) against
 the same layer with d = 0, in alternating rounds (drift weighs on both alike), routings taken in
 turn from bench_moe.FRESH_ROUTINGS. Each timed call is followed by the forward of a next layer

@@ -1,4 +1,4 @@
-"""One MoE layer forward, benchmarked per BENCH_PROTOCOL.md.
+"""One MoE layer forward, benchmarked per docs/benchmark_protocol.md.
 
     python benchmarks/bench_moe.py --shapes A,B,C --methods AMXINT4,AMXINT8,BF16 \\
         --tokens 1,8,64,512 --threads 2 --isas all --json out.json --markdown out.md --chart out.png
@@ -118,8 +118,8 @@ def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, s
     time floor keeps the "other" figure meaningful: /proc/stat counts in 10 ms ticks.
 
     Sleeps `settle` seconds first: torch's OpenMP threads spin for some milliseconds after each
-    torch op, and a kt_kernel call made meanwhile shares the cores with them (measured: 4-7 ms
-    instead of 0.2-0.9 ms for shape A at M=1 on 2 cores)."""
+    torch op, and a kt_kernel call made meanwhile shares the cores with them (several times
+    slower at decode)."""
     time.sleep(settle)
     for _ in range(warmup):
         fn()
@@ -153,7 +153,7 @@ def protocol_cases(shape: Shape, weights, tokens) -> dict:
 
 FRESH_ROUTINGS = 64
 # Read bandwidth readings before and after a decode case that differ by more than this fraction:
-# the machine switched regimes in between (this VM moves between about 50 and 85 GB/s).
+# the machine switched regimes in between (VMs can move between bandwidth regimes within minutes).
 REGIME_SWITCH = 0.15
 
 

@@ -50,7 +50,7 @@ class ModelShape:
         return 3 * self.hidden * self.intermediate
 
 
-# The protocol's models (BENCH_PROTOCOL.md): routed experts only.
+# The protocol's models (docs/benchmark_protocol.md): routed experts only.
 PRESETS: dict[str, ModelShape] = {
     "qwen3-30b-a3b": ModelShape("Qwen3-30B-A3B", moe_layers=48, hidden=2048, intermediate=768,
                                 experts_per_token=8, experts=128),

@@ -1,4 +1,4 @@
-"""The MoE layer in plain PyTorch: the reference and the peer of BENCH_PROTOCOL.md.
+"""The MoE layer in plain PyTorch: the reference and the peer of docs/benchmark_protocol.md.
 
     out[t] = sum_k  w[t,k] * down_e( silu(gate_e(x_t)) * up_e(x_t) ),   e = topk_ids[t,k]
 

@@ -140,7 +140,7 @@ class KTMoEWrapper:
     the other ``d`` run in the background and their weighted sum is added to the output of the next
     forward of the wrapper with ``layer_idx + 1`` (same engine, token count and hidden size). The
     last MoE layer must use 0: a deferred part that no layer takes makes this layer's next forward
-    raise. README "Deferred experts" has the contract.
+    raise. docs/design.md, "Deferred experts", has the contract.
     """
 
     _capture_batch_sizes: list[int] = []

@@ -5,7 +5,7 @@
     w = KTMoEWrapper(..., weight_path="DeepSeek-V3-kt-int4/", method="AMXINT4")
     w.load_weights(physical_to_logical_map)
 
-The format is described in kt_kernel.convert.layout and the README.
+The format is described in kt_kernel.convert.layout and docs/design.md.
 """
 from kt_kernel.convert.convert import QUANT_METHODS, convert_checkpoint, read_meta, verify_layer_file
 from kt_kernel.convert.layout import FORMAT_VERSION, META_FILE

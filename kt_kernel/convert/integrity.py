@@ -8,7 +8,8 @@ is covered; the whole-file xxh3-64 of every other file the converter writes (``o
 non-expert shards, the index, copied files); and ``meta_xxh3``, the xxh3-64 of its own other fields.
 
 Folders converted before these checksums have a sha256 per layer file in ``kt_kernel_meta.json``;
-loading one verifies that digest over the whole layer file (slower: see the README).
+loading one verifies that digest over the whole layer file (slower: docs/benchmarks/notes.md,
+"Converter and loading").
 
 Verification is on unless ``KT_KERNEL_VERIFY_WEIGHTS=0`` is set.
 """

@@ -10,20 +10,9 @@
 
 namespace kt {
 
-// Tokens per expert from which a tile row runs (its min_m), measured on the first AMX host (an
-// Intel Xeon with AMX-INT8/BF16 under KVM, 2 cores, 16 GB/s read bandwidth per core): one thread,
-// the experts of shape A (H=2048, I=768; 64 of them, 32 for bf16, about 400 MB of weights either
-// way) with m rows each, gate/up + down in ms, the tile kernel against the vector kernel it is
-// paired with, weights streamed from DRAM (the kernels called directly, best of 2 runs of 3):
-//
-//   m         1      2      4      8     12     16     20     24     28     32     48
-//   bf16    22.9   23.4   25.7   24.0   24.1   26.2   26.4   25.8   26.6   25.7   30.6   tiles
-//           21.9   26.2   29.1   36.1   37.5   48.0   56.6   69.4   80.7   93.3  140.6   avx512_bf16
-//   int8    22.7   23.4   25.4   24.1   24.7   24.7   27.3   27.0   27.8   28.1   32.4   tiles
-//           19.7   21.0   24.0   23.6   24.6   26.3   28.6   31.7   35.7   38.4   53.8   avx512_vnni
-//   int4       -      -   26.7   26.2   25.9   26.4   37.3   37.2   38.1   37.5   50.1   tiles
-//              -      -   18.5   17.2   22.4   28.7   34.8   41.3   49.1   53.3   81.1   avx512_vnni
-//
+// Tokens per expert from which a tile row runs (its min_m): where the tile kernel, timed against
+// the vector kernel it is paired with for m rows per expert, starts to win (the timings:
+// docs/benchmarks/notes.md, "kTileMinM"; the reasoning: docs/design.md, "min_m").
 // Below about 8 rows every path streams the weights at the core's bandwidth and the vector
 // kernels, with no staging, are as fast or faster. bf16 tiles win from 2 rows: vdpbf16ps runs at
 // about one instruction per 2 cycles on this core, a tenth of tdpbf16ps. int4_g32 scales every

@@ -717,8 +717,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   // stage 4: down, per pool, over panel ranges of H; each task zeroes then accumulates its columns
   // Every task does the same work (the same experts over as many panels). About 4 per thread
   // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) 2
-  // per thread give each expert's panels longer runs to stream (shape A AMXINT4 M=1, a new
-  // routing every call: 0.487-0.504 -> 0.476-0.484 ms).
+  // per thread give each expert's panels longer runs to stream (docs/benchmarks/notes.md).
   const int dn_per_thread = rows <= 2 * n_exp ? 2 : 4;
   Stage dn;
   for (int p = 0; p < pools; ++p) {
