@@ -527,7 +527,7 @@ def main(argv=None) -> dict:
           f"peak RSS {rss_bytes()[1] / 2**30:.2f} GiB")
 
     result = {
-        "protocol": "BENCH_PROTOCOL.md",
+        "protocol": "docs/benchmark_protocol.md",
         "command": ["benchmarks/bench_moe.py", *argv],
         "conditions": {"threads": args.threads, "isas": args.isas, "isa_override": info["override"] or None,
                        "cold_caches": args.cold, "fresh_routing": args.fresh_routing,
