@@ -13,15 +13,18 @@ REFERENCE_TIER = "generic"
 
 
 def cpu_info() -> dict:
-    """Features seen by CPUID/XGETBV, the best tier the CPU runs, the tier in use and why AMX is
-    or is not used. Keys: vendor, brand, flags, best_tier, tiers, override, active_tier, amx,
-    emulated_tiers (the test-only overrides this CPU can run: ``["amx_emu"]`` with AVX512-BF16)."""
+    """What the CPU offers and what the kernels use. Keys: vendor, brand, flags (CPUID bits seen),
+    features (the CPU features kernels may use here: CPUID bits the OS enables, AMX with its
+    permission; see docs/cpu_features.md), tiers (the named feature sets these features cover),
+    best_tier, override, active_tier and active_features (what layers created now are dispatched
+    on), amx (why AMX is or is not used), emulated_tiers (the test-only overrides this CPU can run:
+    ``["amx_emu"]`` with AVX512-BF16)."""
     return _ext.cpu_info()
 
 
 def set_isa(name: str | None) -> None:
-    """Force the kernels of layers created from now on to an ISA tier at or below the CPU's best
-    (one of ``cpu_info()["tiers"]``), or clear the override with ``None``. The environment
+    """Force the kernels of layers created from now on to an ISA tier's feature set, one the CPU
+    covers (one of ``cpu_info()["tiers"]``), or clear the override with ``None``. The environment
     variable ``KT_KERNEL_ISA`` sets the same override at start-up. Asking for a tier this CPU
     lacks raises RuntimeError; an unknown name raises ValueError.
 
