@@ -17,21 +17,22 @@ import math
 import os
 import shutil
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from kt_kernel import _ext
-from kt_kernel.cpu import torch_threads
 from kt_kernel.convert import layout as L
 from kt_kernel.convert.safetensors_io import SafetensorsError, read_header, write_file
 from kt_kernel.convert.integrity import (DIGEST_KEY, VERIFY_ENV, file_xxh3, header_xxh3, layer_digests, meta_digest,
                                         verification_enabled, verify_experts)
 from kt_kernel.convert.source import ConversionError, Source, open_source
+from kt_kernel.threads import torch_threads
+from kt_kernel.timing import Stopwatch
 
 __all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "METHOD_FORMATS"]
 
@@ -40,35 +41,24 @@ QUANT_METHODS = {"int4": "AMXINT4", "int8": "AMXINT8", "bf16": "BF16"}
 
 
 class _Progress:
-    """One status line on stderr: layers, tensors, throughput, ETA."""
+    """The converter's progress bar on stderr: tensors done, with the layers done and the source
+    read rate beside it (tqdm gives the ETA)."""
 
     def __init__(self, layers: int, tensors: int, enabled: bool):
-        self.layers, self.tensors, self.enabled = layers, tensors, enabled
-        self.done_layers = self.done_tensors = self.bytes = 0
-        self.t0 = self.shown = time.monotonic()
-        self.tty = sys.stderr.isatty()
+        # a log (not a terminal) gets a line every 30 s instead of a redrawn bar
+        self.bar = tqdm(total=tensors, desc="[kt convert]", unit="tensor", file=sys.stderr, disable=not enabled,
+                        mininterval=0.25 if sys.stderr.isatty() else 30.0)
+        self.layers, self.done_layers, self.bytes, self.clock = layers, 0, 0, Stopwatch()
 
     def update(self, layers=0, tensors=0, nbytes=0):
         self.done_layers += layers
-        self.done_tensors += tensors
         self.bytes += nbytes
-        now = time.monotonic()
-        # a terminal gets one line redrawn at most 4 times a second; a log, one line per layer
-        if not self.enabled or (self.tty and now - self.shown < 0.25 and self.done_layers < self.layers) \
-                or (not self.tty and not layers):
-            return
-        self.shown = now
-        dt = max(now - self.t0, 1e-9)
-        frac = self.done_tensors / max(self.tensors, 1)
-        eta = dt / frac - dt if frac > 0 else float("nan")
-        sys.stderr.write(f"{chr(13) if self.tty else ''}[kt convert] layers {self.done_layers}/{self.layers}  tensors "
-                         f"{self.done_tensors}/{self.tensors}  {self.bytes / dt / 1e9:.2f} GB/s  ETA {eta:5.0f} s "
-                         + ("" if self.tty else "\n"))
-        sys.stderr.flush()
+        self.bar.set_postfix_str(f"layers {self.done_layers}/{self.layers}  "
+                                 f"{self.bytes / max(self.clock.seconds, 1e-9) / 1e9:.2f} GB/s", refresh=False)
+        self.bar.update(tensors)
 
     def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+        self.bar.close()
 
 
 def layer_meta(method: str, fmt: dict, layer: int, E: int, H: int, I: int, source: str) -> dict:
@@ -406,7 +396,7 @@ def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threa
     E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
     bar = _Progress(len(todo), len(todo) * E * 3, progress)
     threads = threads or len(os.sched_getaffinity(0))
-    weight_map, files, t0, converted = {}, {}, time.monotonic(), 0
+    weight_map, files, clock, converted = {}, {}, Stopwatch(), 0
     try:
         # torch's own threads off while our pool runs many small torch calls on every core: they
         # spin between calls and took the cores from the quantizer (1 thread ran 4-10x slower)
@@ -429,7 +419,7 @@ def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threa
         weight_map.update(_copy_nonexpert(src, out, shard_bytes))
     finally:
         bar.close()
-    seconds = time.monotonic() - t0
+    seconds = clock.seconds
     for f in copies:
         _copy_file(f, out / f.name)
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))
