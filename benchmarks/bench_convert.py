@@ -10,7 +10,7 @@ so that its peak RSS (VmHWM, reset just before the step) is its own:
     RSS growth beside one layer of source experts and one layer of output;
   - load: KTMoEWrapper.load_weights of one converted layer, all experts on the CPU; time, and the
     peak RSS growth beside the packed size; again with KT_KERNEL_VERIFY_WEIGHTS=0 (no checksums);
-  - verify: the checksum verification alone (kt_kernel.convert.integrity.verify_experts) over
+  - verify: the checksum verification alone (kt_kernel.checkpoint.integrity.verify_experts) over
     every expert of the layer file, file in the page cache, best of 3: seconds per GB;
   - cpu_save: load_weights straight from the HF checkpoint with cpu_save (quantize, save, load),
     then the same call again in a new process, which loads the saved layer.
@@ -49,8 +49,8 @@ _PEAK = textwrap.dedent("""
 
 _CONVERT = _PEAK + textwrap.dedent("""
     import json, sys
-    from kt_kernel.convert import convert_checkpoint, open_source
-    src = open_source(sys.argv[1])
+    from kt_kernel.convert import convert_checkpoint, open_hf_checkpoint
+    src = open_hf_checkpoint(sys.argv[1])
     base = reset_peak()
     rec = convert_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3], threads=int(sys.argv[4]), progress=False)
     print(json.dumps({"grew": status("VmHWM") - base, "seconds": rec["_stats"]["seconds"],
@@ -77,8 +77,8 @@ _LOAD = _PEAK + textwrap.dedent("""
 
 _VERIFY = textwrap.dedent("""
     import json, sys
-    from kt_kernel.convert.integrity import verify_experts
-    from kt_kernel.convert.safetensors_io import read_header
+    from kt_kernel.checkpoint.integrity import verify_experts
+    from kt_kernel.checkpoint.safetensors_io import read_header
     from kt_kernel.timing import Stopwatch
     h = read_header(sys.argv[1])
     E = int(h.metadata["num_experts"])

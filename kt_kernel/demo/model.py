@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 import kt_kernel
+from kt_kernel.checkpoint import is_converted
 from kt_kernel.isa_option import add_isa_argument, apply_isa_argument
 from kt_kernel.timing import Stopwatch, step
 
@@ -74,8 +75,6 @@ def parse_args(argv=None):
 
 def _refuse_converted_folder(p: argparse.ArgumentParser, path: str) -> None:
     """--model takes a Hugging Face checkpoint; a kt_kernel converted folder is refused by name."""
-    from kt_kernel.convert import is_converted
-
     if not is_converted(path):
         return
     origin = ""
