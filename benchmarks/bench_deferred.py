@@ -22,16 +22,15 @@ import gc
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
-from kt_kernel.cpu import torch_threads
-from kt_kernel.doctor import all_cores
-from kt_kernel.torch_moe import random_expert_weights, random_inputs
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.threads import all_cores, torch_threads
+from kt_kernel.timing import Stopwatch
 
 import bench_report
 from bench_moe import FRESH_ROUTINGS, fresh_routings
@@ -82,12 +81,12 @@ def accuracy(archs, methods, ds, threads: int, emit) -> list[dict]:
 
 def timed_pair(layer, nxt, x, routing, nxt_inputs) -> tuple[float, float]:
     """(seconds from submit_forward to sync_forward's return of layer, seconds of nxt's forward)."""
-    t0 = time.perf_counter()
+    own = Stopwatch()
     layer.submit_forward(x, *routing)
     layer.sync_forward()
-    t1 = time.perf_counter()
+    own_s, after = own.seconds, Stopwatch()
     nxt.forward(*nxt_inputs)
-    return t1 - t0, time.perf_counter() - t1
+    return own_s, after.seconds
 
 
 def rounds(layers: dict, nxt, x, routings, nxt_inputs, n_rounds: int, calls: int, warmup: int) -> dict:

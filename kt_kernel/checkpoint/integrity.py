@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 import numpy as np
 import xxhash
 
-from kt_kernel.convert.source import ConversionError
+from kt_kernel.checkpoint.errors import ConversionError
 
 __all__ = ["VERIFY_ENV", "verification_enabled", "expert_digests", "layer_digests", "verify_experts",
            "meta_digest", "header_xxh3", "file_xxh3", "sha256_file", "DIGEST_KEY"]
