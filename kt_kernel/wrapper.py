@@ -16,17 +16,11 @@ from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.formats import METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
+from kt_kernel.threads import all_cores
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ID_DTYPES = (torch.int32, torch.int64)
 _ROUTING_WEIGHT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-
-
-def _default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # the native layer takes these arguments as C int; larger values would fail in the binding
@@ -207,7 +201,7 @@ class KTMoEWrapper:
         self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
-        threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
+        threads = all_cores() if cpuinfer_threads is None else cpuinfer_threads
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
         self._engine = _ext.Engine.shared(threads, threadpool_count)
