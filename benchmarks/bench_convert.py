@@ -10,7 +10,7 @@ so that its peak RSS (VmHWM, reset just before the step) is its own:
     RSS growth beside one layer of source experts and one layer of output;
   - load: KTMoEWrapper.load_weights of one converted layer, all experts on the CPU; time, and the
     peak RSS growth beside the packed size; again with KT_KERNEL_VERIFY_WEIGHTS=0 (no checksums);
-  - verify: the checksum verification alone (kt_kernel.convert.integrity.verify_experts) over
+  - verify: the checksum verification alone (kt_kernel.checkpoint.integrity.verify_experts) over
     every expert of the layer file, file in the page cache, best of 3: seconds per GB;
   - cpu_save: load_weights straight from the HF checkpoint with cpu_save (quantize, save, load),
     then the same call again in a new process, which loads the saved layer.
@@ -24,12 +24,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch
 
 from kt_kernel.convert import QUANT_METHODS as METHODS, quantize_fp8  # converter name -> method
+from kt_kernel.timing import Stopwatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import get_shape  # noqa: E402
@@ -48,9 +48,9 @@ _PEAK = textwrap.dedent("""
 """)
 
 _CONVERT = _PEAK + textwrap.dedent("""
-    import json, sys, time
-    from kt_kernel.convert import convert_checkpoint, open_source
-    src = open_source(sys.argv[1])
+    import json, sys
+    from kt_kernel.convert import convert_checkpoint, open_hf_checkpoint
+    src = open_hf_checkpoint(sys.argv[1])
     base = reset_peak()
     rec = convert_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3], threads=int(sys.argv[4]), progress=False)
     print(json.dumps({"grew": status("VmHWM") - base, "seconds": rec["_stats"]["seconds"],
@@ -60,31 +60,33 @@ _CONVERT = _PEAK + textwrap.dedent("""
 """)
 
 _LOAD = _PEAK + textwrap.dedent("""
-    import json, sys, time
+    import json, sys
     from kt_kernel import KTMoEWrapper
+    from kt_kernel.timing import Stopwatch
     cfg = json.loads(sys.argv[3])
     save = sys.argv[4] if len(sys.argv) > 4 else False
     w = KTMoEWrapper(layer_idx=cfg["layer"], num_experts=cfg["E"], num_experts_per_tok=cfg["K"], hidden_size=cfg["H"],
                      moe_intermediate_size=cfg["I"], cpuinfer_threads=cfg["threads"], weight_path=sys.argv[1],
                      method=sys.argv[2], cpu_save=save)
     base = reset_peak()
-    t = time.perf_counter()
+    clock = Stopwatch()
     w.load_weights()
-    seconds = time.perf_counter() - t
+    seconds = clock.seconds
     print(json.dumps({"grew": status("VmHWM") - base, "seconds": seconds, "packed": w.weight_bytes}))
 """)
 
 _VERIFY = textwrap.dedent("""
-    import json, sys, time
-    from kt_kernel.convert.integrity import verify_experts
-    from kt_kernel.convert.safetensors_io import read_header
+    import json, sys
+    from kt_kernel.checkpoint.integrity import verify_experts
+    from kt_kernel.checkpoint.safetensors_io import read_header
+    from kt_kernel.timing import Stopwatch
     h = read_header(sys.argv[1])
     E = int(h.metadata["num_experts"])
     times = []
     for _ in range(3):
-        t = time.perf_counter()
+        clock = Stopwatch()
         verify_experts(h, list(h.tensors), None, E)
-        times.append(time.perf_counter() - t)
+        times.append(clock.seconds)
     print(json.dumps({"seconds": min(times), "bytes": sum(h.nbytes(k) for k in h.tensors)}))
 """)
 
@@ -145,10 +147,10 @@ def main(argv=None) -> dict:
     threads = a.threads or len(os.sched_getaffinity(0))
     shape = get_shape(a.shape)
     work = Path(a.workdir)
-    t = time.perf_counter()
+    clock = Stopwatch()
     src = build_checkpoint(work / f"src-{shape.name}-{a.layers}-{a.input_type}", shape.H, shape.I, shape.E, shape.K,
                            a.layers, a.input_type)
-    print(f"checkpoint {src} ready in {time.perf_counter() - t:.1f} s; shape {shape.name} (H={shape.H}, I={shape.I}, "
+    print(f"checkpoint {src} ready in {clock.seconds:.1f} s; shape {shape.name} (H={shape.H}, I={shape.I}, "
           f"E={shape.E}), {a.layers} MoE layers, {a.input_type}, {threads} threads")
     rows = []
     cfg = json.dumps({"layer": 1, "E": shape.E, "K": shape.K, "H": shape.H, "I": shape.I, "threads": threads})

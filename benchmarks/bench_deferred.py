@@ -7,7 +7,7 @@ experts on kt_kernel in fp32 (attach's rule: every MoE layer defers d but the la
 over REFERENCE_PROMPT, against the same checkpoint in transformers' eager experts in fp32: mean
 KL(reference || run) and top-1 agreement over the 339 positions, for d = 0, 1, 2 (where d < top-k).
 
-Time: one layer of a protocol shape (BENCH_PROTOCOL.md; A by default), per method and M: the
+Time: one layer of a protocol shape (docs/benchmark_protocol.md; A by default), per method and M: the
 time from submit_forward to sync_forward's return of a layer with d > 0 (its kept experts) against
 the same layer with d = 0, in alternating rounds (drift weighs on both alike), routings taken in
 turn from bench_moe.FRESH_ROUTINGS. Each timed call is followed by the forward of a next layer
@@ -22,16 +22,15 @@ import gc
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
-from kt_kernel.cpu import torch_threads
-from kt_kernel.doctor import all_cores
-from kt_kernel.torch_moe import random_expert_weights, random_inputs
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.threads import all_cores, torch_threads
+from kt_kernel.timing import Stopwatch
 
 import bench_report
 from bench_moe import FRESH_ROUTINGS, fresh_routings
@@ -82,12 +81,12 @@ def accuracy(archs, methods, ds, threads: int, emit) -> list[dict]:
 
 def timed_pair(layer, nxt, x, routing, nxt_inputs) -> tuple[float, float]:
     """(seconds from submit_forward to sync_forward's return of layer, seconds of nxt's forward)."""
-    t0 = time.perf_counter()
+    own = Stopwatch()
     layer.submit_forward(x, *routing)
     layer.sync_forward()
-    t1 = time.perf_counter()
+    own_s, after = own.seconds, Stopwatch()
     nxt.forward(*nxt_inputs)
-    return t1 - t0, time.perf_counter() - t1
+    return own_s, after.seconds
 
 
 def rounds(layers: dict, nxt, x, routings, nxt_inputs, n_rounds: int, calls: int, warmup: int) -> dict:

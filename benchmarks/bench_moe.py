@@ -1,4 +1,4 @@
-"""One MoE layer forward, benchmarked per BENCH_PROTOCOL.md.
+"""One MoE layer forward, benchmarked per docs/benchmark_protocol.md.
 
     python benchmarks/bench_moe.py --shapes A,B,C --methods AMXINT4,AMXINT8,BF16 \\
         --tokens 1,8,64,512 --threads 2 --isas all --json out.json --markdown out.md --chart out.png
@@ -23,7 +23,7 @@ Each figure is the median wall time of >= 20 calls (and >= 0.5 s of calls) after
 Both limits come from kt_kernel's C++ probe (kt_kernel._ext.probe_bandwidth / probe_peaks, the
 same probe as `python -m kt_kernel.doctor`), on --threads std::threads pinned as the engine pins its own:
 read bandwidth streams a --bw-mib buffer with the widest loads of the block's tier; the peak is that
-of the family the method uses at that tier (kt_kernel.doctor.peak_family): at the amx tier the
+of the family the method uses at that tier (kt_kernel.roofline.peak_family): at the amx tier the
 tiles' (integer formats tdpbusd, BF16 tdpbf16ps; expert buckets under the layer's kernel_min_m
 tokens run the vector kernel of the tier below, so where few tokens reach each expert, as at
 M = 64 on shapes A and B, part of the work is not on tiles); below it integer formats vpdpbusd
@@ -50,10 +50,14 @@ import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
-from kt_kernel.cpu import add_isa_argument, forced_isa, isas_argument
-from kt_kernel.doctor import (INT_METHODS, all_cores, bytes_per_weight, machine_busy_seconds, own_cpu_seconds,
-                              peak_family)
-from kt_kernel.torch_moe import TORCH_PEER, moe_forward, random_expert_weights, random_inputs, relative_error
+from kt_kernel.accuracy import relative_error
+from kt_kernel.cpu import forced_isa
+from kt_kernel.isa_option import add_isa_argument, isas_argument
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.roofline import INT_METHODS, bytes_per_weight, peak_family
+from kt_kernel.threads import all_cores
+from kt_kernel.timing import Stopwatch, time_calls
+from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 import bench_report
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
@@ -61,10 +65,9 @@ from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
 def other_load(seconds: float = 1.0) -> float | None:
     """Cores kept busy by other processes over the next `seconds` (this one sleeps)."""
-    m0, o0 = machine_busy_seconds(), own_cpu_seconds()
+    clock = Stopwatch(load=True)
     time.sleep(seconds)
-    m1, o1 = machine_busy_seconds(), own_cpu_seconds()
-    return None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / seconds
+    return clock.other_cores()
 
 
 # ---- the machine's limits, measured in this run ----------------------------------------------
@@ -112,32 +115,21 @@ class MachineLimits:
 
 # ---- one measured case -----------------------------------------------------------------------
 
-def time_calls(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, settle: float = 0.05) -> dict:
+def timed_case(fn, iters: int, warmup: int, flush=None, min_time: float = 0.5, settle: float = 0.05) -> dict:
     """Median wall time of fn over at least `iters` calls and at least `min_time` seconds, after
     `warmup` calls; each call timed alone (flush, if given, runs between calls, untimed). The
     time floor keeps the "other" figure meaningful: /proc/stat counts in 10 ms ticks.
 
     Sleeps `settle` seconds first: torch's OpenMP threads spin for some milliseconds after each
-    torch op, and a kt_kernel call made meanwhile shares the cores with them (measured: 4-7 ms
-    instead of 0.2-0.9 ms for shape A at M=1 on 2 cores)."""
+    torch op, and a kt_kernel call made meanwhile shares the cores with them (several times
+    slower at decode)."""
     time.sleep(settle)
     for _ in range(warmup):
         fn()
-    m0, o0, w0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    times, cpu = [], 0.0
-    while len(times) < iters or time.perf_counter() - w0 < min_time:
-        if flush is not None:
-            flush()
-        c0 = own_cpu_seconds()
-        t0 = time.perf_counter()
-        fn()
-        t1 = time.perf_counter()
-        cpu += own_cpu_seconds() - c0
-        times.append(t1 - t0)
-    m1, o1, w1 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    other = None if m0 is None else max(0.0, (m1 - m0) - (o1 - o0)) / (w1 - w0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": len(times),
-            "busy_cores": cpu / sum(times), "other_cores": other}
+    clock = Stopwatch(load=True)
+    t = time_calls(fn, iters, min_seconds=min_time, before=flush)
+    return {"median_s": t.median, "min_s": min(t.seconds), "max_s": max(t.seconds), "iters": len(t.seconds),
+            "busy_cores": t.busy_cores, "other_cores": clock.other_cores()}
 
 
 def protocol_cases(shape: Shape, weights, tokens) -> dict:
@@ -153,7 +145,7 @@ def protocol_cases(shape: Shape, weights, tokens) -> dict:
 
 FRESH_ROUTINGS = 64
 # Read bandwidth readings before and after a decode case that differ by more than this fraction:
-# the machine switched regimes in between (this VM moves between about 50 and 85 GB/s).
+# the machine switched regimes in between (VMs can move between bandwidth regimes within minutes).
 REGIME_SWITCH = 0.15
 
 
@@ -322,26 +314,26 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
         emit(r)
         return limits
 
-    t0 = time.perf_counter()
+    made = Stopwatch()
     gate, up, down = random_expert_weights(shape.E, shape.H, shape.I, seed=0)
-    gen_s = time.perf_counter() - t0
+    gen_s = made.seconds
     print(f"  weights: bf16 {shape.source_bytes() / 1e9:.2f} GB made in {gen_s:.1f} s; {memory_line()}", flush=True)
 
-    t0 = time.perf_counter()
+    refs = Stopwatch()
     cases = protocol_cases(shape, (gate, up, down), tokens)
-    print(f"  fp32 reference at M={max(tokens)} (its first M rows serve every M): {time.perf_counter() - t0:.1f} s; "
+    print(f"  fp32 reference at M={max(tokens)} (its first M rows serve every M): {refs.seconds:.1f} s; "
           f"{memory_line()}", flush=True)
 
     # per decode M, the routings the timed calls take in turn (--fresh-routing)
     routings = {M: fresh_routings(shape, M) for M in tokens if args.fresh_routing and M in DECODE_TOKENS}
 
     def timed(fn, M: int, x, ids, w) -> tuple[dict, float | None]:
-        """time_calls of fn on this case, with the routings in turn where --fresh-routing applies;
+        """timed_case of fn on this case, with the routings in turn where --fresh-routing applies;
         also the mean experts touched per timed call then (None: those of ids)."""
         if M in routings:
-            return (time_calls(in_turn(fn, x, routings[M]), args.iters, args.warmup, flush, args.min_time),
+            return (timed_case(in_turn(fn, x, routings[M]), args.iters, args.warmup, flush, args.min_time),
                     mean_distinct(routings[M]))
-        return time_calls(lambda: fn(x, ids, w), args.iters, args.warmup, flush, args.min_time), None
+        return timed_case(lambda: fn(x, ids, w), args.iters, args.warmup, flush, args.min_time), None
 
     peer_ms = {}
     if not args.no_torch:
@@ -365,7 +357,7 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
         with forced_isa(tier):
             for method in methods:
                 bpw = bytes_per_weight(method)
-                t0 = time.perf_counter()
+                loading = Stopwatch()
                 # one chunk per call: each call of M tokens streams the weights once, as the
                 # roofline assumes (the wrapper's default, 512, would run M = 2048 as 4 chunks)
                 wrapper = KTMoEWrapper(layer_idx=0, num_experts=shape.E, num_experts_per_tok=shape.K,
@@ -373,7 +365,7 @@ def run_shape(shape: Shape, methods, tokens, tiers, args, probe: MachineLimits, 
                                        cpuinfer_threads=args.threads, threadpool_count=1, method=method,
                                        chunked_prefill_size=max(tokens))
                 wrapper.load_weights_from_tensors(gate, up, down)
-                load_s = time.perf_counter() - t0
+                load_s = loading.seconds
                 packed_bpw = wrapper.weight_bytes / (shape.E * shape.weights_per_expert())
                 print(f"  {method} on {tier}: loaded in {load_s:.1f} s, {wrapper.weight_bytes / 1e9:.2f} GB packed "
                       f"({8 * packed_bpw:.2f} bits/weight; formats() says {8 * bpw:.2f}); {memory_line()}",
@@ -451,7 +443,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    t_start = time.perf_counter()
+    run_clock = Stopwatch()
     torch.set_num_threads(args.threads)
     info = kt_kernel.cpu_info()
     caches = cache_bytes()
@@ -468,13 +460,13 @@ def main(argv=None) -> dict:
     load0 = other_load(args.load_seconds)
     print(f"other processes keep {'?' if load0 is None else f'{load0:.1f}'} of {all_cores()} cores busy "
           f"({args.load_seconds:g} s sample before the run): figures taken beside them are slowed")
-    t0 = time.perf_counter()
+    probing = Stopwatch()
     probe = MachineLimits(args.bw_mib, args.threads, args.peak_seconds)
     with forced_isa(info["best_tier"]):  # every family this CPU has
         bw0 = probe.bandwidth("start")
         peaks0 = _ext.probe_peaks(args.threads, args.peak_seconds)
     print(f"limits measured now by kt_kernel's C++ probe, read bandwidth and instruction peaks "
-          f"({time.perf_counter() - t0:.1f} s; {args.threads} threads "
+          f"({probing.seconds:.1f} s; {args.threads} threads "
           f"{'pinned to CPUs ' + ','.join(map(str, peaks0['cpus'])) if peaks0['pinned'] else 'unpinned'}, "
           f"tier {peaks0['tier']}):")
     print(f"  read bandwidth ({args.bw_mib} MiB, {bw0['loads']} loads): best {bw0['best_gbps']:.1f} GB/s, "
@@ -490,7 +482,7 @@ def main(argv=None) -> dict:
     rows = []
     for name in args.shapes:
         shape = get_shape(name)
-        t_shape = time.perf_counter()
+        shape_clock = Stopwatch()
         print(f"\nshape {shape.name}: H={shape.H} I={shape.I} E={shape.E} K={shape.K} ({shape.like})", flush=True)
         header_done = []
 
@@ -501,7 +493,7 @@ def main(argv=None) -> dict:
             print(table_row(r), flush=True)
 
         rows += run_shape(shape, args.methods, args.tokens, args.isas, args, probe, cache_total, emit)
-        print(f"shape {shape.name} took {time.perf_counter() - t_shape:.1f} s; {memory_line()}", flush=True)
+        print(f"shape {shape.name} took {shape_clock.seconds:.1f} s; {memory_line()}", flush=True)
 
     print("\n".join([
         "",
@@ -523,11 +515,11 @@ def main(argv=None) -> dict:
         bw1 = probe.bandwidth("end")
     load1 = other_load(args.load_seconds)
     print(f"read bandwidth at the end: best {bw1['best_gbps']:.1f} GB/s, median {bw1['median_gbps']:.1f} GB/s; "
-          f"other processes {'?' if load1 is None else f'{load1:.1f}'} cores; total {time.perf_counter() - t_start:.0f} s; "
+          f"other processes {'?' if load1 is None else f'{load1:.1f}'} cores; total {run_clock.seconds:.0f} s; "
           f"peak RSS {rss_bytes()[1] / 2**30:.2f} GiB")
 
     result = {
-        "protocol": "BENCH_PROTOCOL.md",
+        "protocol": "docs/benchmark_protocol.md",
         "command": ["benchmarks/bench_moe.py", *argv],
         "conditions": {"threads": args.threads, "isas": args.isas, "isa_override": info["override"] or None,
                        "cold_caches": args.cold, "fresh_routing": args.fresh_routing,

@@ -23,7 +23,7 @@ import torch
 
 import kt_kernel
 
-from kt_kernel.doctor import INT_METHODS  # counted in GOP/s
+from kt_kernel.roofline import INT_METHODS  # counted in GOP/s
 
 from shapes import DECODE_TOKENS
 

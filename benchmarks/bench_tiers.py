@@ -23,14 +23,14 @@ import argparse
 import gc
 import statistics
 import sys
-import time
-
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper, _ext
+from kt_kernel.accuracy import relative_error
 from kt_kernel.cpu import forced_isa
-from kt_kernel.doctor import all_cores
-from kt_kernel.torch_moe import random_expert_weights, random_inputs, relative_error
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.threads import all_cores
+from kt_kernel.timing import Stopwatch, time_calls
 
 import bench_report
 from bench_moe import FRESH_ROUTINGS, fresh_routings, in_turn, mean_distinct
@@ -49,12 +49,7 @@ def default_reference() -> str | None:
 
 def timed_round(fn, calls: int, min_time: float) -> list[float]:
     """Wall times of at least `calls` calls of fn and at least `min_time` seconds of them."""
-    times, t_end = [], time.perf_counter() + min_time
-    while len(times) < calls or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    return time_calls(fn, calls, min_seconds=min_time).seconds
 
 
 def interleaved(fns: dict, rounds: int, calls: int, min_time: float, warmup: int) -> dict:
@@ -199,7 +194,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    t_start = time.perf_counter()
+    run_clock = Stopwatch()
     info = kt_kernel.cpu_info()
     print(f"CPU: {info['brand']}, {all_cores()} cores, {args.threads} threads; {args.tier} against {args.reference}, "
           f"{args.rounds} alternating rounds of >= {args.round_calls} calls and >= {args.round_time:g} s per layer")
@@ -212,7 +207,7 @@ def main(argv=None) -> dict:
         b, a = machine[name]["before"], machine[name]["after"]
         print(f"  shape {name}: read bandwidth {b['bandwidth_gbps']:.1f} -> {a['bandwidth_gbps']:.1f} GB/s, "
               f"clock {b['clock_ghz']:.2f} -> {a['clock_ghz']:.2f} GHz", flush=True)
-    print(f"total {time.perf_counter() - t_start:.0f} s")
+    print(f"total {run_clock.seconds:.0f} s")
     result = {
         "command": ["benchmarks/bench_tiers.py", *argv],
         "conditions": {"cpu": info["brand"], "threads": args.threads, "tier": args.tier, "reference": args.reference,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kt_kernel
-from kt_kernel.cpu import resolve_isas
+from kt_kernel.isa_option import resolve_isas
 from shapes import get_shape
 
 DEFAULT_SHAPES = "S"

@@ -1,4 +1,4 @@
-"""The benchmark shapes of BENCH_PROTOCOL.md, in one place.
+"""The benchmark shapes of docs/benchmark_protocol.md, in one place.
 
 Every benchmark script and suite takes its shapes and token counts from here, so that a figure
 names the shape it was measured on and means the same thing everywhere.
@@ -28,7 +28,7 @@ class Shape:
         return int(self.E * self.weights_per_expert() * bytes_per_weight)
 
 
-# The protocol's shapes (BENCH_PROTOCOL.md, "Shapes").
+# The protocol's shapes (docs/benchmark_protocol.md, "Shapes").
 SHAPES: dict[str, Shape] = {
     "A": Shape("A", H=2048, I=768, E=128, K=8, like="Qwen3-30B-A3B"),
     "B": Shape("B", H=7168, I=2048, E=64, K=8, like="DeepSeek-V3 / Kimi-K2 (64 of 256 experts)"),
@@ -41,7 +41,7 @@ SMALL_SHAPES: dict[str, Shape] = {
     "S": Shape("S", H=512, I=256, E=16, K=4, like="small test layer"),
 }
 
-# Tokens per call M (BENCH_PROTOCOL.md). Decode: M = 1 and 8; prefill: M = 512.
+# Tokens per call M (docs/benchmark_protocol.md). Decode: M = 1 and 8; prefill: M = 512.
 TOKENS: tuple[int, ...] = (1, 8, 64, 512)
 # Added where memory and time allow (activations are small next to the weights at every shape
 # above; the cost is time: about 4x the M = 512 run).

@@ -7,7 +7,7 @@
 Cases: shape x ISA tier x method x M (benchmarks/conftest.py: --bench-shapes, default the small S;
 --bench-tokens, default 1,8,64; --bench-isas, default every tier this CPU runs but generic, each
 forced while its wrappers are built). Every timed case also checks its output against the fp32
-torch reference on the same weights, with the per-method bound of kt_kernel.torch_moe.REL_ERR_BOUNDS.
+torch reference on the same weights, with the per-method bound of kt_kernel.accuracy.REL_ERR_BOUNDS.
 """
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ import torch.nn.functional as F
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
-from kt_kernel.cpu import forced_isa, resolve_isas, torch_threads
-from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random_expert_weights, random_inputs,
-                                 relative_error)
+from kt_kernel.accuracy import REL_ERR_BOUNDS, relative_error
+from kt_kernel.cpu import forced_isa
+from kt_kernel.isa_option import resolve_isas
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.threads import torch_threads
+from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 import bench_moe
 import bench_report

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import kt_kernel
-from kt_kernel.torch_moe import REL_ERR_BOUNDS
+from kt_kernel.accuracy import REL_ERR_BOUNDS
 
 import bench_tiers
 

@@ -1,4 +1,4 @@
-"""The MoE layer in plain PyTorch: the reference and the peer of BENCH_PROTOCOL.md.
+"""The MoE layer in plain PyTorch: the reference and the peer of docs/benchmark_protocol.md.
 
     out[t] = sum_k  w[t,k] * down_e( silu(gate_e(x_t)) * up_e(x_t) ),   e = topk_ids[t,k]
 
@@ -7,28 +7,15 @@
 PyTorch peer the benchmarks compare against; with ``compute_dtype=torch.float32`` it is the fp32
 reference on the original weights (each expert's weights are widened to fp32 as it is used, so
 no fp32 copy of the whole layer is held).
-
-The ``random_*`` helpers make the protocol's inputs: ``x`` bf16 ``[M, H]``, K distinct experts
-per token drawn uniformly at random from a seeded generator, routing weights = softmax of random
-logits (fp32 ``[M, K]``), and random expert weights at a realistic scale.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kt_kernel import _ext
-
-__all__ = ["moe_forward", "random_expert_weights", "random_routing", "random_inputs", "relative_error",
-           "REL_ERR_BOUNDS", "TORCH_PEER"]
+__all__ = ["moe_forward", "TORCH_PEER"]
 
 TORCH_PEER = "torch-bf16"
-
-# Bound on relative_error(out, fp32 reference) per method, for the random layers made here
-# (normal(0, 1/fan_in) weights, normal(0, 1) activations): each format's layer_rel_err (its record,
-# where the figures behind it are given); the torch bf16 peer measures ~0.004 on shapes A and S.
-# A method that drifts past its bound has lost accuracy, whatever its speed.
-REL_ERR_BOUNDS = {TORCH_PEER: 0.01, **{f["method"]: f["layer_rel_err"] for f in _ext.formats()}}
 
 
 def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
@@ -78,50 +65,3 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
         y = F.linear(h, down_proj[e].to(dt))                          # [n, H]
         out.index_add_(0, tok, y.to(torch.float32) * flat_w[pairs, None])
     return out.to(out_dtype)
-
-
-def random_expert_weights(E: int, H: int, I: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
-    """Random gate [E, I, H], up [E, I, H] and down [E, H, I] in ``dtype``.
-
-    Entries are normal(0, 1) / sqrt(fan_in) (fan_in = H for gate and up, I for down), the scale of
-    an initialised linear layer, so that activations keep unit size through the layer. Drawn one
-    expert at a time in fp32, so the fp32 temporaries stay one expert large.
-    """
-    g = torch.Generator().manual_seed(seed)
-    mats = []
-    for shape, fan_in in (((E, I, H), H), ((E, I, H), H), ((E, H, I), I)):
-        w = torch.empty(shape, dtype=dtype)
-        for e in range(E):
-            w[e].copy_(torch.randn(shape[1:], generator=g).mul_(fan_in ** -0.5))
-        mats.append(w)
-    gate, up, down = mats
-    return gate, up, down
-
-
-def random_routing(M: int, E: int, K: int, seed: int = 0):
-    """topk_ids int64 [M, K]: K distinct experts per token, uniformly at random;
-    topk_weights fp32 [M, K]: softmax of normal(0, 1) logits. Seeded: the same (M, E, K, seed)
-    gives the same routing, and row t does not depend on M."""
-    if K > E:
-        raise ValueError(f"K={K} distinct experts per token cannot be drawn from E={E}")
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.empty(M, K, dtype=torch.int64)
-    logits = torch.empty(M, K, dtype=torch.float32)
-    for t in range(M):  # one row at a time, so that row t is the same for every M
-        ids[t] = torch.randperm(E, generator=g)[:K]
-        logits[t] = torch.randn(K, generator=g)
-    return ids, torch.softmax(logits, dim=-1)
-
-
-def random_inputs(M: int, H: int, E: int, K: int, seed: int = 0):
-    """The protocol's inputs for one call: x bf16 [M, H] (normal(0, 1)), topk_ids, topk_weights."""
-    topk_ids, topk_weights = random_routing(M, E, K, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(M, H, generator=g).to(torch.bfloat16)
-    return x, topk_ids, topk_weights
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref||_2 / ||ref||_2, computed in fp64."""
-    ref = ref.to(torch.float64)
-    return float(torch.linalg.vector_norm(out.to(torch.float64) - ref) / torch.linalg.vector_norm(ref))

@@ -12,19 +12,15 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from kt_kernel import _ext
+from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.formats import METHODS
 from kt_kernel.integrations.sglang import resolve_method
+from kt_kernel.loading import LayerTarget, load_layer, load_tensors
+from kt_kernel.threads import all_cores
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ID_DTYPES = (torch.int32, torch.int64)
 _ROUTING_WEIGHT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-
-
-def _default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # the native layer takes these arguments as C int; larger values would fail in the binding
@@ -140,7 +136,7 @@ class KTMoEWrapper:
     the other ``d`` run in the background and their weighted sum is added to the output of the next
     forward of the wrapper with ``layer_idx + 1`` (same engine, token count and hidden size). The
     last MoE layer must use 0: a deferred part that no layer takes makes this layer's next forward
-    raise. README "Deferred experts" has the contract.
+    raise. docs/design.md, "Deferred experts", has the contract.
     """
 
     _capture_batch_sizes: list[int] = []
@@ -205,7 +201,7 @@ class KTMoEWrapper:
         self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
-        threads = _default_threads() if cpuinfer_threads is None else cpuinfer_threads
+        threads = all_cores() if cpuinfer_threads is None else cpuinfer_threads
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
         self._engine = _ext.Engine.shared(threads, threadpool_count)
@@ -269,8 +265,6 @@ class KTMoEWrapper:
         expert count; only CPU slots are read, from a memory map), or a Hugging Face checkpoint
         folder, whose experts are then quantized at load. Slot p gets logical expert
         ``physical_to_logical_map[p]`` (identity when None)."""
-        from kt_kernel.convert import is_converted, load_converted_layer, load_hf_layer
-
         if self.weight_path is None:
             raise ValueError(f"layer {self.layer_idx}: load_weights needs weight_path (a converted folder or an HF "
                              "checkpoint); none was given to the constructor")
@@ -278,11 +272,15 @@ class KTMoEWrapper:
             raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder")
         pmap = self._logical_map(physical_to_logical_map)
         self._place_as_masked()
-        if is_converted(self.weight_path):
-            load_converted_layer(self, self.weight_path, pmap)
-        else:
-            load_hf_layer(self, self.weight_path, pmap, save=self._save_folder(from_checkpoint=True))
+        reader = open_checkpoint(self.weight_path)
+        # float weights are quantized at load, and cpu_save keeps them; a converted folder is loaded as it is
+        save = self._save_folder(from_checkpoint=True) if reader.stored_method is None else None
+        load_layer(self._layer, self._load_target(), reader, pmap, save)
         self._weights_from_path = (physical_to_logical_map,)
+
+    def _load_target(self) -> LayerTarget:
+        return LayerTarget(self.layer_idx, self.method, self.num_experts, self.hidden_size,
+                           self.moe_intermediate_size, ~self.gpu_experts_mask, self.cpuinfer_threads)
 
     def _save_folder(self, from_checkpoint: bool) -> Optional[str]:
         """Where cpu_save keeps the layers this wrapper quantizes at load; None without cpu_save."""
@@ -330,25 +328,8 @@ class KTMoEWrapper:
             pmap = torch.arange(self.num_experts, dtype=torch.int64)
         self._place_as_masked()
         self._weights_from_path = None
-        folder = self._save_folder(from_checkpoint=False)
-        if folder is not None:
-            self._save_and_load(folder, (gate_proj, up_proj, down_proj), pmap)
-            return
-        self._layer.load_from_tensors(gate_proj.data_ptr(), up_proj.data_ptr(), down_proj.data_ptr(),
-                                      _FLOAT_DTYPES[gate_proj.dtype], pmap.data_ptr(), E)
-
-    def _save_and_load(self, folder: str, weights, pmap: torch.Tensor) -> None:
-        """cpu_save from tensors: all logical experts quantized into ``folder``, then loaded from it."""
-        from kt_kernel.convert import load_converted_layer
-        from kt_kernel.convert.save import TENSORS_SOURCE, save_layer
-
-        def expert(e, j):
-            w = weights[j][e]
-            return w.to(torch.float32), w.numel() * w.element_size()
-
-        save_layer(folder, self.layer_idx, self.method, weights[0].shape[0], self.hidden_size,
-                   self.moe_intermediate_size, expert, {"fingerprint": TENSORS_SOURCE}, self.cpuinfer_threads)
-        load_converted_layer(self, folder, pmap)
+        load_tensors(self._layer, self._load_target(), (gate_proj, up_proj, down_proj), pmap,
+                     save=self._save_folder(from_checkpoint=False))
 
     # ---- forward ------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def test_convert_read_only_output(src, tmp_path):
     """The command line's own message for a write failure (injected: tests run as root)."""
     out = tmp_path / "out"
     script = ("import errno, sys\n"
-              "from kt_kernel.convert import safetensors_io as s\n"
+              "from kt_kernel.checkpoint import safetensors_io as s\n"
               "def read_only(path, mode='r', *a, **kw):\n"
               "    if 'w' in mode: raise OSError(errno.EROFS, 'Read-only file system', str(path))\n"
               "    return open(path, mode, *a, **kw)\n"

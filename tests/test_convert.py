@@ -350,12 +350,12 @@ def test_kill_then_resume_gives_identical_files(ckpt, converted, tmp_path):
 
 _RSS = textwrap.dedent("""
     import json, sys
-    from kt_kernel.convert import convert_checkpoint, open_source
+    from kt_kernel.convert import convert_checkpoint, open_hf_checkpoint
     def status(field):
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    src = open_source(sys.argv[1])
+    src = open_hf_checkpoint(sys.argv[1])
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                  # resets VmHWM (peak RSS) to the current RSS
     base = status("VmRSS")
@@ -452,6 +452,32 @@ def test_tiny_models_of_the_model_driver(arch, tmp_path):
     assert torch.equal(a.forward(x, ids, wts), b.forward(x, ids, wts))
 
 
+# ---- the checkpoint readers (kt_kernel.checkpoint), the loader's one way in ---------------------
+
+
+def test_open_checkpoint_gives_the_reader_of_each_kind(ckpt, converted):
+    """An HF folder gives float weights (stored_method None: quantized by the packer); a converted
+    folder gives its format's logical arrays, those of the reference quantizer, bit for bit."""
+    from kt_kernel import _ext
+    from kt_kernel.checkpoint import open_checkpoint
+
+    hf, conv = open_checkpoint(ckpt["per-expert"]), open_checkpoint(converted("per-expert", "AMXINT8"))
+    assert (hf.kind, hf.stored_method, conv.kind, conv.stored_method) == ("hf", None, "converted", "AMXINT8")
+    for reader in (hf, conv):
+        assert (reader.num_experts, reader.hidden_size, reader.intermediate_size, reader.moe_layers) == (E, H, I, [1, 2])
+    assert conv.fingerprint == hf.fingerprint  # the folder names the checkpoint it came from
+    down = _expert_weights(2)[2][5].to(torch.bfloat16).to(torch.float32)
+    assert torch.equal(hf.expert(2, 5, 2), down)
+    want = _ext.quantize("int8_pc", down.numpy())
+    with conv.layer_arrays(2, {5}) as arrays:
+        assert (arrays[("down", "qweight")][5] == want["values"]).all()
+        assert (arrays[("down", "scale")][5] == want["scale"]).all()
+    with pytest.raises(ConversionError, match=r"method is 'AMXINT8' in the converted weights but 'AMXINT4' in this"):
+        conv.check_layer(2, "AMXINT4", H, I)
+    with pytest.raises(ConversionError, match=r"layer_idx 0 is not an MoE layer \(MoE layers: \[1, 2\]\)"):
+        hf.check_layer(0, "AMXINT4", H, I)
+
+
 # ---- cpu_save: layers quantized at load are kept, and later starts load them -------------------
 
 
@@ -480,7 +506,7 @@ def test_cpu_save_from_tensors(ckpt, tmp_path, method):
 def test_cpu_save_from_checkpoint_then_reuse(ckpt, tmp_path, monkeypatch):
     """With weight_path an HF checkpoint and cpu_save=FOLDER, the first load quantizes and saves; a
     second wrapper with the same arguments loads the saved layer without quantizing anything."""
-    import kt_kernel.convert.load as load_mod
+    import kt_kernel.loading as load_mod
 
     pmap, mask = MAPS["remapped"]
     save = tmp_path / "saved"

@@ -1,4 +1,4 @@
-"""Deferred experts (max_deferred_experts_per_token = d; README "Deferred experts").
+"""Deferred experts (max_deferred_experts_per_token = d; docs/design.md, "Deferred experts").
 
 Per token, the K - d slots with the largest routing weights (all K slots ranked, ties keep the
 earlier slot) make a layer's output; the other d are computed in the background and added, in

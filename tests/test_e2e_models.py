@@ -29,7 +29,7 @@ import torch
 pytest.importorskip("transformers")
 
 import kt_kernel  # noqa: E402
-from kt_kernel.cpu import torch_threads  # noqa: E402
+from kt_kernel.threads import torch_threads  # noqa: E402
 from kt_kernel.integrations.transformers import attach, kt_layers, load_model, load_reference  # noqa: E402
 from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, PrintableTokenizer, build_tiny_model,  # noqa: E402
                               check_greedy, generate_greedy, inspect_checkpoint, logit_agreement,
@@ -317,8 +317,8 @@ def test_from_pretrained_alone_runs_kt_kernel(tiny, runs, reference, method):
 
 
 def test_demo_on_a_fresh_cache(tmp_path, capsys):
-    """python -m kt_kernel.demo_model with its defaults, nothing on disk yet."""
-    from kt_kernel import demo_model
+    """python -m kt_kernel.demo with its defaults, nothing on disk yet."""
+    from kt_kernel.demo import model as demo_model
 
     assert demo_model.main(["--cache-dir", str(tmp_path), "--threads", str(THREADS)]) == 0
     out = capsys.readouterr().out
@@ -334,7 +334,7 @@ def test_demo_on_a_checkpoint_with_its_own_tokenizer(tmp_path, capsys):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from kt_kernel import demo_model
+    from kt_kernel.demo import model as demo_model
     from kt_kernel.models.tokenizer import TINY_MARKER
 
     tok = Tokenizer(models.BPE())

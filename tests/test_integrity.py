@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from kt_kernel.convert import ConversionError, convert_checkpoint, verify_folder
-from kt_kernel.convert import layout as L
-from kt_kernel.convert import safetensors_io
-from kt_kernel.convert.safetensors_io import read_header
+from kt_kernel.checkpoint import layout as L
+from kt_kernel.checkpoint import safetensors_io
+from kt_kernel.checkpoint.safetensors_io import read_header
 from kt_kernel import KTMoEWrapper
 from test_convert import E, H, THREADS, TOPK, build_checkpoint, run, wrapper
 
@@ -310,12 +310,12 @@ def test_no_space_injected(src, tmp_path, monkeypatch):
 
 def test_unreadable_source_named_as_such(src, tmp_path, monkeypatch):
     """An input error during the conversion is not reported as a write failure of the output."""
-    from kt_kernel.convert.source import Source
+    from kt_kernel.checkpoint.hf import HFCheckpoint
     shard = src / "model-00001-of-00002.safetensors"
 
     def gone(self, key, index=None):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(shard))
-    monkeypatch.setattr(Source, "read", gone)
+    monkeypatch.setattr(HFCheckpoint, "read", gone)
     with pytest.raises(ConversionError, match=rf"cannot read {shard}: No such file or directory"):
         convert_checkpoint(src, tmp_path / "out", "int4", threads=THREADS, progress=False)
 

@@ -1,4 +1,4 @@
-"""The ISA-tier option shared by the command lines (kt_kernel.cpu): --isa TIER and --isas TIERS|all."""
+"""The ISA-tier option shared by the command lines (kt_kernel.isa_option): --isa TIER and --isas TIERS|all."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,8 @@ import pytest
 
 import kt_kernel
 from kt_kernel import _ext
-from kt_kernel.cpu import (REFERENCE_TIER, add_isa_argument, apply_isa_argument, forced_isa, isas_argument,
-                           resolve_isas)
+from kt_kernel.cpu import forced_isa
+from kt_kernel.isa_option import REFERENCE_TIER, add_isa_argument, apply_isa_argument, isas_argument, resolve_isas
 
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 ALL_TIERS = list(_ext.all_tiers())

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import kt_kernel
-from kt_kernel import _ext, doctor
+from kt_kernel import _ext, roofline
 
 HOST_TIERS = kt_kernel.cpu_info()["tiers"]
 ALL_TIERS = list(_ext.all_tiers())
@@ -225,9 +225,9 @@ def test_peak_family_per_method(tier, isa):
                  "bf16_dpbf16ps_zmm" if at >= ALL_TIERS.index("avx512_bf16") else
                  "fp32_fma_zmm" if at >= ALL_TIERS.index("avx512") else
                  "fp32_fma_ymm" if at >= ALL_TIERS.index("avx2") else None)
-    assert doctor.peak_family("AMXINT4") == want_int
-    assert doctor.peak_family("AMXINT8") == want_int
-    assert doctor.peak_family("BF16") == want_bf16
+    assert roofline.peak_family("AMXINT4") == want_int
+    assert roofline.peak_family("AMXINT8") == want_int
+    assert roofline.peak_family("BF16") == want_bf16
 
 
 # ---- prediction arithmetic ------------------------------------------------------------------------
@@ -236,18 +236,18 @@ def test_prediction_hand_computed():
     # Qwen3-30B-A3B, int4_g32 (5 bits/weight) at 40 GB/s:
     # per token 48 layers x 8 experts x 3 x 2048 x 768 weights x 0.625 bytes = 1,132,462,080 bytes
     # -> 40e9 / 1,132,462,080 = 35.32127 tokens/s.
-    s = doctor.PRESETS["qwen3-30b-a3b"]
-    assert doctor.bytes_per_weight("AMXINT4") == 0.625
-    assert doctor.bytes_per_token(s, 0.625) == 1_132_462_080
-    assert doctor.predict_decode_tok_s(s, 0.625, 40.0) == pytest.approx(35.321271, rel=1e-6)
+    s = roofline.PRESETS["qwen3-30b-a3b"]
+    assert roofline.bytes_per_weight("AMXINT4") == 0.625
+    assert roofline.bytes_per_token(s, 0.625) == 1_132_462_080
+    assert roofline.predict_decode_tok_s(s, 0.625, 40.0) == pytest.approx(35.321271, rel=1e-6)
     # Mixtral-8x7B bf16 at 50 GB/s: 32 x 2 x 3 x 4096 x 14336 x 2 = 22,548,578,304 bytes -> 2.21743 tok/s.
-    m = doctor.PRESETS["mixtral-8x7b"]
-    assert doctor.bytes_per_token(m, 2.0) == 22_548_578_304
-    assert doctor.predict_decode_tok_s(m, 2.0, 50.0) == pytest.approx(2.217435, rel=1e-6)
+    m = roofline.PRESETS["mixtral-8x7b"]
+    assert roofline.bytes_per_token(m, 2.0) == 22_548_578_304
+    assert roofline.predict_decode_tok_s(m, 2.0, 50.0) == pytest.approx(2.217435, rel=1e-6)
 
 
 def test_presets_match_protocol():
-    p = doctor.PRESETS
+    p = roofline.PRESETS
     assert (p["qwen3-30b-a3b"].moe_layers, p["qwen3-30b-a3b"].hidden, p["qwen3-30b-a3b"].intermediate,
             p["qwen3-30b-a3b"].experts_per_token) == (48, 2048, 768, 8)
     assert (p["deepseek-v3"].moe_layers, p["deepseek-v3"].hidden, p["deepseek-v3"].intermediate,
@@ -260,16 +260,16 @@ def test_shape_from_hf_configs():
     ds = {"model_type": "deepseek_v3", "hidden_size": 7168, "moe_intermediate_size": 2048, "intermediate_size": 18432,
           "num_experts_per_tok": 8, "num_hidden_layers": 61, "first_k_dense_replace": 3, "moe_layer_freq": 1,
           "n_routed_experts": 256}
-    s = doctor.shape_from_hf_config(ds)
+    s = roofline.shape_from_hf_config(ds)
     assert (s.moe_layers, s.hidden, s.intermediate, s.experts_per_token, s.experts) == (58, 7168, 2048, 8, 256)
     qw = {"model_type": "qwen3_moe", "hidden_size": 2048, "moe_intermediate_size": 768, "num_experts_per_tok": 8,
           "num_hidden_layers": 48, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_experts": 128}
-    assert doctor.shape_from_hf_config(qw) == doctor.ModelShape("qwen3_moe", 48, 2048, 768, 8, 128)
+    assert roofline.shape_from_hf_config(qw) == roofline.ModelShape("qwen3_moe", 48, 2048, 768, 8, 128)
     mx = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_experts_per_tok": 2,
           "num_hidden_layers": 32, "num_local_experts": 8}
-    assert doctor.shape_from_hf_config(mx).moe_layers == 32
+    assert roofline.shape_from_hf_config(mx).moe_layers == 32
     with pytest.raises(ValueError, match="num_experts_per_tok"):
-        doctor.shape_from_hf_config({"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2})
+        roofline.shape_from_hf_config({"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2})
 
 
 # ---- the doctor, as a user runs it ----------------------------------------------------------------

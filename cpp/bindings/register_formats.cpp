@@ -24,7 +24,7 @@ std::vector<py::ssize_t> array_shape(const FormatTraits& f, int i, int N, int K)
 py::dict quantize(const std::string& format, py::array_t<float, py::array::c_style | py::array::forcecast> w) {
   if (w.ndim() != 2) throw std::invalid_argument("quantize expects a 2-D [N, K] weight array");
   const FormatTraits& f = format_by_name(format);
-  const QuantizerRow& quantizer = select_quantizer(f.id, active_tier());
+  const QuantizerRow& quantizer = select_quantizer(f.id, active_features());
   const int N = int(w.shape(0)), K = int(w.shape(1));
   QuantizedMatrix q;
   {
@@ -75,20 +75,21 @@ QuantizedMatrix from_dict(const py::dict& d) {
   return q;
 }
 
-// A row of the kernel table or of the emulated table, by name, if this CPU can run it.
+// A row of the kernel table or of the emulated table, by name, if this CPU can run it (the
+// emulated rows' amx_tile_emu and AMX dot products are software: only their vector needs count).
 const KernelRow& runnable_row(const std::string& name) {
   const CpuFeatures& f = cpu_features();
-  for (const KernelRow& r : kernel_table())
-    if (name == r.name) {
-      if (static_cast<int>(r.tier) > static_cast<int>(f.best))
-        throw std::runtime_error(name + " needs the " + tier_name(r.tier) + " tier; this CPU supports at most '" +
-                                 tier_name(f.best) + "'");
-      return r;
-    }
-  for (const KernelRow& r : emulated_kernel_table())
-    if (name == r.name) {
-      if (static_cast<int>(f.best) < static_cast<int>(IsaTier::avx512_bf16))
-        throw std::runtime_error(name + " (emulated tiles, AVX512 epilogues) needs the avx512_bf16 tier");
+  const FeatureSet emulated = feature::amx_tile_emu | feature::amx_int8 | feature::amx_bf16;
+  for (const std::vector<KernelRow>* table : {&kernel_table(), &emulated_kernel_table()})
+    for (const KernelRow& r : *table) {
+      if (name != r.name) continue;
+      const FeatureSet needs = r.needs & feature::amx_tile_emu ? r.needs & ~emulated : r.needs;
+      if (!covers(f.features, needs)) {
+        std::string lacks;
+        for (const std::string& n : feature_names(needs & ~f.features)) lacks += " " + n;
+        throw std::runtime_error(name + " needs the " + tier_name(row_tier(needs)) + " tier; this CPU supports at most '" +
+                                 tier_name(f.best) + "' (it lacks" + lacks + ")");
+      }
       return r;
     }
   throw std::invalid_argument("no kernel named " + name + " in kernel_table() or emulated_kernel_table()");
@@ -223,7 +224,8 @@ void register_formats(py::module_& m) {
     for (const KernelRow& r : table) {
       py::dict d;
       d["format"] = format_traits(r.format).name;
-      d["tier"] = tier_name(r.tier);
+      d["tier"] = tier_name(row_tier(r.needs));
+      d["features"] = feature_names(r.needs);
       d["act"] = act_format_name(r.act);
       d["name"] = r.name;
       d["min_m"] = r.min_m;
@@ -232,8 +234,8 @@ void register_formats(py::module_& m) {
     return out;
   };
   m.def("kernel_table", [rows] { return rows(kernel_table()); },
-        "The kernel table, best-first: format, tier, act, name, min_m (tokens per expert from which "
-        "the row runs; 0 for vector kernels).");
+        "The kernel table, best-first: format, tier (the lowest that runs it), features (those it "
+        "needs), act, name, min_m (tokens per expert from which the row runs; 0 for vector kernels).");
   m.def("emulated_kernel_table", [rows] { return rows(emulated_kernel_table()); },
         "Test-only: the AMX tile kernels on the tile emulator, chosen under set_isa('amx_emu').");
   m.def("quantizer_table", [] {
@@ -241,14 +243,15 @@ void register_formats(py::module_& m) {
     for (const QuantizerRow& r : quantizer_table()) {
       py::dict d;
       d["format"] = format_traits(r.format).name;
-      d["tier"] = tier_name(r.tier);
+      d["tier"] = tier_name(row_tier(r.needs));
+      d["features"] = feature_names(r.needs);
       d["name"] = r.name;
       out.append(d);
     }
     return out;
   });
   m.def("quantizer", [](const std::string& format) {
-    return select_quantizer(format_by_name(format).id, active_tier()).name;
+    return select_quantizer(format_by_name(format).id, active_features()).name;
   }, py::arg("format"), "Name of the quantizer `quantize` runs for this format on the active tier.");
   m.def("panel_n", [] { return kPanelN; });
   m.def("quantize", &quantize, py::arg("format"), py::arg("w"),
@@ -283,7 +286,7 @@ void register_formats(py::module_& m) {
     py::array_t<float> scale(M);
     py::array_t<int32_t> gsum({M, q8_gsum_stride(Kp)});
     std::memset(gsum.mutable_data(), 0, size_t(gsum.size()) * 4);
-    const ActCodecRow& codec = select_act_codec(active_tier());
+    const ActCodecRow& codec = select_act_codec(active_features());
     for (int t = 0; t < M; ++t)
       if (!codec.quantize(af, x.data() + size_t(t) * K, K, Kp, data.mutable_data() + t * rb, scale.mutable_data() + t,
                           gsum.mutable_data() + size_t(t) * q8_gsum_stride(Kp)))
@@ -292,17 +295,17 @@ void register_formats(py::module_& m) {
   }, py::arg("act"), py::arg("x"), py::arg("Kp"),
      "The active tier's activation codec: fp32 x [M, K] -> (rows in format `act` padded to Kp, "
      "per-row scale, per-row sums of q over each group of 32).");
-  m.def("act_codec", [] { return select_act_codec(active_tier()).name; },
+  m.def("act_codec", [] { return select_act_codec(active_features()).name; },
         "Name of the activation codec of the active tier.");
   m.def("widen_activation", [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> x, const std::string& dtype) {
     if (dtype != "bf16" && dtype != "f16") throw std::invalid_argument("dtype must be 'bf16' or 'f16', not '" + dtype + "'");
     py::array_t<float> out(x.size());
-    select_act_codec(active_tier()).widen(dtype == "bf16" ? DType::bf16 : DType::f16, x.data(), int(x.size()), out.mutable_data());
+    select_act_codec(active_features()).widen(dtype == "bf16" ? DType::bf16 : DType::f16, x.data(), int(x.size()), out.mutable_data());
     return out;
   }, py::arg("x"), py::arg("dtype"), "The active tier's codec: bf16 or f16 bits (1-D uint16) -> fp32.");
   m.def("round_activation_bf16", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
     py::array_t<uint16_t> out(x.size());
-    select_act_codec(active_tier()).round_bf16(x.data(), int(x.size()), out.mutable_data());
+    select_act_codec(active_features()).round_bf16(x.data(), int(x.size()), out.mutable_data());
     return out;
   }, py::arg("x"), "The active tier's codec: fp32 (1-D) -> bf16 bits, round to nearest even.");
 }

@@ -135,6 +135,7 @@ void register_moe(py::module_& m) {
                              },
                              "slot -> name of the kernel that computed the slot's tokens in the latest forward")
       .def_property_readonly("tier", &MoeLayer::tier_label)
+      .def_property_readonly("format", [](const MoeLayer& l) { return std::string(format_traits(l.config().format).name); })
       .def_property_readonly("act_format", [](const MoeLayer& l) { return std::string(act_format_name(l.kernel().act)); })
       .def_property_readonly("weight_bytes", [](const MoeLayer& l) { return l.stats().weight_bytes; })
       .def_property_readonly("slice_bounds", &MoeLayer::slice_bounds);

@@ -4,7 +4,7 @@
         --output DeepSeek-V3-kt-int4/ --quant-method int4 --threads 32 [--resume]
 
 The command line over kt_kernel.convert.convert_checkpoint; scripts/convert_cpu_weights.py and the
-console script kt-convert-cpu-weights run it (format: README, "Converted weights").
+console script kt-convert-cpu-weights run it (format: docs/design.md, "The converted folder").
 """
 from __future__ import annotations
 

@@ -17,58 +17,49 @@ import math
 import os
 import shutil
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from kt_kernel import _ext
-from kt_kernel.cpu import torch_threads
-from kt_kernel.convert import layout as L
-from kt_kernel.convert.safetensors_io import SafetensorsError, read_header, write_file
-from kt_kernel.convert.integrity import (DIGEST_KEY, VERIFY_ENV, file_xxh3, header_xxh3, layer_digests, meta_digest,
-                                        verification_enabled, verify_experts)
-from kt_kernel.convert.source import ConversionError, Source, open_source
+from kt_kernel.checkpoint import layout as L
+from kt_kernel.checkpoint.converted import METHOD_FORMATS, read_meta
+from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
+from kt_kernel.checkpoint.integrity import (DIGEST_KEY, file_xxh3, header_xxh3, layer_digests, meta_digest,
+                                           verify_experts)
+from kt_kernel.checkpoint.safetensors_io import SafetensorsError, read_header, write_file
+from kt_kernel.threads import torch_threads
+from kt_kernel.timing import Stopwatch
 
-__all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "METHOD_FORMATS"]
+__all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "QUANT_METHODS"]
 
-METHOD_FORMATS = {f["method"]: f for f in _ext.formats()}
 QUANT_METHODS = {f["quant_method"]: f["method"] for f in _ext.formats()}  # converter name -> method
 
 
 class _Progress:
-    """One status line on stderr: layers, tensors, throughput, ETA."""
+    """The converter's progress bar on stderr: tensors done, with the layers done and the source
+    read rate beside it (tqdm gives the ETA)."""
 
     def __init__(self, layers: int, tensors: int, enabled: bool):
-        self.layers, self.tensors, self.enabled = layers, tensors, enabled
-        self.done_layers = self.done_tensors = self.bytes = 0
-        self.t0 = self.shown = time.monotonic()
-        self.tty = sys.stderr.isatty()
+        # a log (not a terminal) gets a line every 30 s instead of a redrawn bar
+        self.bar = tqdm(total=tensors, desc="[kt convert]", unit="tensor", file=sys.stderr, disable=not enabled,
+                        mininterval=0.25 if sys.stderr.isatty() else 30.0)
+        self.layers, self.done_layers, self.bytes, self.clock = layers, 0, 0, Stopwatch()
 
     def update(self, layers=0, tensors=0, nbytes=0):
         self.done_layers += layers
-        self.done_tensors += tensors
         self.bytes += nbytes
-        now = time.monotonic()
-        # a terminal gets one line redrawn at most 4 times a second; a log, one line per layer
-        if not self.enabled or (self.tty and now - self.shown < 0.25 and self.done_layers < self.layers) \
-                or (not self.tty and not layers):
-            return
-        self.shown = now
-        dt = max(now - self.t0, 1e-9)
-        frac = self.done_tensors / max(self.tensors, 1)
-        eta = dt / frac - dt if frac > 0 else float("nan")
-        sys.stderr.write(f"{chr(13) if self.tty else ''}[kt convert] layers {self.done_layers}/{self.layers}  tensors "
-                         f"{self.done_tensors}/{self.tensors}  {self.bytes / dt / 1e9:.2f} GB/s  ETA {eta:5.0f} s "
-                         + ("" if self.tty else "\n"))
-        sys.stderr.flush()
+        self.bar.set_postfix_str(f"layers {self.done_layers}/{self.layers}  "
+                                 f"{self.bytes / max(self.clock.seconds, 1e-9) / 1e9:.2f} GB/s", refresh=False)
+        self.bar.update(tensors)
 
     def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+        self.bar.close()
 
 
 def layer_meta(method: str, fmt: dict, layer: int, E: int, H: int, I: int, source: str) -> dict:
@@ -84,91 +75,6 @@ def folder_meta(method: str, E: int, H: int, I: int, num_layers, moe_layers: lis
     return {"kt_format": L.FORMAT_VERSION, "method": method, "format": fmt["name"], "group": fmt["group"],
             "num_experts": E, "hidden_size": H, "intermediate_size": I, "num_hidden_layers": num_layers,
             "moe_layers": moe_layers, "source": source, "files": files}
-
-
-# the metadata cannot say which conversion the folder holds, so --resume alone refuses it
-_REWRITE_META = ("re-run the converter with --resume --overwrite to rewrite it (the layer files that verify are "
-                 "kept)")
-
-
-def read_meta(path, verify: Optional[bool] = None) -> dict:
-    """The kt_kernel_meta.json record of the converted folder ``path``, its fields checked (and its
-    own checksum, unless ``verify`` is False or KT_KERNEL_VERIFY_WEIGHTS=0)."""
-    path = Path(path)
-    f = path / L.META_FILE
-    if not f.exists():
-        raise ConversionError(f"{path} has no {L.META_FILE}: not a kt_kernel converted folder (or its conversion "
-                              "did not finish; rerun convert_cpu_weights.py with --resume)")
-    try:
-        record = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{f} is not valid JSON: {e}") from e
-    check_meta(record, f)
-    if (verification_enabled() if verify is None else verify) and "meta_xxh3" in record \
-            and record["meta_xxh3"] != meta_digest(record):
-        raise ConversionError(f"{f} does not match its checksum meta_xxh3: the file was changed or damaged after "
-                              f"conversion; {_REWRITE_META} (or set {VERIFY_ENV}=0)")
-    return record
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_meta(record, file: Path) -> None:
-    """Raises ConversionError naming the field and ``file`` when a kt_kernel_meta.json record is
-    malformed: a field missing, of the wrong type or out of range, or an unknown method."""
-    def bad(field, why):
-        raise ConversionError(f"{file}: field {field} {why} (a damaged or hand-edited {L.META_FILE}; "
-                              f"{_REWRITE_META})")
-
-    if not isinstance(record, dict):
-        bad("(top level)", f"is a {type(record).__name__}, expected a JSON object")
-    for field in ("kt_format", "method", "format", "group", "num_experts", "hidden_size", "intermediate_size",
-                  "moe_layers", "source", "files"):
-        if field not in record:
-            bad(field, "is missing")
-    if record["kt_format"] != L.FORMAT_VERSION or not _is_int(record["kt_format"]):
-        bad("kt_format", f"is {record['kt_format']!r}; this kt_kernel reads format version {L.FORMAT_VERSION}")
-    method = record["method"]
-    if not isinstance(method, str) or method not in METHOD_FORMATS:
-        bad("method", f"is {method!r}; valid: {', '.join(METHOD_FORMATS)}")
-    fmt = METHOD_FORMATS[method]
-    if record["format"] != fmt["name"]:
-        bad("format", f"is {record['format']!r}, but method {method} stores {fmt['name']!r}")
-    if not _is_int(record["group"]) or record["group"] != fmt["group"]:
-        bad("group", f"is {record['group']!r}, but format {fmt['name']} has group {fmt['group']}")
-    for field in ("num_experts", "hidden_size", "intermediate_size"):
-        if not _is_int(record[field]) or not 0 < record[field] < 2 ** 31:
-            bad(field, f"is {record[field]!r}, expected a positive integer")
-    n = record.get("num_hidden_layers")
-    if n is not None and (not _is_int(n) or n <= 0):
-        bad("num_hidden_layers", f"is {n!r}, expected a positive integer or null")
-    layers = record["moe_layers"]
-    if not isinstance(layers, list) or not all(_is_int(x) and 0 <= x < 2 ** 31 for x in layers):
-        bad("moe_layers", f"is {layers!r}, expected a list of layer indices (non-negative integers)")
-    src = record["source"]
-    if not isinstance(src, dict) or not isinstance(src.get("fingerprint"), str):
-        bad("source", f"is {src!r}, expected an object with a string fingerprint")
-    files = record["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
-        bad("files", "is not an object of per-file records")
-    for name, v in files.items():
-        for field in ("layer", "bytes"):
-            if not _is_int(v.get(field)) or v[field] < 0:
-                bad(f"files.{name}.{field}", f"is {v.get(field)!r}, expected a non-negative integer")
-        for field in ("header_xxh3", "xxh3", "sha256"):
-            if field in v and not isinstance(v[field], str):
-                bad(f"files.{name}.{field}", f"is {v[field]!r}, expected a hex string")
-    others = record.get("other_files", {})
-    if not isinstance(others, dict) or not all(isinstance(v, dict) and isinstance(v.get("xxh3"), str)
-                                               for v in others.values()):
-        bad("other_files", "is not an object of per-file records with an xxh3 string")
-    if "copied" in record and (not isinstance(record["copied"], list)
-                               or not all(isinstance(x, str) for x in record["copied"])):
-        bad("copied", f"is {record['copied']!r}, expected a list of file names")
-    if "meta_xxh3" in record and not isinstance(record["meta_xxh3"], str):
-        bad("meta_xxh3", f"is {record['meta_xxh3']!r}, expected a hex string")
 
 
 def verify_layer_file(path: Path, want_meta: dict, spec: dict, layer: int) -> Optional[str]:
@@ -225,7 +131,7 @@ def quantize_layer_arrays(expert, layer: int, E: int, H: int, I: int, fmt: dict,
             for (proj, part), a in out.items()}
 
 
-def _quantize_layer(src: Source, layer: int, fmt: dict, pool: ThreadPoolExecutor, progress: _Progress) -> dict:
+def _quantize_layer(src: HFCheckpoint, layer: int, fmt: dict, pool: ThreadPoolExecutor, progress: _Progress) -> dict:
     def expert(e, j):
         w = src.expert(layer, e, j)
         return w, w.numel() * src.bytes_per_weight()
@@ -234,7 +140,7 @@ def _quantize_layer(src: Source, layer: int, fmt: dict, pool: ThreadPoolExecutor
                                  lambda nbytes: progress.update(tensors=1, nbytes=nbytes))
 
 
-def _copy_nonexpert(src: Source, out: Path, shard_bytes: int) -> dict:
+def _copy_nonexpert(src: HFCheckpoint, out: Path, shard_bytes: int) -> dict:
     """Copies every non-expert tensor unchanged into files of at most ``shard_bytes`` (a larger
     tensor gets a file of its own), streamed one tensor at a time. Returns key -> file name."""
     keys = sorted(src.non_expert_keys(), key=lambda k: (src.tensors[k][0], k))
@@ -288,7 +194,7 @@ def _previous_conversion(out: Path) -> Optional[dict]:
     return None
 
 
-def _check_output(out: Path, src: Source, want: dict, resume: bool, overwrite: bool) -> set:
+def _check_output(out: Path, src: HFCheckpoint, want: dict, resume: bool, overwrite: bool) -> set:
     """Refuses an output folder the conversion must not write into; returns the names of input files
     that earlier runs copied there (which this run may replace)."""
     if out.exists() and not out.is_dir():
@@ -323,7 +229,7 @@ def _check_output(out: Path, src: Source, want: dict, resume: bool, overwrite: b
     return set(prev["copied"])
 
 
-def _copies(src: Source) -> list:
+def _copies(src: HFCheckpoint) -> list:
     """The input files copied beside the converted weights: config.json, tokenizer and generation files."""
     return sorted(f for f in src.path.iterdir()
                   if f.is_file() and not f.name.endswith(".safetensors") and f.name != L.INDEX_FILE)
@@ -364,7 +270,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     if method not in METHOD_FORMATS:
         raise ConversionError(f"unknown quant method {quant_method!r}; valid: {', '.join(QUANT_METHODS)}")
     fmt = METHOD_FORMATS[method]
-    src = open_source(input_path, input_type)
+    src = open_hf_checkpoint(input_path, input_type)
     out = Path(output_path)
     E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
     copied_before = _check_output(out, src, layer_meta(method, fmt, 0, E, H, I, src.fingerprint), resume, overwrite)
@@ -387,7 +293,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
                               "--resume") from e
 
 
-def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threads, resume: bool, progress: bool,
+def _convert(src: HFCheckpoint, out: Path, method: str, fmt: dict, copies: list, threads, resume: bool, progress: bool,
              layers, shard_bytes: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / L.META_FILE).unlink(missing_ok=True)  # the folder is incomplete until the meta is rewritten
@@ -400,7 +306,7 @@ def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threa
     E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
     bar = _Progress(len(todo), len(todo) * E * 3, progress)
     threads = threads or len(os.sched_getaffinity(0))
-    weight_map, files, t0, converted = {}, {}, time.monotonic(), 0
+    weight_map, files, clock, converted = {}, {}, Stopwatch(), 0
     try:
         # torch's own threads off while our pool runs many small torch calls on every core: they
         # spin between calls and took the cores from the quantizer (1 thread ran 4-10x slower)
@@ -423,7 +329,7 @@ def _convert(src: Source, out: Path, method: str, fmt: dict, copies: list, threa
         weight_map.update(_copy_nonexpert(src, out, shard_bytes))
     finally:
         bar.close()
-    seconds = time.monotonic() - t0
+    seconds = clock.seconds
     for f in copies:
         _copy_file(f, out / f.name)
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))

@@ -19,12 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
-from kt_kernel.convert import layout as L
-from kt_kernel.convert.convert import (METHOD_FORMATS, folder_meta, layer_meta, quantize_layer_arrays, read_meta,
-                                       verify_layer_file, write_json, write_layer_file)
-from kt_kernel.convert.integrity import meta_digest
-from kt_kernel.cpu import torch_threads
-from kt_kernel.convert.source import ConversionError
+from kt_kernel.checkpoint import layout as L
+from kt_kernel.checkpoint.converted import METHOD_FORMATS, read_meta
+from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.integrity import meta_digest
+from kt_kernel.convert.convert import (folder_meta, layer_meta, quantize_layer_arrays, verify_layer_file, write_json,
+                                       write_layer_file)
+from kt_kernel.threads import torch_threads
 
 __all__ = ["TENSORS_SOURCE", "saved_layer_ready", "save_layer"]
 

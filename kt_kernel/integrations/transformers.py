@@ -238,7 +238,7 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
     for a layer, it wins over num_gpu_experts). release_weights: drop the fused torch tensors once
     the experts are loaded (the module then runs only through kt_kernel).
     max_deferred_experts_per_token: d for every MoE layer whose next decoder layer is an MoE layer
-    with CPU experts, 0 for the others (the last among them): see README "Deferred experts"."""
+    with CPU experts, 0 for the others (the last among them): see docs/design.md, "Deferred experts"."""
     impl = implementation_name(method)
     found = find_experts_modules(model)
     if not found:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kt_kernel.convert.safetensors_io import SafetensorsError, list_shards, read_header
+from kt_kernel.checkpoint.hf import index_tensors
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, read_config
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
@@ -59,33 +59,10 @@ class CheckpointInfo:
 
 
 def read_tensor_index(path) -> dict:
-    """Checkpoint key -> TensorMeta for every tensor of the safetensors files in ``path`` (the
-    files named by model.safetensors.index.json when it exists). Reads the headers only."""
-    path = Path(path)
-    try:
-        files, weight_map = list_shards(path)
-    except SafetensorsError as e:
-        raise CheckpointError(str(e)) from e
-    if not files:
-        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        hint = f" (found {', '.join(other)}: convert them to safetensors)" if other else ""
-        raise CheckpointError(f"{path} holds no .safetensors weight files{hint}")
-    tensors = {}
-    for name in files:
-        file = path / name
-        if not file.exists():
-            raise CheckpointError(f"model.safetensors.index.json names {name}, which is not in {path}")
-        try:
-            header = read_header(file)
-        except SafetensorsError as e:
-            raise CheckpointError(str(e)) from e
-        tensors.update({k: TensorMeta(v["dtype"], tuple(v["shape"]), name) for k, v in header.tensors.items()})
-    if weight_map is not None:
-        lost = [k for k, f in weight_map.items() if k not in tensors]
-        if lost:
-            raise CheckpointError(f"model.safetensors.index.json maps {lost[0]} to {weight_map[lost[0]]}, which does "
-                                  "not hold it" + (f" ({len(lost)} such keys)" if len(lost) > 1 else ""))
-    return tensors
+    """Checkpoint key -> TensorMeta for every tensor of the safetensors files in ``path``, from the
+    HF checkpoint reader's index (kt_kernel.checkpoint.hf: the headers only)."""
+    index = index_tensors(path, CheckpointError)
+    return {k: TensorMeta(t["dtype"], tuple(t["shape"]), f) for k, (f, t) in index.tensors.items()}
 
 
 def find_experts_modules(model) -> list:

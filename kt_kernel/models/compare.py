@@ -12,13 +12,13 @@ Both the end-to-end tests and the demo use these, with the bounds of AGREEMENT_B
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 
 from kt_kernel import _ext
 from kt_kernel.models._deps import require_transformers
+from kt_kernel.timing import Stopwatch
 
 __all__ = ["REFERENCE_PROMPT", "Agreement", "Bounds", "AGREEMENT_BOUNDS", "GreedyCheck", "Generation",
            "logit_agreement", "check_greedy", "teacher_forced_logits", "generate_greedy"]
@@ -140,11 +140,12 @@ class _StepClock:
     """A logits processor that only notes when each step's logits are ready."""
 
     def __init__(self, on_step=None):
-        self.times = []
+        self.clock = Stopwatch()
+        self.times = []  # seconds from the start of generate
         self.on_step = on_step
 
     def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
+        self.times.append(self.clock.seconds)
         if self.on_step is not None:
             self.on_step(len(self.times))
         return scores
@@ -157,7 +158,6 @@ def generate_greedy(model, input_ids, max_new_tokens: int, on_step=None) -> Gene
     transformers = require_transformers()
     ids = torch.as_tensor(input_ids).reshape(1, -1).to(model.device)
     clock = _StepClock(on_step)
-    t0 = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, logits_processor=transformers.LogitsProcessorList([clock]),
                          pad_token_id=model.generation_config.pad_token_id or 0,
@@ -165,4 +165,4 @@ def generate_greedy(model, input_ids, max_new_tokens: int, on_step=None) -> Gene
     new = out.sequences[0, ids.shape[1]:].tolist()
     times = clock.times
     return Generation(tokens=new, logits=torch.cat(out.logits).float().cpu(), prompt_tokens=ids.shape[1],
-                      prefill_s=times[0] - t0, decode_s=times[-1] - times[0])
+                      prefill_s=times[0], decode_s=times[-1] - times[0])

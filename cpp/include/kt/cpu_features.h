@@ -1,4 +1,5 @@
-// CPU feature detection and ISA tiers. ISA-free: safe to include anywhere.
+// CPU features, the named feature sets users force (ISA tiers), and the set dispatch runs on.
+// ISA-free: safe to include anywhere. Design: docs/cpu_features.md.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -6,48 +7,84 @@
 
 namespace kt {
 
-// Tiers are cumulative: each one requires every feature of the tiers before it.
+// A set of CPU features, one bit each. Kernel rows declare the set they need; dispatch takes the
+// first row (best-first) whose set the active set covers.
+using FeatureSet = uint32_t;
+
+namespace feature {
+// Each is detected on its own: CPUID bits, the register state the OS enables (XGETBV), and for
+// AMX the Linux permission (arch_prctl). Feature bits are never inferred from one another.
+constexpr FeatureSet avx2 = 1u << 0;         // AVX + AVX2 + FMA + F16C (what -mavx2 -mfma -mf16c allow), YMM state
+constexpr FeatureSet avx_vnni = 1u << 1;     // AVX-VNNI: vpdpbusd on ymm (VEX encoded), YMM state
+constexpr FeatureSet avx512 = 1u << 2;       // AVX512 F + BW + DQ + VL, ZMM and opmask state
+constexpr FeatureSet avx512_vnni = 1u << 3;  // AVX512-VNNI, ZMM state
+constexpr FeatureSet avx512_bf16 = 1u << 4;  // AVX512-BF16, ZMM state
+constexpr FeatureSet amx_tile = 1u << 5;     // AMX-TILE on hardware: tile state + arch_prctl permission
+constexpr FeatureSet amx_int8 = 1u << 6;     // AMX-INT8 (tdpbusd), with tile permission
+constexpr FeatureSet amx_bf16 = 1u << 7;     // AMX-BF16 (tdpbf16ps), with tile permission
+// Never detected: the tile instructions run on the software tile emulator (kernels/amx_emu), in
+// place of amx_tile. Only the test-only "amx_emu" set has it.
+constexpr FeatureSet amx_tile_emu = 1u << 8;
+constexpr int kCount = 9;
+}  // namespace feature
+
+constexpr bool covers(FeatureSet have, FeatureSet need) { return (have & need) == need; }
+// Names in bit order ("avx2", "avx_vnni", ...); from_names throws std::invalid_argument on a
+// name it does not know, listing the valid ones.
+std::vector<std::string> feature_names(FeatureSet set);
+FeatureSet features_from_names(const std::vector<std::string>& names);
+
+// The named feature sets users force (KT_KERNEL_ISA, set_isa). Each one holds the features of
+// the tiers before it, so they also order the sets: a CPU "runs" every tier its features cover.
 enum class IsaTier : int {
-  generic = 0,      // scalar reference kernels, any x86-64
-  avx2 = 1,         // AVX2 + FMA + F16C
-  avx512 = 2,       // AVX512 F + BW + DQ + VL
-  avx512_vnni = 3,  // + AVX512-VNNI
-  avx512_bf16 = 4,  // + AVX512-BF16
-  amx = 5,          // + AMX-TILE, AMX-INT8, AMX-BF16 with OS permission
+  generic = 0,      // none: scalar reference kernels, any x86-64
+  avx2 = 1,         // avx2
+  avx512 = 2,       // + avx512
+  avx512_vnni = 3,  // + avx512_vnni
+  avx512_bf16 = 4,  // + avx512_bf16
+  amx = 5,          // + amx_tile, amx_int8, amx_bf16
 };
 constexpr int kNumTiers = 6;
 
 const char* tier_name(IsaTier t);
 // Throws std::invalid_argument listing the valid names.
 IsaTier tier_from_name(const std::string& name);
+FeatureSet tier_features(IsaTier t);
+// The last tier whose features `set` covers (generic covers any set).
+IsaTier best_tier(FeatureSet set);
+
+// Test-only named set, not a tier: the avx512_bf16 tier with the AMX instructions on the tile
+// emulator (amx_tile_emu + amx_int8 + amx_bf16). It needs the avx512_bf16 tier on the host (the
+// emulated kernels keep their AVX512 epilogues) and is never chosen automatically.
+constexpr const char* kAmxEmuOverride = "amx_emu";
+FeatureSet amx_emu_features();
+// The name users see for a set dispatch runs on: "amx_emu" for the emulated one, otherwise its
+// best tier's.
+std::string isa_label(FeatureSet set);
 
 struct CpuFeatures {
   std::string vendor;
   std::string brand;
-  bool sse42 = false, avx = false, avx2 = false, fma = false, f16c = false;
+  bool sse42 = false, avx = false, avx2 = false, fma = false, f16c = false, avx_vnni = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool avx512_vnni = false, avx512_bf16 = false;
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;  // XCR0 state enabled by the OS
   bool amx_permitted = false;                                // arch_prctl(ARCH_REQ_XCOMP_PERM) granted
-  IsaTier best = IsaTier::generic;                           // best tier this CPU and OS can run
+  FeatureSet features = 0;                                   // what kernels may use on this CPU and OS
+  IsaTier best = IsaTier::generic;                           // best_tier(features)
   std::string amx_status;                                    // why AMX is (not) usable
-  std::vector<std::string> flags() const;                    // names of the features seen
+  std::vector<std::string> flags() const;                    // names of the CPUID bits seen
 };
 
 // Detected once per process; never executes an instruction the CPU lacks.
 const CpuFeatures& cpu_features();
 
-// The tier kernels are chosen for: the best one, or a lower one forced with
-// KT_KERNEL_ISA=<name> or set_isa_override(). Forcing a tier above `best` throws.
-IsaTier active_tier();
+// The features kernels are chosen for: the CPU's, or a named set (a tier, or "amx_emu") forced
+// with KT_KERNEL_ISA=<name> or set_isa_override(). Forcing a set the CPU does not cover throws.
+FeatureSet active_features();
+IsaTier active_tier();  // best_tier(active_features())
 void set_isa_override(const std::string& name);  // "" clears the override
 std::string isa_override();
-
-// Test-only override, not a tier: "amx_emu" runs the AMX tile kernels on the software tile
-// emulator (slow) and the avx512_bf16 tier's kernels for everything else (active_tier() returns
-// avx512_bf16), so it needs that tier. Never chosen automatically.
-constexpr const char* kAmxEmuOverride = "amx_emu";
-bool amx_emulated();  // the override in force is "amx_emu"
 
 }  // namespace kt

@@ -1,5 +1,6 @@
 // The MoE micro-kernel interface and the kernel table (ordered best-first).
-// A row serves one weight format on one ISA tier and names the activation format it reads.
+// A row serves one weight format, declares the CPU features it needs and names the activation
+// format it reads.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -55,7 +56,7 @@ using DownFn = void (*)(const DownArgs&);
 
 struct KernelRow {
   FormatId format;
-  IsaTier tier;      // lowest tier that runs it
+  FeatureSet needs;  // every feature its object is compiled for (kernel_table.cpp)
   ActFormat act;
   const char* name;  // <op>_<weight fmt>_<act fmt>_<MR>x<NR>__<isa>, gate/up variant
   GateUpFn gateup;
@@ -67,16 +68,18 @@ struct KernelRow {
 };
 
 const std::vector<KernelRow>& kernel_table();
-// First row for `format` whose tier is at most `tier`. The generic tier always has one.
-const KernelRow& select_kernel(FormatId format, IsaTier tier);
-// First row for `format` whose tier is at most `tier` and whose min_m is 0.
-const KernelRow& select_vector_kernel(FormatId format, IsaTier tier);
 // Test-only: the AMX tile kernels instantiated on the tile emulator (kernels/amx_emu), one row per
-// format, tier amx. Never in kernel_table(): chosen only under the "amx_emu" override (slow).
+// format, needing amx_tile_emu where the hardware row needs amx_tile. No detected CPU has that
+// feature: only the "amx_emu" named set (a test-only override) reaches these rows.
 const std::vector<KernelRow>& emulated_kernel_table();
-// The format's emulated tile row; a format without one gets select_kernel(format, tier), as a
-// format without an amx row does on the amx tier.
-const KernelRow& select_emulated_kernel(FormatId format, IsaTier tier);
+// The dispatch of every layer: the first row for `format`, in emulated_kernel_table() then
+// kernel_table(), whose needs `have` covers. The generic rows need nothing, so one always matches.
+const KernelRow& select_kernel(FormatId format, FeatureSet have);
+// The first kernel_table() row for `format` that `have` covers and whose min_m is 0.
+const KernelRow& select_vector_kernel(FormatId format, FeatureSet have);
+// The lowest tier whose features cover `needs`, amx_tile_emu counting as amx_tile and features no
+// tier names (avx_vnni) left out: the tier a row is listed under, for listings and tests.
+IsaTier row_tier(FeatureSet needs);
 
 // Weight quantizers, one table ordered best-first like the kernels'. Every row produces exactly
 // the logical arrays of the format's quantize_ref (bit for bit, on every input); the generic row
@@ -85,12 +88,12 @@ const KernelRow& select_emulated_kernel(FormatId format, IsaTier tier);
 using QuantizeFn = void (*)(const float* w, int N, int K, QuantizedMatrix* out);
 struct QuantizerRow {
   FormatId format;
-  IsaTier tier;      // lowest tier that runs it
+  FeatureSet needs;  // every feature its object is compiled for
   const char* name;  // quantize_<weight fmt>_<lanes>__<isa>, or the reference's name
   QuantizeFn quantize;
 };
 const std::vector<QuantizerRow>& quantizer_table();
-const QuantizerRow& select_quantizer(FormatId format, IsaTier tier);
+const QuantizerRow& select_quantizer(FormatId format, FeatureSet have);
 
 // Activation quantization reference. Converts one row of K fp32 values into `format`, zero-padded
 // to Kp. Returns false if the row holds NaN or Inf.
@@ -107,13 +110,13 @@ void round_bf16_row_ref(const float* x, int n, uint16_t* out);
 // the reference's bits (the generic row is the reference), so that the kernels of every tier see
 // the same activations and a layer's output does not depend on which codec ran.
 struct ActCodecRow {
-  IsaTier tier;      // lowest tier that runs it
+  FeatureSet needs;  // every feature its object is compiled for
   const char* name;  // act_<lanes>__<isa>, or the reference's
   bool (*quantize)(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale, int32_t* gsum);
   void (*widen)(DType dtype, const uint16_t* x, int n, float* out);
   void (*round_bf16)(const float* x, int n, uint16_t* out);
 };
 const std::vector<ActCodecRow>& act_codec_table();
-const ActCodecRow& select_act_codec(IsaTier tier);
+const ActCodecRow& select_act_codec(FeatureSet have);
 
 }  // namespace kt

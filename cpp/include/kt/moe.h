@@ -98,9 +98,10 @@ class MoeLayer {
   const KernelRow& kernel() const { return *kernel_; }
   const KernelRow& vector_kernel() const { return *vector_kernel_; }
   const KernelRow& kernel_for(int tokens) const { return tokens >= kernel_->min_m ? *kernel_ : *vector_kernel_; }
-  IsaTier tier() const { return tier_; }
-  // The tier's name, or "amx_emu" when the tile kernels run on the emulator (a test-only override).
-  std::string tier_label() const;
+  // The CPU features its kernels were chosen for, and their name: the best tier they cover, or
+  // "amx_emu" when the tile kernels run on the emulator (a test-only override).
+  FeatureSet features() const { return features_; }
+  std::string tier_label() const { return isa_label(features_); }
   // Per slot, the kernel that computed its bucket in the latest chunk of the latest forward that
   // routed tokens to it (nullptr: none); read it after that forward has completed. A deferred
   // job (deferred_experts > 0) does not change it.
@@ -130,8 +131,7 @@ class MoeLayer {
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<Job> last_job_;  // the latest job that uses this layer; the destructor waits for it
   MoeConfig cfg_;
-  IsaTier tier_;
-  bool emulated_tiles_;
+  FeatureSet features_;
   const KernelRow* kernel_;
   const KernelRow* vector_kernel_;
   std::vector<const KernelRow*> last_kernels_;

@@ -18,6 +18,18 @@ namespace {
 
 constexpr const char* kTierNames[kNumTiers] = {"generic", "avx2", "avx512", "avx512_vnni",
                                                "avx512_bf16", "amx"};
+constexpr FeatureSet kTierFeatures[kNumTiers] = {
+    0,
+    feature::avx2,
+    feature::avx2 | feature::avx512,
+    feature::avx2 | feature::avx512 | feature::avx512_vnni,
+    feature::avx2 | feature::avx512 | feature::avx512_vnni | feature::avx512_bf16,
+    feature::avx2 | feature::avx512 | feature::avx512_vnni | feature::avx512_bf16 | feature::amx_tile |
+        feature::amx_int8 | feature::amx_bf16,
+};
+// Bit i of a FeatureSet.
+constexpr const char* kFeatureNames[feature::kCount] = {"avx2",     "avx_vnni", "avx512",   "avx512_vnni", "avx512_bf16",
+                                                        "amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu"};
 
 struct Regs {
   unsigned a = 0, b = 0, c = 0, d = 0;
@@ -99,31 +111,36 @@ CpuFeatures detect() {
     f.amx_bf16 = bit(r7.d, 22);
     f.amx_tile = bit(r7.d, 24);
     f.amx_int8 = bit(r7.d, 25);
-    if (r7.a >= 1) f.avx512_bf16 = bit(cpuid(7, 1).a, 5);
+    if (r7.a >= 1) {
+      Regs r71 = cpuid(7, 1);
+      f.avx_vnni = bit(r71.a, 4);
+      f.avx512_bf16 = bit(r71.a, 5);
+    }
   }
-  // Tiers: every feature of the tier and of those below, and the OS state for it.
-  bool t_avx2 = f.os_avx && f.avx && f.avx2 && f.fma && f.f16c;
-  bool t_avx512 = t_avx2 && f.os_avx512 && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;
-  bool t_vnni = t_avx512 && f.avx512_vnni;
-  bool t_bf16 = t_vnni && f.avx512_bf16;
-  f.best = t_bf16 ? IsaTier::avx512_bf16
-           : t_vnni ? IsaTier::avx512_vnni
-           : t_avx512 ? IsaTier::avx512
-           : t_avx2 ? IsaTier::avx2
-                    : IsaTier::generic;
-  if (!(f.amx_tile && f.amx_int8 && f.amx_bf16)) {
-    f.amx_status = "CPU reports no AMX-TILE/AMX-INT8/AMX-BF16";
+  // Each feature: its CPUID bits and the OS state its registers live in, nothing else.
+  auto set = [&](bool on, FeatureSet x) { if (on) f.features |= x; };
+  set(f.os_avx && f.avx && f.avx2 && f.fma && f.f16c, feature::avx2);
+  set(f.os_avx && f.avx_vnni, feature::avx_vnni);
+  set(f.os_avx512 && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl, feature::avx512);
+  set(f.os_avx512 && f.avx512_vnni, feature::avx512_vnni);
+  set(f.os_avx512 && f.avx512_bf16, feature::avx512_bf16);
+  if (!f.amx_tile) {
+    f.amx_status = "CPU reports no AMX-TILE";
   } else if (!f.os_amx) {
     f.amx_status = "OS does not enable tile state in XCR0";
-  } else if (!t_bf16) {
-    f.amx_status = "AMX present but AVX512-BF16 tier missing";
   } else if (!request_amx_permission(&f.amx_status)) {
     // amx_status says why
   } else {
     f.amx_permitted = true;
-    f.amx_status = "usable";
-    f.best = IsaTier::amx;
+    f.features |= feature::amx_tile;
+    set(f.amx_int8, feature::amx_int8);
+    set(f.amx_bf16, feature::amx_bf16);
+    const bool tier_ok = covers(f.features, tier_features(IsaTier::amx));
+    f.amx_status = tier_ok ? "usable"
+                   : !(f.amx_int8 && f.amx_bf16) ? "usable, but the CPU lacks AMX-INT8 or AMX-BF16 (see features)"
+                                                 : "usable, but the avx512_bf16 tier is missing (see features)";
   }
+  f.best = best_tier(f.features);
   return f;
 }
 
@@ -133,20 +150,47 @@ std::mutex g_override_mu;
 std::string g_override;  // guarded by g_override_mu
 bool g_override_init = false;
 
-// The emulated AMX kernels keep their AVX512 gather and epilogues and fall back to the
-// avx512_bf16 kernels below min_m: the host needs that tier.
-void check_amx_emu_host(const CpuFeatures& f, const char* who) {
-  if (static_cast<int>(f.best) < static_cast<int>(IsaTier::avx512_bf16))
-    throw std::runtime_error(std::string(who) + ": '" + kAmxEmuOverride +
-                             "' (the AMX tile kernels on the emulator) needs the avx512_bf16 tier; this CPU supports at most '" +
-                             tier_name(f.best) + "'");
-}
-
 void init_override_locked() {
   if (g_override_init) return;
   g_override_init = true;
   const char* env = std::getenv("KT_KERNEL_ISA");
   if (env && *env) g_override = env;
+}
+
+std::string missing(FeatureSet have, FeatureSet need) {
+  std::string out;
+  for (const std::string& n : feature_names(need & ~have)) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// The named set `name` (a tier or "amx_emu"), checked against this CPU. who: the caller, for errors;
+// in_force: `name` is the override already in force (KT_KERNEL_ISA's, or set_isa's), not a request.
+FeatureSet named_set_on_this_cpu(const std::string& name, const std::string& who, bool in_force) {
+  const CpuFeatures& f = cpu_features();
+  if (name == kAmxEmuOverride) {
+    // The emulated AMX kernels keep their AVX512 gather and epilogues and fall back to the
+    // avx512_bf16 kernels below min_m: the host needs that tier.
+    if (!covers(f.features, tier_features(IsaTier::avx512_bf16)))
+      throw std::runtime_error(who + ": '" + kAmxEmuOverride +
+                               "' (the AMX tile kernels on the emulator) needs the avx512_bf16 tier; this CPU supports at most '" +
+                               tier_name(f.best) + "'");
+    return amx_emu_features();
+  }
+  IsaTier t;
+  try {
+    t = tier_from_name(name);
+  } catch (const std::invalid_argument& e) {
+    if (!in_force) throw;
+    throw std::invalid_argument(who + ": " + e.what());
+  }
+  const FeatureSet need = tier_features(t);
+  if (!covers(f.features, need)) {
+    const std::string what = in_force ? "ISA tier '" + name + "' was requested (KT_KERNEL_ISA or set_isa) but this CPU"
+                                      : "ISA tier '" + name + "' is not supported by this CPU; it";
+    throw std::runtime_error(what + " supports at most '" + tier_name(f.best) + "' (missing: " + missing(f.features, need) +
+                             ")" + (t == IsaTier::amx ? " (AMX: " + f.amx_status + ")" : ""));
+  }
+  return need;
 }
 
 }  // namespace
@@ -162,10 +206,50 @@ IsaTier tier_from_name(const std::string& name) {
                               kAmxEmuOverride + ": the AMX tile kernels on the tile emulator)");
 }
 
+FeatureSet tier_features(IsaTier t) { return kTierFeatures[static_cast<int>(t)]; }
+
+IsaTier best_tier(FeatureSet set) {
+  IsaTier best = IsaTier::generic;
+  for (int i = 0; i < kNumTiers; ++i)
+    if (covers(set, kTierFeatures[i])) best = static_cast<IsaTier>(i);
+  return best;
+}
+
+FeatureSet amx_emu_features() {
+  return tier_features(IsaTier::avx512_bf16) | feature::amx_tile_emu | feature::amx_int8 | feature::amx_bf16;
+}
+
+std::string isa_label(FeatureSet set) {
+  return set & feature::amx_tile_emu ? kAmxEmuOverride : tier_name(best_tier(set));
+}
+
+std::vector<std::string> feature_names(FeatureSet set) {
+  std::vector<std::string> out;
+  for (int i = 0; i < feature::kCount; ++i)
+    if (set & (1u << i)) out.emplace_back(kFeatureNames[i]);
+  return out;
+}
+
+FeatureSet features_from_names(const std::vector<std::string>& names) {
+  FeatureSet set = 0;
+  for (const std::string& n : names) {
+    int i = 0;
+    while (i < feature::kCount && n != kFeatureNames[i]) ++i;
+    if (i == feature::kCount) {
+      std::string valid;
+      for (int j = 0; j < feature::kCount; ++j) valid += std::string(j ? ", " : "") + kFeatureNames[j];
+      throw std::invalid_argument("unknown CPU feature '" + n + "'; valid features: " + valid);
+    }
+    set |= 1u << i;
+  }
+  return set;
+}
+
 std::vector<std::string> CpuFeatures::flags() const {
   std::vector<std::string> out;
   auto add = [&](bool on, const char* n) { if (on) out.emplace_back(n); };
   add(sse42, "sse4.2"); add(avx, "avx"); add(avx2, "avx2"); add(fma, "fma"); add(f16c, "f16c");
+  add(avx_vnni, "avx_vnni");
   add(avx512f, "avx512f"); add(avx512bw, "avx512bw"); add(avx512dq, "avx512dq");
   add(avx512vl, "avx512vl"); add(avx512_vnni, "avx512_vnni"); add(avx512_bf16, "avx512_bf16");
   add(amx_tile, "amx_tile"); add(amx_int8, "amx_int8"); add(amx_bf16, "amx_bf16");
@@ -177,46 +261,21 @@ const CpuFeatures& cpu_features() {
   return g_features;
 }
 
-IsaTier active_tier() {
+FeatureSet active_features() {
   const CpuFeatures& f = cpu_features();
   std::lock_guard<std::mutex> lock(g_override_mu);
   init_override_locked();
-  if (g_override.empty()) return f.best;
-  if (g_override == kAmxEmuOverride) {
-    check_amx_emu_host(f, "KT_KERNEL_ISA / set_isa");
-    return IsaTier::avx512_bf16;
-  }
-  IsaTier t;
-  try {
-    t = tier_from_name(g_override);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(std::string("KT_KERNEL_ISA / set_isa: ") + e.what());
-  }
-  if (static_cast<int>(t) > static_cast<int>(f.best))
-    throw std::runtime_error(std::string("ISA tier '") + g_override + "' was requested (KT_KERNEL_ISA or set_isa) but this CPU supports at most '" +
-                             tier_name(f.best) + "'" + (t == IsaTier::amx ? " (AMX: " + f.amx_status + ")" : ""));
-  return t;
+  if (g_override.empty()) return f.features;
+  return named_set_on_this_cpu(g_override, "KT_KERNEL_ISA / set_isa", /*in_force=*/true);
 }
 
+IsaTier active_tier() { return best_tier(active_features()); }
+
 void set_isa_override(const std::string& name) {
-  if (name == kAmxEmuOverride) {
-    check_amx_emu_host(cpu_features(), "set_isa");
-  } else if (!name.empty()) {
-    IsaTier t = tier_from_name(name);
-    const CpuFeatures& f = cpu_features();
-    if (static_cast<int>(t) > static_cast<int>(f.best))
-      throw std::runtime_error("ISA tier '" + name + "' is not supported by this CPU; it supports at most '" +
-                               tier_name(f.best) + "'" + (t == IsaTier::amx ? " (AMX: " + f.amx_status + ")" : ""));
-  }
+  if (!name.empty()) named_set_on_this_cpu(name, "set_isa", /*in_force=*/false);
   std::lock_guard<std::mutex> lock(g_override_mu);
   g_override_init = true;
   g_override = name;
-}
-
-bool amx_emulated() {
-  std::lock_guard<std::mutex> lock(g_override_mu);
-  init_override_locked();
-  return g_override == kAmxEmuOverride;
 }
 
 std::string isa_override() {

@@ -1,7 +1,7 @@
 // The kernel, quantizer and activation-codec tables, best-first. Dispatch takes the first row (for
-// the format) whose tier the active tier covers; a layer makes its choices once, when it is
-// constructed. A tile row (min_m > 0) is paired with the best vector row below it, and the layer
-// picks between the two per call and per expert bucket by its token count.
+// the format) whose needs the active feature set covers; a layer makes its choices once, when it
+// is constructed. A tile row (min_m > 0) is paired with the best vector row below it, and the
+// layer picks between the two per call and per expert bucket by its token count.
 #include <stdexcept>
 #include <string>
 
@@ -10,20 +10,9 @@
 
 namespace kt {
 
-// Tokens per expert from which a tile row runs (its min_m), measured on the first AMX host (an
-// Intel Xeon with AMX-INT8/BF16 under KVM, 2 cores, 16 GB/s read bandwidth per core): one thread,
-// the experts of shape A (H=2048, I=768; 64 of them, 32 for bf16, about 400 MB of weights either
-// way) with m rows each, gate/up + down in ms, the tile kernel against the vector kernel it is
-// paired with, weights streamed from DRAM (the kernels called directly, best of 2 runs of 3):
-//
-//   m         1      2      4      8     12     16     20     24     28     32     48
-//   bf16    22.9   23.4   25.7   24.0   24.1   26.2   26.4   25.8   26.6   25.7   30.6   tiles
-//           21.9   26.2   29.1   36.1   37.5   48.0   56.6   69.4   80.7   93.3  140.6   avx512_bf16
-//   int8    22.7   23.4   25.4   24.1   24.7   24.7   27.3   27.0   27.8   28.1   32.4   tiles
-//           19.7   21.0   24.0   23.6   24.6   26.3   28.6   31.7   35.7   38.4   53.8   avx512_vnni
-//   int4       -      -   26.7   26.2   25.9   26.4   37.3   37.2   38.1   37.5   50.1   tiles
-//              -      -   18.5   17.2   22.4   28.7   34.8   41.3   49.1   53.3   81.1   avx512_vnni
-//
+// Tokens per expert from which a tile row runs (its min_m): where the tile kernel, timed against
+// the vector kernel it is paired with for m rows per expert, starts to win (the timings:
+// docs/benchmarks/notes.md, "kTileMinM"; the reasoning: docs/design.md, "min_m").
 // Below about 8 rows every path streams the weights at the core's bandwidth and the vector
 // kernels, with no staging, are as fast or faster. bf16 tiles win from 2 rows: vdpbf16ps runs at
 // about one instruction per 2 cycles on this core, a tenth of tdpbf16ps. int4_g32 scales every
@@ -34,43 +23,53 @@ constexpr int kTileMinMBf16 = 2;
 constexpr int kTileMinMInt8 = 8;
 constexpr int kTileMinMInt4 = 24;
 
-#define KT_ROW(fmt, tier, act, tile_isa)                                                               \
+// What a row needs: every feature its object's compile flags enable (CMakeLists.txt, KT_FLAGS_*
+// and the per-list flags), not only those its intrinsics use, since the compiler may emit any
+// instruction the flags allow. AMX instructions come only from intrinsics, so a tile row needs
+// just the AMX features it calls (AMX-INT8 or AMX-BF16) besides its object's vector flags.
+constexpr FeatureSet kRef = 0;
+constexpr FeatureSet kAvx2Obj = feature::avx2;
+constexpr FeatureSet kAvx512Obj = kAvx2Obj | feature::avx512;
+constexpr FeatureSet kAvx512VnniObj = kAvx512Obj | feature::avx512_vnni;
+constexpr FeatureSet kAvx512Bf16Obj = kAvx512VnniObj | feature::avx512_bf16;  // also the amx and amx_emu objects'
+
+#define KT_ROW(fmt, needs, act, tile_isa)                                                              \
   KernelRow {                                                                                          \
-    FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
+    FormatId::fmt, needs, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa,     \
         /*min_m=*/0                                                                                    \
   }
-#define KT_TILE_ROW(fmt, tier, act, tile_isa, min_m)                                                   \
+#define KT_TILE_ROW(fmt, needs, act, tile_isa, min_m)                                                  \
   KernelRow {                                                                                          \
-    FormatId::fmt, IsaTier::tier, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
+    FormatId::fmt, needs, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa,     \
         min_m                                                                                          \
   }
 
 const std::vector<KernelRow>& kernel_table() {
   static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx, kTileMinMInt8),
-      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx, kTileMinMInt4),
-      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx, kTileMinMBf16),
-      KT_ROW(bf16, avx512_bf16, bf16, bf16_bf16_8x16__avx512bf16),
-      KT_ROW(int8_pc, avx512_vnni, q8u, int8pc_q8u_8x16__avx512vnni),
-      KT_ROW(int4_g32, avx512_vnni, q8s, int4g32_q8s_4x16__avx512vnni),
-      KT_ROW(bf16, avx512, f32, bf16_f32_4x16__avx512),
-      KT_ROW(int8_pc, avx512, q8s, int8pc_q8s_4x16__avx512),
-      KT_ROW(int4_g32, avx512, q8s, int4g32_q8s_4x16__avx512),
-      KT_ROW(bf16, avx2, f32, bf16_f32_4x16__avx2),
-      KT_ROW(int8_pc, avx2, q8s, int8pc_q8s_4x16__avx2),
-      KT_ROW(int4_g32, avx2, q8s, int4g32_q8s_4x16__avx2),
-      KT_ROW(bf16, generic, f32, bf16_f32_1x16__ref),
-      KT_ROW(int8_pc, generic, q8s, int8pc_q8s_1x16__ref),
-      KT_ROW(int4_g32, generic, q8s, int4g32_q8s_1x16__ref),
+      KT_TILE_ROW(int8_pc, kAvx512Bf16Obj | feature::amx_tile | feature::amx_int8, q8u, int8pc_q8u_32x16__amx, kTileMinMInt8),
+      KT_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile | feature::amx_int8, q8s, int4g32_q8s_32x16__amx, kTileMinMInt4),
+      KT_TILE_ROW(bf16, kAvx512Bf16Obj | feature::amx_tile | feature::amx_bf16, bf16, bf16_bf16_32x16__amx, kTileMinMBf16),
+      KT_ROW(bf16, kAvx512Bf16Obj, bf16, bf16_bf16_8x16__avx512bf16),
+      KT_ROW(int8_pc, kAvx512VnniObj, q8u, int8pc_q8u_8x16__avx512vnni),
+      KT_ROW(int4_g32, kAvx512VnniObj, q8s, int4g32_q8s_4x16__avx512vnni),
+      KT_ROW(bf16, kAvx512Obj, f32, bf16_f32_4x16__avx512),
+      KT_ROW(int8_pc, kAvx512Obj, q8s, int8pc_q8s_4x16__avx512),
+      KT_ROW(int4_g32, kAvx512Obj, q8s, int4g32_q8s_4x16__avx512),
+      KT_ROW(bf16, kAvx2Obj, f32, bf16_f32_4x16__avx2),
+      KT_ROW(int8_pc, kAvx2Obj, q8s, int8pc_q8s_4x16__avx2),
+      KT_ROW(int4_g32, kAvx2Obj, q8s, int4g32_q8s_4x16__avx2),
+      KT_ROW(bf16, kRef, f32, bf16_f32_1x16__ref),
+      KT_ROW(int8_pc, kRef, q8s, int8pc_q8s_1x16__ref),
+      KT_ROW(int4_g32, kRef, q8s, int4g32_q8s_1x16__ref),
   };
   return table;
 }
 
 const std::vector<KernelRow>& emulated_kernel_table() {
   static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, amx, q8u, int8pc_q8u_32x16__amx_emu, kTileMinMInt8),
-      KT_TILE_ROW(int4_g32, amx, q8s, int4g32_q8s_32x16__amx_emu, kTileMinMInt4),
-      KT_TILE_ROW(bf16, amx, bf16, bf16_bf16_32x16__amx_emu, kTileMinMBf16),
+      KT_TILE_ROW(int8_pc, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8u, int8pc_q8u_32x16__amx_emu, kTileMinMInt8),
+      KT_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8s, int4g32_q8s_32x16__amx_emu, kTileMinMInt4),
+      KT_TILE_ROW(bf16, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_bf16, bf16, bf16_bf16_32x16__amx_emu, kTileMinMBf16),
   };
   return table;
 }
@@ -96,17 +95,17 @@ void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
 
 }  // namespace
 
-#define KT_QROW(fmt, tier, fn, ...) QuantizerRow { FormatId::fmt, IsaTier::tier, #fn, __VA_ARGS__ }
+#define KT_QROW(fmt, needs, fn, ...) QuantizerRow { FormatId::fmt, needs, #fn, __VA_ARGS__ }
 
 const std::vector<QuantizerRow>& quantizer_table() {
   static const std::vector<QuantizerRow> table = {
-      KT_QROW(int4_g32, avx512, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
-      KT_QROW(int8_pc, avx512, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
-      KT_QROW(int4_g32, avx2, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
-      KT_QROW(int8_pc, avx2, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
-      KT_QROW(bf16, generic, bf16_quantize_ref, bf16_quantize_ref),
-      KT_QROW(int8_pc, generic, int8pc_quantize_ref, int8pc_quantize_ref),
-      KT_QROW(int4_g32, generic, int4g32_quantize_ref, int4g32_quantize_ref),
+      KT_QROW(int4_g32, kAvx512Obj, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
+      KT_QROW(int8_pc, kAvx512Obj, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
+      KT_QROW(int4_g32, kAvx2Obj, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
+      KT_QROW(int8_pc, kAvx2Obj, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
+      KT_QROW(bf16, kRef, bf16_quantize_ref, bf16_quantize_ref),
+      KT_QROW(int8_pc, kRef, int8pc_quantize_ref, int8pc_quantize_ref),
+      KT_QROW(int4_g32, kRef, int4g32_quantize_ref, int4g32_quantize_ref),
   };
   return table;
 }
@@ -115,41 +114,44 @@ const std::vector<QuantizerRow>& quantizer_table() {
 
 const std::vector<ActCodecRow>& act_codec_table() {
   static const std::vector<ActCodecRow> table = {
-      {IsaTier::avx512, "act_16__avx512", quantize_act_16__avx512, widen_16__avx512, round_bf16_16__avx512},
-      {IsaTier::avx2, "act_8__avx2", quantize_act_8__avx2, widen_8__avx2, round_bf16_8__avx2},
-      {IsaTier::generic, "act_ref", quantize_act_row, widen_row_ref, round_bf16_row_ref},
+      {kAvx512Obj, "act_16__avx512", quantize_act_16__avx512, widen_16__avx512, round_bf16_16__avx512},
+      {kAvx2Obj, "act_8__avx2", quantize_act_8__avx2, widen_8__avx2, round_bf16_8__avx2},
+      {kRef, "act_ref", quantize_act_row, widen_row_ref, round_bf16_row_ref},
   };
   return table;
 }
 
-const ActCodecRow& select_act_codec(IsaTier tier) {
+const ActCodecRow& select_act_codec(FeatureSet have) {
   for (const ActCodecRow& row : act_codec_table())
-    if (static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+    if (covers(have, row.needs)) return row;
   throw std::logic_error("no activation codec");
 }
 
-const QuantizerRow& select_quantizer(FormatId format, IsaTier tier) {
+const QuantizerRow& select_quantizer(FormatId format, FeatureSet have) {
   for (const QuantizerRow& row : quantizer_table())
-    if (row.format == format && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+    if (row.format == format && covers(have, row.needs)) return row;
   throw std::logic_error(std::string("no quantizer for format ") + format_traits(format).name);
 }
 
-const KernelRow& select_kernel(FormatId format, IsaTier tier) {
-  for (const KernelRow& row : kernel_table())
-    if (row.format == format && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+const KernelRow& select_kernel(FormatId format, FeatureSet have) {
+  for (const std::vector<KernelRow>* table : {&emulated_kernel_table(), &kernel_table()})
+    for (const KernelRow& row : *table)
+      if (row.format == format && covers(have, row.needs)) return row;
   throw std::logic_error(std::string("no kernel for format ") + format_traits(format).name);
 }
 
-const KernelRow& select_vector_kernel(FormatId format, IsaTier tier) {
+const KernelRow& select_vector_kernel(FormatId format, FeatureSet have) {
   for (const KernelRow& row : kernel_table())
-    if (row.format == format && row.min_m == 0 && static_cast<int>(row.tier) <= static_cast<int>(tier)) return row;
+    if (row.format == format && row.min_m == 0 && covers(have, row.needs)) return row;
   throw std::logic_error(std::string("no vector kernel for format ") + format_traits(format).name);
 }
 
-const KernelRow& select_emulated_kernel(FormatId format, IsaTier tier) {
-  for (const KernelRow& row : emulated_kernel_table())
-    if (row.format == format) return row;
-  return select_kernel(format, tier);
+IsaTier row_tier(FeatureSet needs) {
+  if (needs & feature::amx_tile_emu) needs = (needs & ~feature::amx_tile_emu) | feature::amx_tile;
+  needs &= tier_features(IsaTier::amx);  // features no tier names (avx_vnni) do not place a row
+  int t = 0;
+  while (!covers(tier_features(static_cast<IsaTier>(t)), needs)) ++t;  // the amx tier covers any masked set
+  return static_cast<IsaTier>(t);
 }
 
 }  // namespace kt

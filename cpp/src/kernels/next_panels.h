@@ -7,7 +7,7 @@
 // panels instead: step s of the pass (one 64-byte line per matrix) touches at[t] + s * 64 / P
 // (16.16 fixed point), so the reads spread over all passes and cover the whole next panels whatever
 // P is. (Slices of a power of two, 2^ceil(log2 P), left up to 3/8 of the panel to demand misses
-// for P = 3, 5, 6, 7: 13-16% slower passes in a streaming microbenchmark.)
+// for P = 3, 5, 6, 7, and slower passes: docs/benchmarks/notes.md.)
 #pragma once
 #include <xmmintrin.h>
 
@@ -24,7 +24,7 @@ struct NextPanels {
   // _mm_prefetch, not an asm statement like the AMX driver's: gcc 12 deletes the calls of a
   // function whose only effects are prefetches unless it is inlined early, which this one-line
   // member is (its prefetcht1 are in the kernels' code); the asm prefetch made the avx512_bf16
-  // BF16 kernel 17% slower at shape A M=512 (190-198 -> 224-229 ms) through its code generation.
+  // BF16 kernel slower at prefill through its code generation (docs/benchmarks/notes.md).
   inline void touch(int t, int s) const {
     if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * step) >> 16)), _MM_HINT_T1);
   }
@@ -45,9 +45,8 @@ inline NextPanels next_panel_slice(const uint8_t* const* next, int nm, size_t pa
 // of the line read, on into the next panel (a matrix's panels are contiguous). The hardware
 // prefetcher alone left one AVX2 thread streaming int4 experts at 75% of the VNNI kernel's rate:
 // its ymm tile spends twice the instructions per line, so fewer lines are in flight.
-// kStreamAhead: one thread, int4 AVX2 kernels alone on shape-A experts from DRAM at m=1, median ms:
-// none 26.0-33.0, 1 KiB ahead 28.9, 2 KiB 23.8-28.2, 4 KiB 21.4-26.6, 6 KiB 26.3, 8 KiB 21.0, the
-// whole next panel (20 KB ahead) 22.5-26.6; shape B 31.1 -> 25.9 (4 KiB); shape C within its noise.
+// kStreamAhead: the shortest distance that measured as fast as any longer one for the int4 AVX2
+// kernels at m=1 (distances from 1 KiB to a whole panel: docs/benchmarks/notes.md).
 constexpr size_t kStreamAhead = size_t(4) << 10;
 
 inline NextPanels stream_ahead(const uint8_t* const* cur, int nm, size_t distance) {

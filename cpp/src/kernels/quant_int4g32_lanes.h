@@ -24,8 +24,8 @@
 //     sign | 0x7e00 as f32_to_f16 makes it (V::store_f16).
 //   - Every branch of the reference becomes a lane mask: `hi == lo` returns the initial fit,
 //     `det <= 0` and `!(nd > 0)` end a lane's refit loop, `err < best` picks the fit.
-// Measured single-thread (N=768, K=1024, 2.6 GHz Zen 5): reference ~10-16 ns per weight, 8 lanes
-// ~1.6 ns, 16 lanes ~0.9 ns. The passes over a block's 32 values (6 least-squares, 3 error) are
+// About 10x the reference's speed with 8 lanes (benchmarks/bench_quantize.py; figures in
+// docs/benchmarks/notes.md). The passes over a block's 32 values (6 least-squares, 3 error) are
 // bound by the vector ALUs, about 9 operations per value and pass; an algorithm with fewer passes
 // would change the results.
 #pragma once

@@ -1,4 +1,4 @@
-// Deferred experts (max_deferred_experts_per_token = d; README "Deferred experts").
+// Deferred experts (max_deferred_experts_per_token = d; docs/design.md, "Deferred experts").
 // A forward of layer L with d > 0 splits each token's topk slots: the topk - d slots with the
 // largest routing weights make this call's output; the other d run as a second job, queued right
 // behind the first, so that they overlap what the caller does next. That job's fp32 sum [M, H]

@@ -200,18 +200,17 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
     fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
   deferred_ = std::make_unique<DeferredLinks>(engine_.get(), cfg_.layer_idx, cfg_.deferred_experts, cfg_.topk);
-  tier_ = active_tier();
-  emulated_tiles_ = amx_emulated();
-  kernel_ = emulated_tiles_ ? &select_emulated_kernel(cfg_.format, tier_) : &select_kernel(cfg_.format, tier_);
-  vector_kernel_ = kernel_->min_m > 0 ? &select_vector_kernel(cfg_.format, tier_) : kernel_;
+  features_ = active_features();
+  kernel_ = &select_kernel(cfg_.format, features_);
+  vector_kernel_ = kernel_->min_m > 0 ? &select_vector_kernel(cfg_.format, features_) : kernel_;
   // one quantization of x and h serves both kernels
   if (vector_kernel_->act != kernel_->act)
     throw std::logic_error(std::string("kernel table: ") + kernel_->name + " reads " + act_format_name(kernel_->act) +
                            " but its vector kernel " + vector_kernel_->name + " reads " +
                            act_format_name(vector_kernel_->act));
   last_kernels_.assign(cfg_.num_experts, nullptr);
-  quantizer_ = &select_quantizer(cfg_.format, tier_);
-  act_codec_ = &select_act_codec(tier_);
+  quantizer_ = &select_quantizer(cfg_.format, features_);
+  act_codec_ = &select_act_codec(features_);
   workspace_ = workspace_for(engine_.get());
   // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
   const FormatTraits& f = format_traits(cfg_.format);
@@ -235,8 +234,6 @@ MoeLayer::~MoeLayer() {
   // Its error, if any, has nobody to go to. In a forked child the parent's jobs never run here.
   if (last_job_) last_job_->join();
 }
-
-std::string MoeLayer::tier_label() const { return emulated_tiles_ ? kAmxEmuOverride : tier_name(tier_); }
 
 MoeStats MoeLayer::stats() const {
   MoeStats s;
@@ -695,8 +692,7 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
   // stage 4: down, per pool, over panel ranges of H; each task zeroes then accumulates its columns
   // Every task does the same work (the same experts over as many panels). About 4 per thread
   // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) 2
-  // per thread give each expert's panels longer runs to stream (shape A AMXINT4 M=1, a new
-  // routing every call: 0.487-0.504 -> 0.476-0.484 ms).
+  // per thread give each expert's panels longer runs to stream (docs/benchmarks/notes.md).
   const int dn_per_thread = rows <= 2 * n_exp ? 2 : 4;
   Stage dn;
   for (int p = 0; p < pools; ++p) {

@@ -1,4 +1,4 @@
-// A layer's forward in the order of a CUDA stream (see README "CUDA streams and graph capture"):
+// A layer's forward in the order of a CUDA stream (see docs/design.md, "CUDA streams and graph capture"):
 //   submit: D2H copies of x, ids, weights into pinned staging, then a host function that starts
 //           the CPU job (MoeLayer::submit) from the staged inputs
 //   sync:   a host function that waits for the job, then the H2D copy of the bf16 output [M, H]

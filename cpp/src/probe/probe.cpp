@@ -110,9 +110,9 @@ struct Family {
   uint64_t (*loop)(int64_t iters);
 };
 
-// One row per instruction family; a family runs where the active tier reaches its tier. The amx
-// tier is active only where AMX is permitted (arch_prctl granted), never under the amx_emu
-// override (whose active tier is avx512_bf16), so the tile families run on real tiles only.
+// One row per instruction family; a family runs where the active features cover its tier's. The
+// amx tier needs amx_tile, which is set only where AMX is permitted (arch_prctl granted) and never
+// under the amx_emu override (amx_tile_emu instead), so the tile families run on real tiles only.
 const Family kFamilies[] = {
     {"fp32_fma_ymm", "vfmadd231ps ymm", "GFLOP/s", IsaTier::avx2, 16, kYmmAccumulators, fma_f32_ymm__avx2},
     {"fp32_fma_zmm", "vfmadd231ps zmm", "GFLOP/s", IsaTier::avx512, 32, kZmmAccumulators, fma_f32_zmm__avx512},
@@ -149,13 +149,13 @@ BandwidthResult measure_bandwidth(int threads, size_t mib, int repeats, std::opt
   BandwidthResult r;
   r.threads = threads;
   r.pinned = pin;
-  const IsaTier tier = active_tier();
+  const FeatureSet have = active_features();
   uint64_t (*read)(const void*, size_t) = read_sum_generic;
   r.loads = "64-bit scalar (generic)";
-  if (tier >= IsaTier::avx512) {
+  if (covers(have, tier_features(IsaTier::avx512))) {
     read = read_sum__avx512;
     r.loads = "zmm (avx512)";
-  } else if (tier >= IsaTier::avx2) {
+  } else if (covers(have, tier_features(IsaTier::avx2))) {
     read = read_sum__avx2;
     r.loads = "ymm (avx2)";
   }
@@ -195,7 +195,7 @@ BandwidthResult measure_bandwidth(int threads, size_t mib, int repeats, std::opt
 
 std::vector<PeakResult> peak_families() {
   const CpuFeatures& f = cpu_features();
-  const IsaTier tier = active_tier();
+  const FeatureSet have = active_features();
   std::vector<PeakResult> out;
   for (const Family& fam : kFamilies) {
     PeakResult p;
@@ -205,12 +205,12 @@ std::vector<PeakResult> peak_families() {
     p.isa = tier_name(fam.tier);
     p.ops_per_instruction = fam.ops_per_instruction;
     p.accumulators = fam.accumulators;
-    if (f.best < fam.tier) {
+    if (!covers(f.features, tier_features(fam.tier))) {
       p.reason = std::string("not available: this CPU's best tier is ") + tier_name(f.best) + ", the family needs " +
                  tier_name(fam.tier);
-    } else if (tier < fam.tier) {
-      p.reason = std::string("not available at the active tier ") + tier_name(tier) + " (override " +
-                 isa_override() + "); the family needs " + tier_name(fam.tier);
+    } else if (!covers(have, tier_features(fam.tier))) {
+      p.reason = std::string("not available at the active tier ") + tier_name(best_tier(have)) + " (override " + isa_override() +
+                 "); the family needs " + tier_name(fam.tier);
     } else {
       p.available = true;
     }

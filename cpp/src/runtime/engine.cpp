@@ -43,8 +43,7 @@ std::vector<int> allowed_cpus() {
 
 // Pins the calling thread to one CPU. Unpinned, Linux tends to wake a pool thread on the core of
 // the thread that woke it, and two threads streaming weights on one core while the other idles
-// doubled the time of a cold single-token forward (shape A AMXINT4: 1.18 ms unpinned, 0.55 ms
-// pinned).
+// doubled the time of a cold single-token forward (docs/benchmarks/notes.md, "Thread pinning").
 void pin_to(int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);

@@ -1,5 +1,5 @@
 // Host memory for packed weights: 2 MiB aligned and advised for transparent huge pages, which
-// raised the read bandwidth of this kind of machine by 10-29% (shared/PEERS.md).
+// raised the read bandwidth of the small VMs this was measured on (docs/benchmarks/notes.md).
 #pragma once
 #include <cstddef>
 #include <cstdint>

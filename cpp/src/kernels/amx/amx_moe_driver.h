@@ -119,13 +119,9 @@ inline void prefetch_l2(const uint8_t* p) { asm volatile("prefetcht1 %0" ::"m"(*
 //
 // It runs only while the call's gathered rows take at most kPrefetchMaxRowBytes, and the kernels
 // are instantiated with and without it (a run-time switch in the step loop changed the register
-// allocation of the int4 pass and cost 10-15% where it was off). On the AMX host, whole layers at
-// M=512, 4 alternating rounds (A) or 2 (B, C), median ms without -> with:
-//   A (H=2048, about 32 rows per expert)   AMXINT4 56.9 -> 54.4   BF16 61.8 -> 57.1   AMXINT8 33.2 -> 32.7
-//   B (H=7168, about 64 rows)              AMXINT4 380 -> 352     BF16 366 -> 355     AMXINT8 177 -> 168
-//   C (H=4096, about 128 rows)             all within 1%
-// Prefetching at every row count instead made C's AMXINT4 15% and B's BF16 20% slower: with many
-// or long rows the first block's misses are a small part of a panel's time, and the prefetched
+// allocation of the int4 pass where it was off). It sped up shapes A and B at M=512 and left C
+// unchanged; prefetching at every row count made C and B slower (docs/benchmarks/notes.md, "AMX
+// next-panel prefetch"): with many or long rows the first block's misses are a small part of a panel's time, and the prefetched
 // panels only crowd the gathered rows, which every panel reads again, out of L2.
 struct NextPanels {
   const uint8_t* at[2] = {nullptr, nullptr};
@@ -178,7 +174,7 @@ void tile_block(const uint8_t* a, size_t lda, int mr, const uint8_t* const* b, c
 // A pass covers 16 rows of one panel, so that its 16 accumulators stay in registers, and two C
 // tiles alternate: the tile unit computes step s + 1 while the vector units scale step s. (With
 // all four C tiles of a block at once, 64 accumulators went through memory and the scaling took
-// most of the time: shape A AMXINT4 M=512, 78 ms against 60 ms for the AVX512-VNNI kernel.)
+// most of the time, slower than the AVX512-VNNI kernel: docs/benchmarks/notes.md.)
 //
 // y[r] for the 16 rows at `a` (lda bytes per row; padding rows are zero) and the panel whose B
 // tiles are b and packed bytes panel; gs[16 s + r]: row r's group sum of step s as a float;

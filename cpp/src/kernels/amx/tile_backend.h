@@ -16,6 +16,8 @@
 //                                          kt::cpu_features().amx_permitted
 //   TileEmu  kernels/amx_emu/tile_emu.h    a software model of the Intel SDM pseudocode, built with
 //                                          no ISA flags (tests; any x86-64 CPU)
+// Dispatch picks the backend with the kernel row: a TileAmx row needs the amx_tile feature, its
+// TileEmu twin amx_tile_emu (kt/cpu_features.h), which only the test-only "amx_emu" set holds.
 //
 // Tile shapes, palette 1: 8 tiles (tmm0..tmm7) of at most 16 rows x 64 bytes. For
 // dp*(C, A, B): A is M x K dwords (rows M, colsb 4K), B is K x N dwords (rows K, colsb 4N) whose

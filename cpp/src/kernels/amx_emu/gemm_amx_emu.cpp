@@ -1,8 +1,9 @@
 // [NOTE] Test-only: the AMX tile kernels (kernels/amx/gemm_*_amx.h) instantiated on the tile
 // emulator (TileEmu, tile_emu.h). Compiled with the AVX512 flags of the avx512_bf16 tier and no
 // AMX flags: the tiles run in software, the gather and the epilogues are the AVX512 code of the
-// hardware kernels. Chosen only under the "amx_emu" override (kt_kernel.set_isa("amx_emu") or
-// KT_KERNEL_ISA=amx_emu), which needs the avx512_bf16 tier; slow (a tdp takes microseconds).
+// hardware kernels. Their rows (emulated_kernel_table) need the amx_tile_emu feature, which only
+// the "amx_emu" set forced with kt_kernel.set_isa("amx_emu") or KT_KERNEL_ISA=amx_emu holds; it
+// needs the avx512_bf16 tier. Slow (a tdp takes microseconds).
 #include "kernels/amx/gemm_bf16_amx.h"
 #include "kernels/amx/gemm_int4g32_amx.h"
 #include "kernels/amx/gemm_int8pc_amx.h"

@@ -86,9 +86,8 @@ int panel_passes(int m) {
 
 // What a block needs to prefetch: with one pass over the panel, its stream kStreamAhead ahead;
 // with several, pass q of `passes` prefetches the q-th slice of the next panel.
-// One thread on 3 shape-C experts from DRAM, int4, median ms before -> after (VNNI kernel): gate/up
-// m=2 42.0 -> 29.5 (27.7; one pass instead of two), m=3 46.1 -> 28.5 (25.9), down m=3 20.5 -> 13.2
-// (11.7).
+// This brought the AVX2 int4 kernels at m=2 and 3 close to the VNNI kernel's time
+// (docs/benchmarks/notes.md, "Prefetch in the vector kernels").
 struct PassPrefetch {
   const uint8_t* const* cur;   // this panel per matrix
   const uint8_t* const* next;  // next panel per matrix (nullptr: none)

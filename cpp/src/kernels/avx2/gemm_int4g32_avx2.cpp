@@ -10,8 +10,8 @@
 // int16 sums of one matrix, not of two, so blocks take both panel halves in one pass, and the
 // other matrix's accumulators wait in memory. Turns rather than one matrix after
 // the other keep both matrices' streams going, as the hardware prefetcher runs ahead on each
-// (one thread, shape-A gate/up from DRAM: m=1 14.0 -> 13.0 ms, m=2 14.8 -> 13.1; 16 groups per
-// turn about the same, 32 no better than whole matrices). The rows' group sums are widened to
+// (faster at decode; 32 groups per turn no better than whole matrices: docs/benchmarks/notes.md,
+// "Register blocks"). The rows' group sums are widened to
 // fp32 once per turn, and each group broadcasts its own from memory (a load, not a convert and a
 // shuffle per row and group).
 // Layout in formats/int4_g32.cpp.
@@ -30,9 +30,7 @@ struct Int4G32Tile {
   static constexpr int max_rows(int) { return 4; }
   // Every block takes the whole panel in one pass. Up to 2 rows, the acc, sum16, lo and hi of one
   // matrix fit the 16 ymm; 3 and 4 rows spill some (27 stack accesses in the 280 instructions of a
-  // 4-row group), and still beat one half per pass (one thread, median ms: shape-C experts from
-  // DRAM, 3 rows 48.9 -> 36.5, 4 rows 55.2 -> 47.1; shape A 4 rows 32.0 -> 28.1; in L2 4 rows
-  // 0.132 -> 0.119, 3 rows 0.116 -> 0.090).
+  // 4-row group), and still beat one half per pass, from DRAM and in L2 (docs/benchmarks/notes.md).
   static constexpr int halves(int, int) { return 2; }
 
   // matrix t, the groups g0 .. g0 + gn - 1 (gn <= kTurnGroups) added to acc[r][h] for rows r and

@@ -17,8 +17,8 @@ constexpr int kTurnSteps = 32;
 struct Int8Tile {
   static constexpr int max_rows(int) { return 4; }
   // the matrices take turns, so the sums of one, 4 rows x 2 halves, its weights and |weights| fit
-  // the 16 ymm: every block takes the whole panel in one pass (one thread, shape-C experts from
-  // DRAM, median ms: 3 rows 73.2 -> 64.0, 4 rows 85.3 -> 68.0 against one half per pass)
+  // the 16 ymm: every block takes the whole panel in one pass, faster than one half per pass
+  // for 3 and 4 rows (docs/benchmarks/notes.md, "Register blocks")
   static constexpr int halves(int, int) { return 2; }
 
   // matrix t, the steps s0 .. s1 - 1 added to the int32 sums isum[r][h] of rows r and halves h0 + h

@@ -24,12 +24,9 @@ namespace kt::avx512 {
 namespace {
 
 // For row block `block` of `blocks` (each one K pass): its slice of the panels at next[t] (t < nm).
-// With one block (decode), the block's own stream kStreamAhead ahead instead (cur[t]). Before, one
-// block prefetched nothing, but for int4 whole next panels of up to 24 KiB (shape A's; 3% over
-// nothing; whole next panels of every size had cost shape C 12%). Against that, one thread on int4
-// experts from DRAM at m=1, kernels alone, median ms: shape A 18.0 either way, C 35.7 -> 30.9; whole
-// layers, held to the unchanged AVX2 tier in alternating rounds (bench_tiers.py): the int8 and
-// bf16 kernels 0-27% faster (median 11%) at M=1 and 8 on every shape.
+// With one block (decode), the block's own stream kStreamAhead ahead instead (cur[t]): faster at
+// decode than whole next panels or nothing, for every format and shape measured
+// (docs/benchmarks/notes.md, "Prefetch in the vector kernels").
 inline NextPanels next_panels(const uint8_t* const* cur, const uint8_t* const* next, int nm, size_t panel_bytes,
                               int block, int blocks) {
   if (blocks < 2) return stream_ahead(cur, nm, kStreamAhead);
@@ -104,7 +101,7 @@ inline void down_block(const DownArgs& a, const uint8_t* const* w, int p, int i0
   int rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = i0 + r;
   // the output lines the epilogue updates: tokens are scattered over out, and their lines have
-  // usually left L1 and L2 since the previous expert (shape A M=512 BF16: down 19.3 -> 17.1 ms)
+  // usually left L1 and L2 since the previous expert (docs/benchmarks/notes.md)
   for (int r = 0; r < MR; ++r)
     for (int t = 0; t < NP; ++t)
       _mm_prefetch(reinterpret_cast<const char*>(a.out + a.ldo * a.tok[i0 + r] + (p + t) * kPanelN), _MM_HINT_T0);

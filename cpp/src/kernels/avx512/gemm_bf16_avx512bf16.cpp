@@ -9,8 +9,8 @@ namespace {
 
 struct Bf16DpTile {
   // NM * MR fp32 accumulators: 16 for gate/up; 24 for down, whose 4 panels per broadcast cut
-  // the activation loads per multiply-add (shape A M=512, down stage: 17.9-18.5 -> 16.8-17.8 ms
-  // against 2 panels of 8 rows; 1 panel had run at half the rate of gate/up)
+  // the activation loads per multiply-add (faster than 2 panels of 8 rows; 1 panel had run at
+  // half the rate of gate/up: docs/benchmarks/notes.md)
   static constexpr int max_rows(int nm) { return nm > 2 ? 6 : 8; }
   static constexpr int down_panels = 4;
 

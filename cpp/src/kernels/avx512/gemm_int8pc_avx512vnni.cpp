@@ -9,9 +9,9 @@ namespace kt {
 namespace {
 
 struct Int8VnniTile {
-  // NM * MR int32 accumulators; 6 rows beat 8 (shape A M=512: 29.3-30.9 -> 27.6-28.9 ms), 4 and 12
+  // NM * MR int32 accumulators; 6 rows beat 8 at prefill (docs/benchmarks/notes.md), 4 and 12
   static constexpr int max_rows(int) { return 6; }
-  static constexpr int down_panels = 2;  // shape A M=512: 36.4-37.6 -> 34.3-36.5 ms
+  static constexpr int down_panels = 2;  // faster than 1 at prefill (docs/benchmarks/notes.md)
 
   template <int NM, int MR>
   static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

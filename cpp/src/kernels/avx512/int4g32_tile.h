@@ -13,9 +13,8 @@ namespace {
 template <class Dot>
 struct Int4G32Tile {
   static constexpr int max_rows(int) { return 4; }  // isum + acc: 4 NM MR zmm
-  // 2 down panels, so that each activation broadcast feeds two vpdpbusd. On the AMX host (at the
-  // avx512_bf16 tier), shape A M=64 16.5 -> 15.1-15.5 ms, M=512 61-63 -> 58.6-60.4 ms, M=1-8
-  // unchanged; on the Zen 4 host it had measured M=64 9.0 -> 10.0 ms.
+  // 2 down panels, so that each activation broadcast feeds two vpdpbusd: faster at prefill on the
+  // AMX host, slower at M=64 on a Zen 4 host (docs/benchmarks/notes.md, "Register blocks").
   static constexpr int down_panels = 2;
 
   template <int NM, int MR>

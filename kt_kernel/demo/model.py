@@ -15,53 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import kt_kernel
-from kt_kernel.cpu import add_isa_argument, apply_isa_argument
+from kt_kernel.checkpoint import is_converted
+from kt_kernel.isa_option import add_isa_argument, apply_isa_argument
+from kt_kernel.timing import Stopwatch, step
 
 __all__ = ["main", "parse_args"]
-
-
-class _Step:
-    """One line per step: what is being done, printed at once; ``progress(text)`` rewrites the
-    line with a counter once the step has taken more than a second (on a terminal); then how
-    long it took."""
-
-    def __init__(self, what: str):
-        self.line = f"  {what}..."
-        self.t0 = time.perf_counter()
-        self.width = len(self.line)
-        self.rewritten = False
-        print(self.line, end="", flush=True)
-
-    def progress(self, text: str) -> None:
-        if sys.stdout.isatty() and time.perf_counter() - self.t0 > 1.0:
-            self._rewrite(f"{self.line} {text}")
-
-    def _rewrite(self, text: str) -> None:
-        print("\r" + text.ljust(self.width), end="", flush=True)
-        self.width = max(self.width, len(text))
-        self.rewritten = True
-
-    def done(self) -> None:
-        took = f" done ({time.perf_counter() - self.t0:.1f} s)"
-        if self.rewritten:
-            self._rewrite(self.line + took)
-            print(flush=True)
-        else:
-            print(took, flush=True)
-
-
-@contextmanager
-def step(what: str):
-    s = _Step(what)
-    yield s
-    s.done()
 
 
 def parse_args(argv=None):
@@ -111,8 +75,6 @@ def parse_args(argv=None):
 
 def _refuse_converted_folder(p: argparse.ArgumentParser, path: str) -> None:
     """--model takes a Hugging Face checkpoint; a kt_kernel converted folder is refused by name."""
-    from kt_kernel.convert import is_converted
-
     if not is_converted(path):
         return
     origin = ""
@@ -151,7 +113,7 @@ def _run(args) -> int:
                                   inspect_checkpoint, load_tokenizer, logit_agreement, teacher_forced_logits)
     from kt_kernel.models.compare import REFERENCE_PROMPT
 
-    t_start = time.perf_counter()
+    clock = Stopwatch()
     tiny = args.model is None
     dtype = getattr(torch, args.dtype or ("float32" if tiny else "bfloat16"))
     info = kt_kernel.cpu_info()
@@ -185,9 +147,13 @@ def _run(args) -> int:
         torch.set_num_threads(threads)
 
     n = args.max_new_tokens
-    with step(f"generating {n} tokens greedily after a {len(prompt)}-token prompt") as s:
+    what, took = f"generating {n} tokens greedily after a {len(prompt)}-token prompt", Stopwatch()
+    # the bar stands in for the step's line on a terminal only (disable=None) and is cleared when
+    # done, so that the output reads as the other steps' lines, on a terminal or in a log
+    with tqdm(total=n, desc=f"  {what}", unit="token", leave=False, disable=None) as bar:
         generate_greedy(model, prompt[:16], 2)  # warm-up: first-call costs stay out of the timings
-        gen = generate_greedy(model, prompt, n, on_step=lambda i: s.progress(f"{i}/{n} tokens"))
+        gen = generate_greedy(model, prompt, n, on_step=lambda i: bar.update(i - bar.n))
+    print(f"  {what}... done ({took.seconds:.1f} s)", flush=True)
     agreement = greedy = None
     if ref is not None:
         with step("running both models teacher-forced over prompt + generated text"):
@@ -213,18 +179,18 @@ def _run(args) -> int:
     print(f"  decode        {len(gen.tokens) - 1} tokens in {gen.decode_s * 1e3:.1f} ms: "
           f"{gen.decode_tokens_per_s:.1f} tokens/s")
     if agreement is None:
-        print(f"\nno fp32 reference (--no-reference); {time.perf_counter() - t_start:.0f} s in all")
+        print(f"\nno fp32 reference (--no-reference); {clock.seconds:.0f} s in all")
         return 0
     print(f"  vs fp32       {agreement}")
     print(f"  greedy        {greedy} (near-tie: reference top-2 gap < {AGREEMENT_BOUNDS[args.method].tie_margin})")
     if not tiny or args.dtype == "bfloat16":
-        print(f"\n(the PASS/FAIL bounds are for tiny models in fp32; {time.perf_counter() - t_start:.0f} s in all)")
+        print(f"\n(the PASS/FAIL bounds are for tiny models in fp32; {clock.seconds:.0f} s in all)")
         return 0
     bounds = AGREEMENT_BOUNDS[args.method]
     ok = agreement.within(bounds) and greedy.ok
     print(f"\n{'PASS' if ok else 'FAIL'}: {args.method} against the fp32 reference: KL mean {agreement.kl_mean:.2e} "
           f"(bound {bounds.kl_mean:g}), top-1 {agreement.top1:.3f} (bound {bounds.top1}), "
-          f"{len(greedy.mismatches)} clear greedy mismatches ({time.perf_counter() - t_start:.0f} s in all)")
+          f"{len(greedy.mismatches)} clear greedy mismatches ({clock.seconds:.0f} s in all)")
     return 0 if ok else 1
 
 

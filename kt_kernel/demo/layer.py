@@ -8,40 +8,23 @@ figures for the plain-PyTorch bf16 layer, and PASS or FAIL from the error.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from contextlib import contextmanager
 
 import torch
 
 import kt_kernel
 from kt_kernel import KTMoEWrapper
-from kt_kernel.cpu import add_isa_argument, apply_isa_argument
-from kt_kernel.torch_moe import (REL_ERR_BOUNDS, TORCH_PEER, moe_forward, random_expert_weights, random_inputs,
-                                 relative_error)
+from kt_kernel.accuracy import REL_ERR_BOUNDS, relative_error
+from kt_kernel.isa_option import add_isa_argument, apply_isa_argument
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.timing import Stopwatch, step, time_calls
+from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 
-@contextmanager
-def step(what: str):
-    """Print what is being done, then how long it took."""
-    print(f"  {what}...", end="", flush=True)
-    t0 = time.perf_counter()
-    yield
-    print(f" done ({time.perf_counter() - t0:.1f} s)", flush=True)
-
-
-def median_seconds(fn, calls: int, budget: float, warmup: int = 1) -> float:
-    """Median time of fn over `calls` calls, or fewer (at least 3) once `budget` seconds are spent:
-    a busy machine must not stretch the demo."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    while len(times) < calls and (len(times) < 3 or sum(times) < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def median_seconds(fn, calls: int, budget: float) -> float:
+    """Median time of fn over `calls` calls after one warm-up, or fewer (at least 3) once `budget`
+    seconds are spent: a busy machine must not stretch the demo."""
+    return time_calls(fn, calls, max_seconds=budget, warmup=1).median
 
 
 def parse_args(argv=None):
@@ -76,7 +59,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t_start = time.perf_counter()
+    clock = Stopwatch()
     H, I, E, K, M = args.hidden, args.intermediate, args.experts, args.topk, args.tokens
     # The wrapper picks "all cores" when --threads is not given; torch then uses as many.
     wrapper = KTMoEWrapper(layer_idx=0, num_experts=E, num_experts_per_tok=K, hidden_size=H,
@@ -128,7 +111,7 @@ def main(argv=None) -> int:
     ok = err_kt < bound
     print(f"\n{'PASS' if ok else 'FAIL'}: {args.method} relative error {err_kt:.4f} "
           f"{'<' if ok else '>='} bound {bound} against the fp32 reference "
-          f"({time.perf_counter() - t_start:.0f} s in all)")
+          f"({clock.seconds:.0f} s in all)")
     return 0 if ok else 1
 
 

@@ -8,7 +8,8 @@ is covered; the whole-file xxh3-64 of every other file the converter writes (``o
 non-expert shards, the index, copied files); and ``meta_xxh3``, the xxh3-64 of its own other fields.
 
 Folders converted before these checksums have a sha256 per layer file in ``kt_kernel_meta.json``;
-loading one verifies that digest over the whole layer file (slower: see the README).
+loading one verifies that digest over the whole layer file (slower: docs/benchmarks/notes.md,
+"Converter and loading").
 
 Verification is on unless ``KT_KERNEL_VERIFY_WEIGHTS=0`` is set.
 """
@@ -23,7 +24,7 @@ from typing import Iterable, Optional
 import numpy as np
 import xxhash
 
-from kt_kernel.convert.source import ConversionError
+from kt_kernel.checkpoint.errors import ConversionError
 
 __all__ = ["VERIFY_ENV", "verification_enabled", "expert_digests", "layer_digests", "verify_experts",
            "meta_digest", "header_xxh3", "file_xxh3", "sha256_file", "DIGEST_KEY"]

@@ -1,10 +1,17 @@
-"""Minimal safetensors reading and writing without copies.
+"""Safetensors reading and writing for files far larger than memory.
 
 The safetensors file format: 8 bytes little-endian header length n, n bytes of JSON header
 (``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
 offsets relative to the end of the header), then the data. Reading memory-maps the file, so a
 tensor costs host memory only for the pages touched; writing streams each array's buffer into
 ``name.tmp`` and renames it, so a file under its final name is always complete.
+
+Why not the safetensors package's own API (``safe_open``, ``save_file``), which the tests use:
+loading and verification work on byte ranges (one expert's slice of a tensor, hashed with pread;
+addresses inside a map handed to the packer), and safe_open exposes neither the data offsets nor
+views of its map, only tensors copied out of it; save_file needs every tensor in memory at once,
+where the converter streams a checkpoint's non-expert tensors one at a time. So the package
+needs neither safetensors nor its Rust extension at run time.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ class Header:
         return e - b
 
 
+# custom: the data offsets, which safe_open does not expose
 def read_header(path) -> Header:
     """Parses the header of ``path`` and checks that every tensor's bytes lie inside the file
     (a truncated file raises SafetensorsError naming the tensor and both sizes)."""
@@ -84,6 +92,8 @@ def list_shards(path) -> tuple[list, dict | None]:
     return sorted(set(weight_map.values())), weight_map
 
 
+# custom: zero-copy views whose addresses the packer reads, and a map that is closed (its pages
+# dropped) as soon as a layer is packed; safe_open returns copies, and keeps its map while open
 class MappedFile:
     """A read-only memory map of a safetensors file; ``array(name)`` is a zero-copy numpy view."""
 
@@ -111,6 +121,8 @@ class MappedFile:
             pass
 
 
+# custom: bounded RSS (tensors produced one at a time, see below), fsync before the rename; save_file
+# takes them all at once
 def write_file(path, tensors: dict, metadata: dict) -> int:
     """Writes ``tensors`` to ``path`` via ``path.tmp``, fsynced and renamed. A tensor is a numpy
     array, (dtype name, shape, buffer), or (dtype name, shape, nbytes, read) where read() returns

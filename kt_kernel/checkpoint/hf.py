@@ -1,4 +1,5 @@
-"""Reading the routed experts of a Hugging Face MoE checkpoint, one layer at a time.
+"""The Hugging Face checkpoint reader: the tensor index of a safetensors folder (shared with
+kt_kernel.models' checks) and the routed experts, one projection of one expert at a time.
 
 Two expert layouts are found in real checkpoints, and both are read:
   per-expert  model.layers.{L}.{mlp|block_sparse_moe}.experts.{e}.{gate_proj|up_proj|down_proj}.weight
@@ -28,10 +29,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kt_kernel.convert.safetensors_io import NUMPY_DTYPES, SafetensorsError, list_shards, read_header
+from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.safetensors_io import NUMPY_DTYPES, SafetensorsError, list_shards, read_header
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
-__all__ = ["ConversionError", "Source", "open_source", "dequantize_fp8", "quantize_fp8"]
+__all__ = ["TensorIndex", "index_tensors", "HFCheckpoint", "open_hf_checkpoint", "dequantize_fp8",
+           "quantize_fp8"]
 
 _PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
 _PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
@@ -42,10 +45,6 @@ _TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F
 _SCALE_DTYPES = ("F32", "BF16", "F8_E8M0")  # ue8m0: a power of two per block
 _VIEW_AS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
 INPUT_TYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "F8_E4M3"}
-
-
-class ConversionError(ValueError):
-    """A checkpoint, converted folder or option that cannot be used; the message says why."""
 
 
 def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block) -> torch.Tensor:
@@ -74,7 +73,54 @@ def quantize_fp8(w: torch.Tensor, block, ue8m0: bool = False) -> tuple[torch.Ten
 
 
 @dataclass
-class Source:
+class TensorIndex:
+    """Every tensor of a checkpoint folder's safetensors files, from their headers (no weights)."""
+    tensors: dict             # key -> (file name, safetensors header entry)
+    data_start: dict          # file name -> byte where its data begins
+    fingerprint: str          # sha256 of config.json and every file's name, size and header
+
+
+def index_tensors(path, error=ConversionError) -> TensorIndex:
+    """Reads the headers of the safetensors files of ``path`` (those model.safetensors.index.json
+    names when it exists, else every *.safetensors file); raises ``error`` (a ValueError subclass
+    of the caller's) naming the file or key when a file is missing, truncated or not safetensors,
+    or the index maps a key to a file that does not hold it."""
+    path = Path(path)
+    try:
+        files, weight_map = list_shards(path)
+    except SafetensorsError as e:
+        raise error(str(e)) from e
+    if not files:
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found {', '.join(other)}: convert them to safetensors)" if other else ""
+        raise error(f"{path} holds no .safetensors weight files{hint}")
+    tensors, starts, digest = {}, {}, hashlib.sha256((path / "config.json").read_bytes())
+    for name in files:
+        if not (path / name).exists():
+            raise error(f"model.safetensors.index.json names {name}, which is not in {path}")
+        try:
+            h = read_header(path / name)
+        except SafetensorsError as e:
+            raise error(str(e)) from e
+        starts[name] = h.data_start
+        digest.update(f"{name}:{h.file_size}:".encode())
+        digest.update(json.dumps(h.tensors, sort_keys=True).encode())
+        for k, t in h.tensors.items():
+            tensors[k] = (name, t)
+    if weight_map is not None:
+        lost = [k for k, f in weight_map.items() if k not in tensors]
+        if lost:
+            raise error(f"model.safetensors.index.json maps {lost[0]} to {weight_map[lost[0]]}, which does not hold "
+                        "it" + (f" ({len(lost)} such keys)" if len(lost) > 1 else ""))
+    return TensorIndex(tensors, starts, digest.hexdigest())
+
+
+@dataclass
+class HFCheckpoint:
+    """A Hugging Face checkpoint's routed experts as float weights (``stored_method`` None: the
+    packer quantizes them to the layer's format at load)."""
+    kind = "hf"
+    stored_method = None
     path: Path
     config: dict              # the text model's config (text_config when nested)
     num_layers: int
@@ -91,10 +137,25 @@ class Source:
     fingerprint: str
     data_start: dict          # file name -> byte where its data begins
 
+    def check_layer(self, layer: int, method: str, hidden_size: int, intermediate_size: int,
+                    num_experts: Optional[int] = None) -> None:
+        """Raises ConversionError unless ``layer`` is an MoE layer of this geometry (and of
+        ``num_experts`` experts, when given: the identity map of a load without one)."""
+        where = str(self.path / "config.json")
+        _check("hidden_size", self.hidden_size, hidden_size, where)
+        _check("intermediate_size (moe_intermediate_size)", self.intermediate_size, intermediate_size, where)
+        if layer not in self.moe_layers:
+            raise ConversionError(f"{self.path}: layer_idx {layer} is not an MoE layer (MoE layers: {self.moe_layers})")
+        if num_experts is not None:
+            _check("num_experts", self.num_experts, num_experts, where + " (no physical_to_logical_map given)")
+
     def non_expert_keys(self) -> list:
         taken = {k for d in (*self.expert_keys.values(), *self.scale_keys.values()) for k in d.values()}
         return sorted(k for k in self.tensors if k not in taken)
 
+    # custom, not safe_open's get_slice: safe_open maps the whole file, and the pages read through
+    # the map would stay in this process's RSS for as long as it is open (the converter's bound
+    # of one layer in memory would grow to the source checkpoint's size)
     def read(self, key: str, index: Optional[int] = None) -> torch.Tensor:
         """Tensor ``key`` (or its slice ``index`` along dim 0) read with pread into private memory:
         no map of the source file, so its pages do not stay in this process's RSS."""
@@ -161,6 +222,11 @@ class Source:
         return total
 
 
+def _check(field: str, got, want, where: str) -> None:
+    if got != want:
+        raise ConversionError(f"{where}: {field} is {got!r} in config.json but {want!r} in this KTMoEWrapper")
+
+
 def _first(cfg: dict, fields, what: str, file: Path):
     for f in fields:
         if cfg.get(f):
@@ -168,7 +234,7 @@ def _first(cfg: dict, fields, what: str, file: Path):
     raise ConversionError(f"{file} has none of the {what} fields {', '.join(fields)}")
 
 
-def open_source(path, input_type: Optional[str] = None) -> Source:
+def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
     """Reads config.json and the safetensors headers of the checkpoint in ``path`` (no weights)
     and checks that every MoE layer has all of its experts, with the shapes config.json gives."""
     path = Path(path)
@@ -180,25 +246,8 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
     H = int(cfg["hidden_size"])
     L = int(cfg["num_hidden_layers"])
 
-    try:
-        files, _ = list_shards(path)
-    except SafetensorsError as e:
-        raise ConversionError(str(e)) from e
-    if not files:
-        raise ConversionError(f"{path} holds no .safetensors files")
-    tensors, starts, digest = {}, {}, hashlib.sha256(cfg_file.read_bytes())
-    for name in files:
-        if not (path / name).exists():
-            raise ConversionError(f"model.safetensors.index.json names {name}, which is not in {path}")
-        try:
-            h = read_header(path / name)
-        except SafetensorsError as e:
-            raise ConversionError(str(e)) from e
-        starts[name] = h.data_start
-        digest.update(f"{name}:{h.file_size}:".encode())
-        digest.update(json.dumps(h.tensors, sort_keys=True).encode())
-        for k, t in h.tensors.items():
-            tensors[k] = (name, t)
+    index = index_tensors(path)
+    tensors = index.tensors
 
     experts, scales, layouts, dtypes = {}, {}, set(), set()
     for k, (_, t) in tensors.items():
@@ -288,7 +337,7 @@ def open_source(path, input_type: Optional[str] = None) -> Source:
             if tensors[k][1]["dtype"] not in _SCALE_DTYPES:
                 raise ConversionError(f"{k} has dtype {tensors[k][1]['dtype']}; fp8 block scales are read as "
                                       f"{', '.join(_SCALE_DTYPES)}")
-    return Source(path=path, config=cfg, num_layers=L, num_experts=E, hidden_size=H, intermediate_size=I,
-                  moe_layers=moe_layers, layout=layout, dtype=dtype, fp8_block=block, tensors=tensors,
-                  expert_keys=experts, scale_keys=scales, fingerprint=digest.hexdigest(),
-                  data_start=starts)
+    return HFCheckpoint(path=path, config=cfg, num_layers=L, num_experts=E, hidden_size=H, intermediate_size=I,
+                        moe_layers=moe_layers, layout=layout, dtype=dtype, fp8_block=block, tensors=tensors,
+                        expert_keys=experts, scale_keys=scales, fingerprint=index.fingerprint,
+                        data_start=index.data_start)

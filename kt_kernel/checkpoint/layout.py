@@ -17,7 +17,7 @@ These are the logical arrays of kt_kernel's reference quantizer (``kt_kernel._ex
 independent of the NUMA layout and thread count: the split across sub-pools and the kernel
 packing happen at load. Each file's safetensors ``__metadata__`` holds kt_format, method,
 format, group, layer, num_experts, hidden_size, intermediate_size, source (the fingerprint) and
-xxh3 (per-expert checksums, kt_kernel.convert.integrity).
+xxh3 (per-expert checksums, kt_kernel.checkpoint.integrity).
 Non-expert tensors are copied unchanged into ``kt-nonexpert-{i:05d}.safetensors``, files of at
 most ``shard_bytes`` (4 GB by default; a larger tensor gets a file of its own); ``model.safetensors.index.json`` maps every key to its file;
 ``kt_kernel_meta.json``, written last, records the whole conversion.

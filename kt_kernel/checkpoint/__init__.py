@@ -1,0 +1,34 @@
+"""Checkpoint readers: what a folder of weights holds for each MoE layer, and its bytes.
+
+    reader = open_checkpoint(path)          # kind "converted" or "hf"
+    reader.check_layer(layer, method, H, I)
+    reader.stored_method                    # None: float weights, quantized by the packer
+    reader.expert(layer, e, proj)           # float readers: fp32 [N, K]
+    reader.layer_arrays(layer, experts)     # stored readers: the format's logical arrays (a context)
+
+Every reader has ``kind``, ``path``, ``num_experts``, ``hidden_size``, ``intermediate_size``,
+``moe_layers`` and ``fingerprint``. The loader (kt_kernel.loading), the converter
+(kt_kernel.convert) and the model checks (kt_kernel.models) read through this package, which
+imports none of them; docs/loading.md has the flow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from kt_kernel.checkpoint.converted import ConvertedCheckpoint, is_converted
+from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
+
+__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "HFCheckpoint", "ConversionError", "is_converted"]
+
+Checkpoint = Union[ConvertedCheckpoint, HFCheckpoint]
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """The reader of the folder ``path``: a converted folder (kt_kernel_meta.json or layer files
+    there) or a Hugging Face checkpoint. Reads metadata and headers only."""
+    path = Path(path)
+    if is_converted(path):
+        return ConvertedCheckpoint(path)
+    return open_hf_checkpoint(path)

@@ -1,0 +1,5 @@
+import sys
+
+from kt_kernel.demo import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""The packer: one MoE layer's weights into the engine's layout, the step between a checkpoint
+reader and the engine.
+
+It takes the weights in one of two forms, and the native layer does the work (C++ MoeLayer:
+split of the experts across the sub-pools, packing for the layer's kernels):
+  float weights       gate/up [E, I, H], down [E, H, I] (fp32, bf16 or fp16): quantized to the
+                      layer's format by the reference quantizer, then packed (an HF checkpoint,
+                      tensors from an engine)
+  logical arrays      the layer's format as kt_kernel.checkpoint.layout stores it (one array per
+                      entry of the format record's arrays): packed as they are (a converted folder)
+Slot p of the layer takes expert pmap[p] of the E given; slots the layer keeps on the GPU are skipped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kt_kernel.checkpoint.layout import PROJ, format_record
+
+__all__ = ["pack_float", "pack_quantized"]
+
+
+def pack_float(native, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, pmap: torch.Tensor,
+               num_experts: int) -> None:
+    """Quantizes and packs float weights: contiguous CPU tensors of one dtype, pmap int64."""
+    dtype = str(gate.dtype).replace("torch.", "")
+    native.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), dtype, pmap.data_ptr(), num_experts)
+
+
+def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int) -> None:
+    """Packs a layer's logical arrays, ``(proj, part) -> np.ndarray [E, ...]``, as they are; the
+    pages of mapped arrays are dropped once packed (their bytes are then in the packed copy)."""
+    parts = [a["part"] for a in format_record(native.format)["arrays"]]
+    native.load_quantized([[arrays[(p, part)].ctypes.data for part in parts] for p in PROJ], pmap.data_ptr(),
+                          num_experts, drop_pages=True)

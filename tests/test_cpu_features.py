@@ -1,0 +1,194 @@
+"""CPUs as feature sets: what detection reports, the tiers as named feature sets, and dispatch on
+synthetic feature sets (CPUs this host is not) through _ext.dispatch_for_features, which runs the
+selection functions every layer runs. Design: docs/cpu_features.md."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import kt_kernel
+from kt_kernel import _ext
+
+INFO = kt_kernel.cpu_info()
+ALL_TIERS = list(_ext.all_tiers())
+FEATURES = ["avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+            "amx_tile_emu"]
+FORMAT_NAMES = [f["name"] for f in _ext.formats()]
+# The AMX instructions of a row, besides its object's vector flags.
+TILE_FEATURES = {"amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu"}
+KERNEL_ROWS = list(_ext.kernel_table())
+EMULATED_ROWS = list(_ext.emulated_kernel_table())
+# The CPUID flags behind each detected feature (the OS state aside).
+FLAGS_OF = {"avx2": {"avx", "avx2", "fma", "f16c"}, "avx_vnni": {"avx_vnni"},
+            "avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl"}, "avx512_vnni": {"avx512_vnni"},
+            "avx512_bf16": {"avx512_bf16"}, "amx_tile": {"amx_tile"}, "amx_int8": {"amx_int8"},
+            "amx_bf16": {"amx_bf16"}}
+
+
+def tier(name: str) -> set[str]:
+    return set(_ext.tier_features(name))
+
+
+def pick(fmt_name: str, *features: str) -> dict:
+    return _ext.dispatch_for_features(fmt_name, sorted(set(features)))
+
+
+def first_covered_row(fmt_name: str, have: set[str]) -> dict:
+    """The rule, restated: the first row for the format, emulated rows first, whose features `have` holds."""
+    for row in EMULATED_ROWS + KERNEL_ROWS:
+        if row["format"] == fmt_name and set(row["features"]) <= have:
+            return row
+    raise AssertionError(f"no row for {fmt_name} on {sorted(have)}")
+
+
+# ---- detection --------------------------------------------------------------------------------
+
+
+def test_features_follow_their_cpuid_flags():
+    """A feature is reported only with all its CPUID flags (the OS may still withhold the state);
+    AMX features only with the permission granted ('usable')."""
+    flags, features = set(INFO["flags"]), set(INFO["features"])
+    assert features <= set(FEATURES) - {"amx_tile_emu"}, features
+    for name in features:
+        assert FLAGS_OF[name] <= flags, (name, flags)
+    assert ("amx_tile" in features) == INFO["amx"].startswith("usable"), INFO["amx"]
+    assert not (features & {"amx_int8", "amx_bf16"}) or "amx_tile" in features
+
+
+def test_tiers_are_the_named_sets_the_cpu_covers():
+    features = set(INFO["features"])
+    assert INFO["tiers"] == [t for t in ALL_TIERS if tier(t) <= features]
+    assert INFO["best_tier"] == INFO["tiers"][-1]
+    assert tier("generic") == set()
+    for lower, higher in zip(ALL_TIERS, ALL_TIERS[1:]):
+        assert tier(lower) < tier(higher), (lower, higher)
+    assert tier("amx") - tier("avx512_bf16") == {"amx_tile", "amx_int8", "amx_bf16"}
+    assert tier("amx_emu") - tier("avx512_bf16") == {"amx_tile_emu", "amx_int8", "amx_bf16"}
+
+
+def test_active_features_follow_the_override():
+    kt_kernel.set_isa(None)
+    info = kt_kernel.cpu_info()
+    if info["override"]:  # the run was started under KT_KERNEL_ISA
+        pytest.skip("KT_KERNEL_ISA is set")
+    assert info["active_features"] == INFO["features"]
+    for name in INFO["tiers"] + INFO["emulated_tiers"]:
+        kt_kernel.set_isa(name)
+        info = kt_kernel.cpu_info()
+        assert (info["active_tier"], set(info["active_features"])) == (name, tier(name))
+    kt_kernel.set_isa(None)
+
+
+def test_unknown_feature_names_the_valid_ones():
+    with pytest.raises(ValueError, match="avx1024.*" + ".*".join(FEATURES)):
+        pick("bf16", "avx2", "avx1024")
+
+
+# ---- dispatch on synthetic CPUs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_avx_vnni_without_avx512_runs_the_avx2_rows(fmt_name):
+    """A client CPU (AVX2 + AVX-VNNI, no AVX512): the avx2 rows and codec; no row needs avx_vnni."""
+    got = pick(fmt_name, "avx2", "avx_vnni")
+    assert got["kernel"].endswith("__avx2") and got["kernel"] == got["vector_kernel"], got
+    assert got["act_codec"] == "act_8__avx2" and got["label"] == "avx2", got
+    assert got == pick(fmt_name, "avx2")
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_avx512_without_vnni_runs_the_avx512_rows(fmt_name):
+    """AVX512 with BF16 but no VNNI: the avx512 rows, bf16's too (its avx512bf16 object is
+    compiled with -mavx512vnni, so its row needs avx512_vnni)."""
+    got = pick(fmt_name, "avx2", "avx512", "avx512_bf16")
+    assert got["kernel"].endswith("__avx512"), got
+    assert got["act_codec"] == "act_16__avx512" and got["label"] == "avx512", got
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_avx512_without_avx2_runs_the_reference(fmt_name):
+    """Features are not inferred from each other: every vector row needs avx2 (its flags' FMA/F16C)."""
+    got = pick(fmt_name, "avx512", "avx512_vnni", "avx512_bf16")
+    assert got["kernel"].endswith("__ref") and got["act_codec"] == "act_ref" and got["label"] == "generic", got
+
+
+@pytest.mark.parametrize("amx", ["amx_int8", "amx_bf16"])
+def test_one_amx_dot_product_serves_only_its_formats(amx):
+    """AMX-INT8 without AMX-BF16 runs the tile kernels for int8_pc/int4_g32 and avx512_bf16's for
+    bf16; AMX-BF16 alone the reverse."""
+    have = tier("avx512_bf16") | {"amx_tile", amx}
+    tile_formats = {r["format"] for r in KERNEL_ROWS if amx in r["features"]}
+    assert tile_formats == ({"int8_pc", "int4_g32"} if amx == "amx_int8" else {"bf16"})
+    for fmt_name in FORMAT_NAMES:
+        got = pick(fmt_name, *have)
+        if fmt_name in tile_formats:
+            assert got["kernel"].endswith("__amx") and got["vector_kernel"] != got["kernel"], got
+            assert got["vector_kernel"] == pick(fmt_name, *tier("avx512_bf16"))["kernel"], got
+        else:
+            assert got == pick(fmt_name, *tier("avx512_bf16")), got
+        assert got["label"] == "avx512_bf16"  # not the amx tier: it needs both dot products
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_amx_dot_products_without_tiles_run_no_tile_kernel(fmt_name):
+    got = pick(fmt_name, *(tier("avx512_bf16") | {"amx_int8", "amx_bf16"}))
+    assert got == pick(fmt_name, *tier("avx512_bf16"))
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_the_emulator_is_a_tile_backend_chosen_by_features(fmt_name):
+    """amx_tile_emu stands in for amx_tile: the amx_emu set runs the emulated rows, never the
+    hardware ones, and no set without it reaches an emulated row."""
+    emu = pick(fmt_name, *tier("amx_emu"))
+    hw = pick(fmt_name, *tier("amx"))
+    assert emu["kernel"] == hw["kernel"] + "_emu" and emu["vector_kernel"] == hw["vector_kernel"], (emu, hw)
+    assert emu["label"] == "amx_emu" and hw["label"] == "amx"
+    both = pick(fmt_name, *(tier("amx") | {"amx_tile_emu"}))
+    assert both["kernel"].endswith("__amx_emu"), both  # the emulated table is searched first
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_every_feature_set_picks_the_first_row_it_covers(fmt_name):
+    """All 2^9 sets: dispatch takes the first row (emulated table, then kernel table) whose
+    features the set holds, and the paired vector kernel is the first such row with min_m 0."""
+    for bits in itertools.product([False, True], repeat=len(FEATURES)):
+        have = {f for f, on in zip(FEATURES, bits) if on}
+        got = pick(fmt_name, *have)
+        row = first_covered_row(fmt_name, have)
+        vector = next(r for r in KERNEL_ROWS
+                      if r["format"] == fmt_name and r["min_m"] == 0 and set(r["features"]) <= have)
+        assert (got["kernel"], got["vector_kernel"]) == (row["name"], row["name"] if row["min_m"] == 0 else vector["name"]), have
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+@pytest.mark.parametrize("tier_name", ALL_TIERS)
+def test_tier_sets_pick_the_rows_of_their_tier(fmt_name, tier_name):
+    """A tier's set picks the first row listed at or below that tier, on any host."""
+    rank = ALL_TIERS.index(tier_name)
+    row = next(r for r in KERNEL_ROWS if r["format"] == fmt_name and ALL_TIERS.index(r["tier"]) <= rank)
+    assert pick(fmt_name, *tier(tier_name))["kernel"] == row["name"]
+
+
+def test_rows_need_their_tiers_vector_features():
+    """A row's features hold its listed tier's, but for the AMX dot product it does not call."""
+    for row in KERNEL_ROWS + EMULATED_ROWS:
+        listed = tier(row["tier"])
+        if row["tier"] == "amx":
+            listed -= TILE_FEATURES
+            assert len(set(row["features"]) & TILE_FEATURES) == 2, row  # a tile backend + one dot product
+        assert listed <= set(row["features"]), row
+
+
+@pytest.mark.parametrize("name", INFO["tiers"] + INFO["emulated_tiers"])
+def test_layers_dispatch_as_the_test_binding_does(moe, name):
+    """The same selection functions: a layer built under a forced set runs what
+    dispatch_for_features reports for that set (kernels, quantizer, activation codec)."""
+    kt_kernel.set_isa(name)
+    active = kt_kernel.cpu_info()["active_features"]
+    for f in _ext.formats():
+        layer = moe.layer(f["method"], moe.Shape(8, 2, 64, 32), cache=False, cpuinfer_threads=1)
+        want = _ext.dispatch_for_features(f["name"], active)
+        assert (layer.kernel_name, layer.vector_kernel_name, layer.isa_tier) == (
+            want["kernel"], want["vector_kernel"], want["label"])
+        assert (_ext.quantizer(f["name"]), _ext.act_codec()) == (want["quantizer"], want["act_codec"])
