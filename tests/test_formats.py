@@ -11,7 +11,7 @@ from kt_kernel import _ext
 
 import reference
 from conftest import ACT_ATOL, RECORD_FIELDS
-from kt_kernel.convert import layout
+from kt_kernel.checkpoint import layout
 
 # N and K that are and are not multiples of 16 / 32, a single element, an odd number of groups
 SHAPES = [(16, 32), (32, 64), (48, 160), (40, 72), (33, 100), (7, 5), (1, 1), (17, 33)]
