@@ -95,7 +95,9 @@ void register_moe(py::module_& m) {
              std::shared_ptr<Job> job;
              {
                py::gil_scoped_release nogil;
-               job = l.submit(ptr<void>(x), xd, ptr<void>(ids), ids64, ptr<void>(w), wd, M, out);
+               job = l.submit({.x = ptr<void>(x), .x_dtype = xd, .ids = ptr<void>(ids), .ids_int64 = ids64,
+                               .weights = ptr<void>(w), .w_dtype = wd, .M = M},
+                              out);
              }
              // The array and the job share the buffer: whichever lets go of it last frees it.
              py::capsule owner(new std::shared_ptr<uint16_t>(out),

@@ -44,6 +44,18 @@ struct MoeConfig {
   int deferred_experts = 0;
 };
 
+// One forward's inputs as the caller holds them: host memory, contiguous, read only until
+// MoeLayer::submit returns (it copies them).
+struct MoeInputs {
+  const void* x = nullptr;  // hidden states [M, H]: f32, bf16 or f16 (x_dtype)
+  DType x_dtype = DType::bf16;
+  const void* ids = nullptr;  // expert slots [M, topk]: int32, or int64 with ids_int64; -1 for none
+  bool ids_int64 = false;
+  const void* weights = nullptr;  // routing weights [M, topk]: f32 or bf16 (w_dtype)
+  DType w_dtype = DType::f32;
+  int M = 0;  // tokens
+};
+
 struct MoeStats {
   size_t weight_bytes = 0;  // packed expert weights held in host memory
   int cpu_experts = 0;
@@ -72,13 +84,12 @@ class MoeLayer {
   void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages = false);
   bool loaded() const { return loaded_.load(std::memory_order_acquire); }
 
-  // Validates and copies the inputs, then queues the forward. ids are int32 or int64 [M, topk];
-  // weights f32 or bf16 [M, topk]. out ([M, H] bf16) is shared with the job, which holds it until
-  // it is done. A row of x with NaN or Inf fails the job (its wait() raises, naming the row).
+  // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) is shared with
+  // the job, which holds it until it is done. A row of x with NaN or Inf fails the job (its
+  // wait() raises, naming the row); an id or weight out of range throws here.
   // With deferred_experts > 0 the returned job computes the kept slots, and a second job queued
   // behind it the deferred ones (moe/deferred.h); out gets the previous layer's deferred part.
-  std::shared_ptr<Job> submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
-                              const void* weights, DType w_dtype, int M, std::shared_ptr<uint16_t> out);
+  std::shared_ptr<Job> submit(const MoeInputs& call, std::shared_ptr<uint16_t> out);
 
   // Queues, behind the layer's forwards, the write of CPU slot `slot`'s weights as this layer
   // holds them (dequantized, rounded to bf16) into a caller's buffers, split over tp ranks the way
@@ -118,6 +129,8 @@ class MoeLayer {
   // on the engine's threads, packing q into every sub-pool's slice. which: 0 gate, 1 up, 2 down.
   void load_with(const int64_t* map, int num_logical,
                  const std::function<void(int slot, int which, QuantizedMatrix& q)>& make);
+  // Stage inputs, on the caller's thread: the call's private copy of its inputs, validated.
+  std::shared_ptr<Staging> stage_inputs(const MoeInputs& call) const;
   // A copy of in whose ids are this call's deferred slots (removed from in), to be summed into part;
   // queue_deferred queues its forward on engine and returns its job.
   std::shared_ptr<Staging> split_off_deferred(Staging& in, int M, std::shared_ptr<DeferredPart> part);
@@ -125,7 +138,16 @@ class MoeLayer {
   // The engine to queue on, replaced by one of this process's after a fork(); workspace: its scratch.
   std::shared_ptr<Engine> engine_for_this_process(std::shared_ptr<void>* workspace);
   void forward(const Staging& in, int M, uint16_t* out);
-  void forward_chunk(const Staging& in, int t0, int M, uint16_t* out);
+  // The stages of one chunk, in the order the data flows (docs/moe_stages.md; moe_layer.cpp's
+  // [NOTE] has the map with shapes). Each reads the chunk and what the stages before it wrote.
+  struct Chunk;
+  void forward_chunk(const Chunk& c);
+  void route(const Chunk& c);
+  ActView quantize_x(const Chunk& c);
+  void gate_up(const Chunk& c, const ActView& x);
+  void quantize_h(const Chunk& c);
+  void down(const Chunk& c);
+  void combine(const Chunk& c);
 
   std::mutex mu_;  // guards engine_, workspace_ and last_job_
   std::shared_ptr<Engine> engine_;

@@ -1,12 +1,15 @@
-// [NOTE] The MoE operator. A forward of M tokens runs as one job on the engine, chunk by chunk:
-//   stage 0 (leader)   routing buckets: rows of each CPU expert, heaviest expert first
-//   stage 1 (shared)   x -> act format                               xq: [M, Hp]
-//   stage 2 (per pool) h = silu(x W_gate^T) * (x W_up^T)             h_p: [rows, Ip_p]  fp32
-//   stage 3 (per pool) h -> act format                               hq_p
-//   stage 4 (per pool) out_p[t] = sum_rows w * (h W_down^T)          out_p: [M, Hpad] fp32
-//   stage 5 (shared)   out[t] = bf16(sum_p out_p[t])
-// Stage 2 tasks are (expert, panel range); stage 4 tasks are panel ranges of H over all experts,
-// so no two threads write the same output element. Stage 4 adds a token's experts in slot order,
+// [NOTE] The MoE operator. submit stages a call's inputs on the caller's thread; its forward then
+// runs as one job on the engine, chunk by chunk, one function per stage (docs/moe_stages.md):
+//     stage_inputs (caller)    x, ids, weights -> the call's Staging, validated
+//   0 route        (leader)    routing buckets: rows of each CPU expert, heaviest expert first
+//   1 quantize_x   (shared)    x -> act format                           xq: [M, Hp]
+//   2 gate_up      (per pool)  h = silu(x W_gate^T) * (x W_up^T)         h_p: [rows, Ip_p]  fp32
+//   3 quantize_h   (per pool)  h -> act format                           hq_p
+//   4 down         (per pool)  out_p[t] = sum_rows w * (h W_down^T)      out_p: [M, Hpad] fp32
+//   5 combine      (shared)    out[t] = bf16(sum_p out_p[t])
+// The activation, silu(gate) * up, is the gate/up kernels' store epilogue, so h is written once.
+// gate_up tasks are (expert, panel range); down tasks are panel ranges of H over all experts,
+// so no two threads write the same output element. down adds a token's experts in slot order,
 // so a token's output does not depend on the other tokens of the call (chunking included).
 #include "kt/moe.h"
 
@@ -44,6 +47,7 @@ struct Workspace {
     std::vector<uint8_t> hq;
     std::vector<float> hscale;
     std::vector<int32_t> hgsum;
+    ActView hview;  // hq, hscale and hgsum as the down kernels read them (set by quantize_h)
     std::vector<float> out;
     std::vector<int32_t> task_expert, task_p0, task_p1;
   };
@@ -76,6 +80,18 @@ void grow(std::vector<T>& v, size_t n) {
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// int32s per row of an activation's group sums (ActView::gsum) at K = Kp
+int gsum_stride(int Kp) { return Kp / 32 + 1; }
+
+// Rows [r0, ...) of v.
+ActView rows_from(const ActView& v, int r0) {
+  ActView rows = v;
+  rows.data += size_t(r0) * v.stride;
+  rows.scale += r0;
+  rows.gsum += size_t(r0) * v.gsum_stride;
+  return rows;
+}
 
 // ---- staging buffers of calls -------------------------------------------------------------
 
@@ -397,42 +413,50 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
   });
 }
 
-std::shared_ptr<Job> MoeLayer::submit(const void* x, DType x_dtype, const void* ids, bool ids_int64,
-                                      const void* weights, DType w_dtype, int M, std::shared_ptr<uint16_t> out) {
-  if (!loaded()) throw std::runtime_error("forward called before the expert weights were loaded (call load_weights_from_tensors first)");
-  const int H = cfg_.hidden, K = cfg_.topk, E = cfg_.num_experts;
+// stage inputs, on the caller's thread. Reads the caller's x, ids and weights; writes the call's
+// Staging: x as it is (its first row with NaN or Inf noted, for the job to raise), ids as int32
+// and weights as fp32. Throws for an id or weight out of range: the caller may overwrite its
+// tensors as soon as submit returns, so they are checked now.
+std::shared_ptr<MoeLayer::Staging> MoeLayer::stage_inputs(const MoeInputs& call) const {
+  const int H = cfg_.hidden, K = cfg_.topk, E = cfg_.num_experts, M = call.M;
   if (M < 0) throw std::invalid_argument("token count " + std::to_string(M) + " is negative");
-  const size_t xbytes = staged_x_bytes(M, H, x_dtype);
+  const size_t xbytes = staged_x_bytes(M, H, call.x_dtype);
   const size_t ibytes = size_t(M) * K * 4;
-  auto in = std::make_shared<Staging>(M, staging_bytes(M, H, K, x_dtype));
+  auto in = std::make_shared<Staging>(M, staging_bytes(M, H, K, call.x_dtype));
   uint8_t* xs = in->buf.data();
   int32_t* is = reinterpret_cast<int32_t*>(xs + xbytes);
   float* ws = reinterpret_cast<float*>(xs + xbytes + ibytes);
-  // Copy and validate now: the caller may overwrite its tensors as soon as we return.
-  in->nonfinite_row = copy_rows_finite(x, x_dtype, M, H, xs);
+  in->nonfinite_row = copy_rows_finite(call.x, call.x_dtype, M, H, xs);
   for (size_t i = 0; i < size_t(M) * K; ++i) {
-    int64_t id = ids_int64 ? static_cast<const int64_t*>(ids)[i] : static_cast<const int32_t*>(ids)[i];
+    int64_t id = call.ids_int64 ? static_cast<const int64_t*>(call.ids)[i] : static_cast<const int32_t*>(call.ids)[i];
     if (id < -1 || id >= E)
       throw std::invalid_argument("topk_ids[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " +
                                   std::to_string(id) + " is out of range: valid ids are -1 and 0.." + std::to_string(E - 1) +
                                   " (num_experts=" + std::to_string(E) + ")");
     is[i] = int32_t(id);
     float wv;
-    if (w_dtype == DType::f32) wv = static_cast<const float*>(weights)[i];
-    else wv = bf16_to_f32(static_cast<const uint16_t*>(weights)[i]);
+    if (call.w_dtype == DType::f32) wv = static_cast<const float*>(call.weights)[i];
+    else wv = bf16_to_f32(static_cast<const uint16_t*>(call.weights)[i]);
     if (!std::isfinite(wv))
       throw std::invalid_argument("topk_weights[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] is " +
                                   std::to_string(wv) + ": routing weights must be finite");
     ws[i] = wv;
   }
   in->x = xs;
-  in->x_dtype = x_dtype;
+  in->x_dtype = call.x_dtype;
   in->ids = is;
   in->weights = ws;
+  return in;
+}
+
+std::shared_ptr<Job> MoeLayer::submit(const MoeInputs& call, std::shared_ptr<uint16_t> out) {
+  if (!loaded()) throw std::runtime_error("forward called before the expert weights were loaded (call load_weights_from_tensors first)");
+  const int M = call.M;
+  std::shared_ptr<Staging> in = stage_inputs(call);
   std::shared_ptr<void> workspace;
   const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
   in->ws = std::static_pointer_cast<Workspace>(std::move(workspace));
-  const DeferredLinks::Step deferral = deferred_->begin(M, H);
+  const DeferredLinks::Step deferral = deferred_->begin(M, cfg_.hidden);
   in->add = deferral.add;
   std::shared_ptr<Staging> later = deferral.produce ? split_off_deferred(*in, M, deferral.produce) : nullptr;
   // The jobs own their staged inputs and share out; `this` stays valid because the destructor
@@ -553,6 +577,20 @@ std::shared_ptr<Job> MoeLayer::queue_deferred(Engine& engine, std::shared_ptr<St
   });
 }
 
+// ---- forward: a chunk in stages -----------------------------------------------------------
+
+// One chunk of a forward as its stages see it. Each stage reads what the stages before it wrote
+// to the workspace and writes its own output there; only combine writes outside it.
+struct MoeLayer::Chunk {
+  const Staging& in;  // the call's staged inputs
+  Workspace& ws;      // the engine's scratch: buckets, xq and each pool's h, hq and out
+  int t0 = 0, M = 0;  // the chunk is tokens [t0, t0 + M) of the call, M > 0
+  uint16_t* out;      // the call's output [M_call, H] bf16; nullptr in a deferred job
+  ActFormat af;       // the activation format the layer's kernels read
+  int Hp = 0;         // H padded to the format's k_align: the K of gate/up
+  int Hpad = 0;       // H padded to whole panels: the row length of each pool's out
+};
+
 void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
   if (in.nonfinite_row >= 0)
     throw std::invalid_argument("hidden_states row " + std::to_string(in.nonfinite_row) + " contains NaN or Inf");
@@ -567,143 +605,178 @@ void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
   // a deferred job leaves last_kernels_ to the forward the caller synced (and may read meanwhile)
   if (in.sum_into) in.sum_into->sum.resize(size_t(M) * cfg_.hidden);
   else std::fill(last_kernels_.begin(), last_kernels_.end(), nullptr);
+  const int H = cfg_.hidden;
+  const int k_align = format_traits(cfg_.format).k_align;
   for (int t0 = 0; t0 < M; t0 += cfg_.chunk_tokens)
-    forward_chunk(in, t0, std::min(cfg_.chunk_tokens, M - t0), out);
+    forward_chunk({.in = in,
+                   .ws = *in.ws,
+                   .t0 = t0,
+                   .M = std::min(cfg_.chunk_tokens, M - t0),
+                   .out = out,
+                   .af = kernel_->act,
+                   .Hp = round_up(H, k_align),
+                   .Hpad = round_up(H, kPanelN)});
 }
 
-void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
-  Workspace& ws = *in.ws;
-  const int H = cfg_.hidden, K = cfg_.topk;
-  const int pools = engine_->subpools();
-  const FormatTraits& f = format_traits(cfg_.format);
-  const ActFormat af = kernel_->act;
-  const int Hp = round_up(H, f.k_align);
-  const int Hpad = round_up(H, kPanelN);
-  const int h_panels = Hpad / kPanelN;
+void MoeLayer::forward_chunk(const Chunk& c) {
+  route(c);
+  if (c.ws.buckets.rows() > 0) {  // else no CPU expert has a row: each pool's out is zeros
+    const ActView x = quantize_x(c);
+    gate_up(c, x);
+    quantize_h(c);
+  }
+  down(c);
+  combine(c);
+}
 
-  // stage 0: routing
-  Buckets& b = ws.buckets;
-  build_buckets(in.ids + size_t(t0) * K, in.weights + size_t(t0) * K, M, K, cfg_.on_cpu, &b);
-  const int rows = b.rows();
-  const int n_exp = int(b.experts.size());
+// stage 0, on the engine's leader (the queue's thread). Reads the chunk's ids and weights; writes
+// ws.buckets and, but in a deferred job, the kernel of each routed slot to last_kernels_.
+void MoeLayer::route(const Chunk& c) {
+  const int K = cfg_.topk;
+  Buckets& b = c.ws.buckets;
+  build_buckets(c.in.ids + size_t(c.t0) * K, c.in.weights + size_t(c.t0) * K, c.M, K, cfg_.on_cpu, &b);
   // per bucket: the tile kernel from its min_m tokens up, the vector kernel below
-  if (!in.sum_into)
-    for (int j = 0; j < n_exp; ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
+  if (!c.in.sum_into)
+    for (size_t j = 0; j < b.experts.size(); ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
+}
 
-  // stage 1: quantize x
-  const size_t xrow = act_row_bytes(af, Hp);
+// stage 1, shared by all threads. Reads the chunk's rows of the staged x; writes them in the act
+// format to ws.xq, xscale and xgsum, and returns the kernels' view of them.
+ActView MoeLayer::quantize_x(const Chunk& c) {
+  Workspace& ws = c.ws;
+  const int H = cfg_.hidden, M = c.M, Hp = c.Hp;
+  const size_t xrow = act_row_bytes(c.af, Hp);
   grow(ws.xq, size_t(M) * xrow);
   grow(ws.xscale, size_t(M));
-  grow(ws.xgsum, size_t(M) * (Hp / 32 + 1));
-  const uint8_t* xin = in.x + size_t(t0) * H * dtype_size(in.x_dtype);
-  const DType xdt = in.x_dtype;
-  const int x_tasks = std::min(M, engine_->threads() * 4);
-  if (rows > 0) {
-    Stage st;
-    st.shared = true;
-    st.tasks[0] = x_tasks;
-    st.fn = [&](int, int task) {
-      thread_local std::vector<float> tmp;
-      tmp.resize(H);
-      for (int t = int(int64_t(M) * task / x_tasks); t < int(int64_t(M) * (task + 1) / x_tasks); ++t) {
-        const float* src;
-        if (xdt == DType::f32) {
-          src = reinterpret_cast<const float*>(xin) + size_t(t) * H;
-        } else {
-          act_codec_->widen(xdt, reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H, H, tmp.data());
-          src = tmp.data();
-        }
-        if (!act_codec_->quantize(af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
-                              ws.xgsum.data() + size_t(t) * (Hp / 32 + 1)))
-          throw std::invalid_argument("hidden_states row " + std::to_string(t0 + t) + " contains NaN or Inf");
+  grow(ws.xgsum, size_t(M) * gsum_stride(Hp));
+  const uint8_t* xin = c.in.x + size_t(c.t0) * H * dtype_size(c.in.x_dtype);
+  const DType xdt = c.in.x_dtype;
+  const int tasks = std::min(M, engine_->threads() * 4);
+  Stage st;
+  st.shared = true;
+  st.tasks[0] = tasks;
+  st.fn = [&](int, int task) {
+    thread_local std::vector<float> tmp;
+    tmp.resize(H);
+    for (int t = int(int64_t(M) * task / tasks); t < int(int64_t(M) * (task + 1) / tasks); ++t) {
+      const float* src;
+      if (xdt == DType::f32) {
+        src = reinterpret_cast<const float*>(xin) + size_t(t) * H;
+      } else {
+        act_codec_->widen(xdt, reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H, H, tmp.data());
+        src = tmp.data();
       }
-    };
-    engine_->run(st);
-  }
+      if (!act_codec_->quantize(c.af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
+                                ws.xgsum.data() + size_t(t) * gsum_stride(Hp)))
+        throw std::invalid_argument("hidden_states row " + std::to_string(c.t0 + t) + " contains NaN or Inf");
+    }
+  };
+  engine_->run(st);
+  return {.format = c.af, .data = ws.xq.data(), .stride = xrow, .scale = ws.xscale.data(),
+          .gsum = ws.xgsum.data(), .gsum_stride = gsum_stride(Hp), .Kp = Hp};
+}
 
-  // stage 2: gate/up, per pool
-  const ActView xview{af, ws.xq.data(), xrow, ws.xscale.data(), ws.xgsum.data(), Hp / 32 + 1, Hp};
-  Stage gu;
+// stage 2, per pool. Reads x (stage 1), ws.buckets and the pool's gate and up weights; writes the
+// pool's h[row] = silu(x W_gate^T) * (x W_up^T) for every row of every bucket, the SiLU and the
+// product fused into the kernels' store. Tasks are (bucket, panel range) in ws.pools[p].task_*.
+void MoeLayer::gate_up(const Chunk& c, const ActView& x) {
+  Workspace& ws = c.ws;
+  const Buckets& b = ws.buckets;
+  const int rows = b.rows(), n_exp = int(b.experts.size());
   // Largest buckets first: tasks are claimed in order, so the stage ends on small ones and the
   // threads finish together (longest-processing-time-first).
   std::vector<int32_t>& by_size = ws.by_size;
   by_size.resize(n_exp);
   for (int j = 0; j < n_exp; ++j) by_size[j] = j;
-  std::stable_sort(by_size.begin(), by_size.end(), [&](int32_t x, int32_t y) { return b.count[x] > b.count[y]; });
-  for (int p = 0; p < pools; ++p) {
+  std::stable_sort(by_size.begin(), by_size.end(), [&](int32_t l, int32_t r) { return b.count[l] > b.count[r]; });
+  Stage st;
+  for (int p = 0; p < engine_->subpools(); ++p) {
     Workspace::Pool& wp = ws.pools[p];
-    const Slice& s = *slices_[p];
-    const int ni = s.i1 - s.i0;
-    const int panels = ceil_div(ni, kPanelN);
+    const int panels = ceil_div(slices_[p]->i1 - slices_[p]->i0, kPanelN);
     wp.task_expert.clear();
     wp.task_p0.clear();
     wp.task_p1.clear();
-    if (ni == 0 || rows == 0) continue;
+    if (panels == 0) continue;
     grow(wp.h, size_t(rows) * panels * kPanelN);
     // enough tasks for dynamic balance: about 4 per thread, never splitting below one panel
     const int want = engine_->threads_in(p) * 4;
     const int chunks = std::min(panels, std::max(1, ceil_div(want, n_exp)));
     for (int j : by_size)
-      for (int c = 0; c < chunks; ++c) {
+      for (int k = 0; k < chunks; ++k) {
         wp.task_expert.push_back(j);
-        wp.task_p0.push_back(panels * c / chunks);
-        wp.task_p1.push_back(panels * (c + 1) / chunks);
+        wp.task_p0.push_back(panels * k / chunks);
+        wp.task_p1.push_back(panels * (k + 1) / chunks);
       }
-    gu.tasks[p] = int(wp.task_expert.size());
+    st.tasks[p] = int(wp.task_expert.size());
   }
-  gu.fn = [&](int p, int task) {
+  st.fn = [&](int p, int task) {
     Workspace::Pool& wp = ws.pools[p];
     const Slice& s = *slices_[p];
     const int j = wp.task_expert[task], slot = b.experts[j];
     const int ldh = ceil_div(s.i1 - s.i0, kPanelN) * kPanelN;
-    GateUpArgs a{&s.gate[slot], &s.up[slot], xview, b.tok.data() + b.offset[j], b.count[j],
-                 wp.task_p0[task], wp.task_p1[task], wp.h.data() + size_t(b.offset[j]) * ldh, size_t(ldh)};
-    kernel_for(b.count[j]).gateup(a);
+    kernel_for(b.count[j]).gateup({.gate = &s.gate[slot], .up = &s.up[slot], .act = x,
+                                   .rows = b.tok.data() + b.offset[j], .m = b.count[j],
+                                   .p0 = wp.task_p0[task], .p1 = wp.task_p1[task],
+                                   .h = wp.h.data() + size_t(b.offset[j]) * ldh, .ldh = size_t(ldh)});
   };
-  if (rows > 0) engine_->run(gu);
+  engine_->run(st);
+}
 
-  // stage 3: quantize h, per pool
-  std::vector<int> kp_down(pools), hrow(pools);
-  Stage hs;
-  for (int p = 0; p < pools; ++p) {
-    const Slice& s = *slices_[p];
-    const int ni = s.i1 - s.i0;
-    if (ni == 0 || rows == 0) continue;
-    kp_down[p] = round_up(ni, f.k_align);
-    hrow[p] = int(act_row_bytes(af, kp_down[p]));
-    Workspace::Pool& wp = ws.pools[p];
-    grow(wp.hq, size_t(rows) * hrow[p]);
+// stage 3, per pool. Reads the pool's h (stage 2); writes it in the act format to the pool's hq,
+// hscale and hgsum, and the pool's hview of them for stage 4.
+void MoeLayer::quantize_h(const Chunk& c) {
+  const int rows = c.ws.buckets.rows();
+  const int k_align = format_traits(cfg_.format).k_align;
+  Stage st;
+  for (int p = 0; p < engine_->subpools(); ++p) {
+    const int ni = slices_[p]->i1 - slices_[p]->i0;
+    if (ni == 0) continue;
+    Workspace::Pool& wp = c.ws.pools[p];
+    const int kp = round_up(ni, k_align);
+    const size_t hrow = act_row_bytes(c.af, kp);
+    grow(wp.hq, size_t(rows) * hrow);
     grow(wp.hscale, size_t(rows));
-    grow(wp.hgsum, size_t(rows) * (kp_down[p] / 32 + 1));
-    hs.tasks[p] = std::min(rows, engine_->threads_in(p) * 4);
+    grow(wp.hgsum, size_t(rows) * gsum_stride(kp));
+    wp.hview = {.format = c.af, .data = wp.hq.data(), .stride = hrow, .scale = wp.hscale.data(),
+                .gsum = wp.hgsum.data(), .gsum_stride = gsum_stride(kp), .Kp = kp};
+    st.tasks[p] = std::min(rows, engine_->threads_in(p) * 4);
   }
-  hs.fn = [&](int p, int task) {
-    Workspace::Pool& wp = ws.pools[p];
-    const Slice& s = *slices_[p];
-    const int ni = s.i1 - s.i0, ldh = ceil_div(ni, kPanelN) * kPanelN, n = hs.tasks[p];
+  st.fn = [&](int p, int task) {
+    Workspace::Pool& wp = c.ws.pools[p];
+    const ActView& hv = wp.hview;
+    const int ni = slices_[p]->i1 - slices_[p]->i0, ldh = ceil_div(ni, kPanelN) * kPanelN, n = st.tasks[p];
     for (int r = int(int64_t(rows) * task / n); r < int(int64_t(rows) * (task + 1) / n); ++r)
-      if (!act_codec_->quantize(af, wp.h.data() + size_t(r) * ldh, ni, kp_down[p], wp.hq.data() + size_t(r) * hrow[p],
-                            &wp.hscale[r], wp.hgsum.data() + size_t(r) * (kp_down[p] / 32 + 1)))
+      if (!act_codec_->quantize(c.af, wp.h.data() + size_t(r) * ldh, ni, hv.Kp, wp.hq.data() + size_t(r) * hv.stride,
+                                &wp.hscale[r], wp.hgsum.data() + size_t(r) * hv.gsum_stride))
         throw std::runtime_error("expert intermediate activations overflowed to Inf/NaN (token " +
-                                 std::to_string(t0 + b.tok[r]) + "); the weights or inputs are out of range");
+                                 std::to_string(c.t0 + c.ws.buckets.tok[r]) +
+                                 "); the weights or inputs are out of range");
   };
-  if (rows > 0) engine_->run(hs);
+  engine_->run(st);
+}
 
-  // stage 4: down, per pool, over panel ranges of H; each task zeroes then accumulates its columns
+// stage 4, per pool. Reads the pool's hq (stage 3), ws.buckets and the pool's down weights; writes
+// the pool's out[t] = sum over t's rows of w * (h W_down^T), zeros for a token without rows. Tasks
+// are panel ranges of H, each zeroing then accumulating its columns, so no two threads write the
+// same element; a token's experts are added in slot order, so its output does not depend on the
+// other tokens of the call.
+void MoeLayer::down(const Chunk& c) {
+  Workspace& ws = c.ws;
+  const Buckets& b = ws.buckets;
+  const int M = c.M, Hpad = c.Hpad, h_panels = Hpad / kPanelN;
   // Every task does the same work (the same experts over as many panels). About 4 per thread
   // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) 2
   // per thread give each expert's panels longer runs to stream (docs/benchmarks/notes.md).
-  const int dn_per_thread = rows <= 2 * n_exp ? 2 : 4;
-  Stage dn;
-  for (int p = 0; p < pools; ++p) {
-    Workspace::Pool& wp = ws.pools[p];
-    grow(wp.out, size_t(M) * Hpad);
-    dn.tasks[p] = std::min(h_panels, engine_->threads_in(p) * dn_per_thread);
+  const int per_thread = b.rows() <= 2 * int(b.experts.size()) ? 2 : 4;
+  Stage st;
+  for (int p = 0; p < engine_->subpools(); ++p) {
+    grow(ws.pools[p].out, size_t(M) * Hpad);
+    st.tasks[p] = std::min(h_panels, engine_->threads_in(p) * per_thread);
   }
-  dn.fn = [&](int p, int task) {
+  st.fn = [&](int p, int task) {
     Workspace::Pool& wp = ws.pools[p];
     const Slice& s = *slices_[p];
-    const int n = dn.tasks[p];
+    const int n = st.tasks[p];
     const int p0 = h_panels * task / n, p1 = h_panels * (task + 1) / n;
     for (int t = 0; t < M; ++t)
       std::memset(wp.out.data() + size_t(t) * Hpad + p0 * kPanelN, 0, size_t(p1 - p0) * kPanelN * 4);
@@ -711,37 +784,42 @@ void MoeLayer::forward_chunk(const Staging& in, int t0, int M, uint16_t* out) {
     const size_t n_by_slot = b.by_slot.size();
     for (size_t q = 0; q < n_by_slot; ++q) {
       const int j = b.by_slot[q], slot = b.experts[j], r0 = b.offset[j];
-      ActView hv{af, wp.hq.data() + size_t(r0) * hrow[p], size_t(hrow[p]), wp.hscale.data() + r0,
-                 wp.hgsum.data() + size_t(r0) * (kp_down[p] / 32 + 1), kp_down[p] / 32 + 1, kp_down[p]};
-      DownArgs a{&s.down[slot], hv, b.count[j], b.tok.data() + r0, b.weight.data() + r0, p0, p1,
-                 wp.out.data(), size_t(Hpad)};
+      DownArgs a{.down = &s.down[slot], .act = rows_from(wp.hview, r0), .m = b.count[j],
+                 .tok = b.tok.data() + r0, .weight = b.weight.data() + r0, .p0 = p0, .p1 = p1,
+                 .out = wp.out.data(), .ldo = size_t(Hpad)};
       if (q + 1 < n_by_slot) a.next = s.down[b.experts[b.by_slot[q + 1]]].data;
       kernel_for(b.count[j]).down(a);
     }
   };
-  engine_->run(dn);
+  engine_->run(st);
+}
 
-  // stage 5: sum the sub-pools' partial outputs in fp32, round to bf16
-  Stage red;
-  red.shared = true;
-  const int r_tasks = std::min(M, engine_->threads() * 4);
-  red.tasks[0] = r_tasks;
-  red.fn = [&](int, int task) {
-    for (int t = int(int64_t(M) * task / r_tasks); t < int(int64_t(M) * (task + 1) / r_tasks); ++t) {
+// stage 5, shared by all threads. Reads every pool's out (stage 4) and the previous layer's deferred
+// part; writes out[t] = bf16(sum_p out_p[t] + deferred[t]) for the chunk's tokens, or, in a
+// deferred job, the fp32 sum to its part.
+void MoeLayer::combine(const Chunk& c) {
+  Workspace& ws = c.ws;
+  const int H = cfg_.hidden, M = c.M, t0 = c.t0, Hpad = c.Hpad, pools = engine_->subpools();
+  const int tasks = std::min(M, engine_->threads() * 4);
+  Stage st;
+  st.shared = true;
+  st.tasks[0] = tasks;
+  st.fn = [&](int, int task) {
+    for (int t = int(int64_t(M) * task / tasks); t < int(int64_t(M) * (task + 1) / tasks); ++t) {
       float* o0 = ws.pools[0].out.data() + size_t(t) * Hpad;
       for (int p = 1; p < pools; ++p) {
         const float* op = ws.pools[p].out.data() + size_t(t) * Hpad;
         for (int h = 0; h < H; ++h) o0[h] += op[h];
       }
-      if (in.add) {
-        const float* prev = in.add->sum.data() + size_t(t0 + t) * H;
+      if (c.in.add) {
+        const float* prev = c.in.add->sum.data() + size_t(t0 + t) * H;
         for (int h = 0; h < H; ++h) o0[h] += prev[h];
       }
-      if (in.sum_into) std::memcpy(in.sum_into->sum.data() + size_t(t0 + t) * H, o0, size_t(H) * 4);
-      else act_codec_->round_bf16(o0, H, out + size_t(t0 + t) * H);
+      if (c.in.sum_into) std::memcpy(c.in.sum_into->sum.data() + size_t(t0 + t) * H, o0, size_t(H) * 4);
+      else act_codec_->round_bf16(o0, H, c.out + size_t(t0 + t) * H);
     }
   };
-  if (M > 0) engine_->run(red);
+  engine_->run(st);
 }
 
 }  // namespace kt

@@ -96,13 +96,7 @@ uint8_t* EagerStaging::get(size_t bytes, const cuda::Api& api, cuda::Stream stre
 struct StreamLayer::Call {
   std::shared_ptr<MoeLayer> layer;
   std::shared_ptr<Errors> errors;
-  const void* x = nullptr;
-  DType x_dtype = DType::bf16;
-  const void* ids = nullptr;
-  bool ids_int64 = false;
-  const void* weights = nullptr;
-  DType w_dtype = DType::f32;
-  int M = 0;
+  MoeInputs inputs;  // the staged copies of the call's inputs
   uint16_t* out = nullptr;
   std::shared_ptr<Job> job;           // set by start_job, taken by finish_job
   std::exception_ptr error;           // what start_job caught
@@ -118,7 +112,7 @@ void StreamLayer::start_job(void* p) {
     // out is pinned staging that outlives the job (see the StreamLayer's destructor): shared
     // without an owner.
     std::shared_ptr<uint16_t> out(std::shared_ptr<void>(), c->out);
-    c->job = c->layer->submit(c->x, c->x_dtype, c->ids, c->ids_int64, c->weights, c->w_dtype, c->M, std::move(out));
+    c->job = c->layer->submit(c->inputs, std::move(out));
   } catch (...) {
     c->error = std::current_exception();
   }
@@ -135,7 +129,7 @@ void StreamLayer::finish_job(void* p) {
     }
   }
   if (err) {
-    std::fill_n(c->out, size_t(c->M) * c->layer->config().hidden, kBf16NaN);
+    std::fill_n(c->out, size_t(c->inputs.M) * c->layer->config().hidden, kBf16NaN);
     std::lock_guard<std::mutex> lock(c->errors->mu);
     if (!c->errors->first) c->errors->first = err;
   }
@@ -287,13 +281,8 @@ void StreamLayer::submit(cuda::Stream stream, const void* x, DType x_dtype, cons
   cuda::check(api, api.memcpy_async(w_in, weights, w_bytes, cuda::kDeviceToHost, stream),
               "cudaMemcpyAsync of topk_weights");
   call->idle.store(false, std::memory_order_relaxed);
-  call->x = x_in;
-  call->x_dtype = x_dtype;
-  call->ids = ids_in;
-  call->ids_int64 = ids_int64;
-  call->weights = w_in;
-  call->w_dtype = w_dtype;
-  call->M = M;
+  call->inputs = {.x = x_in, .x_dtype = x_dtype, .ids = ids_in, .ids_int64 = ids_int64, .weights = w_in,
+                  .w_dtype = w_dtype, .M = M};
   call->out = out;
   cuda::check(api, api.launch_host_func(stream, &StreamLayer::start_job, call), "cudaLaunchHostFunc (submit)");
   pending_ = call;
@@ -322,7 +311,7 @@ void StreamLayer::sync(cuda::Stream stream, void* out) {
   Call* call = std::exchange(pending_, nullptr);
   cuda::check(api, api.launch_host_func(stream, &StreamLayer::finish_job, call), "cudaLaunchHostFunc (sync)");
   if (earlier) std::rethrow_exception(earlier);
-  cuda::check(api, api.memcpy_async(out, call->out, size_t(call->M) * layer_->config().hidden * 2, cuda::kHostToDevice, stream),
+  cuda::check(api, api.memcpy_async(out, call->out, size_t(call->inputs.M) * layer_->config().hidden * 2, cuda::kHostToDevice, stream),
               "cudaMemcpyAsync of the output");
 }
 
