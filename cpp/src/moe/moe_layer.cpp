@@ -81,9 +81,6 @@ void grow(std::vector<T>& v, size_t n) {
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// int32s per row of an activation's group sums (ActView::gsum) at K = Kp
-int gsum_stride(int Kp) { return Kp / 32 + 1; }
-
 // Rows [r0, ...) of v.
 ActView rows_from(const ActView& v, int r0) {
   ActView rows = v;
@@ -648,7 +645,7 @@ ActView MoeLayer::quantize_x(const Chunk& c) {
   const size_t xrow = act_row_bytes(c.af, Hp);
   grow(ws.xq, size_t(M) * xrow);
   grow(ws.xscale, size_t(M));
-  grow(ws.xgsum, size_t(M) * gsum_stride(Hp));
+  grow(ws.xgsum, size_t(M) * q8_gsum_stride(Hp));
   const uint8_t* xin = c.in.x + size_t(c.t0) * H * dtype_size(c.in.x_dtype);
   const DType xdt = c.in.x_dtype;
   const int tasks = std::min(M, engine_->threads() * 4);
@@ -667,13 +664,13 @@ ActView MoeLayer::quantize_x(const Chunk& c) {
         src = tmp.data();
       }
       if (!act_codec_->quantize(c.af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
-                                ws.xgsum.data() + size_t(t) * gsum_stride(Hp)))
+                                ws.xgsum.data() + size_t(t) * q8_gsum_stride(Hp)))
         throw std::invalid_argument("hidden_states row " + std::to_string(c.t0 + t) + " contains NaN or Inf");
     }
   };
   engine_->run(st);
   return {.format = c.af, .data = ws.xq.data(), .stride = xrow, .scale = ws.xscale.data(),
-          .gsum = ws.xgsum.data(), .gsum_stride = gsum_stride(Hp), .Kp = Hp};
+          .gsum = ws.xgsum.data(), .gsum_stride = q8_gsum_stride(Hp), .Kp = Hp};
 }
 
 // stage 2, per pool. Reads x (stage 1), ws.buckets and the pool's gate and up weights; writes the
@@ -736,9 +733,9 @@ void MoeLayer::quantize_h(const Chunk& c) {
     const size_t hrow = act_row_bytes(c.af, kp);
     grow(wp.hq, size_t(rows) * hrow);
     grow(wp.hscale, size_t(rows));
-    grow(wp.hgsum, size_t(rows) * gsum_stride(kp));
+    grow(wp.hgsum, size_t(rows) * q8_gsum_stride(kp));
     wp.hview = {.format = c.af, .data = wp.hq.data(), .stride = hrow, .scale = wp.hscale.data(),
-                .gsum = wp.hgsum.data(), .gsum_stride = gsum_stride(kp), .Kp = kp};
+                .gsum = wp.hgsum.data(), .gsum_stride = q8_gsum_stride(kp), .Kp = kp};
     st.tasks[p] = std::min(rows, engine_->threads_in(p) * 4);
   }
   st.fn = [&](int p, int task) {
