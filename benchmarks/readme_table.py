@@ -21,7 +21,7 @@ import json
 import sys
 
 import bench_moe
-from kt_kernel.doctor import INT_METHODS
+from kt_kernel.roofline import INT_METHODS
 from kt_kernel.torch_moe import TORCH_PEER
 
 DECODE_M = 1

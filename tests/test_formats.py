@@ -10,7 +10,7 @@ import kt_kernel
 from kt_kernel import _ext
 
 import reference
-from conftest import ACT_ATOL, RECORD_FIELDS
+from format_expectations import ACT_ATOL, RECORD_FIELDS
 from kt_kernel.checkpoint import layout
 
 # N and K that are and are not multiples of 16 / 32, a single element, an odd number of groups
