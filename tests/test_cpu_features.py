@@ -192,3 +192,68 @@ def test_layers_dispatch_as_the_test_binding_does(moe, name):
         assert (layer.kernel_name, layer.vector_kernel_name, layer.isa_tier) == (
             want["kernel"], want["vector_kernel"], want["label"])
         assert (_ext.quantizer(f["name"]), _ext.act_codec()) == (want["quantizer"], want["act_codec"])
+
+
+# The tables of the build before the kernel and format files registered their own rows (the lists
+# of kernel_table.cpp): the sort of the registered rows (kernels/kernel_registry.h,
+# kernel_table.cpp) must keep these rows, in this order, whatever order the linker placed them in.
+# Rows added since may sit anywhere among them. (name, format, activation format, min_m, features)
+RECORDED_KERNEL_TABLE = [
+    ('gateup_int8pc_q8u_32x16__amx', 'int8_pc', 'q8u', 8, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8']),
+    ('gateup_int4g32_q8s_32x16__amx', 'int4_g32', 'q8s', 24, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_int8']),
+    ('gateup_bf16_bf16_32x16__amx', 'bf16', 'bf16', 2, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16']),
+    ('gateup_bf16_bf16_8x16__avx512bf16', 'bf16', 'bf16', 0, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16']),
+    ('gateup_int8pc_q8u_8x16__avx512vnni', 'int8_pc', 'q8u', 0, ['avx2', 'avx512', 'avx512_vnni']),
+    ('gateup_int4g32_q8s_4x16__avx512vnni', 'int4_g32', 'q8s', 0, ['avx2', 'avx512', 'avx512_vnni']),
+    ('gateup_bf16_f32_4x16__avx512', 'bf16', 'f32', 0, ['avx2', 'avx512']),
+    ('gateup_int8pc_q8s_4x16__avx512', 'int8_pc', 'q8s', 0, ['avx2', 'avx512']),
+    ('gateup_int4g32_q8s_4x16__avx512', 'int4_g32', 'q8s', 0, ['avx2', 'avx512']),
+    ('gateup_bf16_f32_4x16__avx2', 'bf16', 'f32', 0, ['avx2']),
+    ('gateup_int8pc_q8s_4x16__avx2', 'int8_pc', 'q8s', 0, ['avx2']),
+    ('gateup_int4g32_q8s_4x16__avx2', 'int4_g32', 'q8s', 0, ['avx2']),
+    ('gateup_bf16_f32_1x16__ref', 'bf16', 'f32', 0, []),
+    ('gateup_int8pc_q8s_1x16__ref', 'int8_pc', 'q8s', 0, []),
+    ('gateup_int4g32_q8s_1x16__ref', 'int4_g32', 'q8s', 0, []),
+]
+RECORDED_EMULATED_KERNEL_TABLE = [
+    ('gateup_int8pc_q8u_32x16__amx_emu', 'int8_pc', 'q8u', 8, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_int8', 'amx_tile_emu']),
+    ('gateup_int4g32_q8s_32x16__amx_emu', 'int4_g32', 'q8s', 24, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_int8', 'amx_tile_emu']),
+    ('gateup_bf16_bf16_32x16__amx_emu', 'bf16', 'bf16', 2, ['avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_tile_emu']),
+]
+# (name, format, features)
+RECORDED_QUANTIZER_TABLE = [
+    ('quantize_int4g32_16g__avx512', 'int4_g32', ['avx2', 'avx512']),
+    ('quantize_int8pc_16k__avx512', 'int8_pc', ['avx2', 'avx512']),
+    ('quantize_int4g32_8g__avx2', 'int4_g32', ['avx2']),
+    ('quantize_int8pc_8k__avx2', 'int8_pc', ['avx2']),
+    ('bf16_quantize_ref', 'bf16', []),
+    ('int8pc_quantize_ref', 'int8_pc', []),
+    ('int4g32_quantize_ref', 'int4_g32', []),
+]
+
+
+def recorded_subsequence(rows: list[tuple], recorded: list[tuple]) -> list[tuple]:
+    names = {row[0] for row in recorded}
+    return [row for row in rows if row[0] in names]
+
+
+def test_tables_keep_the_recorded_rows_in_the_recorded_order():
+    kernel_keys = ("name", "format", "act", "min_m", "features")
+    for rows, recorded in [(_ext.kernel_table(), RECORDED_KERNEL_TABLE),
+                           (_ext.emulated_kernel_table(), RECORDED_EMULATED_KERNEL_TABLE)]:
+        assert recorded_subsequence([tuple(r[k] for k in kernel_keys) for r in rows], recorded) == recorded
+    quantizers = [(r["name"], r["format"], r["features"]) for r in _ext.quantizer_table()]
+    assert recorded_subsequence(quantizers, RECORDED_QUANTIZER_TABLE) == RECORDED_QUANTIZER_TABLE
+
+
+def test_kernel_tables_are_sorted_by_the_stated_key():
+    """kernel_table.cpp's order, restated: the higher tier, then more features, then the lower
+    feature bits, the format id, the name; names are unique, so no two rows tie."""
+    def key(row):
+        bits = sum(1 << FEATURES.index(f) for f in row["features"])
+        return (-ALL_TIERS.index(row["tier"]), -len(row["features"]), bits, FORMAT_NAMES.index(row["format"]),
+                row["name"])
+
+    for rows in [KERNEL_ROWS, EMULATED_ROWS]:
+        assert len({r["name"] for r in rows}) == len(rows)
+        assert rows == sorted(rows, key=key)

@@ -56,7 +56,7 @@ using DownFn = void (*)(const DownArgs&);
 
 struct KernelRow {
   FormatId format;
-  FeatureSet needs;  // every feature its object is compiled for (kernel_table.cpp)
+  FeatureSet needs;  // every feature its object is compiled for (kernels/kernel_registry.h)
   ActFormat act;
   const char* name;  // <op>_<weight fmt>_<act fmt>_<MR>x<NR>__<isa>, gate/up variant
   GateUpFn gateup;

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "format_impl.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 
@@ -46,5 +47,7 @@ void bf16_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
   const int c = n % kPanelN;
   for (int k = 0; k < K; ++k) out[k] = bf16_to_f32(blocks[k / Bf16Block::kK].w[c][k % Bf16Block::kK]);
 }
+
+KT_REFERENCE_QUANTIZER_ROW(bf16, bf16_quantize_ref)
 
 }  // namespace kt

@@ -24,6 +24,7 @@
 #include <emmintrin.h>
 
 #include "format_impl.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -203,5 +204,7 @@ void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
     }
   }
 }
+
+KT_REFERENCE_QUANTIZER_ROW(int4_g32, int4g32_quantize_ref)
 
 }  // namespace kt

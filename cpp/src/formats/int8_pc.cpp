@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "format_impl.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 
@@ -69,5 +70,7 @@ void int8pc_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
   const float scale = int8pc_tail(panel, Kp)->scale[c];
   for (int k = 0; k < K; ++k) out[k] = scale * blocks[k / Int8PcBlock::kK].q[c][k % Int8PcBlock::kK];  // w = scale * q
 }
+
+KT_REFERENCE_QUANTIZER_ROW(int8_pc, int8pc_quantize_ref)
 
 }  // namespace kt

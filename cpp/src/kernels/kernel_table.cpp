@@ -1,81 +1,70 @@
-// The kernel, quantizer and activation-codec tables, best-first. Dispatch takes the first row (for
+// The kernel, quantizer and activation-codec tables, best-first. The kernel rows come from the
+// kernel files (KT_KERNEL_ROW and co., kernels/kernel_registry.h). Dispatch takes the first row (for
 // the format) whose needs the active feature set covers; a layer makes its choices once, when it
 // is constructed. A tile row (min_m > 0) is paired with the best vector row below it, and the
 // layer picks between the two per call and per expert bucket by its token count.
+#include <algorithm>
+#include <bit>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <tuple>
 
 #include "formats/format_impl.h"
 #include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
+
+// The rows the kernel files registered (kernels/kernel_registry.h), bounded by the linker.
+extern "C" {
+[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __start_kt_kernel_rows[];
+[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __stop_kt_kernel_rows[];
+[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __start_kt_emulated_kernel_rows[];
+[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __stop_kt_emulated_kernel_rows[];
+[[gnu::visibility("hidden")]] extern const kt::QuantizerRow* const __start_kt_reference_quantizer_rows[];
+[[gnu::visibility("hidden")]] extern const kt::QuantizerRow* const __stop_kt_reference_quantizer_rows[];
+}
 
 namespace kt {
 
-// Tokens per expert from which a tile row runs (its min_m): where the tile kernel, timed against
-// the vector kernel it is paired with for m rows per expert, starts to win (the timings:
-// docs/benchmarks/notes.md, "kTileMinM"; the reasoning: docs/design.md, "min_m").
-// Below about 8 rows every path streams the weights at the core's bandwidth and the vector
-// kernels, with no staging, are as fast or faster. bf16 tiles win from 2 rows: vdpbf16ps runs at
-// about one instruction per 2 cycles on this core, a tenth of tdpbf16ps. int4_g32 scales every
-// 32-k group's C tile in fp32 (3 vector operations per row and group, about the vector kernel's
-// cost per row without its 8 vpdpbusd), and its tile passes cover 16 rows: its tiles tie at 16
-// rows, lose with a second, part-filled pass (17-20) and win from 24.
-constexpr int kTileMinMBf16 = 2;
-constexpr int kTileMinMInt8 = 8;
-constexpr int kTileMinMInt4 = 24;
+namespace {
 
-// What a row needs: every feature its object's compile flags enable (CMakeLists.txt, KT_FLAGS_*
-// and the per-list flags), not only those its intrinsics use, since the compiler may emit any
-// instruction the flags allow. AMX instructions come only from intrinsics, so a tile row needs
-// just the AMX features it calls (AMX-INT8 or AMX-BF16) besides its object's vector flags.
-constexpr FeatureSet kRef = 0;
-constexpr FeatureSet kAvx2Obj = feature::avx2;
-constexpr FeatureSet kAvx512Obj = kAvx2Obj | feature::avx512;
-constexpr FeatureSet kAvx512VnniObj = kAvx512Obj | feature::avx512_vnni;
-constexpr FeatureSet kAvx512Bf16Obj = kAvx512VnniObj | feature::avx512_bf16;  // also the amx and amx_emu objects'
+// Best first: the higher tier (row_tier), then the row needing more features within a tier (an
+// AVX-VNNI row above the plain AVX2 row of its tier), then a fixed key: the lower feature bits,
+// the format id, the name. Names are unique (checked), so the order is total and does not depend
+// on the order in which the linker placed the objects.
+bool better_row(const KernelRow& a, const KernelRow& b) {
+  const auto key = [](const KernelRow& r) {
+    return std::make_tuple(-static_cast<int>(row_tier(r.needs)), -std::popcount(r.needs), r.needs,
+                           static_cast<int>(r.format), std::string_view(r.name));
+  };
+  return key(a) < key(b);
+}
 
-#define KT_ROW(fmt, needs, act, tile_isa)                                                              \
-  KernelRow {                                                                                          \
-    FormatId::fmt, needs, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa,     \
-        /*min_m=*/0                                                                                    \
+std::vector<KernelRow> sorted_rows(const KernelRow* const* begin, const KernelRow* const* end) {
+  std::vector<KernelRow> rows;
+  std::set<std::string_view> names;
+  for (const KernelRow* const* entry = begin; entry != end; ++entry) {
+    if (!names.insert((*entry)->name).second)
+      throw std::logic_error(std::string("two kernel rows named ") + (*entry)->name);
+    rows.push_back(**entry);
   }
-#define KT_TILE_ROW(fmt, needs, act, tile_isa, min_m)                                                  \
-  KernelRow {                                                                                          \
-    FormatId::fmt, needs, ActFormat::act, "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa,     \
-        min_m                                                                                          \
-  }
+  std::sort(rows.begin(), rows.end(), better_row);
+  return rows;
+}
+
+}  // namespace
 
 const std::vector<KernelRow>& kernel_table() {
-  static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, kAvx512Bf16Obj | feature::amx_tile | feature::amx_int8, q8u, int8pc_q8u_32x16__amx, kTileMinMInt8),
-      KT_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile | feature::amx_int8, q8s, int4g32_q8s_32x16__amx, kTileMinMInt4),
-      KT_TILE_ROW(bf16, kAvx512Bf16Obj | feature::amx_tile | feature::amx_bf16, bf16, bf16_bf16_32x16__amx, kTileMinMBf16),
-      KT_ROW(bf16, kAvx512Bf16Obj, bf16, bf16_bf16_8x16__avx512bf16),
-      KT_ROW(int8_pc, kAvx512VnniObj, q8u, int8pc_q8u_8x16__avx512vnni),
-      KT_ROW(int4_g32, kAvx512VnniObj, q8s, int4g32_q8s_4x16__avx512vnni),
-      KT_ROW(bf16, kAvx512Obj, f32, bf16_f32_4x16__avx512),
-      KT_ROW(int8_pc, kAvx512Obj, q8s, int8pc_q8s_4x16__avx512),
-      KT_ROW(int4_g32, kAvx512Obj, q8s, int4g32_q8s_4x16__avx512),
-      KT_ROW(bf16, kAvx2Obj, f32, bf16_f32_4x16__avx2),
-      KT_ROW(int8_pc, kAvx2Obj, q8s, int8pc_q8s_4x16__avx2),
-      KT_ROW(int4_g32, kAvx2Obj, q8s, int4g32_q8s_4x16__avx2),
-      KT_ROW(bf16, kRef, f32, bf16_f32_1x16__ref),
-      KT_ROW(int8_pc, kRef, q8s, int8pc_q8s_1x16__ref),
-      KT_ROW(int4_g32, kRef, q8s, int4g32_q8s_1x16__ref),
-  };
+  static const std::vector<KernelRow> table = sorted_rows(__start_kt_kernel_rows, __stop_kt_kernel_rows);
   return table;
 }
 
 const std::vector<KernelRow>& emulated_kernel_table() {
-  static const std::vector<KernelRow> table = {
-      KT_TILE_ROW(int8_pc, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8u, int8pc_q8u_32x16__amx_emu, kTileMinMInt8),
-      KT_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8s, int4g32_q8s_32x16__amx_emu, kTileMinMInt4),
-      KT_TILE_ROW(bf16, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_bf16, bf16, bf16_bf16_32x16__amx_emu, kTileMinMBf16),
-  };
+  static const std::vector<KernelRow> table =
+      sorted_rows(__start_kt_emulated_kernel_rows, __stop_kt_emulated_kernel_rows);
   return table;
 }
-
-#undef KT_ROW
-#undef KT_TILE_ROW
 
 namespace {
 
@@ -97,16 +86,28 @@ void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
 
 #define KT_QROW(fmt, needs, fn, ...) QuantizerRow { FormatId::fmt, needs, #fn, __VA_ARGS__ }
 
+// The ISA quantizers, best-first, then the formats' reference quantizers (registered in the
+// format files) in format order.
 const std::vector<QuantizerRow>& quantizer_table() {
-  static const std::vector<QuantizerRow> table = {
-      KT_QROW(int4_g32, kAvx512Obj, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
-      KT_QROW(int8_pc, kAvx512Obj, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
-      KT_QROW(int4_g32, kAvx2Obj, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
-      KT_QROW(int8_pc, kAvx2Obj, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
-      KT_QROW(bf16, kRef, bf16_quantize_ref, bf16_quantize_ref),
-      KT_QROW(int8_pc, kRef, int8pc_quantize_ref, int8pc_quantize_ref),
-      KT_QROW(int4_g32, kRef, int4g32_quantize_ref, int4g32_quantize_ref),
-  };
+  static const std::vector<QuantizerRow> table = [] {
+    std::vector<QuantizerRow> rows = {
+        KT_QROW(int4_g32, kAvx512Obj, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
+        KT_QROW(int8_pc, kAvx512Obj, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
+        KT_QROW(int4_g32, kAvx2Obj, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
+        KT_QROW(int8_pc, kAvx2Obj, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
+    };
+    std::vector<QuantizerRow> reference;
+    for (const QuantizerRow* const* entry = __start_kt_reference_quantizer_rows;
+         entry != __stop_kt_reference_quantizer_rows; ++entry)
+      reference.push_back(**entry);
+    std::sort(reference.begin(), reference.end(),
+              [](const QuantizerRow& a, const QuantizerRow& b) { return a.format < b.format; });
+    for (size_t i = 1; i < reference.size(); ++i)
+      if (reference[i].format == reference[i - 1].format)
+        throw std::logic_error(std::string("two reference quantizers for format ") + format_traits(reference[i].format).name);
+    rows.insert(rows.end(), reference.begin(), reference.end());
+    return rows;
+  }();
   return table;
 }
 

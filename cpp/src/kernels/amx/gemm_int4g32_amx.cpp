@@ -3,11 +3,13 @@
 // kernels/amx_emu/gemm_amx_emu.cpp.
 #include "kernels/amx/gemm_int4g32_amx.h"
 #include "kernels/amx/tile_amx.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 
 void gateup_int4g32_q8s_32x16__amx(const GateUpArgs& a) { amx::gateup<amx::TileAmx, amx::Int4G32Amx>(a); }
 void down_int4g32_q8s_32x16__amx(const DownArgs& a) { amx::down<amx::TileAmx, amx::Int4G32Amx>(a); }
+
+KT_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile | feature::amx_int8, q8s, int4g32_q8s_32x16__amx, kTileMinMInt4)
 
 }  // namespace kt

@@ -8,7 +8,7 @@
 // independent FMA chains of a decode row, and gate/up blocks take 2 rows so that the partial sums
 // fit the 16 ymm registers.   Layout in formats/bf16.cpp.
 #include "kernels/avx2/avx2_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -68,5 +68,7 @@ struct Bf16Tile {
 
 void gateup_bf16_f32_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Bf16Tile>(a); }
 void down_bf16_f32_4x16__avx2(const DownArgs& a) { avx2::down<Bf16Tile>(a); }
+
+KT_KERNEL_ROW(bf16, kAvx2Obj, f32, bf16_f32_4x16__avx2)
 
 }  // namespace kt

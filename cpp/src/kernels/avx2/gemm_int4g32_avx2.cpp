@@ -16,7 +16,7 @@
 // shuffle per row and group).
 // Layout in formats/int4_g32.cpp.
 #include "kernels/avx2/avx2_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -113,5 +113,7 @@ struct Int4G32Tile {
 
 void gateup_int4g32_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int4G32Tile>(a); }
 void down_int4g32_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int4G32Tile>(a); }
+
+KT_KERNEL_ROW(int4_g32, kAvx2Obj, q8s, int4g32_q8s_4x16__avx2)
 
 }  // namespace kt

@@ -6,7 +6,7 @@
 // The comp array after the scales serves the VNNI kernel and is not read here.
 // Layout in formats/int8_pc.cpp.
 #include "kernels/avx2/avx2_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -77,5 +77,7 @@ struct Int8Tile {
 
 void gateup_int8pc_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int8Tile>(a); }
 void down_int8pc_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int8Tile>(a); }
+
+KT_KERNEL_ROW(int8_pc, kAvx2Obj, q8s, int8pc_q8s_4x16__avx2)
 
 }  // namespace kt

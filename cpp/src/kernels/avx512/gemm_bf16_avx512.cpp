@@ -2,7 +2,7 @@
 // channels; the low bf16 of each 32-bit lane (k) becomes fp32 by a 16-bit left shift, the high
 // one (k+1) by masking the low half.   y[c] = sum_k w[c,k] x[k]   Layout in formats/bf16.cpp.
 #include "kernels/avx512/avx512_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -42,5 +42,7 @@ struct Bf16Tile {
 
 void gateup_bf16_f32_4x16__avx512(const GateUpArgs& a) { avx512::gateup<Bf16Tile>(a); }
 void down_bf16_f32_4x16__avx512(const DownArgs& a) { avx512::down<Bf16Tile>(a); }
+
+KT_KERNEL_ROW(bf16, kAvx512Obj, f32, bf16_f32_4x16__avx512)
 
 }  // namespace kt

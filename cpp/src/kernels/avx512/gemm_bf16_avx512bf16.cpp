@@ -2,7 +2,7 @@
 // w[c,k] x[k] + w[c,k+1] x[k+1] to 16 fp32 lanes. Activations are rounded to bf16 (the fp32
 // kernels keep them in fp32), so this tier differs from avx512 by that rounding.
 #include "kernels/avx512/avx512_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -38,5 +38,7 @@ struct Bf16DpTile {
 
 void gateup_bf16_bf16_8x16__avx512bf16(const GateUpArgs& a) { avx512::gateup<Bf16DpTile>(a); }
 void down_bf16_bf16_8x16__avx512bf16(const DownArgs& a) { avx512::down<Bf16DpTile>(a); }
+
+KT_KERNEL_ROW(bf16, kAvx512Bf16Obj, bf16, bf16_bf16_8x16__avx512bf16)
 
 }  // namespace kt

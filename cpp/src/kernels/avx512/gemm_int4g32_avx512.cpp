@@ -1,7 +1,7 @@
 // [NOTE] int4_g32 weights x q8s activations on AVX512 F/BW without VNNI: the 4-product dot is
 // pmaddubsw (u8 x s8 -> s16 pairs, at most 2 * 15 * 127, no saturation) then pmaddwd with ones.
 #include "kernels/avx512/int4g32_tile.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -19,5 +19,7 @@ using Tile = avx512::Int4G32Tile<DotMaddubs>;
 
 void gateup_int4g32_q8s_4x16__avx512(const GateUpArgs& a) { avx512::gateup<Tile>(a); }
 void down_int4g32_q8s_4x16__avx512(const DownArgs& a) { avx512::down<Tile>(a); }
+
+KT_KERNEL_ROW(int4_g32, kAvx512Obj, q8s, int4g32_q8s_4x16__avx512)
 
 }  // namespace kt

@@ -1,7 +1,7 @@
 // [NOTE] int4_g32 weights x q8s activations with AVX512-VNNI: the 4-product dot is one vpdpbusd
 // (weights are the unsigned operand, activations the signed one).
 #include "kernels/avx512/int4g32_tile.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -16,5 +16,7 @@ using Tile = avx512::Int4G32Tile<DotVnni>;
 
 void gateup_int4g32_q8s_4x16__avx512vnni(const GateUpArgs& a) { avx512::gateup<Tile>(a); }
 void down_int4g32_q8s_4x16__avx512vnni(const DownArgs& a) { avx512::down<Tile>(a); }
+
+KT_KERNEL_ROW(int4_g32, kAvx512VnniObj, q8s, int4g32_q8s_4x16__avx512vnni)
 
 }  // namespace kt

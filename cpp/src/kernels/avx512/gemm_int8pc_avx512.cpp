@@ -3,7 +3,7 @@
 //   q_w * q_a = |q_w| * (sign(q_w) q_a),  pairs at most 2 * 127 * 127 < 2^15, no saturation.
 //   y = s_a * s_w * sum_k q_w q_a.   Layout in formats/int8_pc.cpp.
 #include "kernels/avx512/avx512_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -49,5 +49,7 @@ struct Int8Tile {
 
 void gateup_int8pc_q8s_4x16__avx512(const GateUpArgs& a) { avx512::gateup<Int8Tile>(a); }
 void down_int8pc_q8s_4x16__avx512(const DownArgs& a) { avx512::down<Int8Tile>(a); }
+
+KT_KERNEL_ROW(int8_pc, kAvx512Obj, q8s, int8pc_q8s_4x16__avx512)
 
 }  // namespace kt

@@ -3,7 +3,7 @@
 // the offset:  sum_k (q_a + 128) q_w - comp,  comp = 128 * sum_k q_w.
 //   y = s_a * s_w * (isum - comp)    (|isum| < 255 * 127 * K: exact in int32 for K < 66000)
 #include "kernels/avx512/avx512_driver.h"
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 
 namespace kt {
 namespace {
@@ -46,5 +46,7 @@ struct Int8VnniTile {
 
 void gateup_int8pc_q8u_8x16__avx512vnni(const GateUpArgs& a) { avx512::gateup<Int8VnniTile>(a); }
 void down_int8pc_q8u_8x16__avx512vnni(const DownArgs& a) { avx512::down<Int8VnniTile>(a); }
+
+KT_KERNEL_ROW(int8_pc, kAvx512VnniObj, q8u, int8pc_q8u_8x16__avx512vnni)
 
 }  // namespace kt

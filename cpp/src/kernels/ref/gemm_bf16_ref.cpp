@@ -1,6 +1,6 @@
 // [NOTE] Reference kernels for bf16 weights, fp32 activations: y[c] = sum_k w[c,k] x[k] in fp32,
 // k in order. Layout in formats/bf16.cpp.
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 #include "kernels/ref/ref_driver.h"
 
 namespace kt {
@@ -20,5 +20,7 @@ struct Bf16Dot {
 
 void gateup_bf16_f32_1x16__ref(const GateUpArgs& a) { ref::gateup<Bf16Dot>(a); }
 void down_bf16_f32_1x16__ref(const DownArgs& a) { ref::down<Bf16Dot>(a); }
+
+KT_KERNEL_ROW(bf16, kRef, f32, bf16_f32_1x16__ref)
 
 }  // namespace kt

@@ -1,7 +1,7 @@
 // [NOTE] Reference kernels for int4_g32 weights, q8s activations:
 //   y[c] = s_a * sum_g ( d[c,g] * sum_{k in g} q_w[c,k] q_a[k]  +  m[c,g] * gsum_a[g] )
 // Layout in formats/int4_g32.cpp.
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 #include "kernels/ref/ref_driver.h"
 
 namespace kt {
@@ -33,5 +33,7 @@ struct Int4Dot {
 
 void gateup_int4g32_q8s_1x16__ref(const GateUpArgs& a) { ref::gateup<Int4Dot>(a); }
 void down_int4g32_q8s_1x16__ref(const DownArgs& a) { ref::down<Int4Dot>(a); }
+
+KT_KERNEL_ROW(int4_g32, kRef, q8s, int4g32_q8s_1x16__ref)
 
 }  // namespace kt

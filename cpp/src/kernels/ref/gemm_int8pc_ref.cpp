@@ -1,7 +1,7 @@
 // [NOTE] Reference kernels for int8_pc weights, q8s activations:
 //   y[c] = s_a * s_w[c] * sum_k q_w[c,k] q_a[k]   (int32 sum, exact)
 // Layout in formats/int8_pc.cpp.
-#include "kernels/kernel_decls.h"
+#include "kernels/kernel_registry.h"
 #include "kernels/ref/ref_driver.h"
 
 namespace kt {
@@ -24,5 +24,7 @@ struct Int8Dot {
 
 void gateup_int8pc_q8s_1x16__ref(const GateUpArgs& a) { ref::gateup<Int8Dot>(a); }
 void down_int8pc_q8s_1x16__ref(const DownArgs& a) { ref::down<Int8Dot>(a); }
+
+KT_KERNEL_ROW(int8_pc, kRef, q8s, int8pc_q8s_1x16__ref)
 
 }  // namespace kt
