@@ -33,7 +33,7 @@ from kt_kernel.threads import all_cores, torch_threads
 from kt_kernel.timing import Stopwatch
 
 import bench_report
-from bench_moe import FRESH_ROUTINGS, fresh_routings
+from bench_moe import FRESH_ROUTINGS, fresh_routings, require_positive
 from shapes import get_shape
 
 METHODS = tuple(kt_kernel.METHODS)
@@ -240,9 +240,7 @@ def parse_args(argv=None):
             args.shape = get_shape(args.shape)
         except KeyError as e:
             p.error(str(e))
-    for opt in ("threads", "rounds", "round_calls"):
-        if getattr(args, opt) <= 0:
-            p.error(f"--{opt.replace('_', '-')} must be positive, got {getattr(args, opt)}")
+    require_positive(p, args, "threads", "rounds", "round_calls")
     return args
 
 

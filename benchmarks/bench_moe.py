@@ -149,6 +149,13 @@ FRESH_ROUTINGS = 64
 REGIME_SWITCH = 0.15
 
 
+def require_positive(p: argparse.ArgumentParser, args: argparse.Namespace, *dests: str) -> None:
+    """p.error for the first of these integer options that is not positive (dest names, e.g. round_calls)."""
+    for dest in dests:
+        if getattr(args, dest) <= 0:
+            p.error(f"--{dest.replace('_', '-')} must be positive, got {getattr(args, dest)}")
+
+
 def fresh_routings(shape: Shape, M: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """--fresh-routing: FRESH_ROUTINGS (topk_ids, topk_weights) of M tokens (seeds 1, 2, ...), which
     the timed calls take in turn, so that a call reads mostly other experts than the call before,

@@ -33,7 +33,7 @@ from kt_kernel.threads import all_cores
 from kt_kernel.timing import Stopwatch, time_calls
 
 import bench_report
-from bench_moe import FRESH_ROUTINGS, fresh_routings, in_turn, mean_distinct
+from bench_moe import FRESH_ROUTINGS, fresh_routings, in_turn, mean_distinct, require_positive
 from shapes import DECODE_TOKENS, get_shape
 
 # Issue 5: the AVX2 tier decodes within 1.3x of the AVX512 tier's time.
@@ -185,9 +185,7 @@ def parse_args(argv=None):
             p.error(f"{opt} {t}: this CPU runs {', '.join(tiers)}")
     if args.tier == args.reference:
         p.error(f"--tier and --reference are both {args.tier}")
-    for opt in ("threads", "rounds", "round_calls"):
-        if getattr(args, opt) <= 0:
-            p.error(f"--{opt.replace('_', '-')} must be positive, got {getattr(args, opt)}")
+    require_positive(p, args, "threads", "rounds", "round_calls")
     return args
 
 
