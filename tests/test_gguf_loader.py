@@ -1,0 +1,346 @@
+"""The GGUF reader (kt_kernel.checkpoint.gguf) on tiny files written by tests/gguf_files.py: one
+file, a split set, a folder, mixed types, and every bad input giving a GGUFError that names the
+file (and tensor), never a crash."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from gguf_files import ARCH, PROJ, dequantized, expert_tensors, model_meta, random_blocks, write_gguf, write_split
+from kt_kernel.checkpoint import ConversionError, open_checkpoint
+from kt_kernel.checkpoint.gguf import GGUFCheckpoint, GGUFError, gguf_formats, open_gguf
+
+E, H, I, TOPK = 4, 256, 512, 2
+LAYERS = (1, 2)
+SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+             "BF16", "F16", "F32")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20)
+
+
+def _model(rng, types=("Q8_0", "Q8_0", "Q8_0"), layers=LAYERS):
+    return expert_tensors(rng, E, H, I, layers, types)
+
+
+def _write(path, tensors, meta=None, **kw):
+    return write_gguf(path, tensors, model_meta(E, H, I, TOPK) if meta is None else meta, **kw)
+
+
+def _check_layer_views(reader, tensors, layer):
+    gate, up, down = reader.projections(layer)
+    for j, t in enumerate((gate, up, down)):
+        ggml_type, data = tensors[f"blk.{layer}.{PROJ[j]}.weight"]
+        assert t.ggml_type == ggml_type and t.format == gguf_formats()[ggml_type]
+        assert t.blocks.dtype == np.uint8 and t.blocks.shape == data.shape
+        assert not t.blocks.flags.writeable
+        np.testing.assert_array_equal(t.blocks, data)
+
+
+# ---- good files ---------------------------------------------------------------------------
+
+def test_single_file(tmp_path, rng):
+    tensors = _model(rng)
+    f = _write(tmp_path / "m.gguf", tensors)
+    r = open_gguf(f)
+    assert (r.arch, r.num_experts, r.experts_per_token, r.hidden_size, r.intermediate_size) == (ARCH, E, TOPK, H, I)
+    assert r.moe_layers == list(LAYERS) and r.stored_method == "LLAMAFILE" and r.kind == "gguf"
+    for layer in LAYERS:
+        _check_layer_views(r, tensors, layer)
+        r.check_layer(layer, "LLAMAFILE", H, I, num_experts=E, num_experts_per_tok=TOPK)
+    assert r.layer_formats(1) == ("q8_0", "q8_0")
+
+
+def test_views_are_the_mapped_file(tmp_path, rng):
+    """The blocks are a view of the file's memory map, not a copy."""
+    tensors = _model(rng)
+    f = _write(tmp_path / "m.gguf", tensors)
+    r = open_gguf(f)
+    gate = r.projections(1)[0].blocks
+    mapped = r.shards[0][1].data
+    base = mapped.ctypes.data
+    assert base <= gate.ctypes.data < base + len(mapped)
+    assert np.shares_memory(gate, mapped)
+
+
+def test_reader_cached_per_path(tmp_path, rng):
+    f = _write(tmp_path / "m.gguf", _model(rng))
+    assert open_gguf(f) is open_gguf(str(f)) is open_gguf(tmp_path / "." / "m.gguf")
+    assert open_gguf(tmp_path) is open_gguf(f)  # the folder resolves to the same file
+    # a file rewritten in place is read again
+    first = open_gguf(f)
+    _write(f, _model(np.random.default_rng(1)), meta=model_meta(E, H, I, topk=3))
+    os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 10**9))
+    assert open_gguf(f) is not first and open_gguf(f).experts_per_token == 3
+
+
+@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q4_0", "Q8_0"), ("IQ4_XS", "IQ4_XS", "BF16")],
+                         ids=lambda t: "-".join(t[1:]))
+def test_mixed_types(tmp_path, rng, types):
+    """gate/up in one type, down in another, as llama.cpp's Q4_K_M files store them."""
+    tensors = _model(rng, types)
+    r = open_gguf(_write(tmp_path / "m.gguf", tensors))
+    _check_layer_views(r, tensors, 2)
+    assert r.layer_formats(2) == (gguf_formats()[types[0]], gguf_formats()[types[2]])
+
+
+@pytest.mark.parametrize("ggml_type", SUPPORTED)
+def test_every_supported_type(tmp_path, rng, ggml_type):
+    tensors = _model(rng, (ggml_type,) * 3, layers=(0,))
+    r = open_gguf(_write(tmp_path / "m.gguf", tensors))
+    _check_layer_views(r, tensors, 0)
+    # the views read back as gguf's own dequantization of what was written
+    gate = r.projections(0)[0]
+    np.testing.assert_array_equal(dequantized(gate.blocks, ggml_type),
+                                  dequantized(tensors["blk.0.ffn_gate_exps.weight"][1], ggml_type))
+
+
+def test_format_table():
+    """Each supported ggml type maps to the kt format of its ggml spelling (bf16 the existing one)."""
+    assert gguf_formats() == {t: t.lower().replace("_k", "_K") for t in SUPPORTED}
+
+
+def test_split_set(tmp_path, rng):
+    tensors = _model(rng, ("Q4_K", "Q4_K", "Q6_K"), layers=(0, 1, 2))
+    paths = write_split(tmp_path, "model", tensors, model_meta(E, H, I, TOPK), shards=2)  # 5 + 4 tensors
+    for p in paths:  # any shard opens the whole set
+        r = open_gguf(p)
+        assert [s for s, _ in r.shards] == paths
+        assert r.moe_layers == [0, 1, 2]
+        for layer in (0, 1, 2):
+            _check_layer_views(r, tensors, layer)
+    # layer 1's tensors lie in different shards
+    assert len({t.file for t in open_gguf(paths[0]).projections(1)}) > 1
+
+
+def test_folder(tmp_path, rng):
+    tensors = _model(rng)
+    f = _write(tmp_path / "m.gguf", tensors)
+    (tmp_path / "README.md").write_text("not a model")
+    r = open_gguf(tmp_path)
+    assert r.shards[0][0] == f.resolve()
+    _check_layer_views(r, tensors, 1)
+    assert open_checkpoint(tmp_path) is r and open_checkpoint(f) is r
+
+
+def test_folder_of_a_split_set(tmp_path, rng):
+    tensors = _model(rng)
+    paths = write_split(tmp_path, "m", tensors, model_meta(E, H, I, TOPK), shards=2)
+    assert [s for s, _ in open_gguf(tmp_path).shards] == [p.resolve() for p in paths]
+
+
+def test_mixtral_style_feed_forward_length(tmp_path, rng):
+    """Files without expert_feed_forward_length (Mixtral as arch llama) give the experts' size as
+    feed_forward_length."""
+    meta = model_meta(E, H, I, TOPK)
+    meta["{arch}.feed_forward_length"] = meta.pop("{arch}.expert_feed_forward_length")
+    r = open_gguf(_write(tmp_path / "m.gguf", _model(rng), meta, arch="llama"))
+    assert r.intermediate_size == I
+    r.check_layer(1, "LLAMAFILE", H, I)
+
+
+# ---- the wrapper's sizes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, args, named", [
+    ("hidden", dict(hidden_size=H * 2), "embedding_length (hidden_size) is 256 in the GGUF file but 512"),
+    ("inter", dict(intermediate_size=I // 2), "expert_feed_forward_length (moe_intermediate_size) is 512"),
+    ("experts", dict(num_experts=E + 1), "expert_count (num_experts; no physical_to_logical_map given) is 4"),
+    ("topk", dict(num_experts_per_tok=TOPK + 1), "expert_used_count (num_experts_per_tok) is 2"),
+])
+def test_check_layer_against_wrapper(tmp_path, rng, field, args, named):
+    r = open_gguf(_write(tmp_path / "m.gguf", _model(rng)))
+    kw = dict(hidden_size=H, intermediate_size=I) | args
+    with pytest.raises(GGUFError, match=named.replace("(", r"\(").replace(")", r"\)")) as e:
+        r.check_layer(1, "LLAMAFILE", **kw)
+    assert str(tmp_path / "m.gguf") in str(e.value)
+
+
+def test_other_method_refused(tmp_path, rng):
+    r = open_gguf(_write(tmp_path / "m.gguf", _model(rng)))
+    with pytest.raises(GGUFError, match="load it with method='LLAMAFILE'"):
+        r.check_layer(1, "AMXINT4", H, I)
+
+
+def test_missing_layer(tmp_path, rng):
+    r = open_gguf(_write(tmp_path / "m.gguf", _model(rng)))
+    with pytest.raises(GGUFError, match=r"has no tensor blk\.7\.ffn_gate_exps\.weight.*MoE layers: 1\.\.2"):
+        r.check_layer(7, "LLAMAFILE", H, I)
+
+
+# ---- bad inputs: a GGUFError (a ConversionError, a ValueError) naming the file --------------
+
+def _raises(path, match, layer=None):
+    with pytest.raises(GGUFError, match=match) as e:
+        r = open_gguf(path)
+        if layer is not None:
+            r.projections(layer)
+    assert issubclass(GGUFError, ConversionError) and issubclass(GGUFError, ValueError)
+    return str(e.value)
+
+
+def test_not_gguf(tmp_path):
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"PK\x03\x04 a zip file" * 10)
+    assert str(f) in _raises(f, "is not a GGUF file")
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    _raises(empty, "is not a GGUF file")
+
+
+def test_bad_version(tmp_path):
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + (99).to_bytes(4, "little") + bytes(64))
+    _raises(f, "is not a readable GGUF file.*version 99")
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.3, 0.6, 0.9, 0.999])
+def test_truncated(tmp_path, rng, keep):
+    """Cut anywhere: in the metadata, the tensor infos or the data."""
+    f = _write(tmp_path / "m.gguf", _model(rng), extra={"token_embd.weight": ("F32", random_blocks(rng, "F32", (8, H)))})
+    data = f.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:max(8, int(len(data) * keep))])
+    msg = _raises(cut, "truncated")
+    assert str(cut) in msg
+
+
+def test_truncated_header_before_data(tmp_path, rng):
+    """A file cut within the header: the reader's short reads become the truncation error."""
+    f = _write(tmp_path / "m.gguf", _model(rng))
+    data = f.read_bytes()
+    for n in (9, 17, 30, 100):
+        cut = tmp_path / f"cut{n}.gguf"
+        cut.write_bytes(data[:n])
+        _raises(cut, "truncated or damaged")
+
+
+def test_huge_array_length_does_not_hang(tmp_path, rng):
+    """A damaged array length (2**60 entries) in the metadata raises instead of looping."""
+    f = tmp_path / "m.gguf"
+    key = b"tokenizer.ggml.scores"
+    f.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+                  + len(key).to_bytes(8, "little") + key + (9).to_bytes(4, "little")    # ARRAY
+                  + (6).to_bytes(4, "little") + (2 ** 60).to_bytes(8, "little") + bytes(16))  # of FLOAT32
+    _raises(f, "truncated or damaged")
+
+
+def test_shape_disagrees_with_metadata(tmp_path, rng):
+    """The metadata agrees with the wrapper but a tensor does not: the file and tensor are named."""
+    tensors = _model(rng)
+    tensors["blk.2.ffn_down_exps.weight"] = ("Q8_0", random_blocks(rng, "Q8_0", (E, H, I // 2)))
+    f = _write(tmp_path / "m.gguf", tensors)
+    msg = _raises(f, r"tensor blk\.2\.ffn_down_exps\.weight has ggml shape ne=\[256, 256, 4\]", layer=2)
+    assert str(f) in msg and "ne=[512, 256, 4]" in msg
+    open_gguf(f).projections(1)  # the other layer is fine
+
+
+def test_expert_count_disagrees(tmp_path, rng):
+    tensors = _model(rng)
+    tensors["blk.1.ffn_gate_exps.weight"] = ("Q8_0", random_blocks(rng, "Q8_0", (E + 2, I, H)))
+    _raises(_write(tmp_path / "m.gguf", tensors), r"blk\.1\.ffn_gate_exps\.weight .*expert_count=4", layer=1)
+
+
+def test_missing_expert_tensor(tmp_path, rng):
+    tensors = _model(rng)
+    del tensors["blk.1.ffn_up_exps.weight"]
+    f = _write(tmp_path / "m.gguf", tensors)
+    assert str(f) in _raises(f, r"has no tensor blk\.1\.ffn_up_exps\.weight, the routed experts of layer 1", layer=1)
+
+
+def test_fused_gate_up_named(tmp_path, rng):
+    tensors = _model(rng)
+    tensors["blk.1.ffn_gate_up_exps.weight"] = tensors.pop("blk.1.ffn_gate_exps.weight")
+    _raises(_write(tmp_path / "m.gguf", tensors), "ffn_gate_up_exps.weight, gate and up fused", layer=1)
+
+
+@pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "MXFP4", "Q8_1"])
+def test_unsupported_type(tmp_path, rng, ggml_type):
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    tensors = _model(rng)
+    _, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]][0]
+    tensors["blk.1.ffn_down_exps.weight"] = (ggml_type, rng.integers(0, 256, (E, H, I // block * size), dtype=np.uint8))
+    f = _write(tmp_path / "m.gguf", tensors)
+    msg = _raises(f, rf"blk\.1\.ffn_down_exps\.weight has ggml type {ggml_type}, which method LLAMAFILE does not run",
+                  layer=1)
+    assert str(f) in msg and "supported types: Q4_0, Q4_1" in msg and "F32" in msg
+
+
+def test_gate_up_types_differ(tmp_path, rng):
+    tensors = _model(rng, ("Q4_K", "Q5_K", "Q6_K"))
+    _raises(_write(tmp_path / "m.gguf", tensors),
+            r"blk\.1\.ffn_gate_exps\.weight is Q4_K but blk\.1\.ffn_up_exps\.weight is Q5_K", layer=1)
+
+
+def test_not_a_moe_model(tmp_path, rng):
+    meta = model_meta(E, H, I, TOPK)
+    del meta["{arch}.expert_count"]
+    _raises(_write(tmp_path / "m.gguf", _model(rng), meta), r"expert_count is missing \(a model without routed")
+
+
+def test_bad_metadata_value(tmp_path, rng):
+    meta = model_meta(E, H, I, TOPK) | {"{arch}.embedding_length": "4096"}
+    _raises(_write(tmp_path / "m.gguf", _model(rng), meta), "embedding_length is '4096', expected a positive integer")
+
+
+def test_missing_shard(tmp_path, rng):
+    paths = write_split(tmp_path, "m", _model(rng), model_meta(E, H, I, TOPK), shards=3)
+    paths[1].unlink()
+    for p in (paths[0], paths[2], tmp_path):
+        _raises(p, r"one shard of a split set of 3, and 1 of them is missing .*m-00002-of-00003\.gguf")
+
+
+def test_split_tensor_count_wrong(tmp_path, rng):
+    tensors = _model(rng)
+    paths = write_split(tmp_path, "m", tensors, model_meta(E, H, I, TOPK), shards=2, tensors_count=len(tensors) + 1)
+    _raises(paths[0], f"holds {len(tensors)} tensors, but its metadata split.tensors.count says {len(tensors) + 1}")
+
+
+def test_split_shard_renamed(tmp_path, rng):
+    paths = write_split(tmp_path, "m", _model(rng), model_meta(E, H, I, TOPK), shards=2)
+    other = tmp_path / "x.gguf"
+    paths[1].rename(other)
+    _raises(other, "but its name does not follow llama.cpp's NAME-00002-of-00002.gguf")
+
+
+def test_split_shards_swapped(tmp_path, rng):
+    paths = write_split(tmp_path, "m", _model(rng), model_meta(E, H, I, TOPK), shards=2)
+    tmp = tmp_path / "t"
+    paths[0].rename(tmp)
+    paths[1].rename(paths[0])
+    tmp.rename(paths[1])
+    _raises(paths[0], "metadata split.no / split.count are")
+
+
+def test_folder_with_two_models(tmp_path, rng):
+    _write(tmp_path / "a.gguf", _model(rng))
+    write_split(tmp_path, "b", _model(rng), model_meta(E, H, I, TOPK), shards=2)
+    _raises(tmp_path, r"holds 2 GGUF models: a\.gguf, b-\*-of-00002\.gguf")
+
+
+def test_folder_without_gguf(tmp_path):
+    _raises(tmp_path, "holds no .gguf file")
+
+
+def test_missing_path(tmp_path):
+    _raises(tmp_path / "nope.gguf", "does not exist")
+
+
+def test_layer_arrays(tmp_path, rng):
+    tensors = _model(rng, ("Q4_K", "Q4_K", "F16"))
+    r = open_gguf(_write(tmp_path / "m.gguf", tensors))
+    with r.layer_arrays(1, {0, 1}) as arrays:
+        assert set(arrays) == {("gate", "blocks"), ("up", "blocks"), ("down", "values")}
+        np.testing.assert_array_equal(arrays[("down", "values")], tensors["blk.1.ffn_down_exps.weight"][1])
+
+
+def test_reader_class_direct(tmp_path, rng):
+    """GGUFCheckpoint itself (no cache) opens a shard path the same way."""
+    tensors = _model(rng)
+    paths = write_split(tmp_path, "m", tensors, model_meta(E, H, I, TOPK), shards=2)
+    r = GGUFCheckpoint(paths[1])
+    assert r.fingerprint == open_gguf(paths[0]).fingerprint
