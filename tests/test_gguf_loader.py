@@ -344,3 +344,24 @@ def test_reader_class_direct(tmp_path, rng):
     paths = write_split(tmp_path, "m", tensors, model_meta(E, H, I, TOPK), shards=2)
     r = GGUFCheckpoint(paths[1])
     assert r.fingerprint == open_gguf(paths[0]).fingerprint
+
+
+def test_split_set_written_by_gguf(tmp_path, rng):
+    """A split set as gguf's own writer (split_max_tensors, llama.cpp's convert script) names and
+    numbers it."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    tensors = _model(rng, ("Q4_K", "Q4_K", "Q6_K"))
+    w = GGUFWriter(tmp_path / "model.gguf", ARCH, split_max_tensors=4)
+    for k, v in model_meta(E, H, I, TOPK).items():
+        w.add_uint32(k.replace("{arch}", ARCH), v)
+    for name, (t, data) in tensors.items():
+        w.add_tensor(name, data, raw_dtype=GGMLQuantizationType[t])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shards = sorted(tmp_path.glob("*.gguf"))
+    assert [p.name for p in shards] == [f"model-{i:05d}-of-00002.gguf" for i in (1, 2)]
+    r = open_gguf(shards[1])
+    for layer in LAYERS:
+        _check_layer_views(r, tensors, layer)

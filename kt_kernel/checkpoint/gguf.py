@@ -127,8 +127,15 @@ def _open_file(file: Path):
 
 
 def _field(reader, key: str):
+    """Metadata ``key``: an int, float, bool or str, a list for an array, None when absent (read
+    from the field's parts, as every gguf release lays them out)."""
     f = reader.get_field(key)
-    return None if f is None else f.contents()
+    if f is None:
+        return None
+    string = _gguf().GGUFValueType.STRING
+    values = [bytes(f.parts[i]).decode("utf-8", "replace") if f.types[-1] == string else f.parts[i][0].item()
+              for i in f.data]
+    return values if len(f.types) > 1 else values[0]
 
 
 def _split_of(reader, file: Path) -> Optional[tuple]:
