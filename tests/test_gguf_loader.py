@@ -331,11 +331,18 @@ def test_missing_path(tmp_path):
 
 
 def test_layer_arrays(tmp_path, rng):
-    tensors = _model(rng, ("Q4_K", "Q4_K", "F16"))
+    """One array per projection, under the part name of its format's one array."""
+    from kt_kernel import _ext
+    records = {r["name"]: r for r in _ext.formats()}
+    tensors = _model(rng, ("Q4_K", "Q4_K", "BF16"))
     r = open_gguf(_write(tmp_path / "m.gguf", tensors))
+    want = {}
+    for proj, t in zip(("gate", "up", "down"), r.projections(1)):
+        want[proj] = records[t.format]["arrays"][0]["part"] if t.format in records else "blocks"
+    assert want["down"] == "qweight"  # bf16: the existing format's array
     with r.layer_arrays(1, {0, 1}) as arrays:
-        assert set(arrays) == {("gate", "blocks"), ("up", "blocks"), ("down", "values")}
-        np.testing.assert_array_equal(arrays[("down", "values")], tensors["blk.1.ffn_down_exps.weight"][1])
+        assert set(arrays) == set(want.items())
+        np.testing.assert_array_equal(arrays[("down", "qweight")], tensors["blk.1.ffn_down_exps.weight"][1])
 
 
 def test_reader_class_direct(tmp_path, rng):

@@ -348,18 +348,18 @@ class GGUFCheckpoint:
 
     @contextmanager
     def layer_arrays(self, layer: int, experts: set) -> Iterator[dict]:
-        """(proj, part) -> the [E, ...] array of ``layer``: part "blocks" (uint8 [E, N, row_bytes])
-        or, for the float types, "values" (the same bytes, the format's one array); zero-copy
-        views of the mapped file. ``experts`` is not needed: the map stays open (cached)."""
-        names = ("gate", "up", "down")
+        """(proj, part) -> the [E, ...] array of ``layer``: each projection's format has one array
+        (part "blocks" of a block format, the values of bf16 / f16 / f32), which is the file's
+        bytes, here a zero-copy uint8 [E, N, row_bytes] view of the mapped file. ``experts`` is not
+        needed: nothing is verified, and the map stays open (the reader is cached)."""
+        records = {r["name"]: r for r in _ext.formats()}
         arrays = {}
-        for j, t in enumerate(self.projections(layer)):
-            arrays[(names[j], _PART[t.format] if t.format in _PART else "blocks")] = t.blocks
+        for proj, t in zip(("gate", "up", "down"), self.projections(layer)):
+            parts = [a["part"] for a in records[t.format]["arrays"]] if t.format in records else ["blocks"]
+            if len(parts) != 1:
+                raise GGUFError(f"format {t.format} has arrays {parts}; a GGUF tensor is one array of blocks")
+            arrays[(proj, parts[0])] = t.blocks
         yield arrays
-
-
-# the one array of the float formats; every block format's array is "blocks"
-_PART = {"bf16": "values", "f16": "values", "f32": "values"}
 
 
 def _ranges(layers: list) -> str:
