@@ -13,7 +13,7 @@ import torch
 
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
-from kt_kernel.checkpoint.gguf import METHOD as GGUF_METHOD, open_gguf
+from kt_kernel.checkpoint.gguf import METHOD as GGUF_METHOD, is_gguf, open_gguf
 from kt_kernel.formats import METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
@@ -291,10 +291,11 @@ class KTMoEWrapper:
             raise ValueError(f"layer {self.layer_idx}: load_weights needs weight_path (a converted folder or an HF "
                              "checkpoint); none was given to the constructor")
         gguf = self.method == GGUF_METHOD
-        if not os.path.isdir(self.weight_path) and not (gguf and os.path.isfile(self.weight_path)):
-            raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder" + (" or a file" if gguf else ""))
+        if not os.path.isdir(self.weight_path) and not (os.path.isfile(self.weight_path) and is_gguf(self.weight_path)):
+            raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder (or a GGUF file)")
         pmap = self._logical_map(physical_to_logical_map)
         self._place_as_masked()
+        # a GGUF path under another method: its reader's check_layer names LLAMAFILE
         reader = open_gguf(self.weight_path) if gguf else open_checkpoint(self.weight_path)
         if gguf and reader.layer_formats(self.layer_idx) != self._formats:
             raise ValueError(f"layer {self.layer_idx}: {self.weight_path} now stores the experts as "

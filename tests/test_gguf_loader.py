@@ -10,12 +10,26 @@ import pytest
 
 from gguf_files import ARCH, PROJ, dequantized, expert_tensors, model_meta, random_blocks, write_gguf, write_split
 from kt_kernel.checkpoint import ConversionError, open_checkpoint
-from kt_kernel.checkpoint.gguf import GGUFCheckpoint, GGUFError, gguf_formats, open_gguf
+from kt_kernel.checkpoint import gguf as gguf_reader
+from kt_kernel.checkpoint.gguf import GGUFCheckpoint, GGUFError, open_gguf
 
 E, H, I, TOPK = 4, 256, 512, 2
 LAYERS = (1, 2)
+# the ggml types method LLAMAFILE is to run (issue 20), each read by the kt format of its spelling
 SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
              "BF16", "F16", "F32")
+EVERY_FORMAT = {t: t.lower().replace("_k", "_K") for t in SUPPORTED}
+
+
+def gguf_formats() -> dict:
+    return gguf_reader.gguf_formats()
+
+
+@pytest.fixture
+def every_type(monkeypatch):
+    """The reader's tests of the container take every type of SUPPORTED, whichever formats this
+    build registers (those it lacks are refused at load, by the same check)."""
+    monkeypatch.setattr(gguf_reader, "gguf_formats", lambda: dict(EVERY_FORMAT))
 
 
 @pytest.fixture
@@ -80,7 +94,7 @@ def test_reader_cached_per_path(tmp_path, rng):
 
 @pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q4_0", "Q4_0", "Q8_0"), ("IQ4_XS", "IQ4_XS", "BF16")],
                          ids=lambda t: "-".join(t[1:]))
-def test_mixed_types(tmp_path, rng, types):
+def test_mixed_types(tmp_path, rng, types, every_type):
     """gate/up in one type, down in another, as llama.cpp's Q4_K_M files store them."""
     tensors = _model(rng, types)
     r = open_gguf(_write(tmp_path / "m.gguf", tensors))
@@ -89,7 +103,7 @@ def test_mixed_types(tmp_path, rng, types):
 
 
 @pytest.mark.parametrize("ggml_type", SUPPORTED)
-def test_every_supported_type(tmp_path, rng, ggml_type):
+def test_every_supported_type(tmp_path, rng, ggml_type, every_type):
     tensors = _model(rng, (ggml_type,) * 3, layers=(0,))
     r = open_gguf(_write(tmp_path / "m.gguf", tensors))
     _check_layer_views(r, tensors, 0)
@@ -100,11 +114,14 @@ def test_every_supported_type(tmp_path, rng, ggml_type):
 
 
 def test_format_table():
-    """Each supported ggml type maps to the kt format of its ggml spelling (bf16 the existing one)."""
-    assert gguf_formats() == {t: t.lower().replace("_k", "_K") for t in SUPPORTED}
+    """Each supported ggml type maps to the kt format of its ggml spelling (bf16 the existing one):
+    all of them from the reader's table, or those this build registers from the format records."""
+    table = gguf_formats()
+    assert {"Q8_0", "F16", "F32", "BF16"} <= set(table) <= set(SUPPORTED)
+    assert table == {t: EVERY_FORMAT[t] for t in table}
 
 
-def test_split_set(tmp_path, rng):
+def test_split_set(tmp_path, rng, every_type):
     tensors = _model(rng, ("Q4_K", "Q4_K", "Q6_K"), layers=(0, 1, 2))
     paths = write_split(tmp_path, "model", tensors, model_meta(E, H, I, TOPK), shards=2)  # 5 + 4 tensors
     for p in paths:  # any shard opens the whole set
@@ -258,7 +275,7 @@ def test_fused_gate_up_named(tmp_path, rng):
 
 
 @pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "MXFP4", "Q8_1"])
-def test_unsupported_type(tmp_path, rng, ggml_type):
+def test_unsupported_type(tmp_path, rng, ggml_type, every_type):
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     tensors = _model(rng)
     _, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
@@ -270,7 +287,7 @@ def test_unsupported_type(tmp_path, rng, ggml_type):
     assert str(f) in msg and "supported types: Q4_0, Q4_1" in msg and "F32" in msg
 
 
-def test_gate_up_types_differ(tmp_path, rng):
+def test_gate_up_types_differ(tmp_path, rng, every_type):
     tensors = _model(rng, ("Q4_K", "Q5_K", "Q6_K"))
     _raises(_write(tmp_path / "m.gguf", tensors),
             r"blk\.1\.ffn_gate_exps\.weight is Q4_K but blk\.1\.ffn_up_exps\.weight is Q5_K", layer=1)
@@ -330,7 +347,7 @@ def test_missing_path(tmp_path):
     _raises(tmp_path / "nope.gguf", "does not exist")
 
 
-def test_layer_arrays(tmp_path, rng):
+def test_layer_arrays(tmp_path, rng, every_type):
     """One array per projection, under the part name of its format's one array."""
     from kt_kernel import _ext
     records = {r["name"]: r for r in _ext.formats()}
@@ -353,7 +370,7 @@ def test_reader_class_direct(tmp_path, rng):
     assert r.fingerprint == open_gguf(paths[0]).fingerprint
 
 
-def test_split_set_written_by_gguf(tmp_path, rng):
+def test_split_set_written_by_gguf(tmp_path, rng, every_type):
     """A split set as gguf's own writer (split_max_tensors, llama.cpp's convert script) names and
     numbers it."""
     from gguf import GGMLQuantizationType, GGUFWriter
@@ -372,3 +389,146 @@ def test_split_set_written_by_gguf(tmp_path, rng):
     r = open_gguf(shards[1])
     for layer in LAYERS:
         _check_layer_views(r, tensors, layer)
+
+
+# ---- end to end: KTMoEWrapper(method="LLAMAFILE") on a GGUF file ----------------------------
+
+def _llamafile_ready() -> bool:
+    from kt_kernel import _ext
+    return "gguf_type" in _ext.formats()[0]
+
+
+needs_core = pytest.mark.skipif(not _llamafile_ready(), reason="the native layer has no GGUF formats yet")
+
+# gate/up type, down type of the end-to-end runs (those the build registers run)
+E2E_TYPES = [("Q8_0", "Q8_0"), ("Q4_K", "Q6_K"), ("Q6_K", "Q8_0"), ("Q4_0", "Q8_0"), ("IQ4_XS", "Q5_K"),
+             ("F16", "F32"), ("BF16", "F16")]
+E2E_E, E2E_TOPK = 8, 3
+
+
+def _rel_bound(types) -> float:
+    """The larger layer_rel_err of the two formats' records: their bound against fp32 weights,
+    which includes their activation rounding (~1% for the q8 blocks), and more than bounds the
+    error against the dequantized weights measured here."""
+    from kt_kernel import _ext
+    records = {r["name"]: r for r in _ext.formats()}
+    return max(records[gguf_formats()[t]]["layer_rel_err"] for t in types)
+
+
+def _e2e_file(tmp_path, types, seed=0):
+    rng = np.random.default_rng(seed)
+    tensors = expert_tensors(rng, E2E_E, H, I, LAYERS, (types[0], types[0], types[1]))
+    f = write_gguf(tmp_path / "moe.gguf", tensors, model_meta(E2E_E, H, I, E2E_TOPK))
+    deq = [dequantized(tensors[f"blk.1.{p}.weight"][1], tensors[f"blk.1.{p}.weight"][0]) for p in PROJ]
+    return f, [np.asarray(d, np.float64) for d in deq]
+
+
+def _wrapper(path, num_experts=E2E_E, **kw):
+    from kt_kernel import KTMoEWrapper
+    return KTMoEWrapper(layer_idx=1, num_experts=num_experts, num_experts_per_tok=E2E_TOPK, hidden_size=H,
+                        moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(path), method="LLAMAFILE", **kw)
+
+
+def _inputs(M, slots, seed=1):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, H, generator=g).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(slots, generator=g)[:E2E_TOPK] for _ in range(M)])
+    w = torch.softmax(torch.randn(M, E2E_TOPK, generator=g), dim=-1)
+    return x, ids, w
+
+
+def _rel(out, ref) -> float:
+    import torch
+    return float(torch.linalg.norm(out.double() - ref) / torch.linalg.norm(ref))
+
+
+@needs_core
+@pytest.mark.parametrize("types", E2E_TYPES, ids=lambda t: "-".join(t))
+def test_llamafile_forward(tmp_path, types):
+    import reference
+    if any(t not in gguf_formats() for t in types):
+        pytest.skip(f"{types} not all registered in this build: {', '.join(gguf_formats())}")
+    f, (gate, up, down) = _e2e_file(tmp_path, types)
+    layer = _wrapper(f)
+    assert (layer._layer.format, layer._layer.down_format) == (gguf_formats()[types[0]], gguf_formats()[types[1]])
+    layer.load_weights()
+    for M in (1, 7, 33):
+        x, ids, w = _inputs(M, E2E_E, seed=M)
+        out = layer.forward(x, ids, w)
+        ref = reference.moe_forward(x, ids, w, gate, up, down)
+        assert _rel(out, ref) < _rel_bound(types), (types, M, _rel(out, ref))
+
+
+@needs_core
+def test_llamafile_physical_to_logical_map(tmp_path):
+    """Slot p runs logical expert pmap[p] of the file: 6 slots over 8 logical experts, one twice."""
+    import reference
+    import torch
+    types = ("Q8_0", "Q8_0")
+    f, (gate, up, down) = _e2e_file(tmp_path, types, seed=3)
+    pmap = torch.tensor([5, 0, 7, 2, 5, 3])
+    layer = _wrapper(f, num_experts=len(pmap))
+    layer.load_weights(pmap)
+    x, ids, w = _inputs(16, len(pmap))
+    out = layer.forward(x, ids, w)
+    ref = reference.moe_forward(x, ids, w, gate, up, down, physical_to_logical_map=pmap.tolist())
+    assert _rel(out, ref) < _rel_bound(types)
+    identity = reference.moe_forward(x, ids, w, gate, up, down)  # the map matters
+    assert _rel(out, identity) > 0.2
+
+
+@needs_core
+def test_llamafile_gpu_experts_not_loaded(tmp_path):
+    import reference
+    types = ("Q8_0", "Q8_0")
+    f, (gate, up, down) = _e2e_file(tmp_path, types, seed=4)
+    full = _wrapper(f)
+    full.load_weights()
+    part = _wrapper(f, num_gpu_experts=3)
+    part.load_weights()
+    assert part.weight_bytes * E2E_E == full.weight_bytes * (E2E_E - 3)
+    x, ids, w = _inputs(16, E2E_E)
+    out = part.forward(x, ids, w)
+    ref = reference.moe_forward(x, ids, w, gate, up, down, gpu_mask=[True] * 3 + [False] * (E2E_E - 3))
+    assert _rel(out, ref) < _rel_bound(types)
+
+
+@needs_core
+def test_llamafile_split_set_and_folder(tmp_path):
+    import reference
+    rng = np.random.default_rng(5)
+    tensors = expert_tensors(rng, E2E_E, H, I, LAYERS, ("Q8_0",) * 3)
+    write_split(tmp_path, "moe", tensors, model_meta(E2E_E, H, I, E2E_TOPK), shards=2)
+    deq = [dequantized(tensors[f"blk.1.{p}.weight"][1], "Q8_0") for p in PROJ]
+    x, ids, w = _inputs(8, E2E_E)
+    ref = reference.moe_forward(x, ids, w, *deq)
+    for path in (tmp_path, tmp_path / "moe-00002-of-00002.gguf"):
+        layer = _wrapper(path)
+        layer.load_weights()
+        assert _rel(layer.forward(x, ids, w), ref) < _rel_bound(("Q8_0",))
+
+
+@needs_core
+def test_llamafile_errors(tmp_path):
+    import torch
+    from kt_kernel import KTMoEWrapper
+    f, _ = _e2e_file(tmp_path, ("Q8_0", "Q8_0"))
+    with pytest.raises(ValueError, match="method LLAMAFILE runs the experts of a GGUF file.*no weight_path"):
+        KTMoEWrapper(layer_idx=1, num_experts=E2E_E, num_experts_per_tok=E2E_TOPK, hidden_size=H,
+                     moe_intermediate_size=I, cpuinfer_threads=2, method="LLAMAFILE")
+    layer = _wrapper(f)
+    with pytest.raises(ValueError, match="method LLAMAFILE loads the experts of a GGUF file.*take the methods BF16"):
+        layer.load_weights_from_tensors(torch.zeros(E2E_E, I, H), torch.zeros(E2E_E, I, H), torch.zeros(E2E_E, H, I))
+    with pytest.raises(GGUFError, match=r"expert_used_count \(num_experts_per_tok\) is 3 in the GGUF file but 2"):
+        KTMoEWrapper(layer_idx=1, num_experts=E2E_E, num_experts_per_tok=2, hidden_size=H, moe_intermediate_size=I,
+                     cpuinfer_threads=2, weight_path=str(f), method="LLAMAFILE")
+    with pytest.raises(GGUFError, match=r"has no tensor blk\.9\.ffn_gate_exps\.weight"):
+        KTMoEWrapper(layer_idx=9, num_experts=E2E_E, num_experts_per_tok=E2E_TOPK, hidden_size=H,
+                     moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(f), method="LLAMAFILE")
+    with pytest.raises(GGUFError, match="expert_count .* is 8 in the GGUF file but 6"):
+        _wrapper(f, num_experts=6).load_weights()  # no map: the slots are the file's experts
+    other = KTMoEWrapper(layer_idx=1, num_experts=E2E_E, num_experts_per_tok=E2E_TOPK, hidden_size=H,
+                         moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(f), method="BF16")
+    with pytest.raises(GGUFError, match="load it with method='LLAMAFILE'"):
+        other.load_weights()
