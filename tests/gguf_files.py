@@ -64,8 +64,8 @@ def expert_tensors(rng, E: int, H: int, I: int, layers, types=("Q8_0", "Q8_0", "
     return out
 
 
-def _writer(path: Path, meta: dict, arch: str) -> GGUFWriter:
-    w = GGUFWriter(str(path), arch)
+def _writer(path: Path, meta: dict, arch: str, **kw) -> GGUFWriter:
+    w = GGUFWriter(str(path), arch, **kw)
     for key, value in meta.items():
         key = key.replace("{arch}", arch)
         if isinstance(value, str):
@@ -82,11 +82,12 @@ def model_meta(E: int, H: int, I: int, topk: int = 2) -> dict:
             "{arch}.expert_feed_forward_length": I, "{arch}.block_count": 4}
 
 
-def write_gguf(path, tensors: dict, meta: dict, arch: str = ARCH, extra: Optional[dict] = None) -> Path:
+def write_gguf(path, tensors: dict, meta: dict, arch: str = ARCH, extra: Optional[dict] = None, **kw) -> Path:
     """Writes one GGUF file: ``meta`` ("{arch}" in a key becomes ``arch``), then ``tensors``
-    ({name: (ggml type, uint8 blocks)}, other tensors from ``extra`` likewise)."""
+    ({name: (ggml type, uint8 blocks)}, other tensors from ``extra`` likewise); ``kw`` to
+    GGUFWriter (endianess)."""
     path = Path(path)
-    w = _writer(path, meta, arch)
+    w = _writer(path, meta, arch, **kw)
     for name, (ggml_type, data) in {**tensors, **(extra or {})}.items():
         w.add_tensor(name, data, raw_dtype=GGMLQuantizationType[ggml_type])
     w.write_header_to_file()

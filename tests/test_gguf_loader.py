@@ -225,6 +225,12 @@ def test_truncated(tmp_path, rng, keep):
     assert str(cut) in msg
 
 
+def test_big_endian(tmp_path, rng):
+    from gguf import GGUFEndian
+    f = _write(tmp_path / "be.gguf", _model(rng), endianess=GGUFEndian.BIG)
+    _raises(f, "other byte order")
+
+
 def test_truncated_header_before_data(tmp_path, rng):
     """A file cut within the header: the reader's short reads become the truncation error."""
     f = _write(tmp_path / "m.gguf", _model(rng))

@@ -234,6 +234,9 @@ class GGUFCheckpoint:
         file, first = self.shards[0]
         self.tensors = {}  # name -> (shard path, ReaderTensor)
         for p, r in self.shards:
+            if r.byte_order != "I":
+                raise GGUFError(f"{p} is a GGUF file of the other byte order (big-endian): its blocks' scales would be "
+                                "read byte-swapped; convert it to a little-endian file")
             for t in r.tensors:
                 if t.name in self.tensors:
                     raise GGUFError(f"{p}: tensor {t.name} is also in {self.tensors[t.name][0]}")
