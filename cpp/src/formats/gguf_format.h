@@ -1,0 +1,101 @@
+// The GGUF block formats (kt/gguf_blocks.h): what each block type defines, and the record
+// functions every one of them shares.
+//
+// A block type's file (cpp/src/formats/<type>.cpp) defines three overloads:
+//   dequantize_block(b, out)   the kK weights of block b, as ggml dequantizes them (the format's truth)
+//   quantize_block(x, b)       ours: kK fp32 weights into a valid block (test data, load_from_tensors)
+//   dot_block(b, a)            sum_k w[k] * a.d * a.q[k] over the block, by integer sums per sub-block
+//                              then the scales (the reference kernel's block product)
+// and ends with KT_GGUF_FORMAT(<type>, <Block>), which instantiates the record's functions below.
+//
+// Logical representation: one array "blocks", uint8 [N, K / kK * sizeof(Block)]: each row its blocks,
+// as a GGUF tensor stores it. Packed: GgufPanelBlock<Block> per k-block (the rows of a panel side by
+// side, bytes unchanged), so load is a copy and unpack_row returns dequantize_block's values.
+#pragma once
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kt/formats.h"
+#include "kt/gguf_blocks.h"
+#include "kernels/kernel_registry.h"
+
+namespace kt {
+
+#define KT_GGUF_BLOCK_FUNCTIONS(Block, Act)         \
+  void dequantize_block(const Block& b, float* out); \
+  void quantize_block(const float* x, Block* b);     \
+  float dot_block(const Block& b, const Act& a);
+
+KT_GGUF_BLOCK_FUNCTIONS(BlockQ8_0, ActQ8x32)
+#undef KT_GGUF_BLOCK_FUNCTIONS
+
+namespace gguf {
+
+template <class Block>
+size_t row_bytes(int K) { return size_t(K / Block::kK) * sizeof(Block); }
+
+template <class Block>
+void check_k(const char* name, int K) {
+  if (K % Block::kK)
+    throw std::invalid_argument(std::string(name) + " rows hold whole blocks of " + std::to_string(Block::kK) +
+                                " weights; K=" + std::to_string(K) + " is not a multiple");
+}
+
+template <class Block>
+void quantize_ref(FormatId id, const float* w, int N, int K, QuantizedMatrix* out) {
+  const FormatTraits& f = format_traits(id);
+  check_k<Block>(f.name, K);
+  shape_quantized(f, N, K, out);
+  Block* blocks = out->array<Block>(0);
+  for (size_t i = 0; i < size_t(N) * (K / Block::kK); ++i) quantize_block(w + i * Block::kK, &blocks[i]);
+}
+
+template <class Block>
+void dequantize_ref(const QuantizedMatrix& q, float* out) {
+  const Block* blocks = q.array<Block>(0);
+  for (size_t i = 0; i < size_t(q.N) * (q.K / Block::kK); ++i) dequantize_block(blocks[i], out + i * Block::kK);
+}
+
+// Rows [n0, n1), k [k0, k1) (k0, k1 multiples of kK) into panels of GgufPanelBlock; rows past n1
+// of the last panel are zero blocks (d = 0: they dequantize to zeros).
+template <class Block>
+void pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+  using PB = GgufPanelBlock<Block>;
+  const int nb = (k1 - k0) / Block::kK, row_blocks = q.K / Block::kK, b0 = k0 / Block::kK;
+  const int panels = (n1 - n0 + kPanelN - 1) / kPanelN;
+  const Block* src = q.array<Block>(0);
+  std::memset(dst, 0, sizeof(PB) * nb * size_t(panels));
+  PB* out = reinterpret_cast<PB*>(dst);
+  for (int p = 0; p < panels; ++p)
+    for (int c = 0; c < kPanelN && n0 + p * kPanelN + c < n1; ++c) {
+      const Block* row = src + size_t(n0 + p * kPanelN + c) * row_blocks + b0;
+      for (int s = 0; s < nb; ++s) out[size_t(p) * nb + s].b[c] = row[s];
+    }
+}
+
+template <class Block>
+void unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  using PB = GgufPanelBlock<Block>;
+  const int nb = Kp / Block::kK;
+  const PB* panel = reinterpret_cast<const PB*>(data) + size_t(n / kPanelN) * nb;
+  for (int s = 0; s < K / Block::kK; ++s) dequantize_block(panel[s].b[n % kPanelN], out + s * Block::kK);
+}
+
+}  // namespace gguf
+
+// The record functions of GGUF format `fmt` (a FormatId) with blocks `Block`, and its quantizer row.
+#define KT_GGUF_FORMAT(fmt, Block)                                                                  \
+  void fmt##_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out) {                    \
+    gguf::quantize_ref<Block>(FormatId::fmt, w, N, K, out);                                         \
+  }                                                                                                 \
+  void fmt##_dequantize_ref(const QuantizedMatrix& q, float* out) { gguf::dequantize_ref<Block>(q, out); } \
+  void fmt##_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {         \
+    gguf::pack<Block>(q, n0, n1, k0, k1, dst);                                                      \
+  }                                                                                                 \
+  void fmt##_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {                    \
+    gguf::unpack_row<Block>(data, Kp, n, K, out);                                                   \
+  }                                                                                                 \
+  KT_REFERENCE_QUANTIZER_ROW(fmt, fmt##_quantize_ref)
+
+}  // namespace kt
