@@ -13,8 +13,8 @@ import torch
 
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
-from kt_kernel.checkpoint.gguf import METHOD as GGUF_METHOD, is_gguf, open_gguf
-from kt_kernel.formats import METHODS
+from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
+from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
 from kt_kernel.threads import all_cores

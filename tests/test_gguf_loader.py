@@ -7,11 +7,16 @@ import os
 
 import numpy as np
 import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFWriter
 
+import reference
 from gguf_files import ARCH, PROJ, dequantized, expert_tensors, model_meta, random_blocks, write_gguf, write_split
+from kt_kernel import KTMoEWrapper
 from kt_kernel.checkpoint import ConversionError, open_checkpoint
 from kt_kernel.checkpoint import gguf as gguf_reader
 from kt_kernel.checkpoint.gguf import GGUFCheckpoint, GGUFError, open_gguf
+from kt_kernel.formats import all_formats
 
 E, H, I, TOPK = 4, 256, 512, 2
 LAYERS = (1, 2)
@@ -22,14 +27,14 @@ EVERY_FORMAT = {t: t.lower().replace("_k", "_K") for t in SUPPORTED}
 
 
 def gguf_formats() -> dict:
-    return gguf_reader.gguf_formats()
+    return gguf_reader.ggml_type_formats()
 
 
 @pytest.fixture
 def every_type(monkeypatch):
     """The reader's tests of the container take every type of SUPPORTED, whichever formats this
     build registers (those it lacks are refused at load, by the same check)."""
-    monkeypatch.setattr(gguf_reader, "gguf_formats", lambda: dict(EVERY_FORMAT))
+    monkeypatch.setattr(gguf_reader, "ggml_type_formats", lambda: dict(EVERY_FORMAT))
 
 
 @pytest.fixture
@@ -115,7 +120,7 @@ def test_every_supported_type(tmp_path, rng, ggml_type, every_type):
 
 def test_format_table():
     """Each supported ggml type maps to the kt format of its ggml spelling (bf16 the existing one):
-    all of them from the reader's table, or those this build registers from the format records."""
+    those this build registers, from the format records."""
     table = gguf_formats()
     assert {"Q8_0", "F16", "F32", "BF16"} <= set(table) <= set(SUPPORTED)
     assert table == {t: EVERY_FORMAT[t] for t in table}
@@ -226,7 +231,6 @@ def test_truncated(tmp_path, rng, keep):
 
 
 def test_big_endian(tmp_path, rng):
-    from gguf import GGUFEndian
     f = _write(tmp_path / "be.gguf", _model(rng), endianess=GGUFEndian.BIG)
     _raises(f, "other byte order")
 
@@ -282,7 +286,6 @@ def test_fused_gate_up_named(tmp_path, rng):
 
 @pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "MXFP4", "Q8_1"])
 def test_unsupported_type(tmp_path, rng, ggml_type, every_type):
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     tensors = _model(rng)
     _, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
     block = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]][0]
@@ -353,19 +356,15 @@ def test_missing_path(tmp_path):
     _raises(tmp_path / "nope.gguf", "does not exist")
 
 
-def test_layer_arrays(tmp_path, rng, every_type):
-    """One array per projection, under the part name of its format's one array."""
-    from kt_kernel import _ext
-    records = {r["name"]: r for r in _ext.formats()}
-    tensors = _model(rng, ("Q4_K", "Q4_K", "BF16"))
+@pytest.mark.parametrize("down, part", [("BF16", "qweight"), ("F16", "values"), ("Q8_0", "blocks")])
+def test_layer_arrays(tmp_path, rng, down, part):
+    """One array per projection, under the part name of its format's one array (bf16: the
+    existing format's "qweight")."""
+    tensors = _model(rng, ("Q8_0", "Q8_0", down))
     r = open_gguf(_write(tmp_path / "m.gguf", tensors))
-    want = {}
-    for proj, t in zip(("gate", "up", "down"), r.projections(1)):
-        want[proj] = records[t.format]["arrays"][0]["part"] if t.format in records else "blocks"
-    assert want["down"] == "qweight"  # bf16: the existing format's array
     with r.layer_arrays(1, {0, 1}) as arrays:
-        assert set(arrays) == set(want.items())
-        np.testing.assert_array_equal(arrays[("down", "qweight")], tensors["blk.1.ffn_down_exps.weight"][1])
+        assert set(arrays) == {("gate", "blocks"), ("up", "blocks"), ("down", part)}
+        np.testing.assert_array_equal(arrays[("down", part)], tensors["blk.1.ffn_down_exps.weight"][1])
 
 
 def test_reader_class_direct(tmp_path, rng):
@@ -379,7 +378,6 @@ def test_reader_class_direct(tmp_path, rng):
 def test_split_set_written_by_gguf(tmp_path, rng, every_type):
     """A split set as gguf's own writer (split_max_tensors, llama.cpp's convert script) names and
     numbers it."""
-    from gguf import GGMLQuantizationType, GGUFWriter
     tensors = _model(rng, ("Q4_K", "Q4_K", "Q6_K"))
     w = GGUFWriter(tmp_path / "model.gguf", ARCH, split_max_tensors=4)
     for k, v in model_meta(E, H, I, TOPK).items():
@@ -399,26 +397,25 @@ def test_split_set_written_by_gguf(tmp_path, rng, every_type):
 
 # ---- end to end: KTMoEWrapper(method="LLAMAFILE") on a GGUF file ----------------------------
 
-def _llamafile_ready() -> bool:
-    from kt_kernel import _ext
-    return "gguf_type" in _ext.formats()[0]
-
-
-needs_core = pytest.mark.skipif(not _llamafile_ready(), reason="the native layer has no GGUF formats yet")
 
 # gate/up type, down type of the end-to-end runs (those the build registers run)
 E2E_TYPES = [("Q8_0", "Q8_0"), ("Q4_K", "Q6_K"), ("Q6_K", "Q8_0"), ("Q4_0", "Q8_0"), ("IQ4_XS", "Q5_K"),
-             ("F16", "F32"), ("BF16", "F16")]
+             ("F16", "F32"), ("Q8_0", "F16"),
+             # the native layer refuses format bf16 (whose record's method is BF16) under method
+             # LLAMAFILE although its record has gguf_type 30; reported to the core's owner
+             pytest.param(("BF16", "F16"), marks=pytest.mark.xfail(raises=ValueError, strict=True,
+                                                                   reason="bf16 belongs to method BF16"))]
 E2E_E, E2E_TOPK = 8, 3
 
 
 def _rel_bound(types) -> float:
-    """The larger layer_rel_err of the two formats' records: their bound against fp32 weights,
-    which includes their activation rounding (~1% for the q8 blocks), and more than bounds the
-    error against the dequantized weights measured here."""
-    from kt_kernel import _ext
-    records = {r["name"]: r for r in _ext.formats()}
-    return max(records[gguf_formats()[t]]["layer_rel_err"] for t in types)
+    """||out - ref|| / ||ref|| against the float64 reference on gguf's dequantized weights (x in
+    bf16, no activation rounding emulated): formats whose kernels read q8 activation blocks
+    (int_dot: x and h rounded to 8 bits per block of 32 or 256) measure 0.8-1.2% on these
+    weights, bound 3%; float formats (fp32 activations) only the bf16 output's 0.2%, bound 1%.
+    A wiring mistake (another expert, projection or format) is off by 30% or more."""
+    records = {r["name"]: r for r in all_formats()}
+    return 0.03 if any(records[gguf_formats()[t]]["int_dot"] for t in types) else 0.01
 
 
 def _e2e_file(tmp_path, types, seed=0):
@@ -430,13 +427,11 @@ def _e2e_file(tmp_path, types, seed=0):
 
 
 def _wrapper(path, num_experts=E2E_E, **kw):
-    from kt_kernel import KTMoEWrapper
     return KTMoEWrapper(layer_idx=1, num_experts=num_experts, num_experts_per_tok=E2E_TOPK, hidden_size=H,
                         moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(path), method="LLAMAFILE", **kw)
 
 
 def _inputs(M, slots, seed=1):
-    import torch
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(M, H, generator=g).to(torch.bfloat16)
     ids = torch.stack([torch.randperm(slots, generator=g)[:E2E_TOPK] for _ in range(M)])
@@ -445,14 +440,11 @@ def _inputs(M, slots, seed=1):
 
 
 def _rel(out, ref) -> float:
-    import torch
     return float(torch.linalg.norm(out.double() - ref) / torch.linalg.norm(ref))
 
 
-@needs_core
-@pytest.mark.parametrize("types", E2E_TYPES, ids=lambda t: "-".join(t))
+@pytest.mark.parametrize("types", E2E_TYPES, ids=lambda t: "-".join(t) if isinstance(t, tuple) else None)
 def test_llamafile_forward(tmp_path, types):
-    import reference
     if any(t not in gguf_formats() for t in types):
         pytest.skip(f"{types} not all registered in this build: {', '.join(gguf_formats())}")
     f, (gate, up, down) = _e2e_file(tmp_path, types)
@@ -466,11 +458,8 @@ def test_llamafile_forward(tmp_path, types):
         assert _rel(out, ref) < _rel_bound(types), (types, M, _rel(out, ref))
 
 
-@needs_core
 def test_llamafile_physical_to_logical_map(tmp_path):
     """Slot p runs logical expert pmap[p] of the file: 6 slots over 8 logical experts, one twice."""
-    import reference
-    import torch
     types = ("Q8_0", "Q8_0")
     f, (gate, up, down) = _e2e_file(tmp_path, types, seed=3)
     pmap = torch.tensor([5, 0, 7, 2, 5, 3])
@@ -484,9 +473,7 @@ def test_llamafile_physical_to_logical_map(tmp_path):
     assert _rel(out, identity) > 0.2
 
 
-@needs_core
 def test_llamafile_gpu_experts_not_loaded(tmp_path):
-    import reference
     types = ("Q8_0", "Q8_0")
     f, (gate, up, down) = _e2e_file(tmp_path, types, seed=4)
     full = _wrapper(f)
@@ -500,9 +487,7 @@ def test_llamafile_gpu_experts_not_loaded(tmp_path):
     assert _rel(out, ref) < _rel_bound(types)
 
 
-@needs_core
 def test_llamafile_split_set_and_folder(tmp_path):
-    import reference
     rng = np.random.default_rng(5)
     tensors = expert_tensors(rng, E2E_E, H, I, LAYERS, ("Q8_0",) * 3)
     write_split(tmp_path, "moe", tensors, model_meta(E2E_E, H, I, E2E_TOPK), shards=2)
@@ -515,10 +500,7 @@ def test_llamafile_split_set_and_folder(tmp_path):
         assert _rel(layer.forward(x, ids, w), ref) < _rel_bound(("Q8_0",))
 
 
-@needs_core
 def test_llamafile_errors(tmp_path):
-    import torch
-    from kt_kernel import KTMoEWrapper
     f, _ = _e2e_file(tmp_path, ("Q8_0", "Q8_0"))
     with pytest.raises(ValueError, match="method LLAMAFILE runs the experts of a GGUF file.*no weight_path"):
         KTMoEWrapper(layer_idx=1, num_experts=E2E_E, num_experts_per_tok=E2E_TOPK, hidden_size=H,

@@ -30,27 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import gguf
 import numpy as np
 
-from kt_kernel import _ext
 from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.formats import GGUF_METHOD as METHOD, all_formats, gguf_formats
 
-__all__ = ["METHOD", "GGUFError", "GGUFCheckpoint", "GGUFTensor", "open_gguf", "is_gguf", "gguf_formats",
+__all__ = ["METHOD", "GGUFError", "GGUFCheckpoint", "GGUFTensor", "open_gguf", "is_gguf", "ggml_type_formats",
            "PROJ_TENSORS"]
-
-METHOD = "LLAMAFILE"  # the wrapper's method for GGUF experts: each projection in its file's format
 
 # ggml tensor name of each projection (0 gate, 1 up, 2 down) of layer L's routed experts
 PROJ_TENSORS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
-
-# ggml type name -> kt format name. The one place this mapping lives until the native format
-# records carry "gguf_type" (the ggml type id, -1 for formats of ours); gguf_formats() then reads
-# the records instead and this table goes.
-_GGML_TO_FORMAT = {
-    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
-    "Q2_K": "q2_K", "Q3_K": "q3_K", "Q4_K": "q4_K", "Q5_K": "q5_K", "Q6_K": "q6_K",
-    "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "BF16": "bf16", "F16": "f16", "F32": "f32",
-}
 
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -60,21 +50,10 @@ class GGUFError(ConversionError):
     the tensor or metadata key."""
 
 
-def _gguf():
-    """The gguf package, imported when a GGUF file is first read (it is a dependency, but only
-    GGUF users pay its import)."""
-    import gguf
-    return gguf
-
-
-def gguf_formats() -> dict:
+def ggml_type_formats() -> dict:
     """{ggml type name: kt format name} of the ggml types whose blocks the kernels read as they
-    are: from the native format records' "gguf_type" when they have it, else the table above."""
-    records = _ext.formats()
-    if records and "gguf_type" in records[0]:
-        names = _gguf().GGMLQuantizationType
-        return {names(r["gguf_type"]).name: r["name"] for r in records if r["gguf_type"] >= 0}
-    return dict(_GGML_TO_FORMAT)
+    are: the format records' ``gguf_type`` (Q4_K -> q4_K, ..., BF16 -> bf16)."""
+    return {gguf.GGMLQuantizationType(r["gguf_type"]).name: r["name"] for r in gguf_formats()}
 
 
 @dataclass(frozen=True)
@@ -92,8 +71,6 @@ def _bounded_reader_class():
     """gguf.GGUFReader whose reads past the end of the file raise. The stock reader slices its
     memory map, so a truncated or damaged file gives short arrays: an IndexError somewhere, a
     reshape error, or (an array length field of 2**60) a loop that never ends."""
-    gguf = _gguf()
-
     class BoundedReader(gguf.GGUFReader):
         def _get(self, offset, dtype, count=1, *args, **kwargs):
             end = int(offset) + np.dtype(dtype).itemsize * int(count)
@@ -132,7 +109,7 @@ def _field(reader, key: str):
     f = reader.get_field(key)
     if f is None:
         return None
-    string = _gguf().GGUFValueType.STRING
+    string = gguf.GGUFValueType.STRING
     values = [bytes(f.parts[i]).decode("utf-8", "replace") if f.types[-1] == string else f.parts[i][0].item()
               for i in f.data]
     return values if len(f.types) > 1 else values[0]
@@ -289,8 +266,7 @@ class GGUFCheckpoint:
         """[gate, up, down] of ``layer`` as GGUFTensor views, each checked against the metadata:
         three dimensions [E, N, K] as the metadata's expert count, hidden and expert sizes say, a
         supported ggml type, whole blocks per row; gate and up of one type."""
-        supported = gguf_formats()
-        gguf = _gguf()
+        supported = ggml_type_formats()
         E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
         out = []
         for j in range(3):
@@ -355,10 +331,10 @@ class GGUFCheckpoint:
         (part "blocks" of a block format, the values of bf16 / f16 / f32), which is the file's
         bytes, here a zero-copy uint8 [E, N, row_bytes] view of the mapped file. ``experts`` is not
         needed: nothing is verified, and the map stays open (the reader is cached)."""
-        records = {r["name"]: r for r in _ext.formats()}
+        records = {r["name"]: r for r in all_formats()}
         arrays = {}
         for proj, t in zip(("gate", "up", "down"), self.projections(layer)):
-            parts = [a["part"] for a in records[t.format]["arrays"]] if t.format in records else ["blocks"]
+            parts = [a["part"] for a in records[t.format]["arrays"]]
             if len(parts) != 1:
                 raise GGUFError(f"format {t.format} has arrays {parts}; a GGUF tensor is one array of blocks")
             arrays[(proj, parts[0])] = t.blocks
