@@ -67,23 +67,21 @@ class GGUFTensor:
     blocks: np.ndarray
 
 
-def _bounded_reader_class():
-    """gguf.GGUFReader whose reads past the end of the file raise. The stock reader slices its
-    memory map, so a truncated or damaged file gives short arrays: an IndexError somewhere, a
-    reshape error, or (an array length field of 2**60) a loop that never ends."""
-    class BoundedReader(gguf.GGUFReader):
-        def _get(self, offset, dtype, count=1, *args, **kwargs):
-            end = int(offset) + np.dtype(dtype).itemsize * int(count)
-            if end > len(self.data):
-                raise _PastEnd(int(offset), end, len(self.data))
-            return super()._get(offset, dtype, count, *args, **kwargs)
-
-    return BoundedReader
-
-
 class _PastEnd(ValueError):
     def __init__(self, start, end, size):
         super().__init__(f"bytes {start}..{end} lie past its end ({size} bytes): the file is truncated or damaged")
+
+
+class _BoundedReader(gguf.GGUFReader):
+    """gguf.GGUFReader whose reads past the end of the file raise. The stock reader slices its
+    memory map, so a truncated or damaged file gives short arrays: an IndexError somewhere, a
+    reshape error, or (an array length field of 2**60) a loop that never ends."""
+
+    def _get(self, offset, dtype, count=1, *args, **kwargs):
+        end = int(offset) + np.dtype(dtype).itemsize * int(count)
+        if end > len(self.data):
+            raise _PastEnd(int(offset), end, len(self.data))
+        return super()._get(offset, dtype, count, *args, **kwargs)
 
 
 def _open_file(file: Path):
@@ -96,7 +94,7 @@ def _open_file(file: Path):
     if magic != b"GGUF":
         raise GGUFError(f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
-        return _bounded_reader_class()(file, "r")
+        return _BoundedReader(file, "r")
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, OSError, UnicodeDecodeError) as e:
         # the reader's own errors: a bad version, duplicate keys or tensors, an unknown ggml type
         # id or value type, a truncated header (past the end)
