@@ -520,3 +520,20 @@ def test_llamafile_errors(tmp_path):
                          moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(f), method="BF16")
     with pytest.raises(GGUFError, match="load it with method='LLAMAFILE'"):
         other.load_weights()
+
+
+def test_llamafile_gpu_mask_edit_reloads(tmp_path):
+    """sglang-kt moves experts by editing gpu_experts_mask in place: the layer is rebuilt with the
+    file's formats and reloaded from the GGUF file."""
+    types = ("Q8_0", "F16")
+    f, (gate, up, down) = _e2e_file(tmp_path, types, seed=6)
+    layer = _wrapper(f, num_gpu_experts=3)
+    layer.load_weights()
+    mask = torch.zeros(E2E_E, dtype=torch.bool)
+    mask[5:] = True
+    layer.gpu_experts_mask.copy_(mask)
+    x, ids, w = _inputs(16, E2E_E)
+    out = layer.forward(x, ids, w)
+    assert (layer._layer.format, layer._layer.down_format) == ("q8_0", "f16")
+    ref = reference.moe_forward(x, ids, w, gate, up, down, gpu_mask=mask.tolist())
+    assert _rel(out, ref) < _rel_bound(types)
