@@ -21,9 +21,11 @@ _FP16_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_XS": (0,),
 }
-# magnitude of those fields, so that weights come out near +-0.1 (the K-quants' d multiplies a
-# 4..8-bit sub-block scale, the 32-weight types' d a 4..8-bit quant)
-_SCALE = {"Q2_K": 3e-3, "Q3_K": 1e-3, "Q4_K": 1e-3, "Q5_K": 5e-4, "Q6_K": 3e-4, "IQ4_XS": 1e-3, "Q8_0": 1e-3}
+# magnitude of those fields, so that weights come out with rms 0.03-0.06 (measured) in every
+# type: the K-quants' d multiplies a 4..8-bit sub-block scale and a 2..6-bit quant, the 32-weight
+# types' d a 4..8-bit quant (iq4's a table value up to 127); some d are fp16 subnormals, as files have
+_SCALE = {"Q4_0": 1e-2, "Q4_1": 1e-2, "Q5_0": 5e-3, "Q5_1": 2.5e-3, "Q8_0": 1e-3, "IQ4_NL": 1e-3,
+          "Q2_K": 3e-3, "Q3_K": 1e-3, "Q4_K": 2.5e-4, "Q5_K": 1.2e-4, "Q6_K": 6e-5, "IQ4_XS": 6e-5}
 
 PROJ = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
@@ -43,7 +45,7 @@ def random_blocks(rng: np.random.Generator, ggml_type: str, shape: tuple) -> np.
         return v.view(np.uint8)
     n = int(np.prod(outer)) * (K // block)
     raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    scale = _SCALE.get(ggml_type, 1e-2)
+    scale = _SCALE[ggml_type]
     for off in _FP16_FIELDS[ggml_type]:
         raw[:, off:off + 2] = (rng.uniform(0.25, 1.0, n) * scale).astype(np.float16).view(np.uint8).reshape(n, 2)
     return raw.reshape(*outer, K // block * size)
