@@ -32,6 +32,6 @@ def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int) -
     """Packs a layer's logical arrays, ``(proj, part) -> np.ndarray [E, ...]``, as they are; the
     pages of mapped arrays are dropped once packed (their bytes are then in the packed copy)."""
     # a GGUF layer may store down in another format than gate and up
-    formats = (native.format, native.format, getattr(native, "down_format", native.format))
+    formats = (native.format, native.format, native.down_format)
     native.load_quantized([[arrays[(p, a["part"])].ctypes.data for a in format_record(f)["arrays"]]
                            for p, f in zip(PROJ, formats)], pmap.data_ptr(), num_experts, drop_pages=True)

@@ -297,10 +297,9 @@ class KTMoEWrapper:
         self._place_as_masked()
         # a GGUF path under another method: its reader's check_layer names LLAMAFILE
         reader = open_gguf(self.weight_path) if gguf else open_checkpoint(self.weight_path)
-        if gguf and reader.layer_formats(self.layer_idx) != self._formats:
-            raise ValueError(f"layer {self.layer_idx}: {self.weight_path} now stores the experts as "
-                             f"{reader.layer_formats(self.layer_idx)}, not {self._formats} as when this wrapper was "
-                             "made (the file changed); make a new KTMoEWrapper")
+        if gguf and (now := reader.layer_formats(self.layer_idx)) != self._formats:
+            raise ValueError(f"layer {self.layer_idx}: {self.weight_path} now stores the experts as {now}, not "
+                             f"{self._formats} as when this wrapper was made (the file changed); make a new KTMoEWrapper")
         # float weights are quantized at load, and cpu_save keeps them; a converted folder is loaded as it is
         save = self._save_folder(from_checkpoint=True) if reader.stored_method is None else None
         load_layer(self._layer, self._load_target(), reader, pmap, save)

@@ -537,3 +537,12 @@ def test_llamafile_gpu_mask_edit_reloads(tmp_path):
     assert (layer._layer.format, layer._layer.down_format) == ("q8_0", "f16")
     ref = reference.moe_forward(x, ids, w, gate, up, down, gpu_mask=mask.tolist())
     assert _rel(out, ref) < _rel_bound(types)
+
+
+def test_llamafile_file_changed_after_construction(tmp_path):
+    f, _ = _e2e_file(tmp_path, ("Q8_0", "Q8_0"))
+    layer = _wrapper(f)
+    _e2e_file(tmp_path, ("Q8_0", "F16"))  # rewritten in place with another down type
+    os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"now stores the experts as \('q8_0', 'f16'\), not \('q8_0', 'q8_0'\)"):
+        layer.load_weights()
