@@ -2,8 +2,9 @@
 three expert tensors of each MoE layer in chosen ggml types filled with random valid blocks, and
 split sets whose split.* keys are written here (as llama.cpp's gguf-split writes them).
 
-Random valid blocks are random bytes whose fp16 fields (the scales and mins) are set to finite
-values; float types get random values. gguf.quants.dequantize reads them back (the truth).
+Random valid blocks come from gguf_reference (random bytes whose fp16 fields, the scales and mins,
+are finite; random values for the float types), scaled per type here; gguf.quants.dequantize
+reads them back (the truth).
 """
 from __future__ import annotations
 
@@ -11,44 +12,35 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize
+
+import gguf_reference as gr
 
 ARCH = "qwen3moe"
 
-# byte offsets of the fp16 fields (d, and dmin / m where the type has one) in one block
-_FP16_FIELDS = {
-    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
-    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_XS": (0,),
-}
-# magnitude of those fields, so that weights come out with rms 0.03-0.06 (measured) in every
-# type: the K-quants' d multiplies a 4..8-bit sub-block scale and a 2..6-bit quant, the 32-weight
-# types' d a 4..8-bit quant (iq4's a table value up to 127); some d are fp16 subnormals, as files have
-_SCALE = {"Q4_0": 1e-2, "Q4_1": 1e-2, "Q5_0": 5e-3, "Q5_1": 2.5e-3, "Q8_0": 1e-3, "IQ4_NL": 1e-3,
-          "Q2_K": 3e-3, "Q3_K": 1e-3, "Q4_K": 2.5e-4, "Q5_K": 1.2e-4, "Q6_K": 6e-5, "IQ4_XS": 6e-5}
+# the fp16 fields' magnitude per type (gguf_reference.fp16_scales: up to this, log-uniform over 4
+# octaves below, a quarter subnormal), so that weights come out with rms 0.03-0.07 (measured) in
+# every type: the K-quants' d multiplies a 4..8-bit sub-block scale and a 2..6-bit quant, the
+# 32-weight types' d a 4..8-bit quant (iq4's a table value up to 127); float types: std 4 * scale (0.1)
+_SCALE = {"Q4_0": 2e-2, "Q4_1": 2e-2, "Q5_0": 1e-2, "Q5_1": 5e-3, "Q8_0": 2e-3, "IQ4_NL": 2e-3,
+          "Q2_K": 6e-3, "Q3_K": 2e-3, "Q4_K": 5e-4, "Q5_K": 2.5e-4, "Q6_K": 1.2e-4, "IQ4_XS": 1.2e-4,
+          "BF16": 2.5e-2, "F16": 2.5e-2, "F32": 2.5e-2}
 
 PROJ = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 
+def kt_format(ggml_type: str) -> str:
+    """The kt format name of a ggml type name (Q4_K -> q4_K)."""
+    return ggml_type.lower().replace("_k", "_K")
+
+
 def random_blocks(rng: np.random.Generator, ggml_type: str, shape: tuple) -> np.ndarray:
-    """uint8 [..., row_bytes] of random valid blocks for logical ``shape`` [..., K] of ``ggml_type``."""
-    qtype = GGMLQuantizationType[ggml_type]
-    block, size = GGML_QUANT_SIZES[qtype]
+    """uint8 [..., row_bytes] of random valid blocks (gguf_reference.random_blocks) for logical
+    ``shape`` [..., K] of ``ggml_type``."""
     *outer, K = shape
-    assert K % block == 0, (ggml_type, K)
-    if ggml_type in ("F32", "F16", "BF16"):
-        v = (rng.standard_normal(shape) * 0.1).astype(np.float32)
-        if ggml_type == "F16":
-            return v.astype(np.float16).view(np.uint8)
-        if ggml_type == "BF16":
-            return (v.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
-        return v.view(np.uint8)
-    n = int(np.prod(outer)) * (K // block)
-    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    scale = _SCALE[ggml_type]
-    for off in _FP16_FIELDS[ggml_type]:
-        raw[:, off:off + 2] = (rng.uniform(0.25, 1.0, n) * scale).astype(np.float16).view(np.uint8).reshape(n, 2)
-    return raw.reshape(*outer, K // block * size)
+    rows = gr.random_blocks(kt_format(ggml_type), int(np.prod(outer)), K, rng, scale=_SCALE[ggml_type])
+    return rows.reshape(*outer, rows.shape[-1])
 
 
 def dequantized(blocks: np.ndarray, ggml_type: str) -> np.ndarray:

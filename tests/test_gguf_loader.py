@@ -11,7 +11,8 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFWriter
 
 import reference
-from gguf_files import ARCH, PROJ, dequantized, expert_tensors, model_meta, random_blocks, write_gguf, write_split
+from gguf_files import (ARCH, PROJ, dequantized, expert_tensors, kt_format, model_meta, random_blocks, write_gguf,
+                        write_split)
 from kt_kernel import KTMoEWrapper
 from kt_kernel.checkpoint import ConversionError, open_checkpoint
 from kt_kernel.checkpoint import gguf as gguf_reader
@@ -23,7 +24,7 @@ LAYERS = (1, 2)
 # the ggml types method LLAMAFILE is to run (issue 20), each read by the kt format of its spelling
 SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
              "BF16", "F16", "F32")
-EVERY_FORMAT = {t: t.lower().replace("_k", "_K") for t in SUPPORTED}
+EVERY_FORMAT = {t: kt_format(t) for t in SUPPORTED}
 
 
 def gguf_formats() -> dict:
