@@ -1,0 +1,73 @@
+// q4_K: 256 weights in 8 sub-blocks of 32, 4-bit q, a 6-bit scale and a 6-bit min per sub-block
+// against the fp16 super-block scales d and dmin (4.5 bits per weight). BlockQ4_K, 144 bytes:
+//
+//   d, dmin     fp16
+//   scales[12]  8 pairs (sc_j, m_j) of 6 bits (q4K_scale_min in kt/gguf_blocks.h):
+//                 byte  0..3   sc_0..3  | high 2 bits of sc_4..7 << 6
+//                 byte  4..7   m_0..3   | high 2 bits of m_4..7  << 6
+//                 byte  8..11  low 4 bits of sc_4..7 | low 4 bits of m_4..7 << 4
+//   qs[128]     four chunks of 32 bytes, 64 weights each; in chunk c, byte l holds
+//                 q[64c + l] (low nibble, sub-block 2c)  |  q[64c + 32 + l] << 4 (high nibble, sub-block 2c + 1)
+//
+//   w[k] = d * sc_j * q[k] - dmin * m_j      j = k / 32   (ggml: d1 * q - m1, d1 = d * sc, m1 = dmin * m)
+#include "formats/gguf_format.h"
+#include "formats/kquant_fit.h"
+
+namespace kt {
+namespace {
+
+int q4K_q(const BlockQ4_K& b, int k) { return (b.qs[32 * (k / 64) + k % 32] >> 4 * (k % 64 / 32)) & 15; }
+
+}  // namespace
+
+void dequantize_block(const BlockQ4_K& b, float* out) {
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    q4K_scale_min(j, b.scales, &sc, &m);
+    const float d1 = d * float(sc), m1 = dmin * float(m);
+    for (int k = 32 * j; k < 32 * j + 32; ++k) out[k] = d1 * float(q4K_q(b, k)) - m1;
+  }
+}
+
+void quantize_block(const float* x, BlockQ4_K* b) {
+  kquant::ScaleMin f[8];
+  float smax = 0.f, mmax = 0.f;
+  for (int j = 0; j < 8; ++j) {
+    f[j] = kquant::fit_scale_min(x + 32 * j, 32, /*nmax=*/15, /*nstep=*/20);
+    smax = std::max(smax, f[j].s), mmax = std::max(mmax, f[j].m);
+  }
+  b->d = kquant::to_f16(smax / 63.f), b->dmin = kquant::to_f16(mmax / 63.f);
+  const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+  std::fill(b->scales, b->scales + 12, uint8_t(0));
+  std::fill(b->qs, b->qs + 128, uint8_t(0));
+  for (int j = 0; j < 8; ++j) {
+    const int sc = kquant::int_scale(f[j].s, d, 0, 63), m = kquant::int_scale(f[j].m, dmin, 0, 63);
+    kquant::q4K_set_scale_min(j, sc, m, b->scales);
+    const float d1 = d * float(sc), m1 = dmin * float(m);
+    for (int k = 32 * j; k < 32 * j + 32; ++k) {
+      const int q = d1 > 0.f ? kquant::clampi(kquant::nearest((x[k] + m1) / d1), 0, 15) : 0;
+      b->qs[32 * (k / 64) + k % 32] |= uint8_t(q << 4 * (k % 64 / 32));
+    }
+  }
+}
+
+// sum_k w[k] * a.d * a.q[k] = d a.d sum_j sc_j (sum_{k in j} q[k] a.q[k])
+//                            - dmin a.d sum_j m_j (bsums[2j] + bsums[2j + 1])
+float dot_block(const BlockQ4_K& b, const ActQ8x256& a) {
+  int32_t isum = 0, msum = 0;
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    q4K_scale_min(j, b.scales, &sc, &m);
+    int32_t s = 0;
+    for (int k = 32 * j; k < 32 * j + 32; ++k) s += q4K_q(b, k) * a.q[k];
+    isum += sc * s;
+    msum += m * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
+  }
+  const float d = f16_to_f32(b.d) * a.d, dmin = f16_to_f32(b.dmin) * a.d;
+  return d * float(isum) - dmin * float(msum);
+}
+
+KT_GGUF_FORMAT(q4_K, BlockQ4_K)
+
+}  // namespace kt
