@@ -38,22 +38,27 @@ void quantize_block(const float* x, BlockIq4Xs* b) {
   const kquant::Levels L{kIq4Values, /*lo=*/0, /*n=*/16};
   float s[8];
   for (int j = 0; j < 8; ++j) s[j] = kquant::fit_scale_sym(x + 32 * j, 32, L, /*nstep=*/10);
-  b->d = kquant::to_f16(kquant::signed_max(s, 8) / -32.f);
-  const float d = f16_to_f32(b->d);
-  uint16_t scales_h = 0;
-  std::fill(b->scales_l, b->scales_l + 4, uint8_t(0));
-  std::fill(b->qs, b->qs + 128, uint8_t(0));
-  for (int j = 0; j < 8; ++j) {
-    const int ls = kquant::int_scale(s[j], d, -32, 31), u = ls + 32;
-    b->scales_l[j / 2] |= uint8_t((u & 15) << 4 * (j % 2));
-    scales_h |= uint16_t((u >> 4) << 2 * j);
-    const float dl = d * float(ls);
-    for (int k = 32 * j; k < 32 * j + 32; ++k) {
-      const int idx = dl != 0.f ? L.index(x[k] / dl) : 8;  // kIq4Values[8] = 1, nearest 0
-      b->qs[16 * j + k % 16] |= uint8_t(idx << 4 * (k % 32 / 16));
+  uint16_t dc[8];
+  const uint16_t no_min = 0;
+  const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 8), -32.f, dc);
+  kquant::encode_best(x, dc, nd, &no_min, 1, b, [&](uint16_t d16, uint16_t, BlockIq4Xs* o) {
+    o->d = d16;
+    const float d = f16_to_f32(d16);
+    uint16_t scales_h = 0;
+    std::fill(o->scales_l, o->scales_l + 4, uint8_t(0));
+    std::fill(o->qs, o->qs + 128, uint8_t(0));
+    for (int j = 0; j < 8; ++j) {
+      const int ls = kquant::int_scale(s[j], d, -32, 31), u = ls + 32;
+      o->scales_l[j / 2] |= uint8_t((u & 15) << 4 * (j % 2));
+      scales_h |= uint16_t((u >> 4) << 2 * j);
+      const float dl = d * float(ls);
+      for (int k = 32 * j; k < 32 * j + 32; ++k) {
+        const int idx = dl != 0.f ? L.index(x[k] / dl) : 8;  // kIq4Values[8] = 1, nearest 0
+        o->qs[16 * j + k % 16] |= uint8_t(idx << 4 * (k % 32 / 16));
+      }
     }
-  }
-  b->scales_h = scales_h;
+    o->scales_h = scales_h;
+  });
 }
 
 // sum_k w[k] * a.d * a.q[k] = d a.d sum_j ls_j (sum_{k in j} kIq4Values[idx[k]] a.q[k])

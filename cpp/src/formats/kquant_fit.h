@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kt/formats.h"
 
@@ -121,6 +122,38 @@ inline float signed_max(const float* s, int n) {
   for (int j = 0; j < n; ++j)
     if (std::fabs(s[j]) > std::fabs(m)) m = s[j];
   return m;
+}
+
+// ---- the super-block scales ---------------------------------------------------------------------
+
+// Candidates for the fp16 super-block scale that maps the largest sub-block scale smax to the integer
+// scale top (63, 15, -32, -128): smax / top, and where that is subnormal in fp16 (few significant
+// bits, or 0: blocks of tiny weights) also smax / (top / 2^i) while |top / 2^i| >= 1: coarser
+// integer scales but a d that fp16 holds. Writes at most 8 to out; returns the count.
+inline int super_scale_candidates(float smax, float top, uint16_t* out) {
+  int n = 0;
+  out[n++] = smax != 0.f ? to_f16(smax / top) : 0;  // 0, not -0, for a zero block
+  if ((out[0] & 0x7c00u) == 0 && smax != 0.f)
+    for (float t = top / 2.f; std::fabs(t) >= 1.f; t /= 2.f) out[n++] = to_f16(smax / t);
+  return n;
+}
+
+// encode(d, dmin, &block) for each candidate pair; *b gets the block of least squared error (as
+// dequantize_block decodes it). One candidate each (the usual case): encoded once, not measured.
+template <class Block, class Encode>
+void encode_best(const float* x, const uint16_t* dc, int nd, const uint16_t* mc, int nm, Block* b, Encode encode) {
+  if (nd == 1 && nm == 1) return encode(dc[0], mc[0], b);
+  double best = std::numeric_limits<double>::infinity();
+  Block tmp;
+  float y[Block::kK];
+  for (int i = 0; i < nd; ++i)
+    for (int j = 0; j < nm; ++j) {
+      encode(dc[i], mc[j], &tmp);
+      dequantize_block(tmp, y);
+      double e = 0;
+      for (int k = 0; k < Block::kK; ++k) e += (double(x[k]) - y[k]) * (double(x[k]) - y[k]);
+      if (e < best) best = e, *b = tmp;
+    }
 }
 
 // The inverse of q4K_scale_min (kt/gguf_blocks.h): 6-bit sc and m of sub-block j into the 12 scale

@@ -29,20 +29,24 @@ void quantize_block(const float* x, BlockQ2_K* b) {
     f[j] = kquant::fit_scale_min(x + 16 * j, 16, /*nmax=*/3, /*nstep=*/15);
     smax = std::max(smax, f[j].s), mmax = std::max(mmax, f[j].m);
   }
-  b->d = kquant::to_f16(smax / 15.f), b->dmin = kquant::to_f16(mmax / 15.f);
-  const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
-  float dl[16], ml[16];
-  for (int j = 0; j < 16; ++j) {
-    const int sc = kquant::int_scale(f[j].s, d, 0, 15), m = kquant::int_scale(f[j].m, dmin, 0, 15);
-    b->scales[j] = uint8_t(sc | m << 4);
-    dl[j] = d * float(sc), ml[j] = dmin * float(m);
-  }
-  std::fill(b->qs, b->qs + 64, uint8_t(0));
-  for (int k = 0; k < kQK; ++k) {
-    const int j = k / 16, h = k / 128, s = k % 128 / 32, l = k % 32;
-    const int q = dl[j] > 0.f ? kquant::clampi(kquant::nearest((x[k] + ml[j]) / dl[j]), 0, 3) : 0;
-    b->qs[32 * h + l] |= uint8_t(q << 2 * s);
-  }
+  uint16_t dc[8], mc[8];
+  const int nd = kquant::super_scale_candidates(smax, 15.f, dc), nm = kquant::super_scale_candidates(mmax, 15.f, mc);
+  kquant::encode_best(x, dc, nd, mc, nm, b, [&](uint16_t d16, uint16_t dmin16, BlockQ2_K* o) {
+    o->d = d16, o->dmin = dmin16;
+    const float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
+    float dl[16], ml[16];
+    for (int j = 0; j < 16; ++j) {
+      const int sc = kquant::int_scale(f[j].s, d, 0, 15), m = kquant::int_scale(f[j].m, dmin, 0, 15);
+      o->scales[j] = uint8_t(sc | m << 4);
+      dl[j] = d * float(sc), ml[j] = dmin * float(m);
+    }
+    std::fill(o->qs, o->qs + 64, uint8_t(0));
+    for (int k = 0; k < kQK; ++k) {
+      const int j = k / 16, h = k / 128, s = k % 128 / 32, l = k % 32;
+      const int q = dl[j] > 0.f ? kquant::clampi(kquant::nearest((x[k] + ml[j]) / dl[j]), 0, 3) : 0;
+      o->qs[32 * h + l] |= uint8_t(q << 2 * s);
+    }
+  });
 }
 
 // sum_k w[k] * a.d * a.q[k] = d a.d sum_j sc_j (sum_{k in j} q[k] a.q[k]) - dmin a.d sum_j m_j bsums[j]

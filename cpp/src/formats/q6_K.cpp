@@ -35,22 +35,27 @@ void quantize_block(const float* x, BlockQ6_K* b) {
   const kquant::Levels L{nullptr, /*lo=*/-32, /*n=*/64};
   float s[16];
   for (int j = 0; j < 16; ++j) s[j] = kquant::fit_scale_sym(x + 16 * j, 16, L, /*nstep=*/10);
-  b->d = kquant::to_f16(kquant::signed_max(s, 16) / -128.f);
-  const float d = f16_to_f32(b->d);
-  float dl[16];
-  for (int j = 0; j < 16; ++j) {
-    const int sc = kquant::int_scale(s[j], d, -128, 127);
-    b->scales[j] = int8_t(sc);
-    dl[j] = d * float(sc);
-  }
-  std::fill(b->ql, b->ql + 128, uint8_t(0));
-  std::fill(b->qh, b->qh + 64, uint8_t(0));
-  for (int k = 0; k < kQK; ++k) {
-    const int j = k / 16, h = k / 128, sh = k % 128 / 32, l = k % 32;
-    const int u = (dl[j] != 0.f ? kquant::clampi(kquant::nearest(x[k] / dl[j]), -32, 31) : 0) + 32;  // 0..63
-    b->ql[64 * h + 32 * (sh & 1) + l] |= uint8_t((u & 15) << 4 * (sh >> 1));
-    b->qh[32 * h + l] |= uint8_t((u >> 4) << 2 * sh);
-  }
+  uint16_t dc[8];
+  const uint16_t no_min = 0;
+  const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 16), -128.f, dc);
+  kquant::encode_best(x, dc, nd, &no_min, 1, b, [&](uint16_t d16, uint16_t, BlockQ6_K* o) {
+    o->d = d16;
+    const float d = f16_to_f32(d16);
+    float dl[16];
+    for (int j = 0; j < 16; ++j) {
+      const int sc = kquant::int_scale(s[j], d, -128, 127);
+      o->scales[j] = int8_t(sc);
+      dl[j] = d * float(sc);
+    }
+    std::fill(o->ql, o->ql + 128, uint8_t(0));
+    std::fill(o->qh, o->qh + 64, uint8_t(0));
+    for (int k = 0; k < kQK; ++k) {
+      const int j = k / 16, h = k / 128, sh = k % 128 / 32, l = k % 32;
+      const int u = (dl[j] != 0.f ? kquant::clampi(kquant::nearest(x[k] / dl[j]), -32, 31) : 0) + 32;  // 0..63
+      o->ql[64 * h + 32 * (sh & 1) + l] |= uint8_t((u & 15) << 4 * (sh >> 1));
+      o->qh[32 * h + l] |= uint8_t((u >> 4) << 2 * sh);
+    }
+  });
 }
 
 // sum_k w[k] * a.d * a.q[k] = d a.d sum_j sc_j (sum_{k in j} u[k] a.q[k] - 32 bsums[j])
