@@ -43,21 +43,17 @@ void quantize_block(const float* x, BlockIq4Xs* b) {
   const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 8), -32.f, dc);
   kquant::encode_best(x, dc, nd, &no_min, 1, b, [&](uint16_t d16, uint16_t, BlockIq4Xs* o) {
     o->d = d16;
-    const float d = f16_to_f32(d16);
+    uint8_t idx[kQK];
     uint16_t scales_h = 0;
     std::fill(o->scales_l, o->scales_l + 4, uint8_t(0));
-    std::fill(o->qs, o->qs + 128, uint8_t(0));
     for (int j = 0; j < 8; ++j) {
-      const int ls = kquant::int_scale(s[j], d, -32, 31), u = ls + 32;
+      const int u = kquant::encode_scale(x + 32 * j, 32, L, s[j], f16_to_f32(d16), -32, 31, idx + 32 * j) + 32;
       o->scales_l[j / 2] |= uint8_t((u & 15) << 4 * (j % 2));
       scales_h |= uint16_t((u >> 4) << 2 * j);
-      const float dl = d * float(ls);
-      for (int k = 32 * j; k < 32 * j + 32; ++k) {
-        const int idx = dl != 0.f ? L.index(x[k] / dl) : 8;  // kIq4Values[8] = 1, nearest 0
-        o->qs[16 * j + k % 16] |= uint8_t(idx << 4 * (k % 32 / 16));
-      }
     }
     o->scales_h = scales_h;
+    std::fill(o->qs, o->qs + 128, uint8_t(0));
+    for (int k = 0; k < kQK; ++k) o->qs[16 * (k / 32) + k % 16] |= uint8_t(idx[k] << 4 * (k % 32 / 16));
   });
 }
 

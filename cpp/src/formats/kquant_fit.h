@@ -156,6 +156,57 @@ void encode_best(const float* x, const uint16_t* dc, int nd, const uint16_t* mc,
     }
 }
 
+// ---- integer scales and levels of one sub-block ------------------------------------------------
+
+// The integer scale and min of a sub-block against the decoded d and dmin, and its levels q: the
+// rounded pair and its neighbours (+-1 each, within 0..imax), each weight at its nearest level under
+// dl = d * sc, ml = dmin * m as dequantize_block forms them (w = dl * q - ml); least squared error wins.
+struct IntScaleMin {
+  int sc, m;
+};
+inline IntScaleMin encode_scale_min(const float* x, int n, int nmax, ScaleMin f, float d, float dmin, int imax,
+                                    uint8_t* q) {
+  const int sc0 = int_scale(f.s, d, 0, imax), m0 = int_scale(f.m, dmin, 0, imax);
+  IntScaleMin best{sc0, m0};
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int sc = std::max(sc0 - 1, 0); sc <= std::min(sc0 + 1, imax); ++sc)
+    for (int m = std::max(m0 - 1, 0); m <= std::min(m0 + 1, imax); ++m) {
+      const float dl = d * float(sc), ml = dmin * float(m);
+      double e = 0;
+      for (int i = 0; i < n; ++i) {
+        const int l = dl > 0.f ? clampi(nearest((x[i] + ml) / dl), 0, nmax) : 0;
+        const double r = double(x[i]) - (dl * float(l) - ml);
+        e += r * r;
+      }
+      if (e < best_err) best_err = e, best = {sc, m};
+    }
+  const float dl = d * float(best.sc), ml = dmin * float(best.m);
+  for (int i = 0; i < n; ++i) q[i] = uint8_t(dl > 0.f ? clampi(nearest((x[i] + ml) / dl), 0, nmax) : 0);
+  return best;
+}
+
+// The signed integer scale of a sub-block against the decoded d (within lo..hi), and its level
+// indices idx: the rounded scale and its neighbours, each weight at its nearest level under
+// dl = d * sc as dequantize_block forms it (w = dl * L[idx]); least squared error wins.
+inline int encode_scale(const float* x, int n, const Levels& L, float s, float d, int lo, int hi, uint8_t* idx) {
+  const int sc0 = int_scale(s, d, lo, hi);
+  int best = sc0;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int sc = std::max(sc0 - 1, lo); sc <= std::min(sc0 + 1, hi); ++sc) {
+    const float dl = d * float(sc);
+    double e = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = L.value(L.index(dl != 0.f ? x[i] / dl : 0.f));
+      const double r = double(x[i]) - dl * float(l);
+      e += r * r;
+    }
+    if (e < best_err) best_err = e, best = sc;
+  }
+  const float dl = d * float(best);
+  for (int i = 0; i < n; ++i) idx[i] = uint8_t(L.index(dl != 0.f ? x[i] / dl : 0.f));
+  return best;
+}
+
 // The inverse of q4K_scale_min (kt/gguf_blocks.h): 6-bit sc and m of sub-block j into the 12 scale
 // bytes of q4_K / q5_K (s zeroed first).
 inline void q4K_set_scale_min(int j, int sc, int m, uint8_t* s) {

@@ -33,19 +33,14 @@ void quantize_block(const float* x, BlockQ2_K* b) {
   const int nd = kquant::super_scale_candidates(smax, 15.f, dc), nm = kquant::super_scale_candidates(mmax, 15.f, mc);
   kquant::encode_best(x, dc, nd, mc, nm, b, [&](uint16_t d16, uint16_t dmin16, BlockQ2_K* o) {
     o->d = d16, o->dmin = dmin16;
-    const float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
-    float dl[16], ml[16];
+    uint8_t q[kQK];
     for (int j = 0; j < 16; ++j) {
-      const int sc = kquant::int_scale(f[j].s, d, 0, 15), m = kquant::int_scale(f[j].m, dmin, 0, 15);
-      o->scales[j] = uint8_t(sc | m << 4);
-      dl[j] = d * float(sc), ml[j] = dmin * float(m);
+      const auto r = kquant::encode_scale_min(x + 16 * j, 16, /*nmax=*/3, f[j], f16_to_f32(d16), f16_to_f32(dmin16),
+                                              /*imax=*/15, q + 16 * j);
+      o->scales[j] = uint8_t(r.sc | r.m << 4);
     }
     std::fill(o->qs, o->qs + 64, uint8_t(0));
-    for (int k = 0; k < kQK; ++k) {
-      const int j = k / 16, h = k / 128, s = k % 128 / 32, l = k % 32;
-      const int q = dl[j] > 0.f ? kquant::clampi(kquant::nearest((x[k] + ml[j]) / dl[j]), 0, 3) : 0;
-      o->qs[32 * h + l] |= uint8_t(q << 2 * s);
-    }
+    for (int k = 0; k < kQK; ++k) o->qs[32 * (k / 128) + k % 32] |= uint8_t(q[k] << 2 * (k % 128 / 32));
   });
 }
 

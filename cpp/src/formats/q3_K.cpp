@@ -36,7 +36,7 @@ void dequantize_block(const BlockQ3_K& b, float* out) {
 }
 
 void quantize_block(const float* x, BlockQ3_K* b) {
-  const kquant::Levels L{nullptr, /*lo=*/-4, /*n=*/8};
+  const kquant::Levels L{nullptr, /*lo=*/-4, /*n=*/8};  // level index u = q + 4
   float s[16];
   for (int j = 0; j < 16; ++j) s[j] = kquant::fit_scale_sym(x + 16 * j, 16, L, /*nstep=*/10);
   uint16_t dc[8];
@@ -44,22 +44,18 @@ void quantize_block(const float* x, BlockQ3_K* b) {
   const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 16), -32.f, dc);
   kquant::encode_best(x, dc, nd, &no_min, 1, b, [&](uint16_t d16, uint16_t, BlockQ3_K* o) {
     o->d = d16;
-    const float d = f16_to_f32(d16);
-    float dl[16];
+    uint8_t u[kQK];
     std::fill(o->scales, o->scales + 12, uint8_t(0));
     for (int j = 0; j < 16; ++j) {
-      const int sc = kquant::int_scale(s[j], d, -32, 31), u = sc + 32;
-      o->scales[j % 8] |= uint8_t((u & 15) << 4 * (j / 8));
-      o->scales[8 + j % 4] |= uint8_t((u >> 4) << 2 * (j / 4));
-      dl[j] = d * float(sc);
+      const int us = kquant::encode_scale(x + 16 * j, 16, L, s[j], f16_to_f32(d16), -32, 31, u + 16 * j) + 32;
+      o->scales[j % 8] |= uint8_t((us & 15) << 4 * (j / 8));
+      o->scales[8 + j % 4] |= uint8_t((us >> 4) << 2 * (j / 4));
     }
     std::fill(o->hmask, o->hmask + 32, uint8_t(0));
     std::fill(o->qs, o->qs + 64, uint8_t(0));
     for (int k = 0; k < kQK; ++k) {
-      const int j = k / 16, h = k / 128, sh = k % 128 / 32, l = k % 32;
-      const int u = (dl[j] != 0.f ? kquant::clampi(kquant::nearest(x[k] / dl[j]), -4, 3) : 0) + 4;  // 0..7
-      o->qs[32 * h + l] |= uint8_t((u & 3) << 2 * sh);
-      o->hmask[l] |= uint8_t((u >> 2) << (k / 32));
+      o->qs[32 * (k / 128) + k % 32] |= uint8_t((u[k] & 3) << 2 * (k % 128 / 32));
+      o->hmask[k % 32] |= uint8_t((u[k] >> 2) << (k / 32));
     }
   });
 }

@@ -41,18 +41,15 @@ void quantize_block(const float* x, BlockQ4_K* b) {
   const int nd = kquant::super_scale_candidates(smax, 63.f, dc), nm = kquant::super_scale_candidates(mmax, 63.f, mc);
   kquant::encode_best(x, dc, nd, mc, nm, b, [&](uint16_t d16, uint16_t dmin16, BlockQ4_K* o) {
     o->d = d16, o->dmin = dmin16;
-    const float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
+    uint8_t q[kQK];
     std::fill(o->scales, o->scales + 12, uint8_t(0));
-    std::fill(o->qs, o->qs + 128, uint8_t(0));
     for (int j = 0; j < 8; ++j) {
-      const int sc = kquant::int_scale(f[j].s, d, 0, 63), m = kquant::int_scale(f[j].m, dmin, 0, 63);
-      kquant::q4K_set_scale_min(j, sc, m, o->scales);
-      const float d1 = d * float(sc), m1 = dmin * float(m);
-      for (int k = 32 * j; k < 32 * j + 32; ++k) {
-        const int q = d1 > 0.f ? kquant::clampi(kquant::nearest((x[k] + m1) / d1), 0, 15) : 0;
-        o->qs[32 * (k / 64) + k % 32] |= uint8_t(q << 4 * (k % 64 / 32));
-      }
+      const auto r = kquant::encode_scale_min(x + 32 * j, 32, /*nmax=*/15, f[j], f16_to_f32(d16), f16_to_f32(dmin16),
+                                              /*imax=*/63, q + 32 * j);
+      kquant::q4K_set_scale_min(j, r.sc, r.m, o->scales);
     }
+    std::fill(o->qs, o->qs + 128, uint8_t(0));
+    for (int k = 0; k < kQK; ++k) o->qs[32 * (k / 64) + k % 32] |= uint8_t(q[k] << 4 * (k % 64 / 32));
   });
 }
 

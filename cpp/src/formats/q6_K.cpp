@@ -32,7 +32,7 @@ void dequantize_block(const BlockQ6_K& b, float* out) {
 }
 
 void quantize_block(const float* x, BlockQ6_K* b) {
-  const kquant::Levels L{nullptr, /*lo=*/-32, /*n=*/64};
+  const kquant::Levels L{nullptr, /*lo=*/-32, /*n=*/64};  // level index u = q + 32
   float s[16];
   for (int j = 0; j < 16; ++j) s[j] = kquant::fit_scale_sym(x + 16 * j, 16, L, /*nstep=*/10);
   uint16_t dc[8];
@@ -40,20 +40,15 @@ void quantize_block(const float* x, BlockQ6_K* b) {
   const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 16), -128.f, dc);
   kquant::encode_best(x, dc, nd, &no_min, 1, b, [&](uint16_t d16, uint16_t, BlockQ6_K* o) {
     o->d = d16;
-    const float d = f16_to_f32(d16);
-    float dl[16];
-    for (int j = 0; j < 16; ++j) {
-      const int sc = kquant::int_scale(s[j], d, -128, 127);
-      o->scales[j] = int8_t(sc);
-      dl[j] = d * float(sc);
-    }
+    uint8_t u[kQK];
+    for (int j = 0; j < 16; ++j)
+      o->scales[j] = int8_t(kquant::encode_scale(x + 16 * j, 16, L, s[j], f16_to_f32(d16), -128, 127, u + 16 * j));
     std::fill(o->ql, o->ql + 128, uint8_t(0));
     std::fill(o->qh, o->qh + 64, uint8_t(0));
     for (int k = 0; k < kQK; ++k) {
-      const int j = k / 16, h = k / 128, sh = k % 128 / 32, l = k % 32;
-      const int u = (dl[j] != 0.f ? kquant::clampi(kquant::nearest(x[k] / dl[j]), -32, 31) : 0) + 32;  // 0..63
-      o->ql[64 * h + 32 * (sh & 1) + l] |= uint8_t((u & 15) << 4 * (sh >> 1));
-      o->qh[32 * h + l] |= uint8_t((u >> 4) << 2 * sh);
+      const int h = k / 128, sh = k % 128 / 32, l = k % 32;
+      o->ql[64 * h + 32 * (sh & 1) + l] |= uint8_t((u[k] & 15) << 4 * (sh >> 1));
+      o->qh[32 * h + l] |= uint8_t((u[k] >> 4) << 2 * sh);
     }
   });
 }
