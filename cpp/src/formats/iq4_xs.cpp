@@ -37,7 +37,7 @@ void dequantize_block(const BlockIq4Xs& b, float* out) {
 void quantize_block(const float* x, BlockIq4Xs* b) {
   const kquant::Levels L{kIq4Values, /*lo=*/0, /*n=*/16};
   float s[8];
-  for (int j = 0; j < 8; ++j) s[j] = kquant::fit_scale_sym(x + 32 * j, 32, L, /*nstep=*/10);
+  for (int j = 0; j < 8; ++j) s[j] = kquant::fit_scale_sym(x + 32 * j, 32, L, /*nstep=*/6);
   uint16_t dc[8];
   const uint16_t no_min = 0;
   const int nd = kquant::super_scale_candidates(kquant::signed_max(s, 8), -32.f, dc);
