@@ -23,6 +23,7 @@ from kt_kernel.timing import Stopwatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import SHAPES, SMALL_SHAPES  # noqa: E402
+from kt_kernel.formats import formats as method_formats
 
 
 def _bf16_valued(N: int, K: int, seed: int = 0) -> np.ndarray:
@@ -37,7 +38,7 @@ def _same(a: dict, b: dict) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="A", help="comma-separated names from benchmarks/shapes.py")
-    p.add_argument("--formats", default=",".join(f["name"] for f in _ext.formats()))
+    p.add_argument("--formats", default=",".join(f["name"] for f in method_formats()))
     p.add_argument("--tiers", default=None, help="default: every tier the host runs")
     p.add_argument("--reps", type=int, default=11)
     a = p.parse_args(argv)

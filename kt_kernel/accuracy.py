@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kt_kernel import _ext
 from kt_kernel.torch_moe import TORCH_PEER
+from kt_kernel.formats import formats as method_formats
 
 __all__ = ["relative_error", "REL_ERR_BOUNDS"]
 
@@ -12,7 +12,7 @@ __all__ = ["relative_error", "REL_ERR_BOUNDS"]
 # (normal(0, 1/fan_in) weights, normal(0, 1) activations): each format's layer_rel_err (its record,
 # where the figures behind it are given); the torch bf16 peer measures ~0.004 on shapes A and S.
 # A method that drifts past its bound has lost accuracy, whatever its speed.
-REL_ERR_BOUNDS = {TORCH_PEER: 0.01, **{f["method"]: f["layer_rel_err"] for f in _ext.formats()}}
+REL_ERR_BOUNDS = {TORCH_PEER: 0.01, **{f["method"]: f["layer_rel_err"] for f in method_formats()}}
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -23,6 +23,7 @@ import torch
 try:
     import kt_kernel
     from kt_kernel import _ext
+    from kt_kernel.formats import formats as method_formats
 except ImportError as e:  # most often: the source tree shadows the installed package
     spec = importlib.util.find_spec("kt_kernel")
     raise ImportError(
@@ -35,7 +36,7 @@ import reference
 from format_expectations import ACT_ATOL
 from output_digests import OutputDigests
 
-FORMATS = _ext.formats()
+FORMATS = method_formats()  # the formats a method names; the GGUF types: tests/test_gguf_*.py
 FORMAT_BY_METHOD = {f["method"]: f for f in FORMATS}
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 EMULATED_TIERS = list(kt_kernel.cpu_info()["emulated_tiers"])  # ["amx_emu"] on AVX512-BF16 hosts

@@ -172,6 +172,10 @@ def quantize_q8(x) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), s.astype(np.float32)
 
 
+# The GGUF kernels' activation blocks (kt/gguf_blocks.h): k per block, each with its own scale.
+ACT_BLOCK = {"q8_32": 32, "q8_256": 256}
+
+
 def round_activation(x, act: str) -> np.ndarray:
     """The values (as fp32) that a kernel reading activation format `act` sees for rows x."""
     x = np.asarray(x, dtype=np.float32)
@@ -182,6 +186,10 @@ def round_activation(x, act: str) -> np.ndarray:
     if act in ("q8s", "q8u"):  # q8u stores q + 128: the same rounding
         q, s = quantize_q8(x)
         return q.astype(np.float32) * s[:, None]
+    if act in ACT_BLOCK:  # the q8s rule per block of the row (K a multiple of the block)
+        R, K = x.shape
+        q, s = quantize_q8(x.reshape(R * K // ACT_BLOCK[act], ACT_BLOCK[act]))
+        return (q.astype(np.float32) * s[:, None]).reshape(R, K)
     raise ValueError(f"unknown activation format {act!r}")
 
 
@@ -214,6 +222,7 @@ def moe_forward(
     gpu_mask: Optional[Sequence[bool]] = None,
     act: Optional[str] = None,
     slice_bounds: Optional[Sequence[int]] = None,
+    h_act: Optional[str] = None,
 ) -> torch.Tensor:
     """Reference forward in float64.
 
@@ -222,7 +231,8 @@ def moe_forward(
     slots with gpu_mask[p] and ids of -1 contribute nothing.
     act: None for exact fp32 inputs, or the kernel's activation format ("f32", "bf16", "q8s",
     "q8u") to round x per token and h per (token, expert) row within each [b, b') of
-    slice_bounds as the kernels do. Returns float64 [M, H].
+    slice_bounds as the kernels do; h_act, if given, is the down kernels' format for h (a GGUF
+    layer whose down tensor has another type than gate/up). Returns float64 [M, H].
     """
     x = torch.as_tensor(x).float()
     ids = torch.as_tensor(topk_ids).long()
@@ -256,7 +266,7 @@ def moe_forward(
         h = torch.nn.functional.silu(g) * u  # [rows, I]
         if act is not None:
             h32 = h.float().numpy()
-            parts = [round_activation(h32[:, b0:b1], act) for b0, b1 in zip(bounds[:-1], bounds[1:])]
+            parts = [round_activation(h32[:, b0:b1], h_act or act) for b0, b1 in zip(bounds[:-1], bounds[1:])]
             h = torch.from_numpy(np.concatenate(parts, axis=1)).double()
         y = h @ down[e].T
         out.index_add_(0, tok, w[tok, k][:, None] * y)

@@ -55,6 +55,9 @@ QuantizedMatrix from_dict(const py::dict& d) {
   q.format = f.id;
   q.N = d["N"].cast<int>();
   q.K = d["K"].cast<int>();
+  if (f.whole_blocks() && q.K % f.k_align)
+    throw std::invalid_argument(std::string(f.name) + " rows are whole blocks of " + std::to_string(f.k_align) +
+                                " weights: K=" + std::to_string(q.K) + " is not a multiple");
   for (int i = 0; i < f.num_arrays(); ++i) {
     const char* name = f.arrays[i].name;
     if (!d.contains(name)) throw std::invalid_argument(std::string(f.name) + " weights need the array '" + name + "'");
@@ -190,10 +193,11 @@ void register_formats(py::module_& m) {
       d["block_bytes"] = f->block_bytes;
       d["panel_tail_bytes"] = f->panel_tail_bytes;
       d["bits_per_weight"] = f->bits_per_weight();
+      d["gguf_type"] = f->gguf_type;
       py::list arrays;
       for (int i = 0; i < f->num_arrays(); ++i) {
         const FormatArray& a = f->arrays[i];
-        static const char* per[] = {"value", "row", "group"};
+        static const char* per[] = {"value", "row", "group", "block"};
         arrays.append(py::dict(py::arg("name") = a.name, py::arg("part") = a.part, py::arg("dtype") = a.dtype,
                                py::arg("numpy") = element_type(a.dtype).numpy, py::arg("file_bits") = a.file_bits,
                                py::arg("per") = per[static_cast<int>(a.per)]));
@@ -216,7 +220,8 @@ void register_formats(py::module_& m) {
     }
     return out;
   }, "One dict per weight format, from the format records (cpp/src/formats/format_registry.cpp): name, "
-     "method, quant_method, group, k_align (k per block), block_bytes, panel_tail_bytes, bits_per_weight, arrays (name, part, "
+     "method, quant_method, group, k_align (k per block), block_bytes, panel_tail_bytes, bits_per_weight, gguf_type "
+     "(the ggml type id of GGUF tensors held as they are, -1: none), arrays (name, part, "
      "dtype, numpy, file_bits, per), acts, int_dot, weight_rel_err, layer_rel_err, agreement (kl_mean, top1, "
      "tie_margin) and kernels (its kernel-table rows, best first).");
   auto rows = [](const std::vector<KernelRow>& table) {
@@ -275,9 +280,8 @@ void register_formats(py::module_& m) {
     return out;
   }, py::arg("quantized"), py::arg("n0"), py::arg("n1"), py::arg("k0"), py::arg("k1"));
   m.def("quantize_activation", [](const std::string& act, py::array_t<float, py::array::c_style | py::array::forcecast> x, int Kp) {
-    static const char* names[] = {"f32", "bf16", "q8s", "q8u"};
     int ai = -1;
-    for (int i = 0; i < 4; ++i) if (act == names[i]) ai = i;
+    for (int i = 0; i < kNumActFormats; ++i) if (act == act_format_name(ActFormat(i))) ai = i;
     if (ai < 0) throw std::invalid_argument("unknown activation format " + act);
     const int M = int(x.shape(0)), K = int(x.shape(1));
     ActFormat af = static_cast<ActFormat>(ai);

@@ -43,13 +43,26 @@ void register_moe(py::module_& m) {
 
   py::class_<MoeLayer, std::shared_ptr<MoeLayer>>(m, "MoeLayer")
       .def(py::init([](std::shared_ptr<Engine> engine, int E, int topk, int H, int I, const std::string& method,
-                       std::vector<uint8_t> on_cpu, int chunk, int layer_idx, int deferred) {
+                       std::vector<uint8_t> on_cpu, int chunk, int layer_idx, int deferred,
+                       const std::vector<std::string>& formats) {
              MoeConfig c;
              c.num_experts = E;
              c.topk = topk;
              c.hidden = H;
              c.intermediate = I;
-             c.format = format_by_method(method).id;
+             if (formats.empty()) {
+               c.format = c.down_format = format_by_method(method).id;
+             } else {
+               if (formats.size() != 2)
+                 throw std::invalid_argument("formats names the gate/up and the down format: 2 names, not " +
+                                             std::to_string(formats.size()));
+               c.format = format_by_name(formats[0]).id;
+               c.down_format = format_by_name(formats[1]).id;
+               for (const FormatTraits* f : {&format_traits(c.format), &format_traits(c.down_format)})
+                 if (method != f->method)
+                   throw std::invalid_argument(std::string("format ") + f->name + " belongs to method " + f->method +
+                                               ", not " + method);
+             }
              c.on_cpu = std::move(on_cpu);
              c.chunk_tokens = chunk;
              c.layer_idx = layer_idx;
@@ -58,7 +71,9 @@ void register_moe(py::module_& m) {
            }),
            py::arg("engine"), py::arg("num_experts"), py::arg("topk"), py::arg("hidden"), py::arg("intermediate"),
            py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"), py::arg("layer_idx") = -1,
-           py::arg("deferred_experts") = 0)
+           py::arg("deferred_experts") = 0, py::arg("formats") = std::vector<std::string>{},
+           "formats: [gate/up format, down format] of the method (LLAMAFILE: the GGUF file's types); "
+           "empty: the method's one format for all three.")
       .def("load_from_tensors",
            [](MoeLayer& l, uintptr_t gate, uintptr_t up, uintptr_t down, const std::string& dtype, uintptr_t map,
               int num_logical) {
@@ -68,12 +83,12 @@ void register_moe(py::module_& m) {
            })
       .def("load_quantized",
            [](MoeLayer& l, std::vector<std::vector<uintptr_t>> arrays, uintptr_t map, int num_logical, bool drop_pages) {
-             const FormatTraits& f = format_traits(l.config().format);
              if (arrays.size() != 3)
                throw std::invalid_argument("load_quantized takes the arrays of 3 projections (gate, up, down), not " +
                                            std::to_string(arrays.size()));
              MoeLayer::QuantizedExperts proj[3];
              for (int j = 0; j < 3; ++j) {
+               const FormatTraits& f = format_traits(j == 2 ? l.config().down_format : l.config().format);
                if (int(arrays[j].size()) != f.num_arrays())
                  throw std::invalid_argument(std::string(f.name) + " weights have " + std::to_string(f.num_arrays()) +
                                              " arrays per projection; projection " + std::to_string(j) + " has " +
@@ -138,6 +153,8 @@ void register_moe(py::module_& m) {
                              "slot -> name of the kernel that computed the slot's tokens in the latest forward")
       .def_property_readonly("tier", &MoeLayer::tier_label)
       .def_property_readonly("format", [](const MoeLayer& l) { return std::string(format_traits(l.config().format).name); })
+      .def_property_readonly("down_format", [](const MoeLayer& l) { return std::string(format_traits(l.config().down_format).name); })
+      .def_property_readonly("down_kernel_name", [](const MoeLayer& l) { return std::string(l.down_kernel().name); })
       .def_property_readonly("act_format", [](const MoeLayer& l) { return std::string(act_format_name(l.kernel().act)); })
       .def_property_readonly("weight_bytes", [](const MoeLayer& l) { return l.stats().weight_bytes; })
       .def_property_readonly("slice_bounds", &MoeLayer::slice_bounds);

@@ -17,16 +17,16 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from kt_kernel import _ext
 from kt_kernel.checkpoint import layout as L
 from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.integrity import (VERIFY_ENV, file_xxh3, header_xxh3, meta_digest, sha256_file,
                                            verification_enabled, verify_experts)
 from kt_kernel.checkpoint.safetensors_io import MappedFile, SafetensorsError, read_header
+from kt_kernel.formats import formats as method_formats
 
 __all__ = ["ConvertedCheckpoint", "METHOD_FORMATS", "is_converted", "read_meta", "check_meta", "verify_folder"]
 
-METHOD_FORMATS = {f["method"]: f for f in _ext.formats()}
+METHOD_FORMATS = {f["method"]: f for f in method_formats()}
 
 
 def is_converted(path) -> bool:

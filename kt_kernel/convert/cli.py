@@ -13,8 +13,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from kt_kernel import _ext
     from kt_kernel.convert import QUANT_METHODS, ConversionError, convert_checkpoint
+    from kt_kernel.formats import formats as method_formats
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input-path", required=True, help="HF checkpoint folder: config.json, safetensors, index")
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="output folder (new or empty, or the one to --resume)")
     p.add_argument("--quant-method", choices=sorted(QUANT_METHODS), default="int4",
                    help="; ".join(f"{f['quant_method']}: {f['method']} ({f['name']}, {f['bits_per_weight']:g} bits "
-                                  "per weight)" for f in _ext.formats()))
+                                  "per weight)" for f in method_formats()))
     p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all allowed cores)")
     p.add_argument("--max-shard-gb", type=float, default=4.0,
                    help="largest file of copied non-expert tensors, GB (default 4; a larger tensor gets its own)")

@@ -35,10 +35,11 @@ from kt_kernel.checkpoint.integrity import (DIGEST_KEY, file_xxh3, header_xxh3, 
 from kt_kernel.checkpoint.safetensors_io import SafetensorsError, read_header, write_file
 from kt_kernel.threads import torch_threads
 from kt_kernel.timing import Stopwatch
+from kt_kernel.formats import formats as method_formats
 
 __all__ = ["convert_checkpoint", "verify_layer_file", "quantize_layer_arrays", "QUANT_METHODS"]
 
-QUANT_METHODS = {f["quant_method"]: f["method"] for f in _ext.formats()}  # converter name -> method
+QUANT_METHODS = {f["quant_method"]: f["method"] for f in method_formats()}  # converter name -> method
 
 
 class _Progress:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kt_kernel import _ext
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.timing import Stopwatch
+from kt_kernel.formats import formats as method_formats
 
 __all__ = ["REFERENCE_PROMPT", "Agreement", "Bounds", "AGREEMENT_BOUNDS", "GreedyCheck", "Generation",
            "logit_agreement", "check_greedy", "teacher_forced_logits", "generate_greedy"]
@@ -44,7 +44,7 @@ class Bounds:
 # REFERENCE_PROMPT (339 positions): the agreement bounds of each format's record, where the
 # measured figures behind them are given. A decoded token may differ from the reference's argmax
 # only where the reference's own top-2 gap is below tie_margin.
-AGREEMENT_BOUNDS = {f["method"]: Bounds(**f["agreement"]) for f in _ext.formats()}
+AGREEMENT_BOUNDS = {f["method"]: Bounds(**f["agreement"]) for f in method_formats()}
 
 
 @dataclass(frozen=True)

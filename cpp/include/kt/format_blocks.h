@@ -54,4 +54,19 @@ struct Int4G32Block {
 static_assert(sizeof(Int4G32Block) == 320, "int4_g32 block: 4 x 64 bytes of nibbles, 16 fp16 d, 16 fp16 m");
 static_assert(offsetof(Int4G32Block, d) == 256 && offsetof(Int4G32Block, m) == 288, "int4_g32 scales follow the nibbles");
 
+// f16 (GGUF F16 tensors), 16 bits per weight: one k of the panel's channels, IEEE fp16 bits.
+//   w[c] = W[c, s]
+struct F16Block {
+  static constexpr int kK = 1;
+  uint16_t w[kPanelN];
+};
+static_assert(sizeof(F16Block) == 32, "f16 block: 16 channels x 1 k x 2 bytes");
+
+// f32 (GGUF F32 tensors), 32 bits per weight: one k of the panel's channels.
+struct F32Block {
+  static constexpr int kK = 1;
+  float w[kPanelN];
+};
+static_assert(sizeof(F32Block) == 64, "f32 block: 16 channels x 1 k x 4 bytes");
+
 }  // namespace kt

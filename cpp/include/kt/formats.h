@@ -17,8 +17,11 @@
 namespace kt {
 
 // The weight formats, in record order. Adding a format adds its id here and its record in
-// format_registry.cpp (docs/adding_a_format.md).
-#define KT_FORMAT_IDS(X) X(bf16) X(int8_pc) X(int4_g32)
+// format_registry.cpp (docs/adding_a_format.md). Ours first, then the GGUF types (ggml spellings):
+// q8_0, f16, f32, then the legacy types q4_0 q4_1 q5_0 q5_1 iq4_nl, then q2_K q3_K q4_K q5_K q6_K iq4_xs.
+#define KT_FORMAT_IDS(X) \
+  X(bf16) X(int8_pc) X(int4_g32) \
+  X(q8_0) X(f16) X(f32)
 
 enum class FormatId : int {
 #define KT_FORMAT_ENUMERATOR(id) id,
@@ -35,8 +38,10 @@ enum class ActFormat : int {
   bf16 = 1,  // bf16 values (pairs feed vdpbf16ps)
   q8s = 2,   // int8 q = round(x / s), s = amax/127 per row; plus int32 sums of q per kQ8Group k
   q8u = 3,   // the same q stored as q + 128 (uint8), for vpdpbusd's unsigned operand
+  q8_32 = 4,   // blocks of 32 k (ActQ8x32, kt/gguf_blocks.h): q8s's rounding with one scale per block
+  q8_256 = 5,  // blocks of 256 k (ActQ8x256): one scale per block, sums of q per 16
 };
-constexpr int kNumActFormats = 4;
+constexpr int kNumActFormats = 6;
 const char* act_format_name(ActFormat a);
 constexpr unsigned act_bit(ActFormat a) { return 1u << static_cast<int>(a); }
 
@@ -54,6 +59,7 @@ enum class ArrayPer : int {
   value = 0,  // one element per weight: [N, K]
   row = 1,    // one per output channel: [N]
   group = 2,  // one per group of `group` k: [N, ceil(K / group)]
+  block = 3,  // GGUF blocks, bytes: [N, K / group * (block_bytes / kPanelN)] (K a multiple of group)
 };
 struct FormatArray {
   const char* name;   // key of the logical array: quantize()'s dict, QuantizedMatrix::arrays order
@@ -121,8 +127,13 @@ struct FormatTraits {
   // Dequantizes row n of a packed matrix with K columns (padded to Kp; data: its panels) into
   // out[0, K): pack's inverse followed by dequantize_ref, equal to it bit for bit.
   void (*unpack_row)(const uint8_t* data, int Kp, int n, int K, float* out);
+  // The ggml type id of the GGUF tensors that hold this format as it is (a GGUF file's experts of
+  // that type load without conversion), -1 for none.
+  int gguf_type = -1;
 
   int k_step() const { return group ? group : k_align; }  // where a packed slice of K may start
+  // GGUF blocks cannot be padded: K must be a multiple of the block (k_align).
+  bool whole_blocks() const { return arrays[0].per == ArrayPer::block; }
   int num_arrays() const {
     int n = 0;
     while (n < kMaxFormatArrays && arrays[n].name) ++n;
@@ -138,6 +149,7 @@ struct FormatTraits {
       case ArrayPer::value: return size_t(K);
       case ArrayPer::row: return 1;
       case ArrayPer::group: return size_t((K + group - 1) / group);
+      case ArrayPer::block: return size_t(K / group) * size_t(block_bytes / kPanelN);
     }
     return 0;
   }

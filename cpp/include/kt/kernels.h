@@ -8,6 +8,7 @@
 
 #include "kt/cpu_features.h"
 #include "kt/formats.h"
+#include "kt/gguf_blocks.h"
 
 namespace kt {
 
@@ -100,6 +101,9 @@ const QuantizerRow& select_quantizer(FormatId format, FeatureSet have);
 bool quantize_act_row(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale,
                       int32_t* gsum);
 size_t act_row_bytes(ActFormat format, int Kp);
+// One block of the GGUF kernels' activations (q8_32, q8_256) from kK values.
+void quantize_act_block(const float* x, ActQ8x32* b);
+void quantize_act_block(const float* x, ActQ8x256* b);
 // n bf16 or f16 values (dtype) to fp32, as bf16_to_f32 / f16_to_f32 do.
 void widen_row_ref(DType dtype, const uint16_t* x, int n, float* out);
 // n fp32 values to bf16, as f32_to_bf16 does (round to nearest even; NaN stays NaN).

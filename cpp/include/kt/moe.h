@@ -34,7 +34,8 @@ struct MoeConfig {
   int topk = 0;
   int hidden = 0;        // H
   int intermediate = 0;  // I
-  FormatId format = FormatId::bf16;
+  FormatId format = FormatId::bf16;       // gate and up
+  FormatId down_format = FormatId::bf16;  // down (a GGUF file may store it in another type)
   std::vector<uint8_t> on_cpu;  // per slot: 1 if its weights live here
   int chunk_tokens = 0;         // tokens per pass; larger calls run in chunks
   // Deferred experts (moe/deferred.h): per token, the deferred_experts slots of least routing
@@ -67,13 +68,15 @@ class MoeLayer {
   ~MoeLayer();
 
   // gate, up: [E_logical, I, H]; down: [E_logical, H, I]; dtype f32/bf16/f16, contiguous.
-  // Slot p takes logical expert map[p]. Quantizes and packs on the engine's threads.
+  // Slot p takes logical expert map[p]. Quantizes (each projection to its format) and packs on the
+  // engine's threads.
   void load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
                          const int64_t* map, int num_logical);
-  // Pre-quantized logical weights (a converted checkpoint), stacked over num_logical experts;
-  // projection j = 0 gate [E, I, H], 1 up [E, I, H], 2 down [E, H, I], each [E, N, K]:
-  // arrays[i] is the format's array i (FormatTraits::arrays) of all experts, in its file layout
-  // (file_bits 4: two elements per byte, even k in the low nibble, rows padded to whole bytes).
+  // Pre-quantized logical weights (a converted checkpoint, a GGUF file's tensors), stacked over
+  // num_logical experts; projection j = 0 gate [E, I, H], 1 up [E, I, H], 2 down [E, H, I], each
+  // [E, N, K]: arrays[i] is the projection's format's array i (FormatTraits::arrays) of all
+  // experts, in its file layout (file_bits 4: two elements per byte, even k in the low nibble, rows
+  // padded to whole bytes; GGUF blocks: the file's bytes).
   // Packs exactly as load_from_tensors packs the output of the format's quantize_ref.
   // drop_pages: the arrays are a read-only file mapping; after an expert's matrix is packed its
   // pages are released (madvise DONTNEED: a later read faults them in again from the file), so
@@ -104,11 +107,13 @@ class MoeLayer {
   // Queues an empty job: it is done once every job queued on the layer's engine before it ran.
   std::shared_ptr<Job> submit_barrier();
 
-  // The layer's best kernel; when it is a tile kernel (min_m > 0), buckets of fewer than min_m
-  // tokens run vector_kernel() instead (the same packed weights and activation format).
-  const KernelRow& kernel() const { return *kernel_; }
-  const KernelRow& vector_kernel() const { return *vector_kernel_; }
-  const KernelRow& kernel_for(int tokens) const { return tokens >= kernel_->min_m ? *kernel_ : *vector_kernel_; }
+  // The layer's best kernel (gate/up's; down's is down_kernel(), the same row unless down has a
+  // format of its own); when it is a tile kernel (min_m > 0), buckets of fewer than min_m tokens
+  // run vector_kernel() instead (the same packed weights and activation format).
+  const KernelRow& kernel() const { return gate_up_.best(); }
+  const KernelRow& vector_kernel() const { return gate_up_.vector(); }
+  const KernelRow& kernel_for(int tokens) const { return gate_up_.for_tokens(tokens); }
+  const KernelRow& down_kernel() const { return down_.best(); }
   // The CPU features its kernels were chosen for, and their name: the best tier they cover, or
   // "amx_emu" when the tile kernels run on the emulator (a test-only override).
   FeatureSet features() const { return features_; }
@@ -141,6 +146,16 @@ class MoeLayer {
   // The stages of one chunk, in the order the data flows (docs/moe_stages.md; moe_layer.cpp's
   // [NOTE] has the map with shapes). Each reads the chunk and what the stages before it wrote.
   struct Chunk;
+  // The kernels of one projection's format: the best row and, if that is a tile row, the vector
+  // row that takes the buckets below its min_m.
+  struct Kernels {
+    const KernelRow* best_ = nullptr;
+    const KernelRow* vector_ = nullptr;
+    void select(FormatId format, FeatureSet have);
+    const KernelRow& best() const { return *best_; }
+    const KernelRow& vector() const { return *vector_; }
+    const KernelRow& for_tokens(int tokens) const { return tokens >= best_->min_m ? *best_ : *vector_; }
+  };
   void forward_chunk(const Chunk& c);
   void route(const Chunk& c);
   ActView quantize_x(const Chunk& c);
@@ -154,10 +169,9 @@ class MoeLayer {
   std::shared_ptr<Job> last_job_;  // the latest job that uses this layer; the destructor waits for it
   MoeConfig cfg_;
   FeatureSet features_;
-  const KernelRow* kernel_;
-  const KernelRow* vector_kernel_;
+  Kernels gate_up_, down_;
   std::vector<const KernelRow*> last_kernels_;
-  const QuantizerRow* quantizer_;  // load_from_tensors' quantizer, chosen with the kernel
+  const QuantizerRow* quantizer_[3];  // load_from_tensors' quantizers (gate, up, down), chosen with the kernels
   const ActCodecRow* act_codec_;   // the activation conversions of forward
   // The engine's forward scratch (moe_layer.cpp's Workspace, shared by the layers of one engine),
   // held so that it outlives each call: calls reuse its buffers instead of allocating them.

@@ -23,4 +23,16 @@ void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out);
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
+// GGUF formats (gguf_format.h): the record functions KT_GGUF_FORMAT defines in each type's file.
+#define KT_FORMAT_RECORD_FUNCTIONS(fmt)                                              \
+  void fmt##_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);       \
+  void fmt##_dequantize_ref(const QuantizedMatrix& q, float* out);                   \
+  void fmt##_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst); \
+  void fmt##_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
+KT_FORMAT_RECORD_FUNCTIONS(q8_0)
+// f16, f32 arrays: values [N, K] (fp16 bits, fp32)
+KT_FORMAT_RECORD_FUNCTIONS(f16)
+KT_FORMAT_RECORD_FUNCTIONS(f32)
+#undef KT_FORMAT_RECORD_FUNCTIONS
+
 }  // namespace kt

@@ -7,12 +7,26 @@
 
 #include "kt/formats.h"
 #include "format_impl.h"
+#include "gguf_format.h"
 
 namespace kt {
 namespace {
 
 constexpr unsigned kFloatActs = act_bit(ActFormat::f32) | act_bit(ActFormat::bf16);
 constexpr unsigned kQ8Acts = act_bit(ActFormat::q8s) | act_bit(ActFormat::q8u);
+
+// The method of every GGUF format: KTMoEWrapper(method="LLAMAFILE") takes each projection's format
+// from the GGUF file's tensor types.
+constexpr const char* kGgufMethod = "LLAMAFILE";
+
+// A GGUF block type's record: the file's blocks, packed by whole blocks (gguf_format.h), read by
+// kernels that multiply integers against activation blocks `act`. ggml_type: its GGUF type id.
+#define KT_GGUF_RECORD(fmt, Block, act, ggml_type, weight_rel_err, layer_rel_err, kl_mean, top1, tie_margin)         \
+  {FormatId::fmt, #fmt, kGgufMethod, /*quant_method=*/"", /*group=*/Block::kK, Block::kK,                           \
+   sizeof(GgufPanelBlock<Block>), /*panel_tail_bytes=*/0, {{"blocks", "blocks", "U8", 8, ArrayPer::block}},         \
+   act_bit(ActFormat::act), /*int_dot=*/true, weight_rel_err, layer_rel_err,                                        \
+   AgreementBounds{kl_mean, top1, tie_margin}, fmt##_quantize_ref, fmt##_dequantize_ref, fmt##_pack,               \
+   fmt##_unpack_row, ggml_type}
 
 // The bounds' figures: relative errors on Gaussian data (weight_rel_err: W [256, 2048]); the
 // layer's on shapes A and S of benchmarks/shapes.py; agreement over the tiny models of
@@ -30,7 +44,7 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      {{"values", "qweight", "BF16", 16, ArrayPer::value}},
      kFloatActs, /*int_dot=*/false, /*weight_rel_err=*/0.0025, /*layer_rel_err=*/0.01,
      AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
-     bf16_quantize_ref, bf16_dequantize_ref, bf16_pack, bf16_unpack_row},
+     bf16_quantize_ref, bf16_dequantize_ref, bf16_pack, bf16_unpack_row, /*gguf_type=*/30},
     // int8_pc: step s = amax/127 per channel, error s/sqrt(12) rms; amax of 2048 Gaussians is about
     // 3.5 sigma, so 3.5/(127 sqrt 12) = 0.8% (weight_rel_err 1%). The q8 activations (x and h) add
     // the same kind of error; through the layer about 1.8-2.7% measured: layer_rel_err 4%.
@@ -53,7 +67,24 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      act_bit(ActFormat::q8s), /*int_dot=*/true, /*weight_rel_err=*/0.075, /*layer_rel_err=*/0.20,
      AgreementBounds{/*kl_mean=*/2e-2, /*top1=*/0.90, /*tie_margin=*/1.0},
      int4g32_quantize_ref, int4g32_dequantize_ref, int4g32_pack, int4g32_unpack_row},
+    // q8_0: step amax/127 per 32 weights (amax of 32 Gaussians ~2.0 sigma): 2.0/(127 sqrt 12) = 0.45%
+    // rms (weight_rel_err, measured 0.41%: 0.6%). The layer adds the q8 activations (blocks of 32
+    // and 256): measured 0.6-0.7%, layer_rel_err 1.5%.
+    KT_GGUF_RECORD(q8_0, BlockQ8_0, q8_32, /*ggml_type=*/8, 0.006, 0.015, 1e-3, 0.97, 0.25),
+    // f16, f32: the file's values (f16: 11 significant bits, 2^-11/sqrt(12) = 0.014% rms; f32 exact);
+    // fp32 activations: the layer's error is the bf16 output's.
+    {FormatId::f16, "f16", kGgufMethod, /*quant_method=*/"", /*group=*/0, F16Block::kK, sizeof(F16Block), /*panel_tail_bytes=*/0,
+     {{"values", "values", "F16", 16, ArrayPer::value}},
+     act_bit(ActFormat::f32), /*int_dot=*/false, /*weight_rel_err=*/3e-4, /*layer_rel_err=*/0.01,
+     AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
+     f16_quantize_ref, f16_dequantize_ref, f16_pack, f16_unpack_row, /*gguf_type=*/1},
+    {FormatId::f32, "f32", kGgufMethod, /*quant_method=*/"", /*group=*/0, F32Block::kK, sizeof(F32Block), /*panel_tail_bytes=*/0,
+     {{"values", "values", "F32", 32, ArrayPer::value}},
+     act_bit(ActFormat::f32), /*int_dot=*/false, /*weight_rel_err=*/1e-6, /*layer_rel_err=*/0.01,
+     AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
+     f32_quantize_ref, f32_dequantize_ref, f32_pack, f32_unpack_row, /*gguf_type=*/0},
 };
+#undef KT_GGUF_RECORD
 
 constexpr bool records_in_id_order() {
   for (int i = 0; i < kNumFormats; ++i)
@@ -63,16 +94,20 @@ constexpr bool records_in_id_order() {
 static_assert(records_in_id_order(), "kFormats must list the formats in KT_FORMAT_IDS order");
 
 template <class Get>
-std::string list_of(Get get) {
+std::string list_of(Get get) {  // each name once, in record order
   std::string s;
-  for (int i = 0; i < kNumFormats; ++i) s += std::string(i ? ", " : "") + get(kFormats[i]);
+  for (int i = 0; i < kNumFormats; ++i) {
+    bool seen = false;
+    for (int j = 0; j < i; ++j) seen |= std::string(get(kFormats[j])) == get(kFormats[i]);
+    if (!seen) s += std::string(s.empty() ? "" : ", ") + get(kFormats[i]);
+  }
   return s;
 }
 
 }  // namespace
 
 const char* act_format_name(ActFormat a) {
-  static const char* names[kNumActFormats] = {"f32", "bf16", "q8s", "q8u"};
+  static const char* names[kNumActFormats] = {"f32", "bf16", "q8s", "q8u", "q8_32", "q8_256"};
   return names[static_cast<int>(a)];
 }
 
@@ -106,6 +141,8 @@ const FormatTraits& format_by_name(const std::string& name) {
 }
 
 const FormatTraits& format_by_method(const std::string& method) {
+  if (method == kGgufMethod)
+    throw std::invalid_argument(std::string(kGgufMethod) + " takes the formats of a GGUF file's tensors: name them (gate/up and down)");
   for (const auto& f : kFormats)
     if (method == f.method) return f;
   throw std::invalid_argument("unknown method '" + method + "'; valid methods: " +

@@ -213,21 +213,24 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
     fail("the GPU expert mask has " + std::to_string(cfg_.on_cpu.size()) + " entries, expected num_experts=" + std::to_string(cfg_.num_experts));
   if (cfg_.chunk_tokens <= 0) fail("chunked_prefill_size=" + std::to_string(cfg_.chunk_tokens) + " must be positive");
   deferred_ = std::make_unique<DeferredLinks>(engine_.get(), cfg_.layer_idx, cfg_.deferred_experts, cfg_.topk);
+  // GGUF blocks cannot be padded: the K of each matrix must be whole blocks
+  const FormatTraits& gu = format_traits(cfg_.format);
+  const FormatTraits& dn = format_traits(cfg_.down_format);
+  if (gu.whole_blocks() && cfg_.hidden % gu.k_align)
+    fail(std::string(gu.name) + " gate/up rows are whole blocks of " + std::to_string(gu.k_align) +
+         " weights: hidden_size=" + std::to_string(cfg_.hidden) + " is not a multiple");
+  if (dn.whole_blocks() && cfg_.intermediate % dn.k_align)
+    fail(std::string(dn.name) + " down rows are whole blocks of " + std::to_string(dn.k_align) +
+         " weights: moe_intermediate_size=" + std::to_string(cfg_.intermediate) + " is not a multiple");
   features_ = active_features();
-  kernel_ = &select_kernel(cfg_.format, features_);
-  vector_kernel_ = kernel_->min_m > 0 ? &select_vector_kernel(cfg_.format, features_) : kernel_;
-  // one quantization of x and h serves both kernels
-  if (vector_kernel_->act != kernel_->act)
-    throw std::logic_error(std::string("kernel table: ") + kernel_->name + " reads " + act_format_name(kernel_->act) +
-                           " but its vector kernel " + vector_kernel_->name + " reads " +
-                           act_format_name(vector_kernel_->act));
+  gate_up_.select(cfg_.format, features_);
+  down_.select(cfg_.down_format, features_);
   last_kernels_.assign(cfg_.num_experts, nullptr);
-  quantizer_ = &select_quantizer(cfg_.format, features_);
+  for (int j = 0; j < 3; ++j) quantizer_[j] = &select_quantizer(j == 2 ? cfg_.down_format : cfg_.format, features_);
   act_codec_ = &select_act_codec(features_);
   workspace_ = workspace_for(engine_.get());
-  // Split I across sub-pools in units that keep both gate/up panels and down groups whole.
-  const FormatTraits& f = format_traits(cfg_.format);
-  const int unit = std::max(kPanelN, f.group ? f.group : f.k_align);
+  // Split I across sub-pools in units that keep both gate/up panels and down groups (blocks) whole.
+  const int unit = std::max(kPanelN, dn.k_step());
   const int units = ceil_div(cfg_.intermediate, unit);
   const int pools = engine_->subpools();
   bounds_.push_back(0);
@@ -240,6 +243,15 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
   // destructors (atexit handlers and static destructors run in reverse order of registration).
   static const bool drain_at_exit = std::atexit([] { Engine::drain_all(); }) == 0;
   (void)drain_at_exit;
+}
+
+void MoeLayer::Kernels::select(FormatId format, FeatureSet have) {
+  best_ = &select_kernel(format, have);
+  vector_ = best_->min_m > 0 ? &select_vector_kernel(format, have) : best_;
+  // one quantization of x (or h) serves both kernels
+  if (vector_->act != best_->act)
+    throw std::logic_error(std::string("kernel table: ") + best_->name + " reads " + act_format_name(best_->act) +
+                           " but its vector kernel " + vector_->name + " reads " + act_format_name(vector_->act));
 }
 
 MoeLayer::~MoeLayer() {
@@ -266,7 +278,8 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
                                   " is out of range: the weight tensors hold " + std::to_string(num_logical) + " experts");
     cpu_slots.push_back(p);
   }
-  const FormatTraits& f = format_traits(cfg_.format);
+  const FormatTraits& gu = format_traits(cfg_.format);
+  const FormatTraits& dn = format_traits(cfg_.down_format);
   std::shared_ptr<void> workspace;
   const std::shared_ptr<Engine> engine = engine_for_this_process(&workspace);
   const int pools = engine->subpools();
@@ -282,7 +295,7 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
     s->down.resize(E);
     size_t off = 0;
     for (int slot : cpu_slots) {
-      auto shape = [&](PackedMatrix& m, int N, int K) {
+      auto shape = [&](PackedMatrix& m, const FormatTraits& f, int N, int K) {
         m.N = N;
         m.K = K;
         m.Kp = round_up(K, f.k_align);
@@ -291,9 +304,9 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
         m.data = reinterpret_cast<uint8_t*>(off);  // offset until the arena exists
         off += (m.bytes() + 63) / 64 * 64;
       };
-      shape(s->gate[slot], ni, H);
-      shape(s->up[slot], ni, H);
-      shape(s->down[slot], H, ni);
+      shape(s->gate[slot], gu, ni, H);
+      shape(s->up[slot], gu, ni, H);
+      shape(s->down[slot], dn, H, ni);
     }
     s->bytes = off;
     bytes += off;
@@ -317,8 +330,8 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
       make(slot, which, q);
       for (auto& s : slices) {
         if (s->i1 == s->i0) continue;
-        if (which == 2) f.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
-        else f.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
+        if (which == 2) dn.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
+        else gu.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
       }
     };
     engine->run(st);
@@ -365,7 +378,7 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
                                       " weights of logical expert " + std::to_string(map[slot]) + " contain NaN or Inf at [" +
                                       std::to_string(i / K) + ", " + std::to_string(i % K) + "]");
       }
-      quantizer_->quantize(w.data(), N, K, &q);
+      quantizer_[which]->quantize(w.data(), N, K, &q);
   });
 }
 
@@ -384,9 +397,9 @@ void drop_file_pages(const void* p, size_t n) {
 
 void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages) {
   const int H = cfg_.hidden, I = cfg_.intermediate;
-  const FormatTraits& f = format_traits(cfg_.format);
   load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
     const int N = which == 2 ? H : I, K = which == 2 ? I : H;
+    const FormatTraits& f = format_traits(which == 2 ? cfg_.down_format : cfg_.format);
     const size_t e = size_t(map[slot]);
     shape_quantized(f, N, K, &q);
     for (int i = 0; i < f.num_arrays(); ++i) {
@@ -491,7 +504,6 @@ std::shared_ptr<Job> MoeLayer::submit_write_bf16(int slot, int tp, const std::ve
   std::lock_guard<std::mutex> lock(mu_);
   Engine* eng = engine.get();  // runs the job, so outlives it
   auto job = engine->submit([this, slot, Ir, H, w13, w2, eng] {
-    const FormatTraits& f = format_traits(cfg_.format);
     // one task per (sub-pool slice, matrix, panel of kPanelN rows)
     struct Task {
       const Slice* s;
@@ -512,6 +524,7 @@ std::shared_ptr<Job> MoeLayer::submit_write_bf16(int slot, int tp, const std::ve
       const Task& task = tasks[t];
       const Slice& s = *task.s;
       const PackedMatrix& m = task.which == 0 ? s.gate[slot] : task.which == 1 ? s.up[slot] : s.down[slot];
+      const FormatTraits& f = format_traits(task.which == 2 ? cfg_.down_format : cfg_.format);
       thread_local std::vector<float> row;
       row.resize(m.K);
       for (int n = task.n0; n < task.n1; ++n) {
@@ -583,8 +596,9 @@ struct MoeLayer::Chunk {
   Workspace& ws;      // the engine's scratch: buckets, xq and each pool's h, hq and out
   int t0 = 0, M = 0;  // the chunk is tokens [t0, t0 + M) of the call, M > 0
   uint16_t* out;      // the call's output [M_call, H] bf16; nullptr in a deferred job
-  ActFormat af;       // the activation format the layer's kernels read
-  int Hp = 0;         // H padded to the format's k_align: the K of gate/up
+  ActFormat x_af;     // the activation formats the gate/up kernels read (x) and the down kernels (h)
+  ActFormat h_af;
+  int Hp = 0;         // H padded to gate/up's k_align: the K of gate/up
   int Hpad = 0;       // H padded to whole panels: the row length of each pool's out
 };
 
@@ -610,7 +624,8 @@ void MoeLayer::forward(const Staging& in, int M, uint16_t* out) {
                    .t0 = t0,
                    .M = std::min(cfg_.chunk_tokens, M - t0),
                    .out = out,
-                   .af = kernel_->act,
+                   .x_af = gate_up_.best().act,
+                   .h_af = down_.best().act,
                    .Hp = round_up(H, k_align),
                    .Hpad = round_up(H, kPanelN)});
 }
@@ -642,7 +657,7 @@ void MoeLayer::route(const Chunk& c) {
 ActView MoeLayer::quantize_x(const Chunk& c) {
   Workspace& ws = c.ws;
   const int H = cfg_.hidden, M = c.M, Hp = c.Hp;
-  const size_t xrow = act_row_bytes(c.af, Hp);
+  const size_t xrow = act_row_bytes(c.x_af, Hp);
   grow(ws.xq, size_t(M) * xrow);
   grow(ws.xscale, size_t(M));
   grow(ws.xgsum, size_t(M) * q8_gsum_stride(Hp));
@@ -663,13 +678,13 @@ ActView MoeLayer::quantize_x(const Chunk& c) {
         act_codec_->widen(xdt, reinterpret_cast<const uint16_t*>(xin) + size_t(t) * H, H, tmp.data());
         src = tmp.data();
       }
-      if (!act_codec_->quantize(c.af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
+      if (!act_codec_->quantize(c.x_af, src, H, Hp, ws.xq.data() + size_t(t) * xrow, &ws.xscale[t],
                                 ws.xgsum.data() + size_t(t) * q8_gsum_stride(Hp)))
         throw std::invalid_argument("hidden_states row " + std::to_string(c.t0 + t) + " contains NaN or Inf");
     }
   };
   engine_->run(st);
-  return {.format = c.af, .data = ws.xq.data(), .stride = xrow, .scale = ws.xscale.data(),
+  return {.format = c.x_af, .data = ws.xq.data(), .stride = xrow, .scale = ws.xscale.data(),
           .gsum = ws.xgsum.data(), .gsum_stride = q8_gsum_stride(Hp), .Kp = Hp};
 }
 
@@ -723,18 +738,18 @@ void MoeLayer::gate_up(const Chunk& c, const ActView& x) {
 // hscale and hgsum, and the pool's hview of them for stage 4.
 void MoeLayer::quantize_h(const Chunk& c) {
   const int rows = c.ws.buckets.rows();
-  const int k_align = format_traits(cfg_.format).k_align;
+  const int k_align = format_traits(cfg_.down_format).k_align;
   Stage st;
   for (int p = 0; p < engine_->subpools(); ++p) {
     const int ni = slices_[p]->i1 - slices_[p]->i0;
     if (ni == 0) continue;
     Workspace::Pool& wp = c.ws.pools[p];
     const int kp = round_up(ni, k_align);
-    const size_t hrow = act_row_bytes(c.af, kp);
+    const size_t hrow = act_row_bytes(c.h_af, kp);
     grow(wp.hq, size_t(rows) * hrow);
     grow(wp.hscale, size_t(rows));
     grow(wp.hgsum, size_t(rows) * q8_gsum_stride(kp));
-    wp.hview = {.format = c.af, .data = wp.hq.data(), .stride = hrow, .scale = wp.hscale.data(),
+    wp.hview = {.format = c.h_af, .data = wp.hq.data(), .stride = hrow, .scale = wp.hscale.data(),
                 .gsum = wp.hgsum.data(), .gsum_stride = q8_gsum_stride(kp), .Kp = kp};
     st.tasks[p] = std::min(rows, engine_->threads_in(p) * 4);
   }
@@ -743,7 +758,7 @@ void MoeLayer::quantize_h(const Chunk& c) {
     const ActView& hv = wp.hview;
     const int ni = slices_[p]->i1 - slices_[p]->i0, ldh = ceil_div(ni, kPanelN) * kPanelN, n = st.tasks[p];
     for (int r = int(int64_t(rows) * task / n); r < int(int64_t(rows) * (task + 1) / n); ++r)
-      if (!act_codec_->quantize(c.af, wp.h.data() + size_t(r) * ldh, ni, hv.Kp, wp.hq.data() + size_t(r) * hv.stride,
+      if (!act_codec_->quantize(c.h_af, wp.h.data() + size_t(r) * ldh, ni, hv.Kp, wp.hq.data() + size_t(r) * hv.stride,
                                 &wp.hscale[r], wp.hgsum.data() + size_t(r) * hv.gsum_stride))
         throw std::runtime_error("expert intermediate activations overflowed to Inf/NaN (token " +
                                  std::to_string(c.t0 + c.ws.buckets.tok[r]) +
@@ -785,7 +800,7 @@ void MoeLayer::down(const Chunk& c) {
                  .tok = b.tok.data() + r0, .weight = b.weight.data() + r0, .p0 = p0, .p1 = p1,
                  .out = wp.out.data(), .ldo = size_t(Hpad)};
       if (q + 1 < n_by_slot) a.next = s.down[b.experts[b.by_slot[q + 1]]].data;
-      kernel_for(b.count[j]).down(a);
+      down_.for_tokens(b.count[j]).down(a);
     }
   };
   engine_->run(st);

@@ -57,6 +57,9 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
   switch (format) {
     case ActFormat::f32:
       return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // a copy and zeros
+    case ActFormat::q8_32:
+    case ActFormat::q8_256:
+      return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // the GGUF kernels' blocks: the reference's code
     case ActFormat::bf16: {
       uint16_t* o = reinterpret_cast<uint16_t*>(dst);
       for (int k = 0; k < K32; k += 16) {

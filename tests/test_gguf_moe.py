@@ -1,0 +1,93 @@
+"""A MoE layer on GGUF blocks as a file stores them, projection by projection (gate/up in one type,
+down in another, as real files mix them), against the float64 reference MoE on gguf's dequantized
+weights with the kernels' activation rounding emulated, on every ISA tier whose kernels differ."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kt_kernel
+from kt_kernel import _ext
+from kt_kernel.formats import GGUF_METHOD, all_formats
+
+import gguf_reference as gr
+import reference
+from format_expectations import ACT_ATOL
+
+RECORDS = {f["name"]: f for f in all_formats() if f["method"] == GGUF_METHOD}
+HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
+E, TOPK, H, I = 6, 3, 512, 512
+
+
+def _pairs():
+    """(gate/up format, down format): each format with itself, and the mixes real files hold."""
+    pairs = [(f, f) for f in RECORDS]
+    for mix in [("q4_K", "q6_K"), ("q5_K", "q6_K"), ("q4_0", "q8_0"), ("iq4_xs", "q6_K"), ("q8_0", "f16")]:
+        if all(m in RECORDS for m in mix):
+            pairs.append(mix)
+    return pairs
+
+
+def _rows(fmt: str, tier: str) -> str:
+    rank = HOST_TIERS.index(tier)
+    return next(r["name"] for r in _ext.kernel_table()
+                if r["format"] == fmt and r["min_m"] == 0 and HOST_TIERS.index(r["tier"]) <= rank)
+
+
+def _cases():
+    """Each pair on the host tiers whose kernels for it differ from the lower tier's."""
+    cases = []
+    for gu, dn in _pairs():
+        seen = set()
+        for tier in HOST_TIERS:
+            rows = (_rows(gu, tier), _rows(dn, tier))
+            if rows not in seen:
+                seen.add(rows)
+                cases.append(pytest.param(gu, dn, tier, id=f"{gu}-{dn}-{tier}"))
+    return cases
+
+
+def _experts(fmt: str, N: int, K: int, rng) -> tuple[np.ndarray, torch.Tensor]:
+    """Blocks [E, N, row_bytes] of random valid rows, and their gguf dequantization [E, N, K]."""
+    blocks = np.stack([gr.random_blocks(fmt, N, K, rng, scale=2.0**-6 if fmt not in ("f16", "f32") else 2.0**-8)
+                       for _ in range(E)])
+    deq = torch.from_numpy(np.stack([gr.dequantize(fmt, b, K) for b in blocks]))
+    return blocks, deq
+
+
+@pytest.mark.parametrize("gu,dn,tier", _cases())
+@pytest.mark.parametrize("M", [1, 40])
+@pytest.mark.parametrize("pools", [1, 2])
+def test_layer_matches_reference(gu, dn, tier, M, pools):
+    kt_kernel.set_isa(tier)
+    rng = np.random.default_rng(7)
+    (gb, G), (ub, U), (db, D) = _experts(gu, I, H, rng), _experts(gu, I, H, rng), _experts(dn, H, I, rng)
+    layer = _ext.MoeLayer(_ext.Engine.shared(2, pools), E, TOPK, H, I, GGUF_METHOD, [1] * E, 512, formats=[gu, dn])
+    pmap = torch.tensor([3, 0, 5, 1, 4, 2], dtype=torch.int64)
+    layer.load_quantized([[gb.ctypes.data], [ub.ctypes.data], [db.ctypes.data]], pmap.data_ptr(), E)
+    x = torch.randn(M, H, dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(E)[:TOPK] for _ in range(M)]).to(torch.int32)
+    w = torch.rand(M, TOPK)
+    job, out = layer.submit(x.data_ptr(), "bfloat16", ids.data_ptr(), False, w.data_ptr(), "float32", M)
+    job.wait()
+    out = torch.from_numpy(out.view(np.int16).copy()).view(torch.bfloat16).double()
+    bounds = reference.slice_bounds(I, pools, RECORDS[dn]["group"], RECORDS[dn]["k_align"])
+    ref = reference.moe_forward(x.float(), ids, w, G, U, D, physical_to_logical_map=pmap.tolist(),
+                                act=RECORDS[gu]["acts"][0], h_act=RECORDS[dn]["acts"][0], slice_bounds=bounds)
+    atol = max(ACT_ATOL[RECORDS[gu]["acts"][0]], ACT_ATOL[RECORDS[dn]["acts"][0]]) * ref.abs().max()
+    err = (out - ref).abs()
+    bound = 2.0**-8 * ref.abs() + atol
+    assert (err <= bound).all(), f"worst error {err.max():.3g} (max|ref| {ref.abs().max():.3g})"
+    assert layer.format == gu and layer.down_format == dn
+
+
+def test_layer_refuses_partial_blocks():
+    with pytest.raises(ValueError, match="q8_0 gate/up rows are whole blocks of 32 weights: hidden_size=48"):
+        _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 48, 64, GGUF_METHOD, [1] * 4, 64, formats=["q8_0", "q8_0"])
+    with pytest.raises(ValueError, match="q8_0 down rows are whole blocks of 32 weights: moe_intermediate_size=48"):
+        _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 48, GGUF_METHOD, [1] * 4, 64, formats=["f16", "q8_0"])
+    with pytest.raises(ValueError, match="LLAMAFILE takes the formats of a GGUF file"):
+        _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64)
+    with pytest.raises(ValueError, match="format int4_g32 belongs to method AMXINT4, not LLAMAFILE"):
+        _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64, formats=["int4_g32", "q8_0"])
