@@ -83,6 +83,16 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      act_bit(ActFormat::f32), /*int_dot=*/false, /*weight_rel_err=*/1e-6, /*layer_rel_err=*/0.01,
      AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
      f32_quantize_ref, f32_dequantize_ref, f32_pack, f32_unpack_row, /*gguf_type=*/0},
+    // q4_0: PLACEHOLDER
+    KT_GGUF_RECORD(q4_0, BlockQ4_0, q8_32, /*ggml_type=*/2, 0.10, 0.20, 2e-2, 0.90, 1.0),
+    // q4_1: PLACEHOLDER
+    KT_GGUF_RECORD(q4_1, BlockQ4_1, q8_32, /*ggml_type=*/3, 0.09, 0.20, 2e-2, 0.90, 1.0),
+    // q5_0: PLACEHOLDER
+    KT_GGUF_RECORD(q5_0, BlockQ5_0, q8_32, /*ggml_type=*/6, 0.055, 0.10, 1e-2, 0.93, 0.5),
+    // q5_1: PLACEHOLDER
+    KT_GGUF_RECORD(q5_1, BlockQ5_1, q8_32, /*ggml_type=*/7, 0.05, 0.10, 1e-2, 0.93, 0.5),
+    // iq4_nl: PLACEHOLDER
+    KT_GGUF_RECORD(iq4_nl, BlockIq4Nl, q8_32, /*ggml_type=*/20, 0.085, 0.20, 2e-2, 0.90, 1.0),
 };
 #undef KT_GGUF_RECORD
 
