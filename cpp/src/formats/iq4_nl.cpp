@@ -5,7 +5,7 @@
 //       byte j of qs:  low nibble = i[j],  high nibble = i[j + 16]           j = 0..15
 //   w[k] = d * kIq4Values[i[k]],  kIq4Values = -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113
 //
-// Quantizer (ours; any valid block is one, its error is measured): for candidate scales that put
+// Quantizer (ours: the gguf package has none; its error is measured): for candidate scales that put
 // the weight of largest |w| near an end level (1 / d = (v0 + t) / max, v0 = -127 or 113,
 // t = -7..7), each weight takes the nearest level v and d is refit by least squares,
 // d = sum v w / sum v v; the candidate of least squared error wins, is refined by two rounds of
