@@ -20,6 +20,7 @@ namespace kt {
 
 void dequantize_block(const BlockQ4_1& b, float* out) {
   const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
+  // d * q, then + m: two roundings, as ggml's (no FMA contraction: baseline x86-64 build)
   for (int k = 0; k < 32; ++k) out[k] = float(block32::nibble(b.qs, k)) * d + m;
 }
 

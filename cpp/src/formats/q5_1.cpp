@@ -21,6 +21,7 @@ namespace kt {
 
 void dequantize_block(const BlockQ5_1& b, float* out) {
   const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
+  // d * q, then + m: two roundings, as ggml's (no FMA contraction: baseline x86-64 build)
   const uint32_t h = block32::high_bits(b.qh);
   for (int k = 0; k < 32; ++k) out[k] = float(block32::q5(b.qs, h, k)) * d + m;
 }
