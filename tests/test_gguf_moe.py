@@ -113,3 +113,9 @@ def test_layer_error_against_fp32_weights_within_bound(fmt, M):
     out = torch.from_numpy(out.view(np.int16).copy()).view(torch.bfloat16)
     err = relative_error(out, torch_moe_forward(x.float(), ids, w, gate, up, down, out_dtype=torch.float32))
     assert err <= RECORDS[fmt]["layer_rel_err"], f"{fmt} M={M}: {err:.4f} > {RECORDS[fmt]['layer_rel_err']}"
+
+
+def test_llamafile_takes_bf16_tensors():
+    """A GGUF file may store experts in BF16: the bf16 format (method BF16) is one of LLAMAFILE's."""
+    layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64, formats=["bf16", "q8_0"])
+    assert (layer.format, layer.down_format) == ("bf16", "q8_0")

@@ -15,9 +15,6 @@ namespace {
 constexpr unsigned kFloatActs = act_bit(ActFormat::f32) | act_bit(ActFormat::bf16);
 constexpr unsigned kQ8Acts = act_bit(ActFormat::q8s) | act_bit(ActFormat::q8u);
 
-// The method of every GGUF format: KTMoEWrapper(method="LLAMAFILE") takes each projection's format
-// from the GGUF file's tensor types.
-constexpr const char* kGgufMethod = "LLAMAFILE";
 
 // A GGUF block type's record: the file's blocks, packed by whole blocks (gguf_format.h), read by
 // kernels that multiply integers against activation blocks `act`. ggml_type: its GGUF type id.
