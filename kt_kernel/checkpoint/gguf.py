@@ -52,8 +52,9 @@ class GGUFError(ConversionError):
 
 def ggml_type_formats() -> dict:
     """{ggml type name: kt format name} of the ggml types whose blocks the kernels read as they
-    are: the format records' ``gguf_type`` (Q4_K -> q4_K, ..., BF16 -> bf16)."""
-    return {gguf.GGMLQuantizationType(r["gguf_type"]).name: r["name"] for r in gguf_formats()}
+    are: the format records' ``gguf_type`` (Q4_K -> q4_K, ..., BF16 -> bf16), in ggml's type order."""
+    records = sorted(gguf_formats(), key=lambda r: r["gguf_type"])
+    return {gguf.GGMLQuantizationType(r["gguf_type"]).name: r["name"] for r in records}
 
 
 @dataclass(frozen=True)
