@@ -4,6 +4,7 @@ file (and tensor), never a crash."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -305,6 +306,13 @@ def test_not_a_moe_model(tmp_path, rng):
 def test_bad_metadata_value(tmp_path, rng):
     meta = model_meta(E, H, I, TOPK) | {"{arch}.embedding_length": "4096"}
     _raises(_write(tmp_path / "m.gguf", _model(rng), meta), "embedding_length is '4096', expected a positive integer")
+
+
+@pytest.mark.parametrize("value", [("add_array", [4096]), ("add_float32", 4096.0), ("add_bool", True),
+                                   ("add_uint32", 0)], ids=["array", "float", "bool", "0"])
+def test_metadata_of_another_kind(tmp_path, rng, value):
+    meta = model_meta(E, H, I, TOPK) | {"{arch}.embedding_length": value}
+    _raises(_write(tmp_path / "m.gguf", _model(rng), meta), re.escape(f"embedding_length is {value[1]!r}, expected a positive"))
 
 
 def test_missing_shard(tmp_path, rng):

@@ -111,7 +111,7 @@ def _field(reader, key: str):
     string = gguf.GGUFValueType.STRING
     values = [bytes(f.parts[i]).decode("utf-8", "replace") if f.types[-1] == string else f.parts[i][0].item()
               for i in f.data]
-    return values if len(f.types) > 1 else values[0]
+    return values if f.types[0] == gguf.GGUFValueType.ARRAY else values[0]
 
 
 def _split_of(reader, file: Path) -> Optional[tuple]:
