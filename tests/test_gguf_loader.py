@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
 import reference
 from conftest import kernel_row
@@ -313,6 +313,26 @@ def test_bad_metadata_value(tmp_path, rng):
 def test_metadata_of_another_kind(tmp_path, rng, value):
     meta = model_meta(E, H, I, TOPK) | {"{arch}.embedding_length": value}
     _raises(_write(tmp_path / "m.gguf", _model(rng), meta), re.escape(f"embedding_length is {value[1]!r}, expected a positive"))
+
+
+def test_empty_metadata_array(tmp_path):
+    """An empty array (gguf's writer refuses them; other writers may not) is a list, not a crash."""
+    def string(v):
+        return len(v).to_bytes(8, "little") + v.encode()
+
+    def kv(key, vtype, payload):
+        return string(key) + int(vtype).to_bytes(4, "little") + payload
+
+    def u32(v):
+        return v.to_bytes(4, "little")
+
+    kvs = [kv("general.architecture", GGUFValueType.STRING, string(ARCH)),
+           kv(f"{ARCH}.expert_count", GGUFValueType.UINT32, u32(E)),
+           kv(f"{ARCH}.expert_used_count", GGUFValueType.UINT32, u32(TOPK)),
+           kv(f"{ARCH}.embedding_length", GGUFValueType.ARRAY, u32(GGUFValueType.UINT32) + (0).to_bytes(8, "little"))]
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + u32(3) + (0).to_bytes(8, "little") + len(kvs).to_bytes(8, "little") + b"".join(kvs))
+    _raises(f, re.escape("embedding_length is [], expected a positive integer"))
 
 
 def test_missing_shard(tmp_path, rng):
