@@ -71,6 +71,15 @@ def test_single_file(tmp_path, rng):
     assert r.layer_formats(1) == ("q8_0", "q8_0")
 
 
+def test_metadata_arrays_dropped(tmp_path, rng):
+    """The cached reader keeps no tokenizer (its parsed arrays are hundreds of MB in real files)."""
+    extra = {"tokenizer.ggml.tokens": ("add_array", ["a", "b", "c"]), "{arch}.rope.dims": ("add_array", [1, 2])}
+    r = open_gguf(_write(tmp_path / "m.gguf", _model(rng), model_meta(E, H, I, TOPK) | extra))
+    fields = r.shards[0][1].fields
+    assert "tokenizer.ggml.tokens" not in fields and f"{ARCH}.rope.dims" not in fields
+    assert f"{ARCH}.expert_count" in fields and r.num_experts == E
+
+
 def test_views_are_the_mapped_file(tmp_path, rng):
     """The blocks are a view of the file's memory map, not a copy."""
     tensors = _model(rng)

@@ -248,6 +248,12 @@ class GGUFCheckpoint:
             for t in r.tensors:
                 digest.update(f"{t.name}:{int(t.tensor_type)}:{t.shape.tolist()}:{t.data_offset};".encode())
         self.fingerprint = digest.hexdigest()
+        # The metadata arrays (the tokenizer's ~10^5 strings and merges, each parsed into numpy
+        # views) hold ~450 MB of Python objects, which the cache would keep for the process's
+        # life; what this reader needs of the metadata is read above.
+        for _, r in self.shards:
+            for key in [k for k, f in r.fields.items() if f.types[:1] == [gguf.GGUFValueType.ARRAY]]:
+                del r.fields[key]
 
     # ---- one layer ------------------------------------------------------------------------
 
