@@ -71,3 +71,27 @@ def test_gguf_experts_match_their_dequantized_model(tiny_256, tmp_path, arch, ga
 def test_llamafile_without_a_gguf_file_is_refused(tiny_256):
     with pytest.raises(ValueError, match="LLAMAFILE runs the experts of a GGUF file: give weight_path"):
         load_model(tiny_256("qwen3_moe"), "LLAMAFILE")
+
+
+def test_demo_writes_and_runs_a_gguf_file(tmp_path, capsys):
+    """python -m kt_kernel.demo --gguf PATH: the tiny model's experts written to PATH, then run from
+    it; a second run reads the file it finds there."""
+    from kt_kernel.demo import model as demo_model
+
+    path = tmp_path / "experts.gguf"
+    args = ["--gguf", str(path), "--arch", "mixtral", "--gguf-types", "q5_K,q8_0", "--cache-dir", str(tmp_path),
+            "--threads", "1", "--max-new-tokens", "8"]
+    assert demo_model.main(args) == 0
+    out = capsys.readouterr().out
+    for fragment in (f"writing its routed experts to {path} (q5_K gate/up, q8_0 down)",
+                     "method        LLAMAFILE (q5_K, q8_0)", "vs fp32       top-1 agreement", "PASS: LLAMAFILE"):
+        assert fragment in out, f"{fragment!r} missing from the demo's output:\n{out}"
+    assert demo_model.main(args) == 0
+    assert "writing its routed experts" not in capsys.readouterr().out
+
+
+def test_demo_refuses_a_missing_gguf_file_for_a_real_model(tmp_path):
+    from kt_kernel.demo import model as demo_model
+
+    with pytest.raises(SystemExit):
+        demo_model.parse_args(["--model", str(tmp_path), "--gguf", str(tmp_path / "none.gguf")])
