@@ -227,28 +227,24 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
-def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLimits, emit) -> list[dict]:
-    """Every side on one (shape, type) file; the rows of that block."""
-    path = args.workdir / f"{shape.name}-{fmt}.gguf"
-    made = Stopwatch()
-    source = write_layer_file(path, shape, fmt)
-    print(f"  {fmt}: {path.stat().st_size / 2**30:.2f} GiB file ({source}) written in {made.seconds:.1f} s", flush=True)
-    refs = Stopwatch()
-    ref = reference_output(path, *cases)
-    print(f"  fp64 reference on gguf's dequantization: {refs.seconds:.1f} s; {memory_line()}", flush=True)
-    rec = kt_format(fmt)
-    bpw = type_bytes_per_weight(fmt)
+def refusal(side: str, shape: Shape, fmt: str, args) -> str | None:
+    """Why `side` cannot run this (shape, type) file, None where it can."""
+    if side == "ours" and kt_format(fmt) is None:
+        return f"missing: kt_kernel has no {fmt} format (kt_kernel._ext.formats())"
+    if side == "upstream" and args.upstream_python is None:
+        return "skipped: no --upstream-python"
+    if side == "upstream" and shape.I % UPSTREAM_QK_K:
+        return f"skipped: upstream's LLAMAFILE needs I divisible by {UPSTREAM_QK_K}, I={shape.I}"
+    return memory_refusal(side, shape, fmt)
 
+
+def run_sides(shape: Shape, fmt: str, path: Path, args, inputs: Path, probe: MachineLimits) -> dict:
+    """side -> its result (run_side, best_of) with the limits measured right before it, or
+    {"status": why not}."""
+    rec = kt_format(fmt)
     results = {}
     for side in args.sides:
-        why = None
-        if side == "ours" and rec is None:
-            why = f"missing: kt_kernel has no {fmt} format (kt_kernel._ext.formats())"
-        elif side == "upstream" and args.upstream_python is None:
-            why = "skipped: no --upstream-python"
-        elif side == "upstream" and shape.I % UPSTREAM_QK_K:
-            why = f"skipped: upstream's LLAMAFILE needs I divisible by {UPSTREAM_QK_K}, I={shape.I}"
-        why = why or memory_refusal(side, shape, fmt)
+        why = refusal(side, shape, fmt, args)
         if why:
             print(f"  {side}: {why}", flush=True)
             results[side] = {"status": why}
@@ -261,33 +257,33 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
               f"{peak['gops'] or 0:.0f} {peak['unit'] or ''}", flush=True)
         running = Stopwatch()
         if side == "upstream":
-            threads = sorted({1, args.threads})
-            r = best_of([run_side(side, args.upstream_python, path, inputs, args.workdir, t, args) for t in threads])
+            r = best_of([run_side(side, args.upstream_python, path, inputs, args.workdir, t, args)
+                         for t in sorted({1, args.threads})])
         else:
             r = run_side(side, sys.executable, path, inputs, args.workdir, args.threads, args)
-        r.update(bandwidth=bw, peak=peak)
-        results[side] = r
+        results[side] = {**r, "bandwidth": bw, "peak": peak}
         print(f"  {side}: {r['status']} ({running.seconds:.1f} s with its start-up)", flush=True)
-    if not args.keep_files:
-        path.unlink()
+    return results
 
+
+def case_rows(shape: Shape, fmt: str, results: dict, ref: torch.Tensor, ids: torch.Tensor, args) -> list[dict]:
+    """The rows of one (shape, type): per side its status, or per M its figures."""
+    rec = kt_format(fmt)
     rows = []
-    for side in args.sides:
-        r = results[side]
+    for side, r in results.items():
         if r["status"] != "ok":
             rows.append({"shape": shape.name, "type": fmt, "side": side, "status": r["status"]})
-            emit(rows[-1])
             continue
         for M in args.tokens:
             c = r["cases"][M]
-            x, ids, w = (t[:M] for t in cases)
             row = {"shape": shape.name, "type": fmt, "side": side, "status": "ok", "M": M,
                    "ms": c["median_s"] * 1e3, **c, "threads": r.get("threads_by_m", {}).get(M, args.threads),
                    "kernel": r["info"].get("kernel"), "info": r["info"],
                    "rel_err": relative_error(r["outputs"][M], ref[:M]),
                    "bound": rec["layer_rel_err"] if side == "ours" else None,
                    "bandwidth_gbps": r["bandwidth"]["best_gbps"], "peak": r["peak"]}
-            row.update(case_metrics(shape, M, ids, 2.0 if side == "torch" else bpw, c["median_s"]))
+            bpw = 2.0 if side == "torch" else type_bytes_per_weight(fmt)
+            row.update(case_metrics(shape, M, ids[:M], bpw, c["median_s"]))
             if M in DECODE_TOKENS:
                 row["pct_limit"] = 100 * row["gbps"] / row["bandwidth_gbps"]
             else:
@@ -301,8 +297,28 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
             ours, up, tor = (ms.get((s, row["M"])) for s in ("ours", "upstream", "torch"))
             row["upstream_over_ours"] = up / ours if row["side"] == "ours" and up and ours else None
             row["torch_over_this"] = tor / row["ms"] if tor else None
-            emit(row)
     return rows
+
+
+def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLimits) -> tuple[list[dict], dict]:
+    """Every side on one (shape, type) file: its rows, and what the file held."""
+    path = args.workdir / f"{shape.name}-{fmt}.gguf"
+    made = Stopwatch()
+    source = write_layer_file(path, shape, fmt)
+    file = {"shape": shape.name, "type": fmt, "bytes": path.stat().st_size, "blocks": source}
+    print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB file ({source}) written in {made.seconds:.1f} s", flush=True)
+    refs = Stopwatch()
+    ref = reference_output(path, *cases)
+    print(f"  fp64 reference on gguf's dequantization: {refs.seconds:.1f} s; {memory_line()}", flush=True)
+    try:
+        results = run_sides(shape, fmt, path, args, inputs, probe)
+    finally:
+        if not args.keep_files:
+            path.unlink()
+    ours = results.get("ours", {}).get("info")
+    if ours:
+        file["ours"] = {k: ours[k] for k in ("kernel", "down_kernel", "tier", "act_format")}
+    return case_rows(shape, fmt, results, ref, cases[1], args), file
 
 
 # ---- the tables --------------------------------------------------------------------------------
@@ -326,6 +342,12 @@ def table_row(r: dict) -> str:
             f"{vs_torch} | {r['rel_err']:.4f} |")
 
 
+def file_note(f: dict) -> str:
+    ours = f.get("ours")
+    kernels = f"; ours: {ours['kernel']} / {ours['down_kernel']} ({ours['tier']}, {ours['act_format']} activations)" if ours else ""
+    return f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file of {f['blocks']}{kernels}"
+
+
 NOTES = [
     "% limit: M <= 8 of the read bandwidth measured right before the side (GB/s = distinct experts x 3HI x",
     "bytes/weight / ms; torch reads bf16); M >= 64 of the instruction peak measured then (kt and upstream: the",
@@ -346,7 +368,7 @@ def markdown(result: dict) -> str:
         s = result["shapes"][name]
         lines += [f"### Shape {name}: H={s['H']} I={s['I']} E={s['E']} K={s['K']} ({s['like']})", "", HEADER]
         lines += [table_row(r) for r in result["results"] if r["shape"] == name]
-        lines.append("")
+        lines += [""] + [file_note(f) for f in result["files"] if f["shape"] == name] + [""]
     return "\n".join(lines + NOTES) + "\n"
 
 
@@ -415,7 +437,7 @@ def main(argv=None) -> dict:
     args.workdir = Path(tempfile.mkdtemp(prefix="bench_gguf-") if temp else args.workdir)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    rows, files = [], []
     try:
         for name in args.shapes:
             shape = get_shape(name)
@@ -423,16 +445,11 @@ def main(argv=None) -> dict:
             x, ids, w = random_inputs(max(args.tokens), shape.H, shape.E, shape.K, seed=0)
             inputs = args.workdir / f"inputs-{shape.name}.pt"
             torch.save({"x": x, "ids": ids, "w": w}, inputs)
-            table = []
-
-            def emit(r):
-                if not table:
-                    print(HEADER)
-                table.append(r)
-                print(table_row(r), flush=True)
-
             for fmt in args.types:
-                rows += run_type(shape, fmt, args, inputs, (x, ids, w), probe, emit)
+                type_rows, file = run_type(shape, fmt, args, inputs, (x, ids, w), probe)
+                print("\n".join([HEADER, *map(table_row, type_rows), file_note(file)]), flush=True)
+                rows += type_rows
+                files.append(file)
     finally:
         if temp:
             shutil.rmtree(args.workdir, ignore_errors=True)
@@ -451,6 +468,7 @@ def main(argv=None) -> dict:
         "other_load_cores": {"start": load0},
         "limits": {"bandwidth": probe.samples, "peaks": probe.peaks},
         "shapes": {n: asdict(get_shape(n)) for n in args.shapes},
+        "files": files,
         "results": rows,
     }
     bench_report.write_files(result, args.json, args.markdown, markdown)

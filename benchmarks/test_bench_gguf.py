@@ -74,6 +74,8 @@ def test_cli_small_shape(tmp_path):
         assert r["info"]["formats"] == ["q8_0", "q8_0"]
     for r in peer:
         assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
+    (file,) = result["files"]
+    assert file["blocks"] == "kt_kernel quantizer" and file["ours"]["kernel"] == ours[0]["info"]["kernel"]
     assert len(result["limits"]["bandwidth"]) == 3  # before each side and at the end
     assert result["markdown_text"].count("\n| q8_0 | ours | ") == 2
 
@@ -85,6 +87,7 @@ def test_missing_type_is_reported(tmp_path, monkeypatch):
     (ours,), (peer,) = rows_of(result, "ours"), rows_of(result, "torch")
     assert ours["status"].startswith("missing: kt_kernel has no q8_0 format")
     assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
+    assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
     assert "| q8_0 | ours | - | missing" in result["markdown_text"]
 
 
