@@ -343,9 +343,11 @@ def table_row(r: dict) -> str:
 
 
 def file_note(f: dict) -> str:
-    ours = f.get("ours")
-    kernels = f"; ours: {ours['kernel']} / {ours['down_kernel']} ({ours['tier']}, {ours['act_format']} activations)" if ours else ""
-    return f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file of {f['blocks']}{kernels}"
+    ours, kernels = f.get("ours"), ""
+    if ours:
+        names = ours["kernel"] if ours["down_kernel"] == ours["kernel"] else f"{ours['kernel']} / {ours['down_kernel']}"
+        kernels = f"; ours: {names} ({ours['tier']}, {ours['act_format']} activations)"
+    return f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']}{kernels}"
 
 
 NOTES = [
