@@ -55,7 +55,7 @@ from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 import bench_report
 from bench_moe import MachineLimits, case_metrics, memory_line, other_load, require_positive
-from gguf_side import PROJECTIONS, GgufLayer
+from gguf_side import PROJECTIONS, GgufLayer, projection_shape
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -86,22 +86,17 @@ def type_bytes_per_weight(name: str) -> float:
 
 # ---- the GGUF file -----------------------------------------------------------------------------
 
-def projection_shape(shape: Shape, proj: str) -> tuple[int, int]:
-    """(rows, columns) of one expert's projection: gate/up [I, H], down [H, I]."""
-    return (shape.H, shape.I) if proj == "down" else (shape.I, shape.H)
-
-
 def random_block_scale(fmt: str, cols: int, std: float, rng: np.random.Generator) -> float:
     """The `scale` of gguf_reference.random_blocks whose dequantized weights have about this std."""
-    probe = 2.0**-6
-    sample = gguf_reference.dequantize(fmt, gguf_reference.random_blocks(fmt, 64, cols, rng, scale=probe), cols)
-    return probe * std / float(sample.std())
+    trial = 2.0**-6
+    sample = gguf_reference.dequantize(fmt, gguf_reference.random_blocks(fmt, 64, cols, rng, scale=trial), cols)
+    return trial * std / float(sample.std())
 
 
 def projection_blocks(fmt: str, shape: Shape, proj: str, seed: int) -> np.ndarray:
     """uint8 [E, rows, row bytes]: the projection's blocks, ours quantizing Gaussian weights where
     kt_kernel has the format, else random valid blocks of the same std."""
-    rows, cols = projection_shape(shape, proj)
+    rows, cols = projection_shape(proj, shape.H, shape.I)
     out = np.empty((shape.E, rows, gguf_reference.row_bytes(fmt, cols)), np.uint8)
     std = WEIGHT_STD[proj]
     if kt_format(fmt) is not None:
@@ -128,7 +123,7 @@ def write_layer_file(path: Path, shape: Shape, fmt: str) -> str:
     writer.add_expert_count(shape.E)
     writer.add_expert_used_count(shape.K)
     for proj in PROJECTIONS:
-        rows, cols = projection_shape(shape, proj)
+        rows, cols = projection_shape(proj, shape.H, shape.I)
         byte_shape = (shape.E, rows, gguf_reference.row_bytes(fmt, cols))
         writer.add_tensor_info(f"blk.0.ffn_{proj}_exps.weight", byte_shape, np.dtype(np.uint8),
                                int(np.prod(byte_shape)), raw_dtype=ggml_type)
@@ -147,8 +142,7 @@ class DequantizedExperts:
 
     def __init__(self, layer: GgufLayer, proj: str):
         self.layer, self.proj = layer, proj
-        rows, cols = (layer.H, layer.I) if proj == "down" else (layer.I, layer.H)
-        self.shape = (layer.E, rows, cols)
+        self.shape = (layer.E, *projection_shape(proj, layer.H, layer.I))
 
     def __getitem__(self, e: int) -> torch.Tensor:
         return torch.from_numpy(self.layer.dequantize(self.proj, e)).double()

@@ -32,6 +32,11 @@ PROJECTIONS = ("gate", "up", "down")
 SETTLE_S = 0.05  # torch's OpenMP threads spin a while after each torch op: let them stop before a timed block
 
 
+def projection_shape(proj: str, H: int, I: int) -> tuple[int, int]:
+    """(rows, columns) of one expert's projection: gate and up [I, H], down [H, I]."""
+    return (H, I) if proj == "down" else (I, H)
+
+
 def _timing():
     """kt_kernel/timing.py of this repository, loaded by path (in the upstream environment
     `import kt_kernel` is upstream's package)."""
@@ -99,8 +104,7 @@ def torch_peer(layer: GgufLayer, case: dict):
 
     weights = {}
     for p in PROJECTIONS:
-        rows, cols = (layer.H, layer.I) if p == "down" else (layer.I, layer.H)
-        weights[p] = torch.empty(layer.E, rows, cols, dtype=torch.bfloat16)
+        weights[p] = torch.empty(layer.E, *projection_shape(p, layer.H, layer.I), dtype=torch.bfloat16)
         for e in range(layer.E):
             weights[p][e] = torch.from_numpy(layer.dequantize(p, e))
 

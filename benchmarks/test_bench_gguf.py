@@ -20,7 +20,7 @@ from kt_kernel.accuracy import REL_ERR_BOUNDS
 from kt_kernel.torch_moe import TORCH_PEER
 
 import bench_gguf
-from gguf_side import PROJECTIONS, GgufLayer
+from gguf_side import PROJECTIONS, GgufLayer, projection_shape
 from shapes import Shape
 
 TINY = Shape("T", H=256, I=512, E=4, K=2, like="tiny test layer")
@@ -54,7 +54,7 @@ def test_layer_file(tmp_path, monkeypatch, kt_has_type):
     layer = GgufLayer(str(path))
     assert (layer.H, layer.I, layer.E, layer.K) == (TINY.H, TINY.I, TINY.E, TINY.K)
     for proj in PROJECTIONS:
-        rows, cols = bench_gguf.projection_shape(TINY, proj)
+        rows, cols = projection_shape(proj, TINY.H, TINY.I)
         assert layer.ggml_type(proj) == gguf.GGMLQuantizationType.Q8_0
         assert layer.blocks(proj).shape == (TINY.E, rows, cols // 32 * 34)
         w = np.stack([layer.dequantize(proj, e) for e in range(TINY.E)])
@@ -89,6 +89,17 @@ def test_missing_type_is_reported(tmp_path, monkeypatch):
     assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
     assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
     assert "| q8_0 | ours | - | missing" in result["markdown_text"]
+
+
+def test_failing_side_is_reported(tmp_path):
+    """A side whose process fails is a row saying so, with its log's tail printed; the run goes on."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho no kt_kernel here\nexit 3\n")
+    python.chmod(0o755)
+    result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--sides", "upstream,torch",
+                  "--upstream-python", str(python)], tmp_path)
+    (up,), (peer,) = rows_of(result, "upstream"), rows_of(result, "torch")
+    assert up["status"].startswith("failed: exit status 3") and peer["status"] == "ok"
 
 
 @pytest.mark.skipif(not UPSTREAM or not Path(UPSTREAM).exists(),
