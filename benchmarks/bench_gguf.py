@@ -202,7 +202,7 @@ def run_side(side: str, python: str, path: Path, inputs: Path, workdir: Path, th
     if rc != 0:
         tail = log.read_text().strip().splitlines()[-15:]
         print("\n".join(f"    | {line}" for line in tail))
-        return {"status": f"failed: exit status {rc} (log {log})"}
+        return {"status": f"failed: exit status {rc}", "log_tail": tail}
     result = torch.load(out, weights_only=True)
     out.unlink()
     return {"status": "ok", **result}
@@ -266,7 +266,8 @@ def case_rows(shape: Shape, fmt: str, results: dict, ref: torch.Tensor, ids: tor
     rows = []
     for side, r in results.items():
         if r["status"] != "ok":
-            rows.append({"shape": shape.name, "type": fmt, "side": side, "status": r["status"]})
+            rows.append({"shape": shape.name, "type": fmt, "side": side, "status": r["status"],
+                         **({"log_tail": r["log_tail"]} if "log_tail" in r else {})})
             continue
         for M in args.tokens:
             c = r["cases"][M]

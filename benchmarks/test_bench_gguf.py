@@ -80,26 +80,20 @@ def test_cli_small_shape(tmp_path):
     assert result["markdown_text"].count("\n| q8_0 | ours | ") == 2
 
 
-def test_missing_type_is_reported(tmp_path, monkeypatch):
-    """A type kt_kernel lacks: ours is reported missing, the peer still runs on random valid blocks."""
+def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):
+    """A type kt_kernel lacks is reported missing for ours, and the file holds random valid blocks;
+    a side whose process fails is a row saying so, with its log's tail; the others still run."""
     monkeypatch.setattr(bench_gguf, "kt_format", lambda name: None)
-    result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--sides", "ours,torch"], tmp_path)
-    (ours,), (peer,) = rows_of(result, "ours"), rows_of(result, "torch")
-    assert ours["status"].startswith("missing: kt_kernel has no q8_0 format")
-    assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
-    assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
-    assert "| q8_0 | ours | - | missing" in result["markdown_text"]
-
-
-def test_failing_side_is_reported(tmp_path):
-    """A side whose process fails is a row saying so, with its log's tail printed; the run goes on."""
     python = tmp_path / "python"
     python.write_text("#!/bin/sh\necho no kt_kernel here\nexit 3\n")
     python.chmod(0o755)
-    result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--sides", "upstream,torch",
-                  "--upstream-python", str(python)], tmp_path)
-    (up,), (peer,) = rows_of(result, "upstream"), rows_of(result, "torch")
-    assert up["status"].startswith("failed: exit status 3") and peer["status"] == "ok"
+    result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--upstream-python", str(python)], tmp_path)
+    (ours,), (up,), (peer,) = (rows_of(result, side) for side in ("ours", "upstream", "torch"))
+    assert ours["status"].startswith("missing: kt_kernel has no q8_0 format")
+    assert up["status"] == "failed: exit status 3" and up["log_tail"] == ["no kt_kernel here"]
+    assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
+    assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
+    assert "| q8_0 | ours | - | missing" in result["markdown_text"]
 
 
 @pytest.mark.skipif(not UPSTREAM or not Path(UPSTREAM).exists(),
