@@ -193,16 +193,17 @@ def run_side(side: str, python: str, path: Path, inputs: Path, workdir: Path, th
             "threads": threads, "iters": args.iters, "min_time": args.min_time, "warmup": args.warmup}
     case_file = workdir / f"{side}-{threads}.json"
     case_file.write_text(json.dumps(case))
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # the log in the order things happened
     if side == "upstream":
         env.pop("PYTHONPATH", None)  # its own environment's kt_kernel, not this checkout's
     with open(log, "w") as f:
         rc = subprocess.run([python, str(SIDE_SCRIPT), side, str(case_file)], stdout=f, stderr=subprocess.STDOUT,
                             env=env).returncode
     if rc != 0:
-        tail = log.read_text().strip().splitlines()[-15:]
-        print("\n".join(f"    | {line}" for line in tail))
-        return {"status": f"failed: exit status {rc}", "log_tail": tail}
+        lines = log.read_text().strip().splitlines()
+        print("\n".join(f"    | {line}" for line in lines[-15:]))
+        errors = [line.strip() for line in lines if "Error" in line or "what():" in line]
+        return {"status": f"failed: exit status {rc}" + (f" ({errors[-1]})" if errors else ""), "log_tail": lines[-15:]}
     result = torch.load(out, weights_only=True)
     out.unlink()
     return {"status": "ok", **result}

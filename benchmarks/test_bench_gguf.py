@@ -85,12 +85,13 @@ def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):
     a side whose process fails is a row saying so, with its log's tail; the others still run."""
     monkeypatch.setattr(bench_gguf, "kt_format", lambda name: None)
     python = tmp_path / "python"
-    python.write_text("#!/bin/sh\necho no kt_kernel here\nexit 3\n")
+    python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: no kt_kernel here'\nexit 3\n")
     python.chmod(0o755)
     result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--upstream-python", str(python)], tmp_path)
     (ours,), (up,), (peer,) = (rows_of(result, side) for side in ("ours", "upstream", "torch"))
     assert ours["status"].startswith("missing: kt_kernel has no q8_0 format")
-    assert up["status"] == "failed: exit status 3" and up["log_tail"] == ["no kt_kernel here"]
+    assert up["status"] == "failed: exit status 3 (ModuleNotFoundError: no kt_kernel here)"
+    assert up["log_tail"] == ["ModuleNotFoundError: no kt_kernel here"]
     assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
     assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
     assert "| q8_0 | ours | - | missing" in result["markdown_text"]
