@@ -1,0 +1,78 @@
+// q5_K: 256 weights in 8 sub-blocks of 32, 5-bit q, a 6-bit scale and a 6-bit min per sub-block
+// against the fp16 super-block scales d and dmin (5.5 bits per weight). BlockQ5_K, 176 bytes:
+//
+//   d, dmin     fp16
+//   scales[12]  8 pairs (sc_j, m_j) of 6 bits, as q4_K's (q4K_scale_min in kt/gguf_blocks.h)
+//   qh[32]      the fifth bit: weight k is bit k / 32 (its sub-block) of qh[k % 32]
+//   qs[128]     the low 4 bits, as q4_K's: in chunk c (32 bytes), byte l holds
+//                 q[64c + l] & 15 (low nibble)  |  (q[64c + 32 + l] & 15) << 4 (high nibble)
+//
+//   w[k] = d * sc_j * q[k] - dmin * m_j      j = k / 32   (ggml: d1 * q - m1, d1 = d * sc, m1 = dmin * m)
+#include "formats/gguf_format.h"
+#include "formats/kquant_fit.h"
+
+namespace kt {
+namespace {
+
+int q5K_q(const BlockQ5_K& b, int k) {
+  return ((b.qs[32 * (k / 64) + k % 32] >> 4 * (k % 64 / 32)) & 15) | ((b.qh[k % 32] >> (k / 32)) & 1) << 4;
+}
+
+}  // namespace
+
+void dequantize_block(const BlockQ5_K& b, float* out) {
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    q4K_scale_min(j, b.scales, &sc, &m);
+    const float d1 = d * float(sc), m1 = dmin * float(m);
+    for (int k = 32 * j; k < 32 * j + 32; ++k) out[k] = d1 * float(q5K_q(b, k)) - m1;
+  }
+}
+
+void quantize_block(const float* x, BlockQ5_K* b) {
+  kquant::ScaleMin f[8];
+  float smax = 0.f, mmax = 0.f;
+  for (int j = 0; j < 8; ++j) {
+    f[j] = kquant::fit_scale_min(x + 32 * j, 32, /*nmax=*/31, /*nstep=*/15);
+    smax = std::max(smax, f[j].s), mmax = std::max(mmax, f[j].m);
+  }
+  uint16_t dc[8], mc[8];
+  const int nd = kquant::super_scale_candidates(smax, 63.f, dc), nm = kquant::super_scale_candidates(mmax, 63.f, mc);
+  kquant::encode_best(x, dc, nd, mc, nm, b, [&](uint16_t d16, uint16_t dmin16, BlockQ5_K* o) {
+    o->d = d16, o->dmin = dmin16;
+    uint8_t q[kQK];
+    std::fill(o->scales, o->scales + 12, uint8_t(0));
+    for (int j = 0; j < 8; ++j) {
+      const auto r = kquant::encode_scale_min(x + 32 * j, 32, /*nmax=*/31, f[j], f16_to_f32(d16), f16_to_f32(dmin16),
+                                              /*imax=*/63, q + 32 * j);
+      kquant::q4K_set_scale_min(j, r.sc, r.m, o->scales);
+    }
+    std::fill(o->qh, o->qh + 32, uint8_t(0));
+    std::fill(o->qs, o->qs + 128, uint8_t(0));
+    for (int k = 0; k < kQK; ++k) {
+      o->qs[32 * (k / 64) + k % 32] |= uint8_t((q[k] & 15) << 4 * (k % 64 / 32));
+      o->qh[k % 32] |= uint8_t((q[k] >> 4) << (k / 32));
+    }
+  });
+}
+
+// sum_k w[k] * a.d * a.q[k] = d a.d sum_j sc_j (sum_{k in j} q[k] a.q[k])
+//                            - dmin a.d sum_j m_j (bsums[2j] + bsums[2j + 1])
+float dot_block(const BlockQ5_K& b, const ActQ8x256& a) {
+  int32_t isum = 0, msum = 0;
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    q4K_scale_min(j, b.scales, &sc, &m);
+    int32_t s = 0;
+    for (int k = 32 * j; k < 32 * j + 32; ++k) s += q5K_q(b, k) * a.q[k];
+    isum += sc * s;
+    msum += m * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
+  }
+  const float d = f16_to_f32(b.d) * a.d, dmin = f16_to_f32(b.dmin) * a.d;
+  return d * float(isum) - dmin * float(msum);
+}
+
+KT_GGUF_FORMAT(q5_K, BlockQ5_K)
+
+}  // namespace kt
