@@ -112,8 +112,17 @@ def projection_blocks(fmt: str, shape: Shape, proj: str, seed: int) -> np.ndarra
     return out
 
 
-def write_layer_file(path: Path, shape: Shape, fmt: str) -> str:
-    """Writes the one-layer GGUF file; returns where its blocks came from. One projection's
+def fp16_fields(fmt: str, blocks: np.ndarray) -> np.ndarray:
+    """Every fp16 scale field (d, dmin) of the blocks, as float16."""
+    size = gguf_reference.block_size(fmt)[1]
+    raw = blocks.reshape(-1, size)
+    return np.concatenate([raw[:, off:off + 2].copy().view(np.float16).ravel()
+                           for off in gguf_reference.FP16_FIELDS[fmt]])
+
+
+def write_layer_file(path: Path, shape: Shape, fmt: str) -> dict:
+    """Writes the one-layer GGUF file; returns where its blocks came from ("blocks") and the
+    share of its fp16 scale fields that are subnormals ("fp16_subnormal_share"). One projection's
     blocks are in memory at a time."""
     ggml_type = gguf_reference.GGML_TYPES[fmt]
     writer = gguf.GGUFWriter(str(path), ARCH)
@@ -130,10 +139,16 @@ def write_layer_file(path: Path, shape: Shape, fmt: str) -> str:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
+    subnormal = fields = 0
     for seed, proj in enumerate(PROJECTIONS):
-        writer.write_tensor_data(projection_blocks(fmt, shape, proj, seed))
+        blocks = projection_blocks(fmt, shape, proj, seed)
+        d = np.abs(fp16_fields(fmt, blocks))
+        subnormal, fields = subnormal + int(((d > 0) & (d < 2.0**-14)).sum()), fields + d.size
+        writer.write_tensor_data(blocks)
+        del blocks
     writer.close()
-    return "kt_kernel quantizer" if kt_format(fmt) is not None else "random valid blocks"
+    return {"blocks": "kt_kernel quantizer" if kt_format(fmt) is not None else "random valid blocks",
+            "fp16_subnormal_share": subnormal / fields}
 
 
 class DequantizedExperts:
@@ -300,9 +315,10 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
     """Every side on one (shape, type) file: its rows, and what the file held."""
     path = args.workdir / f"{shape.name}-{fmt}.gguf"
     made = Stopwatch()
-    source = write_layer_file(path, shape, fmt)
-    file = {"shape": shape.name, "type": fmt, "bytes": path.stat().st_size, "blocks": source}
-    print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB file ({source}) written in {made.seconds:.1f} s", flush=True)
+    file = {"shape": shape.name, "type": fmt, **write_layer_file(path, shape, fmt), "bytes": path.stat().st_size}
+    print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB file ({file['blocks']}, "
+          f"{100 * file['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal) written in {made.seconds:.1f} s",
+          flush=True)
     refs = Stopwatch()
     ref = reference_output(path, *cases)
     print(f"  fp64 reference on gguf's dequantization: {refs.seconds:.1f} s; {memory_line()}", flush=True)
@@ -343,7 +359,8 @@ def file_note(f: dict) -> str:
     if ours:
         names = ours["kernel"] if ours["down_kernel"] == ours["kernel"] else f"{ours['kernel']} / {ours['down_kernel']}"
         kernels = f"; ours: {names} ({ours['tier']}, {ours['act_format']} activations)"
-    return f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']}{kernels}"
+    return (f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']} "
+            f"({100 * f['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal){kernels}")
 
 
 NOTES = [
