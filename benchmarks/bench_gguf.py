@@ -68,6 +68,10 @@ WEIGHT_STD = {"gate": 0.02, "up": 0.02, "down": 0.03}
 UPSTREAM_QK_K = 256  # upstream's LLAMAFILE splits I in blocks of 256
 SIDE_SCRIPT = Path(__file__).resolve().parent / "gguf_side.py"
 MEMORY_HEADROOM = 0.85  # share of MemAvailable a side may plan to take
+# Quantized rows per projection that the experts' rows are drawn from: the K-quant quantizers
+# take about 1 s per million weights, every row of shape B would take most of an hour per type.
+# Each row the layer reads is still its own memory, so its time is that of distinct weights.
+POOL_ROWS = 4096
 
 
 def kt_format(name: str) -> dict | None:
@@ -93,23 +97,30 @@ def random_block_scale(fmt: str, cols: int, std: float, rng: np.random.Generator
     return trial * std / float(sample.std())
 
 
-def projection_blocks(fmt: str, shape: Shape, proj: str, seed: int) -> np.ndarray:
-    """uint8 [E, rows, row bytes]: the projection's blocks, ours quantizing Gaussian weights where
-    kt_kernel has the format, else random valid blocks of the same std."""
+def projection_blocks(fmt: str, shape: Shape, proj: str, seed: int, pool_rows: int) -> np.ndarray:
+    """uint8 [E, rows, row bytes]: the projection's blocks. Where kt_kernel has the format, rows
+    of its quantizer on Gaussian weights: a pool of `pool_rows` quantized rows (0: every row of
+    every expert its own), each expert's rows drawn from the pool at random; else random valid
+    blocks of the same std."""
     rows, cols = projection_shape(proj, shape.H, shape.I)
-    out = np.empty((shape.E, rows, gguf_reference.row_bytes(fmt, cols)), np.uint8)
+    rng = np.random.default_rng(seed)
     std = WEIGHT_STD[proj]
-    if kt_format(fmt) is not None:
-        g = torch.Generator().manual_seed(seed)
-        for e in range(shape.E):
-            w = torch.randn(rows, cols, generator=g).mul_(std).numpy()
-            out[e] = _ext.quantize(fmt, w)["blocks"].reshape(rows, -1)
-    else:
-        rng = np.random.default_rng(seed)
+    if kt_format(fmt) is None:
+        out = np.empty((shape.E, rows, gguf_reference.row_bytes(fmt, cols)), np.uint8)
         scale = random_block_scale(fmt, cols, std, rng)
         for e in range(shape.E):
             out[e] = gguf_reference.random_blocks(fmt, rows, cols, rng, scale=scale)
-    return out
+        return out
+    total = shape.E * rows
+    n = total if pool_rows == 0 else min(pool_rows, total)
+    pool = np.empty((n, gguf_reference.row_bytes(fmt, cols)), np.uint8)
+    g = torch.Generator().manual_seed(seed)
+    for r0 in range(0, n, rows):  # one expert's worth of fp32 weights at a time
+        r1 = min(n, r0 + rows)
+        pool[r0:r1] = _ext.quantize(fmt, torch.randn(r1 - r0, cols, generator=g).mul_(std).numpy())["blocks"]
+    if n == total:
+        return pool.reshape(shape.E, rows, -1)
+    return pool[rng.integers(0, n, (shape.E, rows))]
 
 
 def fp16_fields(fmt: str, blocks: np.ndarray) -> np.ndarray:
@@ -120,7 +131,7 @@ def fp16_fields(fmt: str, blocks: np.ndarray) -> np.ndarray:
                            for off in gguf_reference.FP16_FIELDS[fmt]])
 
 
-def write_layer_file(path: Path, shape: Shape, fmt: str) -> dict:
+def write_layer_file(path: Path, shape: Shape, fmt: str, pool_rows: int = POOL_ROWS) -> dict:
     """Writes the one-layer GGUF file; returns where its blocks came from ("blocks") and the
     share of its fp16 scale fields that are subnormals ("fp16_subnormal_share"). One projection's
     blocks are in memory at a time."""
@@ -141,14 +152,18 @@ def write_layer_file(path: Path, shape: Shape, fmt: str) -> dict:
     writer.write_ti_data_to_file()
     subnormal = fields = 0
     for seed, proj in enumerate(PROJECTIONS):
-        blocks = projection_blocks(fmt, shape, proj, seed)
+        blocks = projection_blocks(fmt, shape, proj, seed, pool_rows)
         d = np.abs(fp16_fields(fmt, blocks))
         subnormal, fields = subnormal + int(((d > 0) & (d < 2.0**-14)).sum()), fields + d.size
         writer.write_tensor_data(blocks)
         del blocks
     writer.close()
-    return {"blocks": "kt_kernel quantizer" if kt_format(fmt) is not None else "random valid blocks",
-            "fp16_subnormal_share": subnormal / fields}
+    pooled = 0 < pool_rows < shape.E * max(shape.H, shape.I)  # for some projection
+    if kt_format(fmt) is None:
+        source = "random valid blocks"
+    else:
+        source = "kt_kernel quantizer" + (f", rows from a pool of {pool_rows}" if pooled else "")
+    return {"blocks": source, "fp16_subnormal_share": subnormal / fields}
 
 
 class DequantizedExperts:
@@ -315,7 +330,8 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
     """Every side on one (shape, type) file: its rows, and what the file held."""
     path = args.workdir / f"{shape.name}-{fmt}.gguf"
     made = Stopwatch()
-    file = {"shape": shape.name, "type": fmt, **write_layer_file(path, shape, fmt), "bytes": path.stat().st_size}
+    file = {"shape": shape.name, "type": fmt, **write_layer_file(path, shape, fmt, args.pool_rows),
+            "bytes": path.stat().st_size}
     print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB file ({file['blocks']}, "
           f"{100 * file['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal) written in {made.seconds:.1f} s",
           flush=True)
@@ -401,6 +417,9 @@ def parse_args(argv=None):
     p.add_argument("--upstream-python", default=os.environ.get("KT_UPSTREAM_PYTHON"),
                    help="the Python of an environment with upstream kt-kernel 0.7.2 installed "
                         "(default: $KT_UPSTREAM_PYTHON; none: the upstream side is skipped)")
+    p.add_argument("--pool-rows", type=int, default=POOL_ROWS,
+                   help=f"rows quantized per projection, which the experts' rows are drawn from at random (default "
+                        f"{POOL_ROWS}; 0: every row quantized, slow for the K-quants: ~1 s per million weights)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per case (the protocol asks for >= 20)")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per case at least")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
@@ -430,6 +449,8 @@ def parse_args(argv=None):
     if not args.tokens or min(args.tokens) <= 0:
         p.error(f"--tokens must be positive, got {args.tokens}")
     require_positive(p, args, "threads", "iters")
+    if args.pool_rows < 0:
+        p.error(f"--pool-rows must be 0 (every row quantized) or positive, got {args.pool_rows}")
     if args.upstream_python and not Path(args.upstream_python).exists():
         p.error(f"--upstream-python {args.upstream_python} does not exist")
     if args.iters < 20:
@@ -478,6 +499,7 @@ def main(argv=None) -> dict:
         "conditions": {"threads": args.threads, "iters": args.iters, "min_time_s": args.min_time,
                        "warmup": args.warmup, "cpu_info": info, "cores": all_cores(),
                        "upstream_python": args.upstream_python, "weight_std": WEIGHT_STD,
+                       "pool_rows": args.pool_rows,
                        **bench_report.software(),
                        "gguf_formats": [f for f in all_formats() if f["method"] == GGUF_METHOD]},
         "other_load_cores": {"start": load0},

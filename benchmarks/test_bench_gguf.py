@@ -65,6 +65,15 @@ def test_layer_file(tmp_path, monkeypatch, kt_has_type):
         assert abs(w.std() / bench_gguf.WEIGHT_STD[proj] - 1) < 0.2, (proj, w.std())
 
 
+def test_rows_from_a_pool(tmp_path):
+    """With a pool of quantized rows, every row of the file is one of them, and experts differ."""
+    written = bench_gguf.write_layer_file(tmp_path / "t.gguf", TINY, "q8_0", pool_rows=16)
+    assert written["blocks"] == "kt_kernel quantizer, rows from a pool of 16"
+    gate = GgufLayer(str(tmp_path / "t.gguf")).blocks("gate")
+    assert 8 < len(np.unique(gate.reshape(-1, gate.shape[-1]), axis=0)) <= 16
+    assert not np.array_equal(gate[0], gate[1])
+
+
 def test_cli_small_shape(tmp_path):
     result = run([*FAST, "--types", "q8_0", "--sides", "ours,torch"], tmp_path)
     ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
@@ -120,6 +129,7 @@ def test_upstream_small_shape(tmp_path):
     (["--tokens", "0"], "--tokens must be positive"),
     (["--shapes", "Z"], "unknown shape 'Z'"),
     (["--upstream-python", "/nonexistent/python"], "does not exist"),
+    (["--pool-rows", "-1"], "--pool-rows must be 0"),
 ])
 def test_cli_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
