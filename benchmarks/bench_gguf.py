@@ -7,8 +7,9 @@ method beside upstream kt-kernel 0.7.2's and the PyTorch bf16 peer, all on the s
 Per shape and type, one GGUF file written with gguf.GGUFWriter (architecture qwen3moe, its expert
 metadata, block 0's ffn_gate_exps / ffn_up_exps / ffn_down_exps tensors in the type): the blocks of
 kt_kernel's quantizer (_ext.quantize) of Gaussian weights (seed 0; std 0.02 for gate and up, 0.03
-for down, the scale of real models, whose small block scales include fp16 subnormals) where
-kt_kernel has the type, else random valid blocks of that std (tests/gguf_reference.py).
+for down, the scale of real models, whose small block scales include fp16 subnormals; each
+expert's rows drawn from a pool of --pool-rows quantized rows) where kt_kernel has the type, else
+random valid blocks of that std (tests/gguf_reference.py).
 Then each side runs alone in its own process (gguf_side.py), one after the other:
   ours      kt_kernel's LLAMAFILE layer on the file's blocks; a type missing from
             kt_kernel._ext.formats() is reported missing, and the other sides still run;
