@@ -436,11 +436,11 @@ def parse_args(argv=None):
         args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
     except KeyError as e:
         p.error(e.args[0])
-    known = {t.lower(): t for t in gguf_reference.GGML_TYPES}
+    known = {t.lower(): t for t in gguf_reference.FP16_FIELDS}  # the block types
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     for t in types:
-        if t.lower() not in known or known[t.lower()] in ("bf16", "f16", "f32"):
-            p.error(f"unknown GGUF block type {t!r}; known: {', '.join(k for k in gguf_reference.GGML_TYPES if '_' in k)}")
+        if t.lower() not in known:
+            p.error(f"unknown GGUF block type {t!r}; known: {', '.join(known.values())}")
     args.types = [known[t.lower()] for t in types]
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     for s in args.sides:
