@@ -11,7 +11,7 @@ for down, the scale of real models, whose small block scales include fp16 subnor
 expert's rows drawn from a pool of --pool-rows quantized rows) where kt_kernel has the type, else
 random valid blocks of that std (tests/gguf_reference.py).
 Then each side runs alone in its own process (gguf_side.py), one after the other:
-  ours      kt_kernel's LLAMAFILE layer on the file's blocks; a type missing from
+  ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file); a type missing from
             kt_kernel._ext.formats() is reported missing, and the other sides still run;
   upstream  upstream kt-kernel 0.7.2's LLAMAFILE method on the file, run by the Python of its own
             environment (--upstream-python), per M the best of 1 and --threads threads; it needs
@@ -346,7 +346,7 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
             path.unlink()
     ours = results.get("ours", {}).get("info")
     if ours:
-        file["ours"] = {k: ours[k] for k in ("kernel", "down_kernel", "tier", "act_format")}
+        file["ours"] = {k: ours[k] for k in ("kernel", "tier")}
     return case_rows(shape, fmt, results, ref, cases[1], args), file
 
 
@@ -372,10 +372,8 @@ def table_row(r: dict) -> str:
 
 
 def file_note(f: dict) -> str:
-    ours, kernels = f.get("ours"), ""
-    if ours:
-        names = ours["kernel"] if ours["down_kernel"] == ours["kernel"] else f"{ours['kernel']} / {ours['down_kernel']}"
-        kernels = f"; ours: {names} ({ours['tier']}, {ours['act_format']} activations)"
+    ours = f.get("ours")
+    kernels = f"; ours: {ours['kernel']} ({ours['tier']})" if ours else ""
     return (f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']} "
             f"({100 * f['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal){kernels}")
 

@@ -6,8 +6,8 @@ every M on the protocol's inputs and saves the outputs. bench_gguf.py runs it; b
 CASE.json: {"gguf": file, "inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where
 the results go (torch.save), "tokens", "threads", "iters", "min_time", "warmup"}. The layer's
 shape comes from the file's metadata. Sides:
-  ours      kt_kernel's LLAMAFILE layer (_ext.MoeLayer, formats from the tensors' types), loaded
-            with load_quantized from the file's blocks (GGUFReader's memmap);
+  ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file): the file's blocks as they are, each
+            projection in its tensor's type;
   torch     the protocol's PyTorch bf16 peer (kt_kernel.torch_moe) on gguf's dequantization;
   upstream  upstream kt-kernel 0.7.2's KTMoEWrapper(method="LLAMAFILE", weight_path=file), run by
             the Python of its own environment, whose package is also named kt_kernel: this file
@@ -76,27 +76,17 @@ class GgufLayer:
 # ---- the sides: each returns (forward(x, ids, w) -> bf16 [M, H], what it ran) ----------------
 
 def ours(layer: GgufLayer, case: dict):
-    from kt_kernel import _ext
+    from kt_kernel import KTMoEWrapper
     from kt_kernel.formats import GGUF_METHOD, gguf_formats
 
+    wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
+                           moe_intermediate_size=layer.I, cpuinfer_threads=case["threads"], threadpool_count=1,
+                           weight_path=case["gguf"], chunked_prefill_size=max(case["tokens"]), method=GGUF_METHOD)
+    wrapper.load_weights()
     kt_name = {f["gguf_type"]: f["name"] for f in gguf_formats()}
-    fmts = [kt_name[int(layer.ggml_type(p))] for p in ("gate", "down")]
-    if layer.ggml_type("up") != layer.ggml_type("gate"):
-        raise ValueError(f"gate is {layer.ggml_type('gate').name}, up {layer.ggml_type('up').name}: "
-                         "the layer takes one gate/up format")
-    engine = _ext.Engine.shared(case["threads"], 1)
-    moe = _ext.MoeLayer(engine, layer.E, layer.K, layer.H, layer.I, GGUF_METHOD, [1] * layer.E,
-                        max(case["tokens"]), formats=fmts)
-    identity = torch.arange(layer.E, dtype=torch.int64)
-    moe.load_quantized([[layer.blocks(p).ctypes.data] for p in PROJECTIONS], identity.data_ptr(), layer.E)
-
-    def forward(x, ids, w):
-        job, out = moe.submit(x.data_ptr(), "bfloat16", ids.data_ptr(), True, w.data_ptr(), "float32", x.shape[0])
-        job.wait()
-        return torch.from_numpy(out).view(torch.bfloat16)
-
-    return forward, {"formats": fmts, "kernel": moe.kernel_name, "down_kernel": moe.down_kernel_name,
-                     "tier": moe.tier, "act_format": moe.act_format, "weight_bytes": moe.weight_bytes}
+    return wrapper.forward, {"formats": [kt_name[int(layer.ggml_type(p))] for p in PROJECTIONS],
+                             "kernel": wrapper.kernel_description, "tier": wrapper.isa_tier,
+                             "weight_bytes": wrapper.weight_bytes}
 
 
 def torch_peer(layer: GgufLayer, case: dict):
