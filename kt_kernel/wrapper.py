@@ -574,10 +574,20 @@ class KTMoEWrapper:
 
     @property
     def kernel_description(self) -> str:
-        """``kernel_name``, and for a tile kernel its threshold and the vector kernel below it."""
-        if self.kernel_min_m == 0:
-            return self.kernel_name
-        return f"{self.kernel_name} from {self.kernel_min_m} tokens per expert, {self.vector_kernel_name} below"
+        """``kernel_name``, and for a tile kernel its threshold and the vector kernel below it; a
+        down projection in another format (LLAMAFILE) adds its kernel."""
+        text = self.kernel_name
+        if self.kernel_min_m:
+            text += f" from {self.kernel_min_m} tokens per expert, {self.vector_kernel_name} below"
+        if self._layer.down_format != self._layer.format:
+            text += f"; down {self._layer.down_kernel_name}"
+        return text
+
+    @property
+    def formats(self) -> tuple:
+        """(gate/up format, down format) of the layer: the method's format twice, or with LLAMAFILE
+        the GGUF file's types (e.g. ("q4_K", "q6_K"))."""
+        return self._layer.format, self._layer.down_format
 
     @property
     def last_kernels(self) -> dict:

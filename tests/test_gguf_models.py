@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from kt_kernel.formats import all_formats  # noqa: E402
 from kt_kernel.integrations.transformers import kt_layers, load_model, load_reference  # noqa: E402
 from kt_kernel.models import ARCHITECTURES, PrintableTokenizer, build_tiny_model  # noqa: E402
 from kt_kernel.models import logit_agreement, teacher_forced_logits  # noqa: E402
@@ -20,11 +19,12 @@ from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds  
 from kt_kernel.models.gguf_experts import write_experts_gguf  # noqa: E402
 from kt_kernel.threads import torch_threads  # noqa: E402
 
-RECORDS = {f["name"] for f in all_formats()}
 # (gate/up type, down type, shards): a split set of mixed types as real files hold them, one of a
 # 32-weight type, and the plain f16
 CASES = [("q4_K", "q6_K", 2), ("q8_0", "q8_0", 1), ("f16", "f16", 1)]
-CASES = [c for c in CASES if c[0] in RECORDS and c[1] in RECORDS]
+# every other type once, all experts on kt_kernel
+MORE_CASES = [("q4_0", "q5_1", 1), ("q4_1", "q5_0", 1), ("iq4_nl", "f32", 1), ("q2_K", "q3_K", 1),
+              ("q5_K", "iq4_xs", 1), ("bf16", "q6_K", 1)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,8 +47,10 @@ def tiny_256(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-@pytest.mark.parametrize("gate_up,down,shards", CASES, ids=[f"{g}-{d}-x{s}" for g, d, s in CASES])
-@pytest.mark.parametrize("split", ["cpu", "half"])
+@pytest.mark.parametrize("gate_up,down,shards,split",
+                         [(*c, split) for c in CASES for split in ("cpu", "half")] + [(*c, "cpu") for c in MORE_CASES],
+                         ids=[f"{g}-{d}-x{n}-{split}" for g, d, n in CASES for split in ("cpu", "half")]
+                         + [f"{g}-{d}-x{n}-cpu" for g, d, n in MORE_CASES])
 def test_gguf_experts_match_their_dequantized_model(tiny_256, tmp_path, arch, gate_up, down, shards, split):
     path = tiny_256(arch)
     files = write_experts_gguf(path, tmp_path / "experts.gguf", gate_up=gate_up, down=down, shards=shards)
