@@ -77,16 +77,14 @@ class GgufLayer:
 
 def ours(layer: GgufLayer, case: dict):
     from kt_kernel import KTMoEWrapper
-    from kt_kernel.formats import GGUF_METHOD, gguf_formats
+    from kt_kernel.formats import GGUF_METHOD
 
     wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
                            moe_intermediate_size=layer.I, cpuinfer_threads=case["threads"], threadpool_count=1,
                            weight_path=case["gguf"], chunked_prefill_size=max(case["tokens"]), method=GGUF_METHOD)
     wrapper.load_weights()
-    kt_name = {f["gguf_type"]: f["name"] for f in gguf_formats()}
-    return wrapper.forward, {"formats": [kt_name[int(layer.ggml_type(p))] for p in PROJECTIONS],
-                             "kernel": wrapper.kernel_description, "tier": wrapper.isa_tier,
-                             "weight_bytes": wrapper.weight_bytes}
+    return wrapper.forward, {"formats": list(wrapper.formats), "kernel": wrapper.kernel_description,
+                             "tier": wrapper.isa_tier, "weight_bytes": wrapper.weight_bytes}
 
 
 def torch_peer(layer: GgufLayer, case: dict):
