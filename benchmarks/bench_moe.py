@@ -86,11 +86,11 @@ class MachineLimits:
         self.samples: list[dict] = []
         self.peaks: list[dict] = []
 
-    def peak(self, method: str, label: str) -> dict:
+    def peak(self, method: str, label: str, int_dot: bool | None = None) -> dict:
         """The peak of the instruction family `method` uses at the active tier, measured now:
         {"family", "gops" (best), "median", "unit", "instruction", "label"}; gops None where no
-        family of the method is available (generic tier)."""
-        fam = peak_family(method)
+        family of the method is available (generic tier). int_dot: as kt_kernel.roofline.peak_family."""
+        fam = peak_family(method, int_dot=int_dot)
         p = {"family": fam, "gops": None, "median": None, "unit": None, "instruction": None, "label": label}
         if fam is not None:
             f = _ext.probe_peaks(self.threads, self.peak_seconds, families=[fam])["families"][fam]

@@ -51,11 +51,15 @@ PEAK_FAMILIES = {
 INT_METHODS = tuple(f["method"] for f in formats() if f["int_dot"])
 
 
-def peak_family(method: str, families: dict | None = None) -> str | None:
+def peak_family(method: str, families: dict | None = None, int_dot: bool | None = None) -> str | None:
     """The instruction family a method's kernels use at the active tier, or None (generic tier).
-    `families`: probe_peaks()["families"] or _ext.probe_families() (the default)."""
+    `families`: probe_peaks()["families"] or _ext.probe_families() (the default). int_dot: whether
+    the kernels multiply integers; by default whether the method's format does (LLAMAFILE's formats
+    are a GGUF file's: pass the int_dot of their records)."""
     families = _ext.probe_families() if families is None else families
-    for name in PEAK_FAMILIES["int" if method in INT_METHODS else "BF16"]:
+    if int_dot is None:
+        int_dot = method in INT_METHODS
+    for name in PEAK_FAMILIES["int" if int_dot else "BF16"]:
         if families.get(name, {}).get("available"):
             return name
     return None

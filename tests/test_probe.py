@@ -228,6 +228,9 @@ def test_peak_family_per_method(tier, isa):
     assert roofline.peak_family("AMXINT4") == want_int
     assert roofline.peak_family("AMXINT8") == want_int
     assert roofline.peak_family("BF16") == want_bf16
+    # LLAMAFILE's formats are a GGUF file's: the caller says whether its kernels multiply integers
+    assert roofline.peak_family("LLAMAFILE", int_dot=True) == want_int
+    assert roofline.peak_family("LLAMAFILE", int_dot=False) == want_bf16
 
 
 # ---- prediction arithmetic ------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""One side of bench_gguf.py, alone in its process: it loads the MoE layer of a GGUF file, times
+every M on the protocol's inputs and saves the outputs. bench_gguf.py runs it; by hand:
+
+    python benchmarks/gguf_side.py {ours,torch,upstream} CASE.json
+
+CASE.json: {"gguf": file, "inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where
+the results go (torch.save), "tokens", "threads", "iters", "min_time", "warmup"}. The layer's
+shape comes from the file's metadata. Sides:
+  ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file): the file's blocks as they are, each
+            projection in its tensor's type;
+  torch     the protocol's PyTorch bf16 peer (kt_kernel.torch_moe) on gguf's dequantization;
+  upstream  upstream kt-kernel 0.7.2's KTMoEWrapper(method="LLAMAFILE", weight_path=file), run by
+            the Python of its own environment, whose package is also named kt_kernel: this file
+            imports nothing of this repository's package at its top, and the timing it shares
+            with every side, kt_kernel/timing.py (standard library only), by its path.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECTIONS = ("gate", "up", "down")
+SETTLE_S = 0.05  # torch's OpenMP threads spin a while after each torch op: let them stop before a timed block
+
+
+def projection_shape(proj: str, H: int, I: int) -> tuple[int, int]:
+    """(rows, columns) of one expert's projection: gate and up [I, H], down [H, I]."""
+    return (H, I) if proj == "down" else (I, H)
+
+
+def _timing():
+    """kt_kernel/timing.py of this repository, loaded by path (in the upstream environment
+    `import kt_kernel` is upstream's package)."""
+    spec = importlib.util.spec_from_file_location("kt_timing", ROOT / "kt_kernel" / "timing.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class GgufLayer:
+    """Block 0's expert tensors of a GGUF file and the shape its metadata gives."""
+
+    def __init__(self, path: str):
+        self.reader = gguf.GGUFReader(path)
+        fields = {k: f.contents() for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
+        arch = fields["general.architecture"]
+        self.H = int(fields[f"{arch}.embedding_length"])
+        self.I = int(fields[f"{arch}.expert_feed_forward_length"])
+        self.E = int(fields[f"{arch}.expert_count"])
+        self.K = int(fields[f"{arch}.expert_used_count"])
+        by_name = {t.name: t for t in self.reader.tensors}
+        self.tensors = {p: by_name[f"blk.0.ffn_{p}_exps.weight"] for p in PROJECTIONS}
+
+    def ggml_type(self, proj: str) -> gguf.GGMLQuantizationType:
+        return gguf.GGMLQuantizationType(int(self.tensors[proj].tensor_type))
+
+    def blocks(self, proj: str) -> np.ndarray:
+        """The tensor's bytes, [E, rows, row bytes] (a view of the file)."""
+        return self.tensors[proj].data
+
+    def dequantize(self, proj: str, e: int) -> np.ndarray:
+        """fp32 [rows, cols] of expert e: gguf's dequantizer."""
+        return gguf.quants.dequantize(self.blocks(proj)[e], self.ggml_type(proj)).astype(np.float32, copy=False)
+
+
+# ---- the sides: each returns (forward(x, ids, w) -> bf16 [M, H], what it ran) ----------------
+
+def ours(layer: GgufLayer, case: dict):
+    from kt_kernel import KTMoEWrapper
+    from kt_kernel.formats import GGUF_METHOD
+
+    wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
+                           moe_intermediate_size=layer.I, cpuinfer_threads=case["threads"], threadpool_count=1,
+                           weight_path=case["gguf"], chunked_prefill_size=max(case["tokens"]), method=GGUF_METHOD)
+    wrapper.load_weights()
+    return wrapper.forward, {"formats": list(wrapper.formats), "kernel": wrapper.kernel_description,
+                             "tier": wrapper.isa_tier, "weight_bytes": wrapper.weight_bytes}
+
+
+def torch_peer(layer: GgufLayer, case: dict):
+    from kt_kernel.torch_moe import TORCH_PEER, moe_forward
+
+    weights = {}
+    for p in PROJECTIONS:
+        weights[p] = torch.empty(layer.E, *projection_shape(p, layer.H, layer.I), dtype=torch.bfloat16)
+        for e in range(layer.E):
+            weights[p][e] = torch.from_numpy(layer.dequantize(p, e))
+
+    def forward(x, ids, w):
+        return moe_forward(x, ids, w, weights["gate"], weights["up"], weights["down"])
+
+    return forward, {"kernel": f"{TORCH_PEER} F.linear ({torch.backends.cpu.get_cpu_capability()})"}
+
+
+def _drop_pin_memory() -> None:
+    """Upstream allocates its staging buffers with pin_memory=True, which fails without CUDA: the
+    same buffers in pageable memory."""
+    for name in ("zeros", "empty", "full", "ones"):
+        original = getattr(torch, name)
+
+        def pageable(*args, _original=original, **kwargs):
+            kwargs.pop("pin_memory", None)
+            return _original(*args, **kwargs)
+
+        setattr(torch, name, pageable)
+
+
+def upstream(layer: GgufLayer, case: dict):
+    os.environ.setdefault("KT_FORCE_SYNC_SUBMIT", "1")  # no CUDA stream to hang its callbacks on
+    _drop_pin_memory()
+    import kt_kernel
+    from kt_kernel import KTMoEWrapper
+
+    wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
+                           moe_intermediate_size=layer.I, gpu_experts_mask=None,
+                           cpuinfer_threads=case["threads"], threadpool_count=1, weight_path=case["gguf"],
+                           chunked_prefill_size=max(case["tokens"]), method="LLAMAFILE")
+    wrapper.load_weights()
+
+    def forward(x, ids, w):
+        # its output is a staging buffer that the next call of the same M overwrites
+        return wrapper.forward(x, ids, w, None)
+
+    return forward, {"kernel": f"kt-kernel {getattr(kt_kernel, '__version__', '?')} LLAMAFILE"}
+
+
+SIDES = {"ours": ours, "torch": torch_peer, "upstream": upstream}
+
+
+def run(side: str, case: dict) -> dict:
+    timing = _timing()
+    torch.set_num_threads(case["threads"] if side == "torch" else 1)
+    layer = GgufLayer(case["gguf"])
+    loading = timing.Stopwatch()
+    forward, info = SIDES[side](layer, case)
+    info["load_s"] = loading.seconds
+    inputs = torch.load(case["inputs"], weights_only=True)
+    cases, outputs = {}, {}
+    for M in case["tokens"]:
+        x, ids, w = (inputs[k][:M].contiguous() for k in ("x", "ids", "w"))
+        outputs[M] = forward(x, ids, w).clone()
+        time.sleep(SETTLE_S)
+        clock = timing.Stopwatch(load=True)
+        t = timing.time_calls(lambda: forward(x, ids, w), case["iters"], min_seconds=case["min_time"],
+                              warmup=case["warmup"])
+        cases[M] = {"median_s": t.median, "min_s": min(t.seconds), "max_s": max(t.seconds),
+                    "iters": len(t.seconds), "busy_cores": t.busy_cores, "other_cores": clock.other_cores()}
+    return {"side": side, "threads": case["threads"], "info": info, "cases": cases, "outputs": outputs}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in SIDES:
+        sys.exit(f"usage: gguf_side.py {{{','.join(SIDES)}}} CASE.json")
+    with open(argv[1]) as f:
+        case = json.load(f)
+    torch.save(run(argv[0], case), case["out"])
+
+
+if __name__ == "__main__":
+    main()

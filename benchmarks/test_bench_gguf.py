@@ -1,0 +1,138 @@
+"""bench_gguf.py: the GGUF file it writes, and the script end to end on a small shape, with each
+side's output checked against the fp64 reference on gguf's dequantization.
+
+    pytest benchmarks/test_bench_gguf.py
+    KT_UPSTREAM_PYTHON=/path/to/upstream-venv/bin/python pytest benchmarks/test_bench_gguf.py   # upstream too
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from kt_kernel.accuracy import REL_ERR_BOUNDS
+from kt_kernel.torch_moe import TORCH_PEER
+
+import bench_gguf
+from gguf_side import PROJECTIONS, GgufLayer, projection_shape
+from shapes import Shape
+
+TINY = Shape("T", H=256, I=512, E=4, K=2, like="tiny test layer")
+UPSTREAM = os.environ.get("KT_UPSTREAM_PYTHON")
+FAST = ["--shapes", "S", "--tokens", "1,8", "--iters", "3", "--min-time", "0", "--warmup", "1",
+        "--bw-mib", "64", "--peak-seconds", "0.05"]
+
+
+def run(argv, tmp_path: Path) -> dict:
+    paths = {"json": tmp_path / "g.json", "markdown": tmp_path / "g.md"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        bench_gguf.main([*argv, "--json", str(paths["json"]), "--markdown", str(paths["markdown"])])
+    result = json.loads(paths["json"].read_text())
+    result["markdown_text"] = paths["markdown"].read_text()
+    return result
+
+
+def rows_of(result: dict, side: str) -> list[dict]:
+    return [r for r in result["results"] if r["side"] == side]
+
+
+@pytest.mark.parametrize("kt_has_type", [True, False], ids=["quantized", "random-blocks"])
+def test_layer_file(tmp_path, monkeypatch, kt_has_type):
+    """The file holds the layer's metadata and three expert tensors of the type, at the weights'
+    std, from our quantizer or else random valid blocks."""
+    if not kt_has_type:
+        monkeypatch.setattr(bench_gguf, "kt_format", lambda name: None)
+    path = tmp_path / "t.gguf"
+    written = bench_gguf.write_layer_file(path, TINY, "q8_0")
+    assert written["blocks"] == ("kt_kernel quantizer" if kt_has_type else "random valid blocks")
+    # q8_0's d = amax / 127 of 32 Gaussians of std 0.02-0.03 is near 5e-4, above fp16's subnormals;
+    # random blocks take a quarter of theirs there (gguf_reference.fp16_scales)
+    assert (written["fp16_subnormal_share"] == 0) if kt_has_type else (0.15 < written["fp16_subnormal_share"] < 0.35)
+    layer = GgufLayer(str(path))
+    assert (layer.H, layer.I, layer.E, layer.K) == (TINY.H, TINY.I, TINY.E, TINY.K)
+    for proj in PROJECTIONS:
+        rows, cols = projection_shape(proj, TINY.H, TINY.I)
+        assert layer.ggml_type(proj) == gguf.GGMLQuantizationType.Q8_0
+        assert layer.blocks(proj).shape == (TINY.E, rows, cols // 32 * 34)
+        w = np.stack([layer.dequantize(proj, e) for e in range(TINY.E)])
+        assert w.shape == (TINY.E, rows, cols)
+        assert abs(w.std() / bench_gguf.WEIGHT_STD[proj] - 1) < 0.2, (proj, w.std())
+
+
+def test_rows_from_a_pool(tmp_path):
+    """With a pool of quantized rows, every row of the file is one of them, and experts differ."""
+    written = bench_gguf.write_layer_file(tmp_path / "t.gguf", TINY, "q8_0", pool_rows=16)
+    assert written["blocks"] == "kt_kernel quantizer, rows from a pool of 16"
+    gate = GgufLayer(str(tmp_path / "t.gguf")).blocks("gate")
+    assert 8 < len(np.unique(gate.reshape(-1, gate.shape[-1]), axis=0)) <= 16
+    assert not np.array_equal(gate[0], gate[1])
+
+
+def test_cli_small_shape(tmp_path):
+    result = run([*FAST, "--types", "q8_0", "--sides", "ours,torch"], tmp_path)
+    ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
+    assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
+    for r in ours:
+        assert r["status"] == "ok" and r["iters"] == 3 and r["ms"] > 0
+        assert r["rel_err"] < r["bound"] == bench_gguf.kt_format("q8_0")["layer_rel_err"], r
+        assert r["bytes_per_weight"] == pytest.approx(34 / 32)
+        assert r["pct_limit"] > 0 and r["torch_over_this"] > 0 and r["upstream_over_ours"] is None
+        assert r["may_be_cached"] == bool(bench_gguf.cache_bytes())  # shape S's experts fit any cache
+        assert r["info"]["formats"] == ["q8_0", "q8_0"] and "_q8_0_" in r["info"]["kernel"]
+    for r in peer:
+        assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
+    (file,) = result["files"]
+    assert file["blocks"].startswith("kt_kernel quantizer") and file["ours"]["kernel"] == ours[0]["info"]["kernel"]
+    assert len(result["limits"]["bandwidth"]) == 3  # before each side and at the end
+    assert result["markdown_text"].count("\n| q8_0 | ours | ") == 2
+
+
+def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):
+    """A type kt_kernel lacks is reported missing for ours, and the file holds random valid blocks;
+    a side whose process fails is a row saying so, with its log's tail; the others still run."""
+    monkeypatch.setattr(bench_gguf, "kt_format", lambda name: None)
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: no kt_kernel here'\nexit 3\n")
+    python.chmod(0o755)
+    result = run([*FAST, "--tokens", "1", "--types", "q8_0", "--upstream-python", str(python)], tmp_path)
+    (ours,), (up,), (peer,) = (rows_of(result, side) for side in ("ours", "upstream", "torch"))
+    assert ours["status"].startswith("missing: kt_kernel has no q8_0 format")
+    assert up["status"] == "failed: exit status 3 (ModuleNotFoundError: no kt_kernel here)"
+    assert up["log_tail"] == ["ModuleNotFoundError: no kt_kernel here"]
+    assert peer["status"] == "ok" and peer["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER]
+    assert result["files"][0]["blocks"] == "random valid blocks" and "ours" not in result["files"][0]
+    assert "| q8_0 | ours | - | missing" in result["markdown_text"]
+
+
+@pytest.mark.skipif(not UPSTREAM or not Path(UPSTREAM).exists(),
+                    reason="upstream kt-kernel's environment: set KT_UPSTREAM_PYTHON to its python")
+def test_upstream_small_shape(tmp_path):
+    result = run([*FAST, "--types", "q8_0", "--sides", "ours,upstream", "--upstream-python", UPSTREAM], tmp_path)
+    ours, up = rows_of(result, "ours"), rows_of(result, "upstream")
+    assert [r["M"] for r in up] == [1, 8]
+    for o, u in zip(ours, up):
+        assert u["status"] == "ok" and u["threads"] in (1, bench_gguf.all_cores())
+        # the same layer: upstream's error (its own activation rounding) is of the format's size
+        assert u["rel_err"] < 2 * o["bound"], u
+        assert o["upstream_over_ours"] == pytest.approx(u["ms"] / o["ms"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--types", "q4_X"], "unknown GGUF block type 'q4_X'"),
+    (["--types", "f16"], "unknown GGUF block type 'f16'"),
+    (["--sides", "ggml"], "unknown side 'ggml'"),
+    (["--tokens", "0"], "--tokens must be positive"),
+    (["--shapes", "Z"], "unknown shape 'Z'"),
+    (["--upstream-python", "/nonexistent/python"], "does not exist"),
+    (["--pool-rows", "-1"], "--pool-rows must be 0"),
+])
+def test_cli_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_gguf.parse_args(argv)
+    assert message in capsys.readouterr().err
