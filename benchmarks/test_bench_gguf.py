@@ -136,3 +136,15 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench_gguf.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_types_table_measures_within_the_records_bounds():
+    """benchmarks/gguf_types.py (the README's table of GGUF types): both errors of a type within its
+    record's layer bound, the kernels' well below the quantizer's."""
+    import gguf_types
+    from kt_kernel.formats import gguf_formats
+
+    record = next(f for f in gguf_formats() if f["name"] == "q4_K")
+    row = gguf_types.measure(record)
+    assert row["type"] == "Q4_K" and row["bits"] == 4.5
+    assert row["kernels"] < 0.05 and row["kernels"] < row["vs_fp32"] <= record["layer_rel_err"], row
