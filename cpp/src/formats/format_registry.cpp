@@ -83,6 +83,23 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      act_bit(ActFormat::f32), /*int_dot=*/false, /*weight_rel_err=*/1e-6, /*layer_rel_err=*/0.01,
      AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
      f32_quantize_ref, f32_dequantize_ref, f32_pack, f32_unpack_row, /*gguf_type=*/0},
+    // q4_0: PLACEHOLDER
+    KT_GGUF_RECORD(q4_0, BlockQ4_0, q8_32, /*ggml_type=*/2, 0.10, 0.20, 2e-2, 0.90, 1.0),
+    // q4_1: PLACEHOLDER
+    KT_GGUF_RECORD(q4_1, BlockQ4_1, q8_32, /*ggml_type=*/3, 0.09, 0.20, 2e-2, 0.90, 1.0),
+    // q5_0: PLACEHOLDER
+    KT_GGUF_RECORD(q5_0, BlockQ5_0, q8_32, /*ggml_type=*/6, 0.055, 0.10, 1e-2, 0.93, 0.5),
+    // q5_1: PLACEHOLDER
+    KT_GGUF_RECORD(q5_1, BlockQ5_1, q8_32, /*ggml_type=*/7, 0.05, 0.10, 1e-2, 0.93, 0.5),
+    // iq4_nl: PLACEHOLDER
+    KT_GGUF_RECORD(iq4_nl, BlockIq4Nl, q8_32, /*ggml_type=*/20, 0.085, 0.20, 2e-2, 0.90, 1.0),
+    // K-QUANT-RECORDS (measuring)
+    KT_GGUF_RECORD(q2_K, BlockQ2_K, q8_256, /*ggml_type=*/10, 0.5, 0.6, 1e-1, 0.5, 2.0),
+    KT_GGUF_RECORD(q3_K, BlockQ3_K, q8_256, /*ggml_type=*/11, 0.5, 0.6, 1e-1, 0.5, 2.0),
+    KT_GGUF_RECORD(q4_K, BlockQ4_K, q8_256, /*ggml_type=*/12, 0.5, 0.6, 1e-1, 0.5, 2.0),
+    KT_GGUF_RECORD(q5_K, BlockQ5_K, q8_256, /*ggml_type=*/13, 0.5, 0.6, 1e-1, 0.5, 2.0),
+    KT_GGUF_RECORD(q6_K, BlockQ6_K, q8_256, /*ggml_type=*/14, 0.5, 0.6, 1e-1, 0.5, 2.0),
+    KT_GGUF_RECORD(iq4_xs, BlockIq4Xs, q8_256, /*ggml_type=*/23, 0.5, 0.6, 1e-1, 0.5, 2.0),
 };
 #undef KT_GGUF_RECORD
 
