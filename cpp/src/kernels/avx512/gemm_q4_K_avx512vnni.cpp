@@ -1,7 +1,7 @@
 // [NOTE] q4_K weights x q8_256 activations with AVX512-VNNI (driver: gguf_driver_avx512vnni.h).
-// Decode of a k-block (256 k, the 16 rows' blocks): per row two 64-byte loads of nibbles, whose
-// low and high nibbles are the sub-blocks 0, 2 | 1, 3 (and 4, 6 | 5, 7): a 128-bit shuffle puts
-// them in k order; then the 16 x 16 dword transposes, and the 6-bit scales and mins of the 16
+// Decode of a k-block (256 k, the 16 rows' blocks): the packed nibbles of the 16 rows transposed
+// (two 16 x 16 dword transposes: half the shuffles of transposing the unpacked bytes), then each
+// transposed word's low and high nibbles are 4 consecutive k; the 6-bit scales and mins of the 16
 // rows from 4 gathered words, one row per lane.
 //   block = a.d * (d * sum_j sc_j isum_j - dmin * sum_j m_j (bsums[2j] + bsums[2j+1]))
 // (nibbles 0..15 are vpdpbusd's unsigned operand; the mins by vpdpwssd on the bsums).
@@ -17,17 +17,20 @@ struct Q4_K {
   using Decoded = gguf_vnni::KBlock;
   static constexpr int kMR = 8;
 
+  // qs byte 64h + b (b < 64), h = 0, 1: low nibble k = 128h + b (b < 32) or 128h + 32 + b (b >= 32),
+  // high nibble k + 32. The packed bytes are transposed (P[g] lane c: bytes 64h + 4g.. of row c),
+  // then the nibbles go to q[k / 4].
   static void decode(const BlockQ4_K* b, Decoded& D) {
-    alignas(64) uint8_t stage[16 * kQK];
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    for (int c = 0; c < 16; ++c)
-      for (int h = 0; h < 2; ++h) {  // qs[64h ..]: low nibbles k = 128h + 0..31, 64..95; high: 32..63, 96..127
-        const __m512i v = _mm512_loadu_si512(b[c].qs + 64 * h);
-        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        _mm512_store_si512(stage + kQK * c + 128 * h, _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(1, 0, 1, 0)));
-        _mm512_store_si512(stage + kQK * c + 128 * h + 64, _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int h = 0; h < 2; ++h) {
+      __m512i P[16];
+      gguf_vnni::load_transpose16(b, offsetof(BlockQ4_K, qs) + 64 * h, P);
+      for (int g = 0; g < 16; ++g) {
+        const int k = 128 * h + (g < 8 ? 4 * g : 64 + 4 * (g - 8));  // of the low nibbles
+        D.q[k / 4] = _mm512_and_si512(P[g], m4);
+        D.q[k / 4 + 8] = _mm512_and_si512(_mm512_srli_epi16(P[g], 4), m4);
       }
-    gguf_vnni::transpose_stage<kQK>(stage, D.q);
+    }
     gguf_vnni::q4K_scales(b, offsetof(BlockQ4_K, scales), D);
   }
   template <int MR>

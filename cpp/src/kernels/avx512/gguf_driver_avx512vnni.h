@@ -89,15 +89,12 @@ inline void transpose16(__m512i (&r)[16]) {
   for (int g = 0; g < 16; ++g) r[g] = t[g];
 }
 
-// 16 rows of kK unsigned values in natural k order (stage[c * kK + k]) -> q[kK / 4].
-template <int kK>
-inline void transpose_stage(const uint8_t* stage, __m512i* q) {
-  for (int t = 0; t < kK / 64; ++t) {
-    __m512i r[16];
-    for (int c = 0; c < 16; ++c) r[c] = _mm512_load_si512(stage + c * kK + 64 * t);
-    transpose16(r);
-    for (int g = 0; g < 16; ++g) q[16 * t + g] = r[g];
-  }
+// The 64 bytes at byte `off` of each of the 16 blocks, transposed: r[g] lane c = bytes off + 4g ..
+// off + 4g + 3 of block c. off + 64 <= sizeof(Block).
+template <class Block>
+inline void load_transpose16(const Block* b, size_t off, __m512i (&r)[16]) {
+  for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_si512(reinterpret_cast<const uint8_t*>(b + c) + off);
+  transpose16(r);
 }
 
 // r[c] = | row c (8 dwords) | row c + 8 | for c < 8  ->  r[g] (lane c = dword g of row c), g < 8.
@@ -121,10 +118,34 @@ inline void transpose16x8(__m512i (&r)[8]) {
   for (int g = 0; g < 8; ++g) r[g] = t[g];
 }
 
+// The 32 bytes at byte `off` of each of the 16 blocks, transposed: r[g] lane c = bytes off + 4g ..
+// off + 4g + 3 of block c, g < 8. off + 32 <= sizeof(Block).
+template <class Block>
+inline void load_transpose16x8(const Block* b, size_t off, __m512i (&r)[8]) {
+  auto row = [&](int c) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint8_t*>(b + c) + off)); };
+  for (int c = 0; c < 8; ++c) r[c] = _mm512_inserti64x4(_mm512_castsi256_si512(row(c)), row(c + 8), 1);
+  transpose16x8(r);
+}
+
+// kIq4Values + 128 (1..241), unsigned: iq4_nl's and iq4_xs's levels as vpdpbusd's operand. Built
+// at compile time (using kIq4Values at run time would emit its inline variable, a weak symbol, here).
+struct Iq4Levels {
+  uint8_t v[16];
+};
+constexpr Iq4Levels kIq4Levels = [] {
+  Iq4Levels l{};
+  for (int i = 0; i < 16; ++i) l.v[i] = uint8_t(kIq4Values[i] + 128);
+  return l;
+}();
+inline __m128i iq4_levels() { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Levels.v)); }
+
+// a | (b & c), bytewise (vpternlogd)
+inline __m512i or_and(__m512i a, __m512i b, __m512i c) { return _mm512_ternarylogic_epi32(a, b, c, 0xf8); }
+
 // ---- K-quants: 256-weight super-blocks, q8_256 activations ----------------------------------
 
 struct alignas(64) KBlock {
-  __m512i q[kQK / 4];  // q[g] lane c: row c's unsigned values at k = 4g .. 4g+3
+  __m512i q[kQK / 4];  // q[g] lane c: row c's unsigned values at k = 4g .. 4g+3 (natural order)
   __m512i sc[16];      // int32 integer scale of sub-block j (sub-blocks of 16 or 32 k)
   __m512i mc[8];       // int16 pairs: coefficients of bsums[2i] (bits 0..15) and bsums[2i+1]
   __m512 d, dmin;      // fp32 super-block scales (dmin unused by one-scale types)
@@ -202,6 +223,19 @@ inline void legacy_transpose(const __m256i* v, LBlock& D) {
   for (int g = 0; g < 8; ++g) D.q[g] = r[g];
 }
 
+// The 32 4-bit values of 16 bytes qs in k order: low nibbles (k < 16), then high nibbles.
+inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)), m4 = _mm_set1_epi8(0x0f);
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m4)), _mm_and_si128(_mm_srli_epi16(v, 4), m4), 1);
+}
+
+// v + 16 where bit k of the 4 little-endian bytes qh is set (q5_0 / q5_1's fifth bits)
+inline __m256i add_fifth_bits(__m256i v, const uint8_t* qh) {
+  uint32_t h;
+  __builtin_memcpy(&h, qh, 4);
+  return _mm256_mask_add_epi8(v, __mmask32(h), v, _mm256_set1_epi8(16));
+}
+
 // block = a.d * d * (isum - kOff * a.sum)  [+ a.d * m * a.sum  when kMin]
 template <int kOff, bool kMin, int MR>
 inline void legacy_rows(const LBlock& D, const ActQ8x32* const* a, float* acc) {
@@ -245,13 +279,6 @@ inline float* acc_buffer(size_t floats) {
   return buf.p;
 }
 
-// Prefetch a k-block's 16 blocks `bytes` long, kStreamAhead bytes ahead of `cur` (into L1: the
-// decode of the k-block after next reads them).
-inline void prefetch_ahead(const void* cur, size_t bytes) {
-  const char* p = static_cast<const char*>(cur) + kStreamAhead;
-  for (size_t l = 0; l < bytes; l += 64) _mm_prefetch(p + l, _MM_HINT_T0);
-}
-
 // The rows [i, i + n) (n <= R) of k-block s against D.
 template <class F, int R>
 inline void rows_n(int n, const typename F::Decoded& D, const typename F::Act* const* a, float* acc) {
@@ -290,8 +317,6 @@ void gateup(const GateUpArgs& a) {
     const PB* u = reinterpret_cast<const PB*>(a.up->data + a.up->panel_bytes * p);
     for (size_t k = 0; k < size_t(2) * kPanelN * a.m; ++k) acc_g[k] = 0.f;
     for (int s = 0; s < nb; ++s) {
-      prefetch_ahead(g + s, sizeof(PB));
-      prefetch_ahead(u + s, sizeof(PB));
       F::decode(g[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc_g);
       F::decode(u[s].b, D);
@@ -315,7 +340,6 @@ void down(const DownArgs& a) {
     const PB* w = reinterpret_cast<const PB*>(a.down->data + a.down->panel_bytes * p);
     for (size_t k = 0; k < size_t(kPanelN) * a.m; ++k) acc[k] = 0.f;
     for (int s = 0; s < nb; ++s) {
-      prefetch_ahead(w + s, sizeof(PB));
       F::decode(w[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc);
     }
