@@ -9,12 +9,14 @@ import pytest
 
 import kt_kernel
 from kt_kernel import _ext
+from kt_kernel.formats import formats as method_formats
 
 INFO = kt_kernel.cpu_info()
 ALL_TIERS = list(_ext.all_tiers())
 FEATURES = ["avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
             "amx_tile_emu"]
-FORMAT_NAMES = [f["name"] for f in _ext.formats()]
+FORMAT_IDS = [f["name"] for f in _ext.formats()]  # every format, in FormatId order
+FORMAT_NAMES = [f["name"] for f in method_formats()]  # the GGUF formats: tests/test_gguf_formats.py
 # The AMX instructions of a row, besides its object's vector flags.
 TILE_FEATURES = {"amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu"}
 KERNEL_ROWS = list(_ext.kernel_table())
@@ -186,7 +188,7 @@ def test_layers_dispatch_as_the_test_binding_does(moe, name):
     dispatch_for_features reports for that set (kernels, quantizer, activation codec)."""
     kt_kernel.set_isa(name)
     active = kt_kernel.cpu_info()["active_features"]
-    for f in _ext.formats():
+    for f in method_formats():
         layer = moe.layer(f["method"], moe.Shape(8, 2, 64, 32), cache=False, cpuinfer_threads=1)
         want = _ext.dispatch_for_features(f["name"], active)
         assert (layer.kernel_name, layer.vector_kernel_name, layer.isa_tier) == (
@@ -251,7 +253,7 @@ def test_kernel_tables_are_sorted_by_the_stated_key():
     feature bits, the format id, the name; names are unique, so no two rows tie."""
     def key(row):
         bits = sum(1 << FEATURES.index(f) for f in row["features"])
-        return (-ALL_TIERS.index(row["tier"]), -len(row["features"]), bits, FORMAT_NAMES.index(row["format"]),
+        return (-ALL_TIERS.index(row["tier"]), -len(row["features"]), bits, FORMAT_IDS.index(row["format"]),
                 row["name"])
 
     for rows in [KERNEL_ROWS, EMULATED_ROWS]:

@@ -9,7 +9,10 @@ import torch
 
 import kt_kernel
 from kt_kernel import _ext
+from kt_kernel.accuracy import relative_error
 from kt_kernel.formats import GGUF_METHOD, all_formats
+from kt_kernel.random_moe import random_expert_weights, random_inputs
+from kt_kernel.torch_moe import moe_forward as torch_moe_forward
 
 import gguf_reference as gr
 import reference
@@ -91,3 +94,28 @@ def test_layer_refuses_partial_blocks():
         _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64)
     with pytest.raises(ValueError, match="format int4_g32 belongs to method AMXINT4, not LLAMAFILE"):
         _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64, formats=["int4_g32", "q8_0"])
+
+
+@pytest.mark.parametrize("fmt", list(RECORDS), ids=list(RECORDS))
+@pytest.mark.parametrize("M", [1, 64])
+def test_layer_error_against_fp32_weights_within_bound(fmt, M):
+    """The whole path from fp32 weights (our quantizer, the kernels, q8 activations, bf16 output)
+    against the fp32 layer on the original weights: within the record's layer_rel_err, on the
+    random layers of kt_kernel.random_moe the bound was measured on."""
+    Es, Hs, Is, Ks = 8, 512, 512, 2
+    gate, up, down = random_expert_weights(Es, Hs, Is, seed=11, dtype=torch.float32)
+    layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), Es, Ks, Hs, Is, GGUF_METHOD, [1] * Es, 512, formats=[fmt, fmt])
+    pmap = torch.arange(Es, dtype=torch.int64)
+    layer.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), "float32", pmap.data_ptr(), Es)
+    x, ids, w = random_inputs(M, Hs, Es, Ks, seed=12)
+    job, out = layer.submit(x.data_ptr(), "bfloat16", ids.data_ptr(), True, w.data_ptr(), "float32", M)
+    job.wait()
+    out = torch.from_numpy(out.view(np.int16).copy()).view(torch.bfloat16)
+    err = relative_error(out, torch_moe_forward(x.float(), ids, w, gate, up, down, out_dtype=torch.float32))
+    assert err <= RECORDS[fmt]["layer_rel_err"], f"{fmt} M={M}: {err:.4f} > {RECORDS[fmt]['layer_rel_err']}"
+
+
+def test_llamafile_takes_bf16_tensors():
+    """A GGUF file may store experts in BF16: the bf16 format (method BF16) is one of LLAMAFILE's."""
+    layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64, formats=["bf16", "q8_0"])
+    assert (layer.format, layer.down_format) == ("bf16", "q8_0")

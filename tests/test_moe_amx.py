@@ -19,6 +19,7 @@ import torch
 
 import kt_kernel
 from kt_kernel import _ext
+from kt_kernel.formats import formats as method_formats
 
 INFO = kt_kernel.cpu_info()
 EMU_ROWS = {r["format"]: r for r in _ext.emulated_kernel_table()}
@@ -209,7 +210,7 @@ def test_amx_tier_chosen_exactly_where_amx_is_permitted(moe):
     kt_kernel.set_isa(None)
     best = INFO["best_tier"]
     assert kt_kernel.cpu_info()["active_tier"] == best and ("amx" in INFO["tiers"]) == (best == "amx")
-    for f in _ext.formats():
+    for f in method_formats():
         layer = moe.layer(f["method"], moe.Shape(8, 2, 64, 32), cache=False, cpuinfer_threads=1)
         kernel, vector_kernel = layer.kernel_name, layer.vector_kernel_name
         assert layer.isa_tier == best and not kernel.endswith("__amx_emu"), kernel
@@ -229,7 +230,7 @@ def test_env_selects_amx_emu(tmp_path):
     assert lines[0].split()[0] == "amx_emu"
     for line in lines[1:]:
         method, tier, kernel, vector_kernel = line.split()
-        fmt = next(f["name"] for f in _ext.formats() if f["method"] == method)
+        fmt = next(f["name"] for f in method_formats() if f["method"] == method)
         assert tier == "amx_emu", line
         if fmt in EMU_ROWS:
             assert kernel == EMU_ROWS[fmt]["name"] and vector_kernel.endswith(("__avx512vnni", "__avx512bf16")), line

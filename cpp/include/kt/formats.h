@@ -25,6 +25,10 @@ namespace kt {
   X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(iq4_nl) \
   X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K) X(iq4_xs)
 
+// The method of every GGUF format: KTMoEWrapper(method="LLAMAFILE") takes each projection's format
+// from the GGUF file's tensor types (any format with a gguf_type, bf16 included).
+constexpr const char* kGgufMethod = "LLAMAFILE";
+
 enum class FormatId : int {
 #define KT_FORMAT_ENUMERATOR(id) id,
   KT_FORMAT_IDS(KT_FORMAT_ENUMERATOR)

@@ -23,8 +23,11 @@ inline uint32_t high_bits(const uint8_t* qh) {
   std::memcpy(&h, qh, 4);
   return h;
 }
+
 // The 5-bit q[k] of q5_0 / q5_1 from the nibbles qs and the fifth bits h.
 inline int q5(const uint8_t* qs, uint32_t h, int k) { return nibble(qs, k) | int(h >> k & 1) << 4; }
+
+// Bit 4 of each of the 32 q[k] into the 4 bytes qh.
 inline void pack_high_bits(const uint8_t* q, uint8_t* qh) {
   uint32_t h = 0;
   for (int k = 0; k < 32; ++k) h |= uint32_t(q[k] >> 4 & 1) << k;

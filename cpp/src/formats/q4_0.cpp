@@ -8,7 +8,7 @@
 // Quantizer (as gguf.quants / ggml's quantize_row_q4_0_ref): the weight of largest |w| (the first
 // such), max, maps to q = 0: d = max / -8; q = clamp(trunc(w * (1 / d) + 8.5), 0, 15) with the fp32
 // d (not its fp16 rounding), then d stored as fp16. Bit for bit gguf.quants.quantize's blocks.
-// Dot with a q8_32 block: sum_k (q[k] - 8) * a.q[k] in int32, then * d * a.d.
+// Dot with a q8_32 block: sum_k (q[k] - 8) * a.q[k] in int32, then d * a.d * that.
 #include <algorithm>
 #include <cmath>
 
@@ -34,7 +34,7 @@ void quantize_block(const float* x, BlockQ4_0* b) {
 float dot_block(const BlockQ4_0& b, const ActQ8x32& a) {
   int32_t sumi = 0;
   for (int k = 0; k < 32; ++k) sumi += (block32::nibble(b.qs, k) - 8) * a.q[k];
-  return float(sumi) * f16_to_f32(b.d) * a.d;
+  return f16_to_f32(b.d) * a.d * float(sumi);
 }
 
 KT_GGUF_FORMAT(q4_0, BlockQ4_0)

@@ -9,7 +9,7 @@
 // Quantizer (as gguf.quants / ggml's quantize_row_q5_0_ref): the weight of largest |w| (the first
 // such), max, maps to q = 0: d = max / -16; q = clamp(trunc(w * (1 / d) + 16.5), 0, 31) with the
 // fp32 d, then d stored as fp16. Bit for bit gguf.quants.quantize's blocks.
-// Dot with a q8_32 block: sum_k (q[k] - 16) * a.q[k] in int32, then * d * a.d.
+// Dot with a q8_32 block: sum_k (q[k] - 16) * a.q[k] in int32, then d * a.d * that.
 #include <algorithm>
 #include <cmath>
 
@@ -38,7 +38,7 @@ float dot_block(const BlockQ5_0& b, const ActQ8x32& a) {
   const uint32_t h = block32::high_bits(b.qh);
   int32_t sumi = 0;
   for (int k = 0; k < 32; ++k) sumi += (block32::q5(b.qs, h, k) - 16) * a.q[k];
-  return float(sumi) * f16_to_f32(b.d) * a.d;
+  return f16_to_f32(b.d) * a.d * float(sumi);
 }
 
 KT_GGUF_FORMAT(q5_0, BlockQ5_0)

@@ -9,7 +9,7 @@
 // Quantizer (as gguf.quants / ggml's quantize_row_q5_1_ref): m = min w, d = (max w - min w) / 31;
 // q = clamp(trunc((w - m) * (1 / d) + 0.5), 0, 31) with the fp32 d and m, then both stored as fp16.
 // Bit for bit gguf.quants.quantize's blocks.
-// Dot with a q8_32 block: sum_k q[k] * a.q[k] in int32, then * d * a.d, plus m * a.d * a.sum
+// Dot with a q8_32 block: sum_k q[k] * a.q[k] in int32, then d * a.d * that, plus m * a.d * a.sum
 // (the min times the activation's sum: sum_k m * a.d * a.q[k]).
 #include <algorithm>
 #include <cmath>
@@ -21,6 +21,7 @@ namespace kt {
 
 void dequantize_block(const BlockQ5_1& b, float* out) {
   const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
+  // d * q, then + m: two roundings, as ggml's (no FMA contraction: baseline x86-64 build)
   const uint32_t h = block32::high_bits(b.qh);
   for (int k = 0; k < 32; ++k) out[k] = float(block32::q5(b.qs, h, k)) * d + m;
 }
@@ -41,7 +42,7 @@ float dot_block(const BlockQ5_1& b, const ActQ8x32& a) {
   const uint32_t h = block32::high_bits(b.qh);
   int32_t sumi = 0;
   for (int k = 0; k < 32; ++k) sumi += block32::q5(b.qs, h, k) * a.q[k];
-  return float(sumi) * f16_to_f32(b.d) * a.d + f16_to_f32(b.m) * a.d * float(a.sum);
+  return f16_to_f32(b.d) * a.d * float(sumi) + f16_to_f32(b.m) * a.d * float(a.sum);
 }
 
 KT_GGUF_FORMAT(q5_1, BlockQ5_1)
