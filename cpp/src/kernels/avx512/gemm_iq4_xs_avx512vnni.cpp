@@ -1,7 +1,8 @@
 // [NOTE] iq4_xs weights x q8_256 activations with AVX512-VNNI (driver: gguf_driver_avx512vnni.h).
 // Decode of a k-block (256 k, the 16 rows' blocks): the packed indexes of the 16 rows transposed
 // (two 16 x 16 dword transposes), each nibble looked up (vpshufb) in kIq4Values + 128, which makes
-// the levels unsigned (1..241) for vpdpbusd; the 6-bit scales and d from 2 gathered words.
+// the levels unsigned (1..241) for vpdpbusd; the 6-bit scales and d from the first 16
+// bytes of the 16 rows transposed (16 x 4 dwords).
 //   block = a.d * d * sum_j ls_j (isum_j - 128 (bsums[2j] + bsums[2j+1]))      (ls = u - 32)
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
 #include "kernels/kernel_registry.h"
@@ -28,8 +29,9 @@ struct Iq4Xs {
         D.q[(k + 16) / 4] = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(P[g], 4), m4));
       }
     }
-    const __m512i w0 = gguf_vnni::gather_word(b, 0);                              // d | scales_h << 16
-    const __m512i w1 = gguf_vnni::gather_word(b, offsetof(BlockIq4Xs, scales_l));  // scales_l[0..3]
+    __m512i hd[4];
+    gguf_vnni::load_transpose16x4(b, 0, hd);
+    const __m512i w0 = hd[0], w1 = hd[1];  // d | scales_h << 16, scales_l[0..3]
     const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3), m32 = _mm512_set1_epi32(32);
     for (int j = 0; j < 8; ++j) {
       const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(w1, 8 * (j / 2) + 4 * (j % 2)), m15);

@@ -2,7 +2,7 @@
 // Decode of a k-block (256 k, the 16 rows' blocks): the 2-bit planes (qs, one 16 x 16 dword
 // transpose) and the third bits (hmask, one 16 x 8 transpose) of the 16 rows; each transposed
 // word gives 4 consecutive k, u = low2 + 4 hbit in 0..7 (one vpternlogd). The 6-bit scales and
-// d from 4 gathered words, one row per lane.
+// d from the blocks' last 16 bytes transposed (16 x 4 dwords), one row per lane.
 //   q = u - 4:  block = a.d * d * sum_j sc_j (isum_j - 4 bsums[j])      (sub-blocks of 16)
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
 #include "kernels/kernel_registry.h"
@@ -35,9 +35,11 @@ struct Q3_K {
       }
     // scales[12]: low 4 bits of u_j in byte j % 8 (j < 8: low nibble, else high), high 2 bits at
     // 2 (j / 4) of byte 8 + j % 4;  sc_j = u_j - 32
-    const __m512i a0 = gguf_vnni::gather_word(b, offsetof(BlockQ3_K, scales)),
-                  a1 = gguf_vnni::gather_word(b, offsetof(BlockQ3_K, scales) + 4),
-                  a2 = gguf_vnni::gather_word(b, offsetof(BlockQ3_K, scales) + 8);
+    // the blocks' last 16 bytes: qs[62..63], scales[12], d; the scale words straddle two of them
+    __m512i T[4];
+    gguf_vnni::load_transpose16x4(b, sizeof(BlockQ3_K) - 16, T);
+    auto word = [&](int i) { return _mm512_or_si512(_mm512_srli_epi32(T[i], 16), _mm512_slli_epi32(T[i + 1], 16)); };
+    const __m512i a0 = word(0), a1 = word(1), a2 = word(2);
     const __m512i m15 = _mm512_set1_epi32(15), m3d = _mm512_set1_epi32(3), m32 = _mm512_set1_epi32(32);
     for (int j = 0; j < 16; ++j) {
       const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(j % 8 < 4 ? a0 : a1, 8 * (j % 4) + 4 * (j / 8)), m15);
@@ -46,8 +48,7 @@ struct Q3_K {
     }
     for (int i = 0; i < 8; ++i)  // the -4: coefficients 4 sc_j of bsums[j]
       D.mc[i] = gguf_vnni::int16_pair(_mm512_slli_epi32(D.sc[2 * i], 2), _mm512_slli_epi32(D.sc[2 * i + 1], 2));
-    // d is the block's last 2 bytes: the word that ends there
-    D.d = gguf_vnni::half_to_ps(gguf_vnni::gather_word(b, offsetof(BlockQ3_K, d) - 2), 16);
+    D.d = gguf_vnni::half_to_ps(T[3], 16);
   }
   template <int MR>
   static void rows(const Decoded& D, const Act* const* a, float* acc) {

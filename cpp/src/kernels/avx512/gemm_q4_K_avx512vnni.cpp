@@ -2,7 +2,7 @@
 // Decode of a k-block (256 k, the 16 rows' blocks): the packed nibbles of the 16 rows transposed
 // (two 16 x 16 dword transposes: half the shuffles of transposing the unpacked bytes), then each
 // transposed word's low and high nibbles are 4 consecutive k; the 6-bit scales and mins of the 16
-// rows from 4 gathered words, one row per lane.
+// rows from their first 16 bytes transposed (16 x 4 dwords), one row per lane.
 //   block = a.d * (d * sum_j sc_j isum_j - dmin * sum_j m_j (bsums[2j] + bsums[2j+1]))
 // (nibbles 0..15 are vpdpbusd's unsigned operand; the mins by vpdpwssd on the bsums).
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
@@ -31,7 +31,7 @@ struct Q4_K {
         D.q[k / 4 + 8] = _mm512_and_si512(_mm512_srli_epi16(P[g], 4), m4);
       }
     }
-    gguf_vnni::q4K_scales(b, offsetof(BlockQ4_K, scales), D);
+    gguf_vnni::q4K_scales(b, D);
   }
   template <int MR>
   static void rows(const Decoded& D, const Act* const* a, float* acc) {

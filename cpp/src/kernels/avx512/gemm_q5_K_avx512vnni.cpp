@@ -35,7 +35,7 @@ struct Q5_K {
             gguf_vnni::or_and(_mm512_and_si512(_mm512_srli_epi16(P[g], 4), m4), bit_to_4(hb, k / 32 + 1), m10);
       }
     }
-    gguf_vnni::q4K_scales(b, offsetof(BlockQ5_K, scales), D);
+    gguf_vnni::q4K_scales(b, D);
   }
   template <int MR>
   static void rows(const Decoded& D, const Act* const* a, float* acc) {

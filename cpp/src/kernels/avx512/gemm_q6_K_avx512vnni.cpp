@@ -2,7 +2,7 @@
 // Decode of a k-block (256 k, the 16 rows' blocks): the packed bytes of the 16 rows transposed
 // (ql: two 16 x 16 dword transposes, qh: one), then each transposed word gives 4 consecutive k:
 // a nibble of ql with its 2 high bits from qh (shifted to bits 4..5, merged by one vpternlogd).
-// The 16 int8 scales and d come from 5 gathered words, one row per lane.
+// The 16 int8 scales of the 16 rows transposed (16 x 4 dwords), d by one gather, one row per lane.
 //   u = q + 32 in 0..63 is vpdpbusd's unsigned operand; the -32 goes to the bsums:
 //   block = a.d * d * sum_j sc_j (isum_j - 32 bsums[j])      (sub-blocks of 16; I1 - I2 exact)
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
@@ -38,7 +38,7 @@ struct Q6_K {
       }
     }
     __m512i S[4];
-    for (int i = 0; i < 4; ++i) S[i] = gguf_vnni::gather_word(b, offsetof(BlockQ6_K, scales) + 4 * i);
+    gguf_vnni::load_transpose16x4(b, offsetof(BlockQ6_K, scales), S);
     for (int j = 0; j < 16; ++j)
       D.sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(S[j / 4], 24 - 8 * (j % 4)), 24);
     for (int i = 0; i < 8; ++i)  // the -32: coefficients 32 sc_j of bsums[j]

@@ -139,6 +139,27 @@ constexpr Iq4Levels kIq4Levels = [] {
 }();
 inline __m128i iq4_levels() { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Levels.v)); }
 
+// The 16 bytes at byte `off` of each of the 16 blocks, transposed: r[e] lane c = bytes off + 4e ..
+// off + 4e + 3 of block c, e < 4 (a block's scales: 24 shuffles and loads, cheaper than 4 gathers).
+// z[q] lane L holds row q + 4L, so that the 4 x 4 transposes of the lanes leave the rows in order.
+template <class Block>
+inline void load_transpose16x4(const Block* b, size_t off, __m512i (&r)[4]) {
+  auto row = [&](int c) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint8_t*>(b + c) + off)); };
+  __m512i z[4];
+  for (int q = 0; q < 4; ++q) {
+    z[q] = _mm512_castsi128_si512(row(q));
+    z[q] = _mm512_inserti32x4(z[q], row(q + 4), 1);
+    z[q] = _mm512_inserti32x4(z[q], row(q + 8), 2);
+    z[q] = _mm512_inserti32x4(z[q], row(q + 12), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  r[0] = _mm512_unpacklo_epi64(t0, t2);
+  r[1] = _mm512_unpackhi_epi64(t0, t2);
+  r[2] = _mm512_unpacklo_epi64(t1, t3);
+  r[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
 // a | (b & c), bytewise (vpternlogd)
 inline __m512i or_and(__m512i a, __m512i b, __m512i c) { return _mm512_ternarylogic_epi32(a, b, c, 0xf8); }
 
@@ -151,11 +172,13 @@ struct alignas(64) KBlock {
   __m512 d, dmin;      // fp32 super-block scales (dmin unused by one-scale types)
 };
 
-// The 6-bit scales and mins of q4_K / q5_K (12 bytes at `off`), d and dmin (the block's first word).
+// The 6-bit scales and mins of q4_K / q5_K and d, dmin: the blocks' first 16 bytes (d | dmin,
+// then 12 bytes of scales).
 template <class Block>
-inline void q4K_scales(const Block* b, int off, KBlock& D) {
-  const __m512i h = gather_word(b, 0), s0 = gather_word(b, off), s1 = gather_word(b, off + 4),
-                s2 = gather_word(b, off + 8);
+inline void q4K_scales(const Block* b, KBlock& D) {
+  __m512i w[4];
+  load_transpose16x4(b, 0, w);
+  const __m512i h = w[0], s0 = w[1], s1 = w[2], s2 = w[3];
   D.d = half_to_ps(h, 0);
   D.dmin = half_to_ps(h, 16);
   const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
