@@ -9,17 +9,25 @@
 //   row r:  isum_j = sum_{g in sub-block j} vpdpbusd(q[g], broadcast a_r.q[4g..4g+3])
 //
 // so one vpdpbusd makes 64 products of 16 channels, the weights in registers and the activation
-// broadcast from memory (the instruction's {1to16} operand). Decoding is the type's unpacking of
-// each block into natural k order (nibbles, high bits, table values), a 16 x 16 dword transpose
-// per 64 k, and the scales of the 16 blocks, one per lane, with gathers. It costs about one row's
-// products, so it is paid once per k-block, not once per row block: the rows' fp32 accumulators
-// (16 channels each) live in a per-thread buffer across the k-blocks.
+// broadcast from memory. Decoding transposes the packed bytes of the 16 blocks (16 x 16 dwords per
+// 64 bytes: half the shuffles of transposing the unpacked values, and no staging buffer), unpacks
+// each transposed word into 4 consecutive k (nibbles, high bits, table values) and reads the
+// scales of the 16 blocks, one per lane, by 16 x 4 dword transposes (gathers cost about 10% more
+// at m = 1). The decode costs a few rows' products, so it is paid once per k-block, not once per
+// row block: the rows' fp32 accumulators (16 channels each) live in a per-thread buffer across
+// the k-blocks, and at prefill the kernels run close to the vpdpbusd rate.
+// No software prefetch: every distance and hint tried (1 to 4 k-blocks, 4 to 16 KiB, T0/T1/NTA)
+// was as fast as the hardware prefetcher alone or slower.
+// Left to do: at m = 1 the K-quants stream at about half a core's read rate (the decode's
+// instructions, and memory stalls they do not overlap): fusing the decode with the row's products
+// for a single row block would save the stores and reloads of Decoded.q; the 32-weight types
+// could transpose two blocks (64 k) at a time.
 //
 // Values are made unsigned (vpdpbusd's first operand) and the offset goes to the activation sums:
 //   K-quants (q8_256):  block = a.d * (d * I1 - dmin * I2)
 //                       I1 = sum_j sc_j isum_j           (int32, sc the sub-block's integer scale)
 //                       I2 = sum_i mc_i . bsums[2i..2i+1] (vpdpwssd: int16 pairs mc per 32 k)
-//                       one-scale types (q6_K: -32, iq4_xs: -128) fold I2 into I1: d * (I1 - I2)
+//                       one-scale types (q3_K: -4, q6_K: -32, iq4_xs: -128) fold I2 into I1: d * (I1 - I2)
 //   32-weight blocks (q8_32): block = a.d * d * (isum - off * a.sum) [+ a.d * m * a.sum]
 // The integer sums are exact; the fp32 part is the reference's (d * a.d * float(I)), fused into
 // the row's accumulator with one FMA per block.
