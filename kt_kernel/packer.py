@@ -7,7 +7,8 @@ split of the experts across the sub-pools, packing for the layer's kernels):
                       layer's format by the reference quantizer, then packed (an HF checkpoint,
                       tensors from an engine)
   logical arrays      the layer's format as kt_kernel.checkpoint.layout stores it (one array per
-                      entry of the format record's arrays): packed as they are (a converted folder)
+                      entry of the format record's arrays): packed as they are (a converted folder,
+                      a GGUF file's blocks)
 Slot p of the layer takes expert pmap[p] of the E given; slots the layer keeps on the GPU are skipped.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ def pack_float(native, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
 def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int) -> None:
     """Packs a layer's logical arrays, ``(proj, part) -> np.ndarray [E, ...]``, as they are; the
     pages of mapped arrays are dropped once packed (their bytes are then in the packed copy)."""
-    parts = [a["part"] for a in format_record(native.format)["arrays"]]
-    native.load_quantized([[arrays[(p, part)].ctypes.data for part in parts] for p in PROJ], pmap.data_ptr(),
-                          num_experts, drop_pages=True)
+    # a GGUF layer may store down in another format than gate and up
+    formats = (native.format, native.format, native.down_format)
+    native.load_quantized([[arrays[(p, a["part"])].ctypes.data for a in format_record(f)["arrays"]]
+                           for p, f in zip(PROJ, formats)], pmap.data_ptr(), num_experts, drop_pages=True)

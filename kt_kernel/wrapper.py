@@ -13,7 +13,8 @@ import torch
 
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
-from kt_kernel.formats import METHODS
+from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
+from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
 from kt_kernel.threads import all_cores
@@ -163,8 +164,9 @@ class KTMoEWrapper:
     ):
         _check_plain_swiglu(swiglu_limit, swiglu_alpha)
         method = resolve_method(method)
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        if method not in METHODS and method != GGUF_METHOD:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, {GGUF_METHOD} (the "
+                             "experts of a GGUF file, each projection in the file's type)")
         if numa_nodes is not None:
             raise NotImplementedError(
                 "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
@@ -201,6 +203,8 @@ class KTMoEWrapper:
         self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
+        # LLAMAFILE: the formats of this layer's gate/up and down, from the GGUF file's tensor types
+        self._formats = self._gguf_formats() if method == GGUF_METHOD else None
         threads = all_cores() if cpuinfer_threads is None else cpuinfer_threads
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
@@ -213,10 +217,27 @@ class KTMoEWrapper:
     def _build_native_layer(self) -> None:
         self._placed_mask = self.gpu_experts_mask.clone()
         on_cpu = [0 if g else 1 for g in self._placed_mask.tolist()]
+        formats = {} if self._formats is None else {"formats": list(self._formats)}
         self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
                                     self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size,
-                                    self.layer_idx, self.max_deferred_experts_per_token)
+                                    self.layer_idx, self.max_deferred_experts_per_token, **formats)
         self._stream_layer = _ext.StreamLayer(self._layer)
+
+    def _gguf_formats(self) -> tuple:
+        """(gate/up format, down format) of layer ``layer_idx`` of the GGUF file at weight_path,
+        checked against this wrapper's sizes (the number of experts at load, where a
+        physical_to_logical_map may remap them)."""
+        if self.weight_path is None:
+            raise ValueError(f"method {GGUF_METHOD} runs the experts of a GGUF file as they are, and no weight_path "
+                             "was given: pass weight_path=<a .gguf file, a shard of a split set, or a folder holding "
+                             f"one>; weights given as tensors take the methods {', '.join(METHODS)}")
+        if self.cpu_save is not False:
+            raise ValueError(f"cpu_save={self.cpu_save!r} with method {GGUF_METHOD}: the GGUF file is loaded as it is "
+                             "stored, there is nothing to save; leave cpu_save False")
+        reader = open_gguf(self.weight_path)
+        reader.check_layer(self.layer_idx, GGUF_METHOD, self.hidden_size, self.moe_intermediate_size,
+                           num_experts_per_tok=self.num_experts_per_tok)
+        return reader.layer_formats(self.layer_idx)
 
     def _follow_gpu_mask_edits(self) -> None:
         """sglang-kt moves experts between GPU and CPU by editing ``gpu_experts_mask`` in place
@@ -263,16 +284,22 @@ class KTMoEWrapper:
         """Loads layer ``layer_idx`` from ``weight_path``: a folder converted by
         convert_cpu_weights.py (checked against this wrapper: format version, method, shapes,
         expert count; only CPU slots are read, from a memory map), or a Hugging Face checkpoint
-        folder, whose experts are then quantized at load. Slot p gets logical expert
-        ``physical_to_logical_map[p]`` (identity when None)."""
+        folder, whose experts are then quantized at load; with method LLAMAFILE, a GGUF file (or a
+        shard of a split set, or a folder holding one), whose blocks are used as they are, from its
+        memory map. Slot p gets logical expert ``physical_to_logical_map[p]`` (identity when None)."""
         if self.weight_path is None:
             raise ValueError(f"layer {self.layer_idx}: load_weights needs weight_path (a converted folder or an HF "
                              "checkpoint); none was given to the constructor")
-        if not os.path.isdir(self.weight_path):
-            raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder")
+        gguf = self.method == GGUF_METHOD
+        if not os.path.isdir(self.weight_path) and not (os.path.isfile(self.weight_path) and is_gguf(self.weight_path)):
+            raise FileNotFoundError(f"weight_path {self.weight_path} is not a folder (or a GGUF file)")
         pmap = self._logical_map(physical_to_logical_map)
         self._place_as_masked()
-        reader = open_checkpoint(self.weight_path)
+        # a GGUF path under another method: its reader's check_layer names LLAMAFILE
+        reader = open_gguf(self.weight_path) if gguf else open_checkpoint(self.weight_path)
+        if gguf and (now := reader.layer_formats(self.layer_idx)) != self._formats:
+            raise ValueError(f"layer {self.layer_idx}: {self.weight_path} now stores the experts as {now}, not "
+                             f"{self._formats} as when this wrapper was made (the file changed); make a new KTMoEWrapper")
         # float weights are quantized at load, and cpu_save keeps them; a converted folder is loaded as it is
         save = self._save_folder(from_checkpoint=True) if reader.stored_method is None else None
         load_layer(self._layer, self._load_target(), reader, pmap, save)
@@ -310,6 +337,9 @@ class KTMoEWrapper:
     def load_weights_from_tensors(self, gate_proj, up_proj, down_proj, physical_to_logical_map=None) -> None:
         """gate_proj, up_proj: [E, I, H]; down_proj: [E, H, I] (E logical experts), CPU tensors of
         one dtype among float32, bfloat16, float16. Quantizes to the method's format and packs."""
+        if self.method == GGUF_METHOD:
+            raise ValueError(f"method {GGUF_METHOD} loads the experts of a GGUF file (weight_path, load_weights); "
+                             f"weights given as tensors take the methods {', '.join(METHODS)}")
         H, I = self.hidden_size, self.moe_intermediate_size
         if not isinstance(gate_proj, torch.Tensor):
             raise TypeError(f"gate_proj must be a torch.Tensor, got {type(gate_proj).__name__}")
@@ -544,10 +574,20 @@ class KTMoEWrapper:
 
     @property
     def kernel_description(self) -> str:
-        """``kernel_name``, and for a tile kernel its threshold and the vector kernel below it."""
-        if self.kernel_min_m == 0:
-            return self.kernel_name
-        return f"{self.kernel_name} from {self.kernel_min_m} tokens per expert, {self.vector_kernel_name} below"
+        """``kernel_name``, and for a tile kernel its threshold and the vector kernel below it; a
+        down projection in another format (LLAMAFILE) adds its kernel."""
+        text = self.kernel_name
+        if self.kernel_min_m:
+            text += f" from {self.kernel_min_m} tokens per expert, {self.vector_kernel_name} below"
+        if self._layer.down_format != self._layer.format:
+            text += f"; down {self._layer.down_kernel_name}"
+        return text
+
+    @property
+    def formats(self) -> tuple:
+        """(gate/up format, down format) of the layer: the method's format twice, or with LLAMAFILE
+        the GGUF file's types (e.g. ("q4_K", "q6_K"))."""
+        return self._layer.format, self._layer.down_format
 
     @property
     def last_kernels(self) -> dict:

@@ -1,6 +1,6 @@
 """Checkpoint readers: what a folder of weights holds for each MoE layer, and its bytes.
 
-    reader = open_checkpoint(path)          # kind "converted" or "hf"
+    reader = open_checkpoint(path)          # kind "converted", "gguf" or "hf"
     reader.check_layer(layer, method, H, I)
     reader.stored_method                    # None: float weights, quantized by the packer
     reader.expert(layer, e, proj)           # float readers: fp32 [N, K]
@@ -18,17 +18,22 @@ from typing import Union
 
 from kt_kernel.checkpoint.converted import ConvertedCheckpoint, is_converted
 from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.gguf import GGUFCheckpoint, is_gguf, open_gguf
 from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
 
-__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "HFCheckpoint", "ConversionError", "is_converted"]
+__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "GGUFCheckpoint", "HFCheckpoint", "ConversionError",
+           "is_converted"]
 
-Checkpoint = Union[ConvertedCheckpoint, HFCheckpoint]
+Checkpoint = Union[ConvertedCheckpoint, GGUFCheckpoint, HFCheckpoint]
 
 
 def open_checkpoint(path) -> Checkpoint:
-    """The reader of the folder ``path``: a converted folder (kt_kernel_meta.json or layer files
-    there) or a Hugging Face checkpoint. Reads metadata and headers only."""
+    """The reader of ``path``: a converted folder (kt_kernel_meta.json or layer files there), a
+    GGUF model (a .gguf file, a shard of a split set, or a folder of .gguf files and no
+    safetensors) or a Hugging Face checkpoint. Reads metadata and headers only."""
     path = Path(path)
     if is_converted(path):
         return ConvertedCheckpoint(path)
+    if is_gguf(path) and not (path.is_dir() and any(path.glob("*.safetensors"))):
+        return open_gguf(path)
     return open_hf_checkpoint(path)

@@ -8,7 +8,10 @@ same checkpoint run by transformers' eager experts in fp32 (top-1 agreement and 
 position of the prompt and the generated text, teacher-forced; and whether each decoded token is
 the reference's argmax). For the tiny models it ends with PASS or FAIL against the bounds of
 kt_kernel.models.AGREEMENT_BOUNDS. --model runs a real HF MoE checkpoint instead (its tokenizer
-files, bf16).
+files, bf16). --gguf PATH runs the routed experts from a GGUF file (method LLAMAFILE), the rest of
+the model from its Hugging Face folder; with a tiny model and no file at PATH, the demo first
+writes the tiny model's experts there (--gguf-types), and the reference is the same model with
+gguf's dequantization of those blocks.
 """
 from __future__ import annotations
 
@@ -38,6 +41,11 @@ def parse_args(argv=None):
                    help="a Hugging Face MoE checkpoint folder (safetensors + tokenizer) to run instead of a tiny model")
     p.add_argument("--method", default="AMXINT4", choices=list(kt_kernel.METHODS),
                    help="weight format of the experts on kt_kernel (default AMXINT4)")
+    p.add_argument("--gguf", default=None, metavar="PATH",
+                   help="run the routed experts from this GGUF file (method LLAMAFILE; a tiny model's experts are "
+                        "written there first if it does not exist)")
+    p.add_argument("--gguf-types", default="q4_K,q6_K", metavar="GATE_UP,DOWN",
+                   help="GGUF types of the tiny model's experts written for --gguf (default q4_K,q6_K)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for kt_kernel and torch (default: all cores)")
     p.add_argument("--gpu-experts", type=int, default=0, metavar="N",
                    help="keep the first N experts of every MoE layer in torch on the model's device (default 0)")
@@ -69,6 +77,12 @@ def parse_args(argv=None):
                 "False); use --device cpu")
     if args.model is not None:
         _refuse_converted_folder(p, args.model)
+    types = args.gguf_types.split(",")
+    if len(types) != 2:
+        p.error(f"--gguf-types takes two GGUF types, GATE_UP,DOWN (e.g. q4_K,q6_K), not {args.gguf_types!r}")
+    args.gguf_types = types
+    if args.gguf is not None and args.model is not None and not Path(args.gguf).exists():
+        p.error(f"--gguf {args.gguf} does not exist (the demo writes a GGUF file only for its tiny models)")
     apply_isa_argument(p, args)
     return args
 
@@ -109,9 +123,10 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from kt_kernel.integrations.transformers import kt_layers, load_model, load_reference
-    from kt_kernel.models import (AGREEMENT_BOUNDS, build_tiny_model, check_greedy, generate_greedy,
+    from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, build_tiny_model, check_greedy, generate_greedy,
                                   inspect_checkpoint, load_tokenizer, logit_agreement, teacher_forced_logits)
-    from kt_kernel.models.compare import REFERENCE_PROMPT
+    from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds
+    from kt_kernel.models.gguf_experts import write_experts_gguf
 
     clock = Stopwatch()
     tiny = args.model is None
@@ -120,9 +135,17 @@ def _run(args) -> int:
     print("kt_kernel demo: an MoE model generating text with its routed experts on kt_kernel")
     print(f"CPU: {info['brand']} ({info['vendor']}); best tier {info['best_tier']}; AMX: {info['amx']}")
 
+    gguf = args.gguf
+    method = "LLAMAFILE" if gguf else args.method
     if tiny:
+        # GGUF K-quants need rows of whole 256-weight super-blocks: the tiny model's I becomes 256
+        overrides = {ARCHITECTURES[args.arch].intermediate_field: 256} if gguf else {}
         with step(f"building the tiny {args.arch} model (random weights, seed {args.seed})"):
-            path = build_tiny_model(args.arch, seed=args.seed, cache_dir=args.cache_dir)
+            path = build_tiny_model(args.arch, seed=args.seed, cache_dir=args.cache_dir, **overrides)
+        if gguf and not Path(gguf).exists():
+            gate_up, down = args.gguf_types
+            with step(f"writing its routed experts to {gguf} ({gate_up} gate/up, {down} down)"):
+                write_experts_gguf(path, gguf, gate_up=gate_up, down=down)
     else:
         path = args.model
     ckpt = inspect_checkpoint(path)
@@ -136,11 +159,13 @@ def _run(args) -> int:
 
     ref = None
     if not args.no_reference:
-        with step("loading the fp32 reference (transformers, eager experts)"):
-            ref = load_reference(path, device=args.device)
-    with step(f"loading the model in {str(dtype).replace('torch.', '')} and quantizing its experts to {args.method}"):
-        model = load_model(path, args.method, dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts,
-                           cpuinfer_threads=args.threads)
+        what = "eager experts" + (", the GGUF experts dequantized" if gguf else "")
+        with step(f"loading the fp32 reference (transformers, {what})"):
+            ref = load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts)
+    doing = f"loading its experts from {gguf}" if gguf else f"quantizing its experts to {method}"
+    with step(f"loading the model in {str(dtype).replace('torch.', '')} and {doing}"):
+        model = load_model(path, method, dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts,
+                           cpuinfer_threads=args.threads, **({"weight_path": gguf} if gguf else {}))
     layers = kt_layers(model)
     threads = next((lay.wrapper.cpuinfer_threads for lay in layers if lay.wrapper is not None), args.threads)
     if threads:
@@ -154,22 +179,23 @@ def _run(args) -> int:
         generate_greedy(model, prompt[:16], 2)  # warm-up: first-call costs stay out of the timings
         gen = generate_greedy(model, prompt, n, on_step=lambda i: bar.update(i - bar.n))
     print(f"  {what}... done ({took.seconds:.1f} s)", flush=True)
+    cpu_layers = [lay for lay in layers if lay.wrapper is not None]
+    formats = sorted({f for lay in cpu_layers for f in lay.wrapper.formats})
+    bounds = format_agreement_bounds(*formats) if gguf else AGREEMENT_BOUNDS[method]
     agreement = greedy = None
     if ref is not None:
         with step("running both models teacher-forced over prompt + generated text"):
             seq = torch.tensor(prompt + gen.tokens[:-1])
             logits, ref_logits = teacher_forced_logits(model, seq), teacher_forced_logits(ref, seq)
             agreement = logit_agreement(logits, ref_logits)
-            greedy = check_greedy(gen.tokens, ref_logits[len(prompt) - 1:], AGREEMENT_BOUNDS[args.method].tie_margin)
+            greedy = check_greedy(gen.tokens, ref_logits[len(prompt) - 1:], bounds.tie_margin)
 
     shown = tokenizer.decode(prompt[-60:]) if len(prompt) > 60 else tokenizer.decode(prompt)
     print(f"\n  prompt (end): {'...' if len(prompt) > 60 else ''}{shown!r}")
     print(f"  generated:    {tokenizer.decode(gen.tokens)!r}\n")
-    cpu_layers = [lay for lay in layers if lay.wrapper is not None]
     tiers = sorted({lay.wrapper.isa_tier for lay in cpu_layers})
     kernels = sorted({lay.wrapper.kernel_description for lay in cpu_layers})
-    fmt = kt_kernel.METHODS[args.method]
-    print(f"  method        {args.method} ({fmt}); ISA tier {', '.join(tiers) or '-'}; "
+    print(f"  method        {method} ({', '.join(formats)}); ISA tier {', '.join(tiers) or '-'}; "
           f"kernel {', '.join(kernels) or '-'}; {threads or 'all'} threads")
     print(f"  experts       {len(layers)} MoE layers x {ckpt.num_experts} experts: "
           f"{ckpt.num_experts - layers[0].num_gpu_experts} on kt_kernel, {layers[0].num_gpu_experts} in torch "
@@ -182,13 +208,12 @@ def _run(args) -> int:
         print(f"\nno fp32 reference (--no-reference); {clock.seconds:.0f} s in all")
         return 0
     print(f"  vs fp32       {agreement}")
-    print(f"  greedy        {greedy} (near-tie: reference top-2 gap < {AGREEMENT_BOUNDS[args.method].tie_margin})")
+    print(f"  greedy        {greedy} (near-tie: reference top-2 gap < {bounds.tie_margin})")
     if not tiny or args.dtype == "bfloat16":
         print(f"\n(the PASS/FAIL bounds are for tiny models in fp32; {clock.seconds:.0f} s in all)")
         return 0
-    bounds = AGREEMENT_BOUNDS[args.method]
     ok = agreement.within(bounds) and greedy.ok
-    print(f"\n{'PASS' if ok else 'FAIL'}: {args.method} against the fp32 reference: KL mean {agreement.kl_mean:.2e} "
+    print(f"\n{'PASS' if ok else 'FAIL'}: {method} against the fp32 reference: KL mean {agreement.kl_mean:.2e} "
           f"(bound {bounds.kl_mean:g}), top-1 {agreement.top1:.3f} (bound {bounds.top1}), "
           f"{len(greedy.mismatches)} clear greedy mismatches ({clock.seconds:.0f} s in all)")
     return 0 if ok else 1

@@ -46,6 +46,7 @@ from transformers.integrations import moe  # noqa: E402
 from kt_kernel.models.architectures import ARCHITECTURES  # noqa: E402
 from kt_kernel.models.checkpoint import find_experts_modules, inspect_checkpoint  # noqa: E402
 from kt_kernel.models.errors import UnsupportedModelError  # noqa: E402
+from kt_kernel.formats import GGUF_METHOD  # noqa: E402
 from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
@@ -60,8 +61,8 @@ _lazy_layers = itertools.count()
 
 def implementation_name(method: str = DEFAULT_METHOD) -> str:
     """The experts_implementation name that selects ``method``."""
-    if method not in kt_kernel.METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(kt_kernel.METHODS)}")
+    if method not in kt_kernel.METHODS and method != GGUF_METHOD:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join([*kt_kernel.METHODS, GGUF_METHOD])}")
     return f"{IMPLEMENTATION}:{method}"
 
 
@@ -79,7 +80,7 @@ class KTExperts:
 
     def __init__(self, module, layer_idx: int, method: str, gpu_mask: torch.Tensor, *,
                  cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-                 max_deferred_experts_per_token: int = 0, release_weights: bool = True):
+                 max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None):
         _check_layout(module, layer_idx)
         gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
         E, two_i, H = gate_up.shape
@@ -95,15 +96,23 @@ class KTExperts:
         self.num_gpu_experts = int(gpu_mask.sum())
         device, dtype = gate_up.device, gate_up.dtype
 
-        # stage 1: CPU experts into kt_kernel (the wrapper keeps only the experts not in the mask)
+        # stage 1: CPU experts into kt_kernel (the wrapper keeps only the experts not in the mask):
+        # from the module's tensors, or for LLAMAFILE from the GGUF file weight_path
+        if method == GGUF_METHOD and weight_path is None:
+            raise ValueError(f"layer {layer_idx}: method {GGUF_METHOD} runs the experts of a GGUF file: give weight_path "
+                             f"(attach(..., weight_path=...)); the methods that take the model's own weights: "
+                             f"{', '.join(kt_kernel.METHODS)}")
         self.wrapper = None
         if self.num_gpu_experts < E:
             self.wrapper = KTMoEWrapper(layer_idx, E, K, H, I, gpu_experts_mask=gpu_mask, method=method,
                                         cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
-                                        chunked_prefill_size=chunked_prefill_size,
+                                        chunked_prefill_size=chunked_prefill_size, weight_path=weight_path,
                                         max_deferred_experts_per_token=max_deferred_experts_per_token)
-            self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
-                                                   gate_up[:, I:].cpu().contiguous(), down.cpu().contiguous())
+            if method == GGUF_METHOD:
+                self.wrapper.load_weights()
+            else:
+                self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
+                                                       gate_up[:, I:].cpu().contiguous(), down.cpu().contiguous())
 
         # stage 2: GPU experts as compact buffers on the model's device; slot[e] indexes them, -1 = CPU
         gpu_ids = torch.nonzero(gpu_mask).flatten()
@@ -213,7 +222,7 @@ def kt_kernel_experts_forward(self, hidden_states, top_k_index, top_k_weights):
 def register() -> None:
     """Registers "kt_kernel" and "kt_kernel:<METHOD>" with transformers (idempotent; done when
     this module is imported)."""
-    for name in [IMPLEMENTATION] + [implementation_name(m) for m in kt_kernel.METHODS]:
+    for name in [IMPLEMENTATION] + [implementation_name(m) for m in [*kt_kernel.METHODS, GGUF_METHOD]]:
         moe.ExpertsInterface.register(name, kt_kernel_experts_forward)
 
 
@@ -228,7 +237,7 @@ def _per_layer(value, layer: int, default):
 
 def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_experts_mask=None,
            cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-           max_deferred_experts_per_token: int = 0, release_weights: bool = True) -> list:
+           max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None) -> list:
     """Puts the routed experts of every MoE layer of ``model`` (a transformers model) on kt_kernel
     and switches its experts implementation to ``"kt_kernel:<method>"``. Returns the KTExperts
     of each layer.
@@ -238,7 +247,9 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
     for a layer, it wins over num_gpu_experts). release_weights: drop the fused torch tensors once
     the experts are loaded (the module then runs only through kt_kernel).
     max_deferred_experts_per_token: d for every MoE layer whose next decoder layer is an MoE layer
-    with CPU experts, 0 for the others (the last among them): see docs/design.md, "Deferred experts"."""
+    with CPU experts, 0 for the others (the last among them): see docs/design.md, "Deferred experts".
+    weight_path: for method LLAMAFILE, the GGUF file (a shard of a split set, or their folder)
+    whose ``blk.L.ffn_*_exps`` tensors hold the CPU experts; the GPU experts stay the model's own."""
     impl = implementation_name(method)
     found = find_experts_modules(model)
     if not found:
@@ -283,7 +294,7 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
         module._kt = KTExperts(module, layer, method, mask, cpuinfer_threads=cpuinfer_threads,
                                threadpool_count=threadpool_count, chunked_prefill_size=chunked_prefill_size,
                                max_deferred_experts_per_token=d if layer + 1 in on_cpu else 0,
-                               release_weights=release_weights)
+                               release_weights=release_weights, weight_path=weight_path)
         layers.append(module._kt)
     model.set_experts_implementation(impl)
     bad = [(name, m.config._experts_implementation) for _, name, m in found
@@ -312,9 +323,19 @@ def load_model(path, method: str = DEFAULT_METHOD, *, dtype=torch.bfloat16, devi
     return model.to(device)
 
 
-def load_reference(path, *, dtype=torch.float32, device="cpu"):
+def load_reference(path, *, dtype=torch.float32, device="cpu", gguf_experts=None, num_gpu_experts: int = 0):
     """The same checkpoint in transformers' eager experts, in fp32: the reference kt_kernel's runs
-    are compared with."""
+    are compared with. gguf_experts: a GGUF file (any shard of a set) holding the model's routed
+    experts, whose gguf dequantization replaces every MoE layer's experts but the first
+    num_gpu_experts (those a LLAMAFILE run keeps in torch with the model's own weights)."""
     inspect_checkpoint(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, experts_implementation="eager")
+    if gguf_experts is not None:
+        from kt_kernel.models.gguf_experts import dequantized_experts
+
+        for layer, _, module in find_experts_modules(model):
+            gate, up, down = dequantized_experts(gguf_experts, layer)
+            with torch.no_grad():
+                module.gate_up_proj[num_gpu_experts:] = torch.cat([gate, up], dim=1)[num_gpu_experts:]
+                module.down_proj[num_gpu_experts:] = down[num_gpu_experts:]
     return model.to(device).eval()

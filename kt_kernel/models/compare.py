@@ -18,6 +18,7 @@ import torch
 
 from kt_kernel.models._deps import require_transformers
 from kt_kernel.timing import Stopwatch
+from kt_kernel.formats import all_formats
 from kt_kernel.formats import formats as method_formats
 
 __all__ = ["REFERENCE_PROMPT", "Agreement", "Bounds", "AGREEMENT_BOUNDS", "GreedyCheck", "Generation",
@@ -45,6 +46,15 @@ class Bounds:
 # measured figures behind them are given. A decoded token may differ from the reference's argmax
 # only where the reference's own top-2 gap is below tie_margin.
 AGREEMENT_BOUNDS = {f["method"]: Bounds(**f["agreement"]) for f in method_formats()}
+
+
+def format_agreement_bounds(*names: str) -> Bounds:
+    """The loosest of the agreement bounds of the format records ``names``: a LLAMAFILE run's
+    bounds, whose layers take gate/up and down formats from a GGUF file's tensor types."""
+    records = {f["name"]: f["agreement"] for f in all_formats()}
+    got = [records[n] for n in names]
+    return Bounds(kl_mean=max(a["kl_mean"] for a in got), top1=min(a["top1"] for a in got),
+                  tie_margin=max(a["tie_margin"] for a in got))
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,18 @@
-"""GGUF files of a model's routed experts, for the tiny models' end-to-end runs of the LLAMAFILE
-method: the experts as llama.cpp names and stores them, the rest of the model stays in its Hugging
-Face folder (as an engine that runs a GGUF's experts on the CPU beside the original model's GPU
-weights uses them).
+"""GGUF files of a model's routed experts, and gguf's dequantization of them: the end-to-end runs
+of the LLAMAFILE method (tests, the demo's --gguf). The experts are stored as llama.cpp names and
+stores them; the rest of the model stays in its Hugging Face folder (as an engine that runs a
+GGUF's experts on the CPU beside the original model's GPU weights uses them).
 
     path = build_tiny_model("qwen3_moe", moe_intermediate_size=256)
     files = write_experts_gguf(path, tmp / "experts.gguf", gate_up="q4_K", down="q6_K", shards=2)
     model = load_model(path, "LLAMAFILE", weight_path=files[0])
+    ref = load_reference(path, gguf_experts=files[0])     # the same blocks, dequantized, in fp32
 
 Blocks come from kt_kernel's quantizers (``kt_kernel._ext.quantize``; the gguf package has none
 for the K-quants), checked against gguf's dequantizer by tests/test_gguf_formats.py. The
 reference for such a model is the same model with each expert replaced by gguf's dequantization
-of its blocks (:func:`dequantized_experts`), so a comparison measures the kernels, not the
-quantizer.
+of its blocks (:func:`dequantized_experts`; ``load_reference(..., gguf_experts=...)``), so a
+comparison measures the kernels, not the quantizer.
 """
 from __future__ import annotations
 
