@@ -1,0 +1,59 @@
+// [NOTE] iq4_xs weights x q8_256 activations with AVX512-VNNI (driver: gguf_driver_avx512vnni.h).
+// Decode of a k-block (256 k, the 16 rows' blocks): the packed indexes of the 16 rows transposed
+// (two 16 x 16 dword transposes), each nibble looked up (vpshufb) in kIq4Values + 128, which makes
+// the levels unsigned (1..241) for vpdpbusd; the 6-bit scales and d from the first 16
+// bytes of the 16 rows transposed (16 x 4 dwords).
+//   block = a.d * d * sum_j ls_j (isum_j - 128 (bsums[2j] + bsums[2j+1]))      (ls = u - 32)
+#include "kernels/avx512/gguf_driver_avx512vnni.h"
+#include "kernels/kernel_registry.h"
+
+namespace kt {
+namespace {
+
+struct Iq4Xs {
+  using Block = BlockIq4Xs;
+  using Act = ActQ8x256;
+  using Decoded = gguf_vnni::KBlock;
+  static constexpr int kMR = 8;
+
+  // qs byte 16j + l (sub-block j): index of k = 32j + l (low nibble) and 32j + 16 + l (high).
+  static void decode(const BlockIq4Xs* b, Decoded& D) {
+    const __m512i tab = _mm512_broadcast_i32x4(gguf_vnni::iq4_levels());
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int h = 0; h < 2; ++h) {
+      __m512i P[16];
+      gguf_vnni::load_transpose16(b, offsetof(BlockIq4Xs, qs) + 64 * h, P);
+      for (int g = 0; g < 16; ++g) {
+        const int k = 32 * (4 * h + g / 4) + 4 * (g % 4);
+        D.q[k / 4] = _mm512_shuffle_epi8(tab, _mm512_and_si512(P[g], m4));
+        D.q[(k + 16) / 4] = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(P[g], 4), m4));
+      }
+    }
+    __m512i hd[4];
+    gguf_vnni::load_transpose16x4(b, 0, hd);
+    const __m512i w0 = hd[0], w1 = hd[1];  // d | scales_h << 16, scales_l[0..3]
+    const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3), m32 = _mm512_set1_epi32(32);
+    for (int j = 0; j < 8; ++j) {
+      const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(w1, 8 * (j / 2) + 4 * (j % 2)), m15);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(w0, 16 + 2 * j), m3);
+      const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), m32);
+      D.sc[j] = ls;
+      const __m512i c = _mm512_slli_epi32(ls, 7);  // the -128 of the levels: 128 ls_j on both bsums
+      D.mc[j] = gguf_vnni::int16_pair(c, c);
+    }
+    D.d = gguf_vnni::half_to_ps(w0, 0);
+  }
+  template <int MR>
+  static void rows(const Decoded& D, const Act* const* a, float* acc) {
+    gguf_vnni::kquant_rows<32, true, MR>(D, a, acc);
+  }
+};
+
+}  // namespace
+
+void gateup_iq4_xs_q8_256_8x16__avx512vnni(const GateUpArgs& a) { gguf_vnni::gateup<Iq4Xs>(a); }
+void down_iq4_xs_q8_256_8x16__avx512vnni(const DownArgs& a) { gguf_vnni::down<Iq4Xs>(a); }
+
+KT_KERNEL_ROW(iq4_xs, kAvx512VnniObj, q8_256, iq4_xs_q8_256_8x16__avx512vnni)
+
+}  // namespace kt
