@@ -1,0 +1,235 @@
+// The AVX2 driver of the GGUF block kernels (AVX2 + FMA + F16C), shared by the gemm_<type>_avx2.cpp
+// files; a block type brings only its decoder (a BlockCodec, below).
+//
+// [NOTE] The weights stay in the file's blocks, so the bytes of a ymm are consecutive k of one
+// channel (not channels side by side, as in the int4_g32 / int8_pc layouts). For every k-block s,
+// matrix t and panel half (8 channels) the driver
+//   1. decodes each channel's block ONCE: kChunks ymm of 32 int8 weights each (in registers) and
+//      the per-sub-block int16 scales (in an L1 scratch, Codec::Aux), and
+//   2. runs all the block's rows against it: per 32 weights one pmaddubsw (u8 weight x s8
+//      activation; signed weights move their sign onto the activation, vpsignb) and one pmaddwd
+//      with the sub-block scales, summed in int32 lanes: a vector of 8 partial sums per
+//      (row, channel), stored to an L1 scratch; then
+//   3. per row, sums the 8 channels' lanes in one hadd tree (sum_channels) into a vector of 8
+//      channel sums, and adds it, scaled in fp32 by the block's fp16 d of each channel times the
+//      activation's d, to the row's accumulator (Codec::accumulate: mins, offsets).
+// Every integer sum is the reference's (formats/<type>.cpp dot_block); the fp32 epilogue differs
+// from the reference by rounding only (an FMA, and the channel lanes summed in integers).
+// A block holds at most 256 weights, so one decode costs tens of instructions against 3 per
+// 32 weights and row: the driver takes up to kGgufRows rows per decode (prefill), and at decode
+// (m = 1..8) it reads every weight byte once, the panel streamed kStreamAhead ahead
+// (kernels/next_panels.h). pmaddubsw pairs stay below 2^15: every codec's unsigned weights are at
+// most 128 with |activation| <= 127 (q8_32 / q8_256 round amax to 127).
+//
+// The panel, GgufPanelBlock<Block> per k-block (formats/gguf_format.h):
+//   | b[0..7] (half 0) b[8..15] (half 1) of k-block 0 | ... of k-block 1 | ... |
+//
+// A BlockCodec C:
+//   using Block, Act;              the block type and its activation block (ActQ8x32 / ActQ8x256)
+//   kChunks                        ymm of weights per block (kK / 32)
+//   struct Aux                     what the row dot reads besides the weights (in L1)
+//   decode(b, w, aux)              the block's weights, unsigned (or |w| where kSigned), and its Aux
+//   dot(w, aux, act, isum, msum)   one row: the int32 lane sums (isum) and, where the block has
+//                                  mins, the lane sums of mins x activation sums (msum)
+//   scales(b, d, m)                the fp16 bits of the block's scale and min (m: 0 when none)
+//   accumulate(acc, v, mv, D, M, act)  acc + this block's fp32 contribution of 8 channels: v, mv
+//                                  the channel sums of isum, msum; D, M their fp32 scales, mins
+#pragma once
+#include <immintrin.h>
+
+#include "kernels/avx2/avx2_driver.h"
+#include "kt/gguf_blocks.h"
+
+namespace kt::avx2 {
+namespace {
+
+// Rows per block decode: the activations of a k-block (16 x 320 bytes of q8_256) and the lane sums
+// (16 x 8 x 32 bytes, twice with mins) stay in L1 beside the decoded block.
+constexpr int kGgufRows = 16;
+
+// The 8 channel sums of 8 vectors of int32 lane sums: [sum v[0], ..., sum v[7]].
+inline __m256i sum_channels(const __m256i* v) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // a = [v0..v3 summed over lanes 0-3 | v0..v3 over lanes 4-7], b the same for v4..v7
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// p as an opaque register: loads through it stay inside the loop that reads them (GCC would
+// otherwise hoist a decoded block's scales out of the row loop into registers the weights need).
+template <class T>
+inline const T* opaque(const T* p) {
+  __asm__("" : "+r"(p));
+  return p;
+}
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// The fp16 fields of 8 blocks (fp16 bits) as fp32.
+inline __m256 f16x8(const uint16_t* h) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
+template <class Codec>
+struct GgufKernel {
+  using Block = typename Codec::Block;
+  using Act = typename Codec::Act;
+  using PB = GgufPanelBlock<Block>;
+  static constexpr int kChunks = Codec::kChunks;
+  static constexpr int kPanelBytes = int(sizeof(PB));
+
+  // n <= kGgufRows rows x[r] (activation rows), NM matrices w[t] (panels): acc[t][r][h] the fp32
+  // dot products of row r with channels 8h .. 8h + 7 of matrix t.
+  template <int NM>
+  static void compute(const uint8_t* const* w, int Kp, const Act* const* x, int n, const NextPanels& pf,
+                      __m256 (&acc)[NM][kGgufRows][2]) {
+    for (int t = 0; t < NM; ++t)
+      for (int r = 0; r < n; ++r) acc[t][r][0] = acc[t][r][1] = _mm256_setzero_ps();
+    alignas(32) __m256i isum[kGgufRows][kHalfN], msum[kGgufRows][kHalfN];
+    alignas(32) typename Codec::Aux aux;
+    for (int s = 0; s < Kp / Block::kK; ++s) {
+      for (int t = 0; t < NM; ++t) {
+        const PB& pb = reinterpret_cast<const PB*>(w[t])[s];
+        for (int l = s * kPanelBytes / 64; l < ((s + 1) * kPanelBytes + 63) / 64; ++l) pf.touch(t, l);
+        for (int h = 0; h < 2; ++h) {
+          alignas(16) uint16_t d16[kHalfN], m16[kHalfN];
+          for (int c = 0; c < kHalfN; ++c) {
+            const Block& b = pb.b[h * kHalfN + c];
+            Codec::scales(b, d16[c], m16[c]);
+            __m256i q[kChunks];
+            Codec::decode(b, q, aux);
+            for (int r = 0; r < n; ++r) Codec::dot(q, *opaque(&aux), x[r][s], isum[r][c], msum[r][c]);
+          }
+          const __m256 D = f16x8(d16), M = f16x8(m16);
+          for (int r = 0; r < n; ++r) {
+            __m256i mv = _mm256_setzero_si256();
+            if constexpr (Codec::kMins) mv = sum_channels(msum[r]);
+            acc[t][r][h] = Codec::accumulate(acc[t][r][h], sum_channels(isum[r]), mv, D, M, x[r][s]);
+          }
+        }
+      }
+    }
+  }
+
+  static const Act* act_row(const ActView& act, int row) {
+    return reinterpret_cast<const Act*>(act.data + act.stride * row);
+  }
+
+  static void gateup(const GateUpArgs& a) {
+    const int blocks = (a.m + kGgufRows - 1) / kGgufRows;
+    const size_t pb = a.gate->panel_bytes;
+    for (int p = a.p0; p < a.p1; ++p) {
+      const uint8_t* w[2] = {a.gate->data + pb * p, a.up->data + pb * p};
+      const uint8_t* next[2] = {nullptr, nullptr};
+      if (p + 1 < a.p1) next[0] = w[0] + pb, next[1] = w[1] + pb;
+      for (int b = 0; b < blocks; ++b) {
+        const int i0 = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i0;
+        const Act* x[kGgufRows];
+        for (int r = 0; r < n; ++r) x[r] = act_row(a.act, a.rows ? a.rows[i0 + r] : i0 + r);
+        __m256 acc[2][kGgufRows][2];
+        compute<2>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(2, 0), acc);
+        // h = silu(g) * u
+        for (int r = 0; r < n; ++r)
+          for (int h = 0; h < 2; ++h)
+            _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + h * kHalfN, silu_mul(acc[0][r][h], acc[1][r][h]));
+      }
+    }
+  }
+
+  static void down(const DownArgs& a) {
+    const int blocks = (a.m + kGgufRows - 1) / kGgufRows;
+    const size_t pb = a.down->panel_bytes;
+    for (int p = a.p0; p < a.p1; ++p) {
+      const uint8_t* w[1] = {a.down->data + pb * p};
+      // the next panel, else (this call's last) the next matrix's first one
+      const uint8_t* next[1] = {p + 1 < a.p1 ? w[0] + pb : a.next ? a.next + pb * a.p0 : nullptr};
+      for (int b = 0; b < blocks; ++b) {
+        const int i0 = block_start(a.m, blocks, b), n = block_start(a.m, blocks, b + 1) - i0;
+        const Act* x[kGgufRows];
+        for (int r = 0; r < n; ++r) x[r] = act_row(a.act, i0 + r);
+        __m256 acc[1][kGgufRows][2];
+        compute<1>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(1, 0), acc);
+        // out[tok] += weight * y
+        for (int r = 0; r < n; ++r) {
+          const __m256 weight = _mm256_set1_ps(a.weight[i0 + r]);
+          for (int h = 0; h < 2; ++h) {
+            float* o = a.out + a.ldo * a.tok[i0 + r] + p * kPanelN + h * kHalfN;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(weight, acc[0][r][h], _mm256_loadu_ps(o)));
+          }
+        }
+      }
+    }
+  }
+};
+
+// ---- pieces the codecs share ----
+
+// pmaddubsw of signed weights w (|w| <= 128) with activations a: |w| x (a with w's sign).
+// wabs = |w| (a register), wsgn = w (in L1).
+inline __m256i dot_signed(__m256i wabs, const void* wsgn, const void* a) {
+  return _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(load256(a), load256(wsgn)));
+}
+
+// 32 nibbles of 16 bytes: [low nibbles | high nibbles] (the first 16 weights of a 32-weight
+// sub-block in the low nibbles, the last 16 in the high ones: q4_0, iq4_nl, iq4_xs).
+inline __m256i nibbles16(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+// fp32 contribution of a block whose weights are d * q: acc + v * (D * a.d)
+inline __m256 scaled(__m256 acc, __m256i v, __m256 D, float ad) {
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(D, _mm256_set1_ps(ad)), acc);
+}
+
+// acc + v * D * a.d - mv * M * a.d: a K-quant block with mins (d * sc * q - dmin * m)
+inline __m256 scaled_min(__m256 acc, __m256i v, __m256i mv, __m256 D, __m256 M, float ad) {
+  const __m256 s = _mm256_set1_ps(ad);
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(D, s), acc);
+  return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mv), _mm256_mul_ps(M, s), acc);
+}
+
+// The int16 scale vectors of 8 sub-blocks of 32 (one per chunk): out[j] = sc[j] in every lane;
+// sc: 8 int16.
+inline void scales_per_32(__m128i sc, __m256i* out) {
+  const __m256i s = _mm256_broadcastsi128_si256(sc);
+  for (int j = 0; j < 8; ++j) out[j] = _mm256_shuffle_epi8(s, _mm256_set1_epi16(short(0x0100 + 0x0202 * j)));
+}
+
+// The int16 scale vectors of 16 sub-blocks of 16: chunk j covers sub-blocks 2j (lanes 0-7, the
+// first 16 weights) and 2j + 1 (lanes 8-15); sc: 16 int16.
+inline void scales_per_16(__m256i sc, __m256i* out) {
+  const __m256i lo = _mm256_permute2x128_si256(sc, sc, 0x00), hi = _mm256_permute2x128_si256(sc, sc, 0x11);
+  for (int j = 0; j < 8; ++j) {
+    const int i = j % 4;  // the pair's word index within its 8
+    const __m256i ctrl = _mm256_set_m128i(_mm_set1_epi16(short(0x0302 + 0x0404 * i)), _mm_set1_epi16(short(0x0100 + 0x0404 * i)));
+    out[j] = _mm256_shuffle_epi8(j < 4 ? lo : hi, ctrl);
+  }
+}
+
+// The 6-bit scales and mins of q4_K / q5_K (q4K_scale_min in kt/gguf_blocks.h), 8 of each:
+// sc as 8 int16, mins as 16 int16 with each min twice (lanes 2j, 2j + 1 pair with bsums[2j],
+// bsums[2j + 1] in pmaddwd).
+inline void q4K_scales(const uint8_t* s, __m128i& sc, __m256i& mins) {
+  uint32_t u[3];
+  __builtin_memcpy(u, s, 12);
+  const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
+  const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030);
+  sc = _mm_cvtepu8_epi16(_mm_setr_epi32(int(sc_lo), int(sc_hi), 0, 0));
+  const __m128i m = _mm_setr_epi32(int(m_lo), int(m_hi), 0, 0);
+  mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+}
+
+// sum over chunks j of pmaddwd(pmaddubsw(w[j], a[32 j ..]), sc[j]): the int32 lane sums of a
+// 256-weight block with unsigned weights.
+inline __m256i dot_chunks8(const __m256i (&w)[8], const __m256i* sc, const int8_t* a) {
+  __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(w[0], load256(a)), sc[0]);
+  for (int j = 1; j < 8; ++j)
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(w[j], load256(a + 32 * j)), sc[j]));
+  return s;
+}
+
+}  // namespace
+}  // namespace kt::avx2
