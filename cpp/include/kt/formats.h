@@ -21,7 +21,8 @@ namespace kt {
 // q8_0, f16, f32, then the legacy types q4_0 q4_1 q5_0 q5_1 iq4_nl, then q2_K q3_K q4_K q5_K q6_K iq4_xs.
 #define KT_FORMAT_IDS(X) \
   X(bf16) X(int8_pc) X(int4_g32) \
-  X(q8_0) X(f16) X(f32)
+  X(q8_0) X(f16) X(f32) \
+  X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K) X(iq4_xs)
 
 enum class FormatId : int {
 #define KT_FORMAT_ENUMERATOR(id) id,
