@@ -4,6 +4,7 @@ packer bit for bit, our quantizers' error, and every kernel row this CPU runs, o
 (within the fp32 summation bound) and on blocks whose arithmetic is exact (bit for bit)."""
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 
@@ -167,3 +168,39 @@ def test_down_kernel_bit_exact_where_the_arithmetic_is(fmt, row):
     exact = h.astype(np.float64) @ W.T
     assert np.abs(exact).max() < 2**24 * 2.0**-7, "the test's data must keep the sums exact"
     np.testing.assert_array_equal(out, exact)
+
+
+# The types the gguf package quantizes itself (gguf.quants.quantize): our quantizers write its
+# blocks, so that a file we write is the file it would write.
+GGUF_QUANTIZED = [f for f in ("q4_0", "q4_1", "q5_0", "q5_1") if f in _ids(BLOCK_FORMATS)]
+
+
+@pytest.mark.parametrize("fmt", GGUF_QUANTIZED)
+def test_quantizer_is_ggufs_bit_for_bit(fmt):
+    rng = np.random.default_rng(8)
+    # rows of Gaussians from fp16-subnormal to large scales, and the rows of the edge cases
+    W = rng.standard_normal((40, 1024)) * 10.0 ** rng.uniform(-6, 3.5, (40, 1))
+    W[0] = 0                                          # d = 0 (and 1 / d taken as 0)
+    W[1] = 0.75                                       # constant: max - min = 0
+    W[2] = np.abs(W[2])                               # one sign: the extreme is the largest
+    W[3] = -np.abs(W[3])
+    W[4, ::2] = -W[4, 1::2]                           # ties of |w|: the first one is the extreme
+    W[5] = np.round(W[5] * 8) / 8                     # weights on the levels (rounding ties)
+    W = W.astype(np.float32)
+    ours = _ext.quantize(fmt, W)["blocks"]
+    theirs = gguf.quants.quantize(W, gr.GGML_TYPES[fmt])
+    bad = np.nonzero((ours != theirs).any(axis=1))[0]
+    assert bad.size == 0, f"{fmt}: rows {bad[:5]} differ from gguf.quants.quantize's blocks"
+
+
+@pytest.mark.parametrize("fmt", [f for f in ("iq4_nl",) if f in _ids(BLOCK_FORMATS)])
+def test_iq4_nl_quantizer_takes_the_nearest_level_of_its_scale(fmt):
+    """Whatever d the search settles on, each weight takes the level nearest w / d."""
+    W = np.random.default_rng(9).standard_normal((16, 1024)).astype(np.float32)
+    blocks = _ext.quantize(fmt, W)["blocks"].reshape(-1, 18)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float64)
+    levels = np.array(gguf.quants.IQ4_NL.kvalues, np.float64)
+    deq = gr.dequantize(fmt, blocks, 32).astype(np.float64)
+    err = np.abs(deq - W.reshape(-1, 32))
+    best = np.abs(d[:, :, None] * levels - W.reshape(-1, 32, 1)).min(axis=2)
+    assert (err <= best * (1 + 1e-6) + 1e-12).all()

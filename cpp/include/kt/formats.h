@@ -22,6 +22,7 @@ namespace kt {
 #define KT_FORMAT_IDS(X) \
   X(bf16) X(int8_pc) X(int4_g32) \
   X(q8_0) X(f16) X(f32) \
+  X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(iq4_nl) \
   X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K) X(iq4_xs)
 
 enum class FormatId : int {

@@ -83,6 +83,24 @@ constexpr FormatTraits kFormats[kNumFormats] = {
      act_bit(ActFormat::f32), /*int_dot=*/false, /*weight_rel_err=*/1e-6, /*layer_rel_err=*/0.01,
      AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
      f32_quantize_ref, f32_dequantize_ref, f32_pack, f32_unpack_row, /*gguf_type=*/0},
+    // The legacy 32-weight types (quantize_block: q4_0..q5_1 gguf.quants.quantize's blocks bit for
+    // bit, iq4_nl our least-squares search). Measured: weight error on W [256, 2048] by
+    // test_formats' matvec (seeds 1, 2) / test_gguf_formats' (seed 3, 8 columns); layer error
+    // against the fp32-weight reference on random_moe layers S and A (A with E = 16) at M = 64, and
+    // the worst of 20 single tokens (S, M = 1); generic tier. Bounds 25-50% above the worst figure.
+    // Agreement not measured (the tiny models run methods, not GGUF types; nothing reads these
+    // yet): int4_g32's for the 4-bit types, between int8_pc's and int4_g32's for the 5-bit ones.
+    // q4_0: d = max / -8, 16 levels: weight 8.00% / 8.30%; layer 15.1% (S), 15.0% (A), 18.6% (M 1).
+    KT_GGUF_RECORD(q4_0, BlockQ4_0, q8_32, /*ggml_type=*/2, 0.11, 0.24, 2e-2, 0.90, 1.0),
+    // q4_1: min/max range, 16 levels: weight 7.04% / 8.03%; layer 14.0% (S), 13.8% (A), 18.1% (M 1).
+    KT_GGUF_RECORD(q4_1, BlockQ4_1, q8_32, /*ggml_type=*/3, 0.11, 0.23, 2e-2, 0.90, 1.0),
+    // q5_0: d = max / -16, 32 levels: weight 4.08% / 4.32%; layer 7.60% (S), 7.49% (A), 9.30% (M 1).
+    KT_GGUF_RECORD(q5_0, BlockQ5_0, q8_32, /*ggml_type=*/6, 0.06, 0.12, 1e-2, 0.93, 0.5),
+    // q5_1: min/max range, 32 levels: weight 3.62% / 3.72%; layer 6.87% (S), 6.75% (A), 7.70% (M 1).
+    KT_GGUF_RECORD(q5_1, BlockQ5_1, q8_32, /*ggml_type=*/7, 0.05, 0.10, 1e-2, 0.93, 0.5),
+    // iq4_nl: 16 non-uniform levels, d refit by least squares: weight 6.41% / 7.17%; layer 13.2%
+    // (S), 12.9% (A), 14.2% (M 1).
+    KT_GGUF_RECORD(iq4_nl, BlockIq4Nl, q8_32, /*ggml_type=*/20, 0.095, 0.18, 2e-2, 0.90, 1.0),
     // The K-quants and iq4_xs: 256-weight super-blocks, q8_256 activations, our quantizers
     // (formats/kquant_fit.h). Measured: weight_rel_err on Gaussian W [256, 2048] (the test's seed 3;
     // seeds 10-13 at most, in brackets), layer_rel_err on shape S (H=512, I=256, E=16, K=4;

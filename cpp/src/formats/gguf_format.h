@@ -27,7 +27,12 @@ namespace kt {
   void quantize_block(const float* x, Block* b);     \
   float dot_block(const Block& b, const Act& a);
 
+KT_GGUF_BLOCK_FUNCTIONS(BlockQ4_0, ActQ8x32)
+KT_GGUF_BLOCK_FUNCTIONS(BlockQ4_1, ActQ8x32)
+KT_GGUF_BLOCK_FUNCTIONS(BlockQ5_0, ActQ8x32)
+KT_GGUF_BLOCK_FUNCTIONS(BlockQ5_1, ActQ8x32)
 KT_GGUF_BLOCK_FUNCTIONS(BlockQ8_0, ActQ8x32)
+KT_GGUF_BLOCK_FUNCTIONS(BlockIq4Nl, ActQ8x32)
 KT_GGUF_BLOCK_FUNCTIONS(BlockQ2_K, ActQ8x256)
 KT_GGUF_BLOCK_FUNCTIONS(BlockQ3_K, ActQ8x256)
 KT_GGUF_BLOCK_FUNCTIONS(BlockQ4_K, ActQ8x256)

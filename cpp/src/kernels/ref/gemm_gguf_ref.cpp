@@ -27,6 +27,11 @@ struct GgufDot {
   KT_KERNEL_ROW(fmt, kRef, act, fmt##_##act##_1x16__ref)
 
 KT_GGUF_REF_ROW(q8_0, BlockQ8_0, q8_32, ActQ8x32)
+KT_GGUF_REF_ROW(q4_0, BlockQ4_0, q8_32, ActQ8x32)
+KT_GGUF_REF_ROW(q4_1, BlockQ4_1, q8_32, ActQ8x32)
+KT_GGUF_REF_ROW(q5_0, BlockQ5_0, q8_32, ActQ8x32)
+KT_GGUF_REF_ROW(q5_1, BlockQ5_1, q8_32, ActQ8x32)
+KT_GGUF_REF_ROW(iq4_nl, BlockIq4Nl, q8_32, ActQ8x32)
 KT_GGUF_REF_ROW(q2_K, BlockQ2_K, q8_256, ActQ8x256)
 KT_GGUF_REF_ROW(q3_K, BlockQ3_K, q8_256, ActQ8x256)
 KT_GGUF_REF_ROW(q4_K, BlockQ4_K, q8_256, ActQ8x256)
