@@ -222,6 +222,17 @@ inline void q4K_scales(const uint8_t* s, __m128i& sc, __m256i& mins) {
   mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
+// The 256 nibbles of q4_K / q5_K: chunk 2c the low nibbles of qs[32c .. 32c + 31], chunk 2c + 1
+// the high ones.
+inline void q4K_nibbles(const uint8_t* qs, __m256i (&w)[8]) {
+  const __m256i nib = _mm256_set1_epi8(0x0f);
+  for (int c = 0; c < 4; ++c) {
+    const __m256i q = load256(qs + 32 * c);
+    w[2 * c] = _mm256_and_si256(q, nib);
+    w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+  }
+}
+
 // sum over chunks j of pmaddwd(pmaddubsw(w[j], a[32 j ..]), sc[j]): the int32 lane sums of a
 // 256-weight block with unsigned weights.
 inline __m256i dot_chunks8(const __m256i (&w)[8], const __m256i* sc, const int8_t* a) {
@@ -229,6 +240,48 @@ inline __m256i dot_chunks8(const __m256i (&w)[8], const __m256i* sc, const int8_
   for (int j = 1; j < 8; ++j)
     s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(w[j], load256(a + 32 * j)), sc[j]));
   return s;
+}
+
+// As dot_chunks8, for signed weights: wabs = |w| (registers), wsgn = w (in L1).
+inline __m256i dot_chunks8_signed(const __m256i (&wabs)[8], const __m256i* wsgn, const __m256i* sc, const int8_t* a) {
+  __m256i s = _mm256_madd_epi16(dot_signed(wabs[0], wsgn, a), sc[0]);
+  for (int j = 1; j < 8; ++j)
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(dot_signed(wabs[j], wsgn + j, a + 32 * j), sc[j]));
+  return s;
+}
+
+// The levels of iq4_nl / iq4_xs in both 128-bit lanes, for pshufb by nibble.
+inline __m256i iq4_levels() {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+}
+
+// ---- 32-weight blocks: one chunk, q8_32 activations ----
+
+// int32 lane sums of a 32-weight block of unsigned weights (pairs of pmaddubsw added by pmaddwd)
+inline __m256i dot_chunk(__m256i w, const int8_t* a) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, load256(a)), _mm256_set1_epi16(1));
+}
+
+// The fifth bits of q5_0 / q5_1 (bit k of the little-endian uint32 at qh) as 0x10 in byte k.
+inline __m256i q5_high_bits(const uint8_t* qh) {
+  uint32_t h;
+  __builtin_memcpy(&h, qh, 4);
+  // byte k of the result takes byte k / 8 of h, then tests its bit k % 8
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(h)), spread), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
+}
+
+// acc + (v - offset * a.sum) * D * a.d: a block of unsigned q whose weights are d * (q - offset)
+inline __m256 scaled_offset(__m256 acc, __m256i v, __m256 D, const ActQ8x32& a, int offset) {
+  return scaled(acc, _mm256_sub_epi32(v, _mm256_set1_epi32(offset * a.sum)), D, a.d);
+}
+
+// acc + v * D * a.d + M * a.d * a.sum: a block whose weights are d * q + m (q4_1, q5_1)
+inline __m256 scaled_plus_min(__m256 acc, __m256i v, __m256 D, __m256 M, const ActQ8x32& a) {
+  return _mm256_fmadd_ps(M, _mm256_set1_ps(a.d * float(a.sum)), scaled(acc, v, D, a.d));
 }
 
 }  // namespace
