@@ -70,6 +70,14 @@ inline __m256 f16x8(const uint16_t* h) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
 }
 
+// pf.touch(t, l) for the steps l in [l0, l1), its multiply strength-reduced
+inline void touch_lines(const NextPanels& pf, int t, int l0, int l1) {
+  const uint8_t* base = pf.at[t];
+  if (!base) return;
+  size_t off = size_t(l0) * pf.step;
+  for (int l = l0; l < l1; ++l, off += pf.step) _mm_prefetch(reinterpret_cast<const char*>(base + (off >> 16)), _MM_HINT_T1);
+}
+
 template <class Codec>
 struct GgufKernel {
   using Block = typename Codec::Block;
@@ -90,15 +98,21 @@ struct GgufKernel {
     for (int s = 0; s < Kp / Block::kK; ++s) {
       for (int t = 0; t < NM; ++t) {
         const PB& pb = reinterpret_cast<const PB*>(w[t])[s];
-        for (int l = s * kPanelBytes / 64; l < ((s + 1) * kPanelBytes + 63) / 64; ++l) pf.touch(t, l);
+        touch_lines(pf, t, s * kPanelBytes / 64, ((s + 1) * kPanelBytes + 63) / 64);
         for (int h = 0; h < 2; ++h) {
           alignas(16) uint16_t d16[kHalfN], m16[kHalfN];
           for (int c = 0; c < kHalfN; ++c) {
             const Block& b = pb.b[h * kHalfN + c];
             Codec::scales(b, d16[c], m16[c]);
             __m256i q[kChunks];
-            Codec::decode(b, q, aux);
-            for (int r = 0; r < n; ++r) Codec::dot(q, *opaque(&aux), x[r][s], isum[r][c], msum[r][c]);
+            if (n == 1) {  // decode: the block's Aux may stay in registers
+              typename Codec::Aux aux1;
+              Codec::decode(b, q, aux1);
+              Codec::dot(q, aux1, x[0][s], isum[0][c], msum[0][c]);
+            } else {
+              Codec::decode(b, q, aux);
+              for (int r = 0; r < n; ++r) Codec::dot(q, *opaque(&aux), x[r][s], isum[r][c], msum[r][c]);
+            }
           }
           const __m256 D = f16x8(d16), M = f16x8(m16);
           for (int r = 0; r < n; ++r) {
