@@ -2,8 +2,8 @@
 // through pshufb into the levels kIq4Values (signed, |v| <= 127): |v| in a register, v in L1, and
 // per row isum = pmaddwd(pmaddubsw(|v|, sign(a.q, v)), 1) (pairs at most 2 * 127 * 127); the block
 // adds d * a.d * isum.
-// The channel sums of a block cost a hadd tree per 8 channels and row, about a third of the row's
-// instructions: 32-weight blocks share no fp32 scale over more k. Reference: formats/iq4_nl.cpp.
+// The driver's 32-weight path (compute32) reduces 8 blocks of a channel per hadd tree and scales
+// each block's sum in its fp32 lane. Reference: formats/iq4_nl.cpp.
 #include "kernels/avx2/gguf_driver_avx2.h"
 #include "kernels/kernel_registry.h"
 
@@ -15,6 +15,8 @@ struct Iq4NlCodec {
   using Act = ActQ8x32;
   static constexpr int kChunks = 1;
   static constexpr bool kMins = false;
+  static constexpr int kOffset = 0;      // weights d * (q - kOffset)
+  static constexpr bool kPlusMin = false;  // weights d * q + m
   struct Aux {
     __m256i v;  // the signed levels
   };
@@ -26,9 +28,6 @@ struct Iq4NlCodec {
   }
   static void dot(const __m256i (&w)[1], const Aux& aux, const Act& a, __m256i& isum, __m256i&) {
     isum = _mm256_madd_epi16(avx2::dot_signed(w[0], &aux.v, a.q), _mm256_set1_epi16(1));
-  }
-  static __m256 accumulate(__m256 acc, __m256i v, __m256i, __m256 D, __m256, const Act& a) {
-    return avx2::scaled(acc, v, D, a.d);
   }
 };
 

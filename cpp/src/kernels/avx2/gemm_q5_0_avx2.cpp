@@ -1,8 +1,8 @@
 // [NOTE] q5_0 weights x q8_32 activations with AVX2 (driver: gguf_driver_avx2.h). A block is one ymm of
 // q in 0..31 (the nibbles, and bit k of qh as 0x10 in byte k); per row isum = pmaddwd(pmaddubsw(q,
 // a.q), 1) (pairs at most 2 * 31 * 127), and the block adds d * a.d * (isum - 16 a.sum).
-// The channel sums of a block cost a hadd tree per 8 channels and row, about a third of the row's
-// instructions: 32-weight blocks share no fp32 scale over more k. Reference: formats/q5_0.cpp.
+// The driver's 32-weight path (compute32) reduces 8 blocks of a channel per hadd tree and scales
+// each block's sum in its fp32 lane. Reference: formats/q5_0.cpp.
 #include "kernels/avx2/gguf_driver_avx2.h"
 #include "kernels/kernel_registry.h"
 
@@ -14,6 +14,8 @@ struct Q5_0Codec {
   using Act = ActQ8x32;
   static constexpr int kChunks = 1;
   static constexpr bool kMins = false;
+  static constexpr int kOffset = 16;      // weights d * (q - kOffset)
+  static constexpr bool kPlusMin = false;  // weights d * q + m
   struct Aux {};
 
   static void scales(const Block& b, uint16_t& d, uint16_t& m) { d = b.d, m = 0; }
@@ -22,9 +24,6 @@ struct Q5_0Codec {
   }
   static void dot(const __m256i (&w)[1], const Aux&, const Act& a, __m256i& isum, __m256i&) {
     isum = avx2::dot_chunk(w[0], a.q);
-  }
-  static __m256 accumulate(__m256 acc, __m256i v, __m256i, __m256 D, __m256, const Act& a) {
-    return avx2::scaled_offset(acc, v, D, a, /*offset=*/16);
   }
 };
 

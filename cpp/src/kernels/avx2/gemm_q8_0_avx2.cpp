@@ -1,8 +1,8 @@
 // [NOTE] q8_0 weights x q8_32 activations with AVX2 (driver: gguf_driver_avx2.h). A block is one
 // ymm of int8 q; per row, sum_j q[j] a.q[j] = pmaddwd(pmaddubsw(|q|, sign(a.q, q)), 1) (pairs at
-// most 2 * 128 * 127 < 2^15), and the block adds d * a.d * sum (formats/q8_0.cpp). The channel
-// sums of a block cost a hadd tree per 8 channels and row, a third of the row's instructions:
-// 32-weight blocks cannot share one fp32 scale over more k.
+// most 2 * 128 * 127 < 2^15), and the block adds d * a.d * sum (formats/q8_0.cpp). The driver's
+// 32-weight path (compute32) reduces 8 blocks of a channel per hadd tree and scales each block's
+// sum in its fp32 lane.
 #include "kernels/avx2/gguf_driver_avx2.h"
 #include "kernels/kernel_registry.h"
 
@@ -14,6 +14,8 @@ struct Q8_0Codec {
   using Act = ActQ8x32;
   static constexpr int kChunks = 1;
   static constexpr bool kMins = false;
+  static constexpr int kOffset = 0;      // weights d * (q - kOffset)
+  static constexpr bool kPlusMin = false;  // weights d * q + m
   struct Aux {
     __m256i q;  // the signed weights, for their signs
   };
@@ -25,9 +27,6 @@ struct Q8_0Codec {
   }
   static void dot(const __m256i (&w)[1], const Aux& aux, const Act& a, __m256i& isum, __m256i&) {
     isum = _mm256_madd_epi16(avx2::dot_signed(w[0], &aux.q, a.q), _mm256_set1_epi16(1));
-  }
-  static __m256 accumulate(__m256 acc, __m256i v, __m256i, __m256 D, __m256, const Act& a) {
-    return avx2::scaled(acc, v, D, a.d);  // acc += d * a.d * sum
   }
 };
 

@@ -55,6 +55,13 @@ inline __m256i sum_channels(const __m256i* v) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+// sum_channels in fp32: [sum of the lanes of v[0], ..., of v[7]]
+inline __m256 sum_channels_ps(const __m256* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
 // p as an opaque register: loads through it stay inside the loop that reads them (GCC would
 // otherwise hoist a decoded block's scales out of the row loop into registers the weights need).
 template <class T>
@@ -125,6 +132,86 @@ struct GgufKernel {
     }
   }
 
+  // The 32-weight blocks (kChunks = 1): per channel, a group of kGroup k-blocks decoded together,
+  // and per row the group's int32 lane sums reduced across the blocks (sum_channels over blocks, not
+  // channels) into one vector of kGroup block sums, scaled per lane by that block's d * a.d
+  // (offsets and mins as Codec::kOffset, kPlusMin); the 8 channels' vectors of a half then take
+  // one fp32 tree per row and group. One tree per 256 weights rather than per 32.
+  static constexpr int kGroup = 8;
+
+  // The activation sums enter as kSumFactor * a.sum: the offset's product, or the sum for the min.
+  static constexpr int kSumFactor = Codec::kOffset != 0 ? Codec::kOffset : 1;
+
+  // fp32 per block of a group: (v - offset * sum) * d * a.d (+ m * a.d * sum); as = kSumFactor * sum
+  static __m256 block_values(__m256i v, __m256 D, __m256 M, const float* ad, const int32_t* as) {
+    const __m256 AD = _mm256_load_ps(ad);
+    const __m256i AS = _mm256_load_si256(reinterpret_cast<const __m256i*>(as));
+    if constexpr (Codec::kOffset != 0) v = _mm256_sub_epi32(v, AS);
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(D, AD));
+    if constexpr (Codec::kPlusMin) f = _mm256_fmadd_ps(M, _mm256_mul_ps(AD, _mm256_cvtepi32_ps(AS)), f);
+    return f;
+  }
+
+  // The group of k-blocks s0 .. s0 + GN - 1 (GN <= kGroup) of NM matrices added to acc; the lanes
+  // of blocks past GN hold zero weights (against block s0's activations) and zero scales.
+  template <int GN, int NM>
+  static void group32(const uint8_t* const* w, int s0, const Act* const* x, int n, const NextPanels& pf,
+                      __m256 (&acc)[NM][kGgufRows][2]) {
+    alignas(32) float ad[kGgufRows][kGroup];
+    alignas(32) int32_t as[kGgufRows][kGroup];
+    alignas(32) __m256 fv[kGgufRows][kHalfN];
+    alignas(32) typename Codec::Aux aux[kGroup];
+    for (int r = 0; r < n; ++r)
+      for (int i = 0; i < kGroup; ++i) ad[r][i] = i < GN ? x[r][s0 + i].d : 0.f, as[r][i] = i < GN ? kSumFactor * x[r][s0 + i].sum : 0;
+    for (int t = 0; t < NM; ++t) {
+      const PB* pb = reinterpret_cast<const PB*>(w[t]) + s0;
+      touch_lines(pf, t, s0 * kPanelBytes / 64, ((s0 + GN) * kPanelBytes + 63) / 64);
+      for (int h = 0; h < 2; ++h) {
+        for (int c = 0; c < kHalfN; ++c) {
+          alignas(16) uint16_t d16[kGroup], m16[kGroup];
+          __m256i q[kGroup][1];
+          for (int i = 0; i < kGroup; ++i) {
+            if (i < GN) {
+              const Block& b = pb[i].b[h * kHalfN + c];
+              Codec::scales(b, d16[i], m16[i]);
+              Codec::decode(b, q[i], aux[i]);
+            } else {
+              d16[i] = m16[i] = 0, q[i][0] = _mm256_setzero_si256();
+            }
+          }
+          const __m256 D = f16x8(d16), M = f16x8(m16);
+          for (int r = 0; r < n; ++r) {
+            const Act* xr = x[r] + s0;
+            __m256i isum[kGroup], unused;
+            for (int i = 0; i < kGroup; ++i) Codec::dot(q[i], *opaque(&aux[i]), xr[i < GN ? i : 0], isum[i], unused);
+            fv[r][c] = block_values(sum_channels(isum), D, M, ad[r], as[r]);
+          }
+        }
+        for (int r = 0; r < n; ++r) acc[t][r][h] = _mm256_add_ps(acc[t][r][h], sum_channels_ps(fv[r]));
+      }
+    }
+  }
+
+  template <int NM, int GN = kGroup>
+  static void tail32(const uint8_t* const* w, int s0, int gn, const Act* const* x, int n, const NextPanels& pf,
+                     __m256 (&acc)[NM][kGgufRows][2]) {
+    if constexpr (GN > 0) {
+      if (gn == GN) group32<GN, NM>(w, s0, x, n, pf, acc);
+      else tail32<NM, GN - 1>(w, s0, gn, x, n, pf, acc);
+    }
+  }
+
+  template <int NM>
+  static void compute32(const uint8_t* const* w, int Kp, const Act* const* x, int n, const NextPanels& pf,
+                        __m256 (&acc)[NM][kGgufRows][2]) {
+    for (int t = 0; t < NM; ++t)
+      for (int r = 0; r < n; ++r) acc[t][r][0] = acc[t][r][1] = _mm256_setzero_ps();
+    const int nb = Kp / Block::kK;
+    int s0 = 0;
+    for (; s0 + kGroup <= nb; s0 += kGroup) group32<kGroup, NM>(w, s0, x, n, pf, acc);
+    if (s0 < nb) tail32<NM>(w, s0, nb - s0, x, n, pf, acc);
+  }
+
   static const Act* act_row(const ActView& act, int row) {
     return reinterpret_cast<const Act*>(act.data + act.stride * row);
   }
@@ -141,7 +228,8 @@ struct GgufKernel {
         const Act* x[kGgufRows];
         for (int r = 0; r < n; ++r) x[r] = act_row(a.act, a.rows ? a.rows[i0 + r] : i0 + r);
         __m256 acc[2][kGgufRows][2];
-        compute<2>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(2, 0), acc);
+        if constexpr (kChunks == 1) compute32<2>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(2, 0), acc);
+        else compute<2>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(2, 0), acc);
         // h = silu(g) * u
         for (int r = 0; r < n; ++r)
           for (int h = 0; h < 2; ++h)
@@ -162,7 +250,8 @@ struct GgufKernel {
         const Act* x[kGgufRows];
         for (int r = 0; r < n; ++r) x[r] = act_row(a.act, i0 + r);
         __m256 acc[1][kGgufRows][2];
-        compute<1>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(1, 0), acc);
+        if constexpr (kChunks == 1) compute32<1>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(1, 0), acc);
+        else compute<1>(w, a.act.Kp, x, n, PassPrefetch{w, next, pb, blocks, b}.at(1, 0), acc);
         // out[tok] += weight * y
         for (int r = 0; r < n; ++r) {
           const __m256 weight = _mm256_set1_ps(a.weight[i0 + r]);
@@ -286,16 +375,6 @@ inline __m256i q5_high_bits(const uint8_t* qh) {
   const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
   const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(h)), spread), bit);
   return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
-}
-
-// acc + (v - offset * a.sum) * D * a.d: a block of unsigned q whose weights are d * (q - offset)
-inline __m256 scaled_offset(__m256 acc, __m256i v, __m256 D, const ActQ8x32& a, int offset) {
-  return scaled(acc, _mm256_sub_epi32(v, _mm256_set1_epi32(offset * a.sum)), D, a.d);
-}
-
-// acc + v * D * a.d + M * a.d * a.sum: a block whose weights are d * q + m (q4_1, q5_1)
-inline __m256 scaled_plus_min(__m256 acc, __m256i v, __m256 D, __m256 M, const ActQ8x32& a) {
-  return _mm256_fmadd_ps(M, _mm256_set1_ps(a.d * float(a.sum)), scaled(acc, v, D, a.d));
 }
 
 }  // namespace
