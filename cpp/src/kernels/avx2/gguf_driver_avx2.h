@@ -2,10 +2,10 @@
 // files; a block type brings only its decoder (a BlockCodec, below).
 //
 // [NOTE] The weights stay in the file's blocks, so the bytes of a ymm are consecutive k of one
-// channel (not channels side by side, as in the int4_g32 / int8_pc layouts). For every k-block s,
-// matrix t and panel half (8 channels) the driver
+// channel (not channels side by side, as in the int4_g32 / int8_pc layouts).
+// 256-weight blocks (compute): for every k-block s, matrix t and panel half (8 channels) the driver
 //   1. decodes each channel's block ONCE: kChunks ymm of 32 int8 weights each (in registers) and
-//      the per-sub-block int16 scales (in an L1 scratch, Codec::Aux), and
+//      the per-sub-block int16 scales (in an L1 scratch, Codec::Aux; in registers for one row),
 //   2. runs all the block's rows against it: per 32 weights one pmaddubsw (u8 weight x s8
 //      activation; signed weights move their sign onto the activation, vpsignb) and one pmaddwd
 //      with the sub-block scales, summed in int32 lanes: a vector of 8 partial sums per
@@ -13,13 +13,20 @@
 //   3. per row, sums the 8 channels' lanes in one hadd tree (sum_channels) into a vector of 8
 //      channel sums, and adds it, scaled in fp32 by the block's fp16 d of each channel times the
 //      activation's d, to the row's accumulator (Codec::accumulate: mins, offsets).
+// 32-weight blocks (compute32): a channel's 8 consecutive blocks are decoded together and the tree
+// sums each block's lanes instead, so that each fp32 lane carries one block's scale (see there).
 // Every integer sum is the reference's (formats/<type>.cpp dot_block); the fp32 epilogue differs
-// from the reference by rounding only (an FMA, and the channel lanes summed in integers).
-// A block holds at most 256 weights, so one decode costs tens of instructions against 3 per
-// 32 weights and row: the driver takes up to kGgufRows rows per decode (prefill), and at decode
-// (m = 1..8) it reads every weight byte once, the panel streamed kStreamAhead ahead
-// (kernels/next_panels.h). pmaddubsw pairs stay below 2^15: every codec's unsigned weights are at
-// most 128 with |activation| <= 127 (q8_32 / q8_256 round amax to 127).
+// from the reference by rounding only (an FMA, the lanes summed in integers, blocks in a tree).
+// A block's decode costs tens of instructions against 3 per 32 weights and row: the driver takes
+// up to kGgufRows rows per decode (prefill), and at decode (m = 1..8) it reads every weight byte
+// once, the panel streamed kStreamAhead ahead (kernels/next_panels.h). pmaddubsw pairs stay below
+// 2^15: every codec's unsigned weights are at most 128 with |activation| <= 127 (q8_32 / q8_256
+// round amax to 127).
+// Left to do: prefill runs 2 multiplies (pmaddubsw, pmaddwd) per 32 weights and row, where the
+// int4_g32 tile, channels side by side, sums 8 pmaddubsw in int16 before one pmaddwd; at shape A
+// and 512 tokens q4_K takes about twice int4_g32's time. Transposing each decoded block group into
+// that layout in L1 (8 x 8 dwords per 32 k) would amortize over the row block; decode (m = 1)
+// would not gain from it.
 //
 // The panel, GgufPanelBlock<Block> per k-block (formats/gguf_format.h):
 //   | b[0..7] (half 0) b[8..15] (half 1) of k-block 0 | ... of k-block 1 | ... |
@@ -27,13 +34,15 @@
 // A BlockCodec C:
 //   using Block, Act;              the block type and its activation block (ActQ8x32 / ActQ8x256)
 //   kChunks                        ymm of weights per block (kK / 32)
+//   kMins                          (256) whether dot's msum is used
+//   kOffset, kPlusMin              (32) weights d * (q - kOffset), or d * q + m
 //   struct Aux                     what the row dot reads besides the weights (in L1)
-//   decode(b, w, aux)              the block's weights, unsigned (or |w| where kSigned), and its Aux
+//   decode(b, w, aux)              the block's weights, unsigned (or |w| for signed ones), its Aux
 //   dot(w, aux, act, isum, msum)   one row: the int32 lane sums (isum) and, where the block has
 //                                  mins, the lane sums of mins x activation sums (msum)
 //   scales(b, d, m)                the fp16 bits of the block's scale and min (m: 0 when none)
-//   accumulate(acc, v, mv, D, M, act)  acc + this block's fp32 contribution of 8 channels: v, mv
-//                                  the channel sums of isum, msum; D, M their fp32 scales, mins
+//   accumulate(acc, v, mv, D, M, act)  (256) acc + the block's fp32 contribution of 8 channels:
+//                                  v, mv the channel sums of isum, msum; D, M their fp32 d, dmin
 #pragma once
 #include <immintrin.h>
 
