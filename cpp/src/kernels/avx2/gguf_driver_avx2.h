@@ -180,6 +180,23 @@ struct GgufKernel {
       for (int h = 0; h < 2; ++h) {
         for (int c = 0; c < kHalfN; ++c) {
           alignas(16) uint16_t d16[kGroup], m16[kGroup];
+          if (n == 1) {  // decode: each block decoded into registers and used at once
+            __m256i isum[kGroup], unused;
+            for (int i = 0; i < kGroup; ++i) {
+              if (i < GN) {
+                const Block& b = pb[i].b[h * kHalfN + c];
+                Codec::scales(b, d16[i], m16[i]);
+                __m256i q[1];
+                typename Codec::Aux a1;
+                Codec::decode(b, q, a1);
+                Codec::dot(q, a1, x[0][s0 + i], isum[i], unused);
+              } else {
+                d16[i] = m16[i] = 0, isum[i] = _mm256_setzero_si256();
+              }
+            }
+            fv[0][c] = block_values(sum_channels(isum), f16x8(d16), f16x8(m16), ad[0], as[0]);
+            continue;
+          }
           __m256i q[kGroup][1];
           for (int i = 0; i < kGroup; ++i) {
             if (i < GN) {
