@@ -23,10 +23,11 @@
 // 2^15: every codec's unsigned weights are at most 128 with |activation| <= 127 (q8_32 / q8_256
 // round amax to 127).
 // Left to do: prefill runs 2 multiplies (pmaddubsw, pmaddwd) per 32 weights and row, where the
-// int4_g32 tile, channels side by side, sums 8 pmaddubsw in int16 before one pmaddwd; at shape A
-// and 512 tokens q4_K takes about twice int4_g32's time. Transposing each decoded block group into
-// that layout in L1 (8 x 8 dwords per 32 k) would amortize over the row block; decode (m = 1)
-// would not gain from it.
+// int4_g32 tile, channels side by side, sums 8 pmaddubsw in int16 before one pmaddwd and shares
+// each weight register among 4 rows; at shape A and 512 tokens q4_K takes about 1.6-1.9 times
+// int4_g32's time. Transposing each decoded block group into that layout in L1 (8 x 8 dwords per
+// 32 k, the scales likewise) would amortize over the row block (not for iq4_xs / q8_0, whose
+// signed pairs fill int16, nor at m = 1).
 //
 // The panel, GgufPanelBlock<Block> per k-block (formats/gguf_format.h):
 //   | b[0..7] (half 0) b[8..15] (half 1) of k-block 0 | ... of k-block 1 | ... |
