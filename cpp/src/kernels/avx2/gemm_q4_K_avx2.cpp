@@ -27,6 +27,13 @@ struct Q4_KCodec {
     avx2::q4K_scales(b.scales, sc, aux.mins);
     avx2::scales_per_32(sc, aux.sc);
   }
+  // the driver's transposed prefill: 8 pmaddubsw of nibbles sum in int16 (8 * 2 * 15 * 127 < 2^15)
+  static constexpr bool kTransposable = true;
+  static void decode_t(const Block& b, __m256i (&w)[8], __m128i& sc, __m128i& m) {
+    avx2::q4K_nibbles(b.qs, w);
+    __m256i mins;
+    avx2::q4K_scales(b.scales, sc, mins, &m);
+  }
   static void dot(const __m256i (&w)[8], const Aux& aux, const Act& a, __m256i& isum, __m256i& msum) {
     isum = avx2::dot_chunks8(w, aux.sc, a.q);
     msum = _mm256_madd_epi16(avx2::load256(a.bsums), aux.mins);

@@ -22,12 +22,14 @@
 // once, the panel streamed kStreamAhead ahead (kernels/next_panels.h). pmaddubsw pairs stay below
 // 2^15: every codec's unsigned weights are at most 128 with |activation| <= 127 (q8_32 / q8_256
 // round amax to 127).
-// Left to do: prefill runs 2 multiplies (pmaddubsw, pmaddwd) per 32 weights and row, where the
-// int4_g32 tile, channels side by side, sums 8 pmaddubsw in int16 before one pmaddwd and shares
-// each weight register among 4 rows; at shape A and 512 tokens q4_K takes about 1.6-1.9 times
-// int4_g32's time. Transposing each decoded block group into that layout in L1 (8 x 8 dwords per
-// 32 k, the scales likewise) would amortize over the row block (not for iq4_xs / q8_0, whose
-// signed pairs fill int16, nor at m = 1).
+// Prefill of q4_K (Codec::kTransposable, from kTransposeRows rows) transposes the decoded blocks
+// of 8 channels in L1 into channels side by side, as the int4_g32 tile: 8 pmaddubsw summed in int16
+// before one pmaddwd, each weight load shared by 4 rows; at shape A and 512 tokens this took q4_K
+// from about 400 to 300 ms of one core.
+// Left to do: the other types' prefill runs 2 multiplies (pmaddubsw, pmaddwd) per 32 weights and
+// row: q5_K and the 16-weight sub-blocks (q2_K, q3_K, q6_K) could take the transposed path with
+// fewer steps per int16 sum or two scales per chunk; iq4_xs and q8_0, whose signed pairs fill int16,
+// gain less.
 //
 // The panel, GgufPanelBlock<Block> per k-block (formats/gguf_format.h):
 //   | b[0..7] (half 0) b[8..15] (half 1) of k-block 0 | ... of k-block 1 | ... |
@@ -97,6 +99,31 @@ inline void touch_lines(const NextPanels& pf, int t, int l0, int l1) {
   for (int l = l0; l < l1; ++l, off += pf.step) _mm_prefetch(reinterpret_cast<const char*>(base + (off >> 16)), _MM_HINT_T1);
 }
 
+// The 8 x 8 dword transpose: out[g] dword c = in[c] dword g.
+inline void transpose8(const __m256i* in, __m256i* out) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    out[g] = _mm256_permute2x128_si256(u[g], u[4 + g], 0x20);
+    out[g + 4] = _mm256_permute2x128_si256(u[g], u[4 + g], 0x31);
+  }
+}
+
+// 8 int16 in 0..32767 as 8 int32 lanes holding the value twice (a pmaddwd pair)
+inline __m256i pairs16(__m128i v) {
+  const __m256i e = _mm256_cvtepu16_epi32(v);
+  return _mm256_or_si256(e, _mm256_slli_epi32(e, 16));
+}
+
 template <class Codec>
 struct GgufKernel {
   using Block = typename Codec::Block;
@@ -119,6 +146,12 @@ struct GgufKernel {
         const PB& pb = reinterpret_cast<const PB*>(w[t])[s];
         touch_lines(pf, t, s * kPanelBytes / 64, ((s + 1) * kPanelBytes + 63) / 64);
         for (int h = 0; h < 2; ++h) {
+          if constexpr (requires { Codec::kTransposable; }) {
+            if (n >= kTransposeRows) {
+              half_transposed(pb, h, x, s, n, acc[t]);
+              continue;
+            }
+          }
           alignas(16) uint16_t d16[kHalfN], m16[kHalfN];
           for (int c = 0; c < kHalfN; ++c) {
             const Block& b = pb.b[h * kHalfN + c];
@@ -142,6 +175,59 @@ struct GgufKernel {
         }
       }
     }
+  }
+
+  // Prefill of a codec with kTransposable (its pmaddubsw of 8 steps sum in int16 and its mins pair
+  // with bsums as q4_K's): the 8 channels' decoded blocks transposed in L1 so that a ymm holds 4 k
+  // of each channel (wt[j][g]: k = 32 j + 4 g ..), as the int4_g32 tile; per row and sub-block,
+  // 8 pmaddubsw against broadcast activations summed in int16 and one pmaddwd with the channels'
+  // scales, the weight loads shared by up to 4 rows, and no channel tree.
+  static constexpr int kTransposeRows = 4;
+
+  template <int R>
+  static void rows_transposed(const __m256i (&wt)[8][8], const __m256i (&scp)[8], const __m256i (&mp)[8],
+                              const Act* const* x, int s, __m256 D, __m256 M, __m256 (*acc)[2], int h) {
+    __m256i isum[R];
+    for (int i = 0; i < R; ++i) isum[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      __m256i s16[R];
+      for (int g = 0; g < 8; ++g) {
+        const __m256i w = _mm256_load_si256(&wt[j][g]);
+        for (int i = 0; i < R; ++i) {
+          const __m256i p = _mm256_maddubs_epi16(w, bcast32(x[i][s].q + 32 * j + 4 * g));
+          s16[i] = g == 0 ? p : _mm256_add_epi16(s16[i], p);
+        }
+      }
+      for (int i = 0; i < R; ++i) isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(s16[i], scp[j]));
+    }
+    for (int i = 0; i < R; ++i) {
+      __m256i msum = _mm256_madd_epi16(bcast32(x[i][s].bsums), mp[0]);
+      for (int j = 1; j < 8; ++j) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(bcast32(x[i][s].bsums + 2 * j), mp[j]));
+      acc[i][h] = Codec::accumulate(acc[i][h], isum[i], msum, D, M, x[i][s]);
+    }
+  }
+
+  static void half_transposed(const PB& pb, int h, const Act* const* x, int s, int n, __m256 (&acc)[kGgufRows][2]) {
+    alignas(32) __m256i wq[8][kHalfN], wt[8][8], sv[kHalfN], mv[kHalfN], scp[8], mp[8];
+    alignas(16) uint16_t d16[kHalfN], m16[kHalfN];
+    for (int c = 0; c < kHalfN; ++c) {
+      const Block& b = pb.b[h * kHalfN + c];
+      Codec::scales(b, d16[c], m16[c]);
+      __m256i q[8];
+      __m128i sc, mn;
+      Codec::decode_t(b, q, sc, mn);
+      for (int j = 0; j < 8; ++j) wq[j][c] = q[j];
+      sv[c] = pairs16(sc), mv[c] = pairs16(mn);
+    }
+    for (int j = 0; j < 8; ++j) transpose8(wq[j], wt[j]);
+    transpose8(sv, scp);
+    transpose8(mv, mp);
+    const __m256 D = f16x8(d16), M = f16x8(m16);
+    int r = 0;
+    for (; r + 4 <= n; r += 4) rows_transposed<4>(wt, scp, mp, x + r, s, D, M, acc + r, h);
+    if (n - r == 3) rows_transposed<3>(wt, scp, mp, x + r, s, D, M, acc + r, h);
+    else if (n - r == 2) rows_transposed<2>(wt, scp, mp, x + r, s, D, M, acc + r, h);
+    else if (n - r == 1) rows_transposed<1>(wt, scp, mp, x + r, s, D, M, acc + r, h);
   }
 
   // The 32-weight blocks (kChunks = 1): per channel, a group of kGroup k-blocks decoded together,
@@ -343,7 +429,7 @@ inline void scales_per_16(__m256i sc, __m256i* out) {
 // The 6-bit scales and mins of q4_K / q5_K (q4K_scale_min in kt/gguf_blocks.h), 8 of each:
 // sc as 8 int16, mins as 16 int16 with each min twice (lanes 2j, 2j + 1 pair with bsums[2j],
 // bsums[2j + 1] in pmaddwd).
-inline void q4K_scales(const uint8_t* s, __m128i& sc, __m256i& mins) {
+inline void q4K_scales(const uint8_t* s, __m128i& sc, __m256i& mins, __m128i* m8 = nullptr) {
   uint32_t u[3];
   __builtin_memcpy(u, s, 12);
   const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
@@ -352,6 +438,7 @@ inline void q4K_scales(const uint8_t* s, __m128i& sc, __m256i& mins) {
   sc = _mm_cvtepu8_epi16(_mm_setr_epi32(int(sc_lo), int(sc_hi), 0, 0));
   const __m128i m = _mm_setr_epi32(int(m_lo), int(m_hi), 0, 0);
   mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+  if (m8) *m8 = _mm_cvtepu8_epi16(m);
 }
 
 // The 256 nibbles of q4_K / q5_K: chunk 2c the low nibbles of qs[32c .. 32c + 31], chunk 2c + 1
