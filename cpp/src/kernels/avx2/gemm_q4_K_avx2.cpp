@@ -29,6 +29,7 @@ struct Q4_KCodec {
   }
   // the driver's transposed prefill: 8 pmaddubsw of nibbles sum in int16 (8 * 2 * 15 * 127 < 2^15)
   static constexpr bool kTransposable = true;
+  static constexpr int kStepsPerSum = 8;
   static void decode_t(const Block& b, __m256i (&w)[8], __m128i& sc, __m128i& m) {
     avx2::q4K_nibbles(b.qs, w);
     __m256i mins;

@@ -2,7 +2,8 @@
 // (gemm_q4_K_avx2.cpp), with the fifth bit of chunk j (bit j of qh[l]) moved to bit 4 of each
 // byte: q in 0..31, pmaddubsw pairs at most 2 * 31 * 127. Per row
 //   isum = sum_j pmaddwd(pmaddubsw(q_j, a_j), sc_j),  msum = pmaddwd(bsums, mins)
-// and the block adds d * a.d * isum - dmin * a.d * msum (formats/q5_K.cpp).
+// and the block adds d * a.d * isum - dmin * a.d * msum (formats/q5_K.cpp). Prefill takes the
+// driver's transposed path with 4 pmaddubsw per int16 sum.
 #include "kernels/avx2/gguf_driver_avx2.h"
 #include "kernels/kernel_registry.h"
 
@@ -21,6 +22,20 @@ struct Q5_KCodec {
 
   static void scales(const Block& b, uint16_t& d, uint16_t& m) { d = b.d, m = b.dmin; }
   static void decode(const Block& b, __m256i (&w)[8], Aux& aux) {
+    quants(b, w);
+    __m128i sc;
+    avx2::q4K_scales(b.scales, sc, aux.mins);
+    avx2::scales_per_32(sc, aux.sc);
+  }
+  // the driver's transposed prefill: 4 pmaddubsw sum in int16 (4 * 2 * 31 * 127 < 2^15)
+  static constexpr bool kTransposable = true;
+  static constexpr int kStepsPerSum = 4;
+  static void decode_t(const Block& b, __m256i (&w)[8], __m128i& sc, __m128i& m) {
+    quants(b, w);
+    __m256i mins;
+    avx2::q4K_scales(b.scales, sc, mins, &m);
+  }
+  static void quants(const Block& b, __m256i (&w)[8]) {
     avx2::q4K_nibbles(b.qs, w);
     const __m256i h = avx2::load256(b.qh), bit4 = _mm256_set1_epi8(0x10);
     // bit j of each byte to bit 4 (16-bit shifts: the mask drops what crosses from the other byte)
@@ -32,9 +47,6 @@ struct Q5_KCodec {
     w[5] = _mm256_or_si256(w[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), bit4));
     w[6] = _mm256_or_si256(w[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), bit4));
     w[7] = _mm256_or_si256(w[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), bit4));
-    __m128i sc;
-    avx2::q4K_scales(b.scales, sc, aux.mins);
-    avx2::scales_per_32(sc, aux.sc);
   }
   static void dot(const __m256i (&w)[8], const Aux& aux, const Act& a, __m256i& isum, __m256i& msum) {
     isum = avx2::dot_chunks8(w, aux.sc, a.q);

@@ -22,14 +22,13 @@
 // once, the panel streamed kStreamAhead ahead (kernels/next_panels.h). pmaddubsw pairs stay below
 // 2^15: every codec's unsigned weights are at most 128 with |activation| <= 127 (q8_32 / q8_256
 // round amax to 127).
-// Prefill of q4_K (Codec::kTransposable, from kTransposeRows rows) transposes the decoded blocks
-// of 8 channels in L1 into channels side by side, as the int4_g32 tile: 8 pmaddubsw summed in int16
-// before one pmaddwd, each weight load shared by 4 rows; at shape A and 512 tokens this took q4_K
-// from about 400 to 300 ms of one core.
+// Prefill of q4_K and q5_K (Codec::kTransposable, from kTransposeRows rows) transposes the decoded
+// blocks of 8 channels in L1 into channels side by side, as the int4_g32 tile: kStepsPerSum
+// pmaddubsw summed in int16 before one pmaddwd, each weight load shared by 4 rows; at shape A and
+// 512 tokens this took q4_K from about 400 to 300 ms of one core.
 // Left to do: the other types' prefill runs 2 multiplies (pmaddubsw, pmaddwd) per 32 weights and
-// row: q5_K and the 16-weight sub-blocks (q2_K, q3_K, q6_K) could take the transposed path with
-// fewer steps per int16 sum or two scales per chunk; iq4_xs and q8_0, whose signed pairs fill int16,
-// gain less.
+// row: the 16-weight sub-blocks (q2_K, q3_K, q6_K) could take the transposed path with two scales
+// per chunk; iq4_xs and q8_0, whose signed pairs fill int16, gain less.
 //
 // The panel, GgufPanelBlock<Block> per k-block (formats/gguf_format.h):
 //   | b[0..7] (half 0) b[8..15] (half 1) of k-block 0 | ... of k-block 1 | ... |
@@ -177,12 +176,19 @@ struct GgufKernel {
     }
   }
 
-  // Prefill of a codec with kTransposable (its pmaddubsw of 8 steps sum in int16 and its mins pair
-  // with bsums as q4_K's): the 8 channels' decoded blocks transposed in L1 so that a ymm holds 4 k
-  // of each channel (wt[j][g]: k = 32 j + 4 g ..), as the int4_g32 tile; per row and sub-block,
-  // 8 pmaddubsw against broadcast activations summed in int16 and one pmaddwd with the channels'
-  // scales, the weight loads shared by up to 4 rows, and no channel tree.
+  // Prefill of a codec with kTransposable (kStepsPerSum pmaddubsw sum in int16; 32-weight
+  // sub-blocks, mins paired with bsums as q4_K's): the 8 channels' decoded blocks transposed in L1
+  // so that a ymm holds 4 k of each channel (wt[j][g]: k = 32 j + 4 g ..), as the int4_g32 tile;
+  // per row and sub-block, 8 pmaddubsw against broadcast activations summed in int16 by kSteps and
+  // one pmaddwd per sum with the channels' scales, each weight load shared by up to 4 rows, and no
+  // channel tree.
   static constexpr int kTransposeRows = 4;
+
+  static constexpr int steps_per_sum() {
+    if constexpr (requires { Codec::kStepsPerSum; }) return Codec::kStepsPerSum;
+    else return 1;
+  }
+  static constexpr int kSteps = steps_per_sum();  // pmaddubsw per int16 sum in the transposed path
 
   template <int R>
   static void rows_transposed(const __m256i (&wt)[8][8], const __m256i (&scp)[8], const __m256i (&mp)[8],
@@ -195,10 +201,11 @@ struct GgufKernel {
         const __m256i w = _mm256_load_si256(&wt[j][g]);
         for (int i = 0; i < R; ++i) {
           const __m256i p = _mm256_maddubs_epi16(w, bcast32(x[i][s].q + 32 * j + 4 * g));
-          s16[i] = g == 0 ? p : _mm256_add_epi16(s16[i], p);
+          s16[i] = g % kSteps == 0 ? p : _mm256_add_epi16(s16[i], p);
         }
+        if ((g + 1) % kSteps == 0)
+          for (int i = 0; i < R; ++i) isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(s16[i], scp[j]));
       }
-      for (int i = 0; i < R; ++i) isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(s16[i], scp[j]));
     }
     for (int i = 0; i < R; ++i) {
       __m256i msum = _mm256_madd_epi16(bcast32(x[i][s].bsums), mp[0]);
