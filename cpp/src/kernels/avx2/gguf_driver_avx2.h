@@ -196,7 +196,7 @@ struct GgufKernel {
     __m256i isum[R];
     for (int i = 0; i < R; ++i) isum[i] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
-      __m256i s16[R];
+      __m256i s16[R] = {};
       for (int g = 0; g < 8; ++g) {
         const __m256i w = _mm256_load_si256(&wt[j][g]);
         for (int i = 0; i < R; ++i) {

@@ -9,7 +9,8 @@
 //   row r:  isum_j = sum_{g in sub-block j} vpdpbusd(q[g], broadcast a_r.q[4g..4g+3])
 //
 // so one vpdpbusd makes 64 products of 16 channels, the weights in registers and the activation
-// broadcast from memory. Decoding transposes the packed bytes of the 16 blocks (16 x 16 dwords per
+// broadcast from memory (a vpbroadcastd, as gcc emits it: the {1to16} memory operand of vpdpbusd,
+// forced by inline asm, measured 25% slower at prefill on Zen 4). Decoding transposes the packed bytes of the 16 blocks (16 x 16 dwords per
 // 64 bytes: half the shuffles of transposing the unpacked values, and no staging buffer), unpacks
 // each transposed word into 4 consecutive k (nibbles, high bits, table values) and reads the
 // scales of the 16 blocks, one per lane, by 16 x 4 dword transposes (gathers cost about 10% more
