@@ -148,3 +148,17 @@ def test_types_table_measures_within_the_records_bounds():
     row = gguf_types.measure(record)
     assert row["type"] == "Q4_K" and row["bits"] == 4.5
     assert row["kernels"] < 0.05 and row["kernels"] < row["vs_fp32"] <= record["layer_rel_err"], row
+
+
+def test_summary_pairs_ours_with_upstream():
+    """benchmarks/gguf_summary.py (the README's GGUF speed table) from bench_gguf's result rows."""
+    import gguf_summary
+
+    def row(side, M, ms, **more):
+        return {"shape": "A", "type": "q4_K", "side": side, "M": M, "ms": ms, "status": "ok", "rel_err": 0.02,
+                "pct_limit": 40.0, "gops": 300.0, **more}
+
+    table = gguf_summary.summary([row("ours", 1, 2.0, may_be_cached=True), row("upstream", 1, 3.0),
+                                  row("ours", 512, 100.0), row("upstream", 512, 150.0)])
+    assert table.splitlines()[-1] == ("| A | q4_K | 2 | 3 | 1.50x | 40%* | 100 | 150 | 1.50x | 300 (40%) | "
+                                      "0.0200 / 0.0200 |")

@@ -1,0 +1,62 @@
+"""The README's GGUF speed table: per shape and type, decode (M=1) and prefill (M=512) of kt_kernel's
+LLAMAFILE against upstream kt-kernel 0.7.2's, from the JSON of bench_gguf.py runs.
+
+    python3 benchmarks/gguf_summary.py docs/benchmarks/2026-12-04-gguf/A.json docs/benchmarks/2026-12-04-gguf/B_q4_K.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _ms(r) -> str:
+    return f"{r['ms']:.3g}" if r["ms"] < 100 else f"{r['ms']:.0f}"
+
+
+def _row(rows: list, side: str, M: int):
+    return next((r for r in rows if r["side"] == side and r["M"] == M and r.get("status") == "ok"), None)
+
+
+def summary(results: list) -> str:
+    lines = ["| shape | type | M=1: ours ms | upstream ms | upstream / ours | ours % of bw | "
+             "M=512: ours ms | upstream ms | upstream / ours | ours GOP/s (% of peak) | rel err ours / upstream |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["shape"], r["type"]) for r in results))
+    for shape, fmt in keys:
+        rows = [r for r in results if r["shape"] == shape and r["type"] == fmt]
+        cells = [shape, fmt]
+        for M in (1, 512):
+            ours, up = _row(rows, "ours", M), _row(rows, "upstream", M)
+            cells += [_ms(ours) if ours else "-", _ms(up) if up else "-",
+                      f"{up['ms'] / ours['ms']:.2f}x" if ours and up else "-"]
+            if ours and M == 1:
+                cells.append(f"{ours['pct_limit']:.0f}%" + ("*" if ours.get("may_be_cached") else ""))
+            elif ours:
+                cells.append(f"{ours['gops']:.0f} ({ours['pct_limit']:.0f}%)")
+            else:
+                cells.append("-")
+        ours, up = _row(rows, "ours", 512) or _row(rows, "ours", 1), _row(rows, "upstream", 512) or _row(rows, "upstream", 1)
+        cells.append(f"{ours['rel_err']:.4f} / {up['rel_err']:.4f}" if ours and up else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="JSON files written by bench_gguf.py --json")
+    args = p.parse_args(argv)
+    results = []
+    for path in args.runs:
+        run = json.load(open(path))
+        bw = [b["best_gbps"] for b in run["limits"]["bandwidth"]]
+        c = run["conditions"]
+        print(f"{path}: {c['cpu_info']['brand']}, {c['threads']} threads, {c['time']}, read bandwidth "
+              f"{min(bw):.1f}-{max(bw):.1f} GB/s")
+        results += run["results"]
+    print()
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
