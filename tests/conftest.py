@@ -33,7 +33,7 @@ except ImportError as e:  # most often: the source tree shadows the installed pa
         "first on sys.path).") from e
 
 import reference
-from format_expectations import ACT_ATOL
+from format_expectations import ACT_ATOL, kernel_row  # noqa: F401  (kernel_row: used below)
 from output_digests import OutputDigests
 
 FORMATS = method_formats()  # the formats a method names; the GGUF types: tests/test_gguf_*.py
@@ -116,22 +116,6 @@ def _no_isa_override_leaks():
     before = kt_kernel.cpu_info()["override"]
     yield
     kt_kernel.set_isa(before or None)
-
-
-def kernel_row(fmt_name: str, tier_name: str) -> dict:
-    """The kernel-table row that serves `fmt_name` on `tier_name`: the first (best-first table)
-    whose tier is at or below it; for "amx_emu" the format's row of the emulated table, or where
-    it has none the avx512_bf16 tier's."""
-    if tier_name == "amx_emu":
-        rows = [r for r in _ext.emulated_kernel_table() if r["format"] == fmt_name]
-        if rows:
-            return rows[0]
-        tier_name = "avx512_bf16"
-    rank = ALL_TIERS.index(tier_name)
-    for row in _ext.kernel_table():
-        if row["format"] == fmt_name and ALL_TIERS.index(row["tier"]) <= rank:
-            return row
-    raise AssertionError(f"kernel table has no row for {fmt_name} at or below {tier_name}")
 
 
 def rounding_class(act: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
 import reference
-from conftest import kernel_row
+from format_expectations import kernel_row
 from format_expectations import ACT_ATOL
 from gguf_files import (ARCH, PROJ, dequantized, expert_tensors, kt_format, model_meta, random_blocks, write_gguf,
                         write_split)
