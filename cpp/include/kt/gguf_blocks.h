@@ -67,7 +67,7 @@ struct BlockIq4Nl {
 static_assert(sizeof(BlockIq4Nl) == 18, "iq4_nl block: fp16 d + 16 bytes of nibbles");
 
 // The 16 non-uniform levels of iq4_nl and iq4_xs.
-inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // ---- 256-weight super-blocks (K-quants, iq4_xs) ------------------------------------------------
 
@@ -137,7 +137,7 @@ struct BlockIq4Xs {
 static_assert(sizeof(BlockIq4Xs) == 136, "iq4_xs block: fp16 d + 2 + 4 scale bytes + 128 bytes of nibbles");
 
 // The 6-bit scale and min of sub-block j of q4_K / q5_K (12 bytes hold 8 pairs).
-inline void q4K_scale_min(int j, const uint8_t* s, uint8_t* sc, uint8_t* m) {
+static inline void q4K_scale_min(int j, const uint8_t* s, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
     *sc = s[j] & 63;
     *m = s[j + 4] & 63;
