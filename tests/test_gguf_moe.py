@@ -119,3 +119,45 @@ def test_llamafile_takes_bf16_tensors():
     """A GGUF file may store experts in BF16: the bf16 format (method BF16) is one of LLAMAFILE's."""
     layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), 4, 2, 64, 64, GGUF_METHOD, [1] * 4, 64, formats=["bf16", "q8_0"])
     assert (layer.format, layer.down_format) == ("bf16", "q8_0")
+
+
+def _layouts():
+    """Each format with a kernel row that reads a packed layout of its own, on a host tier."""
+    return [pytest.param(r["format"], r["tier"], r["name"], id=f"{r['format']}-{r['layout']}")
+            for r in _ext.kernel_table() if r["layout"] and r["tier"] in HOST_TIERS and r["format"] in RECORDS]
+
+
+@pytest.mark.parametrize("fmt,tier,row", _layouts())
+def test_layout_packs_and_unpacks_the_files_blocks(fmt, tier, row):
+    """A format whose kernels read their own layout (the K-quants' word-interleaved panels): the
+    weights written back as bf16 (submit_write_bf16, the GPU-side prefill path, which unpacks that
+    layout) are gguf's dequantization of the file's blocks, rounded to bf16, and a layer packed in
+    the layout agrees with one packed for the generic kernels (their rounding differs by the order
+    of fp32 sums only)."""
+    Hs, Is, Es = 512, 768, 2  # down rows of 3 k-blocks: odd counts of k-blocks per panel
+    rng = np.random.default_rng(3)
+    (gb, G), (ub, U), (db, D) = (_experts(fmt, n, k, rng) for n, k in ((Is, Hs), (Is, Hs), (Hs, Is)))
+    pmap = torch.arange(Es, dtype=torch.int64)
+
+    def layer(isa):
+        kt_kernel.set_isa(isa)
+        l = _ext.MoeLayer(_ext.Engine.shared(2, 2), Es, 2, Hs, Is, GGUF_METHOD, [1] * Es, 64, formats=[fmt, fmt])
+        l.load_quantized([[gb[:Es].ctypes.data], [ub[:Es].ctypes.data], [db[:Es].ctypes.data]], pmap.data_ptr(), Es)
+        return l
+
+    packed = layer(tier)
+    assert packed.kernel_name == row
+    for slot in range(Es):
+        w13, w2 = torch.empty(2 * Is, Hs, dtype=torch.bfloat16), torch.empty(Hs, Is, dtype=torch.bfloat16)
+        packed.submit_write_bf16(slot, 1, [w13.data_ptr()], [w2.data_ptr()]).wait()
+        assert torch.equal(w13, torch.cat([G[slot], U[slot]]).bfloat16()), f"slot {slot} gate/up"
+        assert torch.equal(w2, D[slot].bfloat16()), f"slot {slot} down"
+    x = torch.randn(5, Hs, dtype=torch.bfloat16)
+    ids = torch.tensor([[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.int32)
+    w = torch.rand(5, 2)
+    outs = []
+    for l in (packed, layer("generic")):
+        job, out = l.submit(x.data_ptr(), "bfloat16", ids.data_ptr(), False, w.data_ptr(), "float32", 5)
+        job.wait()
+        outs.append(torch.from_numpy(out.view(np.int16).copy()).view(torch.bfloat16).float())
+    assert (outs[0] - outs[1]).abs().max() <= 2.0**-7 * outs[1].abs().max()

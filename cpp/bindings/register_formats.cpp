@@ -101,18 +101,18 @@ const KernelRow& runnable_row(const std::string& name) {
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
-// The whole of a quantized matrix in the kernel layout.
+// The whole of a quantized matrix in the layout kernel `row` reads.
 struct Packed {
   std::vector<uint8_t> buf;
   PackedMatrix m;
-  Packed(const QuantizedMatrix& q, FormatId format) {
-    const FormatTraits& f = format_traits(format);
-    if (q.format != format)
+  Packed(const QuantizedMatrix& q, const KernelRow& row) {
+    const FormatTraits& f = format_traits(row.format);
+    if (q.format != row.format)
       throw std::invalid_argument(std::string("weights are ") + format_traits(q.format).name + ", the kernel reads " + f.name);
     m.N = q.N, m.K = q.K, m.Kp = round_up(q.K, f.k_align), m.panels = (q.N + kPanelN - 1) / kPanelN;
     m.panel_bytes = f.panel_bytes(m.Kp);
     buf.resize(m.bytes());
-    f.pack(q, 0, q.N, 0, q.K, buf.data());
+    pack_for(row, q, 0, q.N, 0, q.K, buf.data());
     m.data = buf.data();
   }
 };
@@ -143,7 +143,7 @@ void register_formats(py::module_& m) {
       "kernel_gateup",
       [](const std::string& name, const py::dict& gate, const py::dict& up, const F32Array& x, const I32Array& rows) {
         const KernelRow& row = runnable_row(name);
-        Packed g(from_dict(gate), row.format), u(from_dict(up), row.format);
+        Packed g(from_dict(gate), row), u(from_dict(up), row);
         if (g.m.N != u.m.N || g.m.K != u.m.K || x.ndim() != 2 || x.shape(1) != g.m.K)
           throw std::invalid_argument("gate and up must both be [N, K] and x [T, K]");
         Acts a(row.act, x, g.m.Kp);
@@ -164,7 +164,7 @@ void register_formats(py::module_& m) {
       [](const std::string& name, const py::dict& down, const F32Array& h, const I32Array& tok, const F32Array& weight,
          const F32Array& out_in) {
         const KernelRow& row = runnable_row(name);
-        Packed d(from_dict(down), row.format);
+        Packed d(from_dict(down), row);
         if (h.ndim() != 2 || h.shape(1) != d.m.K || tok.size() != h.shape(0) || weight.size() != h.shape(0) ||
             out_in.ndim() != 2 || out_in.shape(1) != d.m.panels * kPanelN)
           throw std::invalid_argument("expected h [m, K], tok [m], weight [m], out [T, N padded to 16]");
@@ -234,13 +234,15 @@ void register_formats(py::module_& m) {
       d["act"] = act_format_name(r.act);
       d["name"] = r.name;
       d["min_m"] = r.min_m;
+      d["layout"] = r.layout ? r.layout->name : "";
       out.append(d);
     }
     return out;
   };
   m.def("kernel_table", [rows] { return rows(kernel_table()); },
         "The kernel table, best-first: format, tier (the lowest that runs it), features (those it "
-        "needs), act, name, min_m (tokens per expert from which the row runs; 0 for vector kernels).");
+        "needs), act, name, min_m (tokens per expert from which the row runs; 0 for vector kernels), "
+        "layout (the packed layout it reads when not its format's own, else '').");
   m.def("emulated_kernel_table", [rows] { return rows(emulated_kernel_table()); },
         "Test-only: the AMX tile kernels on the tile emulator, chosen under set_isa('amx_emu').");
   m.def("quantizer_table", [] {

@@ -55,6 +55,14 @@ struct DownArgs {
 using GateUpFn = void (*)(const GateUpArgs&);
 using DownFn = void (*)(const DownArgs&);
 
+// A packed layout other than the format's own (FormatTraits::pack): the same bytes per panel,
+// arranged for one kernel family. Its functions are generic code (formats/), run at load.
+struct PanelLayout {
+  const char* name;
+  void (*pack)(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+  void (*unpack_row)(const uint8_t* data, int Kp, int n, int K, float* out);  // as FormatTraits::unpack_row
+};
+
 struct KernelRow {
   FormatId format;
   FeatureSet needs;  // every feature its object is compiled for (kernels/kernel_registry.h)
@@ -66,7 +74,13 @@ struct KernelRow {
   // row (min_m > 0) leaves the smaller buckets of a call to the best vector row of the same format,
   // which reads the same packed weights and the same activation format.
   int min_m;
+  // The packed layout the row reads; nullptr: the format's (FormatTraits::pack).
+  const PanelLayout* layout = nullptr;
 };
+
+// The packing and unpacking of what `row` reads.
+void pack_for(const KernelRow& row, const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void unpack_row_for(const KernelRow& row, const uint8_t* data, int Kp, int n, int K, float* out);
 
 const std::vector<KernelRow>& kernel_table();
 // Test-only: the AMX tile kernels instantiated on the tile emulator (kernels/amx_emu), one row per

@@ -18,6 +18,7 @@
 
 #include "kt/formats.h"
 #include "kt/gguf_blocks.h"
+#include "formats/gguf_word_layout.h"
 #include "kernels/kernel_registry.h"
 
 namespace kt {
@@ -93,7 +94,50 @@ void unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
   for (int s = 0; s < K / Block::kK; ++s) dequantize_block(panel[s].b[n % kPanelN], out + s * Block::kK);
 }
 
+// pack, then each k-block's bytes word-interleaved (formats/gguf_word_layout.h)
+template <class Block>
+void pack_words(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+  constexpr size_t W = sizeof(Block) / 4, T = sizeof(Block) % 4, PB = sizeof(GgufPanelBlock<Block>);
+  pack<Block>(q, n0, n1, k0, k1, dst);
+  const size_t blocks = size_t((k1 - k0) / Block::kK) * ((n1 - n0 + kPanelN - 1) / kPanelN);
+  uint8_t file[PB];
+  for (size_t i = 0; i < blocks; ++i) {
+    uint8_t* pb = dst + i * PB;
+    std::memcpy(file, pb, PB);
+    for (int c = 0; c < kPanelN; ++c) {
+      const uint8_t* b = file + c * sizeof(Block);
+      for (size_t g = 0; g < W; ++g) std::memcpy(pb + 64 * g + 4 * c, b + 4 * g, 4);
+      std::memcpy(pb + 64 * W + T * c, b + 4 * W, T);
+    }
+  }
+}
+
+template <class Block>
+void unpack_row_words(const uint8_t* data, int Kp, int n, int K, float* out) {
+  constexpr size_t W = sizeof(Block) / 4, T = sizeof(Block) % 4, PB = sizeof(GgufPanelBlock<Block>);
+  const int nb = Kp / Block::kK, c = n % kPanelN;
+  const uint8_t* panel = data + size_t(n / kPanelN) * nb * PB;
+  for (int s = 0; s < K / Block::kK; ++s) {
+    const uint8_t* pb = panel + s * PB;
+    Block b;
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(&b);
+    for (size_t g = 0; g < W; ++g) std::memcpy(bytes + 4 * g, pb + 64 * g + 4 * c, 4);
+    std::memcpy(bytes + 4 * W, pb + 64 * W + T * c, T);
+    dequantize_block(b, out + s * Block::kK);
+  }
+}
+
 }  // namespace gguf
+
+// The word-interleaved layout of GGUF format `fmt` (formats/gguf_word_layout.h), fmt##_words.
+#define KT_GGUF_WORD_LAYOUT(fmt, Block)                                                             \
+  void fmt##_pack_words(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {  \
+    gguf::pack_words<Block>(q, n0, n1, k0, k1, dst);                                                \
+  }                                                                                                 \
+  void fmt##_unpack_row_words(const uint8_t* data, int Kp, int n, int K, float* out) {             \
+    gguf::unpack_row_words<Block>(data, Kp, n, K, out);                                             \
+  }                                                                                                 \
+  const PanelLayout fmt##_words{#fmt "_words", fmt##_pack_words, fmt##_unpack_row_words};
 
 // The record functions of GGUF format `fmt` (a FormatId) with blocks `Block`, and its quantizer row.
 #define KT_GGUF_FORMAT(fmt, Block)                                                                  \

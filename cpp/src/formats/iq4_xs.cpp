@@ -69,5 +69,6 @@ float dot_block(const BlockIq4Xs& b, const ActQ8x256& a) {
 }
 
 KT_GGUF_FORMAT(iq4_xs, BlockIq4Xs)
+KT_GGUF_WORD_LAYOUT(iq4_xs, BlockIq4Xs)
 
 }  // namespace kt

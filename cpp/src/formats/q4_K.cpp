@@ -70,5 +70,6 @@ float dot_block(const BlockQ4_K& b, const ActQ8x256& a) {
 }
 
 KT_GGUF_FORMAT(q4_K, BlockQ4_K)
+KT_GGUF_WORD_LAYOUT(q4_K, BlockQ4_K)
 
 }  // namespace kt

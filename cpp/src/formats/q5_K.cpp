@@ -74,5 +74,6 @@ float dot_block(const BlockQ5_K& b, const ActQ8x256& a) {
 }
 
 KT_GGUF_FORMAT(q5_K, BlockQ5_K)
+KT_GGUF_WORD_LAYOUT(q5_K, BlockQ5_K)
 
 }  // namespace kt

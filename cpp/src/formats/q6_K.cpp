@@ -65,5 +65,6 @@ float dot_block(const BlockQ6_K& b, const ActQ8x256& a) {
 }
 
 KT_GGUF_FORMAT(q6_K, BlockQ6_K)
+KT_GGUF_WORD_LAYOUT(q6_K, BlockQ6_K)
 
 }  // namespace kt

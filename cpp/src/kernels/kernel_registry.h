@@ -33,18 +33,22 @@ constexpr int kTileMinMInt8 = 8;
 constexpr int kTileMinMInt4 = 24;
 
 // The section names are C identifiers, for which the linker defines __start_<name>/__stop_<name>.
-#define KT_REGISTER_ROW_(section_name, fmt, needs, act, tile_isa, min_m)                                     \
+#define KT_REGISTER_ROW_(section_name, fmt, needs, act, tile_isa, min_m, layout)                             \
   constinit const KernelRow kt_row_##tile_isa{FormatId::fmt,         needs,           ActFormat::act,   \
                                               "gateup_" #tile_isa, gateup_##tile_isa, down_##tile_isa, \
-                                              min_m};                                                   \
+                                              min_m,               layout};                            \
   [[gnu::used, gnu::section(section_name)]] constinit const KernelRow* const kt_row_entry_##tile_isa = &kt_row_##tile_isa;
 
 // A vector kernel's row: gateup_<tile_isa> and down_<tile_isa>, defined above it in the same file.
-#define KT_KERNEL_ROW(fmt, needs, act, tile_isa) KT_REGISTER_ROW_("kt_kernel_rows", fmt, needs, act, tile_isa, 0)
+#define KT_KERNEL_ROW(fmt, needs, act, tile_isa) \
+  KT_REGISTER_ROW_("kt_kernel_rows", fmt, needs, act, tile_isa, 0, nullptr)
+// A vector kernel's row that reads the packed layout `layout` (a PanelLayout, formats/).
+#define KT_KERNEL_ROW_IN(fmt, needs, act, tile_isa, layout) \
+  KT_REGISTER_ROW_("kt_kernel_rows", fmt, needs, act, tile_isa, 0, &layout)
 #define KT_TILE_ROW(fmt, needs, act, tile_isa, min_m) \
-  KT_REGISTER_ROW_("kt_kernel_rows", fmt, needs, act, tile_isa, min_m)
+  KT_REGISTER_ROW_("kt_kernel_rows", fmt, needs, act, tile_isa, min_m, nullptr)
 #define KT_EMULATED_TILE_ROW(fmt, needs, act, tile_isa, min_m) \
-  KT_REGISTER_ROW_("kt_emulated_kernel_rows", fmt, needs, act, tile_isa, min_m)
+  KT_REGISTER_ROW_("kt_emulated_kernel_rows", fmt, needs, act, tile_isa, min_m, nullptr)
 
 // A format's reference quantizer (quantizer_table's generic row of the format), registered in the
 // format's own file (cpp/src/formats/<format>.cpp) after its definition.

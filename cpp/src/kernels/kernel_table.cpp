@@ -147,6 +147,16 @@ const KernelRow& select_vector_kernel(FormatId format, FeatureSet have) {
   throw std::logic_error(std::string("no vector kernel for format ") + format_traits(format).name);
 }
 
+void pack_for(const KernelRow& row, const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+  if (row.layout) row.layout->pack(q, n0, n1, k0, k1, dst);
+  else format_traits(row.format).pack(q, n0, n1, k0, k1, dst);
+}
+
+void unpack_row_for(const KernelRow& row, const uint8_t* data, int Kp, int n, int K, float* out) {
+  if (row.layout) row.layout->unpack_row(data, Kp, n, K, out);
+  else format_traits(row.format).unpack_row(data, Kp, n, K, out);
+}
+
 IsaTier row_tier(FeatureSet needs) {
   if (needs & feature::amx_tile_emu) needs = (needs & ~feature::amx_tile_emu) | feature::amx_tile;
   needs &= tier_features(IsaTier::amx);  // features no tier names (avx_vnni) do not place a row

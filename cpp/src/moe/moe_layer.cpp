@@ -248,7 +248,10 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
 void MoeLayer::Kernels::select(FormatId format, FeatureSet have) {
   best_ = &select_kernel(format, have);
   vector_ = best_->min_m > 0 ? &select_vector_kernel(format, have) : best_;
-  // one quantization of x (or h) serves both kernels
+  // one packing of the weights and one quantization of x (or h) serve both kernels
+  if (vector_->layout != best_->layout)
+    throw std::logic_error(std::string("kernel table: ") + best_->name + " and its vector kernel " + vector_->name +
+                           " read different packed layouts");
   if (vector_->act != best_->act)
     throw std::logic_error(std::string("kernel table: ") + best_->name + " reads " + act_format_name(best_->act) +
                            " but its vector kernel " + vector_->name + " reads " + act_format_name(vector_->act));
@@ -330,8 +333,8 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
       make(slot, which, q);
       for (auto& s : slices) {
         if (s->i1 == s->i0) continue;
-        if (which == 2) dn.pack(q, 0, H, s->i0, s->i1, s->down[slot].data);
-        else gu.pack(q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
+        if (which == 2) pack_for(down_.best(), q, 0, H, s->i0, s->i1, s->down[slot].data);
+        else pack_for(gate_up_.best(), q, s->i0, s->i1, 0, H, (which == 0 ? s->gate[slot] : s->up[slot]).data);
       }
     };
     engine->run(st);
@@ -524,11 +527,11 @@ std::shared_ptr<Job> MoeLayer::submit_write_bf16(int slot, int tp, const std::ve
       const Task& task = tasks[t];
       const Slice& s = *task.s;
       const PackedMatrix& m = task.which == 0 ? s.gate[slot] : task.which == 1 ? s.up[slot] : s.down[slot];
-      const FormatTraits& f = format_traits(task.which == 2 ? cfg_.down_format : cfg_.format);
+      const KernelRow& kernel = (task.which == 2 ? down_ : gate_up_).best();
       thread_local std::vector<float> row;
       row.resize(m.K);
       for (int n = task.n0; n < task.n1; ++n) {
-        f.unpack_row(m.data, m.Kp, n, m.K, row.data());
+        unpack_row_for(kernel, m.data, m.Kp, n, m.K, row.data());
         if (task.which < 2) {
           // gate/up row n is channel i; rank i / Ir, row (i % Ir) of its gate or up half
           const int i = s.i0 + n;

@@ -1,8 +1,10 @@
 // [NOTE] The AVX512-VNNI driver of the GGUF block types (kernels/avx512/gemm_<type>_avx512vnni.cpp).
 //
-// The weights stay the file's blocks (GgufPanelBlock: the 16 rows' blocks of a k-block side by
-// side). For each (panel, k-block) the type's decode turns the 16 blocks ONCE into the layout of
-// vpdpbusd, then every activation row of the call runs against it:
+// Two weight layouts. q4_K, q5_K, q6_K and iq4_xs are word-interleaved at load (formats/
+// gguf_word_layout.h: word g of the 16 rows of a k-block is one zmm, lane c = row c); the other
+// types stay the file's blocks (GgufPanelBlock: the 16 rows' blocks of a k-block side by side),
+// transposed at run time. For each (panel, k-block) the type's decode turns the 16 blocks ONCE
+// into the layout of vpdpbusd, then every activation row of the call runs against it:
 //
 //   Decoded.q[g]   lane c = the unsigned values of row c at k = 4g .. 4g+3 (4 bytes)
 //                  | c0: u[4g..4g+3] | c1: u[4g..4g+3] | ... | c15 |      (kK / 4 zmm)
@@ -10,19 +12,19 @@
 //
 // so one vpdpbusd makes 64 products of 16 channels, the weights in registers and the activation
 // broadcast from memory (a vpbroadcastd, as gcc emits it: the {1to16} memory operand of vpdpbusd,
-// forced by inline asm, measured 25% slower at prefill on Zen 4). Decoding transposes the packed bytes of the 16 blocks (16 x 16 dwords per
-// 64 bytes: half the shuffles of transposing the unpacked values, and no staging buffer), unpacks
-// each transposed word into 4 consecutive k (nibbles, high bits, table values) and reads the
-// scales of the 16 blocks, one per lane, by 16 x 4 dword transposes (gathers cost about 10% more
-// at m = 1). The decode costs a few rows' products, so it is paid once per k-block, not once per
-// row block: the rows' fp32 accumulators (16 channels each) live in a per-thread buffer across
-// the k-blocks, and at prefill the kernels run close to the vpdpbusd rate.
-// No software prefetch: every distance and hint tried (1 to 4 k-blocks, 4 to 16 KiB, T0/T1/NTA)
-// was as fast as the hardware prefetcher alone or slower.
-// Left to do: at m = 1 the K-quants stream at about half a core's read rate (the decode's
-// instructions, and memory stalls they do not overlap): fusing the decode with the row's products
-// for a single row block would save the stores and reloads of Decoded.q; the 32-weight types
-// could transpose two blocks (64 k) at a time.
+// forced by inline asm, measured 25% slower at prefill on Zen 4). From the file's blocks, decoding
+// transposes the packed bytes of the 16 blocks (16 x 16 dwords per 64 bytes) and reads the scales
+// of the 16 blocks by 16 x 4 dword transposes; from the word layout both are plain loads. Each
+// word then unpacks into 4 consecutive k (nibbles, high bits, table values). The decode costs a
+// few rows' products, so it is paid once per k-block, not once per row block: the rows' fp32
+// accumulators (16 channels each) live in a per-thread buffer across the k-blocks.
+// A single row (m = 1, decode) of a word-layout type takes WordKQuant::row1 instead: the decoded
+// words go straight into vpdpbusd, with no store and reload of Decoded.q. The transposes had cost
+// more than the products at m = 1: q4_K at shape A on one Zen 4 core went from 1.75 to 0.65 ms
+// per call with the word layout, row1 and prefetching (the AVX2 kernels on the file's blocks:
+// 1.2 ms), and from 12.6 to 11.0 ms at 32 rows per expert.
+// Left to do: q6_K's k-blocks (3360 bytes) alternate between 64-byte aligned and not, and its m = 1
+// and 2 run slower than the AVX2 kernel; q2_K, q3_K and the 32-weight types still transpose.
 //
 // Values are made unsigned (vpdpbusd's first operand) and the offset goes to the activation sums:
 //   K-quants (q8_256):  block = a.d * (d * I1 - dmin * I2)
@@ -46,6 +48,7 @@
 #include "kernels/row_blocks.h"
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
+
 
 namespace kt::gguf_vnni {
 namespace {
@@ -174,6 +177,23 @@ inline __m512i or_and(__m512i a, __m512i b, __m512i c) { return _mm512_ternarylo
 
 // ---- K-quants: 256-weight super-blocks, q8_256 activations ----------------------------------
 
+// A k-block of a word-interleaved panel (formats/gguf_word_layout.h), the layout of q4_K, q5_K,
+// q6_K and iq4_xs here: the driver hands decode the k-block's address as `const Block*`.
+// w[g]: word g of the 16 rows (lane c = bytes 4g .. 4g+3 of row c), one load.
+template <class Block>
+struct Words {
+  static constexpr int kWords = int(sizeof(Block) / 4);
+  const uint8_t* p;
+  explicit Words(const Block* b) : p(reinterpret_cast<const uint8_t*>(b)) {}
+  __m512i operator[](int g) const { return _mm512_loadu_si512(p + 64 * g); }
+  template <int N>
+  void load(int g0, __m512i (&r)[N]) const {
+    for (int i = 0; i < N; ++i) r[i] = (*this)[g0 + i];
+  }
+  // the 16 rows' fp16 tails (sizeof(Block) % 4 == 2: q6_K's d) as fp32
+  __m512 tail_half() const { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kWords))); }
+};
+
 struct alignas(64) KBlock {
   __m512i q[kQK / 4];  // q[g] lane c: row c's unsigned values at k = 4g .. 4g+3 (natural order)
   __m512i sc[16];      // int32 integer scale of sub-block j (sub-blocks of 16 or 32 k)
@@ -181,12 +201,9 @@ struct alignas(64) KBlock {
   __m512 d, dmin;      // fp32 super-block scales (dmin unused by one-scale types)
 };
 
-// The 6-bit scales and mins of q4_K / q5_K and d, dmin: the blocks' first 16 bytes (d | dmin,
-// then 12 bytes of scales).
-template <class Block>
-inline void q4K_scales(const Block* b, KBlock& D) {
-  __m512i w[4];
-  load_transpose16x4(b, 0, w);
+// The 6-bit scales and mins of q4_K / q5_K and d, dmin from the blocks' first 4 words (d | dmin,
+// then 12 bytes of scales), one row per lane.
+inline void q4K_scales(const __m512i (&w)[4], KBlock& D) {
   const __m512i h = w[0], s0 = w[1], s1 = w[2], s2 = w[3];
   D.d = half_to_ps(h, 0);
   D.dmin = half_to_ps(h, 16);
@@ -205,13 +222,35 @@ inline void q4K_scales(const Block* b, KBlock& D) {
   }
 }
 
+// I2 = sum_i mc_i . bsums[2i..2i+1] of one row
+inline __m512i kquant_min_sums(const KBlock& D, const ActQ8x256& a) {
+  __m512i i2 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) i2 = _mm512_dpwssd_epi32(i2, D.mc[i], bcast32(a.bsums + 2 * i));
+  return i2;
+}
+
+// acc[0..16) += the block's fp32 products of one row from its integer sums I1, I2
+template <bool kOneScale>
+inline void kquant_accumulate(const KBlock& D, __m512i i1, __m512i i2, const ActQ8x256& a, float* acc) {
+  const __m512 ad = _mm512_set1_ps(a.d);
+  __m512 y = _mm512_load_ps(acc);
+  if constexpr (kOneScale) {
+    y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(i1, i2)), _mm512_mul_ps(D.d, ad), y);
+  } else {  // d * a.d * I1 - dmin * a.d * I2
+    y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(D.d, ad), y);
+    y = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(i2), _mm512_mul_ps(D.dmin, ad), y);
+  }
+  _mm512_store_ps(acc, y);
+}
+
 // MR rows (a[r]: the row's activation block of this k-block) against D; acc[16 r ..]: row r's sums.
 // kSub: k per sub-block (16 or 32); kOneScale: d = dmin, block = d * (I1 - I2).
 template <int kSub, bool kOneScale, int MR>
 inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) {
   constexpr int G = kSub / 4, NS = kQK / kSub;
   __m512i i1[MR], i2[MR];
-  for (int r = 0; r < MR; ++r) i1[r] = i2[r] = _mm512_setzero_si512();
+  for (int r = 0; r < MR; ++r) i1[r] = _mm512_setzero_si512();
 #pragma GCC unroll 16
   for (int j = 0; j < NS; ++j) {
     __m512i is[MR];
@@ -224,21 +263,60 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
     const __m512i sc = D.sc[j];
     for (int r = 0; r < MR; ++r) i1[r] = _mm512_add_epi32(i1[r], _mm512_mullo_epi32(is[r], sc));
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i)
-    for (int r = 0; r < MR; ++r) i2[r] = _mm512_dpwssd_epi32(i2[r], D.mc[i], bcast32(a[r]->bsums + 2 * i));
-  for (int r = 0; r < MR; ++r) {
-    const __m512 ad = _mm512_set1_ps(a[r]->d);
-    __m512 y = _mm512_load_ps(acc + kPanelN * r);
-    if constexpr (kOneScale) {
-      y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(i1[r], i2[r])), _mm512_mul_ps(D.d, ad), y);
-    } else {  // d * a.d * I1 - dmin * a.d * I2
-      y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[r]), _mm512_mul_ps(D.d, ad), y);
-      y = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(i2[r]), _mm512_mul_ps(D.dmin, ad), y);
-    }
-    _mm512_store_ps(acc + kPanelN * r, y);
-  }
+  for (int r = 0; r < MR; ++r) i2[r] = kquant_min_sums(D, *a[r]);
+  for (int r = 0; r < MR; ++r) kquant_accumulate<kOneScale>(D, i1[r], i2[r], *a[r], acc + kPanelN * r);
 }
+
+// A K-quant in the word layout (Words) gives Block, kSub, kOneScale, weights(b, put), which calls
+// put(g, q) with each decoded q[g], g = 0, 1, ..., 63 in order, and scales(b, D) (D.sc, D.mc,
+// D.d, D.dmin); WordKQuant<T> makes it a driver Format, with row1 for a single row.
+template <class T>
+struct WordKQuant {
+  using Act = ActQ8x256;
+  using Decoded = KBlock;
+  static constexpr int kMR = 8;
+
+  // The k-block kAhead k-blocks on (the stream runs on across panels) into L1: with the hardware
+  // prefetcher alone row1 waited for DRAM (q5_K at shape A, 1 core: 1.9 ms without, 1.1 ms with
+  // 3 k-blocks ahead; 1 and 6 to 12 were slower). Past the matrix's end it touches nothing. The
+  // decode of several rows runs longer per k-block and lost speed with it (q4_K, 2 rows: 1.2 to
+  // 1.5 ms).
+  static constexpr int kAhead = 3;
+  template <class Block>
+  static void prefetch_ahead(const Block* b) {
+    constexpr size_t kBytes = sizeof(GgufPanelBlock<Block>);
+    const char* next = reinterpret_cast<const char*>(b) + kAhead * kBytes;
+    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T0);
+  }
+
+  template <class Block>
+  static void decode(const Block* b, KBlock& D) {
+    T::weights(b, [&](int g, __m512i q) { D.q[g] = q; });
+    T::scales(b, D);
+  }
+  template <int MR>
+  static void rows(const KBlock& D, const ActQ8x256* const* a, float* acc) {
+    kquant_rows<T::kSub, T::kOneScale, MR>(D, a, acc);
+  }
+  // One row (decode, m = 1): each q[g] goes from its decode straight into vpdpbusd, with no store
+  // and reload of D.q (D holds only the scales), each sub-block's sum scaled as soon as it is
+  // complete.
+  template <class Block>
+  static void row1(const Block* b, const ActQ8x256& a, float* acc, KBlock& D) {
+    constexpr int G = T::kSub / 4;
+    prefetch_ahead(b);
+    T::scales(b, D);
+    __m512i i1 = _mm512_setzero_si512(), is = _mm512_setzero_si512();
+    T::weights(b, [&](int g, __m512i q) {
+      is = _mm512_dpbusd_epi32(is, q, bcast32(a.q + 4 * g));
+      if (g % G == G - 1) {
+        i1 = _mm512_add_epi32(i1, _mm512_mullo_epi32(is, D.sc[g / G]));
+        is = _mm512_setzero_si512();
+      }
+    });
+    kquant_accumulate<T::kOneScale>(D, i1, kquant_min_sums(D, a), a, acc);
+  }
+};
 
 // ---- 32-weight blocks, q8_32 activations ------------------------------------------------------
 
@@ -321,6 +399,11 @@ inline void rows_n(int n, const typename F::Decoded& D, const typename F::Act* c
   }
 }
 
+// Whether format F decodes one row in its products (WordKQuant::row1)
+template <class F>
+constexpr bool kHasRow1 = requires(const typename F::Block* b, const typename F::Act& x, float* acc,
+                                   typename F::Decoded& D) { F::row1(b, x, acc, D); };
+
 // Every row of the call against k-block s (decoded in D): acc[16 i ..] += row i's block products.
 // row(i): the activation row of row i.
 template <class F, class RowOf>
@@ -349,7 +432,17 @@ void gateup(const GateUpArgs& a) {
     const PB* g = reinterpret_cast<const PB*>(a.gate->data + a.gate->panel_bytes * p);
     const PB* u = reinterpret_cast<const PB*>(a.up->data + a.up->panel_bytes * p);
     for (size_t k = 0; k < size_t(2) * kPanelN * a.m; ++k) acc_g[k] = 0.f;
-    for (int s = 0; s < nb; ++s) {
+    bool one_row = false;
+    if constexpr (kHasRow1<F>) {
+      if ((one_row = a.m == 1)) {
+        const auto* x = reinterpret_cast<const typename F::Act*>(a.act.data + a.act.stride * row(0));
+        for (int s = 0; s < nb; ++s) {
+          F::row1(g[s].b, x[s], acc_g, D);
+          F::row1(u[s].b, x[s], acc_u, D);
+        }
+      }
+    }
+    for (int s = 0; s < nb && !one_row; ++s) {
       F::decode(g[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc_g);
       F::decode(u[s].b, D);
@@ -372,7 +465,14 @@ void down(const DownArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const PB* w = reinterpret_cast<const PB*>(a.down->data + a.down->panel_bytes * p);
     for (size_t k = 0; k < size_t(kPanelN) * a.m; ++k) acc[k] = 0.f;
-    for (int s = 0; s < nb; ++s) {
+    bool one_row = false;
+    if constexpr (kHasRow1<F>) {
+      if ((one_row = a.m == 1)) {
+        const auto* x = reinterpret_cast<const typename F::Act*>(a.act.data);
+        for (int s = 0; s < nb; ++s) F::row1(w[s].b, x[s], acc, D);
+      }
+    }
+    for (int s = 0; s < nb && !one_row; ++s) {
       F::decode(w[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc);
     }
