@@ -106,7 +106,7 @@ def _sum_bound(K: int, a: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt,row", RUNNABLE_ROWS, ids=[r for _, r in RUNNABLE_ROWS])
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
 def test_down_kernel_within_fp32_bound(fmt, row, m):
     rng = np.random.default_rng(4)
     K = _k_of(fmt, 3)
@@ -128,7 +128,7 @@ def test_down_kernel_within_fp32_bound(fmt, row, m):
 
 
 @pytest.mark.parametrize("fmt,row", RUNNABLE_ROWS, ids=[r for _, r in RUNNABLE_ROWS])
-@pytest.mark.parametrize("m", [1, 6])
+@pytest.mark.parametrize("m", [1, 2, 3, 6])
 def test_gateup_kernel_within_fp32_bound(fmt, row, m):
     rng = np.random.default_rng(5)
     K = _k_of(fmt, 2)

@@ -18,10 +18,10 @@
 // word then unpacks into 4 consecutive k (nibbles, high bits, table values). The decode costs a
 // few rows' products, so it is paid once per k-block, not once per row block: the rows' fp32
 // accumulators (16 channels each) live in a per-thread buffer across the k-blocks.
-// A single row (m = 1, decode) of a word-layout type takes WordKQuant::row1 instead: the decoded
+// Up to 3 rows (decode) of a word-layout type take WordKQuant::fused_rows instead: the decoded
 // words go straight into vpdpbusd, with no store and reload of Decoded.q. The transposes had cost
 // more than the products at m = 1: q4_K at shape A on one Zen 4 core went from 1.75 to 0.65 ms
-// per call with the word layout, row1 and prefetching (the AVX2 kernels on the file's blocks:
+// per call with the word layout, fused rows and prefetching (the AVX2 kernels on the file's blocks:
 // 1.2 ms), and from 12.6 to 11.0 ms at 32 rows per expert.
 // Left to do: q6_K's k-blocks (3360 bytes) alternate between 64-byte aligned and not, and its m = 1
 // and 2 run slower than the AVX2 kernel; q2_K, q3_K and the 32-weight types still transpose.
@@ -269,7 +269,7 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
 
 // A K-quant in the word layout (Words) gives Block, kSub, kOneScale, weights(b, put), which calls
 // put(g, q) with each decoded q[g], g = 0, 1, ..., 63 in order, and scales(b, D) (D.sc, D.mc,
-// D.d, D.dmin); WordKQuant<T> makes it a driver Format, with row1 for a single row.
+// D.d, D.dmin); WordKQuant<T> makes it a driver Format, with fused_rows for a few rows.
 template <class T>
 struct WordKQuant {
   using Act = ActQ8x256;
@@ -277,10 +277,10 @@ struct WordKQuant {
   static constexpr int kMR = 8;
 
   // The k-block kAhead k-blocks on (the stream runs on across panels) into L1: with the hardware
-  // prefetcher alone row1 waited for DRAM (q5_K at shape A, 1 core: 1.9 ms without, 1.1 ms with
+  // prefetcher alone one row waited for DRAM (q5_K at shape A, 1 core: 1.9 ms without, 1.1 ms with
   // 3 k-blocks ahead; 1 and 6 to 12 were slower). Past the matrix's end it touches nothing. The
-  // decode of several rows runs longer per k-block and lost speed with it (q4_K, 2 rows: 1.2 to
-  // 1.5 ms).
+  // unfused decode of more rows runs longer per k-block and lost speed with it (q4_K, 2 rows: 1.2
+  // to 1.5 ms).
   static constexpr int kAhead = 3;
   template <class Block>
   static void prefetch_ahead(const Block* b) {
@@ -298,23 +298,29 @@ struct WordKQuant {
   static void rows(const KBlock& D, const ActQ8x256* const* a, float* acc) {
     kquant_rows<T::kSub, T::kOneScale, MR>(D, a, acc);
   }
-  // One row (decode, m = 1): each q[g] goes from its decode straight into vpdpbusd, with no store
-  // and reload of D.q (D holds only the scales), each sub-block's sum scaled as soon as it is
-  // complete.
-  template <class Block>
-  static void row1(const Block* b, const ActQ8x256& a, float* acc, KBlock& D) {
+  // Up to kFusedRows rows (decode): each q[g] goes from its decode straight into the rows'
+  // vpdpbusd, with no store and reload of D.q (D holds only the scales), each sub-block's sums
+  // scaled as soon as they are complete. a[r]: row r's activation block; acc[16 r ..]: its sums.
+  static constexpr int kFusedRows = 3;
+  template <int R, class Block>
+  static void fused_rows(const Block* b, const ActQ8x256* const* a, float* acc, KBlock& D) {
     constexpr int G = T::kSub / 4;
     prefetch_ahead(b);
     T::scales(b, D);
-    __m512i i1 = _mm512_setzero_si512(), is = _mm512_setzero_si512();
+    __m512i i1[R], is[R];
+    for (int r = 0; r < R; ++r) i1[r] = is[r] = _mm512_setzero_si512();
     T::weights(b, [&](int g, __m512i q) {
-      is = _mm512_dpbusd_epi32(is, q, bcast32(a.q + 4 * g));
+      for (int r = 0; r < R; ++r) is[r] = _mm512_dpbusd_epi32(is[r], q, bcast32(a[r]->q + 4 * g));
       if (g % G == G - 1) {
-        i1 = _mm512_add_epi32(i1, _mm512_mullo_epi32(is, D.sc[g / G]));
-        is = _mm512_setzero_si512();
+        const __m512i sc = D.sc[g / G];
+        for (int r = 0; r < R; ++r) {
+          i1[r] = _mm512_add_epi32(i1[r], _mm512_mullo_epi32(is[r], sc));
+          is[r] = _mm512_setzero_si512();
+        }
       }
     });
-    kquant_accumulate<T::kOneScale>(D, i1, kquant_min_sums(D, a), a, acc);
+    for (int r = 0; r < R; ++r)
+      kquant_accumulate<T::kOneScale>(D, i1[r], kquant_min_sums(D, *a[r]), *a[r], acc + kPanelN * r);
   }
 };
 
@@ -399,10 +405,24 @@ inline void rows_n(int n, const typename F::Decoded& D, const typename F::Act* c
   }
 }
 
-// Whether format F decodes one row in its products (WordKQuant::row1)
+// Whether format F decodes a few rows in their products (WordKQuant::fused_rows)
 template <class F>
-constexpr bool kHasRow1 = requires(const typename F::Block* b, const typename F::Act& x, float* acc,
-                                   typename F::Decoded& D) { F::row1(b, x, acc, D); };
+constexpr bool kHasFused = requires { F::kFusedRows; };
+
+// The m <= R rows (row(i): row i's activation row) against k-block s of b, fused (F::fused_rows).
+template <class F, int R, class RowOf>
+inline void fused_n(int m, const typename F::Block* b, const ActView& act, int s, RowOf row, float* acc,
+                    typename F::Decoded& D) {
+  if constexpr (R > 0) {
+    if (m == R) {
+      const typename F::Act* a[R];
+      for (int r = 0; r < R; ++r) a[r] = reinterpret_cast<const typename F::Act*>(act.data + act.stride * row(r)) + s;
+      F::template fused_rows<R>(b, a, acc, D);
+    } else {
+      fused_n<F, R - 1>(m, b, act, s, row, acc, D);
+    }
+  }
+}
 
 // Every row of the call against k-block s (decoded in D): acc[16 i ..] += row i's block products.
 // row(i): the activation row of row i.
@@ -432,17 +452,16 @@ void gateup(const GateUpArgs& a) {
     const PB* g = reinterpret_cast<const PB*>(a.gate->data + a.gate->panel_bytes * p);
     const PB* u = reinterpret_cast<const PB*>(a.up->data + a.up->panel_bytes * p);
     for (size_t k = 0; k < size_t(2) * kPanelN * a.m; ++k) acc_g[k] = 0.f;
-    bool one_row = false;
-    if constexpr (kHasRow1<F>) {
-      if ((one_row = a.m == 1)) {
-        const auto* x = reinterpret_cast<const typename F::Act*>(a.act.data + a.act.stride * row(0));
+    bool fused = false;
+    if constexpr (kHasFused<F>) {
+      if ((fused = a.m <= F::kFusedRows)) {
         for (int s = 0; s < nb; ++s) {
-          F::row1(g[s].b, x[s], acc_g, D);
-          F::row1(u[s].b, x[s], acc_u, D);
+          fused_n<F, F::kFusedRows>(a.m, g[s].b, a.act, s, row, acc_g, D);
+          fused_n<F, F::kFusedRows>(a.m, u[s].b, a.act, s, row, acc_u, D);
         }
       }
     }
-    for (int s = 0; s < nb && !one_row; ++s) {
+    for (int s = 0; s < nb && !fused; ++s) {
       F::decode(g[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc_g);
       F::decode(u[s].b, D);
@@ -465,14 +484,12 @@ void down(const DownArgs& a) {
   for (int p = a.p0; p < a.p1; ++p) {
     const PB* w = reinterpret_cast<const PB*>(a.down->data + a.down->panel_bytes * p);
     for (size_t k = 0; k < size_t(kPanelN) * a.m; ++k) acc[k] = 0.f;
-    bool one_row = false;
-    if constexpr (kHasRow1<F>) {
-      if ((one_row = a.m == 1)) {
-        const auto* x = reinterpret_cast<const typename F::Act*>(a.act.data);
-        for (int s = 0; s < nb; ++s) F::row1(w[s].b, x[s], acc, D);
-      }
+    bool fused = false;
+    if constexpr (kHasFused<F>) {
+      if ((fused = a.m <= F::kFusedRows))
+        for (int s = 0; s < nb; ++s) fused_n<F, F::kFusedRows>(a.m, w[s].b, a.act, s, row, acc, D);
     }
-    for (int s = 0; s < nb && !one_row; ++s) {
+    for (int s = 0; s < nb && !fused; ++s) {
       F::decode(w[s].b, D);
       all_rows<F>(D, a.act, s, a.m, row, acc);
     }
