@@ -53,4 +53,5 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 "$PYTHON" -c "import kt_kernel._ext as e, os; assert e.__file__ == os.environ['KT_SANITIZED_EXT'], e.__file__"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_lifecycle.py tests/test_errors.py \
-  tests/test_moe_edges.py tests/test_deferred.py tests/test_cuda_stream_standin.py "$@"
+  tests/test_moe_edges.py tests/test_deferred.py tests/test_cuda_stream_standin.py tests/test_gguf_formats.py \
+  tests/test_gguf_moe.py::test_layout_packs_and_unpacks_the_files_blocks "$@"
