@@ -23,8 +23,9 @@
 // more than the products at m = 1: q4_K at shape A on one Zen 4 core went from 1.75 to 0.65 ms
 // per call with the word layout, fused rows and prefetching (the AVX2 kernels on the file's blocks:
 // 1.2 ms), and from 12.6 to 11.0 ms at 32 rows per expert.
-// Left to do: q6_K's k-blocks (3360 bytes) alternate between 64-byte aligned and not, and its m = 1
-// and 2 run slower than the AVX2 kernel; q2_K, q3_K and the 32-weight types still transpose.
+// No software prefetch in the unfused decode: every distance and hint tried there (1 to 4 k-blocks,
+// 4 to 16 KiB, T0/T1/NTA) was as fast as the hardware prefetcher alone or slower.
+// Left to do: q2_K, q3_K and the 32-weight types still transpose at run time.
 //
 // Values are made unsigned (vpdpbusd's first operand) and the offset goes to the activation sums:
 //   K-quants (q8_256):  block = a.d * (d * I1 - dmin * I2)
@@ -48,6 +49,7 @@
 #include "kernels/row_blocks.h"
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
+
 
 
 namespace kt::gguf_vnni {
@@ -276,17 +278,20 @@ struct WordKQuant {
   using Decoded = KBlock;
   static constexpr int kMR = 8;
 
-  // The k-block kAhead k-blocks on (the stream runs on across panels) into L1: with the hardware
-  // prefetcher alone one row waited for DRAM (q5_K at shape A, 1 core: 1.9 ms without, 1.1 ms with
-  // 3 k-blocks ahead; 1 and 6 to 12 were slower). Past the matrix's end it touches nothing. The
-  // unfused decode of more rows runs longer per k-block and lost speed with it (q4_K, 2 rows: 1.2
-  // to 1.5 ms).
-  static constexpr int kAhead = 3;
+  // The k-block's worth of lines kAheadBytes on (the stream runs on across panels) into L2
+  // (prefetcht1) before each fused k-block; past the matrix's end it touches nothing. Measured on
+  // one Zen 4 core at shape A, m = 1, weights from DRAM: the hardware prefetcher alone left the
+  // fused rows waiting for memory (q5_K 1.9 ms); prefetcht0 3 k-blocks ahead helped (q5_K 1.3-1.5,
+  // q6_K 2.0-2.3 ms) but stalled on the burst of L1 fills; prefetcht1 took q5_K to 0.85 and q6_K to
+  // 1.1 ms (q4_K 0.74 -> 0.65). 12 KiB to 20 KiB ahead measured alike within the noise; shorter
+  // was slower for q6_K on 2 threads. The unfused decode of more rows lost speed with prefetcht0
+  // (q4_K, 2 rows: 1.2 to 1.5 ms) and takes none.
+  static constexpr size_t kAheadBytes = size_t(16) << 10;
   template <class Block>
   static void prefetch_ahead(const Block* b) {
     constexpr size_t kBytes = sizeof(GgufPanelBlock<Block>);
-    const char* next = reinterpret_cast<const char*>(b) + kAhead * kBytes;
-    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T0);
+    const char* next = reinterpret_cast<const char*>(b) + kAheadBytes;
+    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T1);
   }
 
   template <class Block>
