@@ -94,10 +94,20 @@ void unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
   for (int s = 0; s < K / Block::kK; ++s) dequantize_block(panel[s].b[n % kPanelN], out + s * Block::kK);
 }
 
-// pack, then each k-block's bytes word-interleaved (formats/gguf_word_layout.h)
+// Where the word-interleaved layout (formats/gguf_word_layout.h) puts the bytes of block c of a
+// k-block: its word g at word(g, c), its last kTail bytes at tail(c).
+template <class Block>
+struct WordPlaces {
+  static constexpr size_t kWords = sizeof(Block) / 4, kTail = sizeof(Block) % 4;
+  static constexpr size_t word(size_t g, int c) { return 64 * g + 4 * size_t(c); }
+  static constexpr size_t tail(int c) { return 64 * kWords + kTail * size_t(c); }
+};
+
+// pack, then each k-block's bytes word-interleaved
 template <class Block>
 void pack_words(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
-  constexpr size_t W = sizeof(Block) / 4, T = sizeof(Block) % 4, PB = sizeof(GgufPanelBlock<Block>);
+  using P = WordPlaces<Block>;
+  constexpr size_t PB = sizeof(GgufPanelBlock<Block>);
   pack<Block>(q, n0, n1, k0, k1, dst);
   const size_t blocks = size_t((k1 - k0) / Block::kK) * ((n1 - n0 + kPanelN - 1) / kPanelN);
   uint8_t file[PB];
@@ -106,23 +116,25 @@ void pack_words(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_
     std::memcpy(file, pb, PB);
     for (int c = 0; c < kPanelN; ++c) {
       const uint8_t* b = file + c * sizeof(Block);
-      for (size_t g = 0; g < W; ++g) std::memcpy(pb + 64 * g + 4 * c, b + 4 * g, 4);
-      std::memcpy(pb + 64 * W + T * c, b + 4 * W, T);
+      for (size_t g = 0; g < P::kWords; ++g) std::memcpy(pb + P::word(g, c), b + 4 * g, 4);
+      std::memcpy(pb + P::tail(c), b + 4 * P::kWords, P::kTail);
     }
   }
 }
 
+// row n's blocks gathered back from the word-interleaved panels, then dequantize_block
 template <class Block>
 void unpack_row_words(const uint8_t* data, int Kp, int n, int K, float* out) {
-  constexpr size_t W = sizeof(Block) / 4, T = sizeof(Block) % 4, PB = sizeof(GgufPanelBlock<Block>);
+  using P = WordPlaces<Block>;
+  constexpr size_t PB = sizeof(GgufPanelBlock<Block>);
   const int nb = Kp / Block::kK, c = n % kPanelN;
   const uint8_t* panel = data + size_t(n / kPanelN) * nb * PB;
   for (int s = 0; s < K / Block::kK; ++s) {
     const uint8_t* pb = panel + s * PB;
     Block b;
     uint8_t* bytes = reinterpret_cast<uint8_t*>(&b);
-    for (size_t g = 0; g < W; ++g) std::memcpy(bytes + 4 * g, pb + 64 * g + 4 * c, 4);
-    std::memcpy(bytes + 4 * W, pb + 64 * W + T * c, T);
+    for (size_t g = 0; g < P::kWords; ++g) std::memcpy(bytes + 4 * g, pb + P::word(g, c), 4);
+    std::memcpy(bytes + 4 * P::kWords, pb + P::tail(c), P::kTail);
     dequantize_block(b, out + s * Block::kK);
   }
 }

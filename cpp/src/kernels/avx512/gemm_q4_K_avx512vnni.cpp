@@ -32,9 +32,7 @@ struct Q4_K : gguf_vnni::WordKQuant<Q4_K> {
     }
   }
   static void scales(const BlockQ4_K* b, gguf_vnni::KBlock& D) {
-    __m512i S[4];
-    gguf_vnni::Words<BlockQ4_K>(b).load(0, S);
-    gguf_vnni::q4K_scales(S, D);
+    gguf_vnni::q4K_scales(gguf_vnni::Words<BlockQ4_K>(b), D);
   }
 };
 

@@ -36,9 +36,7 @@ struct Q5_K : gguf_vnni::WordKQuant<Q5_K> {
     }
   }
   static void scales(const BlockQ5_K* b, gguf_vnni::KBlock& D) {
-    __m512i S[4];
-    gguf_vnni::Words<BlockQ5_K>(b).load(0, S);
-    gguf_vnni::q4K_scales(S, D);
+    gguf_vnni::q4K_scales(gguf_vnni::Words<BlockQ5_K>(b), D);
   }
 };
 

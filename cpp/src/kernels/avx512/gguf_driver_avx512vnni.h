@@ -50,8 +50,6 @@
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
 
-
-
 namespace kt::gguf_vnni {
 namespace {
 
@@ -205,7 +203,8 @@ struct alignas(64) KBlock {
 
 // The 6-bit scales and mins of q4_K / q5_K and d, dmin from the blocks' first 4 words (d | dmin,
 // then 12 bytes of scales), one row per lane.
-inline void q4K_scales(const __m512i (&w)[4], KBlock& D) {
+template <class Block>
+inline void q4K_scales(const Words<Block>& w, KBlock& D) {
   const __m512i h = w[0], s0 = w[1], s1 = w[2], s2 = w[3];
   D.d = half_to_ps(h, 0);
   D.dmin = half_to_ps(h, 16);
@@ -251,7 +250,7 @@ inline void kquant_accumulate(const KBlock& D, __m512i i1, __m512i i2, const Act
 template <int kSub, bool kOneScale, int MR>
 inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) {
   constexpr int G = kSub / 4, NS = kQK / kSub;
-  __m512i i1[MR], i2[MR];
+  __m512i i1[MR];
   for (int r = 0; r < MR; ++r) i1[r] = _mm512_setzero_si512();
 #pragma GCC unroll 16
   for (int j = 0; j < NS; ++j) {
@@ -265,8 +264,8 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
     const __m512i sc = D.sc[j];
     for (int r = 0; r < MR; ++r) i1[r] = _mm512_add_epi32(i1[r], _mm512_mullo_epi32(is[r], sc));
   }
-  for (int r = 0; r < MR; ++r) i2[r] = kquant_min_sums(D, *a[r]);
-  for (int r = 0; r < MR; ++r) kquant_accumulate<kOneScale>(D, i1[r], i2[r], *a[r], acc + kPanelN * r);
+  for (int r = 0; r < MR; ++r)
+    kquant_accumulate<kOneScale>(D, i1[r], kquant_min_sums(D, *a[r]), *a[r], acc + kPanelN * r);
 }
 
 // A K-quant in the word layout (Words) gives Block, kSub, kOneScale, weights(b, put), which calls
