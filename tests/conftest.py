@@ -324,3 +324,19 @@ def tiny(tmp_path_factory):
             paths[arch] = build_tiny_model(arch, root / arch, seed=0)
         return paths[arch]
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_256(tmp_path_factory):
+    """arch -> the tiny model of ``arch`` (kt_kernel.models.build_tiny_model) whose expert
+    intermediate size is whole K-quant super-blocks (256): the GGUF model tests' model."""
+    from kt_kernel.models import ARCHITECTURES, build_tiny_model
+
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            field = ARCHITECTURES[arch].intermediate_field
+            cache[arch] = build_tiny_model(arch, cache_dir=tmp_path_factory.mktemp(arch), **{field: 256})
+        return cache[arch]
+    return get

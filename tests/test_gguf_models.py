@@ -13,10 +13,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from kt_kernel.integrations.transformers import kt_layers, load_model, load_reference  # noqa: E402
-from kt_kernel.models import ARCHITECTURES, PrintableTokenizer, build_tiny_model  # noqa: E402
+from kt_kernel.models import ARCHITECTURES, PrintableTokenizer  # noqa: E402
 from kt_kernel.models import logit_agreement, teacher_forced_logits  # noqa: E402
 from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds  # noqa: E402
-from kt_kernel.models.gguf_experts import write_experts_gguf  # noqa: E402
+from kt_kernel.models.gguf_model import write_experts_gguf  # noqa: E402
 from kt_kernel.threads import torch_threads  # noqa: E402
 
 # (gate/up type, down type, shards): a split set of mixed types as real files hold them, one of a
@@ -31,19 +31,6 @@ MORE_CASES = [("q4_0", "q5_1", 1), ("q4_1", "q5_0", 1), ("iq4_nl", "f32", 1), ("
 def _threads():
     with torch_threads(1):
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_256(tmp_path_factory):
-    """arch -> a tiny model whose expert intermediate size is whole K-quant super-blocks (256)."""
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            field = ARCHITECTURES[arch].intermediate_field
-            cache[arch] = build_tiny_model(arch, cache_dir=tmp_path_factory.mktemp(arch), **{field: 256})
-        return cache[arch]
-    return get
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -74,20 +61,48 @@ def test_llamafile_without_a_gguf_file_is_refused(tiny_256):
 
 
 def test_demo_writes_and_runs_a_gguf_file(tmp_path, capsys):
-    """python -m kt_kernel.demo --gguf PATH: the tiny model's experts written to PATH, then run from
-    it; a second run reads the file it finds there."""
+    """python -m kt_kernel.demo --gguf PATH: the whole tiny model written to PATH, then run from it
+    alone; a second run reads the file it finds there."""
     from kt_kernel.demo import model as demo_model
 
-    path = tmp_path / "experts.gguf"
+    path = tmp_path / "model.gguf"
     args = ["--gguf", str(path), "--arch", "mixtral", "--gguf-types", "q5_K,q8_0", "--cache-dir", str(tmp_path),
             "--threads", "1", "--max-new-tokens", "8"]
     assert demo_model.main(args) == 0
     out = capsys.readouterr().out
-    for fragment in (f"writing its routed experts to {path} (q5_K gate/up, q8_0 down)",
-                     "method        LLAMAFILE (q5_K, q8_0)", "vs fp32       top-1 agreement", "PASS: LLAMAFILE"):
+    for fragment in (f"writing it to {path} (q5_K gate/up, q8_0 down, the rest q8_0)",
+                     "model: Mixtral (mixtral, GGUF llama): 2 layers, 2 MoE, 8 experts top-2",
+                     "the whole GGUF file dequantized", "method        LLAMAFILE (q5_K, q8_0)",
+                     "vs fp32       top-1 agreement", "PASS: LLAMAFILE"):
         assert fragment in out, f"{fragment!r} missing from the demo's output:\n{out}"
+    assert demo_model.main(args[:2] + ["--threads", "1", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "writing it" not in out and "PASS: LLAMAFILE" in out
+
+
+def test_demo_runs_a_file_of_experts_beside_the_model(tiny_256, tmp_path, capsys):
+    """--gguf PATH of a file of experts only: the rest of the model comes from the tiny model's folder."""
+    from kt_kernel.demo import model as demo_model
+
+    path = tmp_path / "experts.gguf"
+    write_experts_gguf(tiny_256("qwen3_moe"), path, gate_up="q4_K", down="q6_K")
+    args = ["--gguf", str(path), "--arch", "qwen3_moe", "--cache-dir", str(tmp_path), "--threads", "1",
+            "--max-new-tokens", "8"]
+    # the demo builds the same tiny model (I = 256) in its own cache folder
     assert demo_model.main(args) == 0
-    assert "writing its routed experts" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for fragment in ("model: Qwen3-MoE (qwen3_moe)", "the GGUF experts dequantized", "method        LLAMAFILE (q4_K, q6_K)",
+                     "PASS: LLAMAFILE"):
+        assert fragment in out, f"{fragment!r} missing from the demo's output:\n{out}"
+
+
+def test_demo_refuses_a_whole_gguf_file_with_a_model_folder(tmp_path, tiny_256, capsys):
+    from kt_kernel.demo import model as demo_model
+    from kt_kernel.models.gguf_model import write_model_gguf
+
+    path = write_model_gguf(tiny_256("qwen3_moe"), tmp_path / "model.gguf", gate_up="q8_0", down="q8_0")[0]
+    assert demo_model.main(["--gguf", str(path), "--model", str(tiny_256("qwen3_moe"))]) == 2
+    assert "holds a whole model; --model" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_missing_gguf_file_for_a_real_model(tmp_path):

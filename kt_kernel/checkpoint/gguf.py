@@ -255,6 +255,11 @@ class GGUFCheckpoint:
             for key in [k for k, f in r.fields.items() if f.types[:1] == [gguf.GGUFValueType.ARRAY]]:
                 del r.fields[key]
 
+    def metadata(self, key: str):
+        """Metadata ``key`` of the first file (an int, float, bool or str), None when absent; the
+        arrays (the tokenizer's) are not kept."""
+        return _field(self.shards[0][1], key)
+
     # ---- one layer ------------------------------------------------------------------------
 
     def _tensor(self, layer: int, j: int):

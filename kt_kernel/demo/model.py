@@ -8,10 +8,12 @@ same checkpoint run by transformers' eager experts in fp32 (top-1 agreement and 
 position of the prompt and the generated text, teacher-forced; and whether each decoded token is
 the reference's argmax). For the tiny models it ends with PASS or FAIL against the bounds of
 kt_kernel.models.AGREEMENT_BOUNDS. --model runs a real HF MoE checkpoint instead (its tokenizer
-files, bf16). --gguf PATH runs the routed experts from a GGUF file (method LLAMAFILE), the rest of
-the model from its Hugging Face folder; with a tiny model and no file at PATH, the demo first
-writes the tiny model's experts there (--gguf-types), and the reference is the same model with
-gguf's dequantization of those blocks.
+files, bf16). --gguf PATH runs a model from a GGUF file, its routed experts as the file stores
+them (method LLAMAFILE): a whole model (written by kt_kernel for its tiny models: with no file at
+PATH the demo first writes the tiny model there, experts in --gguf-types, the rest q8_0) runs from
+the file alone, everything outside the experts dequantized, against the whole file dequantized
+in fp32; a file of experts only takes the rest of the model from its Hugging Face folder (the
+tiny model, or --model), against that model with gguf's dequantization of the experts.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--method", default="AMXINT4", choices=list(kt_kernel.METHODS),
                    help="weight format of the experts on kt_kernel (default AMXINT4)")
     p.add_argument("--gguf", default=None, metavar="PATH",
-                   help="run the routed experts from this GGUF file (method LLAMAFILE; a tiny model's experts are "
-                        "written there first if it does not exist)")
+                   help="run the model of this GGUF file, its routed experts as stored (method LLAMAFILE; the tiny "
+                        "model is written there first if it does not exist)")
     p.add_argument("--gguf-types", default="q4_K,q6_K", metavar="GATE_UP,DOWN",
                    help="GGUF types of the tiny model's experts written for --gguf (default q4_K,q6_K)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for kt_kernel and torch (default: all cores)")
@@ -122,11 +124,12 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from kt_kernel.integrations.transformers import kt_layers, load_model, load_reference
+    from kt_kernel.integrations.transformers import (kt_layers, load_gguf_model, load_gguf_reference, load_model,
+                                                     load_reference)
     from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, build_tiny_model, check_greedy, generate_greedy,
                                   inspect_checkpoint, load_tokenizer, logit_agreement, teacher_forced_logits)
     from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds
-    from kt_kernel.models.gguf_experts import write_experts_gguf
+    from kt_kernel.models.gguf_model import is_model_gguf, write_model_gguf
 
     clock = Stopwatch()
     tiny = args.model is None
@@ -137,35 +140,47 @@ def _run(args) -> int:
 
     gguf = args.gguf
     method = "LLAMAFILE" if gguf else args.method
-    if tiny:
+    whole = gguf is not None and (is_model_gguf(gguf) if Path(gguf).exists() else tiny)
+    if whole and Path(gguf).exists():
+        if not tiny:
+            raise ValueError(f"--gguf {gguf} holds a whole model; --model {args.model} would not be read: drop it")
+        path = gguf
+    elif tiny:
         # GGUF K-quants need rows of whole 256-weight super-blocks: the tiny model's I becomes 256
         overrides = {ARCHITECTURES[args.arch].intermediate_field: 256} if gguf else {}
         with step(f"building the tiny {args.arch} model (random weights, seed {args.seed})"):
             path = build_tiny_model(args.arch, seed=args.seed, cache_dir=args.cache_dir, **overrides)
-        if gguf and not Path(gguf).exists():
+        if whole:
             gate_up, down = args.gguf_types
-            with step(f"writing its routed experts to {gguf} ({gate_up} gate/up, {down} down)"):
-                write_experts_gguf(path, gguf, gate_up=gate_up, down=down)
+            with step(f"writing it to {gguf} ({gate_up} gate/up, {down} down, the rest q8_0)"):
+                write_model_gguf(path, gguf, gate_up=gate_up, down=down, other="q8_0")
     else:
         path = args.model
-    ckpt = inspect_checkpoint(path)
-    print(f"model: {ckpt.describe()}\n       {path}" + ("  (random weights: the text is noise)" if tiny else ""))
-    if args.gpu_experts > ckpt.num_experts:
-        raise ValueError(f"--gpu-experts {args.gpu_experts} exceeds the {ckpt.num_experts} experts of a layer")
-    tokenizer = load_tokenizer(path)
+    if whole:
+        model_name, num_experts, tokenizer = _describe_gguf(gguf)
+        tiny = True  # the demo writes (and so reads) only its tiny models as whole GGUF files
+    else:
+        ckpt = inspect_checkpoint(path)
+        model_name, num_experts, tokenizer = ckpt.describe(), ckpt.num_experts, load_tokenizer(path)
+    print(f"model: {model_name}\n       {gguf if whole else path}" + ("  (random weights: the text is noise)" if tiny else ""))
+    if args.gpu_experts > num_experts:
+        raise ValueError(f"--gpu-experts {args.gpu_experts} exceeds the {num_experts} experts of a layer")
     prompt = tokenizer.encode(args.prompt if args.prompt is not None else REFERENCE_PROMPT)
     if not prompt:
         raise ValueError("the prompt encodes to no tokens")
 
     ref = None
     if not args.no_reference:
-        what = "eager experts" + (", the GGUF experts dequantized" if gguf else "")
+        what = ("the whole GGUF file dequantized" if whole else
+                "eager experts" + (", the GGUF experts dequantized" if gguf else ""))
         with step(f"loading the fp32 reference (transformers, {what})"):
-            ref = load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts)
+            ref = (load_gguf_reference(gguf, device=args.device) if whole else
+                   load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts))
     doing = f"loading its experts from {gguf}" if gguf else f"quantizing its experts to {method}"
     with step(f"loading the model in {str(dtype).replace('torch.', '')} and {doing}"):
-        model = load_model(path, method, dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts,
-                           cpuinfer_threads=args.threads, **({"weight_path": gguf} if gguf else {}))
+        options = dict(dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts, cpuinfer_threads=args.threads)
+        model = (load_gguf_model(gguf, **options) if whole else
+                 load_model(path, method, **options, **({"weight_path": gguf} if gguf else {})))
     layers = kt_layers(model)
     threads = next((lay.wrapper.cpuinfer_threads for lay in layers if lay.wrapper is not None), args.threads)
     if threads:
@@ -197,8 +212,8 @@ def _run(args) -> int:
     kernels = sorted({lay.wrapper.kernel_description for lay in cpu_layers})
     print(f"  method        {method} ({', '.join(formats)}); ISA tier {', '.join(tiers) or '-'}; "
           f"kernel {', '.join(kernels) or '-'}; {threads or 'all'} threads")
-    print(f"  experts       {len(layers)} MoE layers x {ckpt.num_experts} experts: "
-          f"{ckpt.num_experts - layers[0].num_gpu_experts} on kt_kernel, {layers[0].num_gpu_experts} in torch "
+    print(f"  experts       {len(layers)} MoE layers x {num_experts} experts: "
+          f"{num_experts - layers[0].num_gpu_experts} on kt_kernel, {layers[0].num_gpu_experts} in torch "
           f"on {args.device}; {sum(lay.wrapper.weight_bytes for lay in cpu_layers) / 1e6:.1f} MB packed")
     print(f"  prefill       {gen.prompt_tokens} tokens in {gen.prefill_s * 1e3:.1f} ms: "
           f"{gen.prefill_tokens_per_s:.0f} tokens/s")
@@ -221,3 +236,23 @@ def _run(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _describe_gguf(gguf) -> tuple:
+    """(description, experts per layer, tokenizer) of a whole GGUF model written by kt_kernel of a
+    tiny model; another file is refused, as the demo has no GGUF tokenizer."""
+    from kt_kernel.checkpoint.gguf import open_gguf
+    from kt_kernel.models import PrintableTokenizer, architecture
+    from kt_kernel.models.gguf_model import TOKENIZER_KEY, gguf_config
+
+    ckpt = open_gguf(gguf)
+    if ckpt.metadata(TOKENIZER_KEY) != "printable-ascii":
+        raise ValueError(f"--gguf {gguf} is a whole model, but not one of kt_kernel's tiny models (metadata "
+                         f"{TOKENIZER_KEY}): the demo has no GGUF tokenizer; run it with "
+                         "kt_kernel.integrations.transformers.load_gguf_model and the model's own tokenizer")
+    config = gguf_config(gguf)
+    row = architecture(config.model_type)
+    return (f"{row.label} ({config.model_type}, GGUF {ckpt.arch}): {config.num_hidden_layers} layers, "
+            f"{len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts top-{ckpt.experts_per_token}, hidden "
+            f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}",
+            ckpt.num_experts, PrintableTokenizer())

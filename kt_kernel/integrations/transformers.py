@@ -50,6 +50,7 @@ from kt_kernel.formats import GGUF_METHOD  # noqa: E402
 from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
+           "load_gguf_model", "load_gguf_reference",
            "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
 
 log = logging.getLogger("kt_kernel")
@@ -80,7 +81,8 @@ class KTExperts:
 
     def __init__(self, module, layer_idx: int, method: str, gpu_mask: torch.Tensor, *,
                  cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-                 max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None):
+                 max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None,
+                 gpu_weights=None):
         _check_layout(module, layer_idx)
         gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
         E, two_i, H = gate_up.shape
@@ -95,6 +97,11 @@ class KTExperts:
         self.gpu_mask = gpu_mask
         self.num_gpu_experts = int(gpu_mask.sum())
         device, dtype = gate_up.device, gate_up.dtype
+        if gate_up.is_meta:  # a model built from a GGUF file: its experts' tensors were never made
+            if method != GGUF_METHOD or (self.num_gpu_experts and gpu_weights is None):
+                raise ValueError(f"layer {layer_idx}: the experts' tensors are on the meta device; method "
+                                 f"{GGUF_METHOD} with gpu_weights runs such a model (load_gguf_model)")
+            device = torch.device("cpu")
 
         # stage 1: CPU experts into kt_kernel (the wrapper keeps only the experts not in the mask):
         # from the module's tensors, or for LLAMAFILE from the GGUF file weight_path
@@ -119,8 +126,12 @@ class KTExperts:
         slot = torch.full((E,), -1, dtype=torch.int64)
         slot[gpu_ids] = torch.arange(gpu_ids.numel())
         module.register_buffer("kt_gpu_slot", slot.to(device), persistent=False)
-        module.register_buffer("kt_gpu_gate_up", gate_up[gpu_ids.to(device)].clone(), persistent=False)
-        module.register_buffer("kt_gpu_down", down[gpu_ids.to(device)].clone(), persistent=False)
+        if gpu_weights is not None:
+            gpu_gate_up, gpu_down = (t.to(device, dtype) for t in gpu_weights(layer_idx, gpu_ids))
+        else:
+            gpu_gate_up, gpu_down = gate_up[gpu_ids.to(device)].clone(), down[gpu_ids.to(device)].clone()
+        module.register_buffer("kt_gpu_gate_up", gpu_gate_up, persistent=False)
+        module.register_buffer("kt_gpu_down", gpu_down, persistent=False)
 
         # stage 3: the fused tensors are no longer read; free them unless asked to keep them
         if release_weights:
@@ -237,7 +248,8 @@ def _per_layer(value, layer: int, default):
 
 def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_experts_mask=None,
            cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
-           max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None) -> list:
+           max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None,
+           gpu_weights=None) -> list:
     """Puts the routed experts of every MoE layer of ``model`` (a transformers model) on kt_kernel
     and switches its experts implementation to ``"kt_kernel:<method>"``. Returns the KTExperts
     of each layer.
@@ -249,7 +261,9 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
     max_deferred_experts_per_token: d for every MoE layer whose next decoder layer is an MoE layer
     with CPU experts, 0 for the others (the last among them): see docs/design.md, "Deferred experts".
     weight_path: for method LLAMAFILE, the GGUF file (a shard of a split set, or their folder)
-    whose ``blk.L.ffn_*_exps`` tensors hold the CPU experts; the GPU experts stay the model's own."""
+    whose ``blk.L.ffn_*_exps`` tensors hold the CPU experts; the GPU experts stay the model's own,
+    unless ``gpu_weights(layer, expert_ids) -> (gate_up [n, 2I, H], down [n, H, I])`` gives them
+    (a model built on the meta device, whose fused expert tensors do not exist: load_gguf_model)."""
     impl = implementation_name(method)
     found = find_experts_modules(model)
     if not found:
@@ -294,7 +308,7 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
         module._kt = KTExperts(module, layer, method, mask, cpuinfer_threads=cpuinfer_threads,
                                threadpool_count=threadpool_count, chunked_prefill_size=chunked_prefill_size,
                                max_deferred_experts_per_token=d if layer + 1 in on_cpu else 0,
-                               release_weights=release_weights, weight_path=weight_path)
+                               release_weights=release_weights, weight_path=weight_path, gpu_weights=gpu_weights)
         layers.append(module._kt)
     model.set_experts_implementation(impl)
     bad = [(name, m.config._experts_implementation) for _, name, m in found
@@ -331,11 +345,72 @@ def load_reference(path, *, dtype=torch.float32, device="cpu", gguf_experts=None
     inspect_checkpoint(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, experts_implementation="eager")
     if gguf_experts is not None:
-        from kt_kernel.models.gguf_experts import dequantized_experts
+        from kt_kernel.models.gguf_model import gguf_expert_weights
 
         for layer, _, module in find_experts_modules(model):
-            gate, up, down = dequantized_experts(gguf_experts, layer)
+            gate_up, down = gguf_expert_weights(gguf_experts, layer, dtype=dtype)
             with torch.no_grad():
-                module.gate_up_proj[num_gpu_experts:] = torch.cat([gate, up], dim=1)[num_gpu_experts:]
+                module.gate_up_proj[num_gpu_experts:] = gate_up[num_gpu_experts:]
                 module.down_proj[num_gpu_experts:] = down[num_gpu_experts:]
     return model.to(device).eval()
+
+
+def _model_from_gguf(path, dtype, experts_implementation: str):
+    """The transformers model of the whole GGUF model at ``path``: built on the meta device from the
+    file's metadata, every tensor outside the routed experts dequantized from the file in
+    ``dtype``; the routed experts' fused tensors stay on the meta device."""
+    from kt_kernel.models.gguf_model import gguf_config, gguf_state_dict
+
+    config = gguf_config(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=experts_implementation)
+    model.load_state_dict(gguf_state_dict(path, model, dtype), strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    # buffers computed at construction (the rotary tables) were computed on meta: rebuild their modules
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent, _, child = name.rpartition(".")
+            with torch.device("cpu"):
+                setattr(model.get_submodule(parent), child, type(module)(module.config))
+    return model.eval()
+
+
+def _no_meta_left(model, path) -> None:
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{path}: after loading, {len(left)} tensor(s) of {type(model).__name__} were not read: "
+                           f"{', '.join(left[:5])}")
+
+
+def load_gguf_model(path, method: str = GGUF_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
+    """The whole model of a GGUF file (or split set, or folder; see kt_kernel.checkpoint.gguf), with
+    its routed experts run from the file's blocks by kt_kernel (method LLAMAFILE) and everything
+    else dequantized by gguf into transformers' model in ``dtype``; its configuration comes from
+    the file's metadata. GPU experts (``num_gpu_experts`` / ``gpu_experts_mask``, as :func:`attach`)
+    are dequantized onto ``device``; the CPU experts are never dequantized. Returns the model in
+    eval mode."""
+    if method != GGUF_METHOD:
+        raise ValueError(f"method {method!r}: a GGUF model's experts run as they are stored, with method "
+                         f"{GGUF_METHOD!r}; for {method} load the Hugging Face checkpoint (load_model)")
+    from kt_kernel.models.gguf_model import gguf_expert_weights
+
+    model = _model_from_gguf(path, dtype, implementation_name(method))
+    attach(model, method, weight_path=path, **attach_options,
+           gpu_weights=lambda layer, ids: gguf_expert_weights(path, layer, ids.tolist(), dtype))
+    _no_meta_left(model, path)
+    return model.to(device)
+
+
+def load_gguf_reference(path, *, dtype=torch.float32, device="cpu"):
+    """The whole GGUF model at ``path`` dequantized by gguf, routed experts included, in
+    transformers' eager experts and ``dtype``: the reference :func:`load_gguf_model` is compared with."""
+    from kt_kernel.models.gguf_model import gguf_expert_weights
+
+    model = _model_from_gguf(path, dtype, "eager")
+    for layer, _, module in find_experts_modules(model):
+        gate_up, down = gguf_expert_weights(path, layer, dtype=dtype)
+        module.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
+        module.down_proj = torch.nn.Parameter(down, requires_grad=False)
+    _no_meta_left(model, path)
+    return model.to(device)
