@@ -4,7 +4,9 @@ every M on the protocol's inputs and saves the outputs. bench_gguf.py runs it; b
     python benchmarks/gguf_side.py {ours,torch,upstream} CASE.json
 
 CASE.json: {"gguf": file, "inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where
-the results go (torch.save), "tokens", "threads", "iters", "min_time", "warmup"}. The layer's
+the results go (torch.save), "tokens", "threads", "iters", "min_time", "warmup"; for the decode
+cases M <= "paired_max_m" of the sides run here: "paired_rounds", "paired_calls", "paired_mib"
+(paired_rounds)}. The layer's
 shape comes from the file's metadata. Sides:
   ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file): the file's blocks as they are, each
             projection in its tensor's type;
@@ -137,6 +139,22 @@ def upstream(layer: GgufLayer, case: dict):
 SIDES = {"ours": ours, "torch": torch_peer, "upstream": upstream}
 
 
+def paired_rounds(call, case: dict, timing) -> list:
+    """[(read bandwidth GB/s, median seconds of the calls right after it)] of case["paired_rounds"]
+    rounds: kt_kernel's probe, then case["paired_calls"] calls, in turn. This machine's bandwidth
+    changes within seconds (a VM beside others: 36 or 64 GB/s), so a decode figure is set against
+    the bandwidth measured beside it, round by round. Each probe leaves the caches cold. In this
+    repository's environment only (the upstream side has no kt_kernel probe)."""
+    from kt_kernel import _ext
+
+    pairs = []
+    for _ in range(case["paired_rounds"]):
+        bw = _ext.probe_bandwidth(case["threads"], case["paired_mib"], 1)["best_gbps"]
+        t = timing.time_calls(call, case["paired_calls"])
+        pairs.append((bw, t.median))
+    return pairs
+
+
 def run(side: str, case: dict) -> dict:
     timing = _timing()
     torch.set_num_threads(case["threads"] if side == "torch" else 1)
@@ -155,6 +173,8 @@ def run(side: str, case: dict) -> dict:
                               warmup=case["warmup"])
         cases[M] = {"median_s": t.median, "min_s": min(t.seconds), "max_s": max(t.seconds),
                     "iters": len(t.seconds), "busy_cores": t.busy_cores, "other_cores": clock.other_cores()}
+        if side != "upstream" and M <= case.get("paired_max_m", 0):
+            cases[M]["paired"] = paired_rounds(lambda: forward(x, ids, w), case, timing)
     return {"side": side, "threads": case["threads"], "info": info, "cases": cases, "outputs": outputs}
 
 

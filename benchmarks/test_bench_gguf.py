@@ -26,7 +26,7 @@ from shapes import Shape
 TINY = Shape("T", H=256, I=512, E=4, K=2, like="tiny test layer")
 UPSTREAM = os.environ.get("KT_UPSTREAM_PYTHON")
 FAST = ["--shapes", "S", "--tokens", "1,8", "--iters", "3", "--min-time", "0", "--warmup", "1",
-        "--bw-mib", "64", "--peak-seconds", "0.05"]
+        "--bw-mib", "64", "--peak-seconds", "0.05", "--paired-rounds", "3"]
 
 
 def run(argv, tmp_path: Path) -> dict:
@@ -84,6 +84,11 @@ def test_cli_small_shape(tmp_path):
         assert r["bytes_per_weight"] == pytest.approx(34 / 32)
         assert r["pct_limit"] > 0 and r["torch_over_this"] > 0 and r["upstream_over_ours"] is None
         assert r["may_be_cached"] == bool(bench_gguf.cache_bytes())  # shape S's experts fit any cache
+        # the % of bandwidth: the median of the paired rounds' ratios (probe, then 8 calls)
+        pairs = r["paired"]
+        assert len(pairs) == 3 and all(bw > 0 and t > 0 for bw, t in pairs)
+        ratios = sorted(100 * r["weight_bytes_touched"] / t / 1e9 / bw for bw, t in pairs)
+        assert r["pct_limit"] == pytest.approx(ratios[1]) and r["paired_bw_range"][0] <= r["bandwidth_gbps"]
         assert r["info"]["formats"] == ["q8_0", "q8_0"] and "_q8_0_" in r["info"]["kernel"]
     for r in peer:
         assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
