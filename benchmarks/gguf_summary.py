@@ -1,7 +1,7 @@
 """The README's GGUF speed table: per shape and type, decode (M=1) and prefill (M=512) of kt_kernel's
 LLAMAFILE against upstream kt-kernel 0.7.2's, from the JSON of bench_gguf.py runs.
 
-    python3 benchmarks/gguf_summary.py docs/benchmarks/2026-12-04-gguf/A.json docs/benchmarks/2026-12-04-gguf/B_q4_K.json
+    python3 benchmarks/gguf_summary.py docs/benchmarks/2026-12-05-gguf/A.json docs/benchmarks/2026-12-05-gguf/B_q4_K.json
 """
 from __future__ import annotations
 
@@ -17,10 +17,18 @@ def _row(rows: list, side: str, M: int):
     return next((r for r in rows if r["side"] == side and r["M"] == M and r.get("status") == "ok"), None)
 
 
+def _pct_bw(r) -> str:
+    """A decode row's % of the read bandwidth, and that bandwidth (the median of the probes beside
+    its calls, or the probe before its side)."""
+    if r is None:
+        return "-"
+    return f"{r['pct_limit']:.0f}%{'*' if r.get('may_be_cached') else ''} of {r['bandwidth_gbps']:.0f} GB/s"
+
+
 def summary(results: list) -> str:
-    lines = ["| shape | type | M=1: ours ms | upstream ms | upstream / ours | ours % of bw | "
+    lines = ["| shape | type | M=1: ours ms | upstream ms | upstream / ours | ours % of bw | M=8: ours % of bw | "
              "M=512: ours ms | upstream ms | upstream / ours | ours GOP/s (% of peak) | rel err ours / upstream |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["shape"], r["type"]) for r in results))
     for shape, fmt in keys:
         rows = [r for r in results if r["shape"] == shape and r["type"] == fmt]
@@ -29,8 +37,8 @@ def summary(results: list) -> str:
             ours, up = _row(rows, "ours", M), _row(rows, "upstream", M)
             cells += [_ms(ours) if ours else "-", _ms(up) if up else "-",
                       f"{up['ms'] / ours['ms']:.2f}x" if ours and up else "-"]
-            if ours and M == 1:
-                cells.append(f"{ours['pct_limit']:.0f}%" + ("*" if ours.get("may_be_cached") else ""))
+            if M == 1:
+                cells += [_pct_bw(ours), _pct_bw(_row(rows, "ours", 8))]
             elif ours:
                 cells.append(f"{ours['gops']:.0f} ({ours['pct_limit']:.0f}%)")
             else:

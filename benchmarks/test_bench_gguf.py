@@ -161,9 +161,10 @@ def test_summary_pairs_ours_with_upstream():
 
     def row(side, M, ms, **more):
         return {"shape": "A", "type": "q4_K", "side": side, "M": M, "ms": ms, "status": "ok", "rel_err": 0.02,
-                "pct_limit": 40.0, "gops": 300.0, **more}
+                "pct_limit": 40.0, "gops": 300.0, "bandwidth_gbps": 37.2, **more}
 
     table = gguf_summary.summary([row("ours", 1, 2.0, may_be_cached=True), row("upstream", 1, 3.0),
-                                  row("ours", 512, 100.0), row("upstream", 512, 150.0)])
-    assert table.splitlines()[-1] == ("| A | q4_K | 2 | 3 | 1.50x | 40%* | 100 | 150 | 1.50x | 300 (40%) | "
-                                      "0.0200 / 0.0200 |")
+                                  row("ours", 8, 9.0, pct_limit=85.0), row("ours", 512, 100.0),
+                                  row("upstream", 512, 150.0)])
+    assert table.splitlines()[-1] == ("| A | q4_K | 2 | 3 | 1.50x | 40%* of 37 GB/s | 85% of 37 GB/s | 100 | 150 | "
+                                      "1.50x | 300 (40%) | 0.0200 / 0.0200 |")
