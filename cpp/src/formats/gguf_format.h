@@ -12,9 +12,11 @@
 // as a GGUF tensor stores it. Packed: GgufPanelBlock<Block> per k-block (the rows of a panel side by
 // side, bytes unchanged), so load is a copy and unpack_row returns dequantize_block's values.
 #pragma once
+#include <cstddef>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kt/formats.h"
 #include "kt/gguf_blocks.h"
@@ -95,12 +97,26 @@ void unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
 }
 
 // Where the word-interleaved layout (formats/gguf_word_layout.h) puts the bytes of block c of a
-// k-block: its word g at word(g, c), its last kTail bytes at tail(c).
+// k-block: its word g at word(g, c), its kTail other bytes at tail(c). The words begin at byte
+// kFrom of the block: 0, but 2 for q8_0, whose fp16 d leads its 32 weights.
 template <class Block>
 struct WordPlaces {
   static constexpr size_t kWords = sizeof(Block) / 4, kTail = sizeof(Block) % 4;
+  static constexpr size_t kFrom = std::is_same_v<Block, BlockQ8_0> ? offsetof(BlockQ8_0, qs) : 0;
+  static_assert(kFrom <= kTail, "the words must leave the block's other bytes around them");
   static constexpr size_t word(size_t g, int c) { return 64 * g + 4 * size_t(c); }
   static constexpr size_t tail(int c) { return 64 * kWords + kTail * size_t(c); }
+  // block bytes <-> their places: the words, then the bytes before them and after them at tail(c)
+  static void place(const uint8_t* block, uint8_t* pb, int c) {
+    for (size_t g = 0; g < kWords; ++g) std::memcpy(pb + word(g, c), block + kFrom + 4 * g, 4);
+    std::memcpy(pb + tail(c), block, kFrom);
+    std::memcpy(pb + tail(c) + kFrom, block + kFrom + 4 * kWords, kTail - kFrom);
+  }
+  static void gather(const uint8_t* pb, int c, uint8_t* block) {
+    for (size_t g = 0; g < kWords; ++g) std::memcpy(block + kFrom + 4 * g, pb + word(g, c), 4);
+    std::memcpy(block, pb + tail(c), kFrom);
+    std::memcpy(block + kFrom + 4 * kWords, pb + tail(c) + kFrom, kTail - kFrom);
+  }
 };
 
 // pack, then each k-block's bytes word-interleaved
@@ -114,11 +130,7 @@ void pack_words(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_
   for (size_t i = 0; i < blocks; ++i) {
     uint8_t* pb = dst + i * PB;
     std::memcpy(file, pb, PB);
-    for (int c = 0; c < kPanelN; ++c) {
-      const uint8_t* b = file + c * sizeof(Block);
-      for (size_t g = 0; g < P::kWords; ++g) std::memcpy(pb + P::word(g, c), b + 4 * g, 4);
-      std::memcpy(pb + P::tail(c), b + 4 * P::kWords, P::kTail);
-    }
+    for (int c = 0; c < kPanelN; ++c) P::place(file + c * sizeof(Block), pb, c);
   }
 }
 
@@ -132,9 +144,7 @@ void unpack_row_words(const uint8_t* data, int Kp, int n, int K, float* out) {
   for (int s = 0; s < K / Block::kK; ++s) {
     const uint8_t* pb = panel + s * PB;
     Block b;
-    uint8_t* bytes = reinterpret_cast<uint8_t*>(&b);
-    for (size_t g = 0; g < P::kWords; ++g) std::memcpy(bytes + 4 * g, pb + P::word(g, c), 4);
-    std::memcpy(bytes + 4 * P::kWords, pb + P::tail(c), P::kTail);
+    P::gather(pb, c, reinterpret_cast<uint8_t*>(&b));
     dequantize_block(b, out + s * Block::kK);
   }
 }

@@ -33,5 +33,6 @@ float dot_block(const BlockQ8_0& b, const ActQ8x32& a) {
 }
 
 KT_GGUF_FORMAT(q8_0, BlockQ8_0)
+KT_GGUF_WORD_LAYOUT(q8_0, BlockQ8_0)
 
 }  // namespace kt

@@ -1,6 +1,6 @@
 // [NOTE] The AVX512-VNNI driver of the GGUF block types (kernels/avx512/gemm_<type>_avx512vnni.cpp).
 //
-// Two weight layouts. q4_K, q5_K, q6_K and iq4_xs are word-interleaved at load (formats/
+// Two weight layouts. q4_K, q5_K, q6_K, iq4_xs and q8_0 are word-interleaved at load (formats/
 // gguf_word_layout.h: word g of the 16 rows of a k-block is one zmm, lane c = row c); the other
 // types stay the file's blocks (GgufPanelBlock: the 16 rows' blocks of a k-block side by side),
 // transposed at run time. For each (panel, k-block) the type's decode turns the 16 blocks ONCE
@@ -18,7 +18,7 @@
 // word then unpacks into 4 consecutive k (nibbles, high bits, table values). The decode costs a
 // few rows' products, so it is paid once per k-block, not once per row block: the rows' fp32
 // accumulators (16 channels each) live in a per-thread buffer across the k-blocks.
-// Up to 3 rows (decode) of a word-layout type take WordKQuant::fused_rows instead: the decoded
+// Up to 3 rows (decode) of a word-layout type take fused_rows instead (WordKQuant's, q8_0's): the decoded
 // words go straight into vpdpbusd, with no store and reload of Decoded.q. The transposes had cost
 // more than the products at m = 1: q4_K at shape A on one Zen 4 core went from 1.75 to 0.65 ms
 // per call with the word layout, fused rows and prefetching (the AVX2 kernels on the file's blocks:
@@ -268,7 +268,27 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
     kquant_accumulate<kOneScale>(D, i1[r], kquant_min_sums(D, *a[r]), *a[r], acc + kPanelN * r);
 }
 
-// A K-quant in the word layout (Words) gives Block, kSub, kOneScale, weights(b, put), which calls
+// The k-block's worth of lines kAheadBytes on (the stream runs on across panels) into L2
+// (prefetcht1), before each fused k-block of the types that ask for it (kPrefetchAhead); past the
+// matrix's end it touches nothing. Measured on one Zen 4 core at shape A, m = 1, weights from
+// DRAM: the hardware prefetcher alone left the fused rows waiting for memory (q5_K 1.9 ms);
+// prefetcht0 3 k-blocks ahead helped (q5_K 1.3-1.5, q6_K 2.0-2.3 ms) but stalled on the burst of
+// L1 fills; prefetcht1 took q5_K to 0.85 and q6_K to 1.1 ms. 12 KiB to 20 KiB ahead measured alike
+// within the noise. q5_K and q6_K read each k-block's words out of order (two regions in turn),
+// which the hardware prefetcher does not follow: one thread at A, M = 8 ran at 63% and 23% of a
+// one-thread probe without, 64% (q6_K) with. q4_K and q8_0 read their words in order: there the
+// hardware prefetcher does better alone (q4_K at B, M = 1: 99% against 89%; q8_0 at A, M = 8:
+// 82% against 71%). The unfused decode of more rows lost speed with prefetcht0 (q4_K, 2 rows: 1.2
+// to 1.5 ms) and takes none.
+constexpr size_t kAheadBytes = size_t(16) << 10;
+template <class Block>
+inline void prefetch_ahead(const Block* b) {
+  constexpr size_t kBytes = sizeof(GgufPanelBlock<Block>);
+  const char* next = reinterpret_cast<const char*>(b) + kAheadBytes;
+  for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T1);
+}
+
+// A K-quant in the word layout (Words) gives Block, kSub, kOneScale, kPrefetchAhead, weights(b, put), which calls
 // put(g, q) with each decoded q[g], g = 0, 1, ..., 63 in order, and scales(b, D) (D.sc, D.mc,
 // D.d, D.dmin); WordKQuant<T> makes it a driver Format, with fused_rows for a few rows.
 template <class T>
@@ -276,22 +296,6 @@ struct WordKQuant {
   using Act = ActQ8x256;
   using Decoded = KBlock;
   static constexpr int kMR = 8;
-
-  // The k-block's worth of lines kAheadBytes on (the stream runs on across panels) into L2
-  // (prefetcht1) before each fused k-block; past the matrix's end it touches nothing. Measured on
-  // one Zen 4 core at shape A, m = 1, weights from DRAM: the hardware prefetcher alone left the
-  // fused rows waiting for memory (q5_K 1.9 ms); prefetcht0 3 k-blocks ahead helped (q5_K 1.3-1.5,
-  // q6_K 2.0-2.3 ms) but stalled on the burst of L1 fills; prefetcht1 took q5_K to 0.85 and q6_K to
-  // 1.1 ms (q4_K 0.74 -> 0.65). 12 KiB to 20 KiB ahead measured alike within the noise; shorter
-  // was slower for q6_K on 2 threads. The unfused decode of more rows lost speed with prefetcht0
-  // (q4_K, 2 rows: 1.2 to 1.5 ms) and takes none.
-  static constexpr size_t kAheadBytes = size_t(16) << 10;
-  template <class Block>
-  static void prefetch_ahead(const Block* b) {
-    constexpr size_t kBytes = sizeof(GgufPanelBlock<Block>);
-    const char* next = reinterpret_cast<const char*>(b) + kAheadBytes;
-    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T1);
-  }
 
   template <class Block>
   static void decode(const Block* b, KBlock& D) {
@@ -309,7 +313,7 @@ struct WordKQuant {
   template <int R, class Block>
   static void fused_rows(const Block* b, const ActQ8x256* const* a, float* acc, KBlock& D) {
     constexpr int G = T::kSub / 4;
-    prefetch_ahead(b);
+    if constexpr (T::kPrefetchAhead) prefetch_ahead(b);
     T::scales(b, D);
     __m512i i1[R], is[R];
     for (int r = 0; r < R; ++r) i1[r] = is[r] = _mm512_setzero_si512();
@@ -356,7 +360,18 @@ inline __m256i add_fifth_bits(__m256i v, const uint8_t* qh) {
   return _mm256_mask_add_epi8(v, __mmask32(h), v, _mm256_set1_epi8(16));
 }
 
+// acc[0..16) += the block's products of one row from its integer sum isum:
 // block = a.d * d * (isum - kOff * a.sum)  [+ a.d * m * a.sum  when kMin]
+template <int kOff, bool kMin>
+inline void legacy_accumulate(const LBlock& D, __m512i isum, const ActQ8x32& a, float* acc) {
+  const __m512 ad = _mm512_set1_ps(a.d);
+  if constexpr (kOff != 0) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(kOff * a.sum));
+  __m512 y = _mm512_load_ps(acc);
+  y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(D.d, ad), y);
+  if constexpr (kMin) y = _mm512_fmadd_ps(_mm512_mul_ps(D.m, ad), _mm512_set1_ps(float(a.sum)), y);
+  _mm512_store_ps(acc, y);
+}
+
 template <int kOff, bool kMin, int MR>
 inline void legacy_rows(const LBlock& D, const ActQ8x32* const* a, float* acc) {
   __m512i is[MR];
@@ -364,15 +379,7 @@ inline void legacy_rows(const LBlock& D, const ActQ8x32* const* a, float* acc) {
 #pragma GCC unroll 8
   for (int g = 0; g < 8; ++g)
     for (int r = 0; r < MR; ++r) is[r] = _mm512_dpbusd_epi32(is[r], D.q[g], bcast32(a[r]->q + 4 * g));
-  for (int r = 0; r < MR; ++r) {
-    const __m512 ad = _mm512_set1_ps(a[r]->d);
-    __m512i s = is[r];
-    if constexpr (kOff != 0) s = _mm512_sub_epi32(s, _mm512_set1_epi32(kOff * a[r]->sum));
-    __m512 y = _mm512_load_ps(acc + kPanelN * r);
-    y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(D.d, ad), y);
-    if constexpr (kMin) y = _mm512_fmadd_ps(_mm512_mul_ps(D.m, ad), _mm512_set1_ps(float(a[r]->sum)), y);
-    _mm512_store_ps(acc + kPanelN * r, y);
-  }
+  for (int r = 0; r < MR; ++r) legacy_accumulate<kOff, kMin>(D, is[r], *a[r], acc + kPanelN * r);
 }
 
 // ---- the driver --------------------------------------------------------------------------------
