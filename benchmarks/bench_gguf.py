@@ -26,11 +26,12 @@ bits_per_weight / 8, torch's bf16 2 bytes, / time) as a % of the read bandwidth 
 measured beside it: for ours and torch, in the side's process, --paired-rounds rounds of a probe
 then 8 timed calls, the median of the rounds' ratios (this VM's bandwidth moves between about 36
 and 64 GB/s within seconds, so a probe taken before a side can belong to another state); for
-upstream (no kt_kernel probe in its environment), the probe right before its side; at M >= 64 GOP/s (2 x 3HI x M x K / time) as a % of the int8 peak
-(the integer family of the active tier: vpdpbusd where the CPU has AVX512-VNNI; the torch peer: its
-bf16 family); upstream time / ours; torch time / each side's; the relative error
-||out - ref|| / ||ref|| of each side against one reference for all: the MoE with fp64 products on
-gguf.quants.dequantize of the file's tensors (summed over the K experts in fp32), the same inputs.
+upstream (no kt_kernel probe in its environment), the probe right before its side; at M >= 64
+GOP/s (2 x 3HI x M x K / time) as a % of the int8 peak (the integer family of the active tier:
+vpdpbusd where the CPU has AVX512-VNNI; the torch peer: its bf16 family); upstream time / ours;
+torch time / each side's; the relative error ||out - ref|| / ||ref|| of each side against one
+reference for all: the MoE with fp64 products on gguf.quants.dequantize of the file's tensors
+(summed over the K experts in fp32), the same inputs.
 """
 from __future__ import annotations
 
@@ -399,9 +400,9 @@ NOTES = [
     "% limit: M <= 8 of the read bandwidth (GB/s = distinct experts x 3HI x bytes/weight / ms; torch reads",
     "bf16; * = those weights are under 2x the L2+L3 caches, so calls with the same routing may read them partly",
     "from cache): ours and torch the median over rounds of (probe, 8 calls) of each round's ratio (each probe",
-    "leaves the caches cold), upstream against the probe right before its side; M >= 64 of the instruction peak measured then (kt and upstream: the",
-    "int8 family of the active tier; torch: its bf16 family). upstream / ours: upstream ms / ours ms (upstream at",
-    "its best of 1 and --threads threads). rel err: ||out - ref|| / ||ref||, ref = the MoE in fp64 on gguf's",
+    "leaves the caches cold), upstream against the probe right before its side; M >= 64 of the instruction peak",
+    "measured then (kt and upstream: the int8 family of the active tier; torch: its bf16 family). upstream / ours:",
+    "upstream ms / ours ms (upstream at its best of 1 and --threads threads). rel err: ||out - ref|| / ||ref||, ref = the MoE in fp64 on gguf's",
     "dequantization of the same file, the same inputs.",
 ]
 

@@ -162,7 +162,8 @@ def _run(args) -> int:
     else:
         ckpt = inspect_checkpoint(path)
         model_name, num_experts, tokenizer = ckpt.describe(), ckpt.num_experts, load_tokenizer(path)
-    print(f"model: {model_name}\n       {gguf if whole else path}" + ("  (random weights: the text is noise)" if tiny else ""))
+    noise = "  (random weights: the text is noise)" if tiny else ""
+    print(f"model: {model_name}\n       {gguf if whole else path}{noise}")
     if args.gpu_experts > num_experts:
         raise ValueError(f"--gpu-experts {args.gpu_experts} exceeds the {num_experts} experts of a layer")
     prompt = tokenizer.encode(args.prompt if args.prompt is not None else REFERENCE_PROMPT)
@@ -234,10 +235,6 @@ def _run(args) -> int:
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _describe_gguf(gguf) -> tuple:
     """(description, experts per layer, tokenizer) of a whole GGUF model written by kt_kernel of a
     tiny model; another file is refused, as the demo has no GGUF tokenizer."""
@@ -256,3 +253,8 @@ def _describe_gguf(gguf) -> tuple:
             f"{len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts top-{ckpt.experts_per_token}, hidden "
             f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}",
             ckpt.num_experts, PrintableTokenizer())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -25,7 +25,8 @@ from kt_kernel.models._deps import require_transformers
 from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architecture
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["CheckpointInfo", "TensorMeta", "inspect_checkpoint", "read_tensor_index", "find_experts_modules"]
+__all__ = ["CheckpointInfo", "TensorMeta", "inspect_checkpoint", "read_tensor_index", "find_experts_modules",
+           "expert_parameter_names"]
 
 # Expert-count fields of MoE configs in transformers: a config with none of them set is dense.
 _FLOAT_DTYPES = ("F32", "BF16", "F16")
@@ -75,6 +76,12 @@ def find_experts_modules(model) -> list:
             m = _LAYER_RE.search(name)
             found.append((int(m.group(1)) if m else len(found), name, module))
     return found
+
+
+def expert_parameter_names(experts: list) -> set:
+    """The state-dict names of the routed experts' own tensors (gate_up_proj, down_proj, ...) of
+    the modules find_experts_modules returned."""
+    return {f"{name}.{p}" for _, name, m in experts for p, _ in m.named_parameters(recurse=False)}
 
 
 def _load_config(path: Path):
@@ -173,7 +180,7 @@ def inspect_checkpoint(path) -> CheckpointInfo:
             f"MoE layers {moe_layers})", [f"no {k}" for k in missing]))
 
     # 2. every other tensor the model holds, under its checkpoint name
-    expert_params = {f"{name}.{p}" for _, name, m in experts for p, _ in m.named_parameters(recurse=False)}
+    expert_params = expert_parameter_names(experts)
     tied = "lm_head.weight" if getattr(config, "tie_word_embeddings", False) else None
     missing, wrong = [], []
     for name, t in meta.state_dict().items():

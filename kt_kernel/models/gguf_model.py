@@ -40,7 +40,7 @@ import torch
 from kt_kernel import _ext
 from kt_kernel.checkpoint.gguf import PROJ_TENSORS
 from kt_kernel.formats import gguf_formats
-from kt_kernel.models.architectures import ARCHITECTURES, architecture
+from kt_kernel.models.architectures import ARCHITECTURES
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 from kt_kernel.models.tokenizer import TINY_MARKER
 
@@ -120,11 +120,19 @@ def _rope_unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def _rope_heads(model_type: str, config, name: str):
+    """The heads of a projection whose rows llama.cpp permutes for its rotary order (Mixtral's q and
+    k), None for any other tensor."""
+    if model_type != "mixtral" or not name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+        return None
+    return config.num_attention_heads if ".q_proj." in name else config.num_key_value_heads
+
+
 def _to_file(model_type: str, config, name: str, w: torch.Tensor, split_kv_b: bool) -> list:
     """[(transformers-style name, tensor)] of one transformers tensor in llama.cpp's layout: the
     converter's transforms."""
-    if model_type == "mixtral" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
-        heads = config.num_attention_heads if ".q_proj." in name else config.num_key_value_heads
+    heads = _rope_heads(model_type, config, name)
+    if heads is not None:
         return [(name, _rope_permute(w, heads))]
     if model_type == "deepseek_v3" and split_kv_b and name.endswith("self_attn.kv_b_proj.weight"):
         nope, v = config.qk_nope_head_dim, config.v_head_dim
@@ -179,14 +187,14 @@ def write_model_gguf(model_path, out, *, gate_up: str = "q4_K", down: str = "q6_
     from transformers import AutoModelForCausalLM
 
     from kt_kernel.checkpoint import open_checkpoint
-    from kt_kernel.models.checkpoint import find_experts_modules, inspect_checkpoint
+    from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules, inspect_checkpoint
 
     info = inspect_checkpoint(model_path)
     model_type = info.arch.model_type
     config = info.config
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
-    experts = {f"{name}.{p}" for _, name, m in find_experts_modules(meta) for p, _ in m.named_parameters(recurse=False)}
+    experts = expert_parameter_names(find_experts_modules(meta))
     tmap = _tensor_map(GGUF_ARCHITECTURES[model_type], config.num_hidden_layers)
     tied = "lm_head.weight" if getattr(config, "tie_word_embeddings", False) else None
     files = {}
@@ -272,7 +280,6 @@ def gguf_config(path):
 
     ckpt = open_gguf(path)
     model_type = _model_type(ckpt)
-    row = architecture(model_type)
     arch = ckpt.arch
     file = ckpt.shards[0][0]
 
@@ -290,7 +297,7 @@ def gguf_config(path):
     if scaling not in (None, "none"):
         raise UnsupportedModelError(f"{file}: metadata {arch}.rope.scaling.type is {scaling!r}; whole GGUF models are "
                                     "read without rope scaling")
-    fields = {field: meta(key) for key, field in _KEYS[model_type] if not (key == "expert_weights_norm")}
+    fields = {field: meta(key) for key, field in _KEYS[model_type] if key != "expert_weights_norm"}
     vocab = int(ckpt.tensors["token_embd.weight"][1].shape[-1])
     fields.update(vocab_size=vocab, tie_word_embeddings="output.weight" not in ckpt.tensors,
                   rope_parameters={"rope_type": "default", "rope_theta": float(meta("rope.freq_base"))},
@@ -340,23 +347,22 @@ def _from_file(ckpt, model_type: str, config, name: str, gguf_name: str, shape: 
                 raise CheckpointError(f"{file} has neither {gguf_name} nor {n} (with {k_name} and {v_name}, the "
                                       f"attention's kv_b_proj split per head)")
         k_b, v_b = _dequantize(ckpt, k_name), _dequantize(ckpt, v_name)
-        heads, want_k = config.num_attention_heads, (config.num_attention_heads, config.kv_lora_rank,
-                                                     config.qk_nope_head_dim)
+        heads = config.num_attention_heads
+        want_k = (heads, config.kv_lora_rank, config.qk_nope_head_dim)
         want_v = (heads, config.v_head_dim, config.kv_lora_rank)
         for n, t, want in ((k_name, k_b, want_k), (v_name, v_b, want_v)):
             if tuple(t.shape) != want:
-                raise CheckpointError(f"{file}: tensor {n} has shape {tuple(t.shape)}, but the metadata makes it {want}")
+                raise CheckpointError(f"{ckpt.tensors[n][0]}: tensor {n} has shape {tuple(t.shape)}, but the metadata "
+                                      f"makes it {want}")
         return torch.cat([k_b.transpose(1, 2), v_b], dim=1).reshape(shape)
     if gguf_name not in ckpt.tensors:
         raise CheckpointError(f"{file}: tensor {gguf_name} is missing (transformers' {name})")
     w = _dequantize(ckpt, gguf_name)
     if tuple(w.shape) != tuple(shape):
-        raise CheckpointError(f"{file}: tensor {gguf_name} has shape {tuple(w.shape)}, but the metadata makes "
-                              f"transformers' {name} {tuple(shape)}")
-    if model_type == "mixtral" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
-        heads = config.num_attention_heads if ".q_proj." in name else config.num_key_value_heads
-        w = _rope_unpermute(w, heads)
-    return w
+        raise CheckpointError(f"{ckpt.tensors[gguf_name][0]}: tensor {gguf_name} has shape {tuple(w.shape)}, but the "
+                              f"metadata makes transformers' {name} {tuple(shape)}")
+    heads = _rope_heads(model_type, config, name)
+    return w if heads is None else _rope_unpermute(w, heads)
 
 
 def gguf_state_dict(path, model, dtype=torch.float32) -> dict:
@@ -364,12 +370,12 @@ def gguf_state_dict(path, model, dtype=torch.float32) -> dict:
     :func:`gguf_config`, e.g. on the meta device) outside its routed experts and tied output,
     dequantized from the GGUF model at ``path``."""
     from kt_kernel.checkpoint.gguf import open_gguf
-    from kt_kernel.models.checkpoint import find_experts_modules
+    from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules
 
     ckpt = open_gguf(path)
     model_type = _model_type(ckpt)
     config = model.config
-    experts = {f"{name}.{p}" for _, name, m in find_experts_modules(model) for p, _ in m.named_parameters(recurse=False)}
+    experts = expert_parameter_names(find_experts_modules(model))
     tmap = _tensor_map(ckpt.arch, config.num_hidden_layers)
     tied = "lm_head.weight" if config.tie_word_embeddings else None
     out = {}

@@ -53,10 +53,12 @@ static_assert(sizeof(BlockQ5_1) == 24, "q5_1 block: fp16 d, m + 4 bytes of high 
 // q8_0, 8.5 bits: w[j] = d * qs[j].
 struct BlockQ8_0 {
   static constexpr int kK = 32;
+  static constexpr size_t kWordsFrom = 2;  // the word-interleaved layout's words begin at qs
   uint16_t d;
   int8_t qs[32];
 };
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block: fp16 d + 32 int8");
+static_assert(BlockQ8_0::kWordsFrom == offsetof(BlockQ8_0, qs), "q8_0's words are its qs");
 
 // iq4_nl, 4.5 bits: as q4_0, but the nibble indexes kIq4Values:  w = d * kIq4Values[nibble].
 struct BlockIq4Nl {

@@ -12,11 +12,9 @@
 // as a GGUF tensor stores it. Packed: GgufPanelBlock<Block> per k-block (the rows of a panel side by
 // side, bytes unchanged), so load is a copy and unpack_row returns dequantize_block's values.
 #pragma once
-#include <cstddef>
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "kt/formats.h"
 #include "kt/gguf_blocks.h"
@@ -98,11 +96,15 @@ void unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
 
 // Where the word-interleaved layout (formats/gguf_word_layout.h) puts the bytes of block c of a
 // k-block: its word g at word(g, c), its kTail other bytes at tail(c). The words begin at byte
-// kFrom of the block: 0, but 2 for q8_0, whose fp16 d leads its 32 weights.
+// kFrom of the block: the block type's kWordsFrom where it has one (q8_0, whose fp16 d leads its
+// 32 weights), else 0.
 template <class Block>
 struct WordPlaces {
   static constexpr size_t kWords = sizeof(Block) / 4, kTail = sizeof(Block) % 4;
-  static constexpr size_t kFrom = std::is_same_v<Block, BlockQ8_0> ? offsetof(BlockQ8_0, qs) : 0;
+  static constexpr size_t kFrom = [] {
+    if constexpr (requires { Block::kWordsFrom; }) return size_t(Block::kWordsFrom);
+    else return size_t(0);
+  }();
   static_assert(kFrom <= kTail, "the words must leave the block's other bytes around them");
   static constexpr size_t word(size_t g, int c) { return 64 * g + 4 * size_t(c); }
   static constexpr size_t tail(int c) { return 64 * kWords + kTail * size_t(c); }
