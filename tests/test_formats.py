@@ -310,6 +310,40 @@ def test_activation_rounding_matches_reference(act, K, align, tier):
             np.testing.assert_array_equal(gsum[:, : Kp // 32], want)
 
 
+# The GGUF kernels' activation blocks as bytes (kt/gguf_blocks.h): q8_32 is 32 int8, fp32 d, int32
+# sum; q8_256 is 256 int8, 16 int16 sums of 16 q, fp32 d, 28 zero bytes.
+ACT_BLOCK_DTYPE = {
+    "q8_32": np.dtype([("q", np.int8, 32), ("d", "<u4"), ("sum", "<i4")]),
+    "q8_256": np.dtype([("q", np.int8, 256), ("bsums", "<i2", 16), ("d", "<u4"), ("pad", np.uint8, 28)]),
+}
+
+
+@pytest.mark.parametrize("act", ["q8_32", "q8_256"])
+@pytest.mark.parametrize("K", [1, 31, 32, 72, 100, 256, 300, 2048], ids=lambda k: f"K{k}")
+def test_activation_blocks_match_reference(act, K, tier):
+    """Every tier's GGUF activation blocks equal the q8 rule applied to each block on its own
+    (reference.quantize_q8 on the row cut into blocks, zeros past K), byte for byte: q, the scale's
+    bits, the sums and the padding."""
+    n = reference.ACT_BLOCK[act]
+    x = _activation_rows(K)
+    ties = ((0.25 * np.arange(K)) % 5).astype(np.float32)
+    ties[::n] = 63.5  # 127/amax = 2 in every block: x = 0.25 j lands on ties, rounded to even
+    x = np.vstack([x, ties])
+    Kp = reference.round_up(K, n)
+    data, _, _ = (np.asarray(a) for a in _ext.quantize_activation(act, x, Kp))
+    got = data.reshape(-1).view(ACT_BLOCK_DTYPE[act]).reshape(x.shape[0], Kp // n)
+    blocks = np.pad(x, ((0, 0), (0, Kp - K))).reshape(-1, n)
+    q, s = reference.quantize_q8(blocks)
+    q, s = q.reshape(got.shape + (n,)), s.reshape(got.shape)
+    np.testing.assert_array_equal(got["q"], q)
+    np.testing.assert_array_equal(got["d"], _bits(s))
+    if act == "q8_32":
+        np.testing.assert_array_equal(got["sum"], q.astype(np.int32).sum(-1))
+    else:
+        np.testing.assert_array_equal(got["bsums"], q.astype(np.int32).reshape(got.shape + (16, 16)).sum(-1))
+        assert (got["pad"] == 0).all()
+
+
 @pytest.mark.parametrize("act", ["f32", "bf16", "q8s", "q8u"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("at", [0, 16, 70], ids=lambda i: f"at{i}")

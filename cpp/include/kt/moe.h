@@ -157,6 +157,7 @@ class MoeLayer {
     const KernelRow& for_tokens(int tokens) const { return tokens >= best_->min_m ? *best_ : *vector_; }
   };
   void forward_chunk(const Chunk& c);
+  int shared_tasks(int M, int H) const;
   void route(const Chunk& c);
   ActView quantize_x(const Chunk& c);
   void gate_up(const Chunk& c, const ActView& x);

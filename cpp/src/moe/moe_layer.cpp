@@ -655,6 +655,15 @@ void MoeLayer::route(const Chunk& c) {
     for (size_t j = 0; j < b.experts.size(); ++j) last_kernels_[b.experts[j]] = &kernel_for(b.count[j]);
 }
 
+// Tasks of a shared stage over M rows of H values: about 4 per thread, or one (the leader's
+// alone, Engine::run) below kLeaderValues values, where waking a sleeping worker (about 30 us in
+// a VM) costs more than the work (about 0.3 ns per value): M = 8 decode at shape A spent 33 us
+// in quantize_x with the workers woken, for 3 us of quantization.
+int MoeLayer::shared_tasks(int M, int H) const {
+  constexpr int64_t kLeaderValues = int64_t(1) << 16;
+  return int64_t(M) * H <= kLeaderValues ? 1 : std::min(M, engine_->threads() * 4);
+}
+
 // stage 1, shared by all threads. Reads the chunk's rows of the staged x; writes them in the act
 // format to ws.xq, xscale and xgsum, and returns the kernels' view of them.
 ActView MoeLayer::quantize_x(const Chunk& c) {
@@ -666,7 +675,7 @@ ActView MoeLayer::quantize_x(const Chunk& c) {
   grow(ws.xgsum, size_t(M) * q8_gsum_stride(Hp));
   const uint8_t* xin = c.in.x + size_t(c.t0) * H * dtype_size(c.in.x_dtype);
   const DType xdt = c.in.x_dtype;
-  const int tasks = std::min(M, engine_->threads() * 4);
+  const int tasks = shared_tasks(M, H);
   Stage st;
   st.shared = true;
   st.tasks[0] = tasks;
@@ -780,9 +789,9 @@ void MoeLayer::down(const Chunk& c) {
   const Buckets& b = ws.buckets;
   const int M = c.M, Hpad = c.Hpad, h_panels = Hpad / kPanelN;
   // Every task does the same work (the same experts over as many panels). About 4 per thread
-  // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) 2
-  // per thread give each expert's panels longer runs to stream (docs/benchmarks/notes.md).
-  const int per_thread = b.rows() <= 2 * int(b.experts.size()) ? 2 : 4;
+  // balance prefill against a thread that falls behind; at decode (up to 2 rows per expert) one
+  // per thread gives each expert's panels the longest runs to stream (docs/benchmarks/notes.md).
+  const int per_thread = b.rows() <= 2 * int(b.experts.size()) ? 1 : 4;
   Stage st;
   for (int p = 0; p < engine_->subpools(); ++p) {
     grow(ws.pools[p].out, size_t(M) * Hpad);
@@ -815,7 +824,7 @@ void MoeLayer::down(const Chunk& c) {
 void MoeLayer::combine(const Chunk& c) {
   Workspace& ws = c.ws;
   const int H = cfg_.hidden, M = c.M, t0 = c.t0, Hpad = c.Hpad, pools = engine_->subpools();
-  const int tasks = std::min(M, engine_->threads() * 4);
+  const int tasks = shared_tasks(M, H);
   Stage st;
   st.shared = true;
   st.tasks[0] = tasks;

@@ -3,10 +3,12 @@
 // amax and the NaN/Inf check from the largest |x| bit pattern, bf16 rounding on the bits, q8 by
 // the default-mode vcvtps2dq of x * inv. Without masked loads, the whole 32-k blocks below K
 // are vectorized and the rest of the row (at most 31 values, then the padding) takes the
-// reference's scalar steps.
+// reference's scalar steps; the GGUF kernels' blocks (q8_32, q8_256) quantize the block that holds
+// K from a copy padded with zeros.
 #include <immintrin.h>
 
 #include "kernels/kernel_decls.h"
+#include "kt/gguf_blocks.h"
 
 namespace kt {
 namespace {
@@ -30,6 +32,72 @@ inline __m256i pack32_bytes(__m256i a, __m256i b, __m256i c, __m256i d) {
   const __m256i ab = _mm256_packus_epi32(_mm256_and_si256(a, lo), _mm256_and_si256(b, lo));
   const __m256i cd = _mm256_packus_epi32(_mm256_and_si256(c, lo), _mm256_and_si256(d, lo));
   return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+inline int32_t hsum_epi32(__m256i t) {
+  __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+  return _mm_cvtsi128_si32(h);
+}
+
+// One of the GGUF kernels' blocks (q8_32, q8_256) from kK values: the q8 rule on the block's own
+// amax (as quantize_act_block), and its sums of q per 16 k (q8_256's bsums; q8_32's two halves).
+template <int kK>
+void q8_block_8(const float* x, int8_t* q, float* d, int16_t* sums16) {
+  __m256i amax_bits = _mm256_setzero_si256();
+  for (int k = 0; k < kK; k += 8)
+    amax_bits = _mm256_max_epu32(amax_bits, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)),
+                                                              _mm256_set1_epi32(0x7fffffff)));
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), amax_bits);
+  uint32_t amax_u = 0;
+  for (uint32_t v : lanes) amax_u = v > amax_u ? v : amax_u;
+  float amax;
+  __builtin_memcpy(&amax, &amax_u, 4);
+  const Q8Scale qs = q8_scale(amax);
+  *d = qs.s;
+  const __m256 vinv = _mm256_set1_ps(qs.inv), vs = _mm256_set1_ps(qs.s);
+  for (int k = 0; k < kK; k += 32) {
+    __m256i qv[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m256 v = _mm256_loadu_ps(x + k + 8 * j);
+      qv[j] = _mm256_cvtps_epi32(qs.divide ? _mm256_div_ps(v, vs) : _mm256_mul_ps(v, vinv));
+    }
+    sums16[k / 16] = int16_t(hsum_epi32(_mm256_add_epi32(qv[0], qv[1])));
+    sums16[k / 16 + 1] = int16_t(hsum_epi32(_mm256_add_epi32(qv[2], qv[3])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), pack32_bytes(qv[0], qv[1], qv[2], qv[3]));
+  }
+}
+
+// The row's blocks; the block holding K (and any past it) from a copy padded with zeros.
+template <class Act, class Fill>
+void q8_blocks(const float* x, int K, int Kp, Act* b, Fill fill) {
+  for (int i = 0; i < Kp / Act::kK; ++i) {
+    const int k0 = i * Act::kK;
+    if (k0 + Act::kK <= K) {
+      fill(x + k0, b[i]);
+    } else {
+      float tail[Act::kK] = {};
+      if (k0 < K) __builtin_memcpy(tail, x + k0, size_t(K - k0) * 4);
+      fill(tail, b[i]);
+    }
+  }
+}
+
+void quantize_q8_blocks(ActFormat format, const float* x, int K, int Kp, uint8_t* dst) {
+  if (format == ActFormat::q8_256) {
+    q8_blocks(x, K, Kp, reinterpret_cast<ActQ8x256*>(dst), [](const float* v, ActQ8x256& b) {
+      q8_block_8<ActQ8x256::kK>(v, b.q, &b.d, b.bsums);
+      __builtin_memset(b.pad, 0, sizeof(b.pad));
+    });
+  } else {
+    q8_blocks(x, K, Kp, reinterpret_cast<ActQ8x32*>(dst), [](const float* v, ActQ8x32& b) {
+      int16_t halves[2];
+      q8_block_8<ActQ8x32::kK>(v, b.q, &b.d, halves);
+      b.sum = halves[0] + halves[1];
+    });
+  }
 }
 
 }  // namespace
@@ -59,7 +127,8 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
       return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // a copy and zeros
     case ActFormat::q8_32:
     case ActFormat::q8_256:
-      return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // the GGUF kernels' blocks: the reference's code
+      quantize_q8_blocks(format, x, K, Kp, dst);
+      return true;
     case ActFormat::bf16: {
       uint16_t* o = reinterpret_cast<uint16_t*>(dst);
       for (int k = 0; k < K32; k += 16) {
@@ -86,11 +155,7 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
           q[j] = _mm256_cvtps_epi32(divide ? _mm256_div_ps(v, vs) : _mm256_mul_ps(v, vinv));
         }
         if (format == ActFormat::q8s) {
-          __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-          __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-          h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-          h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-          gsum[k / 32] = _mm_cvtsi128_si32(h);
+          gsum[k / 32] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
         }
         for (int j = 0; j < 4; ++j) q[j] = _mm256_add_epi32(q[j], vbias);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), pack32_bytes(q[0], q[1], q[2], q[3]));

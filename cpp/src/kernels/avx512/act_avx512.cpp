@@ -9,10 +9,15 @@
 //     vcvtps2dq of the same product: |x * inv| <= 127 (plus an ulp), far inside both ranges.
 //   widen: bf16 is the high half; vcvtph2ps converts every finite f16, subnormals included,
 //     exactly (a signalling NaN comes back quiet: a NaN either way, and rows with NaN are refused).
+//   q8_32 / q8_256 (the GGUF kernels' blocks): the q8 rule on each block's own amax, its sums of q
+//     by reductions of the 16 lanes (q8_256's bsums are exactly one zmm of q each).
 // Masked loads cover the tail and the padding K..Kp: they read zeros, which quantize to 0.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/kernel_decls.h"
+#include "kt/gguf_blocks.h"
 
 namespace kt {
 namespace {
@@ -34,6 +39,46 @@ inline __m512i quantize16(__m512 x, __m512 inv, __m512 s, bool divide) {
   return _mm512_cvtps_epi32(divide ? _mm512_div_ps(x, s) : _mm512_mul_ps(x, inv));
 }
 
+// The GGUF kernels' blocks (q8_32, q8_256) of a row of K values, the values past K zero: per block
+// the q8 rule on its own amax (as quantize_act_block), and its sums of q per 16 k: q8_256's
+// bsums, the two halves of q8_32's sum.
+inline void q8_block_16(const float* x, int n, int8_t* q, float* d, int16_t* sums16, int nvec) {
+  __m512 v[16];
+  __m512i amax_bits = _mm512_setzero_si512();
+  for (int i = 0; i < nvec; ++i) {
+    v[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), x + 16 * i);
+    amax_bits = _mm512_max_epu32(amax_bits, _mm512_and_si512(_mm512_castps_si512(v[i]), _mm512_set1_epi32(0x7fffffff)));
+  }
+  const uint32_t amax_u = _mm512_reduce_max_epu32(amax_bits);
+  float amax;
+  __builtin_memcpy(&amax, &amax_u, 4);
+  const Q8Scale qs = q8_scale(amax);
+  *d = qs.s;
+  const __m512 vinv = _mm512_set1_ps(qs.inv), vs = _mm512_set1_ps(qs.s);
+  for (int i = 0; i < nvec; ++i) {
+    const __m512i qi = quantize16(v[i], vinv, vs, qs.divide);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * i), _mm512_cvtepi32_epi8(qi));
+    sums16[i] = int16_t(_mm512_reduce_add_epi32(qi));
+  }
+}
+
+void quantize_q8_blocks(ActFormat format, const float* x, int K, int Kp, uint8_t* dst) {
+  if (format == ActFormat::q8_256) {
+    ActQ8x256* b = reinterpret_cast<ActQ8x256*>(dst);
+    for (int i = 0; i < Kp / ActQ8x256::kK; ++i, ++b) {
+      q8_block_16(x + i * ActQ8x256::kK, K - i * ActQ8x256::kK, b->q, &b->d, b->bsums, 16);
+      std::memset(b->pad, 0, sizeof(b->pad));
+    }
+  } else {
+    ActQ8x32* b = reinterpret_cast<ActQ8x32*>(dst);
+    for (int i = 0; i < Kp / ActQ8x32::kK; ++i, ++b) {
+      int16_t halves[2];
+      q8_block_16(x + i * ActQ8x32::kK, K - i * ActQ8x32::kK, b->q, &b->d, halves, 2);
+      b->sum = halves[0] + halves[1];
+    }
+  }
+}
+
 }  // namespace
 
 bool quantize_act_16__avx512(ActFormat format, const float* x, int K, int Kp, uint8_t* dst, float* scale,
@@ -51,7 +96,8 @@ bool quantize_act_16__avx512(ActFormat format, const float* x, int K, int Kp, ui
       return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // a copy and zeros
     case ActFormat::q8_32:
     case ActFormat::q8_256:
-      return quantize_act_row(format, x, K, Kp, dst, scale, gsum);  // the GGUF kernels' blocks: the reference's code
+      quantize_q8_blocks(format, x, K, Kp, dst);
+      return true;
     case ActFormat::bf16: {
       uint16_t* o = reinterpret_cast<uint16_t*>(dst);
       for (int k = 0; k < Kp; k += 16) {
