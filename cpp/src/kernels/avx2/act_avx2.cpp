@@ -34,6 +34,14 @@ inline __m256i pack32_bytes(__m256i a, __m256i b, __m256i c, __m256i d) {
   return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// the largest of the 8 unsigned lanes
+inline uint32_t hmax_epu32(__m256i t) {
+  __m128i h = _mm_max_epu32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+  h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
+  h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
+  return uint32_t(_mm_cvtsi128_si32(h));
+}
+
 inline int32_t hsum_epi32(__m256i t) {
   __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
   h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
@@ -49,10 +57,7 @@ void q8_block_8(const float* x, int8_t* q, float* d, int16_t* sums16) {
   for (int k = 0; k < kK; k += 8)
     amax_bits = _mm256_max_epu32(amax_bits, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)),
                                                               _mm256_set1_epi32(0x7fffffff)));
-  alignas(32) uint32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), amax_bits);
-  uint32_t amax_u = 0;
-  for (uint32_t v : lanes) amax_u = v > amax_u ? v : amax_u;
+  const uint32_t amax_u = hmax_epu32(amax_bits);
   float amax;
   __builtin_memcpy(&amax, &amax_u, 4);
   const Q8Scale qs = q8_scale(amax);
@@ -109,10 +114,7 @@ bool quantize_act_8__avx2(ActFormat format, const float* x, int K, int Kp, uint8
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
   for (int k = 0; k < K32; k += 8)
     amax_bits = _mm256_max_epu32(amax_bits, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)), abs_mask));
-  alignas(32) uint32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), amax_bits);
-  uint32_t amax_u = 0;
-  for (uint32_t v : lanes) amax_u = v > amax_u ? v : amax_u;
+  uint32_t amax_u = hmax_epu32(amax_bits);
   for (int k = K32; k < K; ++k) {
     uint32_t v;
     __builtin_memcpy(&v, x + k, 4);
