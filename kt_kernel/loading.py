@@ -62,7 +62,7 @@ def load_layer(native, target: LayerTarget, reader: Checkpoint, pmap: Optional[t
         reader = ConvertedCheckpoint(save)
         reader.check_layer(target.layer, target.method, target.hidden_size, target.intermediate_size)
     with reader.layer_arrays(target.layer, target.experts_read(pmap, E)) as arrays:
-        pack_quantized(native, arrays, pmap, E)
+        pack_quantized(native, arrays, pmap, E, getattr(reader, "private_parts", ()))
 
 
 def _pack_read_experts(native, target: LayerTarget, reader: Checkpoint, pmap: torch.Tensor) -> None:

@@ -28,10 +28,20 @@ def pack_float(native, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
     native.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), dtype, pmap.data_ptr(), num_experts)
 
 
-def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int) -> None:
-    """Packs a layer's logical arrays, ``(proj, part) -> np.ndarray [E, ...]``, as they are; the
-    pages of mapped arrays are dropped once packed (their bytes are then in the packed copy)."""
+def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int, private_parts=()) -> None:
+    """Packs a layer's logical arrays as they are: ``(proj, part) ->`` an np.ndarray [E, ...] of all
+    experts stacked, or a list of E arrays (None for an expert no CPU slot takes). The pages of
+    mapped arrays are dropped once packed (their bytes are then in the packed copy); the parts in
+    ``private_parts`` are in private memory and keep theirs."""
     # a GGUF layer may store down in another format than gate and up
     formats = (native.format, native.format, native.down_format)
-    native.load_quantized([[arrays[(p, a["part"])].ctypes.data for a in format_record(f)["arrays"]]
-                           for p, f in zip(PROJ, formats)], pmap.data_ptr(), num_experts, drop_pages=True)
+
+    def address(a):
+        if isinstance(a, list):
+            return [0 if x is None else x.ctypes.data for x in a]
+        return a.ctypes.data
+
+    native.load_quantized([[address(arrays[(p, a["part"])]) for a in format_record(f)["arrays"]]
+                           for p, f in zip(PROJ, formats)], pmap.data_ptr(), num_experts,
+                          drop_pages=[[a["part"] not in private_parts for a in format_record(f)["arrays"]]
+                                      for f in formats])

@@ -296,7 +296,7 @@ class KTMoEWrapper:
         pmap = self._logical_map(physical_to_logical_map)
         self._place_as_masked()
         # a GGUF path under another method: its reader's check_layer names LLAMAFILE
-        reader = open_gguf(self.weight_path) if gguf else open_checkpoint(self.weight_path)
+        reader = open_gguf(self.weight_path) if gguf else open_checkpoint(self.weight_path, self.method)
         if gguf and (now := reader.layer_formats(self.layer_idx)) != self._formats:
             raise ValueError(f"layer {self.layer_idx}: {self.weight_path} now stores the experts as {now}, not "
                              f"{self._formats} as when this wrapper was made (the file changed); make a new KTMoEWrapper")

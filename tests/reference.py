@@ -24,6 +24,7 @@ import torch
 PANEL_N = 16  # output channels per packed panel
 INT4_GROUP = 32  # k values per int4_g32 group
 INT4_BLOCK_BYTES = 4 * 64 + 64  # per group and panel: 4 nibble blocks of 64 bytes, then d and m
+FP8_GROUP = 128  # k values per fp8_g128 scale
 
 
 def round_up(x: int, m: int) -> int:
@@ -65,6 +66,7 @@ def dequantize(q: dict) -> np.ndarray:
     int8_pc   w = scale[n] * q[n, k]                      (one fp32 product)
     int4_g32  w = d[n, g] * q[n, k] + m[n, g], g = k // 32 (fp32 product, then fp32 sum;
                                                             d, m are fp16 bits)
+    fp8_g128  w = e4m3(q[n, k]) * scale[n, k // 128]      (torch's float8_e4m3fn, fp32 product)
     """
     fmt = q["format"]
     N, K = q["N"], q["K"]
@@ -78,6 +80,9 @@ def dequantize(q: dict) -> np.ndarray:
         d = np.repeat(f16_bits_to_f32(q["group_scale"]), INT4_GROUP, axis=1)[:, :K]
         m = np.repeat(f16_bits_to_f32(q["group_min"]), INT4_GROUP, axis=1)[:, :K]
         return d * v + m
+    if fmt == "fp8_g128":
+        v = torch.from_numpy(np.ascontiguousarray(q["values"], dtype=np.uint8)).view(torch.float8_e4m3fn).float().numpy()
+        return v * np.repeat(np.asarray(q["scale"], dtype=np.float32), FP8_GROUP, axis=1)[:, :K]
     raise ValueError(f"reference has no dequantizer for format {fmt!r}")
 
 
@@ -147,7 +152,27 @@ def pack_int4_g32(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
     return np.concatenate(out).astype(np.uint8) if out else np.zeros(0, np.uint8)
 
 
-PACKERS = {"bf16": pack_bf16, "int8_pc": pack_int8_pc, "int4_g32": pack_int4_g32}
+def pack_fp8_g128(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
+    """Panel: per group of 128 k, 32 words of 64 bytes, then 16 fp32 scales (2112 bytes). Word g:
+    for each 4 channels 4L..4L+3, 16 bytes: their k = 4g, 4g+1 channel by channel, then 4g+2, 4g+3,
+    i.e. byte [16 L + 8 h + 2 j + i] = q[4L + j, 4g + 2h + i]."""
+    assert k0 % FP8_GROUP == 0
+    kp = round_up(k1 - k0, FP8_GROUP)
+    v = _slice_padded(np.asarray(q["values"], dtype=np.uint8), n0, n1, k0, k1, kp)
+    panels, groups, g0 = v.shape[0] // PANEL_N, kp // FP8_GROUP, k0 // FP8_GROUP
+    s = np.zeros((panels * PANEL_N, groups), dtype="<f4")
+    s[: n1 - n0] = np.asarray(q["scale"], dtype=np.float32)[n0:n1, g0 : g0 + groups]
+    out = []
+    for p in range(panels):
+        rows = slice(p * PANEL_N, (p + 1) * PANEL_N)
+        for g in range(groups):
+            blk = v[rows, g * FP8_GROUP : (g + 1) * FP8_GROUP].reshape(4, 4, 32, 2, 2)  # [L, j, word, h, i]
+            out.append(np.ascontiguousarray(blk.transpose(2, 0, 3, 1, 4)).reshape(-1))  # [word, L, h, j, i]
+            out.append(np.ascontiguousarray(s[rows, g]).view(np.uint8))
+    return np.concatenate(out).astype(np.uint8) if out else np.zeros(0, np.uint8)
+
+
+PACKERS = {"bf16": pack_bf16, "int8_pc": pack_int8_pc, "int4_g32": pack_int4_g32, "fp8_g128": pack_fp8_g128}
 
 
 def pack(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:

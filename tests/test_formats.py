@@ -116,6 +116,9 @@ def test_logical_arrays_have_documented_shapes(fmt):
         assert q["values"].dtype == np.uint8 and int(q["values"].max()) <= 15
         assert q["group_scale"].shape == q["group_min"].shape == (N, groups)
         assert q["group_scale"].dtype == q["group_min"].dtype == np.uint16
+    elif fmt["name"] == "fp8_g128":
+        assert q["values"].dtype == np.uint8 and not np.any((q["values"] & 0x7F) == 0x7F)  # no NaN code
+        assert q["scale"].shape == (N, -(-K // 128)) and q["scale"].dtype == np.float32
     else:
         assert q["values"].dtype == np.uint16
 
@@ -216,6 +219,31 @@ def test_int4_g32_constant_group_is_exact_in_fp16():
     np.testing.assert_array_equal(reference.dequantize(q), w)
 
 
+def test_fp8_g128_rounds_as_torch_float8_e4m3fn():
+    """Q = e4m3 of W / S, S = amax / 448 per channel and group of 128 k: the bytes torch's
+    float8_e4m3fn cast gives (nearest, ties to even), subnormals and exact zeros included."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((24, 300)) * np.exp(rng.uniform(-12, 2, (24, 1)))).astype(np.float32)
+    w[0, :128] = 0.0  # an all-zero group: S = 0, Q = 0
+    w[1, 5] = 1e-9    # subnormal and zero codes beside the group's amax
+    q = _ext.quantize("fp8_g128", w)
+    amax = np.abs(np.pad(w, ((0, 0), (0, 84)))).reshape(24, 3, 128).max(axis=2)
+    np.testing.assert_array_equal(q["scale"], amax / np.float32(448))
+    s = np.repeat(q["scale"], 128, axis=1)[:, :300]
+    want = (torch.from_numpy(w) / torch.from_numpy(np.where(s > 0, s, 1))).to(torch.float8_e4m3fn)
+    np.testing.assert_array_equal(q["values"], want.view(torch.uint8).numpy())
+    assert q["values"].max() != 0 and 0x7E in (q["values"] & 0x7F)  # amax maps to 448
+
+
+def test_fp8_g128_decodes_every_byte_as_torch():
+    """Every e4m3 byte dequantizes to torch's float8_e4m3fn value (0x7f and 0xff: NaN)."""
+    b = np.arange(256, dtype=np.uint8)
+    q = {"format": "fp8_g128", "N": 1, "K": 256, "values": b[None].copy(), "scale": np.ones((1, 2), np.float32)}
+    got = _ext.dequantize(q)[0]
+    want = torch.from_numpy(b).view(torch.float8_e4m3fn).float().numpy()
+    np.testing.assert_array_equal(got, want)  # NaN equals NaN here
+
+
 # ---- packed layouts -----------------------------------------------------------------------
 
 
@@ -250,10 +278,10 @@ def test_packer_is_bit_exact(fmt, shape):
 
 
 def test_pack_rejects_unaligned_column_start(fmt):
-    q = _ext.quantize(fmt["name"], _weights(16, 64))
     align = fmt["group"] or fmt["k_align"]
+    q = _ext.quantize(fmt["name"], _weights(16, max(64, 2 * align)))  # k0 = align + 1 inside K
     with pytest.raises(ValueError, match="k0"):
-        _ext.pack(q, 0, 16, align + 1 if align > 1 else 1, 64)
+        _ext.pack(q, 0, 16, align + 1 if align > 1 else 1, q["K"])
 
 
 # ---- activation rounding ------------------------------------------------------------------

@@ -70,13 +70,14 @@ def test_model_sized_layer(moe, output_digests, method, tier, m, threadpool_coun
 
 @pytest.mark.parametrize("intermediate", [I, 40, 21, 160], ids=lambda i: f"I{i}")
 def test_subpool_split_matches_reference(moe, method, threadpool_count, intermediate):
-    """I is split across sub-pools as the reference assumes (units of 32 for int4_g32, 16
-    otherwise); for the matrix's I both sub-pools get channels."""
+    """I is split across sub-pools as the reference assumes (units of the format's group: 32 for
+    int4_g32, 128 for fp8_g128, 16 otherwise); an I of two units or more gives every sub-pool
+    channels (the matrix's I = 80 for all but fp8_g128, whose I = 160 does)."""
     f = moe.format_of(method)
     layer = moe.layer(method, moe.Shape(E, TOPK, 64, intermediate), threadpool_count=threadpool_count)
     bounds = list(layer._layer.slice_bounds)
     assert bounds == reference.slice_bounds(intermediate, threadpool_count, f["group"], f["k_align"])
-    if intermediate == I:
+    if intermediate >= 2 * max(16, f["group"] or f["k_align"]):
         assert all(b1 > b0 for b0, b1 in zip(bounds[:-1], bounds[1:])), bounds
 
 

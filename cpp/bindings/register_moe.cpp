@@ -84,7 +84,8 @@ void register_moe(py::module_& m) {
              l.load_from_tensors(ptr<void>(gate), ptr<void>(up), ptr<void>(down), dt, ptr<int64_t>(map), num_logical);
            })
       .def("load_quantized",
-           [](MoeLayer& l, std::vector<std::vector<uintptr_t>> arrays, uintptr_t map, int num_logical, bool drop_pages) {
+           [](MoeLayer& l, std::vector<std::vector<py::object>> arrays, uintptr_t map, int num_logical,
+              py::object drop_pages) {
              if (arrays.size() != 3)
                throw std::invalid_argument("load_quantized takes the arrays of 3 projections (gate, up, down), not " +
                                            std::to_string(arrays.size()));
@@ -95,14 +96,25 @@ void register_moe(py::module_& m) {
                  throw std::invalid_argument(std::string(f.name) + " weights have " + std::to_string(f.num_arrays()) +
                                              " arrays per projection; projection " + std::to_string(j) + " has " +
                                              std::to_string(arrays[j].size()));
-               for (int i = 0; i < f.num_arrays(); ++i) proj[j].arrays[i] = ptr<void>(arrays[j][i]);
+               for (int i = 0; i < f.num_arrays(); ++i) {
+                 if (py::isinstance<py::int_>(arrays[j][i])) {
+                   proj[j].arrays[i] = ptr<void>(arrays[j][i].cast<uintptr_t>());
+                 } else {
+                   for (uintptr_t p : arrays[j][i].cast<std::vector<uintptr_t>>()) proj[j].experts[i].push_back(ptr<void>(p));
+                 }
+                 proj[j].mapped[i] = py::isinstance<py::bool_>(drop_pages)
+                                         ? drop_pages.cast<bool>()
+                                         : drop_pages.cast<std::vector<std::vector<bool>>>().at(j).at(i);
+               }
              }
              py::gil_scoped_release nogil;
-             l.load_quantized(proj, ptr<int64_t>(map), num_logical, drop_pages);
+             l.load_quantized(proj, ptr<int64_t>(map), num_logical);
            },
            py::arg("arrays"), py::arg("map"), py::arg("num_logical"), py::arg("drop_pages") = false,
-           "Pre-quantized logical weights stacked over experts: arrays[proj][i] is the address of the "
-           "format's array i (formats()[..]['arrays']) for projection proj (layouts in kt/moe.h).")
+           "Pre-quantized logical weights: arrays[proj][i] is the format's array i (formats()[..]['arrays']) "
+           "of projection proj, the address of all experts stacked, or a list of one address per expert "
+           "(0: not given). drop_pages: True, False, or drop_pages[proj][i] per array: that array is a "
+           "read-only file mapping whose pages are released once packed (layouts in kt/moe.h).")
       .def("submit",
            [](MoeLayer& l, uintptr_t x, const std::string& x_dtype, uintptr_t ids, bool ids64, uintptr_t w,
               const std::string& w_dtype, int M) {

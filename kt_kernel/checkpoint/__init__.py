@@ -14,26 +14,29 @@ imports none of them; docs/loading.md has the flow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from kt_kernel.checkpoint.converted import ConvertedCheckpoint, is_converted
 from kt_kernel.checkpoint.errors import ConversionError
+from kt_kernel.checkpoint.fp8 import FP8_METHOD, FP8Checkpoint
 from kt_kernel.checkpoint.gguf import GGUFCheckpoint, is_gguf, open_gguf
 from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
 
-__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "GGUFCheckpoint", "HFCheckpoint", "ConversionError",
-           "is_converted"]
+__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "FP8Checkpoint", "GGUFCheckpoint", "HFCheckpoint",
+           "ConversionError", "is_converted"]
 
-Checkpoint = Union[ConvertedCheckpoint, GGUFCheckpoint, HFCheckpoint]
+Checkpoint = Union[ConvertedCheckpoint, FP8Checkpoint, GGUFCheckpoint, HFCheckpoint]
 
 
-def open_checkpoint(path) -> Checkpoint:
+def open_checkpoint(path, method: Optional[str] = None) -> Checkpoint:
     """The reader of ``path``: a converted folder (kt_kernel_meta.json or layer files there), a
     GGUF model (a .gguf file, a shard of a split set, or a folder of .gguf files and no
-    safetensors) or a Hugging Face checkpoint. Reads metadata and headers only."""
+    safetensors) or a Hugging Face checkpoint; with ``method`` FP8, an fp8 checkpoint's experts
+    as they are stored (FP8Checkpoint). Reads metadata and headers only."""
     path = Path(path)
     if is_converted(path):
         return ConvertedCheckpoint(path)
     if is_gguf(path) and not (path.is_dir() and any(path.glob("*.safetensors"))):
         return open_gguf(path)
-    return open_hf_checkpoint(path)
+    hf = open_hf_checkpoint(path)
+    return FP8Checkpoint(hf) if method == FP8_METHOD and hf.dtype == "F8_E4M3" else hf

@@ -54,6 +54,23 @@ struct Int4G32Block {
 static_assert(sizeof(Int4G32Block) == 320, "int4_g32 block: 4 x 64 bytes of nibbles, 16 fp16 d, 16 fp16 m");
 static_assert(offsetof(Int4G32Block, d) == 256 && offsetof(Int4G32Block, m) == 288, "int4_g32 scales follow the nibbles");
 
+// fp8_g128, 8.25 bits per weight: one group of 128 k of the panel's channels, e4m3 bytes, then
+// the channels' fp32 scales. Word g (k = 4g..4g+3) is 64 bytes, 16 per group of 4 channels:
+//   q[g][16 (c / 4) + 8 (i / 2) + 2 (c % 4) + i % 2] = Q[c, 4g + i]     i = 0..3
+//   scale[c]                                              W[c, k] = e4m3(Q[c, k]) * scale[c]
+// so that in each 128-bit lane the 8 bytes of k 4g, 4g+1 come first, channel by channel, then the
+// 8 of 4g+2, 4g+3: vpunpcklbw / vpunpckhbw of the bytes' bf16 halves give vdpbf16ps's pairs,
+// dword c = channel c's (4g, 4g+1), resp. (4g+2, 4g+3). q_byte(c, i) is that offset.
+struct Fp8G128Block {
+  static constexpr int kK = 128;
+  static constexpr int kWords = kK / 4;
+  uint8_t q[kWords][kPanelN * 4];
+  float scale[kPanelN];
+  static constexpr int q_byte(int c, int i) { return 16 * (c / 4) + 8 * (i / 2) + 2 * (c % 4) + i % 2; }
+};
+static_assert(sizeof(Fp8G128Block) == 2112, "fp8_g128 block: 32 x 64 bytes of e4m3, 16 fp32 scales");
+static_assert(offsetof(Fp8G128Block, scale) == 2048, "fp8_g128 scales follow the values");
+
 // f16 (GGUF F16 tensors), 16 bits per weight: one k of the panel's channels, IEEE fp16 bits.
 //   w[c] = W[c, s]
 struct F16Block {

@@ -20,7 +20,7 @@ namespace kt {
 // format_registry.cpp (docs/adding_a_format.md). Ours first, then the GGUF types (ggml spellings):
 // q8_0, f16, f32, then the legacy types q4_0 q4_1 q5_0 q5_1 iq4_nl, then q2_K q3_K q4_K q5_K q6_K iq4_xs.
 #define KT_FORMAT_IDS(X) \
-  X(bf16) X(int8_pc) X(int4_g32) \
+  X(bf16) X(int8_pc) X(int4_g32) X(fp8_g128) \
   X(q8_0) X(f16) X(f32) \
   X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(iq4_nl) \
   X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K) X(iq4_xs)
@@ -136,6 +136,9 @@ struct FormatTraits {
   // The ggml type id of the GGUF tensors that hold this format as it is (a GGUF file's experts of
   // that type load without conversion), -1 for none.
   int gguf_type = -1;
+  // Throws std::invalid_argument naming the first value no kernel may read (a NaN code, a
+  // non-finite scale) in logical arrays that were stored, not quantized here; nullptr: none can be.
+  void (*check)(const QuantizedMatrix& q) = nullptr;
 
   int k_step() const { return group ? group : k_align; }  // where a packed slice of K may start
   // GGUF blocks cannot be padded: K must be a multiple of the block (k_align).

@@ -72,19 +72,23 @@ class MoeLayer {
   // engine's threads.
   void load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
                          const int64_t* map, int num_logical);
-  // Pre-quantized logical weights (a converted checkpoint, a GGUF file's tensors), stacked over
-  // num_logical experts; projection j = 0 gate [E, I, H], 1 up [E, I, H], 2 down [E, H, I], each
-  // [E, N, K]: arrays[i] is the projection's format's array i (FormatTraits::arrays) of all
-  // experts, in its file layout (file_bits 4: two elements per byte, even k in the low nibble, rows
-  // padded to whole bytes; GGUF blocks: the file's bytes).
-  // Packs exactly as load_from_tensors packs the output of the format's quantize_ref.
-  // drop_pages: the arrays are a read-only file mapping; after an expert's matrix is packed its
-  // pages are released (madvise DONTNEED: a later read faults them in again from the file), so
-  // the mapped source does not add to the peak RSS. Never set it for anonymous memory.
+  // Pre-quantized logical weights (a converted checkpoint, a GGUF file's tensors, an FP8 release);
+  // projection j = 0 gate [I, H], 1 up [I, H], 2 down [H, I] of each of num_logical experts: array
+  // i is the projection's format's array i (FormatTraits::arrays) in its file layout (file_bits 4:
+  // two elements per byte, even k in the low nibble, rows padded to whole bytes; GGUF blocks: the
+  // file's bytes), either stacked over the experts (arrays[i]: [E, N, row]) or one address per
+  // expert (experts[i][e], nullptr for an expert no CPU slot takes).
+  // Packs exactly as load_from_tensors packs the output of the format's quantize_ref; a format
+  // with a check (FormatTraits::check) has every matrix checked first.
+  // mapped[i]: array i is a read-only file mapping; after an expert's matrix is packed its pages
+  // are released (madvise DONTNEED: a later read faults them in again from the file), so the
+  // mapped source does not add to the peak RSS. Never set it for anonymous memory.
   struct QuantizedExperts {
     const void* arrays[kMaxFormatArrays] = {};
+    std::vector<const void*> experts[kMaxFormatArrays];
+    bool mapped[kMaxFormatArrays] = {};
   };
-  void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages = false);
+  void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical);
   bool loaded() const { return loaded_.load(std::memory_order_acquire); }
 
   // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) is shared with

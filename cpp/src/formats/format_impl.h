@@ -23,6 +23,18 @@ void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out);
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
+// fp8_g128 arrays: values e4m3 bytes [N, K], scale fp32 [N, ceil(K/128)]
+enum Fp8G128Array { kFp8G128Values = 0, kFp8G128Scale = 1 };
+void fp8g128_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
+void fp8g128_dequantize_ref(const QuantizedMatrix& q, float* out);
+void fp8g128_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void fp8g128_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
+void fp8g128_check(const QuantizedMatrix& q);
+// e4m3 (torch.float8_e4m3fn): the value of each of the 256 bytes (NaN for 0x7f, 0xff), and the
+// byte nearest to v (ties to even; |v| above 448 gives 448)
+const float* e4m3_values();
+uint8_t f32_to_e4m3(float v);
+
 // GGUF formats (gguf_format.h): the record functions KT_GGUF_FORMAT defines in each type's file.
 #define KT_FORMAT_RECORD_FUNCTIONS(fmt)                                              \
   void fmt##_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);       \

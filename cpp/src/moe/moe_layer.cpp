@@ -398,19 +398,30 @@ void drop_file_pages(const void* p, size_t n) {
 
 }  // namespace
 
-void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical, bool drop_pages) {
+void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical) {
   const int H = cfg_.hidden, I = cfg_.intermediate;
+  static const char* const kProj[3] = {"gate", "up", "down"};
+  for (int j = 0; j < 3; ++j)
+    for (int i = 0; i < kMaxFormatArrays; ++i)
+      if (!proj[j].experts[i].empty() && int(proj[j].experts[i].size()) != num_logical)
+        throw std::invalid_argument(std::string(kProj[j]) + " array " + std::to_string(i) + " has " +
+                                    std::to_string(proj[j].experts[i].size()) + " expert addresses for " +
+                                    std::to_string(num_logical) + " experts");
   load_with(map, num_logical, [&](int slot, int which, QuantizedMatrix& q) {
     const int N = which == 2 ? H : I, K = which == 2 ? I : H;
     const FormatTraits& f = format_traits(which == 2 ? cfg_.down_format : cfg_.format);
     const size_t e = size_t(map[slot]);
     shape_quantized(f, N, K, &q);
     for (int i = 0; i < f.num_arrays(); ++i) {
-      // the arrays hold [E, N, row] in expert order; a 4-bit row is its elements two per byte
       const FormatArray& a = f.arrays[i];
       const size_t elems = f.array_row_elems(i, K), elem_bytes = element_type(a.dtype).bytes;
       const size_t row = a.file_bits == 4 ? (elems + 1) / 2 : elems * elem_bytes;
-      const uint8_t* src = static_cast<const uint8_t*>(proj[which].arrays[i]) + e * N * row;
+      const QuantizedExperts& in = proj[which];
+      const uint8_t* src = in.experts[i].empty() ? static_cast<const uint8_t*>(in.arrays[i]) + e * N * row
+                                                 : static_cast<const uint8_t*>(in.experts[i][e]);
+      if (!src)
+        throw std::invalid_argument(std::string(kProj[which]) + " " + a.name + " of logical expert " +
+                                    std::to_string(e) + " was not given, and slot " + std::to_string(slot) + " takes it");
       uint8_t* dst = q.arrays[i].data();
       if (a.file_bits == 4) {
         for (int n = 0; n < N; ++n)
@@ -421,7 +432,15 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
       } else {
         std::memcpy(dst, src, N * row);
       }
-      if (drop_pages) drop_file_pages(src, N * row);
+      if (in.mapped[i]) drop_file_pages(src, N * row);
+    }
+    if (f.check) {
+      try {
+        f.check(q);
+      } catch (const std::invalid_argument& err) {
+        throw std::invalid_argument(std::string(kProj[which]) + " weights (" + f.name + ") of logical expert " +
+                                    std::to_string(e) + ": " + err.what());
+      }
     }
   });
 }
