@@ -60,7 +60,7 @@ from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 import bench_report
 from bench_moe import MachineLimits, cache_bytes, case_metrics, memory_line, other_load, require_positive
-from gguf_side import PROJECTIONS, GgufLayer, projection_shape
+from gguf_side import PROJECTIONS, Fp8Layer, GgufLayer, projection_shape
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -79,9 +79,20 @@ MEMORY_HEADROOM = 0.85  # share of MemAvailable a side may plan to take
 POOL_ROWS = 4096
 
 
+FP8 = "fp8"  # --types fp8: an FP8 release's layer (write_fp8_checkpoint), method FP8 on every side
+FP8_BLOCK = (128, 128)
+
+
 def kt_format(name: str) -> dict | None:
-    """kt_kernel's record of the GGUF type `name`, None where kt_kernel lacks it."""
+    """kt_kernel's record of the GGUF type `name` (of method FP8's format for fp8), None where
+    kt_kernel lacks it."""
+    if name == FP8:
+        return next((f for f in all_formats() if f["method"] == Fp8Layer.method), None)
     return next((f for f in all_formats() if f["name"] == name and f["method"] == GGUF_METHOD), None)
+
+
+def method_of(fmt: str) -> str:
+    return Fp8Layer.method if fmt == FP8 else GgufLayer.method
 
 
 def type_bytes_per_weight(name: str) -> float:
@@ -138,7 +149,7 @@ def fp16_fields(fmt: str, blocks: np.ndarray) -> np.ndarray:
 
 def write_layer_file(path: Path, shape: Shape, fmt: str, pool_rows: int = POOL_ROWS) -> dict:
     """Writes the one-layer GGUF file; returns where its blocks came from ("blocks") and the
-    share of its fp16 scale fields that are subnormals ("fp16_subnormal_share"). One projection's
+    share of its fp16 scale fields that are subnormals ("subnormal_share"). One projection's
     blocks are in memory at a time."""
     ggml_type = gguf_reference.GGML_TYPES[fmt]
     writer = gguf.GGUFWriter(str(path), ARCH)
@@ -168,7 +179,7 @@ def write_layer_file(path: Path, shape: Shape, fmt: str, pool_rows: int = POOL_R
         source = "random valid blocks"
     else:
         source = "kt_kernel quantizer" + (f", rows from a pool of {pool_rows}" if pooled else "")
-    return {"blocks": source, "fp16_subnormal_share": subnormal / fields}
+    return {"blocks": source, "subnormal_share": subnormal / fields, "subnormal_what": "fp16 scales"}
 
 
 class DequantizedExperts:
@@ -183,9 +194,46 @@ class DequantizedExperts:
         return torch.from_numpy(self.layer.dequantize(self.proj, e)).double()
 
 
-def reference_output(path: Path, x, ids, w) -> torch.Tensor:
-    """fp64 [M, H]: the MoE on gguf's dequantization of the file, fp64 products."""
-    layer = GgufLayer(str(path))
+def write_fp8_checkpoint(path: Path, shape: Shape) -> dict:
+    """An FP8 release's folder as DeepSeek-V3 ships one (config.json with quantization_config;
+    layer 1's experts per expert: e4m3 weights, fp32 weight_scale_inv per 128 x 128 block), of
+    Gaussian weights (WEIGHT_STD) rounded by torch's float8_e4m3fn."""
+    from safetensors.torch import save_file
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": shape.H,
+           "moe_intermediate_size": shape.I, "intermediate_size": 2 * shape.I, "n_routed_experts": shape.E,
+           "num_experts_per_tok": shape.K, "num_hidden_layers": 2, "first_k_dense_replace": 1, "vocab_size": 32,
+           "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                   "weight_block_size": list(FP8_BLOCK)}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    bn, bk = FP8_BLOCK
+    g, tensors, subnormal, weights = torch.Generator().manual_seed(0), {}, 0, 0
+    for e in range(shape.E):
+        for proj in PROJECTIONS:
+            rows, cols = projection_shape(proj, shape.H, shape.I)
+            w = torch.randn(rows, cols, generator=g) * WEIGHT_STD[proj]
+            sn, sk = -(-rows // bn), -(-cols // bk)
+            pad = torch.zeros(sn * bn, sk * bk)
+            pad[:rows, :cols] = w
+            scale = pad.reshape(sn, bn, sk, bk).abs().amax(dim=(1, 3)) / 448.0
+            q = (w / scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:rows, :cols]).to(torch.float8_e4m3fn)
+            key = f"model.layers.{Fp8Layer.layer_idx}.mlp.experts.{e}.{proj}_proj.weight"
+            tensors[key], tensors[key + "_scale_inv"] = q, scale
+            b = q.view(torch.uint8)
+            subnormal, weights = subnormal + int(((b & 0x78) == 0).sum() - (b & 0x7F == 0).sum()), weights + b.numel()
+    save_file(tensors, str(path / "model.safetensors"))
+    return {"blocks": f"torch float8_e4m3fn of Gaussian weights, fp32 scales per {bn}x{bk} block",
+            "subnormal_share": subnormal / weights, "subnormal_what": "e4m3 weights"}
+
+
+def open_layer(path: Path, fmt: str):
+    return Fp8Layer(str(path)) if fmt == FP8 else GgufLayer(str(path))
+
+
+def reference_output(path: Path, fmt: str, x, ids, w) -> torch.Tensor:
+    """fp64 [M, H]: the MoE on the dequantization of the file (gguf's; torch's float8 decoding for
+    fp8), fp64 products."""
+    layer = open_layer(path, fmt)
     experts = [DequantizedExperts(layer, p) for p in PROJECTIONS]
     return moe_forward(x, ids, w, *experts, compute_dtype=torch.float64, out_dtype=torch.float64)
 
@@ -224,10 +272,11 @@ def memory_refusal(side: str, shape: Shape, fmt: str) -> str | None:
 PAIRED_CALLS = 8  # calls timed after each probe of a paired round (gguf_side.paired_rounds)
 
 
-def run_side(side: str, python: str, path: Path, inputs: Path, workdir: Path, threads: int, args) -> dict:
+def run_side(side: str, python: str, path: Path, fmt: str, inputs: Path, workdir: Path, threads: int,
+             args) -> dict:
     """One side in a fresh process of `python`; its result (gguf_side.run) or {"status": why not}."""
     out, log = workdir / f"{side}-{threads}.pt", workdir / f"{side}-{threads}.log"
-    case = {"gguf": str(path), "inputs": str(inputs), "out": str(out), "tokens": args.tokens,
+    case = {"fp8" if fmt == FP8 else "gguf": str(path), "inputs": str(inputs), "out": str(out), "tokens": args.tokens,
             "threads": threads, "iters": args.iters, "min_time": args.min_time, "warmup": args.warmup,
             "paired_max_m": max(DECODE_TOKENS), "paired_rounds": args.paired_rounds, "paired_calls": PAIRED_CALLS,
             "paired_mib": args.bw_mib}
@@ -268,7 +317,7 @@ def refusal(side: str, shape: Shape, fmt: str, args) -> str | None:
         return f"missing: kt_kernel has no {fmt} format (kt_kernel._ext.formats())"
     if side == "upstream" and args.upstream_python is None:
         return "skipped: no --upstream-python"
-    if side == "upstream" and shape.I % UPSTREAM_QK_K:
+    if side == "upstream" and fmt != FP8 and shape.I % UPSTREAM_QK_K:
         return f"skipped: upstream's LLAMAFILE needs I divisible by {UPSTREAM_QK_K}, I={shape.I}"
     return memory_refusal(side, shape, fmt)
 
@@ -287,15 +336,15 @@ def run_sides(shape: Shape, fmt: str, path: Path, args, inputs: Path, probe: Mac
         label = f"{shape.name} {fmt} {side}"
         bw = probe.bandwidth(label)
         peak = (probe.peak(TORCH_PEER, label) if side == "torch" else
-                probe.peak(GGUF_METHOD, label, int_dot=rec["int_dot"] if rec else True))
+                probe.peak(method_of(fmt), label, int_dot=rec["int_dot"] if rec else True))
         print(f"  {side}: read bandwidth now {bw['best_gbps']:.1f} GB/s, peak of {peak['family'] or '-'} "
               f"{peak['gops'] or 0:.0f} {peak['unit'] or ''}", flush=True)
         running = Stopwatch()
         if side == "upstream":
-            r = best_of([run_side(side, args.upstream_python, path, inputs, args.workdir, t, args)
+            r = best_of([run_side(side, args.upstream_python, path, fmt, inputs, args.workdir, t, args)
                          for t in sorted({1, args.threads})])
         else:
-            r = run_side(side, sys.executable, path, inputs, args.workdir, args.threads, args)
+            r = run_side(side, sys.executable, path, fmt, inputs, args.workdir, args.threads, args)
         results[side] = {**r, "bandwidth": bw, "peak": peak}
         print(f"  {side}: {r['status']} ({running.seconds:.1f} s with its start-up)", flush=True)
     return results
@@ -347,21 +396,21 @@ def case_rows(shape: Shape, fmt: str, results: dict, ref: torch.Tensor, ids: tor
 
 def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLimits) -> tuple[list[dict], dict]:
     """Every side on one (shape, type) file: its rows, and what the file held."""
-    path = args.workdir / f"{shape.name}-{fmt}.gguf"
+    path = args.workdir / (f"{shape.name}-fp8" if fmt == FP8 else f"{shape.name}-{fmt}.gguf")
     made = Stopwatch()
-    file = {"shape": shape.name, "type": fmt, **write_layer_file(path, shape, fmt, args.pool_rows),
-            "bytes": path.stat().st_size}
-    print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB file ({file['blocks']}, "
-          f"{100 * file['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal) written in {made.seconds:.1f} s",
-          flush=True)
+    written = write_fp8_checkpoint(path, shape) if fmt == FP8 else write_layer_file(path, shape, fmt, args.pool_rows)
+    size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+    file = {"shape": shape.name, "type": fmt, **written, "bytes": size}
+    print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB ({file['blocks']}, {100 * file['subnormal_share']:.2f}% of the "
+          f"{file['subnormal_what']} subnormal) written in {made.seconds:.1f} s", flush=True)
     refs = Stopwatch()
-    ref = reference_output(path, *cases)
-    print(f"  fp64 reference on gguf's dequantization: {refs.seconds:.1f} s; {memory_line()}", flush=True)
+    ref = reference_output(path, fmt, *cases)
+    print(f"  fp64 reference on the file's dequantization: {refs.seconds:.1f} s; {memory_line()}", flush=True)
     try:
         results = run_sides(shape, fmt, path, args, inputs, probe)
     finally:
         if not args.keep_files:
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     ours = results.get("ours", {}).get("info")
     if ours:
         file["ours"] = {k: ours[k] for k in ("kernel", "tier")}
@@ -393,7 +442,7 @@ def file_note(f: dict) -> str:
     ours = f.get("ours")
     kernels = f"; ours: {ours['kernel']} ({ours['tier']})" if ours else ""
     return (f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']} "
-            f"({100 * f['fp16_subnormal_share']:.1f}% of the fp16 scales subnormal){kernels}")
+            f"({100 * f['subnormal_share']:.2f}% of the {f['subnormal_what']} subnormal){kernels}")
 
 
 NOTES = [
@@ -457,7 +506,7 @@ def parse_args(argv=None):
         args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
     except KeyError as e:
         p.error(e.args[0])
-    known = {t.lower(): t for t in gguf_reference.FP16_FIELDS}  # the block types
+    known = {t.lower(): t for t in gguf_reference.FP16_FIELDS} | {FP8: FP8}  # the block types, and fp8
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     for t in types:
         if t.lower() not in known:

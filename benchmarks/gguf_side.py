@@ -50,9 +50,12 @@ def _timing():
 
 
 class GgufLayer:
-    """Block 0's expert tensors of a GGUF file and the shape its metadata gives."""
+    """Block 0's expert tensors of a GGUF file and the shape its metadata gives; both packages
+    load it with method LLAMAFILE."""
+    method, layer_idx = "LLAMAFILE", 0
 
     def __init__(self, path: str):
+        self.path = path
         self.reader = gguf.GGUFReader(path)
         fields = {k: f.contents() for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
         arch = fields["general.architecture"]
@@ -75,21 +78,50 @@ class GgufLayer:
         return gguf.quants.dequantize(self.blocks(proj)[e], self.ggml_type(proj)).astype(np.float32, copy=False)
 
 
+class Fp8Layer:
+    """Layer 1's experts of an FP8 release's folder (DeepSeek-V3 layout: per-expert e4m3 weights,
+    weight_scale_inv per block of weight_block_size), the shape its config.json gives; both
+    packages load it with method FP8."""
+    method, layer_idx = "FP8", 1
+
+    def __init__(self, path: str):
+        self.path = path
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
+        self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+        self.block = cfg["quantization_config"]["weight_block_size"]
+
+    def dequantize(self, proj: str, e: int) -> np.ndarray:
+        """fp32 [rows, cols] of expert e: torch's float8_e4m3fn decoding times the block scales."""
+        from safetensors import safe_open
+        key = f"model.layers.{self.layer_idx}.mlp.experts.{e}.{proj}_proj.weight"
+        with safe_open(str(Path(self.path) / "model.safetensors"), "pt") as f:
+            q, s = f.get_tensor(key), f.get_tensor(key + "_scale_inv")
+        bn, bk = self.block
+        n, k = q.shape
+        return (q.float() * s.float().repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:n, :k]).numpy()
+
+
+def open_layer(case: dict):
+    """The layer a case names: "gguf" (a GGUF file) or "fp8" (an FP8 release's folder)."""
+    return Fp8Layer(case["fp8"]) if "fp8" in case else GgufLayer(case["gguf"])
+
+
 # ---- the sides: each returns (forward(x, ids, w) -> bf16 [M, H], what it ran) ----------------
 
-def ours(layer: GgufLayer, case: dict):
+def ours(layer, case: dict):
     from kt_kernel import KTMoEWrapper
-    from kt_kernel.formats import GGUF_METHOD
 
-    wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
-                           moe_intermediate_size=layer.I, cpuinfer_threads=case["threads"], threadpool_count=1,
-                           weight_path=case["gguf"], chunked_prefill_size=max(case["tokens"]), method=GGUF_METHOD)
+    wrapper = KTMoEWrapper(layer_idx=layer.layer_idx, num_experts=layer.E, num_experts_per_tok=layer.K,
+                           hidden_size=layer.H, moe_intermediate_size=layer.I, cpuinfer_threads=case["threads"],
+                           threadpool_count=1, weight_path=layer.path, chunked_prefill_size=max(case["tokens"]),
+                           method=layer.method)
     wrapper.load_weights()
     return wrapper.forward, {"formats": list(wrapper.formats), "kernel": wrapper.kernel_description,
                              "tier": wrapper.isa_tier, "weight_bytes": wrapper.weight_bytes}
 
 
-def torch_peer(layer: GgufLayer, case: dict):
+def torch_peer(layer, case: dict):
     from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
     weights = {}
@@ -117,23 +149,23 @@ def _drop_pin_memory() -> None:
         setattr(torch, name, pageable)
 
 
-def upstream(layer: GgufLayer, case: dict):
+def upstream(layer, case: dict):
     os.environ.setdefault("KT_FORCE_SYNC_SUBMIT", "1")  # no CUDA stream to hang its callbacks on
     _drop_pin_memory()
     import kt_kernel
     from kt_kernel import KTMoEWrapper
 
-    wrapper = KTMoEWrapper(layer_idx=0, num_experts=layer.E, num_experts_per_tok=layer.K, hidden_size=layer.H,
-                           moe_intermediate_size=layer.I, gpu_experts_mask=None,
-                           cpuinfer_threads=case["threads"], threadpool_count=1, weight_path=case["gguf"],
-                           chunked_prefill_size=max(case["tokens"]), method="LLAMAFILE")
+    wrapper = KTMoEWrapper(layer_idx=layer.layer_idx, num_experts=layer.E, num_experts_per_tok=layer.K,
+                           hidden_size=layer.H, moe_intermediate_size=layer.I, gpu_experts_mask=None,
+                           cpuinfer_threads=case["threads"], threadpool_count=1, weight_path=layer.path,
+                           chunked_prefill_size=max(case["tokens"]), method=layer.method)
     wrapper.load_weights()
 
     def forward(x, ids, w):
         # its output is a staging buffer that the next call of the same M overwrites
         return wrapper.forward(x, ids, w, None)
 
-    return forward, {"kernel": f"kt-kernel {getattr(kt_kernel, '__version__', '?')} LLAMAFILE"}
+    return forward, {"kernel": f"kt-kernel {getattr(kt_kernel, '__version__', '?')} {layer.method}"}
 
 
 SIDES = {"ours": ours, "torch": torch_peer, "upstream": upstream}
@@ -158,7 +190,7 @@ def paired_rounds(call, case: dict, timing) -> list:
 def run(side: str, case: dict) -> dict:
     timing = _timing()
     torch.set_num_threads(case["threads"] if side == "torch" else 1)
-    layer = GgufLayer(case["gguf"])
+    layer = open_layer(case)
     loading = timing.Stopwatch()
     forward, info = SIDES[side](layer, case)
     info["load_s"] = loading.seconds

@@ -53,7 +53,7 @@ def test_layer_file(tmp_path, monkeypatch, kt_has_type):
     assert written["blocks"] == ("kt_kernel quantizer" if kt_has_type else "random valid blocks")
     # q8_0's d = amax / 127 of 32 Gaussians of std 0.02-0.03 is near 5e-4, above fp16's subnormals;
     # random blocks take a quarter of theirs there (gguf_reference.fp16_scales)
-    assert (written["fp16_subnormal_share"] == 0) if kt_has_type else (0.15 < written["fp16_subnormal_share"] < 0.35)
+    assert (written["subnormal_share"] == 0) if kt_has_type else (0.15 < written["subnormal_share"] < 0.35)
     layer = GgufLayer(str(path))
     assert (layer.H, layer.I, layer.E, layer.K) == (TINY.H, TINY.I, TINY.E, TINY.K)
     for proj in PROJECTIONS:
@@ -96,6 +96,23 @@ def test_cli_small_shape(tmp_path):
     assert file["blocks"].startswith("kt_kernel quantizer") and file["ours"]["kernel"] == ours[0]["info"]["kernel"]
     assert len(result["limits"]["bandwidth"]) == 3  # before each side and at the end
     assert result["markdown_text"].count("\n| q8_0 | ours | ") == 2
+
+
+def test_cli_fp8_release(tmp_path):
+    """--types fp8: an FP8 release's folder (DeepSeek-V3 layout), method FP8 on its sides, the
+    reference on torch's float8 decoding of the file."""
+    result = run([*FAST, "--types", "fp8", "--sides", "ours,torch"], tmp_path)
+    ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
+    assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
+    for r in ours:
+        assert r["status"] == "ok" and r["info"]["formats"] == ["fp8_g128", "fp8_g128"] and "fp8g128" in r["kernel"]
+        # the weights are the file's exactly: only the activations' rounding is left
+        assert r["rel_err"] < 0.01 and r["bytes_per_weight"] == pytest.approx(8.25 / 8), r
+    for r in peer:
+        assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
+    (file,) = result["files"]
+    assert file["blocks"].startswith("torch float8_e4m3fn") and file["subnormal_what"] == "e4m3 weights"
+    assert result["markdown_text"].count("\n| fp8 | ours | ") == 2
 
 
 def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):

@@ -157,7 +157,7 @@ def _make(**kw):
 
 
 CONSTRUCT_CASES = {
-    "unknown_method": ({"method": "FP8"}, ValueError, "FP8.*" + ".*".join(f["method"] for f in method_formats())),
+    "unknown_method": ({"method": "AMXINT3"}, ValueError, "AMXINT3.*" + ".*".join(f["method"] for f in method_formats())),
     "threads_below_threadpool_count": ({"cpuinfer_threads": 1, "threadpool_count": 2}, ValueError,
                                        "cpuinfer_threads=1.*threadpool_count=2"),
     "threadpool_count_zero": ({"threadpool_count": 0}, ValueError, "threadpool_count"),

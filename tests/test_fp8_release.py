@@ -14,10 +14,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import kt_kernel
 import reference
-from conftest import HOST_TIERS, assert_close_dequant, kernel_row
-from kt_kernel import KTMoEWrapper, set_isa
+from format_expectations import kernel_row
+from kt_kernel import KTMoEWrapper, _ext, set_isa
 from kt_kernel.checkpoint import ConversionError
+
+HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 
 H, I, E, TOPK = 256, 192, 6, 2  # I = 1.5 blocks of 128: a partial block along N (gate/up) and K (down)
 LAYER = 1
@@ -100,7 +103,7 @@ CASES = [("per-expert", (128, 128), "fp32"), ("fused", (128, 128), "fp32"), ("pe
 @pytest.mark.parametrize("tier", HOST_TIERS)
 @pytest.mark.parametrize("layout,block,scale_dtype", CASES, ids=["-".join(map(str, c)) for c in CASES])
 @pytest.mark.parametrize("threadpool_count", [1, 2])
-def test_release_runs_as_stored(tmp_path, tier, layout, block, scale_dtype, threadpool_count):
+def test_release_runs_as_stored(moe, tmp_path, tier, layout, block, scale_dtype, threadpool_count):
     """Decode (1 token) and prefill (300 tokens, in chunks of 128): within the fp8_g128 bound of
     the float64 reference on torch's decoding of the stored bytes, with the tier's activations."""
     path, (gate, up, down) = build_fp8(tmp_path / "ckpt", layout=layout, block=block, scale_dtype=scale_dtype)
@@ -114,12 +117,12 @@ def test_release_runs_as_stored(tmp_path, tier, layout, block, scale_dtype, thre
             x, ids, wts = _inputs(M)
             out = w.forward(x, ids, wts)
             ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, act=act, slice_bounds=bounds)
-            assert_close_dequant(out, ref, "fp8_g128", what=f"FP8 {layout} {block} {scale_dtype} on {tier}, M={M}")
+            moe.assert_close_dequant(out, ref, "fp8_g128", what=f"FP8 {layout} {block} {scale_dtype} on {tier}, M={M}")
     finally:
         set_isa(None)
 
 
-def test_physical_map_and_gpu_experts_read_only_cpu_experts(tmp_path):
+def test_physical_map_and_gpu_experts_read_only_cpu_experts(moe, tmp_path):
     """Slots take logical experts through physical_to_logical_map; GPU slots are never read."""
     path, (gate, up, down) = build_fp8(tmp_path / "ckpt")
     pmap = torch.tensor([5, 4, 3, 2, 1, 0])
@@ -130,7 +133,7 @@ def test_physical_map_and_gpu_experts_read_only_cpu_experts(tmp_path):
     act = kernel_row("fp8_g128", w.isa_tier)["act"]
     ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, physical_to_logical_map=pmap.tolist(),
                                 gpu_mask=mask.tolist(), act=act, slice_bounds=[0, I])
-    assert_close_dequant(w.forward(x, ids, wts), ref, "fp8_g128", what="FP8 with a map and GPU slots")
+    moe.assert_close_dequant(w.forward(x, ids, wts), ref, "fp8_g128", what="FP8 with a map and GPU slots")
 
 
 def test_only_method_fp8_reads_the_bytes_as_stored(tmp_path):
@@ -194,8 +197,8 @@ def test_fp8_release_under_another_method_is_dequantized(tmp_path):
         assert rel < (0.04 if method == "AMXINT8" else 0.01), (method, rel)
 
 
-HOST_FEATURES = set(__import__("kt_kernel").cpu_info()["features"])
-FP8_ROWS = [r["name"] for r in __import__("kt_kernel")._ext.kernel_table()
+HOST_FEATURES = set(kt_kernel.cpu_info()["features"])
+FP8_ROWS = [r["name"] for r in _ext.kernel_table()
             if r["format"] == "fp8_g128" and set(r["features"]) <= HOST_FEATURES]
 
 
@@ -206,7 +209,6 @@ def test_kernel_decodes_every_code_exactly(row, rows):
     each output one weight times a power-of-two scale, exact on every path (fp32 FMA, vdpbf16ps),
     so the down kernel must return the decoded weights bit for bit: W^T with 256 one-hot rows
     (prefill blocks), or single rows (decode)."""
-    from kt_kernel import _ext
     rng = np.random.default_rng(9)
     N, K = 32, 256
     codes = np.array([c for c in range(256) if c & 0x7F != 0x7F] + [0, 0], dtype=np.uint8)
