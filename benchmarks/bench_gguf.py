@@ -10,6 +10,9 @@ kt_kernel's quantizer (_ext.quantize) of Gaussian weights (seed 0; std 0.02 for 
 for down, the scale of real models, whose small block scales include fp16 subnormals; each
 expert's rows drawn from a pool of --pool-rows quantized rows) where kt_kernel has the type, else
 random valid blocks of that std (tests/gguf_reference.py).
+--types fp8 stands for an FP8 release instead (write_fp8_checkpoint: a folder in DeepSeek-V3's
+layout, e4m3 experts with fp32 scales per 128 x 128 block, torch's float8 rounding of the same
+Gaussian weights), run with method FP8 by ours and upstream, its reference on torch's decoding.
 Then each side runs alone in its own process (gguf_side.py), one after the other:
   ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file); a type missing from
             kt_kernel._ext.formats() is reported missing, and the other sides still run;
@@ -429,7 +432,7 @@ def table_row(r: dict) -> str:
     if r["M"] in DECODE_TOKENS:
         rate = f"{r['gbps']:.1f} GB/s" + ("*" if r["may_be_cached"] else "")
     else:
-        rate = f"{r['gops']:.0f} {'GF/s' if r['side'] == 'torch' else 'GOP/s'}"
+        rate = f"{r['gops']:.0f} {'GF/s' if r['side'] == 'torch' or r['type'] == FP8 else 'GOP/s'}"
     side = r["side"] + (f" ({r['threads']} thr)" if r["side"] == "upstream" else "")
     pct = "-" if r["pct_limit"] is None else f"{r['pct_limit']:.0f}%"
     ratio = "" if r["upstream_over_ours"] is None else f"{r['upstream_over_ours']:.2f}"
@@ -450,9 +453,10 @@ NOTES = [
     "bf16; * = those weights are under 2x the L2+L3 caches, so calls with the same routing may read them partly",
     "from cache): ours and torch the median over rounds of (probe, 8 calls) of each round's ratio (each probe",
     "leaves the caches cold), upstream against the probe right before its side; M >= 64 of the instruction peak",
-    "measured then (kt and upstream: the int8 family of the active tier; torch: its bf16 family). upstream / ours:",
+    "measured then (kt and upstream: the int8 family of the active tier, for fp8 its bf16 one; torch: its bf16",
+    "family). upstream / ours:",
     "upstream ms / ours ms (upstream at its best of 1 and --threads threads). rel err: ||out - ref|| / ||ref||, ref = the MoE in fp64 on gguf's",
-    "dequantization of the same file, the same inputs.",
+    "dequantization of the same file (fp8: torch's float8_e4m3fn decoding times the block scales), the same inputs.",
 ]
 
 

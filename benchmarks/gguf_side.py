@@ -159,7 +159,7 @@ def upstream(layer, case: dict):
                            hidden_size=layer.H, moe_intermediate_size=layer.I, gpu_experts_mask=None,
                            cpuinfer_threads=case["threads"], threadpool_count=1, weight_path=layer.path,
                            chunked_prefill_size=max(case["tokens"]), method=layer.method)
-    wrapper.load_weights()
+    wrapper.load_weights(torch.arange(layer.E, dtype=torch.int64))  # its FP8 wrapper requires the map
 
     def forward(x, ids, w):
         # its output is a staging buffer that the next call of the same M overwrites

@@ -1,8 +1,9 @@
 // [NOTE] fp8_g128 weights x fp32 activations with AVX512F FMA (the tier of AVX512 CPUs without
 // BF16). Each 64-byte word (k = 4g..4g+3 of 16 channels) becomes bf16 pairs (fp8_avx512.h), whose
 // halves are fp32 by a shift or a mask, one k of the 16 channels per zmm, times the channel's
-// scale: the dequantizer's weight e4m3(q) * scale, bit for bit. Then one FMA per k, in order, as
-// the reference adds them (results differ by the FMA's rounding only).
+// scale: the dequantizer's weight e4m3(q) * scale, bit for bit. Then one FMA per k into two
+// partial sums, k even and k odd, added at the end (results differ from the reference's sum in k
+// order by that split and the FMA's rounding).
 // Layout in formats/fp8_g128.cpp.
 #include "kernels/avx512/avx512_driver.h"
 #include "kernels/avx512/fp8_avx512.h"
@@ -12,7 +13,7 @@ namespace kt {
 namespace {
 
 struct Fp8G128Tile {
-  // NM MR accumulators and 4 NM weight vectors within the 32 zmm
+  // 2 NM MR partial sums and 4 NM weight vectors within the 32 zmm
   static constexpr int max_rows(int) { return 4; }
   static constexpr int down_panels = 2;
 
@@ -22,8 +23,14 @@ struct Fp8G128Tile {
     constexpr int kLines = sizeof(Fp8G128Block) / 64;
     const float* x[MR];
     for (int r = 0; r < MR; ++r) x[r] = reinterpret_cast<const float*>(act.data + act.stride * rows[r]);
+    // Each row's 4 FMAs per word go to 2 partial sums (k even, k odd; every row alike, so that a
+    // row's result does not depend on the rows beside it): one chain took 4 FMA latencies per
+    // word, which bound decode.
+    constexpr int kChains = 2;
+    __m512 part[NM][MR][kChains];
     for (int t = 0; t < NM; ++t)
-      for (int r = 0; r < MR; ++r) acc[t][r] = _mm512_setzero_ps();
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < kChains; ++c) part[t][r][c] = _mm512_setzero_ps();
     const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
     for (int grp = 0; grp < Kp / Fp8G128Block::kK; ++grp) {
       const Fp8G128Block* b[NM];
@@ -45,10 +52,16 @@ struct Fp8G128Tile {
                                _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(k23, 16)), s[t]),
                                _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(k23, high)), s[t])};
           for (int r = 0; r < MR; ++r)
-            for (int i = 0; i < 4; ++i) acc[t][r] = _mm512_fmadd_ps(v[i], _mm512_set1_ps(x[r][k + i]), acc[t][r]);
+            for (int i = 0; i < 4; ++i)
+              part[t][r][i % kChains] = _mm512_fmadd_ps(v[i], _mm512_set1_ps(x[r][k + i]), part[t][r][i % kChains]);
         }
       }
     }
+    for (int t = 0; t < NM; ++t)
+      for (int r = 0; r < MR; ++r) {
+        acc[t][r] = part[t][r][0];
+        for (int c = 1; c < kChains; ++c) acc[t][r] = _mm512_add_ps(acc[t][r], part[t][r][c]);
+      }
   }
 };
 
