@@ -1,5 +1,6 @@
-"""The README's GGUF speed table: per shape and type, decode (M=1) and prefill (M=512) of kt_kernel's
-LLAMAFILE against upstream kt-kernel 0.7.2's, from the JSON of bench_gguf.py runs.
+"""The README's GGUF and FP8 speed tables: per shape and type, decode (M=1) and prefill (M=512) of
+kt_kernel's LLAMAFILE (FP8 for the type fp8) against upstream kt-kernel 0.7.2's same method, from
+the JSON of bench_gguf.py runs.
 
     python3 benchmarks/gguf_summary.py docs/benchmarks/2026-12-05-gguf/A.json docs/benchmarks/2026-12-05-gguf/B_q4_K.json
 """
@@ -27,7 +28,7 @@ def _pct_bw(r) -> str:
 
 def summary(results: list) -> str:
     lines = ["| shape | type | M=1: ours ms | upstream ms | upstream / ours | ours % of bw | M=8: ours % of bw | "
-             "M=512: ours ms | upstream ms | upstream / ours | ours GOP/s (% of peak) | rel err ours / upstream |",
+             "M=512: ours ms | upstream ms | upstream / ours | ours GOP/s or GF/s (% of peak) | rel err ours / upstream |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["shape"], r["type"]) for r in results))
     for shape, fmt in keys:
@@ -40,7 +41,8 @@ def summary(results: list) -> str:
             if M == 1:
                 cells += [_pct_bw(ours), _pct_bw(_row(rows, "ours", 8))]
             elif ours:
-                cells.append(f"{ours['gops']:.0f} ({ours['pct_limit']:.0f}%)")
+                unit = "GF/s" if fmt == "fp8" else "GOP/s"
+                cells.append(f"{ours['gops']:.0f} {unit} ({ours['pct_limit']:.0f}%)")
             else:
                 cells.append("-")
         ours, up = _row(rows, "ours", 512) or _row(rows, "ours", 1), _row(rows, "upstream", 512) or _row(rows, "upstream", 1)

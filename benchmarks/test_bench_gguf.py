@@ -184,4 +184,4 @@ def test_summary_pairs_ours_with_upstream():
                                   row("ours", 8, 9.0, pct_limit=85.0), row("ours", 512, 100.0),
                                   row("upstream", 512, 150.0)])
     assert table.splitlines()[-1] == ("| A | q4_K | 2 | 3 | 1.50x | 40%* of 37 GB/s | 85% of 37 GB/s | 100 | 150 | "
-                                      "1.50x | 300 (40%) | 0.0200 / 0.0200 |")
+                                      "1.50x | 300 GOP/s (40%) | 0.0200 / 0.0200 |")

@@ -223,3 +223,21 @@ def test_kernel_decodes_every_code_exactly(row, rows):
         out = _ext.kernel_down(row, q, h, np.arange(len(chunk), dtype=np.int32), np.ones(len(chunk), np.float32),
                                np.zeros((len(chunk), N), np.float32))
         np.testing.assert_array_equal(out, W[:, chunk].T, err_msg=f"{row}, k {list(chunk)[:4]}...")
+
+
+def test_scale_of_another_block_shape_is_refused_naming_it(tmp_path):
+    """A weight_scale_inv whose shape disagrees with weight_block_size raises, naming the tensor."""
+    path, _ = build_fp8(tmp_path / "ckpt")
+    key = f"model.layers.{LAYER}.mlp.experts.4.gate_proj.weight_scale_inv"
+    _rewrite(path, lambda t: t.__setitem__(key, t[key][:1].contiguous()))
+    with pytest.raises(ConversionError, match=rf"{key} has shape \(1, 2\), but weight_block_size \[128, 128\] makes it "
+                                              r"\(2, 2\)"):
+        _wrapper(path).load_weights()
+
+
+def test_truncated_release_is_refused_naming_the_file(tmp_path):
+    path, _ = build_fp8(tmp_path / "ckpt")
+    f = path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(ConversionError, match="model.safetensors"):
+        _wrapper(path).load_weights()

@@ -306,8 +306,15 @@ def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
                     if tensors[k][1]["shape"] != want[proj]:
                         raise ConversionError(f"{k} has shape {tuple(tensors[k][1]['shape'])}, but config.json "
                                               f"{i_field}={I} and hidden_size={H} make it {tuple(want[proj])}")
-                    if dtype == "F8_E4M3" and (e, proj) not in scales.get(layer, {}):
-                        raise ConversionError(f"{k} is fp8 but the checkpoint has no {k}_scale_inv")
+                    if dtype == "F8_E4M3":
+                        sk = scales.get(layer, {}).get((e, proj))
+                        if sk is None:
+                            raise ConversionError(f"{k} is fp8 but the checkpoint has no {k}_scale_inv")
+                        N, K = want[proj]
+                        want_s = [-(-N // block[0]), -(-K // block[1])]
+                        if tensors[sk][1]["shape"] != want_s:
+                            raise ConversionError(f"{sk} has shape {tuple(tensors[sk][1]['shape'])}, but weight_block_size "
+                                                  f"{list(block)} makes it {tuple(want_s)}")
             extra = sorted({e for e, _ in keys} - set(range(E)))
             if extra:
                 raise ConversionError(f"{path}: layer {layer} has expert {extra[0]}, but config.json {e_field}={E}")
