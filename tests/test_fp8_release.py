@@ -241,3 +241,30 @@ def test_truncated_release_is_refused_naming_the_file(tmp_path):
     f.write_bytes(f.read_bytes()[:-1000])
     with pytest.raises(ConversionError, match="model.safetensors"):
         _wrapper(path).load_weights()
+
+
+@pytest.mark.parametrize("tier", [t for t in HOST_TIERS if t != "generic"])
+def test_layer_equals_bf16_method_where_the_weights_are_bf16_values(tmp_path, tier):
+    """With ue8m0 scales every weight of the release is a bf16 value: the FP8 layer must give the
+    BF16 method's layer on the decoded weights, up to the fp32 sums' order (an independent kernel
+    on the same products)."""
+    path, (gate, up, down) = build_fp8(tmp_path / "ckpt", scale_dtype="ue8m0")
+    assert torch.equal(gate.bfloat16().float(), gate) and torch.equal(down.bfloat16().float(), down)
+    set_isa(tier)
+    try:
+        fp8 = _wrapper(path)
+        fp8.load_weights()
+        bf16 = KTMoEWrapper(layer_idx=LAYER, num_experts=E, num_experts_per_tok=TOPK, hidden_size=H,
+                            moe_intermediate_size=I, cpuinfer_threads=2, method="BF16")
+        bf16.load_weights_from_tensors(gate.bfloat16(), up.bfloat16(), down.bfloat16())
+        for M in (1, 64):
+            x, ids, wts = _inputs(M)
+            a, b = fp8.forward(x, ids, wts).double(), bf16.forward(x, ids, wts).double()
+            # fp32 sums that differ in their last bits (about 2^-24 of the terms, so 1e-6 of max|out|
+            # bounds them) round to bf16 outputs at most one ulp apart
+            v = torch.maximum(a.abs(), b.abs())
+            ulp = torch.where(v > 0, torch.exp2(torch.floor(torch.log2(v)) - 7), torch.zeros_like(v))
+            bound = ulp + 1e-6 * b.abs().max()
+            assert torch.all((a - b).abs() <= bound), (tier, M, ((a - b).abs() - bound).max().item())
+    finally:
+        set_isa(None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,8 +125,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from kt_kernel.integrations.transformers import (kt_layers, load_gguf_model, load_gguf_reference, load_model,
-                                                     load_reference)
+    from kt_kernel.integrations.transformers import (kt_layers, load_fp8_model, load_fp8_reference, load_gguf_model,
+                                                     load_gguf_reference, load_model, load_reference)
     from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, build_tiny_model, check_greedy, generate_greedy,
                                   inspect_checkpoint, load_tokenizer, logit_agreement, teacher_forced_logits)
     from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds
@@ -154,11 +155,22 @@ def _run(args) -> int:
             gate_up, down = args.gguf_types
             with step(f"writing it to {gguf} ({gate_up} gate/up, {down} down, the rest q8_0)"):
                 write_model_gguf(path, gguf, gate_up=gate_up, down=down, other="q8_0")
+        elif method == "FP8":
+            release = path.parent / f"{path.name}-fp8-release"
+            if not (release / "config.json").exists():
+                with step(f"writing it as an FP8 release (e4m3 linear weights, 128 x 128 block scales) to {release}"):
+                    _write_release(path, release)
+            path = release
     else:
         path = args.model
+    fp8 = not whole and _is_fp8_release(path)
+    if fp8 and method != "FP8":
+        raise ValueError(f"--model {path} is an FP8 release: run it with --method FP8 (its experts as stored)")
     if whole:
         model_name, num_experts, tokenizer = _describe_gguf(gguf)
         tiny = True  # the demo writes (and so reads) only its tiny models as whole GGUF files
+    elif fp8:
+        model_name, num_experts, tokenizer = _describe_fp8(path)
     else:
         ckpt = inspect_checkpoint(path)
         model_name, num_experts, tokenizer = ckpt.describe(), ckpt.num_experts, load_tokenizer(path)
@@ -172,15 +184,17 @@ def _run(args) -> int:
 
     ref = None
     if not args.no_reference:
-        what = ("the whole GGUF file dequantized" if whole else
+        what = ("the whole GGUF file dequantized" if whole else "the whole FP8 release decoded" if fp8 else
                 "eager experts" + (", the GGUF experts dequantized" if gguf else ""))
         with step(f"loading the fp32 reference (transformers, {what})"):
             ref = (load_gguf_reference(gguf, device=args.device) if whole else
+                   load_fp8_reference(path, device=args.device) if fp8 else
                    load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts))
-    doing = f"loading its experts from {gguf}" if gguf else f"quantizing its experts to {method}"
+    doing = (f"loading its experts from {gguf}" if gguf else "loading its e4m3 experts as stored" if fp8 else
+             f"quantizing its experts to {method}")
     with step(f"loading the model in {str(dtype).replace('torch.', '')} and {doing}"):
         options = dict(dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts, cpuinfer_threads=args.threads)
-        model = (load_gguf_model(gguf, **options) if whole else
+        model = (load_gguf_model(gguf, **options) if whole else load_fp8_model(path, **options) if fp8 else
                  load_model(path, method, **options, **({"weight_path": gguf} if gguf else {})))
     layers = kt_layers(model)
     threads = next((lay.wrapper.cpuinfer_threads for lay in layers if lay.wrapper is not None), args.threads)
@@ -233,6 +247,48 @@ def _run(args) -> int:
           f"(bound {bounds.kl_mean:g}), top-1 {agreement.top1:.3f} (bound {bounds.top1}), "
           f"{len(greedy.mismatches)} clear greedy mismatches ({clock.seconds:.0f} s in all)")
     return 0 if ok else 1
+
+
+def _write_release(src: Path, dst: Path) -> None:
+    """The FP8 release of the tiny model at src, written beside it once (atomically: a finished
+    folder or none)."""
+    import shutil
+    import tempfile
+
+    from kt_kernel.models.fp8_model import write_fp8_release
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        write_fp8_release(src, tmp)
+        try:
+            os.replace(tmp, dst)
+        except OSError:
+            if not (dst / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_fp8_release(path) -> bool:
+    from kt_kernel.checkpoint import ConversionError
+    from kt_kernel.checkpoint.hf import open_hf_checkpoint
+
+    try:
+        return open_hf_checkpoint(path).dtype == "F8_E4M3"
+    except ConversionError:
+        return False  # inspect_checkpoint says what is wrong with it
+
+
+def _describe_fp8(path) -> tuple:
+    """(description, experts per layer, tokenizer) of an FP8 release."""
+    from kt_kernel.checkpoint.hf import open_hf_checkpoint
+    from kt_kernel.models import architecture, load_tokenizer
+
+    ckpt = open_hf_checkpoint(path)
+    model_type = ckpt.config.get("model_type")
+    return (f"{architecture(model_type).label} ({model_type}, FP8 release, blocks {list(ckpt.fp8_block)}): "
+            f"{ckpt.num_layers} layers, {len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts, hidden "
+            f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}", ckpt.num_experts, load_tokenizer(path))
 
 
 def _describe_gguf(gguf) -> tuple:

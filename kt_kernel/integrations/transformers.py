@@ -50,13 +50,16 @@ from kt_kernel.formats import GGUF_METHOD  # noqa: E402
 from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
-           "load_gguf_model", "load_gguf_reference",
+           "load_gguf_model", "load_gguf_reference", "load_fp8_model", "load_fp8_reference",
            "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
 
 log = logging.getLogger("kt_kernel")
 
 IMPLEMENTATION = "kt_kernel"
 DEFAULT_METHOD = "AMXINT4"
+FP8_METHOD = "FP8"
+# methods whose experts a wrapper reads from a file as they are stored (attach's weight_path)
+_FROM_FILE = (GGUF_METHOD, FP8_METHOD)
 _lazy_layers = itertools.count()
 
 
@@ -97,10 +100,12 @@ class KTExperts:
         self.gpu_mask = gpu_mask
         self.num_gpu_experts = int(gpu_mask.sum())
         device, dtype = gate_up.device, gate_up.dtype
-        if gate_up.is_meta:  # a model built from a GGUF file: its experts' tensors were never made
-            if method != GGUF_METHOD or (self.num_gpu_experts and gpu_weights is None):
-                raise ValueError(f"layer {layer_idx}: the experts' tensors are on the meta device; method "
-                                 f"{GGUF_METHOD} with gpu_weights runs such a model (load_gguf_model)")
+        from_file = method in _FROM_FILE and weight_path is not None
+        if gate_up.is_meta:  # a model built from a GGUF file or FP8 release: its experts' tensors were never made
+            if not from_file or (self.num_gpu_experts and gpu_weights is None):
+                raise ValueError(f"layer {layer_idx}: the experts' tensors are on the meta device; methods "
+                                 f"{' and '.join(_FROM_FILE)} with weight_path and gpu_weights run such a model "
+                                 "(load_gguf_model, load_fp8_model)")
             device = torch.device("cpu")
 
         # stage 1: CPU experts into kt_kernel (the wrapper keeps only the experts not in the mask):
@@ -115,7 +120,7 @@ class KTExperts:
                                         cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
                                         chunked_prefill_size=chunked_prefill_size, weight_path=weight_path,
                                         max_deferred_experts_per_token=max_deferred_experts_per_token)
-            if method == GGUF_METHOD:
+            if from_file:
                 self.wrapper.load_weights()
             else:
                 self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
@@ -361,10 +366,26 @@ def _model_from_gguf(path, dtype, experts_implementation: str):
     ``dtype``; the routed experts' fused tensors stay on the meta device."""
     from kt_kernel.models.gguf_model import gguf_config, gguf_state_dict
 
-    config = gguf_config(path)
+    return _model_on_meta(gguf_config(path), lambda model: gguf_state_dict(path, model, dtype), dtype,
+                          experts_implementation)
+
+
+def _model_from_fp8(path, dtype, experts_implementation: str):
+    """The transformers model of the FP8 release at ``path``: built on the meta device from its
+    config.json, every tensor outside the routed experts decoded in ``dtype``
+    (kt_kernel.models.fp8_model); the routed experts' fused tensors stay on the meta device."""
+    from kt_kernel.models.fp8_model import fp8_config, fp8_state_dict
+
+    return _model_on_meta(fp8_config(path), lambda model: fp8_state_dict(path, model, dtype), dtype,
+                          experts_implementation)
+
+
+def _model_on_meta(config, state_dict, dtype, experts_implementation: str):
+    """transformers' model of ``config`` built on the meta device, ``state_dict(model)`` assigned
+    (the routed experts' tensors left on meta), the buffers computed at construction rebuilt."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=experts_implementation)
-    model.load_state_dict(gguf_state_dict(path, model, dtype), strict=False, assign=True)
+    model.load_state_dict(state_dict(model), strict=False, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()
     # buffers computed at construction (the rotary tables) were computed on meta: rebuild their modules
@@ -400,6 +421,40 @@ def load_gguf_model(path, method: str = GGUF_METHOD, *, dtype=torch.bfloat16, de
            gpu_weights=lambda layer, ids: gguf_expert_weights(path, layer, ids.tolist(), dtype))
     _no_meta_left(model, path)
     return model.to(device)
+
+
+def load_fp8_model(path, method: str = FP8_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
+    """The whole model of an FP8 release (DeepSeek-V3 layout: e4m3 linear weights with
+    ``weight_scale_inv`` blocks), with its routed experts run from the release's bytes by kt_kernel
+    (method FP8) and everything else decoded into transformers' model in ``dtype``
+    (kt_kernel.models.fp8_model; transformers' FP8 layers need a GPU). GPU experts
+    (``num_gpu_experts`` / ``gpu_experts_mask``, as :func:`attach`) are decoded onto ``device``; the
+    CPU experts are never decoded. Returns the model in eval mode."""
+    if method != FP8_METHOD:
+        raise ValueError(f"method {method!r}: an FP8 release's experts run as they are stored, with method "
+                         f"{FP8_METHOD!r}; for {method}, load_model quantizes the decoded experts")
+    from kt_kernel.models.fp8_model import fp8_expert_weights
+
+    model = _model_from_fp8(path, dtype, implementation_name(method))
+    attach(model, method, weight_path=path, **attach_options,
+           gpu_weights=lambda layer, ids: fp8_expert_weights(path, layer, ids.tolist(), dtype))
+    _no_meta_left(model, path)
+    return model.to(device)
+
+
+def load_fp8_reference(path, *, dtype=torch.float32, device="cpu"):
+    """The whole FP8 release at ``path`` decoded (torch's float8_e4m3fn times the block scales),
+    routed experts included, in transformers' eager experts and ``dtype``: the reference
+    :func:`load_fp8_model` is compared with."""
+    from kt_kernel.models.fp8_model import fp8_expert_weights
+
+    model = _model_from_fp8(path, dtype, "eager")
+    for layer, _, module in find_experts_modules(model):
+        gate_up, down = fp8_expert_weights(path, layer, dtype=dtype)
+        module.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
+        module.down_proj = torch.nn.Parameter(down, requires_grad=False)
+    _no_meta_left(model, path)
+    return model.to(device).eval()
 
 
 def load_gguf_reference(path, *, dtype=torch.float32, device="cpu"):
