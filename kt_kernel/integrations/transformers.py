@@ -416,11 +416,8 @@ def load_gguf_model(path, method: str = GGUF_METHOD, *, dtype=torch.bfloat16, de
                          f"{GGUF_METHOD!r}; for {method} load the Hugging Face checkpoint (load_model)")
     from kt_kernel.models.gguf_model import gguf_expert_weights
 
-    model = _model_from_gguf(path, dtype, implementation_name(method))
-    attach(model, method, weight_path=path, **attach_options,
-           gpu_weights=lambda layer, ids: gguf_expert_weights(path, layer, ids.tolist(), dtype))
-    _no_meta_left(model, path)
-    return model.to(device)
+    return _attached_from_file(_model_from_gguf(path, dtype, implementation_name(method)), path, method,
+                               gguf_expert_weights, dtype, device, attach_options)
 
 
 def load_fp8_model(path, method: str = FP8_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
@@ -435,11 +432,8 @@ def load_fp8_model(path, method: str = FP8_METHOD, *, dtype=torch.bfloat16, devi
                          f"{FP8_METHOD!r}; for {method}, load_model quantizes the decoded experts")
     from kt_kernel.models.fp8_model import fp8_expert_weights
 
-    model = _model_from_fp8(path, dtype, implementation_name(method))
-    attach(model, method, weight_path=path, **attach_options,
-           gpu_weights=lambda layer, ids: fp8_expert_weights(path, layer, ids.tolist(), dtype))
-    _no_meta_left(model, path)
-    return model.to(device)
+    return _attached_from_file(_model_from_fp8(path, dtype, implementation_name(method)), path, method,
+                               fp8_expert_weights, dtype, device, attach_options)
 
 
 def load_fp8_reference(path, *, dtype=torch.float32, device="cpu"):
@@ -448,9 +442,24 @@ def load_fp8_reference(path, *, dtype=torch.float32, device="cpu"):
     :func:`load_fp8_model` is compared with."""
     from kt_kernel.models.fp8_model import fp8_expert_weights
 
-    model = _model_from_fp8(path, dtype, "eager")
+    return _with_decoded_experts(_model_from_fp8(path, dtype, "eager"), path, fp8_expert_weights, dtype, device)
+
+
+def _attached_from_file(model, path, method: str, expert_weights, dtype, device, attach_options: dict):
+    """``model`` (built on meta, its routed experts never made) attached to kt_kernel, whose
+    wrappers read the CPU experts from ``path``; the GPU experts from ``expert_weights(path, layer,
+    ids, dtype)``."""
+    attach(model, method, weight_path=path, **attach_options,
+           gpu_weights=lambda layer, ids: expert_weights(path, layer, ids.tolist(), dtype))
+    _no_meta_left(model, path)
+    return model.to(device)
+
+
+def _with_decoded_experts(model, path, expert_weights, dtype, device):
+    """``model`` (built on meta) with every routed expert from ``expert_weights(path, layer,
+    dtype=dtype)``, in eval mode on ``device``."""
     for layer, _, module in find_experts_modules(model):
-        gate_up, down = fp8_expert_weights(path, layer, dtype=dtype)
+        gate_up, down = expert_weights(path, layer, dtype=dtype)
         module.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
         module.down_proj = torch.nn.Parameter(down, requires_grad=False)
     _no_meta_left(model, path)
@@ -462,10 +471,4 @@ def load_gguf_reference(path, *, dtype=torch.float32, device="cpu"):
     transformers' eager experts and ``dtype``: the reference :func:`load_gguf_model` is compared with."""
     from kt_kernel.models.gguf_model import gguf_expert_weights
 
-    model = _model_from_gguf(path, dtype, "eager")
-    for layer, _, module in find_experts_modules(model):
-        gate_up, down = gguf_expert_weights(path, layer, dtype=dtype)
-        module.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
-        module.down_proj = torch.nn.Parameter(down, requires_grad=False)
-    _no_meta_left(model, path)
-    return model.to(device)
+    return _with_decoded_experts(_model_from_gguf(path, dtype, "eager"), path, gguf_expert_weights, dtype, device)
