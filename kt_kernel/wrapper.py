@@ -14,6 +14,7 @@ import torch
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
 from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
@@ -164,8 +165,9 @@ class KTMoEWrapper:
     ):
         _check_plain_swiglu(swiglu_limit, swiglu_alpha)
         method = resolve_method(method)
-        if method not in METHODS and method != GGUF_METHOD:
-            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, {GGUF_METHOD} (the "
+        if method not in METHODS and method != GGUF_METHOD and method not in INT4_RELEASE_METHODS:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, "
+                             f"{', '.join(INT4_RELEASE_METHODS)} (compressed-tensors int4 releases), {GGUF_METHOD} (the "
                              "experts of a GGUF file, each projection in the file's type)")
         if numa_nodes is not None:
             raise NotImplementedError(
@@ -200,6 +202,9 @@ class KTMoEWrapper:
         self.cpu_save = cpu_save
         self.chunked_prefill_size = chunked_prefill_size
         self.method = method
+        if method in INT4_RELEASE_METHODS and cpu_save is not False:
+            raise ValueError(f"cpu_save={cpu_save!r} with method {method}: the release is loaded as it is stored, there is "
+                             "nothing to save; leave cpu_save False")
         self.max_deferred_experts_per_token = max_deferred_experts_per_token
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
@@ -214,12 +219,18 @@ class KTMoEWrapper:
         self._writes = []  # jobs of submit_write_weight_scale_to_buffer, until synced
         self._weights_from_path = None  # (physical_to_logical_map,) of the last load_weights
 
+    @property
+    def _native_method(self) -> str:
+        """The method whose format the layer packs: a compressed-tensors int4 release (RAWINT4,
+        GPTQ_INT4) loads exactly into AMXINT4's int4_g32 (kt_kernel/checkpoint/ct_int4.py)."""
+        return "AMXINT4" if self.method in INT4_RELEASE_METHODS else self.method
+
     def _build_native_layer(self) -> None:
         self._placed_mask = self.gpu_experts_mask.clone()
         on_cpu = [0 if g else 1 for g in self._placed_mask.tolist()]
         formats = {} if self._formats is None else {"formats": list(self._formats)}
         self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
-                                    self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size,
+                                    self.moe_intermediate_size, self._native_method, on_cpu, self.chunked_prefill_size,
                                     self.layer_idx, self.max_deferred_experts_per_token, **formats)
         self._stream_layer = _ext.StreamLayer(self._layer)
 

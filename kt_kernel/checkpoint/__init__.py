@@ -17,26 +17,33 @@ from pathlib import Path
 from typing import Optional, Union
 
 from kt_kernel.checkpoint.converted import ConvertedCheckpoint, is_converted
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, is_compressed_int4
 from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.fp8 import FP8_METHOD, FP8Checkpoint
 from kt_kernel.checkpoint.gguf import GGUFCheckpoint, is_gguf, open_gguf
 from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
 
-__all__ = ["open_checkpoint", "Checkpoint", "ConvertedCheckpoint", "FP8Checkpoint", "GGUFCheckpoint", "HFCheckpoint",
+__all__ = ["open_checkpoint", "Checkpoint", "CompressedInt4Checkpoint", "ConvertedCheckpoint", "FP8Checkpoint", "GGUFCheckpoint", "HFCheckpoint",
            "ConversionError", "is_converted"]
 
-Checkpoint = Union[ConvertedCheckpoint, FP8Checkpoint, GGUFCheckpoint, HFCheckpoint]
+Checkpoint = Union[ConvertedCheckpoint, CompressedInt4Checkpoint, FP8Checkpoint, GGUFCheckpoint, HFCheckpoint]
 
 
 def open_checkpoint(path, method: Optional[str] = None) -> Checkpoint:
     """The reader of ``path``: a converted folder (kt_kernel_meta.json or layer files there), a
     GGUF model (a .gguf file, a shard of a split set, or a folder of .gguf files and no
     safetensors) or a Hugging Face checkpoint; with ``method`` FP8, an fp8 checkpoint's experts
-    as they are stored (FP8Checkpoint). Reads metadata and headers only."""
+    as they are stored (FP8Checkpoint); with ``method`` RAWINT4 or GPTQ_INT4, a compressed-tensors
+    int4 checkpoint's (CompressedInt4Checkpoint). Reads metadata and headers only."""
     path = Path(path)
     if is_converted(path):
         return ConvertedCheckpoint(path)
     if is_gguf(path) and not (path.is_dir() and any(path.glob("*.safetensors"))):
         return open_gguf(path)
+    if method in INT4_RELEASE_METHODS:
+        return CompressedInt4Checkpoint(path, method)
+    if is_compressed_int4(path):
+        raise ConversionError(f"{path} holds compressed-tensors int4 experts: load it with method "
+                              f"{' or '.join(INT4_RELEASE_METHODS)} (as stored), not {method!r}")
     hf = open_hf_checkpoint(path)
     return FP8Checkpoint(hf) if method == FP8_METHOD and hf.dtype == "F8_E4M3" else hf

@@ -1,0 +1,167 @@
+"""Methods RAWINT4 and GPTQ_INT4 on compressed-tensors int4 releases (pack-quantized, group and
+channel strategies, symmetric, bf16 and fp16 scales), written and decompressed by
+the compressed-tensors package itself, the independent oracle: the loaded weights are its
+decompression bit for bit, and the layer on every tier is within int4_g32's bound of the float64
+reference on them with the kernels' q8s activations. Bad releases raise naming the tensor."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ct = pytest.importorskip("compressed_tensors")
+from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
+from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme  # noqa: E402
+from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
+
+import kt_kernel  # noqa: E402
+import reference  # noqa: E402
+from format_expectations import kernel_row  # noqa: E402
+from kt_kernel import KTMoEWrapper, set_isa  # noqa: E402
+from kt_kernel.checkpoint import CompressedInt4Checkpoint, ConversionError  # noqa: E402
+
+H, I, E, TOPK, LAYER = 256, 256, 6, 2, 1
+HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
+
+
+def _args(strategy="group", group=32, symmetric=True) -> QuantizationArgs:
+    return QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy=strategy,
+                            group_size=group if strategy == "group" else None)
+
+
+def _compress(w: torch.Tensor, args: QuantizationArgs, scale_dtype):
+    """compressed-tensors' tensors of w [N, K], and its decompression in fp32 (scales widened first,
+    so that scale * (q - z) is not rounded again)."""
+    N, K = w.shape
+    g = args.group_size or K
+    blocks = w.reshape(N, K // g, g)
+    scale, zp = calculate_qparams(blocks.amin(-1), blocks.amax(-1), args)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    sd = {"weight": w, "weight_scale": scale.to(scale_dtype), "weight_zero_point": zp.to(torch.int8)}
+    c = PackedQuantizationCompressor.compress(sd, scheme)
+    wide = {**c, "weight_scale": c["weight_scale"].float()}
+    return c, PackedQuantizationCompressor.decompress(wide, scheme)["weight"].float()
+
+
+def build(path: Path, args: QuantizationArgs, scale_dtype=torch.bfloat16, seed=0):
+    """A DeepSeek-V3-style release whose experts are compressed-tensors int4; its experts as
+    compressed-tensors decompresses them, (gate, up, down) fp32 [E, N, K]."""
+    path.mkdir(parents=True, exist_ok=True)
+    q = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+         "config_groups": {"group_0": {"targets": ["Linear"], "weights": args.model_dump()}}, "ignore": ["lm_head"]}
+    cfg = {"model_type": "deepseek_v3", "hidden_size": H, "moe_intermediate_size": I, "intermediate_size": 2 * I,
+           "n_routed_experts": E, "num_experts_per_tok": TOPK, "num_hidden_layers": 2, "first_k_dense_replace": 1,
+           "vocab_size": 32, "quantization_config": q}
+    (path / "config.json").write_text(json.dumps(cfg))
+    g = torch.Generator().manual_seed(seed)
+    tensors, dec = {"model.embed_tokens.weight": torch.zeros(32, H, dtype=torch.bfloat16)}, [[], [], []]
+    for e in range(E):
+        for j, (name, (N, K)) in enumerate((("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I)))):
+            w = torch.randn(N, K, generator=g) * K ** -0.5
+            c, d = _compress(w, args, scale_dtype)
+            for part, t in c.items():
+                tensors[f"model.layers.{LAYER}.mlp.experts.{e}.{name}.{part}"] = t.contiguous()
+            dec[j].append(d)
+    save_file(tensors, str(path / "model.safetensors"))
+    return path, tuple(torch.stack(d) for d in dec)
+
+
+CASES = [("RAWINT4", _args("group", 32, True), torch.bfloat16),  # Kimi-K2-Thinking's scheme
+         ("GPTQ_INT4", _args("group", 128, True), torch.float16),  # llm-compressor's W4A16
+         ("GPTQ_INT4", _args("group", 64, True), torch.bfloat16),
+         ("RAWINT4", _args("channel", None, True), torch.bfloat16)]
+IDS = [f"{m}-{a.strategy}{a.group_size or ''}-{'sym' if a.symmetric else 'asym'}-{str(d)[6:]}" for m, a, d in CASES]
+
+
+def _wrapper(path, method, **kw):
+    return KTMoEWrapper(layer_idx=LAYER, num_experts=E, num_experts_per_tok=TOPK, hidden_size=H,
+                        moe_intermediate_size=I, cpuinfer_threads=2, weight_path=str(path), method=method, **kw)
+
+
+@pytest.mark.parametrize("method,args,scale_dtype", CASES, ids=IDS)
+def test_loaded_weights_are_the_decompression_bit_for_bit(tmp_path, method, args, scale_dtype):
+    path, dec = build(tmp_path / "r", args, scale_dtype)
+    ckpt = CompressedInt4Checkpoint(path, method)
+    ckpt.check_layer(LAYER, method, H, I, E)
+    with ckpt.layer_arrays(LAYER, set(range(E))) as arrays:
+        for j, proj in enumerate(("gate", "up", "down")):
+            for e in range(E):
+                packed = arrays[(proj, "qweight")][e]
+                values = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+                q = {"format": "int4_g32", "N": values.shape[0], "K": values.shape[1], "values": values,
+                     "group_scale": arrays[(proj, "scale")][e], "group_min": arrays[(proj, "min")][e]}
+                np.testing.assert_array_equal(reference.dequantize(q), dec[j][e].numpy(), err_msg=f"{proj} {e}")
+
+
+@pytest.mark.parametrize("tier", HOST_TIERS)
+@pytest.mark.parametrize("method,args,scale_dtype", CASES, ids=IDS)
+def test_release_runs_as_stored(moe, tmp_path, tier, method, args, scale_dtype):
+    path, (gate, up, down) = build(tmp_path / "r", args, scale_dtype)
+    set_isa(tier)
+    try:
+        w = _wrapper(path, method, threadpool_count=2, chunked_prefill_size=128)
+        w.load_weights()
+        assert w.formats == ("int4_g32", "int4_g32")
+        act = kernel_row("int4_g32", w.isa_tier)["act"]
+        bounds = reference.slice_bounds(I, 2, 32, 32)
+        g = torch.Generator().manual_seed(1)
+        for M in (1, 300):
+            x = torch.randn(M, H, generator=g).bfloat16()
+            ids = torch.stack([torch.randperm(E, generator=g)[:TOPK] for _ in range(M)])
+            wts = torch.rand(M, TOPK, generator=g)
+            ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, act=act, slice_bounds=bounds)
+            moe.assert_close_dequant(w.forward(x, ids, wts), ref, "int4_g32", what=f"{method} on {tier}, M={M}")
+    finally:
+        set_isa(None)
+
+
+def test_other_methods_and_save_are_refused(tmp_path):
+    path, _ = build(tmp_path / "r", _args())
+    with pytest.raises(ConversionError, match="compressed-tensors int4 experts: load it with method RAWINT4 or GPTQ_INT4"):
+        _wrapper(path, "AMXINT4").load_weights()
+    with pytest.raises(ValueError, match="cpu_save=True with method RAWINT4"):
+        _wrapper(path, "RAWINT4", cpu_save=True)
+
+
+def test_actorder_group_is_refused(tmp_path):
+    path, _ = build(tmp_path / "r", _args())
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"] = "group"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="actorder is 'group'"):
+        _wrapper(path, "RAWINT4").load_weights()
+
+
+def test_asymmetric_release_beyond_fp16_is_refused_naming_it(tmp_path):
+    """An asymmetric release's scale * (zero point + 8) can need 12 significant bits: refused, not
+    rounded."""
+    path, _ = build(tmp_path / "r", _args("group", 64, False))
+    with pytest.raises(ConversionError, match=r"weight_scale\[\d+, \d+\]: scale \* \(zero point \+ 8\) = .* is not an "
+                                              "fp16 value"):
+        _wrapper(path, "GPTQ_INT4").load_weights()
+
+
+def test_scale_beyond_fp16_is_refused_naming_it(tmp_path):
+    path, _ = build(tmp_path / "r", _args(), torch.bfloat16)
+    from safetensors.torch import load_file
+    t = load_file(str(path / "model.safetensors"))
+    key = f"model.layers.{LAYER}.mlp.experts.3.down_proj.weight_scale"
+    t[key][2, 1] = 1e-9  # a bf16 value fp16 cannot hold
+    save_file(t, str(path / "model.safetensors"))
+    with pytest.raises(ConversionError, match=rf"{key}\[2, 1\]: scale = .* is not an fp16 value"):
+        _wrapper(path, "RAWINT4").load_weights()
+
+
+def test_wrong_packed_shape_is_refused_naming_it(tmp_path):
+    path, _ = build(tmp_path / "r", _args())
+    from safetensors.torch import load_file
+    t = load_file(str(path / "model.safetensors"))
+    key = f"model.layers.{LAYER}.mlp.experts.0.up_proj.weight_packed"
+    t[key] = t[key][:, :-1].contiguous()
+    save_file(t, str(path / "model.safetensors"))
+    with pytest.raises(ConversionError, match=rf"{key} is I32 \(256, 31\).*\(256, 32\)"):
+        _wrapper(path, "RAWINT4").load_weights()
