@@ -12,7 +12,10 @@ expert's rows drawn from a pool of --pool-rows quantized rows) where kt_kernel h
 random valid blocks of that std (tests/gguf_reference.py).
 --types fp8 stands for an FP8 release instead (write_fp8_checkpoint: a folder in DeepSeek-V3's
 layout, e4m3 experts with fp32 scales per 128 x 128 block, torch's float8 rounding of the same
-Gaussian weights), run with method FP8 by ours and upstream, its reference on torch's decoding.
+Gaussian weights), run with method FP8 by ours and upstream, its reference on torch's decoding;
+--types rawint4 for a compressed-tensors int4 release (write_int4_checkpoint: Kimi-K2-Thinking's
+scheme, symmetric groups of 32 with bf16 scales, written by compressed-tensors' compressor), run
+with method RAWINT4, its reference on the file's scale * (q - 8).
 Then each side runs alone in its own process (gguf_side.py), one after the other:
   ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file); a type missing from
             kt_kernel._ext.formats() is reported missing, and the other sides still run;
@@ -63,7 +66,7 @@ from kt_kernel.torch_moe import TORCH_PEER, moe_forward
 
 import bench_report
 from bench_moe import MachineLimits, cache_bytes, case_metrics, memory_line, other_load, require_positive
-from gguf_side import PROJECTIONS, Fp8Layer, GgufLayer, projection_shape
+from gguf_side import PROJECTIONS, RELEASE_LAYERS, GgufLayer, projection_shape
 from shapes import DECODE_TOKENS, TOKENS, Shape, get_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -83,19 +86,23 @@ POOL_ROWS = 4096
 
 
 FP8 = "fp8"  # --types fp8: an FP8 release's layer (write_fp8_checkpoint), method FP8 on every side
+INT4 = "rawint4"  # --types rawint4: a compressed-tensors int4 release's layer, method RAWINT4
+RELEASES = (FP8, INT4)  # the types that are releases' folders (gguf_side.RELEASE_LAYERS), not GGUF files
+INT4_GROUP = 32
 FP8_BLOCK = (128, 128)
 
 
 def kt_format(name: str) -> dict | None:
-    """kt_kernel's record of the GGUF type `name` (of method FP8's format for fp8), None where
-    kt_kernel lacks it."""
-    if name == FP8:
-        return next((f for f in all_formats() if f["method"] == Fp8Layer.method), None)
+    """kt_kernel's record of the GGUF type `name` (of the format a release's method packs into, for
+    fp8 and rawint4), None where kt_kernel lacks it."""
+    if name in RELEASES:
+        native = {FP8: "FP8", INT4: "AMXINT4"}[name]
+        return next((f for f in all_formats() if f["method"] == native), None)
     return next((f for f in all_formats() if f["name"] == name and f["method"] == GGUF_METHOD), None)
 
 
 def method_of(fmt: str) -> str:
-    return Fp8Layer.method if fmt == FP8 else GgufLayer.method
+    return RELEASE_LAYERS[fmt].method if fmt in RELEASES else GgufLayer.method
 
 
 def type_bytes_per_weight(name: str) -> float:
@@ -220,7 +227,7 @@ def write_fp8_checkpoint(path: Path, shape: Shape) -> dict:
             pad[:rows, :cols] = w
             scale = pad.reshape(sn, bn, sk, bk).abs().amax(dim=(1, 3)) / 448.0
             q = (w / scale.repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:rows, :cols]).to(torch.float8_e4m3fn)
-            key = f"model.layers.{Fp8Layer.layer_idx}.mlp.experts.{e}.{proj}_proj.weight"
+            key = f"model.layers.{RELEASE_LAYERS[FP8].layer_idx}.mlp.experts.{e}.{proj}_proj.weight"
             tensors[key], tensors[key + "_scale_inv"] = q, scale
             b = q.view(torch.uint8)
             subnormal, weights = subnormal + int(((b & 0x78) == 0).sum() - (b & 0x7F == 0).sum()), weights + b.numel()
@@ -229,8 +236,45 @@ def write_fp8_checkpoint(path: Path, shape: Shape) -> dict:
             "subnormal_share": subnormal / weights, "subnormal_what": "e4m3 weights"}
 
 
+def write_int4_checkpoint(path: Path, shape: Shape) -> dict:
+    """A compressed-tensors int4 release's folder (Kimi-K2-Thinking's scheme: pack-quantized,
+    symmetric groups of 32, bf16 scales; layer 1's experts per expert, DeepSeek-V3 names), of
+    Gaussian weights (WEIGHT_STD) quantized and packed by compressed-tensors' own compressor."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from safetensors.torch import save_file
+
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=INT4_GROUP)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": shape.H,
+           "moe_intermediate_size": shape.I, "intermediate_size": 2 * shape.I, "n_routed_experts": shape.E,
+           "num_experts_per_tok": shape.K, "num_hidden_layers": 2, "first_k_dense_replace": 1, "vocab_size": 32,
+           "quantization_config": {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                   "config_groups": {"group_0": {"targets": ["Linear"], "weights": args.model_dump()}},
+                                   "ignore": ["lm_head"]}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    g, tensors = torch.Generator().manual_seed(0), {}
+    for e in range(shape.E):
+        for proj in PROJECTIONS:
+            rows, cols = projection_shape(proj, shape.H, shape.I)
+            w = torch.randn(rows, cols, generator=g) * WEIGHT_STD[proj]
+            groups = w.reshape(rows, cols // INT4_GROUP, INT4_GROUP)
+            scale, _ = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+            c = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale.bfloat16()}, scheme)
+            for part, t in c.items():
+                tensors[f"model.layers.{RELEASE_LAYERS[INT4].layer_idx}.mlp.experts.{e}.{proj}_proj.{part}"] = t
+    save_file(tensors, str(path / "model.safetensors"))
+    return {"blocks": f"compressed-tensors pack-quantized int4, symmetric groups of {INT4_GROUP}, bf16 scales",
+            "subnormal_share": 0.0, "subnormal_what": "scales"}
+
+
+WRITE_RELEASE = {FP8: write_fp8_checkpoint, INT4: write_int4_checkpoint}
+
+
 def open_layer(path: Path, fmt: str):
-    return Fp8Layer(str(path)) if fmt == FP8 else GgufLayer(str(path))
+    return RELEASE_LAYERS[fmt](str(path)) if fmt in RELEASES else GgufLayer(str(path))
 
 
 def reference_output(path: Path, fmt: str, x, ids, w) -> torch.Tensor:
@@ -279,7 +323,7 @@ def run_side(side: str, python: str, path: Path, fmt: str, inputs: Path, workdir
              args) -> dict:
     """One side in a fresh process of `python`; its result (gguf_side.run) or {"status": why not}."""
     out, log = workdir / f"{side}-{threads}.pt", workdir / f"{side}-{threads}.log"
-    case = {"fp8" if fmt == FP8 else "gguf": str(path), "inputs": str(inputs), "out": str(out), "tokens": args.tokens,
+    case = {fmt if fmt in RELEASES else "gguf": str(path), "inputs": str(inputs), "out": str(out), "tokens": args.tokens,
             "threads": threads, "iters": args.iters, "min_time": args.min_time, "warmup": args.warmup,
             "paired_max_m": max(DECODE_TOKENS), "paired_rounds": args.paired_rounds, "paired_calls": PAIRED_CALLS,
             "paired_mib": args.bw_mib}
@@ -320,7 +364,7 @@ def refusal(side: str, shape: Shape, fmt: str, args) -> str | None:
         return f"missing: kt_kernel has no {fmt} format (kt_kernel._ext.formats())"
     if side == "upstream" and args.upstream_python is None:
         return "skipped: no --upstream-python"
-    if side == "upstream" and fmt != FP8 and shape.I % UPSTREAM_QK_K:
+    if side == "upstream" and fmt not in RELEASES and shape.I % UPSTREAM_QK_K:
         return f"skipped: upstream's LLAMAFILE needs I divisible by {UPSTREAM_QK_K}, I={shape.I}"
     return memory_refusal(side, shape, fmt)
 
@@ -399,9 +443,9 @@ def case_rows(shape: Shape, fmt: str, results: dict, ref: torch.Tensor, ids: tor
 
 def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLimits) -> tuple[list[dict], dict]:
     """Every side on one (shape, type) file: its rows, and what the file held."""
-    path = args.workdir / (f"{shape.name}-fp8" if fmt == FP8 else f"{shape.name}-{fmt}.gguf")
+    path = args.workdir / (f"{shape.name}-{fmt}" if fmt in RELEASES else f"{shape.name}-{fmt}.gguf")
     made = Stopwatch()
-    written = write_fp8_checkpoint(path, shape) if fmt == FP8 else write_layer_file(path, shape, fmt, args.pool_rows)
+    written = WRITE_RELEASE[fmt](path, shape) if fmt in RELEASES else write_layer_file(path, shape, fmt, args.pool_rows)
     size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
     file = {"shape": shape.name, "type": fmt, **written, "bytes": size}
     print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB ({file['blocks']}, {100 * file['subnormal_share']:.2f}% of the "
@@ -510,7 +554,7 @@ def parse_args(argv=None):
         args.shapes = [get_shape(s.strip()).name for s in args.shapes.split(",") if s.strip()]
     except KeyError as e:
         p.error(e.args[0])
-    known = {t.lower(): t for t in gguf_reference.FP16_FIELDS} | {FP8: FP8}  # the block types, and fp8
+    known = {t.lower(): t for t in gguf_reference.FP16_FIELDS} | {t: t for t in RELEASES}  # block types, releases
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     for t in types:
         if t.lower() not in known:

@@ -102,9 +102,40 @@ class Fp8Layer:
         return (q.float() * s.float().repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:n, :k]).numpy()
 
 
+class Int4Layer(Fp8Layer):
+    """Layer 1's experts of a compressed-tensors int4 release's folder (DeepSeek-V3 names:
+    weight_packed, bf16 weight_scale per group, symmetric); both packages load it with method
+    RAWINT4."""
+    method = "RAWINT4"
+
+    def __init__(self, path: str):
+        self.path = path
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
+        self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+        self.group = cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"]
+
+    def dequantize(self, proj: str, e: int) -> np.ndarray:
+        """fp32 [rows, cols] of expert e: scale * (nibble - 8), nibble i of each int32 word at bits 4i."""
+        from safetensors import safe_open
+        key = f"model.layers.{self.layer_idx}.mlp.experts.{e}.{proj}_proj.weight"
+        with safe_open(str(Path(self.path) / "model.safetensors"), "pt") as f:
+            packed, scale = f.get_tensor(key + "_packed"), f.get_tensor(key + "_scale")
+        b = packed.view(torch.uint8).numpy()
+        q = np.stack([b & 0xF, b >> 4], axis=-1).reshape(b.shape[0], -1).astype(np.float32) - 8
+        return q * np.repeat(scale.float().numpy(), self.group, axis=1)
+
+
+# the releases a case may name besides a GGUF file: case key -> its layer
+RELEASE_LAYERS = {"fp8": Fp8Layer, "rawint4": Int4Layer}
+
+
 def open_layer(case: dict):
-    """The layer a case names: "gguf" (a GGUF file) or "fp8" (an FP8 release's folder)."""
-    return Fp8Layer(case["fp8"]) if "fp8" in case else GgufLayer(case["gguf"])
+    """The layer a case names: "gguf" (a GGUF file), or a release's folder (RELEASE_LAYERS)."""
+    for kind, layer in RELEASE_LAYERS.items():
+        if kind in case:
+            return layer(case[kind])
+    return GgufLayer(case["gguf"])
 
 
 # ---- the sides: each returns (forward(x, ids, w) -> bf16 [M, H], what it ran) ----------------

@@ -115,6 +115,21 @@ def test_cli_fp8_release(tmp_path):
     assert result["markdown_text"].count("\n| fp8 | ours | ") == 2
 
 
+def test_cli_int4_release(tmp_path):
+    """--types rawint4: a compressed-tensors int4 release (compressed-tensors' compressor), method
+    RAWINT4 on its sides (AMXINT4's kernels), the reference on the file's scale * (q - 8)."""
+    result = run([*FAST, "--types", "rawint4", "--sides", "ours,torch"], tmp_path)
+    ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
+    assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
+    for r in ours:
+        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32", "int4_g32"] and "int4g32" in r["kernel"]
+        # the weights are the file's exactly: only the activations' int8 rounding is left
+        assert r["rel_err"] < 0.02 and r["bytes_per_weight"] == pytest.approx(5 / 8), r
+    for r in peer:
+        assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
+    assert result["files"][0]["blocks"].startswith("compressed-tensors pack-quantized int4")
+
+
 def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):
     """A type kt_kernel lacks is reported missing for ours, and the file holds random valid blocks;
     a side whose process fails is a row saying so, with its log's tail; the others still run."""
