@@ -1,6 +1,7 @@
 """Checkpoint readers: what a folder of weights holds for each MoE layer, and its bytes.
 
-    reader = open_checkpoint(path)          # kind "converted", "gguf" or "hf"
+    reader = open_checkpoint(path, method)  # kind "converted", "gguf" or "hf"; with method FP8 on an
+                                            # fp8 release "hf-fp8", with RAWINT4 / GPTQ_INT4 "compressed-int4"
     reader.check_layer(layer, method, H, I)
     reader.stored_method                    # None: float weights, quantized by the packer
     reader.expert(layer, e, proj)           # float readers: fp32 [N, K]
