@@ -29,7 +29,7 @@ import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.hf import index_tensors
-from kt_kernel.checkpoint.safetensors_io import MappedFile
+from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
 __all__ = ["CompressedInt4Checkpoint", "INT4_RELEASE_METHODS", "is_compressed_int4"]
@@ -159,13 +159,8 @@ class CompressedInt4Checkpoint:
         "qweight" the packed words as bytes, uint8 [N, K / 2] (views of the mapped files), "scale"
         and "min" int4_g32's d and m, fp16 bits [N, K / 32]."""
         keys, H, I = self.keys[layer], self.hidden_size, self.intermediate_size
-        maps: dict = {}
-
-        def mapped(key: str) -> np.ndarray:
-            fname = self.tensors[key][0]
-            if fname not in maps:
-                maps[fname] = MappedFile(self.path / fname)
-            return maps[fname].array(key)
+        maps = MappedFolder(self.path, self.tensors)
+        mapped = maps.array
 
         proj_names = ("gate", "up", "down")
         arrays = {(p, part): [None] * self.num_experts for p in proj_names for part in ("qweight", "scale", "min")}
@@ -173,23 +168,22 @@ class CompressedInt4Checkpoint:
             for e in sorted(experts):
                 for j, (N, K) in enumerate(((I, H), (I, H), (H, I))):
                     shape_key = keys[(e, j, "weight_shape")]
-                    if [int(v) for v in mapped(shape_key)] != [N, K]:
-                        raise ConversionError(f"{shape_key} is {list(mapped(shape_key))}, expected {[N, K]}")
+                    stored = [int(v) for v in mapped(shape_key)]
+                    if stored != [N, K]:
+                        raise ConversionError(f"{shape_key} is {stored}, expected {[N, K]}")
                     arrays[(proj_names[j], "qweight")][e] = mapped(keys[(e, j, "weight_packed")]).view(np.uint8)
                     d, m = self._scales(keys, e, j, N, K, mapped)
                     arrays[(proj_names[j], "scale")][e], arrays[(proj_names[j], "min")][e] = d, m
             yield arrays
         finally:
             arrays.clear()  # the maps close below only once no view of them is left
-            for mf in maps.values():
-                mf.close()
+            maps.close()
 
     def _scales(self, keys, e, j, N, K, mapped) -> tuple:
         """int4_g32's d = scale and m = -scale * v (v: the zero point + 8, 8 when symmetric), fp16
         bits per group of 32, after checking that fp16 holds both exactly."""
         key = keys[(e, j, "weight_scale")]
-        raw, dtype = mapped(key), self.tensors[key][1]["dtype"]
-        s = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else raw.astype(np.float32)
+        s = as_float32(mapped(key), self.tensors[key][1]["dtype"])
         g = self._group_size(K)
         if self.symmetric:
             v = np.full(s.shape, 8.0, np.float32)

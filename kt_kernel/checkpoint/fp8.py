@@ -18,7 +18,7 @@ import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.hf import HFCheckpoint
-from kt_kernel.checkpoint.safetensors_io import MappedFile
+from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 
 __all__ = ["FP8Checkpoint", "FP8_METHOD", "GROUP"]
 
@@ -28,15 +28,7 @@ _PROJ = ("gate", "up", "down")
 
 
 def _scale_as_f32(s: np.ndarray, dtype: str, key: str) -> np.ndarray:
-    if dtype == "F32":
-        out = s.astype(np.float32)
-    elif dtype == "BF16":
-        out = (s.astype(np.uint32) << 16).view(np.float32)
-    else:  # F8_E8M0: 2^(s - 127) is fp32's bit pattern s << 23 (s = 0: the subnormal 2^-127); 255 is NaN
-        bits = s.astype(np.uint32) << 23
-        bits[s == 0] = 0x00400000
-        bits[s == 255] = 0x7FC00000
-        out = bits.view(np.float32)
+    out = as_float32(s, dtype)
     bad = ~np.isfinite(out)
     if bad.any():
         at = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -77,13 +69,8 @@ class FP8Checkpoint:
         files), and part "scale", fp32 [N, ceil(K / 128)]. Valid inside the block."""
         hf, E, H, I = self.hf, self.num_experts, self.hidden_size, self.intermediate_size
         bn = hf.fp8_block[0]
-        maps: dict = {}
-
-        def mapped(key: str) -> np.ndarray:
-            fname = hf.tensors[key][0]
-            if fname not in maps:
-                maps[fname] = MappedFile(hf.path / fname)
-            return maps[fname].array(key)
+        maps = MappedFolder(hf.path, hf.tensors)
+        mapped = maps.array
 
         def scale(key: str, index: Optional[int], rows: int) -> np.ndarray:
             s = mapped(key)
@@ -109,5 +96,4 @@ class FP8Checkpoint:
             yield arrays
         finally:
             arrays.clear()  # the maps close below only once no view of them is left
-            for m in maps.values():
-                m.close()
+            maps.close()

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SafetensorsError", "Header", "read_header", "list_shards", "MappedFile", "write_file", "NUMPY_DTYPES"]
+__all__ = ["SafetensorsError", "Header", "read_header", "list_shards", "MappedFile", "MappedFolder", "as_float32",
+           "write_file", "NUMPY_DTYPES"]
 
 # safetensors dtype -> numpy dtype of the same width (bf16 and fp8 are read as raw bits)
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8,
@@ -119,6 +120,42 @@ class MappedFile:
             self._mm.close()
         except BufferError:  # a view is still alive; the map goes when it does
             pass
+
+
+class MappedFolder:
+    """The memory maps of a folder's safetensors files, each opened when a tensor of it is first
+    asked for. ``files``: tensor name -> (file name, header entry), as an index of the folder
+    holds them. ``array(name)`` is a zero-copy view; ``close()`` closes every map (a map whose
+    views are still alive goes when they do)."""
+
+    def __init__(self, folder, files: dict):
+        self.folder, self.files, self.maps = Path(folder), files, {}
+
+    def array(self, name: str) -> np.ndarray:
+        fname = self.files[name][0]
+        if fname not in self.maps:
+            self.maps[fname] = MappedFile(self.folder / fname)
+        return self.maps[fname].array(name)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+
+def as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """The fp32 values of a float tensor read as its raw elements (NUMPY_DTYPES): F32, F16, BF16
+    bits, or F8_E8M0 exponents (2^(s - 127): fp32's bit pattern s << 23, s = 0 the subnormal
+    2^-127, 255 NaN); exact for each."""
+    if dtype in ("F32", "F16"):
+        return raw.astype(np.float32)
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F8_E8M0":
+        bits = raw.astype(np.uint32) << 23
+        bits[raw == 0] = 0x00400000
+        bits[raw == 255] = 0x7FC00000
+        return bits.view(np.float32)
+    raise SafetensorsError(f"dtype {dtype} is not a float dtype as_float32 reads")
 
 
 # custom: bounded RSS (tensors produced one at a time, see below), fsync before the rename; save_file
