@@ -38,11 +38,15 @@ class LayerTarget:
 
 
 def load_layer(native, target: LayerTarget, reader: Checkpoint, pmap: Optional[torch.Tensor],
-               save: Optional[str] = None) -> None:
+               save: Optional[str] = None, biases=None) -> None:
     """Loads layer ``target.layer`` of ``reader`` into the native layer; slot p takes logical expert
-    pmap[p] (identity when None). ``save``: the cpu_save folder, for readers of float weights."""
+    pmap[p] (identity when None). ``save``: the cpu_save folder, for readers of float weights.
+    ``biases``: (gate, up, down) fp32 over the logical experts, or None; a reader of experts with
+    biases (``layer_biases``: gpt-oss) gives its own."""
     reader.check_layer(target.layer, target.method, target.hidden_size, target.intermediate_size,
                        num_experts=target.num_experts if pmap is None else None)
+    if hasattr(reader, "layer_biases"):
+        biases = reader.layer_biases(target.layer)
     E = reader.num_experts
     if pmap is None:
         pmap = torch.arange(E, dtype=torch.int64)
@@ -52,7 +56,7 @@ def load_layer(native, target: LayerTarget, reader: Checkpoint, pmap: Optional[t
             raise ValueError(f"physical_to_logical_map[{bad[0][0]}] = {bad[0][1]} is out of range: the checkpoint "
                              f"holds {E} experts")
         if save is None:
-            _pack_read_experts(native, target, reader, pmap)
+            _pack_read_experts(native, target, reader, pmap, biases)
             return
         H, I = reader.hidden_size, reader.intermediate_size
         if not saved_layer_ready(save, target.layer, target.method, E, H, I, reader.fingerprint):
@@ -62,10 +66,10 @@ def load_layer(native, target: LayerTarget, reader: Checkpoint, pmap: Optional[t
         reader = ConvertedCheckpoint(save)
         reader.check_layer(target.layer, target.method, target.hidden_size, target.intermediate_size)
     with reader.layer_arrays(target.layer, target.experts_read(pmap, E)) as arrays:
-        pack_quantized(native, arrays, pmap, E, getattr(reader, "private_parts", ()))
+        pack_quantized(native, arrays, pmap, E, getattr(reader, "private_parts", ()), biases)
 
 
-def _pack_read_experts(native, target: LayerTarget, reader: Checkpoint, pmap: torch.Tensor) -> None:
+def _pack_read_experts(native, target: LayerTarget, reader: Checkpoint, pmap: torch.Tensor, biases) -> None:
     """Float weights quantized at load: only the logical experts that CPU slots use are read, into
     compact fp32 stacks, and the map is rewritten to index them."""
     needed = sorted(target.experts_read(pmap, reader.num_experts))
@@ -78,16 +82,21 @@ def _pack_read_experts(native, target: LayerTarget, reader: Checkpoint, pmap: to
             t[i] = reader.expert(target.layer, e, j)
     cpu = target.cpu_slots
     cmap = torch.tensor([compact.get(int(pmap[p]), 0) if cpu[p] else 0 for p in range(len(pmap))], dtype=torch.int64)
-    pack_float(native, gate, up, down, cmap, n)
+    if biases is not None:  # rows of the compact experts
+        rows = needed or [0]
+        biases = tuple(None if b is None else torch.as_tensor(b)[rows].contiguous() for b in biases)
+    pack_float(native, gate, up, down, cmap, n, biases)
 
 
-def load_tensors(native, target: LayerTarget, weights: tuple, pmap: torch.Tensor, save: Optional[str] = None) -> None:
+def load_tensors(native, target: LayerTarget, weights: tuple, pmap: torch.Tensor, save: Optional[str] = None,
+                 biases=None) -> None:
     """Loads float weights (gate, up, down), checked by the caller; slot p takes expert pmap[p].
-    With ``save``, all their experts are quantized into that folder first, then loaded from it."""
+    With ``save``, all their experts are quantized into that folder first, then loaded from it.
+    ``biases``: (gate, up, down) fp32 over the same experts, or None."""
     gate, up, down = weights
     E = gate.shape[0]
     if save is None:
-        pack_float(native, gate, up, down, pmap, E)
+        pack_float(native, gate, up, down, pmap, E, biases)
         return
 
     def expert(e, j):
@@ -96,4 +105,4 @@ def load_tensors(native, target: LayerTarget, weights: tuple, pmap: torch.Tensor
 
     save_layer(save, target.layer, target.method, E, target.hidden_size, target.intermediate_size, expert,
                {"fingerprint": TENSORS_SOURCE}, target.threads)
-    load_layer(native, target, ConvertedCheckpoint(save), pmap)
+    load_layer(native, target, ConvertedCheckpoint(save), pmap, biases=biases)

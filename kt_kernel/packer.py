@@ -21,14 +21,25 @@ from kt_kernel.checkpoint.layout import PROJ, format_record
 __all__ = ["pack_float", "pack_quantized"]
 
 
+def _bias_addresses(biases) -> dict:
+    """load_from_tensors' / load_quantized's bias keywords: ``biases`` is None or (gate, up, down),
+    each None or a contiguous fp32 array over the logical experts ([E, I], [E, I], [E, H])."""
+    if biases is None:
+        return {}
+    return {f"{p}_bias": 0 if b is None else (b.data_ptr() if isinstance(b, torch.Tensor) else b.ctypes.data)
+            for p, b in zip(PROJ, biases)}
+
+
 def pack_float(native, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, pmap: torch.Tensor,
-               num_experts: int) -> None:
+               num_experts: int, biases=None) -> None:
     """Quantizes and packs float weights: contiguous CPU tensors of one dtype, pmap int64."""
     dtype = str(gate.dtype).replace("torch.", "")
-    native.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), dtype, pmap.data_ptr(), num_experts)
+    native.load_from_tensors(gate.data_ptr(), up.data_ptr(), down.data_ptr(), dtype, pmap.data_ptr(), num_experts,
+                             **_bias_addresses(biases))
 
 
-def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int, private_parts=()) -> None:
+def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int, private_parts=(),
+                   biases=None) -> None:
     """Packs a layer's logical arrays as they are: ``(proj, part) ->`` an np.ndarray [E, ...] of all
     experts stacked, or a list of E arrays (None for an expert no CPU slot takes). The pages of
     mapped arrays are dropped once packed (their bytes are then in the packed copy); the parts in
@@ -44,4 +55,4 @@ def pack_quantized(native, arrays: dict, pmap: torch.Tensor, num_experts: int, p
     native.load_quantized([[address(arrays[(p, a["part"])]) for a in format_record(f)["arrays"]]
                            for p, f in zip(PROJ, formats)], pmap.data_ptr(), num_experts,
                           drop_pages=[[a["part"] not in private_parts for a in format_record(f)["arrays"]]
-                                      for f in formats])
+                                      for f in formats], **_bias_addresses(biases))

@@ -6,6 +6,7 @@ Inference engines construct one wrapper per MoE layer, load its weights once and
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import NamedTuple, Optional, Sequence
 
@@ -15,6 +16,7 @@ from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
 from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
+from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, MXFP4Checkpoint, is_mxfp4
 from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
@@ -113,16 +115,27 @@ class _StreamForward(NamedTuple):
     dtype: torch.dtype
 
 
-def _check_plain_swiglu(swiglu_limit, swiglu_alpha) -> None:
-    """sglang-kt passes both; 0.0 (its value for every model but GPT-OSS-style clamped experts)
-    is the plain SwiGLU silu(gate) * up that the kernels compute."""
+def _swiglu(swiglu_limit, swiglu_alpha, weight_path, method) -> tuple:
+    """The layer's (swiglu_limit, swiglu_alpha). sglang-kt passes both: 0.0 and 0.0 (plain SwiGLU,
+    silu(gate) * up) for most models, the clamp and slope of gpt-oss-style experts otherwise. None
+    takes the checkpoint's (a gpt-oss release at weight_path: its config.json's swiglu_limit and
+    alpha 1.702), else 0.0; a value given must agree with the checkpoint's."""
     for name, v in (("swiglu_limit", swiglu_limit), ("swiglu_alpha", swiglu_alpha)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(v).__name__}")
-        if v != 0.0:
-            raise NotImplementedError(
-                f"{name}={v} (clamped SwiGLU) is not implemented; the kernels compute plain SwiGLU, "
-                "silu(gate) * up: pass swiglu_limit=0.0 and swiglu_alpha=0.0")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise TypeError(f"{name} must be a finite float or None, got {v!r}")
+    if swiglu_limit is not None and swiglu_limit < 0:
+        raise ValueError(f"swiglu_limit={swiglu_limit} must be >= 0 (0: no clamp)")
+    stored = None
+    if method == MXFP4_METHOD and weight_path is not None and os.path.isdir(weight_path) and is_mxfp4(weight_path):
+        stored = MXFP4Checkpoint(weight_path, method).activation
+    got = (swiglu_limit, swiglu_alpha)
+    if stored is not None:
+        for name, v, want in zip(("swiglu_limit", "swiglu_alpha"), got, stored):
+            if v is not None and float(v) != want:
+                raise ValueError(f"{name}={v}, but the experts of {weight_path} compute with {name}={want} "
+                                 "(config.json; gpt-oss's alpha is 1.702): pass that, or None to take it")
+        return stored
+    return tuple(0.0 if v is None else float(v) for v in got)
 
 
 class KTMoEWrapper:
@@ -160,10 +173,9 @@ class KTMoEWrapper:
         max_deferred_experts_per_token: int = 0,
         numa_nodes=None,
         gpu_experts_mask=None,
-        swiglu_limit: float = 0.0,
-        swiglu_alpha: float = 0.0,
+        swiglu_limit: Optional[float] = None,
+        swiglu_alpha: Optional[float] = None,
     ):
-        _check_plain_swiglu(swiglu_limit, swiglu_alpha)
         method = resolve_method(method)
         if method not in METHODS and method != GGUF_METHOD and method not in INT4_RELEASE_METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, "
@@ -206,6 +218,7 @@ class KTMoEWrapper:
             raise ValueError(f"cpu_save={cpu_save!r} with method {method}: the release is loaded as it is stored, there is "
                              "nothing to save; leave cpu_save False")
         self.max_deferred_experts_per_token = max_deferred_experts_per_token
+        self.swiglu_limit, self.swiglu_alpha = _swiglu(swiglu_limit, swiglu_alpha, weight_path, method)
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
         # LLAMAFILE: the formats of this layer's gate/up and down, from the GGUF file's tensor types
@@ -231,7 +244,8 @@ class KTMoEWrapper:
         formats = {} if self._formats is None else {"formats": list(self._formats)}
         self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
                                     self.moe_intermediate_size, self._native_method, on_cpu, self.chunked_prefill_size,
-                                    self.layer_idx, self.max_deferred_experts_per_token, **formats)
+                                    self.layer_idx, self.max_deferred_experts_per_token, **formats,
+                                    swiglu_limit=self.swiglu_limit, swiglu_alpha=self.swiglu_alpha)
         self._stream_layer = _ext.StreamLayer(self._layer)
 
     def _gguf_formats(self) -> tuple:
@@ -345,9 +359,13 @@ class KTMoEWrapper:
             raise ValueError(f"physical_to_logical_map has {pmap.numel()} entries, expected num_experts={self.num_experts}")
         return pmap.to(torch.int64).contiguous()
 
-    def load_weights_from_tensors(self, gate_proj, up_proj, down_proj, physical_to_logical_map=None) -> None:
+    def load_weights_from_tensors(self, gate_proj, up_proj, down_proj, physical_to_logical_map=None, *,
+                                  gate_bias=None, up_bias=None, down_bias=None) -> None:
         """gate_proj, up_proj: [E, I, H]; down_proj: [E, H, I] (E logical experts), CPU tensors of
-        one dtype among float32, bfloat16, float16. Quantizes to the method's format and packs."""
+        one dtype among float32, bfloat16, float16. Quantizes to the method's format and packs.
+        gate_bias, up_bias [E, I] and down_bias [E, H] (float CPU tensors, each optional): expert
+        biases, as gpt-oss's: g and u get theirs before the activation, and each routed expert
+        adds w * (down h + down_bias)."""
         if self.method == GGUF_METHOD:
             raise ValueError(f"method {GGUF_METHOD} loads the experts of a GGUF file (weight_path, load_weights); "
                              f"weights given as tensors take the methods {', '.join(METHODS)}")
@@ -361,6 +379,14 @@ class KTMoEWrapper:
         if not (gate_proj.dtype == up_proj.dtype == down_proj.dtype):
             raise TypeError(f"gate_proj, up_proj, down_proj have dtypes {gate_proj.dtype}, {up_proj.dtype}, "
                             f"{down_proj.dtype}; they must share one")
+        biases = None
+        if any(b is not None for b in (gate_bias, up_bias, down_bias)):
+            biases = []
+            for name, b, n in (("gate_bias", gate_bias, I), ("up_bias", up_bias, I), ("down_bias", down_bias, H)):
+                if b is not None:
+                    _check_tensor(name, b, 2, _FLOAT_DTYPES, (E, n))
+                    b = b.to(torch.float32).contiguous()
+                biases.append(b)
         pmap = self._logical_map(physical_to_logical_map)
         if pmap is None:
             if E != self.num_experts:
@@ -370,7 +396,7 @@ class KTMoEWrapper:
         self._place_as_masked()
         self._weights_from_path = None
         load_tensors(self._layer, self._load_target(), (gate_proj, up_proj, down_proj), pmap,
-                     save=self._save_folder(from_checkpoint=False))
+                     save=self._save_folder(from_checkpoint=False), biases=biases)
 
     # ---- forward ------------------------------------------------------------------------
 

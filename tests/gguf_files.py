@@ -25,7 +25,7 @@ ARCH = "qwen3moe"
 # 32-weight types' d a 4..8-bit quant (iq4's a table value up to 127); float types: std 4 * scale (0.1)
 _SCALE = {"Q4_0": 2e-2, "Q4_1": 2e-2, "Q5_0": 1e-2, "Q5_1": 5e-3, "Q8_0": 2e-3, "IQ4_NL": 2e-3,
           "Q2_K": 6e-3, "Q3_K": 2e-3, "Q4_K": 5e-4, "Q5_K": 2.5e-4, "Q6_K": 1.2e-4, "IQ4_XS": 1.2e-4,
-          "BF16": 2.5e-2, "F16": 2.5e-2, "F32": 2.5e-2}
+          "MXFP4": 1e-2, "BF16": 2.5e-2, "F16": 2.5e-2, "F32": 2.5e-2}
 
 PROJ = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 

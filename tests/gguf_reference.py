@@ -13,12 +13,15 @@ Q = gguf.GGMLQuantizationType
 # kt format name -> ggml type (the names are ggml's, lower-cased but for the K of the K-quants)
 GGML_TYPES = {"q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q8_0": Q.Q8_0,
               "q2_K": Q.Q2_K, "q3_K": Q.Q3_K, "q4_K": Q.Q4_K, "q5_K": Q.Q5_K, "q6_K": Q.Q6_K,
-              "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS, "bf16": Q.BF16, "f16": Q.F16, "f32": Q.F32}
+              "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS, "mxfp4": Q.MXFP4, "bf16": Q.BF16, "f16": Q.F16, "f32": Q.F32}
 
 # Byte offsets of the fp16 scale fields in each block (ggml-common.h); every other bit pattern of a
 # block is a valid block.
 FP16_FIELDS = {"q4_0": [0], "q4_1": [0, 2], "q5_0": [0], "q5_1": [0, 2], "q8_0": [0], "iq4_nl": [0],
-               "q2_K": [80, 82], "q3_K": [108], "q4_K": [0, 2], "q5_K": [0, 2], "q6_K": [208], "iq4_xs": [0]}
+               "q2_K": [80, 82], "q3_K": [108], "q4_K": [0, 2], "q5_K": [0, 2], "q6_K": [208], "iq4_xs": [0],
+               "mxfp4": []}
+# Byte offsets of the ue8m0 exponent fields (2^(e - 128) for mxfp4); 0xff is the format's NaN.
+E8M0_FIELDS = {"mxfp4": [0]}
 
 
 def block_size(fmt: str) -> tuple[int, int]:
@@ -56,6 +59,13 @@ def random_blocks(fmt: str, N: int, K: int, rng: np.random.Generator, scale: flo
     nb = K // block_size(fmt)[0]
     size = block_size(fmt)[1]
     raw = rng.integers(0, 256, (N * nb, size), dtype=np.uint8)
+    for off in E8M0_FIELDS.get(fmt, []):
+        # scale 2^(e - 128) about `scale` (exact: 2^-6 or 2^-7), and a share of e 0 and 1 (subnormal scales)
+        top = 128 + int(np.log2(scale))
+        e = rng.integers(top - 1, top + 1, N * nb) if exact else rng.integers(top - 4, top + 1, N * nb)
+        if not exact:
+            e[rng.random(N * nb) < 0.05] = rng.integers(0, 2)
+        raw[:, off] = e.astype(np.uint8)
     for off in FP16_FIELDS[fmt]:
         if exact:
             d = (2.0 ** -rng.integers(6, 8, N * nb)).astype(np.float16)

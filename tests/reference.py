@@ -248,6 +248,7 @@ def moe_forward(
     act: Optional[str] = None,
     slice_bounds: Optional[Sequence[int]] = None,
     h_act: Optional[str] = None,
+    glu: Optional[dict] = None,
 ) -> torch.Tensor:
     """Reference forward in float64.
 
@@ -257,7 +258,10 @@ def moe_forward(
     act: None for exact fp32 inputs, or the kernel's activation format ("f32", "bf16", "q8s",
     "q8u") to round x per token and h per (token, expert) row within each [b, b') of
     slice_bounds as the kernels do; h_act, if given, is the down kernels' format for h (a GGUF
-    layer whose down tensor has another type than gate/up). Returns float64 [M, H].
+    layer whose down tensor has another type than gate/up). glu: gpt-oss-style experts, a dict
+    of gate_bias, up_bias [E_logical, I], down_bias [E_logical, H] (each optional), limit (0: no
+    clamp) and alpha (0: SiLU): g = min(g + bg, limit), u = clamp(u + bu, -limit, limit),
+    h = g sigmoid(alpha g) (u + 1) (alpha != 0) or silu(g) u, y = down h + bd. Returns float64 [M, H].
     """
     x = torch.as_tensor(x).float()
     ids = torch.as_tensor(topk_ids).long()
@@ -288,11 +292,28 @@ def moe_forward(
         xs = xin[tok]
         g = xs @ gate[e].T
         u = xs @ up[e].T
-        h = torch.nn.functional.silu(g) * u  # [rows, I]
+        h = torch.nn.functional.silu(g) * u if glu is None else _gated(g, u, e, glu)  # [rows, I]
         if act is not None:
             h32 = h.float().numpy()
             parts = [round_activation(h32[:, b0:b1], h_act or act) for b0, b1 in zip(bounds[:-1], bounds[1:])]
             h = torch.from_numpy(np.concatenate(parts, axis=1)).double()
         y = h @ down[e].T
+        if glu is not None and glu.get("down_bias") is not None:
+            y = y + torch.as_tensor(glu["down_bias"]).double()[e]
         out.index_add_(0, tok, w[tok, k][:, None] * y)
     return out
+
+
+def _gated(g, u, e, glu):
+    """gpt-oss's expert activation in float64 (moe_forward's glu)."""
+    if glu.get("gate_bias") is not None:
+        g = g + torch.as_tensor(glu["gate_bias"]).double()[e]
+    if glu.get("up_bias") is not None:
+        u = u + torch.as_tensor(glu["up_bias"]).double()[e]
+    limit, alpha = glu.get("limit", 0.0), glu.get("alpha", 0.0)
+    if limit:
+        g = g.clamp(max=limit)
+        u = u.clamp(-limit, limit)
+    if alpha:
+        return g * torch.sigmoid(alpha * g) * (u + 1)
+    return torch.nn.functional.silu(g) * u

@@ -16,7 +16,8 @@ ALL_TIERS = list(_ext.all_tiers())
 FEATURES = ["avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
             "amx_tile_emu"]
 FORMAT_IDS = [f["name"] for f in _ext.formats()]  # every format, in FormatId order
-FORMAT_NAMES = [f["name"] for f in method_formats()]  # the GGUF formats: tests/test_gguf_formats.py
+# the GGUF block formats (mxfp4, whose method is MXFP4, among them): tests/test_gguf_formats.py
+FORMAT_NAMES = [f["name"] for f in method_formats() if f["arrays"][0]["per"] != "block"]
 # The AMX instructions of a row, besides its object's vector flags.
 TILE_FEATURES = {"amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu"}
 KERNEL_ROWS = list(_ext.kernel_table())

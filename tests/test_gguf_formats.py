@@ -15,7 +15,8 @@ from kt_kernel.formats import GGUF_METHOD, all_formats
 import gguf_reference as gr
 import reference
 
-GGUF_FORMATS = [f for f in all_formats() if f["method"] == GGUF_METHOD]
+# LLAMAFILE's formats, and mxfp4: method MXFP4's format is a GGUF block type too
+GGUF_FORMATS = [f for f in all_formats() if f["method"] == GGUF_METHOD or f["arrays"][0]["per"] == "block"]
 BLOCK_FORMATS = [f for f in GGUF_FORMATS if f["arrays"][0]["per"] == "block"]
 HOST_FEATURES = set(kt_kernel.cpu_info()["features"])
 # (format, kernel row) for every row of every GGUF format that this CPU can run

@@ -24,9 +24,10 @@ from kt_kernel.formats import all_formats
 
 E, H, I, TOPK = 4, 256, 512, 2
 LAYERS = (1, 2)
-# the ggml types method LLAMAFILE is to run (issue 20), each read by the kt format of its spelling
+# the ggml types method LLAMAFILE is to run (issue 20; MXFP4, gpt-oss GGUFs, issue 21), each read by the kt
+# format of its spelling
 SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
-             "BF16", "F16", "F32")
+             "MXFP4", "BF16", "F16", "F32")
 EVERY_FORMAT = {t: kt_format(t) for t in SUPPORTED}
 
 
@@ -288,7 +289,7 @@ def test_fused_gate_up_named(tmp_path, rng):
     _raises(_write(tmp_path / "m.gguf", tensors), "ffn_gate_up_exps.weight, gate and up fused", layer=1)
 
 
-@pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "MXFP4", "Q8_1"])
+@pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "IQ3_S", "Q8_1"])
 def test_unsupported_type(tmp_path, rng, ggml_type):
     tensors = _model(rng)
     _, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]

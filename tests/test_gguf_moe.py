@@ -18,7 +18,8 @@ import gguf_reference as gr
 import reference
 from format_expectations import ACT_ATOL
 
-RECORDS = {f["name"]: f for f in all_formats() if f["method"] == GGUF_METHOD}
+# LLAMAFILE's formats and mxfp4 (a GGUF type too: gpt-oss GGUFs store their experts in it)
+RECORDS = {f["name"]: f for f in all_formats() if f["method"] == GGUF_METHOD or f["name"] == "mxfp4"}
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 E, TOPK, H, I = 6, 3, 512, 512
 

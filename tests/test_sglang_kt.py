@@ -86,10 +86,27 @@ def test_sglang_kt_keywords_run_the_cpu_experts_of_the_mask(moe):
     moe.assert_close_fp32(out, ref, "bf16", "sglang-kt keyword set")
 
 
-@pytest.mark.parametrize("name", ["swiglu_limit", "swiglu_alpha"])
-def test_clamped_swiglu_is_refused_by_name(name):
-    with pytest.raises(NotImplementedError, match=f"{name}=7.0.*swiglu_limit=0.0 and swiglu_alpha=0.0"):
-        _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **{name: 7.0})
+def test_clamped_swiglu_is_taken(moe):
+    """sglang-kt passes gpt-oss's clamp and slope as swiglu_limit / swiglu_alpha: the layer
+    computes g sigmoid(alpha g) (u + 1) on the clamped g and u (tests/test_mxfp4.py covers it on
+    every method and tier)."""
+    torch.manual_seed(0)
+    gate, up, down = torch.randn(E, I, H) * 0.3, torch.randn(E, I, H) * 0.3, torch.randn(E, H, I) / I**0.5
+    w = _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), swiglu_limit=1.0, swiglu_alpha=1.702)
+    assert (w.swiglu_limit, w.swiglu_alpha) == (1.0, 1.702)
+    w.load_weights_from_tensors(gate, up, down)
+    x = torch.randn(3, H)
+    ids = torch.stack([torch.randperm(E)[:K] for _ in range(3)])
+    weights = torch.rand(3, K)
+    ref = reference.moe_forward(x, ids, weights, gate, up, down, glu={"limit": 1.0, "alpha": 1.702})
+    moe.assert_close_fp32(w.forward(x, ids, weights), ref, "bf16", "clamped SwiGLU")
+
+
+@pytest.mark.parametrize("kw,err", [({"swiglu_limit": -1.0}, ValueError), ({"swiglu_alpha": float("nan")}, TypeError),
+                                    ({"swiglu_limit": "7"}, TypeError)])
+def test_bad_swiglu_values_are_refused_by_name(kw, err):
+    with pytest.raises(err, match=next(iter(kw))):
+        _sglang_kt_wrapper(torch.zeros(E, dtype=torch.bool), **kw)
 
 
 def test_amxbf16_is_bf16():

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <new>
 
@@ -44,7 +45,7 @@ void register_moe(py::module_& m) {
   py::class_<MoeLayer, std::shared_ptr<MoeLayer>>(m, "MoeLayer")
       .def(py::init([](std::shared_ptr<Engine> engine, int E, int topk, int H, int I, const std::string& method,
                        std::vector<uint8_t> on_cpu, int chunk, int layer_idx, int deferred,
-                       const std::vector<std::string>& formats) {
+                       const std::vector<std::string>& formats, float swiglu_limit, float swiglu_alpha) {
              MoeConfig c;
              c.num_experts = E;
              c.topk = topk;
@@ -69,23 +70,37 @@ void register_moe(py::module_& m) {
              c.chunk_tokens = chunk;
              c.layer_idx = layer_idx;
              c.deferred_experts = deferred;
+             if (!(std::isfinite(swiglu_limit) && swiglu_limit >= 0.f))
+               throw std::invalid_argument("swiglu_limit must be finite and >= 0 (0: no clamp), got " +
+                                           std::to_string(swiglu_limit));
+             if (!std::isfinite(swiglu_alpha))
+               throw std::invalid_argument("swiglu_alpha must be finite (0: SiLU), got " + std::to_string(swiglu_alpha));
+             c.swiglu_limit = swiglu_limit;
+             c.swiglu_alpha = swiglu_alpha;
              return std::make_shared<MoeLayer>(std::move(engine), std::move(c));
            }),
            py::arg("engine"), py::arg("num_experts"), py::arg("topk"), py::arg("hidden"), py::arg("intermediate"),
            py::arg("method"), py::arg("on_cpu"), py::arg("chunk_tokens"), py::arg("layer_idx") = -1,
            py::arg("deferred_experts") = 0, py::arg("formats") = std::vector<std::string>{},
+           py::arg("swiglu_limit") = 0.f, py::arg("swiglu_alpha") = 0.f,
            "formats: [gate/up format, down format] of the method (LLAMAFILE: the GGUF file's types); "
-           "empty: the method's one format for all three.")
+           "empty: the method's one format for all three. swiglu_limit, swiglu_alpha: the gated "
+           "activation (kt/kernels.h GluParams; 0, 0: silu(g) * u).")
       .def("load_from_tensors",
            [](MoeLayer& l, uintptr_t gate, uintptr_t up, uintptr_t down, const std::string& dtype, uintptr_t map,
-              int num_logical) {
+              int num_logical, uintptr_t gate_bias, uintptr_t up_bias, uintptr_t down_bias) {
              DType dt = dtype_from(dtype);
+             const ExpertBiases biases{ptr<float>(gate_bias), ptr<float>(up_bias), ptr<float>(down_bias)};
              py::gil_scoped_release nogil;
-             l.load_from_tensors(ptr<void>(gate), ptr<void>(up), ptr<void>(down), dt, ptr<int64_t>(map), num_logical);
-           })
+             l.load_from_tensors(ptr<void>(gate), ptr<void>(up), ptr<void>(down), dt, ptr<int64_t>(map), num_logical,
+                                 biases);
+           },
+           py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("dtype"), py::arg("map"), py::arg("num_logical"),
+           py::arg("gate_bias") = 0, py::arg("up_bias") = 0, py::arg("down_bias") = 0,
+           "Float weights, quantized here. *_bias: addresses of fp32 [E, I] / [E, I] / [E, H] biases, 0 for none.")
       .def("load_quantized",
            [](MoeLayer& l, std::vector<std::vector<py::object>> arrays, uintptr_t map, int num_logical,
-              py::object drop_pages) {
+              py::object drop_pages, uintptr_t gate_bias, uintptr_t up_bias, uintptr_t down_bias) {
              if (arrays.size() != 3)
                throw std::invalid_argument("load_quantized takes the arrays of 3 projections (gate, up, down), not " +
                                            std::to_string(arrays.size()));
@@ -107,10 +122,12 @@ void register_moe(py::module_& m) {
                                          : drop_pages.cast<std::vector<std::vector<bool>>>().at(j).at(i);
                }
              }
+             const ExpertBiases biases{ptr<float>(gate_bias), ptr<float>(up_bias), ptr<float>(down_bias)};
              py::gil_scoped_release nogil;
-             l.load_quantized(proj, ptr<int64_t>(map), num_logical);
+             l.load_quantized(proj, ptr<int64_t>(map), num_logical, biases);
            },
            py::arg("arrays"), py::arg("map"), py::arg("num_logical"), py::arg("drop_pages") = false,
+           py::arg("gate_bias") = 0, py::arg("up_bias") = 0, py::arg("down_bias") = 0,
            "Pre-quantized logical weights: arrays[proj][i] is the format's array i (formats()[..]['arrays']) "
            "of projection proj, the address of all experts stacked, or a list of one address per expert "
            "(0: not given). drop_pages: True, False, or drop_pages[proj][i] per array: that array is a "

@@ -1,11 +1,13 @@
 """Checkpoint readers: what a folder of weights holds for each MoE layer, and its bytes.
 
     reader = open_checkpoint(path, method)  # kind "converted", "gguf" or "hf"; with method FP8 on an
-                                            # fp8 release "hf-fp8", with RAWINT4 / GPTQ_INT4 "compressed-int4"
+                                            # fp8 release "hf-fp8", with RAWINT4 / GPTQ_INT4 "compressed-int4",
+                                            # with MXFP4 on a gpt-oss release "mxfp4"
     reader.check_layer(layer, method, H, I)
     reader.stored_method                    # None: float weights, quantized by the packer
     reader.expert(layer, e, proj)           # float readers: fp32 [N, K]
     reader.layer_arrays(layer, experts)     # stored readers: the format's logical arrays (a context)
+    reader.layer_biases(layer)              # readers of experts with biases (mxfp4): fp32 gate, up, down
 
 Every reader has ``kind``, ``path``, ``num_experts``, ``hidden_size``, ``intermediate_size``,
 ``moe_layers`` and ``fingerprint``. The loader (kt_kernel.loading), the converter
@@ -23,11 +25,13 @@ from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.fp8 import FP8_METHOD, FP8Checkpoint
 from kt_kernel.checkpoint.gguf import GGUFCheckpoint, is_gguf, open_gguf
 from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
+from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, MXFP4Checkpoint, is_mxfp4
 
 __all__ = ["open_checkpoint", "Checkpoint", "CompressedInt4Checkpoint", "ConvertedCheckpoint", "FP8Checkpoint", "GGUFCheckpoint", "HFCheckpoint",
-           "ConversionError", "is_converted"]
+           "MXFP4Checkpoint", "ConversionError", "is_converted"]
 
-Checkpoint = Union[ConvertedCheckpoint, CompressedInt4Checkpoint, FP8Checkpoint, GGUFCheckpoint, HFCheckpoint]
+Checkpoint = Union[ConvertedCheckpoint, CompressedInt4Checkpoint, FP8Checkpoint, GGUFCheckpoint, HFCheckpoint,
+                   MXFP4Checkpoint]
 
 
 def open_checkpoint(path, method: Optional[str] = None) -> Checkpoint:
@@ -35,7 +39,8 @@ def open_checkpoint(path, method: Optional[str] = None) -> Checkpoint:
     GGUF model (a .gguf file, a shard of a split set, or a folder of .gguf files and no
     safetensors) or a Hugging Face checkpoint; with ``method`` FP8, an fp8 checkpoint's experts
     as they are stored (FP8Checkpoint); with ``method`` RAWINT4 or GPTQ_INT4, a compressed-tensors
-    int4 checkpoint's (CompressedInt4Checkpoint). Reads metadata and headers only."""
+    int4 checkpoint's (CompressedInt4Checkpoint); with ``method`` MXFP4, a gpt-oss MXFP4
+    checkpoint's (MXFP4Checkpoint). Reads metadata and headers only."""
     path = Path(path)
     if is_converted(path):
         return ConvertedCheckpoint(path)
@@ -46,5 +51,10 @@ def open_checkpoint(path, method: Optional[str] = None) -> Checkpoint:
     if is_compressed_int4(path):
         raise ConversionError(f"{path} holds compressed-tensors int4 experts: load it with method "
                               f"{' or '.join(INT4_RELEASE_METHODS)} (as stored), not {method!r}")
+    if method == MXFP4_METHOD and is_mxfp4(path):
+        return MXFP4Checkpoint(path, method)
+    if is_mxfp4(path):
+        raise ConversionError(f"{path} holds MXFP4 experts (gpt-oss): load it with method {MXFP4_METHOD} (as stored), "
+                              f"not {method!r}")
     hf = open_hf_checkpoint(path)
     return FP8Checkpoint(hf) if method == FP8_METHOD and hf.dtype == "F8_E4M3" else hf

@@ -46,5 +46,6 @@ def resolve_method(method):
     if method in _METHODS_WITHOUT_A_FORMAT:
         raise NotImplementedError(
             f"method {method!r} ({_METHODS_WITHOUT_A_FORMAT[method]}) is not implemented; methods: BF16 (also "
-            "AMXBF16), AMXINT8, AMXINT4, LLAMAFILE (the experts of a GGUF file)")
+            "AMXBF16), AMXINT8, AMXINT4, FP8 (e4m3 block-scaled releases), RAWINT4 and GPTQ_INT4 (compressed-tensors "
+            "int4 releases), MXFP4 (gpt-oss releases), LLAMAFILE (the experts of a GGUF file)")
     return _METHOD_ALIASES.get(method, method)

@@ -71,6 +71,19 @@ static_assert(sizeof(BlockIq4Nl) == 18, "iq4_nl block: fp16 d + 16 bytes of nibb
 // The 16 non-uniform levels of iq4_nl and iq4_xs.
 static constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
+// mxfp4 (OCP MX FP4, ggml block_mxfp4; gpt-oss's experts), 4.25 bits: a shared ue8m0 exponent e
+// and 32 e2m1 values, nibbles as q4_0's. e2m1 doubled is an integer, kMxfp4Values[nibble], so
+//   w = 2^(e - 128) * kMxfp4Values[nibble]        (2^(e - 127) * the e2m1 value {0, 0.5, ..., 6})
+struct BlockMxfp4 {
+  static constexpr int kK = 32;
+  uint8_t e;
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockMxfp4) == 17, "mxfp4 block: ue8m0 exponent + 16 bytes of nibbles");
+
+// The e2m1 values times 2: sign bit 3, then 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+static constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 // ---- 256-weight super-blocks (K-quants, iq4_xs) ------------------------------------------------
 
 // q2_K, 2.625 bits: 16 sub-blocks of 16. scales[j]: low nibble scale, high nibble min (4 bits each);

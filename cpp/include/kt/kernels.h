@@ -23,7 +23,22 @@ struct ActView {
   int Kp = 0;
 };
 
-// stage 1 of an expert: h[i, n] = silu(gate[n] . x[rows[i]]) * (up[n] . x[rows[i]])
+// The gated activation of stage 1 beyond plain SwiGLU (gpt-oss and its kin), with g = gate[n] . x
+// and u = up[n] . x:
+//   g' = min(g + gate_bias[n], limit),  u' = clamp(u + up_bias[n], -limit, limit)
+//   h = silu(g') * u'                    alpha == 0
+//   h = g' * sigmoid(alpha g') * (u' + 1)  alpha != 0 (gpt-oss's SwiGLU)
+// limit = +inf clamps nothing; a bias pointer covers the call's channels padded with zeros to
+// whole panels (nullptr: no bias). A NaN g or u stays NaN.
+struct GluParams {
+  const float* gate_bias = nullptr;
+  const float* up_bias = nullptr;
+  float limit = __builtin_inff();
+  float alpha = 0.f;
+};
+
+// stage 1 of an expert: h[i, n] = silu(gate[n] . x[rows[i]]) * (up[n] . x[rows[i]]), or with glu
+// the activation GluParams describes,
 //   for panels [p0, p1) (n = 16 p + c) and i in [0, m); rows == nullptr means row i.
 struct GateUpArgs {
   const PackedMatrix* gate;
@@ -34,6 +49,7 @@ struct GateUpArgs {
   int p0, p1;
   float* h;
   size_t ldh;  // floats between rows of h
+  const GluParams* glu = nullptr;  // nullptr: h = silu(g) * u
 };
 
 // stage 2 of an expert: out[tok[i], n] += weight[i] * (down[n] . h[i])

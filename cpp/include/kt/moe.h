@@ -43,6 +43,19 @@ struct MoeConfig {
   // on the same engine. layer_idx < 0: the layer neither defers nor takes a deferred part.
   int layer_idx = -1;
   int deferred_experts = 0;
+  // The gated activation (GluParams, kt/kernels.h): swiglu_limit 0 clamps nothing; swiglu_alpha 0
+  // is SiLU, otherwise gpt-oss's g sigmoid(alpha g) (u + 1).
+  float swiglu_limit = 0.f;
+  float swiglu_alpha = 0.f;
+};
+
+// Optional per-expert biases, fp32, contiguous, over the logical experts: gate and up [E, I] (added
+// to g and u before the activation), down [E, H] (added to the expert's output, so that the layer
+// adds w * (down h + b) per routed expert, as gpt-oss). nullptr: that projection has none.
+struct ExpertBiases {
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  const float* down = nullptr;
 };
 
 // One forward's inputs as the caller holds them: host memory, contiguous, read only until
@@ -71,7 +84,7 @@ class MoeLayer {
   // Slot p takes logical expert map[p]. Quantizes (each projection to its format) and packs on the
   // engine's threads.
   void load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
-                         const int64_t* map, int num_logical);
+                         const int64_t* map, int num_logical, const ExpertBiases& biases = {});
   // Pre-quantized logical weights (a converted checkpoint, a GGUF file's tensors, an FP8 release);
   // projection j = 0 gate [I, H], 1 up [I, H], 2 down [H, I] of each of num_logical experts: array
   // i is the projection's format's array i (FormatTraits::arrays) in its file layout (file_bits 4:
@@ -88,7 +101,8 @@ class MoeLayer {
     std::vector<const void*> experts[kMaxFormatArrays];
     bool mapped[kMaxFormatArrays] = {};
   };
-  void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical);
+  void load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical,
+                      const ExpertBiases& biases = {});
   bool loaded() const { return loaded_.load(std::memory_order_acquire); }
 
   // Validates and copies the inputs, then queues the forward. out ([M, H] bf16) is shared with
@@ -136,8 +150,10 @@ class MoeLayer {
   struct Staging;      // a call's private copy of its inputs
   // Allocates the slices of the CPU slots and runs make(slot, which, q) once per (slot, matrix)
   // on the engine's threads, packing q into every sub-pool's slice. which: 0 gate, 1 up, 2 down.
+  // The slices take the CPU slots' biases with them.
   void load_with(const int64_t* map, int num_logical,
-                 const std::function<void(int slot, int which, QuantizedMatrix& q)>& make);
+                 const std::function<void(int slot, int which, QuantizedMatrix& q)>& make,
+                 const ExpertBiases& biases);
   // Stage inputs, on the caller's thread: the call's private copy of its inputs, validated.
   std::shared_ptr<Staging> stage_inputs(const MoeInputs& call) const;
   // A copy of in whose ids are this call's deferred slots (removed from in), to be summed into part;

@@ -177,6 +177,10 @@ struct MoeLayer::Slice {
   std::vector<PackedMatrix> gate, up, down;  // per slot; empty for GPU slots
   HostBuffer arena;
   size_t bytes = 0;
+  // Per slot, where the layer has them: the slice's channels of the gate and up biases, padded
+  // with zeros to whole panels; the down bias [Hpad], in one slice only (it is added once).
+  std::vector<std::vector<float>> gate_bias, up_bias, down_bias;
+  bool gated = false;  // the kernels need GluParams: biases, or a clamp or alpha in the config
 };
 
 // A call's staging: x, then ids and weights from a 64-byte boundary (x's bytes need not be a
@@ -270,8 +274,31 @@ MoeStats MoeLayer::stats() const {
   return s;
 }
 
+namespace {
+
+// Throws naming the first non-finite bias of a CPU slot's logical expert.
+void check_biases(const char* name, const float* b, const std::vector<int>& cpu_slots, const int64_t* map, int N) {
+  if (!b) return;
+  for (int slot : cpu_slots)
+    for (int n = 0; n < N; ++n)
+      if (!std::isfinite(b[size_t(map[slot]) * N + n]))
+        throw std::invalid_argument(std::string(name) + " of logical expert " + std::to_string(map[slot]) +
+                                    " is NaN or Inf at [" + std::to_string(n) + "]");
+}
+
+// b[n0, n1) of logical expert e's row of N, padded with zeros to `padded` floats; empty when no b.
+std::vector<float> bias_part(const float* b, int64_t e, int N, int n0, int n1, int padded) {
+  if (!b) return {};
+  std::vector<float> v(size_t(padded), 0.f);
+  std::memcpy(v.data(), b + size_t(e) * N + n0, size_t(n1 - n0) * 4);
+  return v;
+}
+
+}  // namespace
+
 void MoeLayer::load_with(const int64_t* map, int num_logical,
-                         const std::function<void(int slot, int which, QuantizedMatrix& q)>& make) {
+                         const std::function<void(int slot, int which, QuantizedMatrix& q)>& make,
+                         const ExpertBiases& biases) {
   const int E = cfg_.num_experts, H = cfg_.hidden;
   std::vector<int> cpu_slots;
   for (int p = 0; p < E; ++p) {
@@ -281,6 +308,10 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
                                   " is out of range: the weight tensors hold " + std::to_string(num_logical) + " experts");
     cpu_slots.push_back(p);
   }
+  check_biases("gate_bias", biases.gate, cpu_slots, map, cfg_.intermediate);
+  check_biases("up_bias", biases.up, cpu_slots, map, cfg_.intermediate);
+  check_biases("down_bias", biases.down, cpu_slots, map, H);
+  const bool gated = biases.gate || biases.up || cfg_.swiglu_limit != 0.f || cfg_.swiglu_alpha != 0.f;
   const FormatTraits& gu = format_traits(cfg_.format);
   const FormatTraits& dn = format_traits(cfg_.down_format);
   std::shared_ptr<void> workspace;
@@ -310,6 +341,18 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
       shape(s->gate[slot], gu, ni, H);
       shape(s->up[slot], gu, ni, H);
       shape(s->down[slot], dn, H, ni);
+    }
+    s->gated = gated;
+    s->gate_bias.resize(E);
+    s->up_bias.resize(E);
+    s->down_bias.resize(E);
+    // the down bias goes with the first slice that has channels: its down stage adds it once
+    const bool adds_down_bias = ni > 0 && std::none_of(slices.begin(), slices.end(), [](const auto& o) { return o->i1 > o->i0; });
+    for (int slot : cpu_slots) {
+      const int padded = ceil_div(ni, kPanelN) * kPanelN;
+      s->gate_bias[slot] = bias_part(biases.gate, map[slot], cfg_.intermediate, s->i0, s->i1, padded);
+      s->up_bias[slot] = bias_part(biases.up, map[slot], cfg_.intermediate, s->i0, s->i1, padded);
+      if (adds_down_bias) s->down_bias[slot] = bias_part(biases.down, map[slot], H, 0, H, round_up(H, kPanelN));
     }
     s->bytes = off;
     bytes += off;
@@ -359,7 +402,7 @@ std::shared_ptr<Engine> MoeLayer::engine_for_this_process(std::shared_ptr<void>*
 }
 
 void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* down, DType dtype,
-                                 const int64_t* map, int num_logical) {
+                                 const int64_t* map, int num_logical, const ExpertBiases& biases) {
   const int H = cfg_.hidden, I = cfg_.intermediate;
   // Convert to fp32 and quantize with the layer's quantizer (bit-identical to the reference's).
   const size_t esz = dtype_size(dtype);
@@ -382,7 +425,7 @@ void MoeLayer::load_from_tensors(const void* gate, const void* up, const void* d
                                       std::to_string(i / K) + ", " + std::to_string(i % K) + "]");
       }
       quantizer_[which]->quantize(w.data(), N, K, &q);
-  });
+  }, biases);
 }
 
 namespace {
@@ -398,7 +441,8 @@ void drop_file_pages(const void* p, size_t n) {
 
 }  // namespace
 
-void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical) {
+void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map, int num_logical,
+                              const ExpertBiases& biases) {
   const int H = cfg_.hidden, I = cfg_.intermediate;
   static const char* const kProj[3] = {"gate", "up", "down"};
   for (int j = 0; j < 3; ++j)
@@ -442,7 +486,7 @@ void MoeLayer::load_quantized(const QuantizedExperts proj[3], const int64_t* map
                                     std::to_string(e) + ": " + err.what());
       }
     }
-  });
+  }, biases);
 }
 
 // stage inputs, on the caller's thread. Reads the caller's x, ids and weights; writes the call's
@@ -757,10 +801,15 @@ void MoeLayer::gate_up(const Chunk& c, const ActView& x) {
     const Slice& s = *slices_[p];
     const int j = wp.task_expert[task], slot = b.experts[j];
     const int ldh = ceil_div(s.i1 - s.i0, kPanelN) * kPanelN;
+    const GluParams glu{.gate_bias = s.gate_bias[slot].empty() ? nullptr : s.gate_bias[slot].data(),
+                        .up_bias = s.up_bias[slot].empty() ? nullptr : s.up_bias[slot].data(),
+                        .limit = cfg_.swiglu_limit != 0.f ? cfg_.swiglu_limit : __builtin_inff(),
+                        .alpha = cfg_.swiglu_alpha};
     kernel_for(b.count[j]).gateup({.gate = &s.gate[slot], .up = &s.up[slot], .act = x,
                                    .rows = b.tok.data() + b.offset[j], .m = b.count[j],
                                    .p0 = wp.task_p0[task], .p1 = wp.task_p1[task],
-                                   .h = wp.h.data() + size_t(b.offset[j]) * ldh, .ldh = size_t(ldh)});
+                                   .h = wp.h.data() + size_t(b.offset[j]) * ldh, .ldh = size_t(ldh),
+                                   .glu = s.gated ? &glu : nullptr});
   };
   engine_->run(st);
 }
@@ -832,6 +881,12 @@ void MoeLayer::down(const Chunk& c) {
                  .out = wp.out.data(), .ldo = size_t(Hpad)};
       if (q + 1 < n_by_slot) a.next = s.down[b.experts[b.by_slot[q + 1]]].data;
       down_.for_tokens(b.count[j]).down(a);
+      if (!s.down_bias[slot].empty())  // out[t] += w * b_down over this task's columns
+        for (int i = 0; i < b.count[j]; ++i) {
+          float* o = wp.out.data() + size_t(a.tok[i]) * Hpad;
+          const float w = a.weight[i];
+          for (int n = p0 * kPanelN; n < p1 * kPanelN; ++n) o[n] += w * s.down_bias[slot][n];
+        }
     }
   };
   engine_->run(st);

@@ -261,7 +261,7 @@ void gateup_grouped(const GateUpArgs& a) {
                                  pf, size_t(steps) * (2 * hf + 1), u);
       // stage epilogue: h = silu(gate) * up
       for (int r = 0; r < mr; ++r)
-        _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, avx512::silu_mul(g[r], u[r]));
+        _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, avx512::gated(g[r], u[r], a.glu, p * kPanelN));
     }
   }
 }
@@ -321,7 +321,7 @@ void gateup_whole(const GateUpArgs& a) {
                                 size_t(steps) * (i0 / kBlockRows), y);
       // stage epilogue: h = silu(gate) * up
       for (int r = 0; r < mr; ++r)
-        _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, avx512::silu_mul(y[r][0], y[r][1]));
+        _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, avx512::gated(y[r][0], y[r][1], a.glu, p * kPanelN));
     }
   }
 }

@@ -70,6 +70,21 @@ inline __m256 silu_mul(__m256 g, __m256 u) {
   return _mm256_div_ps(_mm256_mul_ps(g, u), den);
 }
 
+// The stage-1 epilogue of the 8 channels n .. n + 7: silu(g) * u, or as glu says (GluParams).
+// The data is minps/maxps's second operand, which they return when either is NaN.
+inline __m256 gated(__m256 g, __m256 u, const GluParams* glu, int n) {
+  if (!glu) return silu_mul(g, u);
+  if (glu->gate_bias) g = _mm256_add_ps(g, _mm256_loadu_ps(glu->gate_bias + n));
+  if (glu->up_bias) u = _mm256_add_ps(u, _mm256_loadu_ps(glu->up_bias + n));
+  const __m256 lim = _mm256_set1_ps(glu->limit);
+  g = _mm256_min_ps(lim, g);
+  u = _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), lim), _mm256_min_ps(lim, u));
+  if (glu->alpha == 0.f) return silu_mul(g, u);
+  // g sigmoid(alpha g) (u + 1) = g (u + 1) / (1 + exp(-alpha g))
+  const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_ps(_mm256_mul_ps(_mm256_set1_ps(-glu->alpha), g)));
+  return _mm256_div_ps(_mm256_mul_ps(g, _mm256_add_ps(u, _mm256_set1_ps(1.f))), den);
+}
+
 // K passes over a panel of a block of n rows, NM matrices
 template <class Tile, int NM>
 constexpr int block_passes(int n) { return 2 / Tile::halves(NM, n); }
@@ -111,7 +126,7 @@ inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, in
     for (int r = 0; r < MR; ++r)
       for (int h = 0; h < NH; ++h)
         _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + (h0 + h) * kHalfN,
-                         silu_mul(acc[0][r][h], acc[1][r][h]));
+                         gated(acc[0][r][h], acc[1][r][h], a.glu, p * kPanelN + (h0 + h) * kHalfN));
   }
 }
 

@@ -43,6 +43,8 @@
 //   dot(w, aux, act, isum, msum)   one row: the int32 lane sums (isum) and, where the block has
 //                                  mins, the lane sums of mins x activation sums (msum)
 //   scales(b, d, m)                the fp16 bits of the block's scale and min (m: 0 when none)
+//   scales_ps(d)                   (optional, 32) the fp32 scales of 8 blocks from what scales() gave
+//                                  as d, where that is not fp16 bits (mxfp4: the ue8m0 exponent)
 //   accumulate(acc, v, mv, D, M, act)  (256) acc + the block's fp32 contribution of 8 channels:
 //                                  v, mv the channel sums of isum, msum; D, M their fp32 d, dmin
 #pragma once
@@ -121,6 +123,13 @@ inline void transpose8(const __m256i* in, __m256i* out) {
 inline __m256i pairs16(__m128i v) {
   const __m256i e = _mm256_cvtepu16_epi32(v);
   return _mm256_or_si256(e, _mm256_slli_epi32(e, 16));
+}
+
+// The fp32 scales of 8 blocks: their fp16 bits, or the codec's own encoding (Codec::scales_ps).
+template <class Codec>
+inline __m256 block_scales(const uint16_t* d16) {
+  if constexpr (requires { Codec::scales_ps(d16); }) return Codec::scales_ps(d16);
+  else return f16x8(d16);
 }
 
 template <class Codec>
@@ -288,7 +297,7 @@ struct GgufKernel {
                 d16[i] = m16[i] = 0, isum[i] = _mm256_setzero_si256();
               }
             }
-            fv[0][c] = block_values(sum_channels(isum), f16x8(d16), f16x8(m16), ad[0], as[0]);
+            fv[0][c] = block_values(sum_channels(isum), block_scales<Codec>(d16), f16x8(m16), ad[0], as[0]);
             continue;
           }
           __m256i q[kGroup][1];
@@ -301,7 +310,7 @@ struct GgufKernel {
               d16[i] = m16[i] = 0, q[i][0] = _mm256_setzero_si256();
             }
           }
-          const __m256 D = f16x8(d16), M = f16x8(m16);
+          const __m256 D = block_scales<Codec>(d16), M = f16x8(m16);
           for (int r = 0; r < n; ++r) {
             const Act* xr = x[r] + s0;
             __m256i isum[kGroup], unused;
@@ -355,7 +364,8 @@ struct GgufKernel {
         // h = silu(g) * u
         for (int r = 0; r < n; ++r)
           for (int h = 0; h < 2; ++h)
-            _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + h * kHalfN, silu_mul(acc[0][r][h], acc[1][r][h]));
+            _mm256_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN + h * kHalfN,
+                             gated(acc[0][r][h], acc[1][r][h], a.glu, p * kPanelN + h * kHalfN));
       }
     }
   }

@@ -58,6 +58,21 @@ inline __m512 silu_mul(__m512 g, __m512 u) {
   return _mm512_div_ps(_mm512_mul_ps(g, u), den);
 }
 
+// The stage-1 epilogue of the 16 channels n .. n + 15: silu(g) * u, or as glu says (GluParams).
+// The data is minps/maxps's second operand, which they return when either is NaN.
+inline __m512 gated(__m512 g, __m512 u, const GluParams* glu, int n) {
+  if (!glu) return silu_mul(g, u);
+  if (glu->gate_bias) g = _mm512_add_ps(g, _mm512_loadu_ps(glu->gate_bias + n));
+  if (glu->up_bias) u = _mm512_add_ps(u, _mm512_loadu_ps(glu->up_bias + n));
+  const __m512 lim = _mm512_set1_ps(glu->limit);
+  g = _mm512_min_ps(lim, g);
+  u = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), _mm512_min_ps(lim, u));
+  if (glu->alpha == 0.f) return silu_mul(g, u);
+  // g sigmoid(alpha g) (u + 1) = g (u + 1) / (1 + exp(-alpha g))
+  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), exp_ps(_mm512_mul_ps(_mm512_set1_ps(-glu->alpha), g)));
+  return _mm512_div_ps(_mm512_mul_ps(g, _mm512_add_ps(u, _mm512_set1_ps(1.f))), den);
+}
+
 template <class Tile, int MR>
 inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, int i0, const NextPanels& pf) {
   int rows[MR];
@@ -65,7 +80,7 @@ inline void gateup_block(const GateUpArgs& a, const uint8_t* const* w, int p, in
   __m512 acc[2][MR];
   Tile::template compute<2, MR>(w, a.act.Kp, a.act, rows, pf, acc);
   for (int r = 0; r < MR; ++r)
-    _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, silu_mul(acc[0][r], acc[1][r]));
+    _mm512_storeu_ps(a.h + a.ldh * (i0 + r) + p * kPanelN, gated(acc[0][r], acc[1][r], a.glu, p * kPanelN));
 }
 
 // one block of exactly n <= R rows starting at row i

@@ -480,7 +480,8 @@ void gateup(const GateUpArgs& a) {
     }
     for (int i = 0; i < a.m; ++i)
       _mm512_storeu_ps(a.h + a.ldh * i + p * kPanelN,
-                       avx512::silu_mul(_mm512_load_ps(acc_g + kPanelN * i), _mm512_load_ps(acc_u + kPanelN * i)));
+                       avx512::gated(_mm512_load_ps(acc_g + kPanelN * i), _mm512_load_ps(acc_u + kPanelN * i), a.glu,
+                                     p * kPanelN));
   }
 }
 

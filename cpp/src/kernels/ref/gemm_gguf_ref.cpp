@@ -38,5 +38,6 @@ KT_GGUF_REF_ROW(q4_K, BlockQ4_K, q8_256, ActQ8x256)
 KT_GGUF_REF_ROW(q5_K, BlockQ5_K, q8_256, ActQ8x256)
 KT_GGUF_REF_ROW(q6_K, BlockQ6_K, q8_256, ActQ8x256)
 KT_GGUF_REF_ROW(iq4_xs, BlockIq4Xs, q8_256, ActQ8x256)
+KT_GGUF_REF_ROW(mxfp4, BlockMxfp4, q8_32, ActQ8x32)
 
 }  // namespace kt

@@ -10,6 +10,18 @@ namespace {
 
 inline float silu(float g) { return g / (1.f + std::exp(-g)); }
 
+// The stage-1 epilogue of channel n: silu(g) * u, or as glu says (GluParams); NaN stays NaN.
+inline float gated(float g, float u, const GluParams* glu, int n) {
+  if (!glu) return silu(g) * u;
+  if (glu->gate_bias) g += glu->gate_bias[n];
+  if (glu->up_bias) u += glu->up_bias[n];
+  const float lim = glu->limit;
+  g = g > lim ? lim : g;
+  u = u > lim ? lim : u < -lim ? -lim : u;
+  if (glu->alpha == 0.f) return silu(g) * u;
+  return g * (u + 1.f) / (1.f + std::exp(-glu->alpha * g));
+}
+
 // PanelDot::dot(panel, Kp, act, row, y[16]) computes the 16 channel dot products of one row.
 template <class PanelDot>
 void gateup(const GateUpArgs& a) {
@@ -22,7 +34,7 @@ void gateup(const GateUpArgs& a) {
       PanelDot::dot(gp, a.act.Kp, a.act, row, g);
       PanelDot::dot(up, a.act.Kp, a.act, row, u);
       float* h = a.h + a.ldh * i + p * kPanelN;
-      for (int c = 0; c < kPanelN; ++c) h[c] = silu(g[c]) * u[c];
+      for (int c = 0; c < kPanelN; ++c) h[c] = gated(g[c], u[c], a.glu, p * kPanelN + c);
     }
   }
 }
