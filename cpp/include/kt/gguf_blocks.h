@@ -76,10 +76,12 @@ static constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -
 //   w = 2^(e - 128) * kMxfp4Values[nibble]        (2^(e - 127) * the e2m1 value {0, 0.5, ..., 6})
 struct BlockMxfp4 {
   static constexpr int kK = 32;
+  static constexpr size_t kWordsFrom = 1;  // the word-interleaved layout's words begin at qs
   uint8_t e;
   uint8_t qs[16];
 };
 static_assert(sizeof(BlockMxfp4) == 17, "mxfp4 block: ue8m0 exponent + 16 bytes of nibbles");
+static_assert(BlockMxfp4::kWordsFrom == offsetof(BlockMxfp4, qs), "mxfp4's words are its qs");
 
 // The e2m1 values times 2: sign bit 3, then 0, 0.5, 1, 1.5, 2, 3, 4, 6.
 static constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};

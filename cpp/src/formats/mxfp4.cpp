@@ -94,5 +94,6 @@ void mxfp4_check(const QuantizedMatrix& q) {
 }
 
 KT_GGUF_FORMAT(mxfp4, BlockMxfp4)
+KT_GGUF_WORD_LAYOUT(mxfp4, BlockMxfp4)
 
 }  // namespace kt
