@@ -1,5 +1,5 @@
 """End to end: tiny MoE language models of the real architectures (Qwen3-MoE, DeepSeek-V3,
-Mixtral; kt_kernel.models.tiny) run by transformers with their routed experts on kt_kernel, against
+Mixtral, gpt-oss; kt_kernel.models.tiny) run by transformers with their routed experts on kt_kernel, against
 the same checkpoint run by transformers' eager experts in fp32.
 
 Per architecture x method x split (all experts on kt_kernel, or half of them kept in torch as
@@ -73,6 +73,11 @@ def test_tiny_checkpoint_has_the_real_layout(tiny, arch):
     assert info.num_experts == row.tiny[row.experts_field] and info.top_k == row.tiny["num_experts_per_tok"]
     assert info.moe_layers == ([1, 2] if arch == "deepseek_v3" else [0, 1])
     keys = info.tensors
+    if row.expert_layout == "gpt_oss":  # gpt-oss's checkpoints hold the experts fused, with biases
+        for layer in info.moe_layers:
+            shapes = row.fused_expert_shapes(layer, info.num_experts, info.hidden_size, info.intermediate_size)
+            assert {k: (keys[k].dtype, keys[k].shape) for k in shapes} == {k: ("BF16", v) for k, v in shapes.items()}
+        return
     for layer in info.moe_layers:
         for e in range(info.num_experts):
             for proj in range(3):

@@ -36,7 +36,11 @@ def release(tiny, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+# the architectures that ship FP8 releases (gpt-oss ships MXFP4: tests/test_mxfp4_models.py)
+FP8_ARCHS = [a for a, row in ARCHITECTURES.items() if row.expert_layout == "per_expert"]
+
+
+@pytest.mark.parametrize("arch", FP8_ARCHS)
 @pytest.mark.parametrize("split", ["cpu", "half"])
 def test_fp8_release_matches_its_decoded_model(release, arch, split):
     path = release(arch)

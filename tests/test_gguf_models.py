@@ -16,7 +16,7 @@ from kt_kernel.integrations.transformers import kt_layers, load_model, load_refe
 from kt_kernel.models import ARCHITECTURES, PrintableTokenizer  # noqa: E402
 from kt_kernel.models import logit_agreement, teacher_forced_logits  # noqa: E402
 from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds  # noqa: E402
-from kt_kernel.models.gguf_model import write_experts_gguf  # noqa: E402
+from kt_kernel.models.gguf_model import GGUF_ARCHITECTURES, write_experts_gguf  # noqa: E402
 from kt_kernel.threads import torch_threads  # noqa: E402
 
 # (gate/up type, down type, shards): a split set of mixed types as real files hold them, one of a
@@ -33,7 +33,7 @@ def _threads():
         yield
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(GGUF_ARCHITECTURES))
 @pytest.mark.parametrize("gate_up,down,shards,split",
                          [(*c, split) for c in CASES for split in ("cpu", "half")] + [(*c, "cpu") for c in MORE_CASES],
                          ids=[f"{g}-{d}-x{n}-{split}" for g, d, n in CASES for split in ("cpu", "half")]

@@ -23,7 +23,7 @@ from kt_kernel.models import (ARCHITECTURES, CheckpointError, PrintableTokenizer
                               logit_agreement, teacher_forced_logits)
 from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds  # noqa: E402
 from kt_kernel.checkpoint.gguf import GGUFError  # noqa: E402
-from kt_kernel.models.gguf_model import (gguf_config, gguf_expert_weights, gguf_state_dict,  # noqa: E402
+from kt_kernel.models.gguf_model import (GGUF_ARCHITECTURES, gguf_config, gguf_expert_weights, gguf_state_dict,  # noqa: E402
                                          write_experts_gguf, write_model_gguf)
 from kt_kernel.threads import torch_threads  # noqa: E402
 
@@ -43,8 +43,8 @@ def _meta_model(config):
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-@pytest.mark.parametrize("arch,split_kv_b", [(a, True) for a in ARCHITECTURES] + [("deepseek_v3", False)],
-                         ids=list(ARCHITECTURES) + ["deepseek_v3-kv_b-whole"])
+@pytest.mark.parametrize("arch,split_kv_b", [(a, True) for a in GGUF_ARCHITECTURES] + [("deepseek_v3", False)],
+                         ids=list(GGUF_ARCHITECTURES) + ["deepseek_v3-kv_b-whole"])
 def test_the_file_reads_back_as_the_checkpoint(tiny_256, tmp_path, arch, split_kv_b):
     """f32 outside the experts: the config from the metadata equals config.json's, every tensor
     equals the checkpoint's bit for bit, and the model's logits equal those of the checkpoint with
@@ -115,7 +115,7 @@ def test_mixtral_q_and_k_rows_are_in_llama_cpp_order(tiny_256, tmp_path):
 CASES = [("q4_K", "q6_K", "q8_0", 2), ("q5_K", "q8_0", "q4_K", 1), ("bf16", "f16", "f32", 1)]
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(GGUF_ARCHITECTURES))
 @pytest.mark.parametrize("gate_up,down,other,shards,split", [(*c, split) for c in CASES for split in ("cpu", "quarter")],
                          ids=[f"{g}-{d}-{o}-x{n}-{split}" for g, d, o, n in CASES for split in ("cpu", "quarter")])
 def test_the_file_runs_as_its_dequantized_model(tiny_256, tmp_path, arch, gate_up, down, other, shards, split):

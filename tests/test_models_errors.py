@@ -54,7 +54,14 @@ def test_expert_intermediate_size_disagrees(tiny, tmp_path, arch):
     row = ARCHITECTURES[arch]
     path = _copy(tiny(arch), tmp_path / "m", config={row.intermediate_field: 64})
     first_moe_layer = 1 if arch == "deepseek_v3" else 0
-    _raises(CheckpointError, path, f"{row.intermediate_field}=64", row.expert_key(first_moe_layer, 0, 0))
+    _raises(CheckpointError, path, f"{row.intermediate_field}=64", _expert_key(row, first_moe_layer, 0, 0))
+
+
+def _expert_key(row, layer, expert, proj):
+    """The checkpoint key of an expert's projection: its own tensor, or gpt-oss's fused one."""
+    if row.expert_layout == "gpt_oss":
+        return list(row.fused_expert_shapes(layer, 1, 1, 1))[0 if proj < 2 else 2]
+    return row.expert_key(layer, expert, proj)
 
 
 def test_more_experts_in_the_checkpoint_than_in_config(tiny, tmp_path):
@@ -73,7 +80,7 @@ def test_hidden_size_disagrees(tiny, tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_missing_expert_tensor(tiny, tmp_path, arch):
     row = ARCHITECTURES[arch]
-    key = row.expert_key(2 if arch == "deepseek_v3" else 1, 5, 1)   # an up projection
+    key = _expert_key(row, 2 if arch == "deepseek_v3" else 1, 5, 1)   # an up projection
     path = _copy(tiny(arch), tmp_path / "m", drop=[key])
     _raises(CheckpointError, path, key, "missing")
 
@@ -139,13 +146,14 @@ def test_prequantized_checkpoint(tiny, tmp_path):
 
 
 def test_attach_refuses_an_unsupported_model():
-    """An experts layout kt_kernel does not compute (gpt-oss: biases, transposed, own gating)."""
-    from transformers import GptOssConfig, GptOssForCausalLM
+    """An MoE architecture without a row (Qwen2-MoE: its shared expert's gate is not modelled)."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    model = GptOssForCausalLM(GptOssConfig(vocab_size=96, hidden_size=64, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                                           num_local_experts=4, num_experts_per_tok=2))
-    with pytest.raises(UnsupportedModelError, match="'gpt_oss' is not a supported"):
+    model = Qwen2MoeForCausalLM(Qwen2MoeConfig(vocab_size=96, hidden_size=64, intermediate_size=64,
+                                               moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                               num_experts=4, num_experts_per_tok=2))
+    with pytest.raises(UnsupportedModelError, match="'qwen2_moe' is not a supported"):
         attach(model, "BF16", cpuinfer_threads=2)
 
 

@@ -86,9 +86,10 @@ class KTExperts:
                  cpuinfer_threads=None, threadpool_count: int = 1, chunked_prefill_size: int = 512,
                  max_deferred_experts_per_token: int = 0, release_weights: bool = True, weight_path=None,
                  gpu_weights=None):
-        _check_layout(module, layer_idx)
+        # gpt-oss: gate_up [E, H, 2I] with gate and up interleaved, down [E, I, H], biases, clamped SwiGLU
+        self.gpt_oss = _check_layout(module, layer_idx)
         gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
-        E, two_i, H = gate_up.shape
+        E, two_i, H = (gate_up.shape[0], gate_up.shape[2], gate_up.shape[1]) if self.gpt_oss else gate_up.shape
         I = two_i // 2
         K = module.config.num_experts_per_tok
         gpu_mask = torch.as_tensor(gpu_mask, dtype=torch.bool).cpu().flatten()
@@ -116,12 +117,20 @@ class KTExperts:
                              f"{', '.join(kt_kernel.METHODS)}")
         self.wrapper = None
         if self.num_gpu_experts < E:
+            swiglu = (float(module.limit), float(module.alpha)) if self.gpt_oss else (0.0, 0.0)
             self.wrapper = KTMoEWrapper(layer_idx, E, K, H, I, gpu_experts_mask=gpu_mask, method=method,
                                         cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
                                         chunked_prefill_size=chunked_prefill_size, weight_path=weight_path,
-                                        max_deferred_experts_per_token=max_deferred_experts_per_token)
+                                        max_deferred_experts_per_token=max_deferred_experts_per_token,
+                                        swiglu_limit=swiglu[0], swiglu_alpha=swiglu[1])
             if from_file:
                 self.wrapper.load_weights()
+            elif self.gpt_oss:
+                gu, bias = gate_up.cpu(), module.gate_up_proj_bias.detach().cpu().float()
+                self.wrapper.load_weights_from_tensors(
+                    gu[:, :, 0::2].transpose(1, 2).contiguous(), gu[:, :, 1::2].transpose(1, 2).contiguous(),
+                    down.cpu().transpose(1, 2).contiguous(), gate_bias=bias[:, 0::2].contiguous(),
+                    up_bias=bias[:, 1::2].contiguous(), down_bias=module.down_proj_bias.detach().cpu().float())
             else:
                 self.wrapper.load_weights_from_tensors(gate_up[:, :I].cpu().contiguous(),
                                                        gate_up[:, I:].cpu().contiguous(), down.cpu().contiguous())
@@ -137,6 +146,12 @@ class KTExperts:
             gpu_gate_up, gpu_down = gate_up[gpu_ids.to(device)].clone(), down[gpu_ids.to(device)].clone()
         module.register_buffer("kt_gpu_gate_up", gpu_gate_up, persistent=False)
         module.register_buffer("kt_gpu_down", gpu_down, persistent=False)
+        if self.gpt_oss:  # the GPU experts' biases (the module's own: small, never on meta)
+            ids = gpu_ids.to(module.gate_up_proj_bias.device)
+            module.register_buffer("kt_gpu_gate_up_bias", module.gate_up_proj_bias.detach()[ids].to(device, dtype),
+                                   persistent=False)
+            module.register_buffer("kt_gpu_down_bias", module.down_proj_bias.detach()[ids].to(device, dtype),
+                                   persistent=False)
 
         # stage 3: the fused tensors are no longer read; free them unless asked to keep them
         if release_weights:
@@ -193,19 +208,31 @@ class KTExperts:
                 continue
             t, kk = tok[start:start + n], k[start:start + n]
             start += n
-            h = module._apply_gate(F.linear(x[t], module.kt_gpu_gate_up[g]))    # [n, I]
-            y = F.linear(h, module.kt_gpu_down[g])                              # [n, H]
+            if self.gpt_oss:  # transposed weights, biases, the module's own clamped SwiGLU
+                h = module._apply_gate(x[t] @ module.kt_gpu_gate_up[g] + module.kt_gpu_gate_up_bias[g])
+                y = h @ module.kt_gpu_down[g] + module.kt_gpu_down_bias[g]
+            else:
+                h = module._apply_gate(F.linear(x[t], module.kt_gpu_gate_up[g]))    # [n, I]
+                y = F.linear(h, module.kt_gpu_down[g])                              # [n, H]
             out.index_add_(0, t, y.float() * top_k_weights[t, kk, None].float())
         return out
 
 
-def _check_layout(module, layer_idx: int) -> None:
-    """kt_kernel computes silu(x gate^T) * (x up^T) then down, no bias: refuse anything else."""
+def _check_layout(module, layer_idx: int) -> bool:
+    """kt_kernel computes silu(x gate^T) * (x up^T) then down, no bias, or gpt-oss's experts
+    (biases, clamped SwiGLU; returns True): refuse anything else."""
     name = type(module).__name__
     model_type = getattr(module.config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(f"layer {layer_idx}: model_type {model_type!r} is not a supported MoE "
                                     f"architecture; supported: {', '.join(ARCHITECTURES)}")
+    if ARCHITECTURES[model_type].expert_layout == "gpt_oss":
+        want = {"has_bias": True, "is_transposed": True, "is_concatenated": False}
+        for flag, v in want.items():
+            if getattr(module, flag, None) != v:
+                raise UnsupportedModelError(f"layer {layer_idx}: {name} has {flag}={getattr(module, flag, None)}; "
+                                            f"gpt-oss experts have {flag}={v}")
+        return True
     flags = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True,
              "has_post_expert_norm": False}
     for flag, want in flags.items():
@@ -221,6 +248,7 @@ def _check_layout(module, layer_idx: int) -> None:
     gate_up = getattr(module, "gate_up_proj", None)
     if not isinstance(gate_up, torch.Tensor) or gate_up.dim() != 3 or gate_up.shape[1] % 2:
         raise UnsupportedModelError(f"layer {layer_idx}: {name} has no fused gate_up_proj [E, 2I, H] tensor")
+    return False
 
 
 def kt_kernel_experts_forward(self, hidden_states, top_k_index, top_k_weights):

@@ -13,6 +13,10 @@ The tiny configurations are the smallest that still exercise each feature the re
                   attention, a first dense layer (``first_k_dense_replace`` 1); 32 experts, top-4.
 * ``mixtral``     softmax top-2 of 8 experts (``w1``/``w3``/``w2`` checkpoint names, the MoE block
                   stored as ``block_sparse_moe``).
+* ``gpt_oss``     gpt-oss: softmax over the top-4 of 16 experts' logits (a router bias), experts with
+                  biases and the clamped SwiGLU g sigmoid(1.702 g) (u + 1) (``swiglu_limit`` 7),
+                  stored fused (``experts.gate_up_proj [E, H, 2I]``, gate and up interleaved), and
+                  attention with sinks, biases and a sliding window on every other layer.
 """
 from __future__ import annotations
 
@@ -41,10 +45,19 @@ class Architecture:
     expert_proj: tuple                # checkpoint names of one expert's (gate, up, down) projections
     routing: str                      # one line for reports
     tiny: dict = field(default_factory=dict)
+    # the checkpoints' experts: "per_expert" (experts.{e}.{proj}.weight) or "gpt_oss" (fused
+    # experts.gate_up_proj [E, H, 2I] interleaved, down_proj [E, I, H], and their biases)
+    expert_layout: str = "per_expert"
 
     def expert_key(self, layer: int, expert: int, proj: int) -> str:
         """Checkpoint key of projection ``proj`` (0 gate, 1 up, 2 down) of one expert."""
         return f"model.layers.{layer}.{self.block}.experts.{expert}.{self.expert_proj[proj]}.weight"
+
+    def fused_expert_shapes(self, layer: int, E: int, H: int, I: int) -> dict:
+        """gpt_oss layout: checkpoint key -> shape of the layer's fused expert tensors."""
+        prefix = f"model.layers.{layer}.{self.block}.experts"
+        return {f"{prefix}.gate_up_proj": (E, H, 2 * I), f"{prefix}.gate_up_proj_bias": (E, 2 * I),
+                f"{prefix}.down_proj": (E, I, H), f"{prefix}.down_proj_bias": (E, H)}
 
     def checkpoint_name(self, hf_name: str) -> str:
         """The checkpoint key of a transformers parameter name outside the routed experts."""
@@ -87,6 +100,17 @@ ARCHITECTURES = {
             routing="softmax top-k, renormalised",
             tiny=dict(_COMMON, num_hidden_layers=2, num_key_value_heads=2, intermediate_size=256,
                       num_local_experts=8, num_experts_per_tok=2),
+        ),
+        Architecture(
+            model_type="gpt_oss", label="gpt-oss", model_class="GptOssForCausalLM",
+            config_class="GptOssConfig", experts_field="num_local_experts",
+            intermediate_field="intermediate_size", moe_fields=("num_local_experts",), block="mlp",
+            expert_proj=("gate_up_proj", "gate_up_proj", "down_proj"),
+            routing="softmax over the top-k logits (router bias); biased experts, clamped SwiGLU",
+            tiny=dict(_COMMON, num_hidden_layers=2, num_key_value_heads=2, head_dim=64, intermediate_size=128,
+                      num_local_experts=16, num_experts_per_tok=4, sliding_window=64, swiglu_limit=7.0,
+                      max_position_embeddings=4096),
+            expert_layout="gpt_oss",
         ),
     )
 }

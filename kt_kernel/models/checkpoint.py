@@ -104,9 +104,12 @@ def _load_config(path: Path):
     arch = architecture(model_type)
     if raw.get("quantization_config"):
         method = raw["quantization_config"].get("quant_method", "?")
+        loaders = {"fp8": "load_fp8_model (method FP8)", "mxfp4": "load_mxfp4_model (method MXFP4)"}
         raise UnsupportedModelError(
-            f"config.json has quantization_config (quant_method {method!r}): pre-quantized checkpoints are not "
-            "supported; give a bf16/fp16/fp32 checkpoint, kt_kernel quantizes the experts itself")
+            f"config.json has quantization_config (quant_method {method!r}): this loader takes bf16/fp16/fp32 "
+            "checkpoints (kt_kernel quantizes the experts itself)" +
+            (f"; kt_kernel.integrations.transformers.{loaders[method]} runs this release as it is stored"
+             if method in loaders else ""))
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedModelError(f"config.json hidden_act={act!r}: kt_kernel's experts compute silu(gate) * up")
@@ -155,17 +158,22 @@ def inspect_checkpoint(path) -> CheckpointInfo:
     want = {0: (I, H), 1: (I, H), 2: (H, I)}
     dims = f"{arch.intermediate_field}={I} and hidden_size={H}"
     missing, wrong = [], []
+    def check(key, shape):
+        t = tensors.get(key)
+        if t is None:
+            missing.append(key)
+        elif t.shape != shape:
+            wrong.append(f"{key} has shape {t.shape}, but config.json {dims} make it {shape}")
+        elif t.dtype not in _FLOAT_DTYPES:
+            wrong.append(f"{key} has dtype {t.dtype}; kt_kernel loads {', '.join(_FLOAT_DTYPES)} experts")
     for layer in moe_layers:
+        if arch.expert_layout == "gpt_oss":  # fused over the experts, with biases
+            for key, shape in arch.fused_expert_shapes(layer, E, H, I).items():
+                check(key, shape)
+            continue
         for e in range(E):
             for proj in range(3):
-                key = arch.expert_key(layer, e, proj)
-                t = tensors.get(key)
-                if t is None:
-                    missing.append(key)
-                elif t.shape != want[proj]:
-                    wrong.append(f"{key} has shape {t.shape}, but config.json {dims} make it {want[proj]}")
-                elif t.dtype not in _FLOAT_DTYPES:
-                    wrong.append(f"{key} has dtype {t.dtype}; kt_kernel loads {', '.join(_FLOAT_DTYPES)} experts")
+                check(arch.expert_key(layer, e, proj), want[proj])
         prefix = f"model.layers.{layer}.{arch.block}.experts."
         extra = sorted({int(k[len(prefix):].split(".")[0]) for k in tensors
                         if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()} - set(range(E)))

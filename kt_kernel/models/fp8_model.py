@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from kt_kernel.checkpoint.hf import HFCheckpoint, dequantize_fp8, open_hf_checkpoint, quantize_fp8
-from kt_kernel.models.errors import CheckpointError
+from kt_kernel.models.architectures import ARCHITECTURES
+from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
 __all__ = ["fp8_config", "fp8_state_dict", "fp8_expert_weights", "write_fp8_release", "FP8_BLOCK"]
 
@@ -110,6 +111,11 @@ def write_fp8_release(src, dst, block=FP8_BLOCK) -> Path:
     from safetensors.torch import load_file, save_file
 
     src, dst = Path(src), Path(dst)
+    model_type = json.loads((src / "config.json").read_text()).get("model_type")
+    if model_type in ARCHITECTURES and ARCHITECTURES[model_type].expert_layout != "per_expert":
+        raise UnsupportedModelError(f"{src}: {model_type} ships no FP8 release (its experts are stored transposed, "
+                                    f"with biases); FP8 releases are written for "
+                                    f"{', '.join(a for a, r in ARCHITECTURES.items() if r.expert_layout == 'per_expert')}")
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json" and f.is_file():

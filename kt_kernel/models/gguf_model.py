@@ -191,6 +191,9 @@ def write_model_gguf(model_path, out, *, gate_up: str = "q4_K", down: str = "q6_
 
     info = inspect_checkpoint(model_path)
     model_type = info.arch.model_type
+    if model_type not in GGUF_ARCHITECTURES:
+        raise UnsupportedModelError(f"{model_path}: model_type {model_type!r} has no GGUF writer here; whole GGUF "
+                                    f"models are written for {', '.join(GGUF_ARCHITECTURES)}")
     config = info.config
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)

@@ -19,7 +19,8 @@ top-2 logit gap by about 0.5-0.8 rms against a median gap of 0.8-1.5, and a gree
 was all near-ties), while a wrong or missing expert still moves the logits by far more than any
 method's error. Routers get logits of standard deviation ROUTER_SCALE (decisive but not one-hot
 routing), the LM head logits of standard deviation LOGIT_SCALE (a peaked next-token distribution,
-so that top-1 is meaningful), DeepSeek's score-correction bias normal(0, SCORE_BIAS_STD). Norm
+so that top-1 is meaningful), DeepSeek's score-correction bias and gpt-oss's router bias normal(0, SCORE_BIAS_STD), gpt-oss's
+expert biases normal(0, EXPERT_BIAS_STD) (the down bias times the experts' scale). Norm
 weights stay 1. The weights are saved in bf16, as real checkpoints are: the fp32 reference
 computes with exactly the weights kt_kernel's BF16 method holds.
 """
@@ -45,6 +46,7 @@ EXPERT_SCALE = 0.5
 ROUTER_SCALE = 1.5
 LOGIT_SCALE = 4.0
 SCORE_BIAS_STD = 0.05
+EXPERT_BIAS_STD = 0.5  # gpt-oss's expert biases: of the order of the products they are added to
 
 
 def default_cache_dir() -> Path:
@@ -73,12 +75,18 @@ def init_random_weights(model, seed: int = 0) -> None:
     expert_out = EXPERT_SCALE / getattr(model.config, "routed_scaling_factor", 1.0)
     for module in model.modules():
         if hasattr(module, "gate_up_proj") and hasattr(module, "down_proj"):  # fused routed experts
-            normal_(module.gate_up_proj, module.gate_up_proj.shape[-1] ** -0.5)            # [E, 2I, H]
-            normal_(module.down_proj, expert_out * module.down_proj.shape[-1] ** -0.5)     # [E, H, I]
+            k = -2 if getattr(module, "is_transposed", False) else -1  # gpt-oss: [E, H, 2I], [E, I, H]
+            normal_(module.gate_up_proj, module.gate_up_proj.shape[k] ** -0.5)             # [E, 2I, H]
+            normal_(module.down_proj, expert_out * module.down_proj.shape[k] ** -0.5)      # [E, H, I]
+            if getattr(module, "gate_up_proj_bias", None) is not None:  # gpt-oss's expert biases
+                normal_(module.gate_up_proj_bias, EXPERT_BIAS_STD)
+                normal_(module.down_proj_bias, EXPERT_BIAS_STD * expert_out)
         elif "Router" in type(module).__name__:
             normal_(module.weight, ROUTER_SCALE * module.weight.shape[-1] ** -0.5)
             if getattr(module, "e_score_correction_bias", None) is not None:
                 normal_(module.e_score_correction_bias, SCORE_BIAS_STD)
+            if isinstance(getattr(module, "bias", None), torch.Tensor):  # gpt-oss's router bias
+                normal_(module.bias, SCORE_BIAS_STD)
         elif isinstance(module, torch.nn.Linear):
             scale = LOGIT_SCALE if module is lm_head else 1.0
             normal_(module.weight, scale * module.in_features ** -0.5)

@@ -35,17 +35,20 @@ constexpr FormatTraits kFormats[kNumFormats] = {
     // bf16: rounding to 8 significant bits leaves ulp/sqrt(12) rms, at most 2^-7/sqrt(12) = 0.23%
     // of a value (weight_rel_err; measured 0.16%). Through gate/up, down and the bf16 output about
     // 0.35% (0.5% with the bf16 activations of avx512_bf16): layer_rel_err 1%. Agreement: KL
-    // < 5e-6, top-1 0.997, gap error p99 0.012; KL bound 1e-4 (20x: 2.5x of almost nothing would
-    // flake on a tier that rounds differently).
+    // < 5e-6, top-1 0.997, gap error p99 0.012 on qwen3_moe, deepseek_v3, mixtral; gpt-oss KL mean
+    // 1.17e-4 (avx2) to 1.25e-4 (avx512_bf16), nearly all of it one position where the bf16
+    // rounding of the first layer's output flips a near-tie of the second layer's top-4 (KL 0.039
+    // there), top-1 0.997: KL bound 3e-4 (2.5x).
     {FormatId::bf16, "bf16", "BF16", "bf16", /*group=*/0, Bf16Block::kK, sizeof(Bf16Block), /*panel_tail_bytes=*/0,
      {{"values", "qweight", "BF16", 16, ArrayPer::value}},
      kFloatActs, /*int_dot=*/false, /*weight_rel_err=*/0.0025, /*layer_rel_err=*/0.01,
-     AgreementBounds{/*kl_mean=*/1e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
+     AgreementBounds{/*kl_mean=*/3e-4, /*top1=*/0.98, /*tie_margin=*/0.05},
      bf16_quantize_ref, bf16_dequantize_ref, bf16_pack, bf16_unpack_row, /*gguf_type=*/30},
     // int8_pc: step s = amax/127 per channel, error s/sqrt(12) rms; amax of 2048 Gaussians is about
     // 3.5 sigma, so 3.5/(127 sqrt 12) = 0.8% (weight_rel_err 1%). The q8 activations (x and h) add
     // the same kind of error; through the layer about 1.8-2.7% measured: layer_rel_err 4%.
-    // Agreement: KL 7.5e-4, top-1 0.991, gap error p99 0.16 (max 1.18: a routing near-tie flipped).
+    // Agreement: KL 7.5e-4, top-1 0.991, gap error p99 0.16 (max 1.18: a routing near-tie flipped);
+    // gpt-oss KL 6.9e-4, top-1 0.985.
     {FormatId::int8_pc, "int8_pc", "AMXINT8", "int8", /*group=*/0, Int8PcBlock::kK, sizeof(Int8PcBlock), sizeof(Int8PcTail),
      {{"values", "qweight", "I8", 8, ArrayPer::value}, {"scale", "scale", "F32", 32, ArrayPer::row}},
      kQ8Acts, /*int_dot=*/true, /*weight_rel_err=*/0.01, /*layer_rel_err=*/0.04,
@@ -55,7 +58,8 @@ constexpr FormatTraits kFormats[kNumFormats] = {
     // 0.079 sigma rms by plain min/max rounding (7.2% measured), the least-squares refit does
     // better (6.9% measured): weight_rel_err 7.5%. Gate and up errors combine in h (~10%), down
     // adds ~7%: about 13% through the layer, layer_rel_err 20% leaves room for the few outputs of
-    // M = 1. Agreement: KL 8.2e-3, top-1 0.944, gap error p99 0.79.
+    // M = 1. Agreement: KL 8.2e-3, top-1 0.944, gap error p99 0.79 (gpt-oss, its biased experts
+    // and clamped SwiGLU: KL 1.29e-2, top-1 0.929).
     {FormatId::int4_g32, "int4_g32", "AMXINT4", "int4", /*group=*/Int4G32Block::kK, Int4G32Block::kK, sizeof(Int4G32Block),
      /*panel_tail_bytes=*/0,
      {{"values", "qweight", "U8", 4, ArrayPer::value},
@@ -70,8 +74,8 @@ constexpr FormatTraits kFormats[kNumFormats] = {
     // H, I with E 16: 4.5% at M 8 and 64, 5.55% at worst of 20 single tokens, on avx512,
     // avx512_bf16 and generic alike (the weights' error: the activations add little): bound 7.5%.
     // Agreement (3 architectures x {all experts on CPU, half in torch}, avx512 and avx512_bf16):
-    // KL mean <= 1.84e-3, top-1 >= 0.982, gap error p99 <= 0.30 (max 1.12, mixtral): bounds KL
-    // 5e-3, top-1 0.95, tie margin 0.6.
+    // KL mean <= 1.84e-3, top-1 >= 0.982, gap error p99 <= 0.30 (max 1.12, mixtral); gpt-oss KL
+    // 1.88e-3, top-1 0.973: bounds KL 5e-3, top-1 0.95, tie margin 0.6.
     {FormatId::fp8_g128, "fp8_g128", "FP8", "fp8", /*group=*/Fp8G128Block::kK, Fp8G128Block::kK, sizeof(Fp8G128Block),
      /*panel_tail_bytes=*/0,
      {{"values", "qweight", "F8_E4M3", 8, ArrayPer::value}, {"scale", "scale", "F32", 32, ArrayPer::group}},
@@ -154,6 +158,7 @@ constexpr FormatTraits kFormats[kNumFormats] = {
     // Agreement against the fp32 models (3 architectures x {all experts on CPU, half in torch},
     // avx2 and avx512_bf16 alike): KL mean 3.7e-3 to 1.83e-2 (mixtral), top-1 >= 0.912, every
     // decoded token the argmax or a near-tie: bounds KL 5e-2, top-1 0.86, tie margin 1.0 (as int4_g32's).
+    // gpt-oss: KL 1.42e-2 (half) and 2.46e-2 (all on CPU), top-1 0.914.
     {FormatId::mxfp4, "mxfp4", "MXFP4", /*quant_method=*/"", /*group=*/BlockMxfp4::kK, BlockMxfp4::kK,
      sizeof(GgufPanelBlock<BlockMxfp4>), /*panel_tail_bytes=*/0, {{"blocks", "blocks", "U8", 8, ArrayPer::block}},
      act_bit(ActFormat::q8_32), /*int_dot=*/true, /*weight_rel_err=*/0.145, /*layer_rel_err=*/0.28,
