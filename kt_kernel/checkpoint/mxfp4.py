@@ -31,7 +31,7 @@ from kt_kernel.checkpoint.hf import index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, read_config, text_config
 
-__all__ = ["MXFP4_METHOD", "GPT_OSS_ALPHA", "MXFP4Checkpoint", "is_mxfp4", "gpt_oss_blocks"]
+__all__ = ["MXFP4_METHOD", "GPT_OSS_ALPHA", "MXFP4Checkpoint", "is_mxfp4", "gpt_oss_blocks", "dequantize_gpt_oss"]
 
 MXFP4_METHOD = "MXFP4"
 GPT_OSS_ALPHA = 1.702  # gpt-oss's swish slope: fixed by the model, not in its config.json
@@ -63,6 +63,17 @@ def gpt_oss_blocks(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     out[:, :, 0] = scales
     out[:, :, 1:] = values[:, :, :16] | (values[:, :, 16:] << 4)
     return out.reshape(N, G * 17)
+
+
+_E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+
+
+def dequantize_gpt_oss(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """fp32 [N, G * 32] of gpt-oss rows: blocks uint8 [N, G, 16], scales uint8 [N, G];
+    element 2j of a block is the low nibble of byte j, the scale 2^(s - 127) (exact)."""
+    N, G = scales.shape
+    v = np.stack([_E2M1[blocks & 0x0F], _E2M1[blocks >> 4]], axis=-1).reshape(N, G, 32)
+    return np.ldexp(v, scales.astype(np.int32)[:, :, None] - 127).astype(np.float32).reshape(N, G * 32)
 
 
 class MXFP4Checkpoint:

@@ -126,7 +126,11 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from kt_kernel.integrations.transformers import (kt_layers, load_fp8_model, load_fp8_reference, load_gguf_model,
-                                                     load_gguf_reference, load_model, load_reference)
+                                                     load_gguf_reference, load_model, load_mxfp4_model,
+                                                     load_mxfp4_reference, load_reference)
+    from kt_kernel.checkpoint.mxfp4 import is_mxfp4
+    from kt_kernel.models.fp8_model import write_fp8_release
+    from kt_kernel.models.mxfp4_model import write_mxfp4_release
     from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, build_tiny_model, check_greedy, generate_greedy,
                                   inspect_checkpoint, load_tokenizer, logit_agreement, teacher_forced_logits)
     from kt_kernel.models.compare import REFERENCE_PROMPT, format_agreement_bounds
@@ -159,18 +163,29 @@ def _run(args) -> int:
             release = path.parent / f"{path.name}-fp8-release"
             if not (release / "config.json").exists():
                 with step(f"writing it as an FP8 release (e4m3 linear weights, 128 x 128 block scales) to {release}"):
-                    _write_release(path, release)
+                    _write_release(write_fp8_release, path, release)
+            path = release
+        elif method == "MXFP4" and args.arch == "gpt_oss":
+            release = path.parent / f"{path.name}-mxfp4-release"
+            if not (release / "config.json").exists():
+                with step(f"writing it as gpt-oss's MXFP4 release (e2m1 experts, a ue8m0 scale per 32) to {release}"):
+                    _write_release(write_mxfp4_release, path, release)
             path = release
     else:
         path = args.model
     fp8 = not whole and _is_fp8_release(path)
     if fp8 and method != "FP8":
         raise ValueError(f"--model {path} is an FP8 release: run it with --method FP8 (its experts as stored)")
+    mxfp4 = not whole and is_mxfp4(path)
+    if mxfp4 and method != "MXFP4":
+        raise ValueError(f"--model {path} is an MXFP4 release: run it with --method MXFP4 (its experts as stored)")
     if whole:
         model_name, num_experts, tokenizer = _describe_gguf(gguf)
         tiny = True  # the demo writes (and so reads) only its tiny models as whole GGUF files
     elif fp8:
         model_name, num_experts, tokenizer = _describe_fp8(path)
+    elif mxfp4:
+        model_name, num_experts, tokenizer = _describe_mxfp4(path)
     else:
         ckpt = inspect_checkpoint(path)
         model_name, num_experts, tokenizer = ckpt.describe(), ckpt.num_experts, load_tokenizer(path)
@@ -185,16 +200,19 @@ def _run(args) -> int:
     ref = None
     if not args.no_reference:
         what = ("the whole GGUF file dequantized" if whole else "the whole FP8 release decoded" if fp8 else
+                "the MXFP4 release's experts decoded" if mxfp4 else
                 "eager experts" + (", the GGUF experts dequantized" if gguf else ""))
         with step(f"loading the fp32 reference (transformers, {what})"):
             ref = (load_gguf_reference(gguf, device=args.device) if whole else
                    load_fp8_reference(path, device=args.device) if fp8 else
+                   load_mxfp4_reference(path, device=args.device) if mxfp4 else
                    load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts))
     doing = (f"loading its experts from {gguf}" if gguf else "loading its e4m3 experts as stored" if fp8 else
-             f"quantizing its experts to {method}")
+             "loading its MXFP4 experts as stored" if mxfp4 else f"quantizing its experts to {method}")
     with step(f"loading the model in {str(dtype).replace('torch.', '')} and {doing}"):
         options = dict(dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts, cpuinfer_threads=args.threads)
         model = (load_gguf_model(gguf, **options) if whole else load_fp8_model(path, **options) if fp8 else
+                 load_mxfp4_model(path, **options) if mxfp4 else
                  load_model(path, method, **options, **({"weight_path": gguf} if gguf else {})))
     layers = kt_layers(model)
     threads = next((lay.wrapper.cpuinfer_threads for lay in layers if lay.wrapper is not None), args.threads)
@@ -249,17 +267,15 @@ def _run(args) -> int:
     return 0 if ok else 1
 
 
-def _write_release(src: Path, dst: Path) -> None:
-    """The FP8 release of the tiny model at src, written beside it once (atomically: a finished
-    folder or none)."""
+def _write_release(write, src: Path, dst: Path) -> None:
+    """``write(src, folder)``'s release of the tiny model at src, written beside it once
+    (atomically: a finished folder or none)."""
     import shutil
     import tempfile
 
-    from kt_kernel.models.fp8_model import write_fp8_release
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        write_fp8_release(src, tmp)
+        write(src, tmp)
         try:
             os.replace(tmp, dst)
         except OSError:
@@ -287,6 +303,18 @@ def _describe_fp8(path) -> tuple:
     ckpt = open_hf_checkpoint(path)
     model_type = ckpt.config.get("model_type")
     return (f"{architecture(model_type).label} ({model_type}, FP8 release, blocks {list(ckpt.fp8_block)}): "
+            f"{ckpt.num_layers} layers, {len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts, hidden "
+            f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}", ckpt.num_experts, load_tokenizer(path))
+
+
+def _describe_mxfp4(path) -> tuple:
+    """(description, experts per layer, tokenizer) of a gpt-oss MXFP4 release."""
+    from kt_kernel.checkpoint.mxfp4 import MXFP4Checkpoint
+    from kt_kernel.models import architecture, load_tokenizer
+
+    ckpt = MXFP4Checkpoint(path, "MXFP4")
+    model_type = ckpt.config.get("model_type")
+    return (f"{architecture(model_type).label} ({model_type}, MXFP4 release, swiglu_limit {ckpt.activation[0]:g}): "
             f"{ckpt.num_layers} layers, {len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts, hidden "
             f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}", ckpt.num_experts, load_tokenizer(path))
 

@@ -50,7 +50,8 @@ from kt_kernel.formats import GGUF_METHOD  # noqa: E402
 from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
-           "load_gguf_model", "load_gguf_reference", "load_fp8_model", "load_fp8_reference",
+           "load_gguf_model", "load_gguf_reference", "load_fp8_model", "load_fp8_reference", "load_mxfp4_model",
+           "load_mxfp4_reference",
            "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
 
 log = logging.getLogger("kt_kernel")
@@ -58,8 +59,9 @@ log = logging.getLogger("kt_kernel")
 IMPLEMENTATION = "kt_kernel"
 DEFAULT_METHOD = "AMXINT4"
 FP8_METHOD = "FP8"
+MXFP4_METHOD = "MXFP4"
 # methods whose experts a wrapper reads from a file as they are stored (attach's weight_path)
-_FROM_FILE = (GGUF_METHOD, FP8_METHOD)
+_FROM_FILE = (GGUF_METHOD, FP8_METHOD, MXFP4_METHOD)
 _lazy_layers = itertools.count()
 
 
@@ -408,6 +410,16 @@ def _model_from_fp8(path, dtype, experts_implementation: str):
                           experts_implementation)
 
 
+def _model_from_mxfp4(path, dtype, experts_implementation: str):
+    """The transformers model of the gpt-oss MXFP4 release at ``path``: built on the meta device
+    from its config.json, every tensor but the routed experts' weights read in ``dtype``
+    (kt_kernel.models.mxfp4_model); the experts' fused weights stay on the meta device."""
+    from kt_kernel.models.mxfp4_model import mxfp4_config, mxfp4_state_dict
+
+    return _model_on_meta(mxfp4_config(path), lambda model: mxfp4_state_dict(path, model, dtype), dtype,
+                          experts_implementation)
+
+
 def _model_on_meta(config, state_dict, dtype, experts_implementation: str):
     """transformers' model of ``config`` built on the meta device, ``state_dict(model)`` assigned
     (the routed experts' tensors left on meta), the buffers computed at construction rebuilt."""
@@ -471,6 +483,29 @@ def load_fp8_reference(path, *, dtype=torch.float32, device="cpu"):
     from kt_kernel.models.fp8_model import fp8_expert_weights
 
     return _with_decoded_experts(_model_from_fp8(path, dtype, "eager"), path, fp8_expert_weights, dtype, device)
+
+
+def load_mxfp4_model(path, method: str = MXFP4_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
+    """The whole model of a gpt-oss MXFP4 release, with its routed experts run from the release's
+    blocks by kt_kernel (method MXFP4: biases and clamped SwiGLU included) and everything else
+    loaded into transformers' model in ``dtype``. GPU experts (``num_gpu_experts`` /
+    ``gpu_experts_mask``, as :func:`attach`) are decoded onto ``device``; the CPU experts are never
+    decoded. Returns the model in eval mode."""
+    if method != MXFP4_METHOD:
+        raise ValueError(f"method {method!r}: an MXFP4 release's experts run as they are stored, with method "
+                         f"{MXFP4_METHOD!r}")
+    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights
+
+    return _attached_from_file(_model_from_mxfp4(path, dtype, implementation_name(method)), path, method,
+                               mxfp4_expert_weights, dtype, device, attach_options)
+
+
+def load_mxfp4_reference(path, *, dtype=torch.float32, device="cpu"):
+    """The whole MXFP4 release at ``path`` with its routed experts decoded (e2m1 times 2^(s-127)),
+    in transformers' eager experts and ``dtype``: the reference :func:`load_mxfp4_model` is compared with."""
+    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights
+
+    return _with_decoded_experts(_model_from_mxfp4(path, dtype, "eager"), path, mxfp4_expert_weights, dtype, device)
 
 
 def _attached_from_file(model, path, method: str, expert_weights, dtype, device, attach_options: dict):

@@ -1,0 +1,97 @@
+"""Whole gpt-oss models from MXFP4 releases: the tiny gpt-oss model written as gpt-oss ships
+(routed experts as e2m1 blocks with ue8m0 scales, kt_kernel.models.mxfp4_model), run with
+load_mxfp4_model (routed experts from the release's blocks through kt_kernel, method MXFP4, with
+their biases and clamped SwiGLU) against the same release with its experts decoded, in
+transformers' eager gpt-oss (load_mxfp4_reference), in fp32, on the reference prompt. The decoding
+itself is checked against transformers' own MXFP4 dequantization."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from safetensors import safe_open  # noqa: E402
+
+from kt_kernel.integrations.transformers import (kt_layers, load_model, load_mxfp4_model,  # noqa: E402
+                                                 load_mxfp4_reference)
+from kt_kernel.models import ARCHITECTURES, PrintableTokenizer, UnsupportedModelError  # noqa: E402
+from kt_kernel.models import logit_agreement, teacher_forced_logits  # noqa: E402
+from kt_kernel.models.compare import REFERENCE_PROMPT  # noqa: E402
+from kt_kernel.models.mxfp4_model import mxfp4_expert_weights, write_mxfp4_release  # noqa: E402
+from kt_kernel.threads import torch_threads  # noqa: E402
+
+# the same weights on both sides: only the activations' rounding to int8 per 32 values separates
+# them, as for the GGUF types against their dequantized models (bound KL 3e-3, top-1 0.95, measured
+# here KL mean 4e-5 to 1.5e-4)
+KL_MEAN, TOP1 = 3e-3, 0.95
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def release(tiny, tmp_path_factory):
+    return write_mxfp4_release(tiny("gpt_oss"), tmp_path_factory.mktemp("mxfp4") / "gpt-oss")
+
+
+def test_decoded_experts_are_transformers_dequantization(release):
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    with safe_open(str(release / "model.safetensors"), "pt") as f:
+        for proj, i in (("gate_up_proj", 0), ("down_proj", 1)):
+            theirs = convert_moe_packed_tensors(f.get_tensor(f"model.layers.1.mlp.experts.{proj}_blocks"),
+                                                f.get_tensor(f"model.layers.1.mlp.experts.{proj}_scales"),
+                                                dtype=torch.float32)
+            assert torch.equal(mxfp4_expert_weights(release, 1)[i], theirs), proj
+
+
+def test_release_keeps_the_float_models_biases_and_is_close_to_its_weights(tiny, release):
+    with safe_open(str(tiny("gpt_oss") / "model.safetensors"), "pt") as src, \
+            safe_open(str(release / "model.safetensors"), "pt") as rel:
+        key = "model.layers.0.mlp.experts.gate_up_proj"
+        assert torch.equal(src.get_tensor(key + "_bias"), rel.get_tensor(key + "_bias"))
+        w, q = src.get_tensor(key).float(), mxfp4_expert_weights(release, 0)[0]
+        assert ((w - q).norm() / w.norm()).item() < 0.145  # the mxfp4 quantizer's weight_rel_err bound
+
+
+@pytest.mark.parametrize("split", ["cpu", "half"])
+def test_release_matches_its_decoded_model(release, split):
+    prompt = torch.tensor(PrintableTokenizer().encode(REFERENCE_PROMPT))
+    E = ARCHITECTURES["gpt_oss"].tiny["num_local_experts"]
+    ref = teacher_forced_logits(load_mxfp4_reference(release), prompt)
+    model = load_mxfp4_model(release, dtype=torch.float32, cpuinfer_threads=1,
+                             num_gpu_experts=E // 2 if split == "half" else 0)
+    layers = kt_layers(model)
+    assert layers and all(k.wrapper.method == "MXFP4" and k.wrapper.formats == ("mxfp4", "mxfp4") and
+                          (k.wrapper.swiglu_limit, k.wrapper.swiglu_alpha) == (7.0, 1.702) for k in layers)
+    agreement = logit_agreement(teacher_forced_logits(model, prompt), ref)
+    print(f"gpt_oss {split}: {agreement}")
+    assert agreement.kl_mean <= KL_MEAN and agreement.top1 >= TOP1, agreement
+
+
+def test_release_under_another_method_or_loader_is_refused_clearly(release):
+    with pytest.raises(ValueError, match="an MXFP4 release's experts run as they are stored, with method 'MXFP4'"):
+        load_mxfp4_model(release, "AMXINT4")
+    with pytest.raises(UnsupportedModelError, match="quant_method 'mxfp4'.*load_mxfp4_model"):
+        load_model(release)
+
+
+def test_demo_writes_and_runs_an_mxfp4_release(tmp_path, capsys):
+    """python -m kt_kernel.demo --arch gpt_oss --method MXFP4: the tiny gpt-oss written once as an
+    MXFP4 release beside it, then run from it against the release decoded."""
+    from kt_kernel.demo import model as demo_model
+
+    args = ["--arch", "gpt_oss", "--method", "MXFP4", "--cache-dir", str(tmp_path), "--threads", "1",
+            "--max-new-tokens", "8"]
+    assert demo_model.main(args) == 0
+    out = capsys.readouterr().out
+    for fragment in ("writing it as gpt-oss's MXFP4 release", "(gpt_oss, MXFP4 release, swiglu_limit 7): 2 layers",
+                     "the MXFP4 release's experts decoded", "method        MXFP4 (mxfp4)", "PASS: MXFP4"):
+        assert fragment in out, f"{fragment!r} missing from the demo's output:\n{out}"
+    release = next(tmp_path.glob("models/*-mxfp4-release"))
+    assert demo_model.main(["--model", str(release), "--method", "AMXINT4", "--threads", "1"]) == 2
+    assert "is an MXFP4 release: run it with --method MXFP4" in capsys.readouterr().err
