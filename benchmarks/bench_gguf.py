@@ -15,7 +15,11 @@ layout, e4m3 experts with fp32 scales per 128 x 128 block, torch's float8 roundi
 Gaussian weights), run with method FP8 by ours and upstream, its reference on torch's decoding;
 --types rawint4 for a compressed-tensors int4 release (write_int4_checkpoint: Kimi-K2-Thinking's
 scheme, symmetric groups of 32 with bf16 scales, written by compressed-tensors' compressor), run
-with method RAWINT4, its reference on the file's scale * (q - 8).
+with method RAWINT4, its reference on the file's scale * (q - 8); --types mxfp4 for a gpt-oss MXFP4
+release (write_mxfp4_checkpoint: kt_kernel's mxfp4 quantizer in gpt-oss's fused layout, zero
+biases, plain SwiGLU; upstream's copy of the same blocks in DeepSeek-V4-Flash's per-expert layout,
+the layout upstream's MXFP4 reads), run with method MXFP4, its reference on the e2m1 values times
+2^(s - 127). (mxfp4 here is the release, not the GGUF block type of that name.)
 Then each side runs alone in its own process (gguf_side.py), one after the other:
   ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file); a type missing from
             kt_kernel._ext.formats() is reported missing, and the other sides still run;
@@ -87,16 +91,17 @@ POOL_ROWS = 4096
 
 FP8 = "fp8"  # --types fp8: an FP8 release's layer (write_fp8_checkpoint), method FP8 on every side
 INT4 = "rawint4"  # --types rawint4: a compressed-tensors int4 release's layer, method RAWINT4
-RELEASES = (FP8, INT4)  # the types that are releases' folders (gguf_side.RELEASE_LAYERS), not GGUF files
+MXFP4 = "mxfp4"  # --types mxfp4: a gpt-oss MXFP4 release's layer, method MXFP4 (not GGUF's MXFP4 blocks)
+RELEASES = (FP8, INT4, MXFP4)  # the types that are releases' folders (gguf_side.RELEASE_LAYERS), not GGUF files
 INT4_GROUP = 32
 FP8_BLOCK = (128, 128)
 
 
 def kt_format(name: str) -> dict | None:
     """kt_kernel's record of the GGUF type `name` (of the format a release's method packs into, for
-    fp8 and rawint4), None where kt_kernel lacks it."""
+    fp8, rawint4 and mxfp4), None where kt_kernel lacks it."""
     if name in RELEASES:
-        native = {FP8: "FP8", INT4: "AMXINT4"}[name]
+        native = {FP8: "FP8", INT4: "AMXINT4", MXFP4: "MXFP4"}[name]
         return next((f for f in all_formats() if f["method"] == native), None)
     return next((f for f in all_formats() if f["name"] == name and f["method"] == GGUF_METHOD), None)
 
@@ -270,7 +275,59 @@ def write_int4_checkpoint(path: Path, shape: Shape) -> dict:
             "subnormal_share": 0.0, "subnormal_what": "scales"}
 
 
-WRITE_RELEASE = {FP8: write_fp8_checkpoint, INT4: write_int4_checkpoint}
+def write_mxfp4_checkpoint(path: Path, shape: Shape) -> dict:
+    """A gpt-oss MXFP4 release's folder (config.json with quantization_config mxfp4; layer 0's
+    experts fused: gate_up_proj_blocks / _scales with gate and up interleaved along 2I,
+    down_proj_blocks / _scales, bf16 biases) of Gaussian weights (WEIGHT_STD) quantized by
+    kt_kernel's mxfp4 quantizer, and in its Mxfp4Layer.UPSTREAM_DIR the same blocks in
+    DeepSeek-V4-Flash's per-expert layout (w1 gate, w3 up, w2 down: I8 [N, K/2] nibbles, element 2j
+    low, F8_E8M0 [N, K/32] scales), which upstream's MXFP4 reads. The biases are zero and the config
+    says swiglu_limit 0 and swiglu_alpha 0 (plain SwiGLU): upstream's MXFP4 has no biases and
+    computes silu(gate) * up, so both sides compute the same function."""
+    from safetensors.torch import save_file
+    from kt_kernel.models.mxfp4_model import quantize_gpt_oss
+
+    layer = RELEASE_LAYERS[MXFP4]
+    up_dir = path / layer.UPSTREAM_DIR
+    up_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "hidden_size": shape.H,
+           "intermediate_size": shape.I, "num_local_experts": shape.E, "num_experts_per_tok": shape.K,
+           "num_hidden_layers": 1, "vocab_size": 32, "swiglu_limit": 0.0, "swiglu_alpha": 0.0,
+           "quantization_config": {"quant_method": "mxfp4"}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    H, I, E, L = shape.H, shape.I, shape.E, layer.layer_idx
+    gu_b = np.empty((E, 2 * I, H // 32, 16), np.uint8)
+    gu_s = np.empty((E, 2 * I, H // 32), np.uint8)
+    dn_b = np.empty((E, H, I // 32, 16), np.uint8)
+    dn_s = np.empty((E, H, I // 32), np.uint8)
+    g, theirs, subnormal = torch.Generator().manual_seed(0), {}, 0
+    for e in range(E):
+        for proj, name in zip(PROJECTIONS, ("w1", "w3", "w2")):
+            rows, cols = projection_shape(proj, H, I)
+            b, s = quantize_gpt_oss((torch.randn(rows, cols, generator=g) * WEIGHT_STD[proj]).numpy())
+            if proj == "down":
+                dn_b[e], dn_s[e] = b, s
+            else:
+                n = 0 if proj == "gate" else 1
+                gu_b[e, n::2], gu_s[e, n::2] = b, s
+            key = f"model.layers.{L}.ffn.experts.{e}.{name}"
+            theirs[key + ".weight"] = torch.from_numpy(b.reshape(rows, cols // 2)).view(torch.int8)
+            theirs[key + ".scale"] = torch.from_numpy(s).view(torch.float8_e8m0fnu)
+            subnormal += int(((b & 0x7) == 1).sum() + ((b & 0x70) == 0x10).sum())  # e2m1 +-0.5
+    mlp = f"model.layers.{L}.mlp.experts"
+    arrays = {"gate_up_proj_blocks": gu_b, "gate_up_proj_scales": gu_s, "down_proj_blocks": dn_b,
+              "down_proj_scales": dn_s}
+    ours = {f"{mlp}.{k}": torch.from_numpy(v) for k, v in arrays.items()}
+    ours[f"{mlp}.gate_up_proj_bias"] = torch.zeros(E, 2 * I, dtype=torch.bfloat16)
+    ours[f"{mlp}.down_proj_bias"] = torch.zeros(E, H, dtype=torch.bfloat16)
+    save_file(ours, str(path / "model.safetensors"))
+    save_file(theirs, str(up_dir / "model.safetensors"))
+    return {"blocks": f"kt_kernel mxfp4 quantizer of Gaussian weights, gpt-oss layout (upstream: DeepSeek-V4 "
+                      f"layout in {layer.UPSTREAM_DIR}/), zero biases",
+            "subnormal_share": subnormal / (E * shape.weights_per_expert()), "subnormal_what": "e2m1 weights"}
+
+
+WRITE_RELEASE = {FP8: write_fp8_checkpoint, INT4: write_int4_checkpoint, MXFP4: write_mxfp4_checkpoint}
 
 
 def open_layer(path: Path, fmt: str):
@@ -279,7 +336,7 @@ def open_layer(path: Path, fmt: str):
 
 def reference_output(path: Path, fmt: str, x, ids, w) -> torch.Tensor:
     """fp64 [M, H]: the MoE on the dequantization of the file (gguf's; torch's float8 decoding for
-    fp8), fp64 products."""
+    fp8; e2m1 times 2^(s - 127) for mxfp4, no biases, plain SwiGLU as its config says), fp64 products."""
     layer = open_layer(path, fmt)
     experts = [DequantizedExperts(layer, p) for p in PROJECTIONS]
     return moe_forward(x, ids, w, *experts, compute_dtype=torch.float64, out_dtype=torch.float64)
@@ -446,7 +503,8 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
     path = args.workdir / (f"{shape.name}-{fmt}" if fmt in RELEASES else f"{shape.name}-{fmt}.gguf")
     made = Stopwatch()
     written = WRITE_RELEASE[fmt](path, shape) if fmt in RELEASES else write_layer_file(path, shape, fmt, args.pool_rows)
-    size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+    # a folder's files (mxfp4: not its upstream/, a second copy of the same blocks)
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir() else path.stat().st_size
     file = {"shape": shape.name, "type": fmt, **written, "bytes": size}
     print(f"  {fmt}: {file['bytes'] / 2**30:.2f} GiB ({file['blocks']}, {100 * file['subnormal_share']:.2f}% of the "
           f"{file['subnormal_what']} subnormal) written in {made.seconds:.1f} s", flush=True)
@@ -500,7 +558,8 @@ NOTES = [
     "measured then (kt and upstream: the int8 family of the active tier, for fp8 its bf16 one; torch: its bf16",
     "family). upstream / ours:",
     "upstream ms / ours ms (upstream at its best of 1 and --threads threads). rel err: ||out - ref|| / ||ref||, ref = the MoE in fp64 on gguf's",
-    "dequantization of the same file (fp8: torch's float8_e4m3fn decoding times the block scales), the same inputs.",
+    "dequantization of the same file (fp8: torch's float8_e4m3fn decoding times the block scales; mxfp4: e2m1",
+    "times 2^(s - 127), zero biases, plain SwiGLU), the same inputs.",
 ]
 
 

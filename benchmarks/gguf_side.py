@@ -3,11 +3,11 @@ every M on the protocol's inputs and saves the outputs. bench_gguf.py runs it; b
 
     python benchmarks/gguf_side.py {ours,torch,upstream} CASE.json
 
-CASE.json: {"gguf": file, "inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where
-the results go (torch.save), "tokens", "threads", "iters", "min_time", "warmup"; for the decode
-cases M <= "paired_max_m" of the sides run here: "paired_rounds", "paired_calls", "paired_mib"
-(paired_rounds)}. The layer's
-shape comes from the file's metadata. Sides:
+CASE.json: {"gguf": file (or "fp8" / "rawint4" / "mxfp4": a release's folder, RELEASE_LAYERS),
+"inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where the results go
+(torch.save), "tokens", "threads", "iters", "min_time", "warmup"; for the decode cases
+M <= "paired_max_m" of the sides run here: "paired_rounds", "paired_calls", "paired_mib"
+(paired_rounds)}. The layer's shape comes from the file's metadata. Sides:
   ours      KTMoEWrapper(method="LLAMAFILE", weight_path=file): the file's blocks as they are, each
             projection in its tensor's type;
   torch     the protocol's PyTorch bf16 peer (kt_kernel.torch_moe) on gguf's dequantization;
@@ -126,8 +126,40 @@ class Int4Layer(Fp8Layer):
         return q * np.repeat(scale.float().numpy(), self.group, axis=1)
 
 
+class Mxfp4Layer:
+    """Layer 0's experts of a gpt-oss MXFP4 release's folder (gate_up_proj / down_proj _blocks and
+    _scales fused over the experts, gate and up interleaved along 2I), the shape its config.json
+    gives; both packages load it with method MXFP4. Upstream's MXFP4 reads DeepSeek-V4-Flash's
+    layout instead ({base}.ffn.experts.{e}.w1 / w3 / w2 .weight [N, K/2] and .scale [N, K/32] per
+    expert), so the folder's UPSTREAM_DIR holds the same blocks in that layout (upstream_path)."""
+    method, layer_idx = "MXFP4", 0
+    UPSTREAM_DIR = "upstream"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.upstream_path = str(Path(path) / self.UPSTREAM_DIR)
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        self.H, self.I = cfg["hidden_size"], cfg["intermediate_size"]
+        self.E, self.K = cfg["num_local_experts"], cfg["num_experts_per_tok"]
+
+    def dequantize(self, proj: str, e: int) -> np.ndarray:
+        """fp32 [rows, cols] of expert e: the e2m1 values times 2^(s - 127) (kt_kernel's
+        dequantize_gpt_oss, imported here: this side of the layer runs in this repository's
+        environment only); gate and up are rows 0::2 and 1::2 of gate_up_proj."""
+        from safetensors import safe_open
+        from kt_kernel.checkpoint.mxfp4 import dequantize_gpt_oss
+        fused = "down_proj" if proj == "down" else "gate_up_proj"
+        key = f"model.layers.{self.layer_idx}.mlp.experts.{fused}"
+        with safe_open(str(Path(self.path) / "model.safetensors"), "np") as f:
+            blocks, scales = f.get_slice(key + "_blocks")[e], f.get_slice(key + "_scales")[e]
+        if proj != "down":
+            rows = slice(0, None, 2) if proj == "gate" else slice(1, None, 2)
+            blocks, scales = blocks[rows], scales[rows]
+        return dequantize_gpt_oss(blocks, scales)
+
+
 # the releases a case may name besides a GGUF file: case key -> its layer
-RELEASE_LAYERS = {"fp8": Fp8Layer, "rawint4": Int4Layer}
+RELEASE_LAYERS = {"fp8": Fp8Layer, "rawint4": Int4Layer, "mxfp4": Mxfp4Layer}
 
 
 def open_layer(case: dict):
@@ -188,7 +220,8 @@ def upstream(layer, case: dict):
 
     wrapper = KTMoEWrapper(layer_idx=layer.layer_idx, num_experts=layer.E, num_experts_per_tok=layer.K,
                            hidden_size=layer.H, moe_intermediate_size=layer.I, gpu_experts_mask=None,
-                           cpuinfer_threads=case["threads"], threadpool_count=1, weight_path=layer.path,
+                           cpuinfer_threads=case["threads"], threadpool_count=1,
+                           weight_path=getattr(layer, "upstream_path", layer.path),  # MXFP4: its own layout
                            chunked_prefill_size=max(case["tokens"]), method=layer.method)
     wrapper.load_weights(torch.arange(layer.E, dtype=torch.int64))  # its FP8 wrapper requires the map
 

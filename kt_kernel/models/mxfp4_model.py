@@ -22,7 +22,7 @@ from kt_kernel.checkpoint.mxfp4 import MXFP4Checkpoint, MXFP4_METHOD, dequantize
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["mxfp4_config", "mxfp4_state_dict", "mxfp4_expert_weights", "write_mxfp4_release"]
+__all__ = ["mxfp4_config", "mxfp4_state_dict", "mxfp4_expert_weights", "write_mxfp4_release", "quantize_gpt_oss"]
 
 def _release(path) -> MXFP4Checkpoint:
     if not is_mxfp4(path):
@@ -88,7 +88,7 @@ def mxfp4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) ->
         maps.close()
 
 
-def _gpt_oss_bytes(w: np.ndarray) -> tuple:
+def quantize_gpt_oss(w: np.ndarray) -> tuple:
     """Our mxfp4 quantization of w fp32 [N, K] as gpt-oss stores it: blocks uint8 [N, K/32, 16]
     (element 2j in the low nibble of byte j) and ue8m0 scales uint8 [N, K/32]."""
     from kt_kernel import _ext
@@ -127,7 +127,7 @@ def write_mxfp4_release(src, dst) -> Path:
                 out[name] = t
                 continue
             w = t.float().transpose(1, 2).numpy()  # [E, K, N] as the module holds it -> [E, N, K] rows
-            parts = [_gpt_oss_bytes(w[e]) for e in range(w.shape[0])]
+            parts = [quantize_gpt_oss(w[e]) for e in range(w.shape[0])]
             out[name + "_blocks"] = torch.from_numpy(np.stack([b for b, _ in parts]))
             out[name + "_scales"] = torch.from_numpy(np.stack([s for _, s in parts]))
         save_file(out, str(dst / f.name))
