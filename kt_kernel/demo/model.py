@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import kt_kernel
 from kt_kernel.checkpoint import is_converted
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
 from kt_kernel.isa_option import add_isa_argument, apply_isa_argument
 from kt_kernel.timing import Stopwatch, step
 
@@ -42,7 +43,7 @@ def parse_args(argv=None):
                    help="architecture of the tiny model (default deepseek_v3)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="a Hugging Face MoE checkpoint folder (safetensors + tokenizer) to run instead of a tiny model")
-    p.add_argument("--method", default="AMXINT4", choices=list(kt_kernel.METHODS),
+    p.add_argument("--method", default="AMXINT4", choices=[*kt_kernel.METHODS, *INT4_RELEASE_METHODS],
                    help="weight format of the experts on kt_kernel (default AMXINT4)")
     p.add_argument("--gguf", default=None, metavar="PATH",
                    help="run the model of this GGUF file, its routed experts as stored (method LLAMAFILE; the tiny "
@@ -126,9 +127,12 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from kt_kernel.integrations.transformers import (kt_layers, load_fp8_model, load_fp8_reference, load_gguf_model,
-                                                     load_gguf_reference, load_model, load_mxfp4_model,
-                                                     load_mxfp4_reference, load_reference)
+                                                     load_gguf_reference, load_int4_model, load_int4_reference,
+                                                     load_model, load_mxfp4_model, load_mxfp4_reference,
+                                                     load_reference)
+    from kt_kernel.checkpoint.ct_int4 import is_compressed_int4
     from kt_kernel.checkpoint.mxfp4 import is_mxfp4
+    from kt_kernel.models.int4_model import write_int4_release
     from kt_kernel.models.fp8_model import write_fp8_release
     from kt_kernel.models.mxfp4_model import write_mxfp4_release
     from kt_kernel.models import (AGREEMENT_BOUNDS, ARCHITECTURES, build_tiny_model, check_greedy, generate_greedy,
@@ -165,6 +169,12 @@ def _run(args) -> int:
                 with step(f"writing it as an FP8 release (e4m3 linear weights, 128 x 128 block scales) to {release}"):
                     _write_release(write_fp8_release, path, release)
             path = release
+        elif method in INT4_RELEASE_METHODS:
+            release = path.parent / f"{path.name}-int4-release"
+            if not (release / "config.json").exists():
+                with step(f"writing it as a compressed-tensors int4 release (Kimi-K2-Thinking's scheme) to {release}"):
+                    _write_release(write_int4_release, path, release)
+            path = release
         elif method == "MXFP4" and args.arch == "gpt_oss":
             release = path.parent / f"{path.name}-mxfp4-release"
             if not (release / "config.json").exists():
@@ -179,6 +189,11 @@ def _run(args) -> int:
     mxfp4 = not whole and is_mxfp4(path)
     if mxfp4 and method != "MXFP4":
         raise ValueError(f"--model {path} is an MXFP4 release: run it with --method MXFP4 (its experts as stored)")
+    int4 = not whole and is_compressed_int4(path)
+    if int4 != (method in INT4_RELEASE_METHODS):
+        raise ValueError(f"--model {path} is a compressed-tensors int4 release: run it with --method "
+                         f"{' or '.join(INT4_RELEASE_METHODS)} (its experts as stored)" if int4 else
+                         f"--method {method} runs compressed-tensors int4 releases as stored; {path} is not one")
     if whole:
         model_name, num_experts, tokenizer = _describe_gguf(gguf)
         tiny = True  # the demo writes (and so reads) only its tiny models as whole GGUF files
@@ -186,6 +201,8 @@ def _run(args) -> int:
         model_name, num_experts, tokenizer = _describe_fp8(path)
     elif mxfp4:
         model_name, num_experts, tokenizer = _describe_mxfp4(path)
+    elif int4:
+        model_name, num_experts, tokenizer = _describe_int4(path)
     else:
         ckpt = inspect_checkpoint(path)
         model_name, num_experts, tokenizer = ckpt.describe(), ckpt.num_experts, load_tokenizer(path)
@@ -201,18 +218,22 @@ def _run(args) -> int:
     if not args.no_reference:
         what = ("the whole GGUF file dequantized" if whole else "the whole FP8 release decoded" if fp8 else
                 "the MXFP4 release's experts decoded" if mxfp4 else
+                "the int4 release's experts decoded" if int4 else
                 "eager experts" + (", the GGUF experts dequantized" if gguf else ""))
         with step(f"loading the fp32 reference (transformers, {what})"):
             ref = (load_gguf_reference(gguf, device=args.device) if whole else
                    load_fp8_reference(path, device=args.device) if fp8 else
                    load_mxfp4_reference(path, device=args.device) if mxfp4 else
+                   load_int4_reference(path, device=args.device) if int4 else
                    load_reference(path, device=args.device, gguf_experts=gguf, num_gpu_experts=args.gpu_experts))
     doing = (f"loading its experts from {gguf}" if gguf else "loading its e4m3 experts as stored" if fp8 else
-             "loading its MXFP4 experts as stored" if mxfp4 else f"quantizing its experts to {method}")
+             "loading its MXFP4 experts as stored" if mxfp4 else
+             "loading its int4 experts as stored" if int4 else f"quantizing its experts to {method}")
     with step(f"loading the model in {str(dtype).replace('torch.', '')} and {doing}"):
         options = dict(dtype=dtype, device=args.device, num_gpu_experts=args.gpu_experts, cpuinfer_threads=args.threads)
         model = (load_gguf_model(gguf, **options) if whole else load_fp8_model(path, **options) if fp8 else
                  load_mxfp4_model(path, **options) if mxfp4 else
+                 load_int4_model(path, method, **options) if int4 else
                  load_model(path, method, **options, **({"weight_path": gguf} if gguf else {})))
     layers = kt_layers(model)
     threads = next((lay.wrapper.cpuinfer_threads for lay in layers if lay.wrapper is not None), args.threads)
@@ -229,7 +250,9 @@ def _run(args) -> int:
     print(f"  {what}... done ({took.seconds:.1f} s)", flush=True)
     cpu_layers = [lay for lay in layers if lay.wrapper is not None]
     formats = sorted({f for lay in cpu_layers for f in lay.wrapper.formats})
-    bounds = format_agreement_bounds(*formats) if gguf else AGREEMENT_BOUNDS[method]
+    # an int4 release runs in AMXINT4's format, int4_g32
+    bounds = (format_agreement_bounds(*formats) if gguf else
+              AGREEMENT_BOUNDS["AMXINT4" if method in INT4_RELEASE_METHODS else method])
     agreement = greedy = None
     if ref is not None:
         with step("running both models teacher-forced over prompt + generated text"):
@@ -315,6 +338,19 @@ def _describe_mxfp4(path) -> tuple:
     ckpt = MXFP4Checkpoint(path, "MXFP4")
     model_type = ckpt.config.get("model_type")
     return (f"{architecture(model_type).label} ({model_type}, MXFP4 release, swiglu_limit {ckpt.activation[0]:g}): "
+            f"{ckpt.num_layers} layers, {len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts, hidden "
+            f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}", ckpt.num_experts, load_tokenizer(path))
+
+
+def _describe_int4(path) -> tuple:
+    """(description, experts per layer, tokenizer) of a compressed-tensors int4 release."""
+    from kt_kernel.checkpoint.ct_int4 import CompressedInt4Checkpoint
+    from kt_kernel.models import architecture, load_tokenizer
+
+    ckpt = CompressedInt4Checkpoint(path, INT4_RELEASE_METHODS[0])
+    model_type = ckpt.config.get("model_type")
+    group = ckpt.args.get("group_size") or "channel"
+    return (f"{architecture(model_type).label} ({model_type}, compressed-tensors int4 release, group {group}): "
             f"{ckpt.num_layers} layers, {len(ckpt.moe_layers)} MoE, {ckpt.num_experts} experts, hidden "
             f"{ckpt.hidden_size}, expert intermediate {ckpt.intermediate_size}", ckpt.num_experts, load_tokenizer(path))
 

@@ -46,12 +46,13 @@ from transformers.integrations import moe  # noqa: E402
 from kt_kernel.models.architectures import ARCHITECTURES  # noqa: E402
 from kt_kernel.models.checkpoint import find_experts_modules, inspect_checkpoint  # noqa: E402
 from kt_kernel.models.errors import UnsupportedModelError  # noqa: E402
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS  # noqa: E402
 from kt_kernel.formats import GGUF_METHOD  # noqa: E402
 from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
            "load_gguf_model", "load_gguf_reference", "load_fp8_model", "load_fp8_reference", "load_mxfp4_model",
-           "load_mxfp4_reference",
+           "load_mxfp4_reference", "load_int4_model", "load_int4_reference",
            "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
 
 log = logging.getLogger("kt_kernel")
@@ -61,14 +62,16 @@ DEFAULT_METHOD = "AMXINT4"
 FP8_METHOD = "FP8"
 MXFP4_METHOD = "MXFP4"
 # methods whose experts a wrapper reads from a file as they are stored (attach's weight_path)
-_FROM_FILE = (GGUF_METHOD, FP8_METHOD, MXFP4_METHOD)
+_FROM_FILE = (GGUF_METHOD, FP8_METHOD, MXFP4_METHOD, *INT4_RELEASE_METHODS)
+# every method an experts implementation name may carry
+_ALL_METHODS = (*kt_kernel.METHODS, *INT4_RELEASE_METHODS, GGUF_METHOD)
 _lazy_layers = itertools.count()
 
 
 def implementation_name(method: str = DEFAULT_METHOD) -> str:
     """The experts_implementation name that selects ``method``."""
-    if method not in kt_kernel.METHODS and method != GGUF_METHOD:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join([*kt_kernel.METHODS, GGUF_METHOD])}")
+    if method not in _ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(_ALL_METHODS)}")
     return f"{IMPLEMENTATION}:{method}"
 
 
@@ -268,7 +271,7 @@ def kt_kernel_experts_forward(self, hidden_states, top_k_index, top_k_weights):
 def register() -> None:
     """Registers "kt_kernel" and "kt_kernel:<METHOD>" with transformers (idempotent; done when
     this module is imported)."""
-    for name in [IMPLEMENTATION] + [implementation_name(m) for m in [*kt_kernel.METHODS, GGUF_METHOD]]:
+    for name in [IMPLEMENTATION] + [implementation_name(m) for m in _ALL_METHODS]:
         moe.ExpertsInterface.register(name, kt_kernel_experts_forward)
 
 
@@ -420,6 +423,16 @@ def _model_from_mxfp4(path, dtype, experts_implementation: str):
                           experts_implementation)
 
 
+def _model_from_int4(path, dtype, experts_implementation: str):
+    """The transformers model of the compressed-tensors int4 release at ``path``: built on the meta
+    device from its config.json, every tensor outside the routed experts read in ``dtype``
+    (kt_kernel.models.int4_model); the routed experts' fused tensors stay on the meta device."""
+    from kt_kernel.models.int4_model import int4_config, int4_state_dict
+
+    return _model_on_meta(int4_config(path), lambda model: int4_state_dict(path, model, dtype), dtype,
+                          experts_implementation)
+
+
 def _model_on_meta(config, state_dict, dtype, experts_implementation: str):
     """transformers' model of ``config`` built on the meta device, ``state_dict(model)`` assigned
     (the routed experts' tensors left on meta), the buffers computed at construction rebuilt."""
@@ -506,6 +519,30 @@ def load_mxfp4_reference(path, *, dtype=torch.float32, device="cpu"):
     from kt_kernel.models.mxfp4_model import mxfp4_expert_weights
 
     return _with_decoded_experts(_model_from_mxfp4(path, dtype, "eager"), path, mxfp4_expert_weights, dtype, device)
+
+
+def load_int4_model(path, method: str = INT4_RELEASE_METHODS[0], *, dtype=torch.bfloat16, device="cpu",
+                    **attach_options):
+    """The whole model of a compressed-tensors int4 release (Kimi-K2-Thinking's scheme: pack-quantized
+    routed experts, the rest unquantized), with its routed experts run from the release's packed
+    words by kt_kernel (method RAWINT4 or GPTQ_INT4, the same path) and everything else loaded into
+    transformers' model in ``dtype``. GPU experts (``num_gpu_experts`` / ``gpu_experts_mask``, as
+    :func:`attach`) are decoded onto ``device``. Returns the model in eval mode."""
+    if method not in INT4_RELEASE_METHODS:
+        raise ValueError(f"method {method!r}: a compressed-tensors int4 release's experts run as they are stored, "
+                         f"with method {' or '.join(INT4_RELEASE_METHODS)}")
+    from kt_kernel.models.int4_model import int4_expert_weights
+
+    return _attached_from_file(_model_from_int4(path, dtype, implementation_name(method)), path, method,
+                               int4_expert_weights, dtype, device, attach_options)
+
+
+def load_int4_reference(path, *, dtype=torch.float32, device="cpu"):
+    """The whole int4 release at ``path`` with its routed experts decoded (scale * (q - zero point)),
+    in transformers' eager experts and ``dtype``: the reference :func:`load_int4_model` is compared with."""
+    from kt_kernel.models.int4_model import int4_expert_weights
+
+    return _with_decoded_experts(_model_from_int4(path, dtype, "eager"), path, int4_expert_weights, dtype, device)
 
 
 def _attached_from_file(model, path, method: str, expert_weights, dtype, device, attach_options: dict):

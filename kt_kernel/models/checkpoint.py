@@ -104,7 +104,8 @@ def _load_config(path: Path):
     arch = architecture(model_type)
     if raw.get("quantization_config"):
         method = raw["quantization_config"].get("quant_method", "?")
-        loaders = {"fp8": "load_fp8_model (method FP8)", "mxfp4": "load_mxfp4_model (method MXFP4)"}
+        loaders = {"fp8": "load_fp8_model (method FP8)", "mxfp4": "load_mxfp4_model (method MXFP4)",
+                   "compressed-tensors": "load_int4_model (method RAWINT4 or GPTQ_INT4)"}
         raise UnsupportedModelError(
             f"config.json has quantization_config (quant_method {method!r}): this loader takes bf16/fp16/fp32 "
             "checkpoints (kt_kernel quantizes the experts itself)" +

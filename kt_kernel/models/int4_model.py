@@ -1,0 +1,142 @@
+"""Whole MoE models from compressed-tensors int4 releases (Kimi-K2-Thinking's scheme: the routed
+experts pack-quantized to 4-bit ints, symmetric groups of 32 with bf16 scales, everything else
+bf16): the routed experts run from the release's packed words as they are stored (methods RAWINT4
+and GPTQ_INT4, :func:`kt_kernel.integrations.transformers.load_int4_model`), the rest loads as it
+is.
+
+    path = write_int4_release(tiny_model_folder, tmp / "int4")   # compressed-tensors' own compressor
+    model = load_int4_model(path, num_gpu_experts=4)
+    ref = load_int4_reference(path)                               # the experts decoded, fp32
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, is_compressed_int4
+from kt_kernel.checkpoint.hf import index_tensors
+from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
+from kt_kernel.models.architectures import ARCHITECTURES, architecture
+from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
+
+__all__ = ["int4_config", "int4_state_dict", "int4_expert_weights", "write_int4_release"]
+
+
+def _release(path) -> CompressedInt4Checkpoint:
+    if not is_compressed_int4(path):
+        raise CheckpointError(f"{path}: config.json's quantization_config is not compressed-tensors pack-quantized; "
+                              "load it with load_model")
+    return CompressedInt4Checkpoint(path, INT4_RELEASE_METHODS[0])
+
+
+def int4_config(path):
+    """transformers' config of the release, without its quantization_config (transformers must not
+    install compressed-tensors' layers: the routed experts are kt_kernel's)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def int4_state_dict(path, model, dtype=torch.float32) -> dict:
+    """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` outside its routed
+    experts and tied output, read from the release at ``path`` (stored unquantized there)."""
+    from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules
+
+    arch = architecture(model.config.model_type)
+    tensors = index_tensors(path, CheckpointError).tensors
+    experts = expert_parameter_names(find_experts_modules(model))
+    tied = "lm_head.weight" if model.config.tie_word_embeddings else None
+    maps = MappedFolder(path, tensors)
+    out = {}
+    try:
+        for name, t in model.state_dict().items():
+            if name in experts or name == tied:
+                continue
+            key = arch.checkpoint_name(name)  # Mixtral's checkpoints say block_sparse_moe for mlp
+            if key not in tensors:
+                raise CheckpointError(f"{path} has no tensor {key}, which {type(model).__name__} needs")
+            meta = tensors[key][1]
+            w = torch.from_numpy(np.array(as_float32(maps.array(key), meta["dtype"]))).reshape(meta["shape"])
+            if tuple(w.shape) != tuple(t.shape):
+                raise CheckpointError(f"{key} has shape {tuple(w.shape)} in {path}, {type(model).__name__} expects "
+                                      f"{tuple(t.shape)}")
+            out[name] = w.to(dtype)
+    finally:
+        maps.close()
+    return out
+
+
+def int4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> tuple:
+    """(gate_up [n, 2I, H], down [n, H, I]) of ``layer``'s routed experts ``experts`` (default all)
+    in the release, decoded (scale * (q - zero point), as the reader hands them to int4_g32:
+    d * u + m per group of 32), in transformers' fused layout."""
+    ckpt = _release(path)
+    ids = list(range(ckpt.num_experts)) if experts is None else [int(e) for e in experts]
+    H, I = ckpt.hidden_size, ckpt.intermediate_size
+    gate_up, down = torch.empty(len(ids), 2 * I, H, dtype=dtype), torch.empty(len(ids), H, I, dtype=dtype)
+    with ckpt.layer_arrays(layer, set(ids)) as arrays:
+        for i, e in enumerate(ids):
+            for proj, dst in (("gate", gate_up[i, :I]), ("up", gate_up[i, I:]), ("down", down[i])):
+                packed = arrays[(proj, "qweight")][e]
+                u = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.float32)
+                d, m = (np.repeat(arrays[(proj, p)][e].view(np.float16).astype(np.float32), 32, axis=1)
+                        for p in ("scale", "min"))
+                dst.copy_(torch.from_numpy(d * u + m))
+    return gate_up, down
+
+
+def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16) -> Path:
+    """A compressed-tensors int4 release of the Hugging Face model in ``src`` (a bf16/fp32
+    safetensors folder with per-expert tensors) written to ``dst`` as Kimi-K2-Thinking ships one:
+    each routed expert's weights pack-quantized by compressed-tensors' own compressor (4-bit ints,
+    symmetric groups of ``group``, ``scale_dtype`` scales: weight_packed, weight_scale,
+    weight_shape), every other tensor as stored, ``quantization_config`` in config.json."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    cfg = json.loads((src / "config.json").read_text())
+    row = ARCHITECTURES.get(cfg.get("model_type"))
+    if row is None or row.expert_layout != "per_expert":
+        raise UnsupportedModelError(f"{src}: model_type {cfg.get('model_type')!r}; int4 releases are written for "
+                                    f"{', '.join(a for a, r in ARCHITECTURES.items() if r.expert_layout == 'per_expert')}")
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json" and f.is_file():
+            shutil.copy(f, dst / f.name)
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                  "config_groups": {"group_0": {"targets": ["re:.*mlp.experts.*"],
+                                                                "weights": args.model_dump()}},
+                                  "ignore": ["lm_head"]}
+    (dst / "config.json").write_text(json.dumps(cfg, indent=1))
+    expert = f".{row.block}.experts."
+    weight_map = {}
+    for f in sorted(src.glob("*.safetensors")):
+        out = {}
+        for name, t in load_file(str(f)).items():
+            if expert not in name or not name.endswith(".weight"):
+                out[name] = t
+                continue
+            w = t.float()
+            blocks = w.reshape(w.shape[0], -1, group)
+            scale, zp = calculate_qparams(blocks.amin(-1), blocks.amax(-1), args)
+            c = PackedQuantizationCompressor.compress(
+                {"weight": w, "weight_scale": scale.to(scale_dtype), "weight_zero_point": zp.to(torch.int8)}, scheme)
+            base = name[:-len(".weight")]
+            out.update({f"{base}.{part}": v.contiguous() for part, v in c.items() if part != "weight_zero_point"})
+        save_file(out, str(dst / f.name))
+        weight_map.update({k: f.name for k in out})
+    if (src / "model.safetensors.index.json").exists():
+        (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst

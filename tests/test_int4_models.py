@@ -1,0 +1,104 @@
+"""Whole models from compressed-tensors int4 releases: the tiny reference models written as
+Kimi-K2-Thinking ships its release (routed experts pack-quantized by compressed-tensors' own
+compressor, symmetric groups of 32 with bf16 scales; the rest bf16; kt_kernel.models.int4_model),
+run with load_int4_model (routed experts from the release's packed words through kt_kernel,
+methods RAWINT4 / GPTQ_INT4) against the same release with its experts decoded in transformers'
+eager experts (load_int4_reference), in fp32, on the reference prompt. The decoding is checked
+against compressed-tensors' own decompressor."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("compressed_tensors")
+
+from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
+from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+
+from kt_kernel.integrations.transformers import kt_layers, load_int4_model, load_int4_reference, load_model  # noqa: E402
+from kt_kernel.models import ARCHITECTURES, PrintableTokenizer, UnsupportedModelError  # noqa: E402
+from kt_kernel.models import logit_agreement, teacher_forced_logits  # noqa: E402
+from kt_kernel.models.compare import REFERENCE_PROMPT  # noqa: E402
+from kt_kernel.models.int4_model import int4_expert_weights, write_int4_release  # noqa: E402
+from kt_kernel.threads import torch_threads  # noqa: E402
+
+INT4_ARCHS = [a for a, row in ARCHITECTURES.items() if row.expert_layout == "per_expert"]
+# the same weights on both sides: only the activations' int8 rounding per token separates them, as
+# for the GGUF types against their dequantized models (bound KL 3e-3, top-1 0.95; measured here KL
+# mean 1e-4, top-1 >= 0.985)
+KL_MEAN, TOP1 = 3e-3, 0.95
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def release(tiny, tmp_path_factory):
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = write_int4_release(tiny(arch), tmp_path_factory.mktemp(f"int4-{arch}") / "r")
+        return cache[arch]
+    return get
+
+
+def test_decoded_experts_are_compressed_tensors_decompression(release):
+    path = release("deepseek_v3")
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    gate_up, down = int4_expert_weights(path, 1, [3, 30])
+    I = ARCHITECTURES["deepseek_v3"].tiny["moe_intermediate_size"]
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        for i, e in enumerate((3, 30)):
+            for proj, ours in (("gate_proj", gate_up[i, :I]), ("up_proj", gate_up[i, I:]), ("down_proj", down[i])):
+                base = f"model.layers.1.mlp.experts.{e}.{proj}"
+                c = {p: f.get_tensor(f"{base}.{p}") for p in ("weight_packed", "weight_scale", "weight_shape")}
+                c["weight_scale"] = c["weight_scale"].float()
+                theirs = PackedQuantizationCompressor.decompress(c, scheme)["weight"].float()
+                assert torch.equal(ours, theirs), base
+
+
+@pytest.mark.parametrize("arch", INT4_ARCHS)
+@pytest.mark.parametrize("split", ["cpu", "half"])
+def test_release_matches_its_decoded_model(release, arch, split):
+    path = release(arch)
+    prompt = torch.tensor(PrintableTokenizer().encode(REFERENCE_PROMPT))
+    E = ARCHITECTURES[arch].tiny[ARCHITECTURES[arch].experts_field]
+    ref = teacher_forced_logits(load_int4_reference(path), prompt)
+    model = load_int4_model(path, dtype=torch.float32, cpuinfer_threads=1,
+                            num_gpu_experts=E // 2 if split == "half" else 0)
+    layers = kt_layers(model)
+    assert layers and all(k.wrapper.method == "RAWINT4" and k.wrapper.formats == ("int4_g32", "int4_g32")
+                          for k in layers if k.wrapper is not None)
+    agreement = logit_agreement(teacher_forced_logits(model, prompt), ref)
+    print(f"{arch} {split}: {agreement}")
+    assert agreement.kl_mean <= KL_MEAN and agreement.top1 >= TOP1, agreement
+
+
+def test_release_under_another_method_or_loader_is_refused_clearly(release):
+    path = release("qwen3_moe")
+    with pytest.raises(ValueError, match="int4 release's experts run as they are stored, with method RAWINT4 or GPTQ_INT4"):
+        load_int4_model(path, "AMXINT4")
+    with pytest.raises(UnsupportedModelError, match="compressed-tensors.*load_int4_model"):
+        load_model(path)
+
+
+def test_demo_writes_and_runs_an_int4_release(tmp_path, capsys):
+    from kt_kernel.demo import model as demo_model
+
+    args = ["--arch", "mixtral", "--method", "GPTQ_INT4", "--cache-dir", str(tmp_path), "--threads", "1",
+            "--max-new-tokens", "8"]
+    assert demo_model.main(args) == 0
+    out = capsys.readouterr().out
+    for fragment in ("writing it as a compressed-tensors int4 release", "(mixtral, compressed-tensors int4 release, group 32)",
+                     "the int4 release's experts decoded", "method        GPTQ_INT4 (int4_g32)", "PASS: GPTQ_INT4"):
+        assert fragment in out, f"{fragment!r} missing from the demo's output:\n{out}"
+    release_dir = next(tmp_path.glob("models/*-int4-release"))
+    assert demo_model.main(["--model", str(release_dir), "--method", "AMXINT4", "--threads", "1"]) == 2
+    assert "is a compressed-tensors int4 release: run it with --method RAWINT4 or GPTQ_INT4" in capsys.readouterr().err
