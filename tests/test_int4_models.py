@@ -102,3 +102,48 @@ def test_demo_writes_and_runs_an_int4_release(tmp_path, capsys):
     release_dir = next(tmp_path.glob("models/*-int4-release"))
     assert demo_model.main(["--model", str(release_dir), "--method", "AMXINT4", "--threads", "1"]) == 2
     assert "is a compressed-tensors int4 release: run it with --method RAWINT4 or GPTQ_INT4" in capsys.readouterr().err
+
+
+# ---- the converter: a release into kt_kernel's own formats --------------------------------------
+
+@pytest.mark.parametrize("quant_method", ["int8", "int4"])
+def test_converter_takes_an_int4_release(release, tmp_path, quant_method, moe):
+    """convert_cpu_weights.py --input-type rawint4: the release's experts decoded (exactly, one at a
+    time) then quantized to the target format, as a bf16 checkpoint's would be; the converted layer
+    runs within the target format's bound of the fp32 layer on the release's own weights."""
+    from kt_kernel import KTMoEWrapper
+    from kt_kernel.convert import convert_checkpoint
+    from kt_kernel.convert.cli import main as convert_main
+
+    path = release("deepseek_v3")
+    out = tmp_path / "conv"
+    assert convert_main(["--input-path", str(path), "--input-type", "rawint4", "--output", str(out),
+                         "--quant-method", quant_method, "--no-progress"]) == 0
+    row = ARCHITECTURES["deepseek_v3"]
+    E, H, I = row.tiny["n_routed_experts"], row.tiny["hidden_size"], row.tiny["moe_intermediate_size"]
+    method = {"int8": "AMXINT8", "int4": "AMXINT4"}[quant_method]
+    w = KTMoEWrapper(layer_idx=2, num_experts=E, num_experts_per_tok=4, hidden_size=H, moe_intermediate_size=I,
+                     cpuinfer_threads=2, weight_path=str(out), method=method)
+    w.load_weights()
+    gate_up, down = int4_expert_weights(path, 2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, H, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E, generator=g)[:4] for _ in range(16)])
+    wts = torch.rand(16, 4, generator=g)
+    import reference
+    ref = reference.moe_forward(x.float(), ids, wts, gate_up[:, :I], gate_up[:, I:], down)
+    moe.assert_close_fp32(w.forward(x, ids, wts), ref, {"int8": "int8_pc", "int4": "int4_g32"}[quant_method],
+                          f"{method} converted from an int4 release")
+    with pytest.raises(Exception, match="--input-type bf16 but .* is a compressed-tensors int4 release"):
+        convert_checkpoint(path, tmp_path / "b", "int4", input_type="bf16", progress=False)
+
+
+def test_converter_refuses_what_it_cannot_hold(tiny, tmp_path):
+    from kt_kernel.convert import ConversionError, convert_checkpoint
+    from kt_kernel.models.mxfp4_model import write_mxfp4_release
+
+    with pytest.raises(ConversionError, match="--input-type rawint4 but .* is not a compressed-tensors"):
+        convert_checkpoint(tiny("qwen3_moe"), tmp_path / "a", "int4", input_type="rawint4", progress=False)
+    gpt = write_mxfp4_release(tiny("gpt_oss"), tmp_path / "gpt")
+    with pytest.raises(ConversionError, match="MXFP4 release's experts have biases .*method MXFP4"):
+        convert_checkpoint(gpt, tmp_path / "b", "int4", progress=False)

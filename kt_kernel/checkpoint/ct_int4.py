@@ -32,7 +32,7 @@ from kt_kernel.checkpoint.hf import index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
-__all__ = ["CompressedInt4Checkpoint", "INT4_RELEASE_METHODS", "is_compressed_int4"]
+__all__ = ["CompressedInt4Checkpoint", "INT4_RELEASE_METHODS", "is_compressed_int4", "decode_int4_g32"]
 
 INT4_RELEASE_METHODS = ("RAWINT4", "GPTQ_INT4")
 GROUP = 32  # int4_g32's group
@@ -78,6 +78,14 @@ def _weight_args(q: dict, where: str) -> dict:
         raise ConversionError(f"{where}: quantization_config weights.actorder is 'group' (a g_idx permutation of K per "
                               "group), which is not supported; actorder 'static' or none is")
     return a
+
+
+def decode_int4_g32(packed: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
+    """fp32 [N, K] of int4_g32's logical arrays as the reader gives them: packed uint8 [N, K / 2]
+    (k even in the low nibble), d and m fp16 bits [N, K / 32]; w = d u + m."""
+    u = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.float32)
+    d, m = (np.repeat(a.view(np.float16).astype(np.float32), GROUP, axis=1)[:, :u.shape[1]] for a in (d16, m16))
+    return d * u + m
 
 
 class CompressedInt4Checkpoint:
@@ -158,7 +166,6 @@ class CompressedInt4Checkpoint:
         """(proj, part) -> one array per logical expert (None for those not in ``experts``):
         "qweight" the packed words as bytes, uint8 [N, K / 2] (views of the mapped files), "scale"
         and "min" int4_g32's d and m, fp16 bits [N, K / 32]."""
-        keys, H, I = self.keys[layer], self.hidden_size, self.intermediate_size
         maps = MappedFolder(self.path, self.tensors)
         mapped = maps.array
 
@@ -166,18 +173,34 @@ class CompressedInt4Checkpoint:
         arrays = {(p, part): [None] * self.num_experts for p in proj_names for part in ("qweight", "scale", "min")}
         try:
             for e in sorted(experts):
-                for j, (N, K) in enumerate(((I, H), (I, H), (H, I))):
-                    shape_key = keys[(e, j, "weight_shape")]
-                    stored = [int(v) for v in mapped(shape_key)]
-                    if stored != [N, K]:
-                        raise ConversionError(f"{shape_key} is {stored}, expected {[N, K]}")
-                    arrays[(proj_names[j], "qweight")][e] = mapped(keys[(e, j, "weight_packed")]).view(np.uint8)
-                    d, m = self._scales(keys, e, j, N, K, mapped)
-                    arrays[(proj_names[j], "scale")][e], arrays[(proj_names[j], "min")][e] = d, m
+                for j in range(3):
+                    q, d, m = self._projection(layer, e, j, mapped)
+                    for part, a in (("qweight", q), ("scale", d), ("min", m)):
+                        arrays[(proj_names[j], part)][e] = a
             yield arrays
         finally:
             arrays.clear()  # the maps close below only once no view of them is left
             maps.close()
+
+    def decode(self, layer: int, e: int, proj: int) -> np.ndarray:
+        """fp32 [N, K] of one projection (0 gate, 1 up, 2 down) of expert ``e``: scale * (q - z),
+        exact; safe to call from several threads at once."""
+        maps = MappedFolder(self.path, self.tensors)
+        try:
+            return decode_int4_g32(*self._projection(layer, e, proj, maps.array))
+        finally:
+            maps.close()
+
+    def _projection(self, layer: int, e: int, j: int, mapped) -> tuple:
+        """int4_g32's arrays (qweight view, d, m) of projection j of expert e, its weight_shape checked."""
+        keys, H, I = self.keys[layer], self.hidden_size, self.intermediate_size
+        N, K = ((I, H), (I, H), (H, I))[j]
+        shape_key = keys[(e, j, "weight_shape")]
+        stored = [int(v) for v in mapped(shape_key)]
+        if stored != [N, K]:
+            raise ConversionError(f"{shape_key} is {stored}, expected {[N, K]}")
+        d, m = self._scales(keys, e, j, N, K, mapped)
+        return mapped(keys[(e, j, "weight_packed")]).view(np.uint8), d, m
 
     def _scales(self, keys, e, j, N, K, mapped) -> tuple:
         """int4_g32's d = scale and m = -scale * v (v: the zero point + 8, 8 when symmetric), fp16

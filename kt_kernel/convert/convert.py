@@ -29,7 +29,8 @@ from kt_kernel import _ext
 from kt_kernel.checkpoint import layout as L
 from kt_kernel.checkpoint.converted import METHOD_FORMATS, read_meta
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
+from kt_kernel.checkpoint.decoded import open_convert_source
+from kt_kernel.checkpoint.hf import HFCheckpoint
 from kt_kernel.checkpoint.integrity import (DIGEST_KEY, file_xxh3, header_xxh3, layer_digests, meta_digest,
                                            verify_experts)
 from kt_kernel.checkpoint.safetensors_io import SafetensorsError, read_header, write_file
@@ -271,7 +272,7 @@ def convert_checkpoint(input_path, output_path, quant_method: str = "int4", *, i
     if method not in METHOD_FORMATS:
         raise ConversionError(f"unknown quant method {quant_method!r}; valid: {', '.join(QUANT_METHODS)}")
     fmt = METHOD_FORMATS[method]
-    src = open_hf_checkpoint(input_path, input_type)
+    src = open_convert_source(input_path, input_type)
     out = Path(output_path)
     E, H, I = src.num_experts, src.hidden_size, src.intermediate_size
     copied_before = _check_output(out, src, layer_meta(method, fmt, 0, E, H, I, src.fingerprint), resume, overwrite)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, is_compressed_int4
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, decode_int4_g32, is_compressed_int4
 from kt_kernel.checkpoint.hf import index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.models.architectures import ARCHITECTURES, architecture
@@ -84,11 +84,8 @@ def int4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> 
     with ckpt.layer_arrays(layer, set(ids)) as arrays:
         for i, e in enumerate(ids):
             for proj, dst in (("gate", gate_up[i, :I]), ("up", gate_up[i, I:]), ("down", down[i])):
-                packed = arrays[(proj, "qweight")][e]
-                u = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.float32)
-                d, m = (np.repeat(arrays[(proj, p)][e].view(np.float16).astype(np.float32), 32, axis=1)
-                        for p in ("scale", "min"))
-                dst.copy_(torch.from_numpy(d * u + m))
+                dst.copy_(torch.from_numpy(decode_int4_g32(arrays[(proj, "qweight")][e], arrays[(proj, "scale")][e],
+                                                           arrays[(proj, "min")][e])))
     return gate_up, down
 
 
