@@ -16,7 +16,9 @@ from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
 from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
+from kt_kernel.checkpoint.hf import checkpoint_activation
 from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, MXFP4Checkpoint, is_mxfp4
+from kt_kernel.hf_config import read_config, text_config
 from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
@@ -118,16 +120,19 @@ class _StreamForward(NamedTuple):
 def _swiglu(swiglu_limit, swiglu_alpha, weight_path, method) -> tuple:
     """The layer's (swiglu_limit, swiglu_alpha). sglang-kt passes both: 0.0 and 0.0 (plain SwiGLU,
     silu(gate) * up) for most models, the clamp and slope of gpt-oss-style experts otherwise. None
-    takes the checkpoint's (a gpt-oss release at weight_path: its config.json's swiglu_limit and
-    alpha 1.702), else 0.0; a value given must agree with the checkpoint's."""
+    takes the checkpoint's (a gpt-oss checkpoint or release at weight_path: its config.json's
+    swiglu_limit and alpha 1.702), else 0.0; a value given must agree with the checkpoint's."""
     for name, v in (("swiglu_limit", swiglu_limit), ("swiglu_alpha", swiglu_alpha)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise TypeError(f"{name} must be a finite float or None, got {v!r}")
     if swiglu_limit is not None and swiglu_limit < 0:
         raise ValueError(f"swiglu_limit={swiglu_limit} must be >= 0 (0: no clamp)")
     stored = None
-    if method == MXFP4_METHOD and weight_path is not None and os.path.isdir(weight_path) and is_mxfp4(weight_path):
-        stored = MXFP4Checkpoint(weight_path, method).activation
+    if weight_path is not None and os.path.isfile(os.path.join(weight_path, "config.json")):
+        if method == MXFP4_METHOD and is_mxfp4(weight_path):
+            stored = MXFP4Checkpoint(weight_path, method).activation
+        else:  # a gpt-oss checkpoint of float weights
+            stored = checkpoint_activation(text_config(read_config(weight_path, ValueError)))
     got = (swiglu_limit, swiglu_alpha)
     if stored is not None:
         for name, v, want in zip(("swiglu_limit", "swiglu_alpha"), got, stored):

@@ -95,3 +95,34 @@ def test_demo_writes_and_runs_an_mxfp4_release(tmp_path, capsys):
     release = next(tmp_path.glob("models/*-mxfp4-release"))
     assert demo_model.main(["--model", str(release), "--method", "AMXINT4", "--threads", "1"]) == 2
     assert "is an MXFP4 release: run it with --method MXFP4" in capsys.readouterr().err
+
+
+def test_float_gpt_oss_checkpoint_loads_with_its_biases_and_activation(tiny, moe):
+    """A bf16 gpt-oss checkpoint through KTMoEWrapper.load_weights (quantized at load): gate and up
+    from the interleaved rows of the fused tensor, the biases and clamped SwiGLU from the
+    checkpoint (not the halves of gate_up, not plain SwiGLU)."""
+    import reference
+    from kt_kernel import KTMoEWrapper
+    from kt_kernel.convert import ConversionError, convert_checkpoint
+
+    path = tiny("gpt_oss")
+    row = ARCHITECTURES["gpt_oss"]
+    E, H, I = row.tiny["num_local_experts"], row.tiny["hidden_size"], row.tiny["intermediate_size"]
+    w = KTMoEWrapper(layer_idx=1, num_experts=E, num_experts_per_tok=4, hidden_size=H, moe_intermediate_size=I,
+                     cpuinfer_threads=2, weight_path=str(path), method="BF16")
+    assert (w.swiglu_limit, w.swiglu_alpha) == (7.0, 1.702)
+    w.load_weights()
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        t = {k: f.get_tensor(f"model.layers.1.mlp.experts.{k}").float()
+             for k in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias")}
+    gate, up = t["gate_up_proj"][:, :, 0::2].transpose(1, 2), t["gate_up_proj"][:, :, 1::2].transpose(1, 2)
+    glu = {"gate_bias": t["gate_up_proj_bias"][:, 0::2], "up_bias": t["gate_up_proj_bias"][:, 1::2],
+           "down_bias": t["down_proj_bias"], "limit": 7.0, "alpha": 1.702}
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, H, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E, generator=g)[:4] for _ in range(12)])
+    wts = torch.softmax(torch.randn(12, 4, generator=g), -1)
+    ref = reference.moe_forward(x.float(), ids, wts, gate, up, t["down_proj"].transpose(1, 2), glu=glu)
+    moe.assert_close_fp32(w.forward(x, ids, wts), ref, "bf16", "a bf16 gpt-oss checkpoint loaded by path")
+    with pytest.raises(ConversionError, match="experts have biases .*does not hold"):
+        convert_checkpoint(path, path.parent / "never-written", "int4", progress=False)

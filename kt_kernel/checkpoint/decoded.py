@@ -4,8 +4,9 @@ release's experts decoded (scale * (q - zero point), exact in fp32), so that
 folders, as a bf16 or fp8 checkpoint. The experts are decoded one at a time (never the layer
 whole), the other tensors are copied as stored.
 
-gpt-oss MXFP4 releases are refused: their experts' biases and clamped SwiGLU have no place in a
-converted folder; method MXFP4 runs them as stored.
+gpt-oss checkpoints (MXFP4 releases, bf16 ones) are refused: their experts' biases and clamped
+SwiGLU have no place in a converted folder; method MXFP4 runs a release as stored, and a bf16 one
+is quantized at load with its biases.
 """
 from __future__ import annotations
 
@@ -72,4 +73,9 @@ def open_convert_source(path, input_type: Optional[str] = None) -> HFCheckpoint:
             raise ConversionError(f"--input-type {input_type} but {path} is a compressed-tensors int4 release: use "
                                   "--input-type rawint4 (or none)")
         return _decoded_int4(path)
-    return open_hf_checkpoint(path, input_type)
+    src = open_hf_checkpoint(path, input_type)
+    if src.bias_keys:
+        raise ConversionError(f"{path}: its experts have biases (gpt-oss) and a clamped SwiGLU, which a converted "
+                              "folder does not hold; KTMoEWrapper(weight_path=...) quantizes this checkpoint at load "
+                              "with its biases (cpu_save does not apply either)")
+    return src

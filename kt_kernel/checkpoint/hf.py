@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +41,16 @@ _PER_EXPERT = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(\d+)
                          r"\.(weight|weight_scale_inv)$")
 _FUSED = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
 _FUSED_SCALE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)_scale_inv$")
+# gpt-oss's fused experts carry biases (and interleave gate and up along 2I)
+_FUSED_BIAS = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate_up_proj|down_proj)_bias$")
+GPT_OSS_ALPHA = 1.702  # gpt-oss's swish slope: fixed by the model, its config.json may not name it
+
+
+def checkpoint_activation(cfg: dict):
+    """(swiglu_limit, swiglu_alpha) of a gpt-oss config (the experts' clamped SwiGLU), else None."""
+    if cfg.get("model_type") != "gpt_oss":
+        return None
+    return float(cfg.get("swiglu_limit") or 0.0), float(cfg.get("swiglu_alpha", GPT_OSS_ALPHA))
 _TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn}
 _SCALE_DTYPES = ("F32", "BF16", "F8_E8M0")  # ue8m0: a power of two per block
 _VIEW_AS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
@@ -136,6 +146,11 @@ class HFCheckpoint:
     scale_keys: dict          # layer -> {(e, proj) or (proj,): key}
     fingerprint: str
     data_start: dict          # file name -> byte where its data begins
+    # gpt-oss: gate and up interleaved along 2I (gate rows 0::2), the experts' biases
+    # (layer -> {(proj,): key}) and their activation (swiglu_limit, swiglu_alpha)
+    interleaved: bool = False
+    bias_keys: dict = field(default_factory=dict)
+    activation: Optional[tuple] = None
 
     def check_layer(self, layer: int, method: str, hidden_size: int, intermediate_size: int,
                     num_experts: Optional[int] = None) -> None:
@@ -150,8 +165,17 @@ class HFCheckpoint:
             _check("num_experts", self.num_experts, num_experts, where + " (no physical_to_logical_map given)")
 
     def non_expert_keys(self) -> list:
-        taken = {k for d in (*self.expert_keys.values(), *self.scale_keys.values()) for k in d.values()}
+        taken = {k for d in (*self.expert_keys.values(), *self.scale_keys.values(), *self.bias_keys.values())
+                 for k in d.values()}
         return sorted(k for k in self.tensors if k not in taken)
+
+    def layer_biases(self, layer: int):
+        """fp32 (gate [E, I], up [E, I], down [E, H]) expert biases (gpt-oss), or None: the experts have none."""
+        keys = self.bias_keys.get(layer)
+        if not keys:
+            return None
+        gu, dn = (self.read(keys[(name,)]).to(torch.float32) for name in ("gate_up_proj", "down_proj"))
+        return gu[:, 0::2].contiguous(), gu[:, 1::2].contiguous(), dn.contiguous()
 
     # custom, not safe_open's get_slice: safe_open maps the whole file, and the pages read through
     # the map would stay in this process's RSS for as long as it is open (the converter's bound
@@ -191,7 +215,7 @@ class HFCheckpoint:
             if self.dtype == "F8_E4M3":
                 w = dequantize_fp8(w, self.read(self.scale_keys[layer][(name,)], e), self.fp8_block)
             if proj != 2:
-                w = w[:I] if proj == 0 else w[I:]
+                w = w[proj::2] if self.interleaved else w[:I] if proj == 0 else w[I:]
             return w.to(torch.float32)
         w = self.read(keys[(e, proj)])
         if self.dtype == "F8_E4M3":
@@ -200,7 +224,9 @@ class HFCheckpoint:
 
     def _fused(self, key: str, e: int, rows: int) -> torch.Tensor:
         w = self.read(key, e)
-        if w.shape[0] != rows:  # stored transposed ([E, H, 2I] / [E, I, H]), as some checkpoints do
+        # stored transposed ([E, H, 2I] / [E, I, H]), as some checkpoints do; gpt-oss's always are
+        # (its shapes cannot tell where H = 2I)
+        if self.interleaved or w.shape[0] != rows:
             w = w.t()
         return w
 
@@ -249,7 +275,7 @@ def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
     index = index_tensors(path)
     tensors = index.tensors
 
-    experts, scales, layouts, dtypes = {}, {}, set(), set()
+    experts, scales, biases, layouts, dtypes = {}, {}, {}, set(), set()
     for k, (_, t) in tensors.items():
         m = _PER_EXPERT.match(k)
         if m and int(m.group(1)) < L:
@@ -264,6 +290,10 @@ def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
         m = _FUSED_SCALE.match(k)
         if m and int(m.group(1)) < L:
             scales.setdefault(int(m.group(1)), {})[(m.group(3),)] = k
+            continue
+        m = _FUSED_BIAS.match(k)
+        if m and int(m.group(1)) < L:
+            biases.setdefault(int(m.group(1)), {})[(m.group(3),)] = k
             continue
         m = _FUSED.match(k)
         if m and int(m.group(1)) < L and len(t["shape"]) == 3:
@@ -339,6 +369,21 @@ def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
                     if tensors[s][1]["shape"] != want_s:
                         raise ConversionError(f"{s} has shape {tuple(tensors[s][1]['shape'])}, but weight_block_size "
                                               f"{list(block)} makes it {tuple(want_s)}")
+    gpt_oss = cfg.get("model_type") == "gpt_oss"
+    if gpt_oss and layout != "fused":
+        raise ConversionError(f"{path}: a gpt-oss checkpoint's experts are fused (experts.gate_up_proj), not per expert")
+    for layer in moe_layers if gpt_oss else biases:
+        for name, shape in (("gate_up_proj", [E, 2 * I]), ("down_proj", [E, H])):
+            k = biases.get(layer, {}).get((name,))
+            if k is None:
+                raise ConversionError(f"{path}: layer {layer} has no experts.{name}_bias" +
+                                      (" (gpt-oss's experts have biases)" if gpt_oss else
+                                       " beside its other expert bias"))
+            if tensors[k][1]["shape"] != shape:
+                raise ConversionError(f"{k} has shape {tuple(tensors[k][1]['shape'])}, but config.json makes it "
+                                      f"{tuple(shape)}")
+            if tensors[k][1]["dtype"] not in _TORCH or tensors[k][1]["dtype"] == "F8_E4M3":
+                raise ConversionError(f"{k} has dtype {tensors[k][1]['dtype']}; biases are read as BF16, F16 or F32")
     for layer in scales:
         for k in scales[layer].values():
             if tensors[k][1]["dtype"] not in _SCALE_DTYPES:
@@ -347,4 +392,5 @@ def open_hf_checkpoint(path, input_type: Optional[str] = None) -> HFCheckpoint:
     return HFCheckpoint(path=path, config=cfg, num_layers=L, num_experts=E, hidden_size=H, intermediate_size=I,
                         moe_layers=moe_layers, layout=layout, dtype=dtype, fp8_block=block, tensors=tensors,
                         expert_keys=experts, scale_keys=scales, fingerprint=index.fingerprint,
-                        data_start=index.data_start)
+                        data_start=index.data_start, interleaved=gpt_oss, bias_keys=biases,
+                        activation=checkpoint_activation(cfg))

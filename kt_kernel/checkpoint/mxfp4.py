@@ -27,14 +27,13 @@ from typing import Iterator, Optional
 import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.hf import index_tensors
+from kt_kernel.checkpoint.hf import GPT_OSS_ALPHA, index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, read_config, text_config
 
 __all__ = ["MXFP4_METHOD", "GPT_OSS_ALPHA", "MXFP4Checkpoint", "is_mxfp4", "gpt_oss_blocks", "dequantize_gpt_oss"]
 
 MXFP4_METHOD = "MXFP4"
-GPT_OSS_ALPHA = 1.702  # gpt-oss's swish slope: fixed by the model, not in its config.json
 BLOCK = 32
 _KEY = re.compile(r"^(?:.*\.)?layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)_(blocks|scales|bias)$")
 _BIAS_DTYPES = {"BF16", "F16", "F32"}
