@@ -2,6 +2,7 @@
 
 Prints, in sections:
   CPU          brand, vendor, family/model, the features CPUID/XGETBV report;
+  NUMA         the nodes as the OS names them, their CPUs and those this process may use;
   ISA tier     the tier kt_kernel's kernels use and why AMX is (not) used (kt_kernel.cpu_info());
   bandwidth    streaming read bandwidth (1 thread and N threads, best and median GB/s);
   peaks        the peak of each instruction family this CPU has, on N threads at once;
@@ -28,6 +29,7 @@ from dataclasses import asdict, replace
 
 from kt_kernel import _ext
 from kt_kernel.cpu import cpu_info
+from kt_kernel.numa import SIMULATE_ENV, topology
 from kt_kernel.formats import formats
 from kt_kernel.roofline import (PRESET_ALIASES, PRESETS, ModelShape, bytes_per_token, bytes_per_weight,
                                 predict_decode_tok_s, shape_from_hf_config)
@@ -148,6 +150,15 @@ def main(argv=None) -> dict:
     print(f"cores allowed to this process: {all_cores()}")
     print(f"features: {' '.join(info['flags'])}")
 
+    nodes = topology()
+    print("\n== NUMA ==")
+    for n in nodes:
+        print(f"node {n.id}: CPUs {','.join(map(str, n.cpus))}; allowed to this process "
+              f"{','.join(map(str, n.allowed)) or 'none'}" + (f"; memory on node {n.mem_node} (simulated, "
+                                                             f"{SIMULATE_ENV})" if n.mem_node != n.id else ""))
+    print("KTMoEWrapper(numa_nodes=[ids], threadpool_count=len(ids)) puts sub-pool p's threads and its share of "
+          "the weights on node ids[p]")
+
     print("\n== ISA tier ==")
     print(f"kt_kernel uses: {info['active_tier']} (best this CPU runs: {info['best_tier']}"
           f"{'; override ' + info['override'] if info['override'] else ''})")
@@ -199,7 +210,8 @@ def main(argv=None) -> dict:
                   f"(at median bandwidth {med:.1f})")
 
     result = {"cpu_info": info, "cpu_identity": ident, "threads": args.threads, "pinned": m["peaks"]["pinned"],
-              "measurements": m, "shapes": [asdict(s) for s in shapes], "predictions": predictions}
+              "measurements": m, "shapes": [asdict(s) for s in shapes], "predictions": predictions,
+              "numa": [asdict(n) for n in nodes]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

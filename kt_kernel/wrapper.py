@@ -22,6 +22,7 @@ from kt_kernel.hf_config import read_config, text_config
 from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
 from kt_kernel.loading import LayerTarget, load_layer, load_tensors
+from kt_kernel.numa import placement as numa_placement
 from kt_kernel.threads import all_cores
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -186,11 +187,6 @@ class KTMoEWrapper:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, "
                              f"{', '.join(INT4_RELEASE_METHODS)} (compressed-tensors int4 releases), {GGUF_METHOD} (the "
                              "experts of a GGUF file, each projection in the file's type)")
-        if numa_nodes is not None:
-            raise NotImplementedError(
-                "numa_nodes (NUMA binding) is not implemented yet; leave it None: threadpool_count "
-                "sub-pools run without binding"
-            )
         if not isinstance(cpu_save, (bool, str, os.PathLike)):
             raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
         _check_int("layer_idx", layer_idx, 0, _INT_MAX)
@@ -231,7 +227,10 @@ class KTMoEWrapper:
         threads = all_cores() if cpuinfer_threads is None else cpuinfer_threads
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
-        self._engine = _ext.Engine.shared(threads, threadpool_count)
+        # numa_nodes: sub-pool p on node numa_nodes[p] (its CPUs, its memory for its weights)
+        self.numa_nodes = None if numa_nodes is None else list(numa_nodes)
+        pools = [] if numa_nodes is None else numa_placement(numa_nodes, threadpool_count)
+        self._engine = _ext.Engine.shared(threads, threadpool_count, pools)
         self._build_native_layer()
         self._pending = None
         self._writes = []  # jobs of submit_write_weight_scale_to_buffer, until synced

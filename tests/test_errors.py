@@ -268,9 +268,9 @@ def test_submit_twice(moe, shape, layer, good):
         layer.sync_forward()
 
 
-def test_not_implemented_options_say_so():
-    with pytest.raises(NotImplementedError, match="numa_nodes"):
-        _make(numa_nodes=[0])
+def test_unusable_options_say_so():
+    with pytest.raises(ValueError, match=r"numa_nodes names node 5, which this machine does not have; its nodes: \["):
+        _make(numa_nodes=[5])
     with pytest.raises(ValueError, match="load_weights needs weight_path"):
         _make().load_weights()
 

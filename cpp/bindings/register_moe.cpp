@@ -36,11 +36,25 @@ void register_moe(py::module_& m) {
       .def("done", &Job::done);
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def_static("shared", &Engine::shared, py::arg("threads"), py::arg("subpools"))
+      .def_static(
+          "shared",
+          [](int threads, int subpools, const std::vector<std::pair<std::vector<int>, int>>& placement) {
+            std::vector<PoolPlacement> pools;
+            for (const auto& [cpus, node] : placement) pools.push_back({cpus, node});
+            py::gil_scoped_release nogil;
+            return Engine::shared(threads, subpools, pools);
+          },
+          py::arg("threads"), py::arg("subpools"), py::arg("placement") = std::vector<std::pair<std::vector<int>, int>>{},
+          "placement: [] or one (cpus, memory node or -1) per sub-pool (kt/numa.h PoolPlacement).")
       .def_property_readonly("threads", &Engine::threads)
       .def_property_readonly("subpools", &Engine::subpools)
       .def("threads_in", &Engine::threads_in)
-      .def_property_readonly("pinned_cpus", &Engine::pinned_cpus);
+      .def_property_readonly("pinned_cpus", &Engine::pinned_cpus)
+      .def_property_readonly("placement", [](const Engine& e) {
+        std::vector<std::pair<std::vector<int>, int>> out;
+        for (const PoolPlacement& p : e.placement()) out.emplace_back(p.cpus, p.mem_node);
+        return out;
+      });
 
   py::class_<MoeLayer, std::shared_ptr<MoeLayer>>(m, "MoeLayer")
       .def(py::init([](std::shared_ptr<Engine> engine, int E, int topk, int H, int I, const std::string& method,
@@ -86,6 +100,8 @@ void register_moe(py::module_& m) {
            "formats: [gate/up format, down format] of the method (LLAMAFILE: the GGUF file's types); "
            "empty: the method's one format for all three. swiglu_limit, swiglu_alpha: the gated "
            "activation (kt/kernels.h GluParams; 0, 0: silu(g) * u).")
+      .def("weight_page_nodes", &MoeLayer::weight_page_nodes, py::arg("pool"),
+           "The memory node of each page of sub-pool pool's packed weights (move_pages; negative: not present).")
       .def("load_from_tensors",
            [](MoeLayer& l, uintptr_t gate, uintptr_t up, uintptr_t down, const std::string& dtype, uintptr_t map,
               int num_logical, uintptr_t gate_bias, uintptr_t up_bias, uintptr_t down_bias) {

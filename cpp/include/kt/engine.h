@@ -9,6 +9,7 @@
 // its threads do not exist in the child, so there it refuses new jobs (MoeLayer then takes a new
 // engine of the child's) and its destructor leaves the thread handles alone.
 #pragma once
+#include "kt/numa.h"
 #include <sys/types.h>
 
 #include <atomic>
@@ -55,13 +56,15 @@ class Job {
 
 class Engine {
  public:
-  Engine(int threads, int subpools);
+  // placement: empty, or one PoolPlacement per sub-pool (its threads pinned to its CPUs, one per
+  // CPU while they suffice, else each to all of them; its layers' weights on its memory node).
+  Engine(int threads, int subpools, std::vector<PoolPlacement> placement = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // The engine of this configuration in this process, created when nobody holds one.
-  static std::shared_ptr<Engine> shared(int threads, int subpools);
+  static std::shared_ptr<Engine> shared(int threads, int subpools, const std::vector<PoolPlacement>& placement = {});
   // Waits until the jobs queued on every live engine have run (at process exit).
   static void drain_all();
   // False in a child forked after this engine was created (its threads are the parent's).
@@ -70,8 +73,12 @@ class Engine {
   int threads() const { return threads_; }
   int subpools() const { return subpools_; }
   int threads_in(int pool) const { return pool_size_[pool]; }
-  // CPU of each thread, empty when the threads are not pinned.
+  // CPU of each thread, empty when the threads are not pinned (with a placement: -1 for a thread
+  // pinned to all of its node's CPUs).
   const std::vector<int>& pinned_cpus() const { return pinned_cpus_; }
+  const std::vector<PoolPlacement>& placement() const { return placement_; }
+  // The memory node of sub-pool `pool`'s weights, -1 for none.
+  int mem_node(int pool) const { return placement_.empty() ? -1 : placement_[pool].mem_node; }
 
   // Throws in a forked child (see owned_by_this_process).
   std::shared_ptr<Job> submit(std::function<void()> body);
@@ -88,6 +95,7 @@ class Engine {
   pid_t pid_;  // the creating process
   std::vector<int> pool_size_, thread_pool_;
   std::vector<int> pinned_cpus_;
+  std::vector<PoolPlacement> placement_;
   std::vector<std::thread> threads_v_;
 
   // stage state, written by thread 0 before bumping generation_

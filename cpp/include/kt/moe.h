@@ -141,6 +141,9 @@ class MoeLayer {
   // job (deferred_experts > 0) does not change it.
   const std::vector<const KernelRow*>& last_kernels() const { return last_kernels_; }
   MoeStats stats() const;
+  // The memory node of each page of sub-pool `pool`'s packed weights (kt/numa.h page_nodes); call
+  // when no load is in flight.
+  std::vector<int> weight_page_nodes(int pool) const;
   const MoeConfig& config() const { return cfg_; }
   // Sub-pool p owns intermediate channels [bounds[p], bounds[p+1]).
   const std::vector<int>& slice_bounds() const { return bounds_; }

@@ -12,6 +12,7 @@
 // so no two threads write the same output element. down adds a token's experts in slot order,
 // so a token's output does not depend on the other tokens of the call (chunking included).
 #include "kt/moe.h"
+#include "kt/numa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -267,6 +268,14 @@ MoeLayer::~MoeLayer() {
   if (last_job_) last_job_->join();
 }
 
+std::vector<int> MoeLayer::weight_page_nodes(int pool) const {
+  if (pool < 0 || pool >= int(slices_.size()))
+    throw std::invalid_argument("sub-pool " + std::to_string(pool) + " out of range: the layer has " +
+                                std::to_string(slices_.size()) + " (loaded: " + (loaded() ? "yes" : "no") + ")");
+  const Slice& s = *slices_[pool];
+  return s.bytes ? page_nodes(s.arena.get(), s.bytes) : std::vector<int>{};
+}
+
 MoeStats MoeLayer::stats() const {
   MoeStats s;
   s.weight_bytes = weight_bytes_.load(std::memory_order_relaxed);
@@ -357,6 +366,8 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
     s->bytes = off;
     bytes += off;
     s->arena = alloc_weights(off);
+    // the sub-pool's node holds its weights: bound before the packing threads first touch them
+    if (const int node = engine->mem_node(p); node >= 0) bind_memory(s->arena.get(), off, node);
     for (int slot : cpu_slots)
       for (auto* m : {&s->gate[slot], &s->up[slot], &s->down[slot]})
         m->data = s->arena.get() + reinterpret_cast<size_t>(m->data);
@@ -393,7 +404,7 @@ std::shared_ptr<Engine> MoeLayer::engine_for_this_process(std::shared_ptr<void>*
   if (!engine_->owned_by_this_process()) {
     // A forked child inherited this layer: its engine's threads stayed in the parent, and so did
     // the layer's jobs that had not run. The child gets an engine (and scratch) of its own.
-    engine_ = Engine::shared(engine_->threads(), engine_->subpools());
+    engine_ = Engine::shared(engine_->threads(), engine_->subpools(), engine_->placement());
     workspace_ = workspace_for(engine_.get());
     last_job_ = nullptr;
   }

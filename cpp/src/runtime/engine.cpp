@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -44,16 +45,17 @@ std::vector<int> allowed_cpus() {
 // Pins the calling thread to one CPU. Unpinned, Linux tends to wake a pool thread on the core of
 // the thread that woke it, and two threads streaming weights on one core while the other idles
 // doubled the time of a cold single-token forward (docs/benchmarks/notes.md, "Thread pinning").
-void pin_to(int cpu) {
+void pin_to_set(const std::vector<int>& cpus) {
   cpu_set_t set;
   CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
+  for (int c : cpus) CPU_SET(c, &set);
   sched_setaffinity(0, sizeof(set), &set);  // best effort: a refusal leaves the thread unpinned
 }
+void pin_to(int cpu) { pin_to_set({cpu}); }
 
-// The live engines by (threads, subpools); an engine goes when its last holder releases it.
+// The live engines by (threads, subpools, placement); an engine goes when its last holder releases it.
 struct EngineRegistry {
-  std::map<std::pair<int, int>, std::weak_ptr<Engine>> engines;
+  std::map<std::tuple<int, int, std::vector<PoolPlacement>>, std::weak_ptr<Engine>> engines;
 };
 
 }  // namespace
@@ -76,7 +78,8 @@ void Job::wait() {
   if (error_) std::rethrow_exception(error_);
 }
 
-Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpools), pid_(getpid()) {
+Engine::Engine(int threads, int subpools, std::vector<PoolPlacement> placement)
+    : threads_(threads), subpools_(subpools), pid_(getpid()), placement_(std::move(placement)) {
   if (subpools < 1 || subpools > kMaxSubpools)
     throw std::invalid_argument("threadpool_count=" + std::to_string(subpools) + " must be in 1.." +
                                 std::to_string(kMaxSubpools));
@@ -89,19 +92,38 @@ Engine::Engine(int threads, int subpools) : threads_(threads), subpools_(subpool
     for (int i = 0; i < pool_size_.back(); ++i) thread_pool_.push_back(p);
   }
   next_task_ = std::make_unique<std::atomic<int>[]>(subpools + 1);
-  // One thread per allowed CPU, in order, unless that would put two on one CPU or
-  // KT_KERNEL_PIN_THREADS=0 asks for none (processes sharing CPUs without their own masks).
-  std::vector<int> cpus = allowed_cpus();
-  const char* pin_env = std::getenv("KT_KERNEL_PIN_THREADS");
-  const bool pin = threads <= int(cpus.size()) && !(pin_env && std::strcmp(pin_env, "0") == 0);
-  if (pin) pinned_cpus_.assign(cpus.begin(), cpus.begin() + threads);
-  threads_v_.emplace_back([this] {
-    if (!pinned_cpus_.empty()) pin_to(pinned_cpus_[0]);
+  if (!placement_.empty()) {
+    if (int(placement_.size()) != subpools)
+      throw std::invalid_argument("a placement names " + std::to_string(placement_.size()) + " sub-pools, not " +
+                                  std::to_string(subpools));
+    // each sub-pool's threads on its node's CPUs: one per CPU while they suffice, else all on all
+    for (int t = 0, first = 0; t < threads; ++t) {
+      const int p = thread_pool_[t];
+      if (t > 0 && thread_pool_[t - 1] != p) first = t;
+      const std::vector<int>& cpus = placement_[p].cpus;
+      if (cpus.empty()) throw std::invalid_argument("sub-pool " + std::to_string(p) + " is placed on no CPU");
+      pinned_cpus_.push_back(pool_size_[p] <= int(cpus.size()) ? cpus[t - first] : -1);
+    }
+  } else {
+    // One thread per allowed CPU, in order, unless that would put two on one CPU or
+    // KT_KERNEL_PIN_THREADS=0 asks for none (processes sharing CPUs without their own masks).
+    std::vector<int> cpus = allowed_cpus();
+    const char* pin_env = std::getenv("KT_KERNEL_PIN_THREADS");
+    const bool pin = threads <= int(cpus.size()) && !(pin_env && std::strcmp(pin_env, "0") == 0);
+    if (pin) pinned_cpus_.assign(cpus.begin(), cpus.begin() + threads);
+  }
+  auto pin = [this](int t) {
+    if (pinned_cpus_.empty()) return;
+    if (pinned_cpus_[t] >= 0) pin_to(pinned_cpus_[t]);
+    else pin_to_set(placement_[thread_pool_[t]].cpus);
+  };
+  threads_v_.emplace_back([this, pin] {
+    pin(0);
     queue_loop();
   });
   for (int t = 1; t < threads; ++t)
-    threads_v_.emplace_back([this, t] {
-      if (!pinned_cpus_.empty()) pin_to(pinned_cpus_[t]);
+    threads_v_.emplace_back([this, t, pin] {
+      pin(t);
       worker_loop(t);
     });
 }
@@ -129,16 +151,16 @@ Engine::~Engine() {
 
 bool Engine::owned_by_this_process() const { return pid_ == getpid(); }
 
-std::shared_ptr<Engine> Engine::shared(int threads, int subpools) {
+std::shared_ptr<Engine> Engine::shared(int threads, int subpools, const std::vector<PoolPlacement>& placement) {
   auto& registry = process_state<EngineRegistry>();
   std::lock_guard<std::mutex> lock(registry.mu);
   auto& engines = registry.value.engines;
   for (auto it = engines.begin(); it != engines.end();)
     it = it->second.expired() ? engines.erase(it) : std::next(it);
-  std::weak_ptr<Engine>& slot = engines[{threads, subpools}];
+  std::weak_ptr<Engine>& slot = engines[{threads, subpools, placement}];
   std::shared_ptr<Engine> e = slot.lock();
   if (!e || !e->owned_by_this_process()) {
-    e = std::make_shared<Engine>(threads, subpools);
+    e = std::make_shared<Engine>(threads, subpools, placement);
     slot = e;
   }
   return e;

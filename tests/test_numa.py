@@ -1,0 +1,110 @@
+"""NUMA placement (issue 22, first slice): the topology as the OS names it, numa_nodes in the
+wrapper, sub-pools pinned to their node's allowed CPUs, and each sub-pool's share of the weights
+bound to its node, verified page by page with move_pages. This machine may have one node, so the
+multi-node cases run on a simulated topology (KT_KERNEL_NUMA_TOPOLOGY: this machine's CPUs
+presented as nodes 0 and 2, non-contiguous ids; their memory is the real node 0), where the test
+asserts that every page of every sub-pool's share is on the node the placement chose."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import reference
+from kt_kernel import KTMoEWrapper
+from kt_kernel.numa import SIMULATE_ENV, parse_cpulist, placement, topology
+
+CPUS = sorted(os.sched_getaffinity(0))
+E, K, H, I = 8, 2, 256, 96
+
+
+def _weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(E, I, H, generator=g) / H**0.5, torch.randn(E, I, H, generator=g) / H**0.5,
+            torch.randn(E, H, I, generator=g) / I**0.5)
+
+
+def _inputs(M, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(M, H, generator=g).bfloat16(), torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(M)]),
+            torch.rand(M, K, generator=g))
+
+
+def _wrapper(**kw):
+    return KTMoEWrapper(layer_idx=0, num_experts=E, num_experts_per_tok=K, hidden_size=H, moe_intermediate_size=I,
+                        cpuinfer_threads=kw.pop("cpuinfer_threads", len(CPUS)), method=kw.pop("method", "AMXINT8"), **kw)
+
+
+def test_cpulist_parsing():
+    assert parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_cpulist("") == []
+
+
+def test_topology_is_the_os_s():
+    nodes = {n.id: n for n in topology()}
+    sysfs = Path("/sys/devices/system/node")
+    for d in sysfs.glob("node[0-9]*"):
+        nid = int(d.name[4:])
+        assert list(nodes[nid].cpus) == parse_cpulist((d / "cpulist").read_text())
+        assert nodes[nid].mem_node == nid
+    assert sorted(c for n in nodes.values() for c in n.allowed) == CPUS
+
+
+def test_real_node_binds_every_weight_page_there(moe):
+    node = next(n for n in topology() if n.allowed)
+    w = _wrapper(numa_nodes=[node.id], cpuinfer_threads=len(node.allowed))
+    assert w._engine.placement == [(list(node.allowed), node.id)]
+    w.load_weights_from_tensors(*_weights())
+    pages = w._layer.weight_page_nodes(0)
+    assert pages and set(pages) == {node.id}, sorted(set(pages))
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """This machine's CPUs as two nodes with ids 0 and 2 (at least 2 CPUs)."""
+    if len(CPUS) < 2:
+        pytest.skip("needs 2 CPUs")
+    half = len(CPUS) // 2
+    spec = f"0={','.join(map(str, CPUS[:half]))};2={','.join(map(str, CPUS[half:]))}"
+    monkeypatch.setenv(SIMULATE_ENV, spec)
+    return CPUS[:half], CPUS[half:]
+
+
+def test_simulated_nodes_place_each_subpool(moe, two_nodes):
+    """numa_nodes=[2, 0]: sub-pool 0 on node 2's CPUs, sub-pool 1 on node 0's; every page of each
+    share on its node's memory (the real node 0 for both); the output is the unbound
+    threadpool_count=2 layer's bit for bit (the same split of I) and within AMXINT8's bound."""
+    first, second = two_nodes
+    real = next(n.mem_node for n in topology() if n.id == 0)
+    w = _wrapper(numa_nodes=[2, 0], threadpool_count=2)
+    assert w._engine.placement == [(second, real), (first, real)]
+    assert w._engine.pinned_cpus == second + first
+    plain = _wrapper(threadpool_count=2)
+    for x in (w, plain):
+        x.load_weights_from_tensors(*_weights())
+    for pool in (0, 1):
+        pages = w._layer.weight_page_nodes(pool)
+        assert pages and set(pages) == {real}, (pool, sorted(set(pages)))
+    gate, up, down = _weights()
+    for M in (1, 40):
+        x, ids, wts = _inputs(M)
+        out = w.forward(x, ids, wts)
+        assert torch.equal(out, plain.forward(x, ids, wts))
+        moe.assert_close_fp32(out, reference.moe_forward(x.float(), ids, wts, gate, up, down), "int8_pc",
+                              f"numa_nodes=[2, 0], M={M}")
+
+
+def test_bad_numa_nodes_are_refused_by_name(two_nodes, monkeypatch):
+    with pytest.raises(ValueError, match=r"numa_nodes names node 1, which this machine does not have; its nodes: \[0, 2\]"):
+        _wrapper(numa_nodes=[0, 1], threadpool_count=2)
+    with pytest.raises(ValueError, match=r"numa_nodes=\[0\] must list 2 node ids .*threadpool_count=2"):
+        _wrapper(numa_nodes=[0], threadpool_count=2)
+    outside = max(CPUS) + 1
+    monkeypatch.setenv(SIMULATE_ENV, f"0={CPUS[0]};3={outside}")
+    with pytest.raises(ValueError, match=rf"node 3, whose CPUs \[{outside}\] are all outside this process's cpuset"):
+        placement([0, 3], 2)
+    monkeypatch.setenv(SIMULATE_ENV, "0:0")
+    with pytest.raises(ValueError, match="each item is NODE=CPULIST"):
+        topology()
