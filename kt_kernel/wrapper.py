@@ -595,6 +595,17 @@ class KTMoEWrapper:
 
     # ---- introspection ------------------------------------------------------------------
 
+    def memory_nodes(self) -> list:
+        """Where the packed weights are, per sub-pool: {memory node: pages} (move_pages; a negative
+        key counts pages not present). Call when no load is in flight."""
+        out = []
+        for pool in range(self.threadpool_count):
+            counts: dict = {}
+            for node in self._layer.weight_page_nodes(pool):
+                counts[node] = counts.get(node, 0) + 1
+            out.append(counts)
+        return out
+
     @property
     def kernel_name(self) -> str:
         """The layer's best kernel (the kernel table's row for its format and tier). A tile kernel

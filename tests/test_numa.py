@@ -59,6 +59,7 @@ def test_real_node_binds_every_weight_page_there(moe):
     w.load_weights_from_tensors(*_weights())
     pages = w._layer.weight_page_nodes(0)
     assert pages and set(pages) == {node.id}, sorted(set(pages))
+    assert w.memory_nodes() == [{node.id: len(pages)}]
 
 
 @pytest.fixture
@@ -108,3 +109,34 @@ def test_bad_numa_nodes_are_refused_by_name(two_nodes, monkeypatch):
     monkeypatch.setenv(SIMULATE_ENV, "0:0")
     with pytest.raises(ValueError, match="each item is NODE=CPULIST"):
         topology()
+
+
+# ---- the MoE matrix on simulated topologies ------------------------------------------------------
+
+# the test matrix's shape (tests/test_moe_matrix.py): I = 80 splits unevenly, in 16s and 32s
+MATRIX = (8, 3, 96, 80)
+TOPOLOGIES = {"2nodes-0-2": ("0={a};2={b}", [2, 0]), "4nodes": ("0={a};1={b};2={a};3={b}", [0, 1, 2, 3])}
+
+
+@pytest.mark.parametrize("topo", list(TOPOLOGIES))
+def test_matrix_on_simulated_nodes_is_the_unbound_layer(moe, method, tier, topo, monkeypatch):
+    """Every method on every tier, decode and prefill, with maps and GPU experts: the layer placed
+    on 2 (ids 0 and 2) or 4 simulated nodes (2 CPUs each serving two) gives the unbound layer of as
+    many sub-pools bit for bit, which test_moe_matrix checks against the references; and each
+    sub-pool's pages are on the memory node the placement chose for it."""
+    if len(CPUS) < 2:
+        pytest.skip("needs 2 CPUs")
+    spec, ids = TOPOLOGIES[topo]
+    monkeypatch.setenv(SIMULATE_ENV, spec.format(a=CPUS[0], b=CPUS[1]))
+    plan = placement(ids, len(ids))
+    shape = moe.Shape(*MATRIX)
+    kw = dict(threadpool_count=len(ids), cpuinfer_threads=len(ids), pmap=(5, 2, 7, 2, 0, 6, 1, 3), num_gpu_experts=2)
+    placed = moe.layer(method, shape, numa_nodes=ids, cache=False, **kw)
+    plain = moe.layer(method, shape, cache=False, **kw)
+    assert placed._engine.placement == [tuple(p) for p in plan]
+    for pool, (_, node) in enumerate(plan):
+        pages = placed._layer.weight_page_nodes(pool)
+        assert not pages or set(pages) == {node}, (pool, sorted(set(pages)))
+    for M in (1, 64, 513):
+        x, ids_, w = moe.inputs(shape, M, seed=M)
+        assert torch.equal(placed.forward(x, ids_, w), plain.forward(x, ids_, w)), M
