@@ -13,8 +13,13 @@ def cpu_info() -> dict:
     permission; see docs/cpu_features.md), tiers (the named feature sets these features cover),
     best_tier, override, active_tier and active_features (what layers created now are dispatched
     on), amx (why AMX is or is not used), emulated_tiers (the test-only overrides this CPU can run:
-    ``["amx_emu"]`` with AVX512-BF16)."""
-    return _ext.cpu_info()
+    ``["amx_emu"]`` with AVX512-BF16), numa_nodes (the NUMA nodes as the OS names them: id, cpus,
+    the allowed ones, the memory node; kt_kernel.numa)."""
+    from dataclasses import asdict
+
+    from kt_kernel.numa import topology
+
+    return {**_ext.cpu_info(), "numa_nodes": [asdict(n) for n in topology()]}
 
 
 def set_isa(name: str | None) -> None:

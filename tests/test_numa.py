@@ -50,6 +50,8 @@ def test_topology_is_the_os_s():
         assert list(nodes[nid].cpus) == parse_cpulist((d / "cpulist").read_text())
         assert nodes[nid].mem_node == nid
     assert sorted(c for n in nodes.values() for c in n.allowed) == CPUS
+    import kt_kernel
+    assert [(n["id"], n["cpus"]) for n in kt_kernel.cpu_info()["numa_nodes"]] == [(i, n.cpus) for i, n in nodes.items()]
 
 
 def test_real_node_binds_every_weight_page_there(moe):
