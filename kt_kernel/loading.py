@@ -45,8 +45,9 @@ def load_layer(native, target: LayerTarget, reader: Checkpoint, pmap: Optional[t
     biases (``layer_biases``: gpt-oss) gives its own."""
     reader.check_layer(target.layer, target.method, target.hidden_size, target.intermediate_size,
                        num_experts=target.num_experts if pmap is None else None)
-    if hasattr(reader, "layer_biases"):
-        biases = reader.layer_biases(target.layer)
+    stored = reader.layer_biases(target.layer) if hasattr(reader, "layer_biases") else None
+    if stored is not None:
+        biases = stored
     E = reader.num_experts
     if pmap is None:
         pmap = torch.arange(E, dtype=torch.int64)

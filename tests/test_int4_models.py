@@ -134,16 +134,14 @@ def test_converter_takes_an_int4_release(release, tmp_path, quant_method, moe):
     ref = reference.moe_forward(x.float(), ids, wts, gate_up[:, :I], gate_up[:, I:], down)
     moe.assert_close_fp32(w.forward(x, ids, wts), ref, {"int8": "int8_pc", "int4": "int4_g32"}[quant_method],
                           f"{method} converted from an int4 release")
-    with pytest.raises(Exception, match="--input-type bf16 but .* is a compressed-tensors int4 release"):
+    with pytest.raises(Exception, match="--input-type bf16 but .* is a compressed-tensors pack-quantized release: use --input-type rawint4"):
         convert_checkpoint(path, tmp_path / "b", "int4", input_type="bf16", progress=False)
 
 
-def test_converter_refuses_what_it_cannot_hold(tiny, tmp_path):
+def test_converter_checks_the_input_type(tiny, tmp_path):
     from kt_kernel.convert import ConversionError, convert_checkpoint
-    from kt_kernel.models.mxfp4_model import write_mxfp4_release
 
     with pytest.raises(ConversionError, match="--input-type rawint4 but .* is not a compressed-tensors"):
         convert_checkpoint(tiny("qwen3_moe"), tmp_path / "a", "int4", input_type="rawint4", progress=False)
-    gpt = write_mxfp4_release(tiny("gpt_oss"), tmp_path / "gpt")
-    with pytest.raises(ConversionError, match="MXFP4 release's experts have biases .*method MXFP4"):
-        convert_checkpoint(gpt, tmp_path / "b", "int4", progress=False)
+    with pytest.raises(ConversionError, match="--input-type mxfp4 but .* is not a gpt-oss MXFP4 release"):
+        convert_checkpoint(tiny("qwen3_moe"), tmp_path / "b", "int4", input_type="mxfp4", progress=False)

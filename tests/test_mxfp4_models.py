@@ -103,7 +103,6 @@ def test_float_gpt_oss_checkpoint_loads_with_its_biases_and_activation(tiny, moe
     checkpoint (not the halves of gate_up, not plain SwiGLU)."""
     import reference
     from kt_kernel import KTMoEWrapper
-    from kt_kernel.convert import ConversionError, convert_checkpoint
 
     path = tiny("gpt_oss")
     row = ARCHITECTURES["gpt_oss"]
@@ -124,5 +123,43 @@ def test_float_gpt_oss_checkpoint_loads_with_its_biases_and_activation(tiny, moe
     wts = torch.softmax(torch.randn(12, 4, generator=g), -1)
     ref = reference.moe_forward(x.float(), ids, wts, gate, up, t["down_proj"].transpose(1, 2), glu=glu)
     moe.assert_close_fp32(w.forward(x, ids, wts), ref, "bf16", "a bf16 gpt-oss checkpoint loaded by path")
-    with pytest.raises(ConversionError, match="experts have biases .*does not hold"):
-        convert_checkpoint(path, path.parent / "never-written", "int4", progress=False)
+
+
+@pytest.mark.parametrize("source", ["bf16", "mxfp4"])
+def test_converter_keeps_gpt_oss_biases(tiny, release, tmp_path, moe, source):
+    """convert_cpu_weights.py on a gpt-oss checkpoint (bf16, or the MXFP4 release with
+    --input-type mxfp4): the experts quantized to AMXINT8, their biases stored beside them and the
+    config (its clamped SwiGLU) copied; the converted layer computes gpt-oss's experts within
+    AMXINT8's bound of the fp32 layer on the source's weights."""
+    import reference
+    from kt_kernel import KTMoEWrapper
+    from kt_kernel.checkpoint import ConvertedCheckpoint
+    from kt_kernel.convert.cli import main as convert_main
+
+    src = tiny("gpt_oss") if source == "bf16" else release
+    out = tmp_path / "conv"
+    args = ["--input-path", str(src), "--output", str(out), "--quant-method", "int8", "--no-progress"]
+    assert convert_main(args + (["--input-type", "mxfp4"] if source == "mxfp4" else [])) == 0
+    row = ARCHITECTURES["gpt_oss"]
+    E, H, I = row.tiny["num_local_experts"], row.tiny["hidden_size"], row.tiny["intermediate_size"]
+    biases = ConvertedCheckpoint(out).layer_biases(1)
+    assert [b.shape for b in biases] == [(E, I), (E, I), (E, H)]
+    w = KTMoEWrapper(layer_idx=1, num_experts=E, num_experts_per_tok=4, hidden_size=H, moe_intermediate_size=I,
+                     cpuinfer_threads=2, weight_path=str(out), method="AMXINT8")
+    assert (w.swiglu_limit, w.swiglu_alpha) == (7.0, 1.702)
+    w.load_weights()
+    if source == "mxfp4":
+        gate_up, down = mxfp4_expert_weights(release, 1)
+    else:
+        with safe_open(str(src / "model.safetensors"), "pt") as f:
+            gate_up, down = (f.get_tensor(f"model.layers.1.mlp.experts.{k}").float() for k in ("gate_up_proj", "down_proj"))
+    with safe_open(str(src / "model.safetensors"), "pt") as f:
+        gub, db = (f.get_tensor(f"model.layers.1.mlp.experts.{k}_bias").float() for k in ("gate_up_proj", "down_proj"))
+    glu = {"gate_bias": gub[:, 0::2], "up_bias": gub[:, 1::2], "down_bias": db, "limit": 7.0, "alpha": 1.702}
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(10, H, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E, generator=g)[:4] for _ in range(10)])
+    wts = torch.softmax(torch.randn(10, 4, generator=g), -1)
+    ref = reference.moe_forward(x.float(), ids, wts, gate_up[:, :, 0::2].transpose(1, 2), gate_up[:, :, 1::2].transpose(1, 2),
+                                down.transpose(1, 2), glu=glu)
+    moe.assert_close_fp32(w.forward(x, ids, wts), ref, "int8_pc", f"AMXINT8 converted from gpt-oss {source}")

@@ -197,6 +197,34 @@ class ConvertedCheckpoint:
             mf.close()
 
 
+    def layer_biases(self, layer: int):
+        """fp32 (gate [E, I], up [E, I], down [E, H]) expert biases of ``layer`` where the converter
+        stored them (a gpt-oss source), verified; None where the layer has none."""
+        file = self.path / L.layer_file(layer)
+        try:
+            header = read_header(file)
+        except (SafetensorsError, FileNotFoundError) as e:
+            raise ConversionError(str(e)) from e
+        keys = [L.key(layer, p, L.BIAS_PART) for p in L.PROJ]
+        present = [k in header.tensors for k in keys]
+        if not any(present):
+            return None
+        E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
+        for k, shape in zip(keys, ([E, I], [E, I], [E, H])):
+            t = header.tensors.get(k)
+            if t is None or t["dtype"] != "F32" or list(t["shape"]) != shape:
+                raise ConversionError(f"{file}: expert bias {k} is "
+                                      f"{'missing' if t is None else t['dtype'] + ' ' + str(tuple(t['shape']))}, "
+                                      f"expected F32 {tuple(shape)} beside the others")
+        if verification_enabled():
+            _verify(file, header, self.meta["files"].get(file.name, {}), keys, set(range(E)), E)
+        mf = MappedFile(file, header)
+        try:
+            return tuple(np.array(mf.array(k)) for k in keys)
+        finally:
+            mf.close()
+
+
 def _verify(file: Path, header, entry: dict, keys: list, experts: set, E: int) -> None:
     """Checks what loading reads of ``file``: its header against the folder's record and the
     ``experts`` of each tensor against their checksums; a folder converted before per-expert

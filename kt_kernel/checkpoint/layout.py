@@ -28,13 +28,17 @@ import numpy as np
 
 from kt_kernel import _ext
 
-__all__ = ["FORMAT_VERSION", "META_FILE", "PROJ", "layer_file", "key", "format_record", "layer_arrays_spec",
+__all__ = ["FORMAT_VERSION", "META_FILE", "PROJ", "BIAS_PART", "layer_file", "key", "format_record", "layer_arrays_spec",
            "to_file_array"]
 
 FORMAT_VERSION = 1
 META_FILE = "kt_kernel_meta.json"
 INDEX_FILE = "model.safetensors.index.json"
 PROJ = ("gate", "up", "down")
+
+
+# Expert biases (gpt-oss), optional in a layer file: kt.layers.{L}.experts.{proj}.bias, fp32 [E, N].
+BIAS_PART = "bias"
 
 
 def layer_file(layer: int) -> str:

@@ -138,8 +138,14 @@ def _quantize_layer(src: HFCheckpoint, layer: int, fmt: dict, pool: ThreadPoolEx
         w = src.expert(layer, e, j)
         return w, w.numel() * src.bytes_per_weight()
 
-    return quantize_layer_arrays(expert, layer, src.num_experts, src.hidden_size, src.intermediate_size, fmt, pool,
-                                 lambda nbytes: progress.update(tensors=1, nbytes=nbytes))
+    tensors = quantize_layer_arrays(expert, layer, src.num_experts, src.hidden_size, src.intermediate_size, fmt, pool,
+                                    lambda nbytes: progress.update(tensors=1, nbytes=nbytes))
+    biases = src.layer_biases(layer) if hasattr(src, "layer_biases") else None
+    if biases is not None:  # gpt-oss's expert biases, fp32 [E, N], beside the weights (L.BIAS_PART)
+        for proj, b in zip(L.PROJ, biases):
+            b = np.ascontiguousarray(np.asarray(b, dtype=np.float32))
+            tensors[L.key(layer, proj, L.BIAS_PART)] = ("F32", list(b.shape), b)
+    return tensors
 
 
 def _copy_nonexpert(src: HFCheckpoint, out: Path, shard_bytes: int) -> dict:
