@@ -289,6 +289,14 @@ def test_fused_gate_up_named(tmp_path, rng):
     _raises(_write(tmp_path / "m.gguf", tensors), "ffn_gate_up_exps.weight, gate and up fused", layer=1)
 
 
+def test_expert_biases_are_refused_naming_what_runs_them(tmp_path, rng):
+    """gpt-oss GGUFs carry expert biases (ffn_*_exps.bias): LLAMAFILE would silently drop them."""
+    tensors = _model(rng)
+    bias = ("F32", np.zeros((E, I), np.float32).view(np.uint8).reshape(E, I * 4))
+    _raises(_write(tmp_path / "m.gguf", tensors, extra={"blk.2.ffn_gate_exps.bias": bias}),
+            r"layer 2's experts have biases \(blk\.2\.ffn_gate_exps\.bias; gpt-oss\).*method MXFP4", layer=2)
+
+
 @pytest.mark.parametrize("ggml_type", ["IQ2_XXS", "TQ1_0", "IQ3_S", "Q8_1"])
 def test_unsupported_type(tmp_path, rng, ggml_type):
     tensors = _model(rng)

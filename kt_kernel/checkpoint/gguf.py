@@ -278,6 +278,11 @@ class GGUFCheckpoint:
         supported ggml type, whole blocks per row; gate and up of one type."""
         supported = ggml_type_formats()
         E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
+        biased = [f"blk.{layer}.{p}.bias" for p in PROJ_TENSORS if f"blk.{layer}.{p}.bias" in self.tensors]
+        if biased:  # gpt-oss: without its biases and clamped SwiGLU the layer would compute something else
+            raise GGUFError(f"{self.path}: layer {layer}'s experts have biases ({', '.join(biased)}; gpt-oss), which "
+                            f"method {METHOD} does not read; run the Hugging Face MXFP4 release with method MXFP4, "
+                            "which takes the biases and the clamped SwiGLU")
         out = []
         for j in range(3):
             name, (file, t) = self._tensor(layer, j)
