@@ -16,8 +16,8 @@ from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
 from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
-from kt_kernel.checkpoint.hf import checkpoint_activation
-from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, MXFP4Checkpoint, is_mxfp4
+from kt_kernel.checkpoint.hf import checkpoint_activation, gpt_oss_activation
+from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, is_mxfp4
 from kt_kernel.hf_config import read_config, text_config
 from kt_kernel.formats import GGUF_METHOD, METHODS
 from kt_kernel.integrations.sglang import resolve_method
@@ -130,10 +130,10 @@ def _swiglu(swiglu_limit, swiglu_alpha, weight_path, method) -> tuple:
         raise ValueError(f"swiglu_limit={swiglu_limit} must be >= 0 (0: no clamp)")
     stored = None
     if weight_path is not None and os.path.isfile(os.path.join(weight_path, "config.json")):
-        if method == MXFP4_METHOD and is_mxfp4(weight_path):
-            stored = MXFP4Checkpoint(weight_path, method).activation
-        else:  # a gpt-oss checkpoint of float weights
-            stored = checkpoint_activation(text_config(read_config(weight_path, ValueError)))
+        # from config.json alone: this runs for every layer's wrapper, before any weight is read
+        cfg = text_config(read_config(weight_path, ValueError))
+        stored = (gpt_oss_activation(cfg) if method == MXFP4_METHOD and is_mxfp4(weight_path) else
+                  checkpoint_activation(cfg))
     got = (swiglu_limit, swiglu_alpha)
     if stored is not None:
         for name, v, want in zip(("swiglu_limit", "swiglu_alpha"), got, stored):

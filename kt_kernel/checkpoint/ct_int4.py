@@ -110,7 +110,7 @@ class CompressedInt4Checkpoint:
         self.path, self.stored_method, self.config = path, method, cfg
         self.num_experts, self.intermediate_size, self.hidden_size = E, I, int(cfg["hidden_size"])
         self.num_layers = int(cfg["num_hidden_layers"])
-        index = index_tensors(path)
+        self.index = index = index_tensors(path)  # headers only; the converter's float view reuses it
         self.tensors, self.fingerprint = index.tensors, index.fingerprint
         self.keys: dict = {}  # layer -> {(e, proj, part): key}
         for k in self.tensors:

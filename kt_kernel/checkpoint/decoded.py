@@ -14,7 +14,7 @@ import torch
 
 from kt_kernel.checkpoint.ct_int4 import CompressedInt4Checkpoint, is_compressed_int4
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.hf import HFCheckpoint, index_tensors, open_hf_checkpoint
+from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
 from kt_kernel.checkpoint.mxfp4 import MXFP4Checkpoint, dequantize_gpt_oss, is_mxfp4
 from kt_kernel.checkpoint.safetensors_io import MappedFolder
 
@@ -65,34 +65,29 @@ class DecodedMxfp4Checkpoint(HFCheckpoint):
                 "dtype": "mxfp4"}
 
 
-def _decoded_mxfp4(path) -> DecodedMxfp4Checkpoint:
-    release = MXFP4Checkpoint(path, "MXFP4")
-    index = index_tensors(path)
-    src = DecodedMxfp4Checkpoint(path=release.path, config=release.config, num_layers=release.num_layers,
-                                 num_experts=release.num_experts, hidden_size=release.hidden_size,
-                                 intermediate_size=release.intermediate_size, moe_layers=release.moe_layers,
-                                 layout="fused", dtype="MXFP4", fp8_block=None, tensors=index.tensors,
-                                 expert_keys=release.keys, scale_keys={}, fingerprint=index.fingerprint,
-                                 data_start=index.data_start, interleaved=True, activation=release.activation)
+def _decoded(cls, release, **layout) -> HFCheckpoint:
+    """``cls`` (a float view) over ``release``, whose every MoE layer is checked first; ``layout``:
+    the HFCheckpoint fields that differ between releases."""
+    index = release.index
+    src = cls(path=release.path, config=release.config, num_layers=release.num_layers,
+              num_experts=release.num_experts, hidden_size=release.hidden_size,
+              intermediate_size=release.intermediate_size, moe_layers=release.moe_layers, fp8_block=None,
+              tensors=index.tensors, expert_keys=release.keys, scale_keys={}, fingerprint=index.fingerprint,
+              data_start=index.data_start, **layout)
     src.release = release
     for layer in src.moe_layers:
-        release.check_layer(layer, "MXFP4", src.hidden_size, src.intermediate_size, src.num_experts)
+        release.check_layer(layer, release.stored_method, src.hidden_size, src.intermediate_size, src.num_experts)
     return src
+
+
+def _decoded_mxfp4(path) -> DecodedMxfp4Checkpoint:
+    release = MXFP4Checkpoint(path, "MXFP4")
+    return _decoded(DecodedMxfp4Checkpoint, release, layout="fused", dtype="MXFP4", interleaved=True,
+                    activation=release.activation)
 
 
 def _decoded_int4(path) -> DecodedInt4Checkpoint:
-    release = CompressedInt4Checkpoint(path, "RAWINT4")
-    index = index_tensors(path)
-    src = DecodedInt4Checkpoint(path=release.path, config=release.config, num_layers=release.num_layers,
-                                num_experts=release.num_experts, hidden_size=release.hidden_size,
-                                intermediate_size=release.intermediate_size, moe_layers=release.moe_layers,
-                                layout="per-expert", dtype="I4", fp8_block=None, tensors=index.tensors,
-                                expert_keys=release.keys, scale_keys={}, fingerprint=index.fingerprint,
-                                data_start=index.data_start)
-    src.release = release
-    for layer in src.moe_layers:
-        release.check_layer(layer, "RAWINT4", src.hidden_size, src.intermediate_size, src.num_experts)
-    return src
+    return _decoded(DecodedInt4Checkpoint, CompressedInt4Checkpoint(path, "RAWINT4"), layout="per-expert", dtype="I4")
 
 
 def open_convert_source(path, input_type: Optional[str] = None) -> HFCheckpoint:

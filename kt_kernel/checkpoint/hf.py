@@ -46,11 +46,17 @@ _FUSED_BIAS = re.compile(r"^(?:.*\.)?layers\.(\d+)\.([A-Za-z_]+)\.experts\.(gate
 GPT_OSS_ALPHA = 1.702  # gpt-oss's swish slope: fixed by the model, its config.json may not name it
 
 
-def checkpoint_activation(cfg: dict):
-    """(swiglu_limit, swiglu_alpha) of a gpt-oss config (the experts' clamped SwiGLU), else None."""
-    if cfg.get("model_type") != "gpt_oss":
-        return None
+def gpt_oss_activation(cfg: dict) -> tuple:
+    """(swiglu_limit, swiglu_alpha) of gpt-oss experts from their config: the clamp (0: none) and
+    the slope, 1.702 unless the config names it."""
     return float(cfg.get("swiglu_limit") or 0.0), float(cfg.get("swiglu_alpha", GPT_OSS_ALPHA))
+
+
+def checkpoint_activation(cfg: dict):
+    """gpt_oss_activation of a gpt-oss config, else None (plain SwiGLU)."""
+    return gpt_oss_activation(cfg) if cfg.get("model_type") == "gpt_oss" else None
+
+
 _TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn}
 _SCALE_DTYPES = ("F32", "BF16", "F8_E8M0")  # ue8m0: a power of two per block
 _VIEW_AS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}

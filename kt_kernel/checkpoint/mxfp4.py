@@ -27,11 +27,11 @@ from typing import Iterator, Optional
 import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.hf import GPT_OSS_ALPHA, index_tensors
+from kt_kernel.checkpoint.hf import gpt_oss_activation, index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, read_config, text_config
 
-__all__ = ["MXFP4_METHOD", "GPT_OSS_ALPHA", "MXFP4Checkpoint", "is_mxfp4", "gpt_oss_blocks", "dequantize_gpt_oss"]
+__all__ = ["MXFP4_METHOD", "MXFP4Checkpoint", "is_mxfp4", "gpt_oss_blocks", "dequantize_gpt_oss"]
 
 MXFP4_METHOD = "MXFP4"
 BLOCK = 32
@@ -96,8 +96,8 @@ class MXFP4Checkpoint:
         self.num_experts, self.intermediate_size, self.hidden_size = E, I, int(cfg["hidden_size"])
         self.num_layers = int(cfg["num_hidden_layers"])
         # gpt-oss's clamped SwiGLU (0: no clamp)
-        self.activation = (float(cfg.get("swiglu_limit") or 0.0), float(cfg.get("swiglu_alpha", GPT_OSS_ALPHA)))
-        index = index_tensors(path)
+        self.activation = gpt_oss_activation(cfg)
+        self.index = index = index_tensors(path)  # headers only; the converter's float view reuses it
         self.tensors, self.fingerprint = index.tensors, index.fingerprint
         self.keys: dict = {}  # layer -> {(proj, part): key}
         for k in self.tensors:

@@ -403,33 +403,14 @@ def _model_from_gguf(path, dtype, experts_implementation: str):
                           experts_implementation)
 
 
-def _model_from_fp8(path, dtype, experts_implementation: str):
-    """The transformers model of the FP8 release at ``path``: built on the meta device from its
-    config.json, every tensor outside the routed experts decoded in ``dtype``
-    (kt_kernel.models.fp8_model); the routed experts' fused tensors stay on the meta device."""
-    from kt_kernel.models.fp8_model import fp8_config, fp8_state_dict
+def _model_from_release(path, state_dict, dtype, experts_implementation: str):
+    """The transformers model of the release at ``path`` (FP8, MXFP4, compressed-tensors int4):
+    built on the meta device from its config.json without the quantization_config, every tensor
+    outside the routed experts from ``state_dict(path, model, dtype)`` (its kt_kernel.models module);
+    the routed experts' fused tensors stay on the meta device."""
+    from kt_kernel.models.checkpoint import unquantized_config
 
-    return _model_on_meta(fp8_config(path), lambda model: fp8_state_dict(path, model, dtype), dtype,
-                          experts_implementation)
-
-
-def _model_from_mxfp4(path, dtype, experts_implementation: str):
-    """The transformers model of the gpt-oss MXFP4 release at ``path``: built on the meta device
-    from its config.json, every tensor but the routed experts' weights read in ``dtype``
-    (kt_kernel.models.mxfp4_model); the experts' fused weights stay on the meta device."""
-    from kt_kernel.models.mxfp4_model import mxfp4_config, mxfp4_state_dict
-
-    return _model_on_meta(mxfp4_config(path), lambda model: mxfp4_state_dict(path, model, dtype), dtype,
-                          experts_implementation)
-
-
-def _model_from_int4(path, dtype, experts_implementation: str):
-    """The transformers model of the compressed-tensors int4 release at ``path``: built on the meta
-    device from its config.json, every tensor outside the routed experts read in ``dtype``
-    (kt_kernel.models.int4_model); the routed experts' fused tensors stay on the meta device."""
-    from kt_kernel.models.int4_model import int4_config, int4_state_dict
-
-    return _model_on_meta(int4_config(path), lambda model: int4_state_dict(path, model, dtype), dtype,
+    return _model_on_meta(unquantized_config(path), lambda model: state_dict(path, model, dtype), dtype,
                           experts_implementation)
 
 
@@ -483,19 +464,20 @@ def load_fp8_model(path, method: str = FP8_METHOD, *, dtype=torch.bfloat16, devi
     if method != FP8_METHOD:
         raise ValueError(f"method {method!r}: an FP8 release's experts run as they are stored, with method "
                          f"{FP8_METHOD!r}; for {method}, load_model quantizes the decoded experts")
-    from kt_kernel.models.fp8_model import fp8_expert_weights
+    from kt_kernel.models.fp8_model import fp8_expert_weights, fp8_state_dict
 
-    return _attached_from_file(_model_from_fp8(path, dtype, implementation_name(method)), path, method,
-                               fp8_expert_weights, dtype, device, attach_options)
+    return _attached_from_file(_model_from_release(path, fp8_state_dict, dtype, implementation_name(method)), path,
+                               method, fp8_expert_weights, dtype, device, attach_options)
 
 
 def load_fp8_reference(path, *, dtype=torch.float32, device="cpu"):
     """The whole FP8 release at ``path`` decoded (torch's float8_e4m3fn times the block scales),
     routed experts included, in transformers' eager experts and ``dtype``: the reference
     :func:`load_fp8_model` is compared with."""
-    from kt_kernel.models.fp8_model import fp8_expert_weights
+    from kt_kernel.models.fp8_model import fp8_expert_weights, fp8_state_dict
 
-    return _with_decoded_experts(_model_from_fp8(path, dtype, "eager"), path, fp8_expert_weights, dtype, device)
+    return _with_decoded_experts(_model_from_release(path, fp8_state_dict, dtype, "eager"), path, fp8_expert_weights,
+                                 dtype, device)
 
 
 def load_mxfp4_model(path, method: str = MXFP4_METHOD, *, dtype=torch.bfloat16, device="cpu", **attach_options):
@@ -507,18 +489,20 @@ def load_mxfp4_model(path, method: str = MXFP4_METHOD, *, dtype=torch.bfloat16, 
     if method != MXFP4_METHOD:
         raise ValueError(f"method {method!r}: an MXFP4 release's experts run as they are stored, with method "
                          f"{MXFP4_METHOD!r}")
-    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights
+    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights, mxfp4_state_dict
 
-    return _attached_from_file(_model_from_mxfp4(path, dtype, implementation_name(method)), path, method,
+    return _attached_from_file(_model_from_release(path, mxfp4_state_dict, dtype, implementation_name(method)), path,
+                               method,
                                mxfp4_expert_weights, dtype, device, attach_options)
 
 
 def load_mxfp4_reference(path, *, dtype=torch.float32, device="cpu"):
     """The whole MXFP4 release at ``path`` with its routed experts decoded (e2m1 times 2^(s-127)),
     in transformers' eager experts and ``dtype``: the reference :func:`load_mxfp4_model` is compared with."""
-    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights
+    from kt_kernel.models.mxfp4_model import mxfp4_expert_weights, mxfp4_state_dict
 
-    return _with_decoded_experts(_model_from_mxfp4(path, dtype, "eager"), path, mxfp4_expert_weights, dtype, device)
+    return _with_decoded_experts(_model_from_release(path, mxfp4_state_dict, dtype, "eager"), path,
+                                 mxfp4_expert_weights, dtype, device)
 
 
 def load_int4_model(path, method: str = INT4_RELEASE_METHODS[0], *, dtype=torch.bfloat16, device="cpu",
@@ -531,18 +515,20 @@ def load_int4_model(path, method: str = INT4_RELEASE_METHODS[0], *, dtype=torch.
     if method not in INT4_RELEASE_METHODS:
         raise ValueError(f"method {method!r}: a compressed-tensors int4 release's experts run as they are stored, "
                          f"with method {' or '.join(INT4_RELEASE_METHODS)}")
-    from kt_kernel.models.int4_model import int4_expert_weights
+    from kt_kernel.models.int4_model import int4_expert_weights, int4_state_dict
 
-    return _attached_from_file(_model_from_int4(path, dtype, implementation_name(method)), path, method,
+    return _attached_from_file(_model_from_release(path, int4_state_dict, dtype, implementation_name(method)), path,
+                               method,
                                int4_expert_weights, dtype, device, attach_options)
 
 
 def load_int4_reference(path, *, dtype=torch.float32, device="cpu"):
     """The whole int4 release at ``path`` with its routed experts decoded (scale * (q - zero point)),
     in transformers' eager experts and ``dtype``: the reference :func:`load_int4_model` is compared with."""
-    from kt_kernel.models.int4_model import int4_expert_weights
+    from kt_kernel.models.int4_model import int4_expert_weights, int4_state_dict
 
-    return _with_decoded_experts(_model_from_int4(path, dtype, "eager"), path, int4_expert_weights, dtype, device)
+    return _with_decoded_experts(_model_from_release(path, int4_state_dict, dtype, "eager"), path, int4_expert_weights,
+                                 dtype, device)
 
 
 def _attached_from_file(model, path, method: str, expert_weights, dtype, device, attach_options: dict):

@@ -26,7 +26,7 @@ from kt_kernel.models.architectures import ARCHITECTURES, Architecture, architec
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
 __all__ = ["CheckpointInfo", "TensorMeta", "inspect_checkpoint", "read_tensor_index", "find_experts_modules",
-           "expert_parameter_names"]
+           "expert_parameter_names", "unquantized_config", "stored_state_dict"]
 
 # Expert-count fields of MoE configs in transformers: a config with none of them set is dense.
 _FLOAT_DTYPES = ("F32", "BF16", "F16")
@@ -82,6 +82,47 @@ def expert_parameter_names(experts: list) -> set:
     """The state-dict names of the routed experts' own tensors (gate_up_proj, down_proj, ...) of
     the modules find_experts_modules returned."""
     return {f"{name}.{p}" for _, name, m in experts for p, _ in m.named_parameters(recurse=False)}
+
+
+def unquantized_config(path):
+    """transformers' config of the release in ``path`` without its quantization_config: kt_kernel
+    runs the routed experts as stored and decodes the rest, so transformers must not install its own
+    quantized layers (FP8's need a GPU, MXFP4's triton kernels)."""
+    config = require_transformers().AutoConfig.from_pretrained(str(path))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def stored_state_dict(path, model, skip: set, dtype=torch.float32) -> dict:
+    """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` but those in ``skip``
+    and its tied output, read as stored (F32, F16 or BF16) from the checkpoint in ``path``, under
+    their checkpoint names (arch.checkpoint_name)."""
+    import numpy as np
+
+    from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
+
+    arch = architecture(model.config.model_type)
+    tensors = index_tensors(path, CheckpointError).tensors
+    tied = "lm_head.weight" if model.config.tie_word_embeddings else None
+    maps = MappedFolder(path, tensors)
+    out = {}
+    try:
+        for name, t in model.state_dict().items():
+            if name in skip or name == tied:
+                continue
+            key = arch.checkpoint_name(name)  # Mixtral's checkpoints say block_sparse_moe for mlp
+            if key not in tensors:
+                raise CheckpointError(f"{path} has no tensor {key}, which {type(model).__name__} needs")
+            meta = tensors[key][1]
+            w = torch.from_numpy(np.array(as_float32(maps.array(key), meta["dtype"]))).reshape(meta["shape"])
+            if tuple(w.shape) != tuple(t.shape):
+                raise CheckpointError(f"{key} has shape {tuple(w.shape)} in {path}, {type(model).__name__} expects "
+                                      f"{tuple(t.shape)}")
+            out[name] = w.to(dtype)
+    finally:
+        maps.close()
+    return out
 
 
 def _load_config(path: Path):

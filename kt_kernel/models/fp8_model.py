@@ -22,7 +22,7 @@ from kt_kernel.checkpoint.hf import HFCheckpoint, dequantize_fp8, open_hf_checkp
 from kt_kernel.models.architectures import ARCHITECTURES
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["fp8_config", "fp8_state_dict", "fp8_expert_weights", "write_fp8_release", "FP8_BLOCK"]
+__all__ = ["fp8_state_dict", "fp8_expert_weights", "write_fp8_release", "FP8_BLOCK"]
 
 FP8_BLOCK = (128, 128)
 
@@ -33,17 +33,6 @@ def _release(path) -> HFCheckpoint:
         raise CheckpointError(f"{path}: its routed experts are {ckpt.dtype}, not an FP8 release's F8_E4M3; load it with "
                               "load_model")
     return ckpt
-
-
-def fp8_config(path):
-    """transformers' config of the release, without its quantization_config (the weights are
-    decoded here, so transformers must not install its FP8 layers)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(path))
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
 
 
 def fp8_state_dict(path, model, dtype=torch.float32) -> dict:

@@ -14,16 +14,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, decode_int4_g32, is_compressed_int4
-from kt_kernel.checkpoint.hf import index_tensors
-from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
-from kt_kernel.models.architectures import ARCHITECTURES, architecture
+from kt_kernel.models.architectures import ARCHITECTURES
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["int4_config", "int4_state_dict", "int4_expert_weights", "write_int4_release"]
+__all__ = ["int4_state_dict", "int4_expert_weights", "write_int4_release"]
 
 
 def _release(path) -> CompressedInt4Checkpoint:
@@ -33,44 +30,12 @@ def _release(path) -> CompressedInt4Checkpoint:
     return CompressedInt4Checkpoint(path, INT4_RELEASE_METHODS[0])
 
 
-def int4_config(path):
-    """transformers' config of the release, without its quantization_config (transformers must not
-    install compressed-tensors' layers: the routed experts are kt_kernel's)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(path))
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
-
-
 def int4_state_dict(path, model, dtype=torch.float32) -> dict:
     """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` outside its routed
     experts and tied output, read from the release at ``path`` (stored unquantized there)."""
-    from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules
+    from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules, stored_state_dict
 
-    arch = architecture(model.config.model_type)
-    tensors = index_tensors(path, CheckpointError).tensors
-    experts = expert_parameter_names(find_experts_modules(model))
-    tied = "lm_head.weight" if model.config.tie_word_embeddings else None
-    maps = MappedFolder(path, tensors)
-    out = {}
-    try:
-        for name, t in model.state_dict().items():
-            if name in experts or name == tied:
-                continue
-            key = arch.checkpoint_name(name)  # Mixtral's checkpoints say block_sparse_moe for mlp
-            if key not in tensors:
-                raise CheckpointError(f"{path} has no tensor {key}, which {type(model).__name__} needs")
-            meta = tensors[key][1]
-            w = torch.from_numpy(np.array(as_float32(maps.array(key), meta["dtype"]))).reshape(meta["shape"])
-            if tuple(w.shape) != tuple(t.shape):
-                raise CheckpointError(f"{key} has shape {tuple(w.shape)} in {path}, {type(model).__name__} expects "
-                                      f"{tuple(t.shape)}")
-            out[name] = w.to(dtype)
-    finally:
-        maps.close()
-    return out
+    return stored_state_dict(path, model, expert_parameter_names(find_experts_modules(model)), dtype)
 
 
 def int4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> tuple:

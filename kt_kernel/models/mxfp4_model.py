@@ -19,53 +19,29 @@ import numpy as np
 import torch
 
 from kt_kernel.checkpoint.mxfp4 import MXFP4Checkpoint, MXFP4_METHOD, dequantize_gpt_oss, is_mxfp4
-from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
+from kt_kernel.checkpoint.safetensors_io import MappedFolder
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["mxfp4_config", "mxfp4_state_dict", "mxfp4_expert_weights", "write_mxfp4_release", "quantize_gpt_oss"]
+__all__ = ["mxfp4_state_dict", "mxfp4_expert_weights", "write_mxfp4_release", "quantize_gpt_oss"]
 
-def _release(path) -> MXFP4Checkpoint:
+def _check_release(path) -> None:
     if not is_mxfp4(path):
         raise CheckpointError(f"{path}: config.json's quantization_config is not mxfp4; load it with load_model")
+
+
+def _release(path) -> MXFP4Checkpoint:
+    _check_release(path)
     return MXFP4Checkpoint(path, MXFP4_METHOD)
-
-
-def mxfp4_config(path):
-    """transformers' config of the release, without its quantization_config (transformers must not
-    install its MXFP4 experts: the routed experts are kt_kernel's)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(path))
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
 
 
 def mxfp4_state_dict(path, model, dtype=torch.float32) -> dict:
     """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` but its routed
     experts' weights (their biases included), read from the release at ``path``."""
-    from kt_kernel.models.checkpoint import find_experts_modules
+    from kt_kernel.models.checkpoint import find_experts_modules, stored_state_dict
 
-    ckpt = _release(path)
+    _check_release(path)
     weights = {f"{name}.{p}" for _, name, _ in find_experts_modules(model) for p in ("gate_up_proj", "down_proj")}
-    tied = "lm_head.weight" if model.config.tie_word_embeddings else None
-    maps = MappedFolder(ckpt.path, ckpt.tensors)
-    out = {}
-    try:
-        for name, t in model.state_dict().items():
-            if name in weights or name == tied:
-                continue
-            if name not in ckpt.tensors:
-                raise CheckpointError(f"{path} has no tensor {name}, which {type(model).__name__} needs")
-            meta = ckpt.tensors[name][1]
-            w = torch.from_numpy(np.array(as_float32(maps.array(name), meta["dtype"]))).reshape(meta["shape"])
-            if tuple(w.shape) != tuple(t.shape):
-                raise CheckpointError(f"{name} has shape {tuple(w.shape)} in {path}, {type(model).__name__} expects "
-                                      f"{tuple(t.shape)}")
-            out[name] = w.to(dtype)
-    finally:
-        maps.close()
-    return out
+    return stored_state_dict(path, model, weights, dtype)
 
 
 def mxfp4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> tuple:

@@ -356,9 +356,10 @@ void MoeLayer::load_with(const int64_t* map, int num_logical,
     s->up_bias.resize(E);
     s->down_bias.resize(E);
     // the down bias goes with the first slice that has channels: its down stage adds it once
-    const bool adds_down_bias = ni > 0 && std::none_of(slices.begin(), slices.end(), [](const auto& o) { return o->i1 > o->i0; });
+    const bool adds_down_bias =
+        ni > 0 && std::none_of(slices.begin(), slices.end(), [](const auto& o) { return o->i1 > o->i0; });
+    const int padded = ceil_div(ni, kPanelN) * kPanelN;
     for (int slot : cpu_slots) {
-      const int padded = ceil_div(ni, kPanelN) * kPanelN;
       s->gate_bias[slot] = bias_part(biases.gate, map[slot], cfg_.intermediate, s->i0, s->i1, padded);
       s->up_bias[slot] = bias_part(biases.up, map[slot], cfg_.intermediate, s->i0, s->i1, padded);
       if (adds_down_bias) s->down_bias[slot] = bias_part(biases.down, map[slot], H, 0, H, round_up(H, kPanelN));
