@@ -5,10 +5,15 @@ statistics H = 2 X^T X (X: calibration inputs [T, K]), so that ||X W^T - X Q^T||
 than ||W - Q||: after column k is rounded, its error (w - q) / [H^-1]_kk times row k of the upper
 Cholesky factor of H^-1 is taken out of the columns not yet rounded. Columns go in blocks of
 ``block`` (the updates inside a block, then one matrix product for the rest), group scales are
-fitted on the weights as they stand when the group's first column is reached, and with
-``act_order`` the columns go by decreasing H_kk (the most salient first), the group of each
-column recorded in g_idx. H is damped by ``damp`` times its mean diagonal; a column that no input
-touches (H_kk = 0) is zeroed and left out.
+fitted on the weights as they stand when the group's first column is reached. With ``act_order``
+the columns go by decreasing H_kk (the most salient first) while the groups stay the contiguous
+runs of ``group`` columns, their parameters fitted on the original weights before any column is
+rounded (llmcompressor's "static" act-order): the checkpoint needs no g_idx, which
+compressed-tensors' decompressor (and so transformers on the CPU) would not apply. H is damped by
+``damp`` times its mean diagonal; a column that no input touches (H_kk = 0) is zeroed and left
+out. Scales are rounded to ``scale_dtype`` (the checkpoint's) before any weight is rounded
+against them, so that the stored scale times the stored integers is exactly the weight computed
+here.
 
 Quantization grid, as compressed-tensors defines it for ``num_bits`` b: symmetric q in
 [-2^(b-1), 2^(b-1) - 1], scale = max|w| / ((2^b - 1) / 2), zero point 0; asymmetric q in the same
@@ -18,8 +23,6 @@ w = scale * (q - z). ``rtn_quantize`` rounds to nearest on the same grid: the ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 __all__ = ["QuantizedLinear", "gptq_quantize", "rtn_quantize", "layer_error", "hessian"]
@@ -27,20 +30,19 @@ __all__ = ["QuantizedLinear", "gptq_quantize", "rtn_quantize", "layer_error", "h
 
 @dataclass
 class QuantizedLinear:
-    """A quantized [N, K] weight: q int8 [N, K], scale and zero_point [N, K / group] (zero_point
-    all 0 when symmetric), g_idx int [K] (the group of each column; None: column k is in group
-    k // group), and the dequantized weight fp32."""
+    """A quantized [N, K] weight: q int8 [N, K], scale (``scale_dtype``) and zero_point int8
+    [N, K / group] (zero_point all 0 when symmetric); column k is in group k // group."""
     q: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor
-    g_idx: Optional[torch.Tensor]
     group_size: int
     num_bits: int
     symmetric: bool
 
     def dequantize(self) -> torch.Tensor:
-        cols = self.g_idx if self.g_idx is not None else torch.arange(self.q.shape[1]) // self.group_size
-        return self.scale[:, cols] * (self.q.float() - self.zero_point[:, cols].float())
+        """scale * (q - zero_point), fp32 (exact: 8-bit integers times a bf16/fp16/fp32 scale)."""
+        cols = torch.arange(self.q.shape[1]) // self.group_size
+        return self.scale.float()[:, cols] * (self.q.float() - self.zero_point[:, cols].float())
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +51,9 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     return (2.0 / max(x.shape[0], 1)) * (x.T @ x)
 
 
-def _params(w: torch.Tensor, num_bits: int, symmetric: bool) -> tuple:
-    """Scale and zero point [N] of the columns w [N, g] on compressed-tensors' grid."""
+def _params(w: torch.Tensor, num_bits: int, symmetric: bool, scale_dtype: torch.dtype) -> tuple:
+    """Scale (a ``scale_dtype`` value, held in fp64) and zero point [N] of the columns w [N, g] on
+    compressed-tensors' grid."""
     qmax = 2 ** (num_bits - 1) - 1
     qmin = -(2 ** (num_bits - 1))
     if symmetric:
@@ -60,6 +63,7 @@ def _params(w: torch.Tensor, num_bits: int, symmetric: bool) -> tuple:
         lo, hi = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)
         scale = (hi - lo) / (qmax - qmin)
         zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale))) + qmin
+    scale = scale.to(scale_dtype).to(torch.float64)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, q = z
     return scale, zero
 
@@ -69,7 +73,8 @@ def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, num_bits: i
     return q.clamp(-(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1)
 
 
-def rtn_quantize(w: torch.Tensor, num_bits: int = 4, group_size: int = 128, symmetric: bool = True) -> QuantizedLinear:
+def rtn_quantize(w: torch.Tensor, num_bits: int = 4, group_size: int = 128, symmetric: bool = True,
+                 scale_dtype: torch.dtype = torch.float32) -> QuantizedLinear:
     """Round to nearest on GPTQ's grid, per group of ``group_size`` columns (0: per channel)."""
     N, K = w.shape
     g = group_size or K
@@ -80,13 +85,14 @@ def rtn_quantize(w: torch.Tensor, num_bits: int = 4, group_size: int = 128, symm
     scale, zero = torch.empty(N, K // g, dtype=torch.float64), torch.empty(N, K // g, dtype=torch.float64)
     for j in range(K // g):
         cols = slice(j * g, (j + 1) * g)
-        scale[:, j], zero[:, j] = _params(w[:, cols], num_bits, symmetric)
+        scale[:, j], zero[:, j] = _params(w[:, cols], num_bits, symmetric, scale_dtype)
         q[:, cols] = _round(w[:, cols], scale[:, j:j + 1], zero[:, j:j + 1], num_bits).to(torch.int8)
-    return QuantizedLinear(q, scale.float(), zero.to(torch.int8), None, g, num_bits, symmetric)
+    return QuantizedLinear(q, scale.to(scale_dtype), zero.to(torch.int8), g, num_bits, symmetric)
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_size: int = 128, symmetric: bool = True,
-                  act_order: bool = False, damp: float = 0.01, block: int = 128) -> QuantizedLinear:
+                  act_order: bool = False, damp: float = 0.01, block: int = 128,
+                  scale_dtype: torch.dtype = torch.float32) -> QuantizedLinear:
     """GPTQ of w [N, K] against H [K, K] (``hessian``); group_size 0: per channel."""
     N, K = w.shape
     g = group_size or K
@@ -101,23 +107,28 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    groups = K // g
+    scale, zero = torch.empty(N, groups, dtype=torch.float64), torch.empty(N, groups, dtype=torch.float64)
+    if act_order:  # static groups: every group's parameters from the original weights
+        for j in range(groups):
+            scale[:, j], zero[:, j] = _params(W[:, j * g:(j + 1) * g], num_bits, symmetric, scale_dtype)
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(K)
     W, H = W[:, perm], H[perm][:, perm]
+    group_of = (torch.arange(K) // g)[perm].tolist()  # the group of each column in processing order
     H += damp * torch.diagonal(H).mean() * torch.eye(K, dtype=torch.float64)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # upper factor of H^-1
 
     Q = torch.empty(N, K, dtype=torch.float64)
-    groups = K // g
-    scale, zero = torch.empty(N, groups, dtype=torch.float64), torch.empty(N, groups, dtype=torch.float64)
     for b0 in range(0, K, block):
         b1 = min(b0 + block, K)
         W1, E1, U1 = W[:, b0:b1].clone(), torch.zeros(N, b1 - b0, dtype=torch.float64), U[b0:b1, b0:b1]
         for i in range(b1 - b0):
             k = b0 + i
-            if k % g == 0:  # the group's parameters from the weights as they stand now
+            j = group_of[k]
+            if not act_order and k % g == 0:  # the group's parameters from the weights as they stand now
                 cols = torch.cat([W1[:, i:], W[:, b1:]], dim=1)[:, :g]
-                scale[:, k // g], zero[:, k // g] = _params(cols, num_bits, symmetric)
-            s, z = scale[:, k // g], zero[:, k // g]
+                scale[:, j], zero[:, j] = _params(cols, num_bits, symmetric, scale_dtype)
+            s, z = scale[:, j], zero[:, j]
             q = _round(W1[:, i], s, z, num_bits)
             Q[:, k] = q
             err = (W1[:, i] - s * (q - z)) / U1[i, i]
@@ -125,8 +136,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
             E1[:, i] = err
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
     inv = torch.argsort(perm)
-    g_idx = (torch.arange(K) // g)[inv] if act_order else None
-    return QuantizedLinear(Q[:, inv].to(torch.int8), scale.float(), zero.to(torch.int8), g_idx, g, num_bits,
+    return QuantizedLinear(Q[:, inv].to(torch.int8), scale.to(scale_dtype), zero.to(torch.int8), g, num_bits,
                            symmetric)
 
 
