@@ -262,3 +262,38 @@ def test_command_line_writes_the_checkpoint(tiny, tmp_path, capsys):
     r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "convert_gpu_weights.py"),
                         "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "--quant_type" in r.stdout
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+def test_hybrid_gpu_side_from_gptq_cpu_side_from_the_cpu_converter(arch, converted, tiny, tmp_path):
+    """README "Hybrid: quantize both sides": the GPU side (attention, dense and shared MLPs, the
+    first 8 experts of each MoE layer) from convert_gpu_weights.py, the other experts from
+    convert_cpu_weights.py's int4 through kt_kernel. Small perturbations of the logits add up, so
+    the hybrid's KL against fp32 stays within twice the sum of each side's alone."""
+    from kt_kernel.convert import convert_checkpoint
+    from kt_kernel.integrations.transformers import kt_layers, load_hybrid_model, load_model, load_reference
+
+    src = tiny(arch)
+    cpu = tmp_path / "cpu-int4"
+    convert_checkpoint(src, cpu, "int4", progress=False)
+    ids = torch.tensor(PrintableTokenizer().encode(REFERENCE_PROMPT))
+    with torch.no_grad():
+        ref = teacher_forced_logits(load_reference(src), ids)
+        kl, models = {}, {}
+        for alg in ("gptq", "rtn"):
+            gpu = converted(arch, alg)[0]
+            models[alg] = model = load_hybrid_model(gpu, cpu, "AMXINT4", num_gpu_experts=8, dtype=torch.float32)
+            layers = kt_layers(model)
+            assert layers and all(k.num_gpu_experts == 8 and k.wrapper.weight_path == str(cpu) for k in layers)
+            kl[alg] = logit_agreement(teacher_forced_logits(model, ids), ref)
+        gpu_only = logit_agreement(teacher_forced_logits(_load(converted(arch)[0]), ids), ref).kl_mean
+        cpu_only = logit_agreement(teacher_forced_logits(load_model(src, "AMXINT4", dtype=torch.float32), ids),
+                                   ref).kl_mean
+    assert kl["gptq"].kl_mean < kl["rtn"].kl_mean, kl
+    assert kl["gptq"].kl_mean <= 2 * (gpu_only + cpu_only), (kl["gptq"], gpu_only, cpu_only)
+    # the GPU experts are the GPTQ weights as transformers decompressed them
+    tensors, scheme = _tensors(converted(arch)[0]), _scheme(converted(arch)[0])
+    layer = kt_layers(models["gptq"])[0].layer_idx
+    module = [m for n, m in models["gptq"].named_modules() if n == f"model.layers.{layer}.mlp.experts"][0]
+    down = _decompressed(tensors, f"model.layers.{layer}.mlp.experts.5.down_proj", scheme).float()
+    assert torch.equal(module.kt_gpu_down[5], down)

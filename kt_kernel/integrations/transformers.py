@@ -30,7 +30,9 @@ Expert ids from the routers are logical ids; the wrappers use the identity physi
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -52,7 +54,7 @@ from kt_kernel.wrapper import KTMoEWrapper  # noqa: E402
 
 __all__ = ["IMPLEMENTATION", "register", "implementation_name", "attach", "load_model", "load_reference",
            "load_gguf_model", "load_gguf_reference", "load_fp8_model", "load_fp8_reference", "load_mxfp4_model",
-           "load_mxfp4_reference", "load_int4_model", "load_int4_reference",
+           "load_mxfp4_reference", "load_int4_model", "load_int4_reference", "load_hybrid_model",
            "KTExperts", "kt_layers", "kt_kernel_experts_forward"]
 
 log = logging.getLogger("kt_kernel")
@@ -106,7 +108,7 @@ class KTExperts:
         self.gpu_mask = gpu_mask
         self.num_gpu_experts = int(gpu_mask.sum())
         device, dtype = gate_up.device, gate_up.dtype
-        from_file = method in _FROM_FILE and weight_path is not None
+        from_file = weight_path is not None  # a converted folder, GGUF file or release: not the module's tensors
         if gate_up.is_meta:  # a model built from a GGUF file or FP8 release: its experts' tensors were never made
             if not from_file or (self.num_gpu_experts and gpu_weights is None):
                 raise ValueError(f"layer {layer_idx}: the experts' tensors are on the meta device; methods "
@@ -298,8 +300,10 @@ def attach(model, method: str = DEFAULT_METHOD, *, num_gpu_experts=0, gpu_expert
     the experts are loaded (the module then runs only through kt_kernel).
     max_deferred_experts_per_token: d for every MoE layer whose next decoder layer is an MoE layer
     with CPU experts, 0 for the others (the last among them): see docs/design.md, "Deferred experts".
-    weight_path: for method LLAMAFILE, the GGUF file (a shard of a split set, or their folder)
-    whose ``blk.L.ffn_*_exps`` tensors hold the CPU experts; the GPU experts stay the model's own,
+    weight_path: where the CPU experts are read from instead of the model's tensors: a folder
+    written by convert_cpu_weights.py (its method), a release (FP8, MXFP4, RAWINT4, GPTQ_INT4), or
+    for method LLAMAFILE the GGUF file (a shard of a split set, or their folder) whose
+    ``blk.L.ffn_*_exps`` tensors hold them; the GPU experts stay the model's own,
     unless ``gpu_weights(layer, expert_ids) -> (gate_up [n, 2I, H], down [n, H, I])`` gives them
     (a model built on the meta device, whose fused expert tensors do not exist: load_gguf_model)."""
     impl = implementation_name(method)
@@ -372,6 +376,32 @@ def load_model(path, method: str = DEFAULT_METHOD, *, dtype=torch.bfloat16, devi
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
                                                  experts_implementation=implementation_name(method))
     attach(model.eval(), method, **attach_options)
+    return model.to(device)
+
+
+def load_hybrid_model(gpu_path, cpu_path, method: str = DEFAULT_METHOD, *, dtype=torch.bfloat16, device="cpu",
+                      **attach_options):
+    """A hybrid model whose two sides were quantized apart: ``gpu_path``, the compressed-tensors
+    checkpoint convert_gpu_weights.py wrote (GPTQ W4A16 / W8A16 of attention, dense and shared
+    MLPs and every routed expert), loaded by transformers with compressed-tensors decompressing it
+    (the GPU experts, ``num_gpu_experts`` / ``gpu_experts_mask`` as :func:`attach`, run in torch
+    from those weights); ``cpu_path``, the folder convert_cpu_weights.py wrote from the same model
+    for ``method``, from which kt_kernel runs the other experts. Returns the model in eval mode on
+    ``device`` (the CPU experts stay on the CPU)."""
+    import warnings
+
+    from transformers import CompressedTensorsConfig
+
+    cfg = json.loads((Path(gpu_path) / "config.json").read_text()) if (Path(gpu_path) / "config.json").is_file() else {}
+    if cfg.get("quantization_config", {}).get("quant_method") != "compressed-tensors":
+        raise ValueError(f"gpu_path {gpu_path} is not a compressed-tensors checkpoint (convert_gpu_weights.py writes one)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the model already has a quantization_config": only dequantize is taken
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gpu_path), dtype=dtype, experts_implementation=implementation_name(method),
+            quantization_config=CompressedTensorsConfig(dequantize=True))
+    model.to(dtype)  # transformers leaves the stacked experts in the scales' dtype
+    attach(model.eval(), method, weight_path=str(cpu_path), **attach_options)
     return model.to(device)
 
 
