@@ -85,6 +85,16 @@ def test_tiny_checkpoint_has_the_real_layout(tiny, arch):
     assert not [k for k in keys if "gate_up_proj" in k], "fused expert tensors in the checkpoint"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_model_is_the_same_at_every_build(arch, tmp_path):
+    """Every tensor comes from the seeded generator (gpt-oss's attention sinks once came from
+    transformers' own draw, so each test session ran a different gpt-oss model)."""
+    from kt_kernel.models import build_tiny_model
+
+    a, b = (build_tiny_model(arch, tmp_path / name, seed=0) / "model.safetensors" for name in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
+
+
 @dataclass
 class Reference:
     model: object

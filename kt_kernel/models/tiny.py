@@ -20,7 +20,8 @@ was all near-ties), while a wrong or missing expert still moves the logits by fa
 method's error. Routers get logits of standard deviation ROUTER_SCALE (decisive but not one-hot
 routing), the LM head logits of standard deviation LOGIT_SCALE (a peaked next-token distribution,
 so that top-1 is meaningful), DeepSeek's score-correction bias and gpt-oss's router bias normal(0, SCORE_BIAS_STD), gpt-oss's
-expert biases normal(0, EXPERT_BIAS_STD) (the down bias times the experts' scale). Norm
+expert biases normal(0, EXPERT_BIAS_STD) (the down bias times the experts' scale), its attention
+sinks normal(0, SINK_STD) from a generator of their own. Norm
 weights stay 1. The weights are saved in bf16, as real checkpoints are: the fp32 reference
 computes with exactly the weights kt_kernel's BF16 method holds.
 """
@@ -41,7 +42,9 @@ from kt_kernel.models.tokenizer import TINY_MARKER
 
 __all__ = ["build_tiny_model", "tiny_config", "init_random_weights", "default_cache_dir"]
 
-INIT_VERSION = 3  # bump when the weights drawn for a (config, seed) change: invalidates caches
+INIT_VERSION = 4  # bump when the weights drawn for a (config, seed) change: invalidates caches
+SINK_STD = 0.02  # transformers' initializer_range: the scale the tests' bounds were set with
+SINK_SEED_OFFSET = 1 << 20
 EXPERT_SCALE = 0.5
 ROUTER_SCALE = 1.5
 LOGIT_SCALE = 4.0
@@ -68,8 +71,11 @@ def init_random_weights(model, seed: int = 0) -> None:
     docstring for the scales). The same model class, config and seed give the same weights."""
     g = torch.Generator().manual_seed(seed)
 
+    drawn, sinks = set(), []
+
     def normal_(t: torch.Tensor, std: float) -> None:
         t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float32).mul_(std))
+        drawn.add(id(t))
 
     lm_head = model.get_output_embeddings()
     expert_out = EXPERT_SCALE / getattr(model.config, "routed_scaling_factor", 1.0)
@@ -92,8 +98,21 @@ def init_random_weights(model, seed: int = 0) -> None:
             normal_(module.weight, scale * module.in_features ** -0.5)
             if module.bias is not None:
                 module.bias.zero_()
+                drawn.add(id(module.bias))
         elif isinstance(module, torch.nn.Embedding):
             normal_(module.weight, 1.0)
+        if isinstance(getattr(module, "sinks", None), torch.Tensor):  # gpt-oss's attention sinks (logits per head)
+            sinks.append(module.sinks)
+    # the sinks from a generator of their own, after the rest: every other weight is what it was
+    # before they were drawn here (transformers drew them from the global generator)
+    g = torch.Generator().manual_seed(seed + SINK_SEED_OFFSET)
+    for t in sinks:
+        normal_(t, SINK_STD)
+    # every other tensor is a norm's weight (transformers' ones); anything else would be transformers'
+    # own draw from the global generator, different at every build
+    left = [n for n, t in model.named_parameters() if id(t) not in drawn and "norm" not in n.rsplit(".", 1)[0]]
+    if left:
+        raise RuntimeError(f"init_random_weights does not draw {left[0]}: add a rule for it")
 
 
 def _folder_name(arch: str, config, seed: int) -> str:
