@@ -77,3 +77,28 @@ def test_bad_settings_are_refused():
         gptq_quantize(w, torch.eye(8), 4, 128)
     with pytest.raises(ValueError, match="damp=1.5"):
         gptq_quantize(w, hessian(x), 4, 128, damp=1.5)
+
+
+def test_inverse_upper_factor():
+    from kt_kernel.gpu_convert.gptq import inverse_upper_factor
+
+    w, x = _layer(3)
+    h = hessian(x).double()
+    h += 0.01 * torch.diagonal(h).mean() * torch.eye(K, dtype=torch.float64)
+    u = inverse_upper_factor(h).double()
+    assert torch.equal(u, torch.triu(u))
+    torch.testing.assert_close(u.T @ u, torch.linalg.inv(h), rtol=0, atol=2e-4 * float(torch.linalg.inv(h).abs().max()))
+
+
+def test_row_errors_are_layer_error_by_row():
+    from kt_kernel.gpu_convert.convert import _row_errors
+
+    w, x = _layer(4)
+    h = hessian(x)
+    a, b = rtn_quantize(w, 4, 32).dequantize(), gptq_quantize(w, h, 4, 32).dequantize()
+    via_h = _row_errors(w, [a, b], h, None)
+    via_x = _row_errors(w, [a, b], h, x[:200])  # T < K: through X (its own H)
+    h200 = hessian(x[:200])
+    for per, ref_h in ((via_h, h), (via_x, h200)):
+        for rows, approx in zip(per, (a, b)):
+            assert float(rows.sum()) == pytest.approx(layer_error(w, approx, ref_h), rel=1e-4)

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import torch
 
-from kt_kernel.gpu_convert.gptq import QuantizedLinear, gptq_quantize, hessian, layer_error, rtn_quantize
+from kt_kernel.gpu_convert.gptq import QuantizedLinear, gptq_quantize, hessian, rtn_quantize
 
 __all__ = ["GpuQuantSettings", "QUANT_TYPES", "convert_gpu_weights", "DEFAULT_IGNORE", "REPORT_NAME", "summary"]
 
@@ -144,8 +144,8 @@ class _Calibration:
 
     def _linear(self, name):
         def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            xtx = x.T @ x
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            xtx = (x.T @ x).double()  # fp32 products of one window, summed in fp64
             self.acc[name] = xtx if self.acc[name] is None else self.acc[name] + xtx
             self.rows[name] += x.shape[0]
         return hook
@@ -183,17 +183,39 @@ class _LayerQuantizer:
             raise ValueError(f"{name}: group_size={group} does not divide its input dimension {K}; choose a group "
                              f"size that divides it or leave it unquantized (--ignore {name})")
 
-    def quantize(self, w: torch.Tensor, h: torch.Tensor, name: str) -> tuple:
-        """(QuantizedLinear, GPTQ-or-RTN error, RTN error) of w [N, K] against H."""
+    def quantize(self, weights: list, h: torch.Tensor, x: Optional[torch.Tensor] = None) -> list:
+        """[(name, QuantizedLinear, GPTQ-or-RTN error, RTN error)] of weights [(name, w [N_i, K])]
+        that share their inputs (and so H; x: those inputs [T, K] when at hand): quantized as one
+        stack, one factorization of H."""
         s = self.s
-        self.check_group(name, w.shape[1], s.group_size)
+        for name, w in weights:
+            self.check_group(name, w.shape[1], s.group_size)
+        w = torch.cat([w for _, w in weights]) if len(weights) > 1 else weights[0][1]
         rtn = rtn_quantize(w, s.num_bits, s.group_size, s.symmetric, scale_dtype=self.scale_dtype)
-        e_rtn = layer_error(w, rtn.dequantize(), h)
-        if s.algorithm == "rtn":
-            return rtn, e_rtn, e_rtn
-        q = gptq_quantize(w, h, s.num_bits, s.group_size, s.symmetric, act_order=s.act_order, damp=s.damp,
-                          scale_dtype=self.scale_dtype)
-        return q, layer_error(w, q.dequantize(), h), e_rtn
+        q = rtn if s.algorithm == "rtn" else gptq_quantize(
+            w, h, s.num_bits, s.group_size, s.symmetric, act_order=s.act_order, damp=s.damp,
+            scale_dtype=self.scale_dtype)
+        err_q, err_rtn = _row_errors(w, [q.dequantize(), rtn.dequantize()], h, x)
+        out, r0 = [], 0
+        for name, wi in weights:
+            r1 = r0 + wi.shape[0]
+            out.append((name, q.rows(r0, r1), float(err_q[r0:r1].sum()), float(err_rtn[r0:r1].sum())))
+            r0 = r1
+        return out
+
+
+def _row_errors(w: torch.Tensor, approximations: list, h: torch.Tensor, x: Optional[torch.Tensor]) -> list:
+    """Per output row, the mean output error on the calibration inputs of each approximation of w:
+    (d H d^T) / 2 = |X d^T|^2 / T for d = w - approximation (gptq.layer_error by row), through X
+    when it has fewer rows than columns (T N K operations instead of N K^2), in fp32 (a report)."""
+    w = w.float()
+    d = torch.cat([w - a.float() for a in approximations])
+    if x is not None and x.shape[0] < w.shape[1]:
+        y = x.float() @ d.T
+        per = (y * y).sum(0, dtype=torch.float64) / x.shape[0]
+    else:
+        per = ((d @ h.float()) * d).sum(1, dtype=torch.float64) / 2
+    return list(per.split(w.shape[0]))
 
 
 def _kind(name: str) -> str:
@@ -226,7 +248,7 @@ def quantize_layer(source, i: int, inputs: list, kwargs_list, s: GpuQuantSetting
             key = source.checkpoint_key(prefix + n)
             if cal.rows[n] == 0:
                 raise RuntimeError(f"{key} received no input during calibration")
-            q, e, e_rtn = qz.quantize(m.weight.detach(), cal.hessian(n), key)
+            [(_, q, e, e_rtn)] = qz.quantize([(key, m.weight.detach())], cal.hessian(n))
             m.weight.copy_(q.dequantize())
             packed.update({f"{key}.{part}": v for part, v in _packed(q).items()})
             rows.append({"layer": i, "module": key, "kind": _kind(key), "error": e, "rtn_error": e_rtn})
@@ -244,23 +266,15 @@ def quantize_layer(source, i: int, inputs: list, kwargs_list, s: GpuQuantSetting
                 h_in = hessian(xe)
                 keys = [source.expert_key(i, e, p)[:-len(".weight")] for p in range(3)]
                 gate, up = experts.gate_up_proj[e, :I], experts.gate_up_proj[e, I:]
-                outs = []
-                for key, w in ((keys[0], gate), (keys[1], up)):
-                    if _ignored(key, s.ignore):
-                        outs.append(None)
-                        continue
-                    q, err, e_rtn = qz.quantize(w.detach(), h_in, key)
+                gu = [(key, w) for key, w in ((keys[0], gate), (keys[1], up)) if not _ignored(key, s.ignore)]
+                outs = qz.quantize([(key, w.detach()) for key, w in gu], h_in, xe) if gu else []
+                for (_, w), (_, q, _, _) in zip(gu, outs):
                     w.copy_(q.dequantize())
-                    outs.append((key, q, err, e_rtn))
                 hmid = act(xe @ gate.T) * (xe @ up.T)  # what the quantized gate and up hand the down
                 if not _ignored(keys[2], s.ignore):
-                    q, err, e_rtn = qz.quantize(experts.down_proj[e].detach(), hessian(hmid), keys[2])
-                    experts.down_proj[e].copy_(q.dequantize())
-                    outs.append((keys[2], q, err, e_rtn))
-                for o in outs:
-                    if o is None:
-                        continue
-                    key, q, err, e_rtn = o
+                    outs += qz.quantize([(keys[2], experts.down_proj[e].detach())], hessian(hmid), hmid)
+                    experts.down_proj[e].copy_(outs[-1][1].dequantize())
+                for key, q, err, e_rtn in outs:
                     packed.update({f"{key}.{part}": v for part, v in _packed(q).items()})
                     rows.append({"layer": i, "module": key, "kind": "routed expert", "error": err, "rtn_error": e_rtn,
                                  "expert": e, "tokens": int(routed.numel()), "fallback": bool(fallback)})

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 
-__all__ = ["QuantizedLinear", "gptq_quantize", "rtn_quantize", "layer_error", "hessian"]
+__all__ = ["QuantizedLinear", "gptq_quantize", "rtn_quantize", "layer_error", "hessian", "inverse_upper_factor"]
 
 
 @dataclass
@@ -39,16 +39,27 @@ class QuantizedLinear:
     num_bits: int
     symmetric: bool
 
+    def rows(self, r0: int, r1: int) -> "QuantizedLinear":
+        """Output channels r0..r1 (GPTQ and RTN treat rows independently: quantizing a stack of
+        weights that share their inputs gives each the rows it would get alone)."""
+        return QuantizedLinear(self.q[r0:r1], self.scale[r0:r1], self.zero_point[r0:r1], self.group_size,
+                               self.num_bits, self.symmetric)
+
     def dequantize(self) -> torch.Tensor:
         """scale * (q - zero_point), fp32 (exact: 8-bit integers times a bf16/fp16/fp32 scale)."""
         cols = torch.arange(self.q.shape[1]) // self.group_size
         return self.scale.float()[:, cols] * (self.q.float() - self.zero_point[:, cols].float())
 
 
-def hessian(x: torch.Tensor) -> torch.Tensor:
-    """H = 2 X^T X / T (fp64 accumulation) of calibration inputs x [T, K]."""
-    x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-    return (2.0 / max(x.shape[0], 1)) * (x.T @ x)
+def hessian(x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """H = 2 X^T X / T (fp64) of calibration inputs x [T, K]: fp32 products of ``chunk`` tokens at a
+    time (fp32 GEMMs run 2-4x faster than fp64 ones), summed in fp64."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    h = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    for t in range(0, x.shape[0], chunk):
+        xc = x[t:t + chunk]
+        h += (xc.T @ xc).double()
+    return (2.0 / max(x.shape[0], 1)) * h
 
 
 def _params(w: torch.Tensor, num_bits: int, symmetric: bool, scale_dtype: torch.dtype) -> tuple:
@@ -102,7 +113,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
         raise ValueError(f"the Hessian is {tuple(h.shape)}, expected ({K}, {K}) for a weight of {K} columns")
     if not 0 <= damp < 1:
         raise ValueError(f"damp={damp} must be in [0, 1)")
-    W = w.to(torch.float64).clone()
+    W = w.float().clone()  # the column updates in fp32 (as GPTQ's authors do); H and its factor in fp64
     H = h.to(torch.float64).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
@@ -111,27 +122,30 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
     scale, zero = torch.empty(N, groups, dtype=torch.float64), torch.empty(N, groups, dtype=torch.float64)
     if act_order:  # static groups: every group's parameters from the original weights
         for j in range(groups):
-            scale[:, j], zero[:, j] = _params(W[:, j * g:(j + 1) * g], num_bits, symmetric, scale_dtype)
+            scale[:, j], zero[:, j] = _params(W[:, j * g:(j + 1) * g].double(), num_bits, symmetric, scale_dtype)
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(K)
     W, H = W[:, perm], H[perm][:, perm]
     group_of = (torch.arange(K) // g)[perm].tolist()  # the group of each column in processing order
     H += damp * torch.diagonal(H).mean() * torch.eye(K, dtype=torch.float64)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # upper factor of H^-1
+    U = inverse_upper_factor(H)
 
-    Q = torch.empty(N, K, dtype=torch.float64)
+    Q = torch.empty(N, K, dtype=torch.float32)
     for b0 in range(0, K, block):
         b1 = min(b0 + block, K)
-        W1, E1, U1 = W[:, b0:b1].clone(), torch.zeros(N, b1 - b0, dtype=torch.float64), U[b0:b1, b0:b1]
+        W1, E1, U1 = W[:, b0:b1].clone(), torch.zeros(N, b1 - b0), U[b0:b1, b0:b1]
         for i in range(b1 - b0):
             k = b0 + i
             j = group_of[k]
             if not act_order and k % g == 0:  # the group's parameters from the weights as they stand now
-                cols = torch.cat([W1[:, i:], W[:, b1:]], dim=1)[:, :g]
-                scale[:, j], zero[:, j] = _params(cols, num_bits, symmetric, scale_dtype)
+                cols = W1[:, i:i + g]
+                if cols.shape[1] < g:
+                    cols = torch.cat([cols, W[:, b1:b1 + g - cols.shape[1]]], dim=1)
+                scale[:, j], zero[:, j] = _params(cols.double(), num_bits, symmetric, scale_dtype)
             s, z = scale[:, j], zero[:, j]
-            q = _round(W1[:, i], s, z, num_bits)
-            Q[:, k] = q
-            err = (W1[:, i] - s * (q - z)) / U1[i, i]
+            wk = W1[:, i].double()
+            q = _round(wk, s, z, num_bits)
+            Q[:, k] = q.float()
+            err = ((wk - s * (q - z)) / float(U1[i, i])).float()
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             E1[:, i] = err
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
@@ -140,8 +154,19 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
                            symmetric)
 
 
-def layer_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:
+def inverse_upper_factor(h: torch.Tensor) -> torch.Tensor:
+    """fp32 U, upper triangular, with U^T U = H^-1, from one Cholesky factorization in fp32: with J the
+    exchange matrix, J H J = L L^T gives H = R R^T for the upper R = J L J, so U = R^-1 = J L^-1 J
+    (half the work of factorizing H, inverting it and factorizing the inverse; relative error about
+    1e-5 at K = 7168 with 1% dampening)."""
+    L = torch.linalg.cholesky(h.float().flip(0, 1))
+    eye = torch.eye(h.shape[0], dtype=torch.float32)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+
+
+def layer_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor, dtype: torch.dtype = torch.float64) -> float:
     """The layer's output error on the calibration inputs: tr((W - Q) H (W - Q)^T) / 2, i.e. the
-    mean over tokens of ||x (W - Q)^T||^2 for H = 2 X^T X / T."""
-    d = (w.to(torch.float64) - wq.to(torch.float64))
-    return float(torch.einsum("nk,kl,nl->", d, h.to(torch.float64), d) / 2)
+    mean over tokens of ||x (W - Q)^T||^2 for H = 2 X^T X / T; computed in ``dtype`` (fp32: a
+    report's precision, 2-4x faster at N K^2 operations)."""
+    d = (w.to(torch.float64) - wq.to(torch.float64)).to(dtype)
+    return float(((d @ h.to(dtype)) * d).sum(dtype=torch.float64) / 2)
