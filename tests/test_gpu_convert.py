@@ -27,6 +27,9 @@ from safetensors.torch import load_file  # noqa: E402
 from kt_kernel.gpu_convert import GpuQuantSettings, convert_gpu_weights  # noqa: E402
 from kt_kernel.gpu_convert.cli import main as cli_main  # noqa: E402
 from kt_kernel.gpu_convert.convert import REPORT_NAME, WORK_DIR  # noqa: E402
+from kt_kernel.gpu_convert.load import decompressed_state_dict  # noqa: E402
+from kt_kernel.integrations.transformers import _model_on_meta  # noqa: E402
+from kt_kernel.models.checkpoint import unquantized_config  # noqa: E402
 from kt_kernel.models import PrintableTokenizer, UnsupportedModelError, logit_agreement, teacher_forced_logits  # noqa: E402
 from kt_kernel.models.compare import REFERENCE_PROMPT  # noqa: E402
 from kt_kernel.models.errors import CheckpointError  # noqa: E402
@@ -153,11 +156,14 @@ def test_other_settings_load_and_beat_round_to_nearest(extra, converted):
     asym = not extra.get("symmetric", True)
     assert any(k.endswith("weight_zero_point") for k in tensors) == asym
     q = "model.layers.0.self_attn.q_proj"
-    if asym:
-        # transformers 5.25 stacks routed experts without their zero points (its loader fails on
-        # asymmetric experts); compressed-tensors' decompressor reads them
-        e = "model.layers.0.mlp.experts.3.down_proj"
-        assert _decompressed(tensors, e, _scheme(out)).shape == (256, 128)
+    e = "model.layers.0.mlp.experts.3.down_proj"
+    # kt_kernel's reader (load_hybrid_model's): compressed-tensors' decompressor on every weight
+    model = _model_on_meta(unquantized_config(out), lambda m: decompressed_state_dict(out, m), torch.float32, "eager")
+    params = dict(model.named_parameters())
+    assert torch.equal(params[q + ".weight"].detach(), _decompressed(tensors, q, _scheme(out)).float())
+    assert torch.equal(params["model.layers.0.mlp.experts.down_proj"][3].detach(),
+                       _decompressed(tensors, e, _scheme(out)).float())
+    if asym:  # transformers 5.25 stacks asymmetric routed experts without their zero points and fails
         return
     model = _load(out)
     assert torch.equal(dict(model.named_parameters())[q + ".weight"].detach(),
@@ -297,3 +303,9 @@ def test_hybrid_gpu_side_from_gptq_cpu_side_from_the_cpu_converter(arch, convert
     module = [m for n, m in models["gptq"].named_modules() if n == f"model.layers.{layer}.mlp.experts"][0]
     down = _decompressed(tensors, f"model.layers.{layer}.mlp.experts.5.down_proj", scheme).float()
     assert torch.equal(module.kt_gpu_down[5], down)
+    # an asymmetric GPU side, which transformers' own loader cannot stack, runs too
+    asym = load_hybrid_model(converted(arch, symmetric=False)[0], cpu, "AMXINT4", num_gpu_experts=8,
+                             dtype=torch.float32)
+    with torch.no_grad():
+        kl_asym = logit_agreement(teacher_forced_logits(asym, ids), ref).kl_mean
+    assert kl_asym <= 2 * (gpu_only + cpu_only), (kl_asym, gpu_only, cpu_only)

@@ -447,6 +447,8 @@ def _assemble(source, src: Path, out: Path, work: Path, s: GpuQuantSettings, n_l
             size += item[3]
         shards.append(cur)
         out.mkdir(parents=True, exist_ok=True)
+        for f in out.glob("*.tmp"):  # a killed assembly's temporary files (the folder is this run's)
+            f.unlink()
         names = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors" for j in range(len(shards))])
         weight_map, total = {}, 0

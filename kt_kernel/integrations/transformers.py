@@ -30,9 +30,7 @@ Expert ids from the routers are logical ids; the wrappers use the identity physi
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -383,25 +381,18 @@ def load_hybrid_model(gpu_path, cpu_path, method: str = DEFAULT_METHOD, *, dtype
                       **attach_options):
     """A hybrid model whose two sides were quantized apart: ``gpu_path``, the compressed-tensors
     checkpoint convert_gpu_weights.py wrote (GPTQ W4A16 / W8A16 of attention, dense and shared
-    MLPs and every routed expert), loaded by transformers with compressed-tensors decompressing it
-    (the GPU experts, ``num_gpu_experts`` / ``gpu_experts_mask`` as :func:`attach`, run in torch
-    from those weights); ``cpu_path``, the folder convert_cpu_weights.py wrote from the same model
-    for ``method``, from which kt_kernel runs the other experts. Returns the model in eval mode on
-    ``device`` (the CPU experts stay on the CPU)."""
-    import warnings
+    MLPs and every routed expert), decompressed by compressed-tensors into transformers' model
+    (kt_kernel.gpu_convert.load; the GPU experts, ``num_gpu_experts`` / ``gpu_experts_mask`` as
+    :func:`attach`, run in torch from those weights); ``cpu_path``, the folder
+    convert_cpu_weights.py wrote from the same model for ``method``, from which kt_kernel runs the
+    other experts. Returns the model in eval mode on ``device`` (the CPU experts stay on the CPU)."""
+    from kt_kernel.gpu_convert.load import decompressed_state_dict
+    from kt_kernel.models.checkpoint import unquantized_config
 
-    from transformers import CompressedTensorsConfig
-
-    cfg = json.loads((Path(gpu_path) / "config.json").read_text()) if (Path(gpu_path) / "config.json").is_file() else {}
-    if cfg.get("quantization_config", {}).get("quant_method") != "compressed-tensors":
-        raise ValueError(f"gpu_path {gpu_path} is not a compressed-tensors checkpoint (convert_gpu_weights.py writes one)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "the model already has a quantization_config": only dequantize is taken
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gpu_path), dtype=dtype, experts_implementation=implementation_name(method),
-            quantization_config=CompressedTensorsConfig(dequantize=True))
-    model.to(dtype)  # transformers leaves the stacked experts in the scales' dtype
-    attach(model.eval(), method, weight_path=str(cpu_path), **attach_options)
+    model = _model_on_meta(unquantized_config(gpu_path), lambda m: decompressed_state_dict(gpu_path, m, dtype), dtype,
+                           implementation_name(method))
+    _no_meta_left(model, gpu_path)
+    attach(model, method, weight_path=str(cpu_path), **attach_options)
     return model.to(device)
 
 
