@@ -71,6 +71,10 @@ struct CpuFeatures {
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;  // XCR0 state enabled by the OS
   bool amx_permitted = false;                                // arch_prctl(ARCH_REQ_XCOMP_PERM) granted
+  // aarch64 (HWCAP / HWCAP2): NEON, SDOT/UDOT, SMMLA/USMMLA, BFDOT/BFMMLA, SVE and SVE2 with the
+  // vector length this process runs with (bits; 0 without SVE)
+  bool asimd = false, asimd_dotprod = false, i8mm = false, arm_bf16 = false, sve = false, sve2 = false;
+  int sve_vector_bits = 0;
   FeatureSet features = 0;                                   // what kernels may use on this CPU and OS
   IsaTier best = IsaTier::generic;                           // best_tier(features)
   std::string amx_status;                                    // why AMX is (not) usable

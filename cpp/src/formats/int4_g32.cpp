@@ -21,9 +21,8 @@
 #include <cmath>
 #include <cstring>
 
-#include <emmintrin.h>
-
 #include "format_impl.h"
+#include "formats/lanes4.h"
 #include "kernels/kernel_registry.h"
 
 namespace kt {
@@ -37,36 +36,32 @@ struct GroupFit {
   float err;
 };
 
-// The group loops use SSE2, which every x86-64 CPU has: the quantizer runs at every load from
-// unquantized tensors, and the compiler does not vectorize the clamps and fp sums by itself.
+// The group loops run on four lanes (formats/lanes4.h: SSE2 on x86-64, the same bits elsewhere):
+// the quantizer runs at every load from unquantized tensors.
 // A group shorter than 32 is padded with its last value; `valid` masks the padding out of sums.
+using namespace lanes4;
 struct Group {
-  __m128 w[G / 4];
-  __m128 valid[G / 4];  // all-ones bits for real values, zero for padding
+  F4 w[G / 4];
+  F4 valid[G / 4];  // all-ones bits for real values, zero for padding
 };
 
-float hsum(__m128 v) {
-  __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-}
-
 // q = round_half_even(clamp((w - m) / d, 0, 15)), integers held as floats
-void quantize_with(const Group& g, float d, float m, __m128* q) {
-  const __m128 inv = _mm_set1_ps(d > 0.f ? 1.f / d : 0.f), mv = _mm_set1_ps(m);
-  const __m128 magic = _mm_set1_ps(12582912.0f), hi = _mm_set1_ps(15.f);
+void quantize_with(const Group& g, float d, float m, F4* q) {
+  const F4 inv = set1(d > 0.f ? 1.f / d : 0.f), mv = set1(m);
+  const F4 magic = set1(12582912.0f), hi = set1(15.f);
   for (int i = 0; i < G / 4; ++i) {
-    __m128 t = _mm_mul_ps(_mm_sub_ps(g.w[i], mv), inv);
-    t = _mm_min_ps(_mm_max_ps(t, _mm_setzero_ps()), hi);
-    q[i] = _mm_sub_ps(_mm_add_ps(t, magic), magic);
+    F4 t = mul(sub(g.w[i], mv), inv);
+    t = min(max(t, zero()), hi);
+    q[i] = sub(add(t, magic), magic);
   }
 }
 
-float squared_error(const Group& g, float d, float m, const __m128* q) {
-  const __m128 dv = _mm_set1_ps(d), mv = _mm_set1_ps(m);
-  __m128 acc = _mm_setzero_ps();
+float squared_error(const Group& g, float d, float m, const F4* q) {
+  const F4 dv = set1(d), mv = set1(m);
+  F4 acc = zero();
   for (int i = 0; i < G / 4; ++i) {
-    __m128 e = _mm_and_ps(_mm_sub_ps(_mm_add_ps(_mm_mul_ps(dv, q[i]), mv), g.w[i]), g.valid[i]);
-    acc = _mm_add_ps(acc, _mm_mul_ps(e, e));
+    F4 e = bit_and(sub(add(mul(dv, q[i]), mv), g.w[i]), g.valid[i]);
+    acc = add(acc, mul(e, e));
   }
   return hsum(acc);
 }
@@ -83,29 +78,29 @@ GroupFit fit_group(const float* src, int len) {
       v[j] = src[k < len ? k : len - 1];
       bits[j] = k < len ? ~0u : 0u;
     }
-    g.w[i] = _mm_loadu_ps(v);
-    g.valid[i] = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits)));
+    g.w[i] = load(v);
+    g.valid[i] = load_bits(bits);
   }
-  __m128 q[G / 4];
+  F4 q[G / 4];
   GroupFit best{0, f32_to_f16(lo), 0.f};
   quantize_with(g, 0.f, f16_to_f32(best.m), q);
   best.err = squared_error(g, 0.f, f16_to_f32(best.m), q);
   if (hi == lo) return best;
   const float n = float(len);
-  __m128 swv = _mm_setzero_ps();
-  for (int i = 0; i < G / 4; ++i) swv = _mm_add_ps(swv, _mm_and_ps(g.w[i], g.valid[i]));
+  F4 swv = zero();
+  for (int i = 0; i < G / 4; ++i) swv = add(swv, bit_and(g.w[i], g.valid[i]));
   const float sw = hsum(swv);
   for (float shrink : {1.0f, 0.9f, 0.8f}) {
     float m = lo * shrink, d = (hi - lo) * shrink / 15.f;
     for (int it = 0; it < 2; ++it) {
       quantize_with(g, d, m, q);
       // least squares for w ~ d q + m over the real values
-      __m128 sq = _mm_setzero_ps(), sqq = _mm_setzero_ps(), sqw = _mm_setzero_ps();
+      F4 sq = zero(), sqq = zero(), sqw = zero();
       for (int i = 0; i < G / 4; ++i) {
-        __m128 qi = _mm_and_ps(q[i], g.valid[i]);
-        sq = _mm_add_ps(sq, qi);
-        sqq = _mm_add_ps(sqq, _mm_mul_ps(qi, qi));
-        sqw = _mm_add_ps(sqw, _mm_mul_ps(qi, g.w[i]));
+        F4 qi = bit_and(q[i], g.valid[i]);
+        sq = add(sq, qi);
+        sqq = add(sqq, mul(qi, qi));
+        sqw = add(sqw, mul(qi, g.w[i]));
       }
       const float s_q = hsum(sq), s_qq = hsum(sqq), s_qw = hsum(sqw);
       float det = n * s_qq - s_q * s_q;

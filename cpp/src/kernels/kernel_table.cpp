@@ -19,8 +19,10 @@
 extern "C" {
 [[gnu::visibility("hidden")]] extern const kt::KernelRow* const __start_kt_kernel_rows[];
 [[gnu::visibility("hidden")]] extern const kt::KernelRow* const __stop_kt_kernel_rows[];
-[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __start_kt_emulated_kernel_rows[];
-[[gnu::visibility("hidden")]] extern const kt::KernelRow* const __stop_kt_emulated_kernel_rows[];
+// weak: the emulated rows (kernels/amx_emu, x86 only) are an empty section elsewhere, which the
+// linker does not create; both symbols are then null and the table empty
+[[gnu::visibility("hidden"), gnu::weak]] extern const kt::KernelRow* const __start_kt_emulated_kernel_rows[];
+[[gnu::visibility("hidden"), gnu::weak]] extern const kt::KernelRow* const __stop_kt_emulated_kernel_rows[];
 [[gnu::visibility("hidden")]] extern const kt::QuantizerRow* const __start_kt_reference_quantizer_rows[];
 [[gnu::visibility("hidden")]] extern const kt::QuantizerRow* const __stop_kt_reference_quantizer_rows[];
 }
@@ -91,10 +93,12 @@ void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
 const std::vector<QuantizerRow>& quantizer_table() {
   static const std::vector<QuantizerRow> table = [] {
     std::vector<QuantizerRow> rows = {
+#if defined(__x86_64__)  // the x86 tiers' files are built on x86 only (CMakeLists.txt)
         KT_QROW(int4_g32, kAvx512Obj, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
         KT_QROW(int8_pc, kAvx512Obj, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
         KT_QROW(int4_g32, kAvx2Obj, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
         KT_QROW(int8_pc, kAvx2Obj, quantize_int8pc_8k__avx2, quantize_int8pc_into<quantize_int8pc_8k__avx2>),
+#endif
     };
     std::vector<QuantizerRow> reference;
     for (const QuantizerRow* const* entry = __start_kt_reference_quantizer_rows;
@@ -115,8 +119,10 @@ const std::vector<QuantizerRow>& quantizer_table() {
 
 const std::vector<ActCodecRow>& act_codec_table() {
   static const std::vector<ActCodecRow> table = {
+#if defined(__x86_64__)
       {kAvx512Obj, "act_16__avx512", quantize_act_16__avx512, widen_16__avx512, round_bf16_16__avx512},
       {kAvx2Obj, "act_8__avx2", quantize_act_8__avx2, widen_8__avx2, round_bf16_8__avx2},
+#endif
       {kRef, "act_ref", quantize_act_row, widen_row_ref, round_bf16_row_ref},
   };
   return table;

@@ -1,7 +1,9 @@
 // Worker pool and task queue. See kt/engine.h for the threading model.
 #include "kt/engine.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 #include <sched.h>
 #include <unistd.h>
 
@@ -22,11 +24,20 @@ namespace {
 // two stages of one forward, short enough that an idle engine leaves the cores alone.
 constexpr int kSpinIterations = 2000;
 
+// The spin-wait hint: pause on x86 (yields the core's pipeline to its sibling thread), yield on ARM.
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
 template <class Pred>
 bool spin_until(Pred pred) {
   for (int i = 0; i < kSpinIterations; ++i) {
     if (pred()) return true;
-    _mm_pause();
+    cpu_relax();
   }
   return pred();
 }
