@@ -309,3 +309,30 @@ def test_hybrid_gpu_side_from_gptq_cpu_side_from_the_cpu_converter(arch, convert
     with torch.no_grad():
         kl_asym = logit_agreement(teacher_forced_logits(asym, ids), ref).kl_mean
     assert kl_asym <= 2 * (gpu_only + cpu_only), (kl_asym, gpu_only, cpu_only)
+
+
+def test_fp8_release_as_the_source(tiny, tmp_path):
+    """DeepSeek-V3 ships FP8: its e4m3 weights are decoded with their block scales (torch's
+    float8_e4m3fn times weight_scale_inv) and quantized; the scales are not copied, and an FP8
+    weight left unquantized is written decoded, in bf16."""
+    from kt_kernel.checkpoint.hf import dequantize_fp8
+    from kt_kernel.integrations.transformers import load_fp8_reference
+    from kt_kernel.models.fp8_model import write_fp8_release
+
+    rel = write_fp8_release(tiny("deepseek_v3"), tmp_path / "fp8")
+    ids = torch.tensor(PrintableTokenizer().encode(REFERENCE_PROMPT))
+    kl = {}
+    with torch.no_grad():
+        ref = teacher_forced_logits(load_fp8_reference(rel), ids)
+        for alg in ("gptq", "rtn"):
+            out = tmp_path / alg
+            convert_gpu_weights(rel, out, GpuQuantSettings(**FAST, algorithm=alg, ignore=("re:.*self_attn.o_proj$",)))
+            kl[alg] = logit_agreement(teacher_forced_logits(_load(out), ids), ref).kl_mean
+    assert kl["gptq"] < kl["rtn"], kl
+    tensors, source = _tensors(tmp_path / "gptq"), _tensors(rel)
+    assert not [k for k in tensors if k.endswith("_scale_inv")]
+    o = "model.layers.1.self_attn.o_proj.weight"
+    assert source[o].dtype == torch.float8_e4m3fn and tensors[o].dtype == torch.bfloat16
+    block = tuple(json.loads((rel / "config.json").read_text())["quantization_config"]["weight_block_size"])
+    assert torch.equal(tensors[o], dequantize_fp8(source[o], source[o + "_scale_inv"], block).to(torch.bfloat16))
+    assert "model.layers.1.mlp.experts.3.up_proj.weight_packed" in tensors

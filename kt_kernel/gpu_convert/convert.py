@@ -21,6 +21,10 @@ Sequential calibration, with bounded memory:
    ``weight_shape`` and, when asymmetric, ``weight_zero_point``; every other tensor is copied as
    stored; config.json gets compressed-tensors' quantization_config.
 
+The source may be an FP8 release (quantization_config fp8, e4m3 weights with weight_scale_inv
+blocks): its weights are decoded on reading (LayerSource.stored), its block scales are not copied,
+and an FP8 weight left unquantized is written decoded, in bf16.
+
 Resident at a time: one decoder layer in fp32, the Hessians of its Linears (fp64, K x K each) or of
 one expert, and the windows' hidden states (samples x length x hidden, fp32, twice).
 """
@@ -36,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from kt_kernel.gpu_convert.gptq import QuantizedLinear, gptq_quantize, hessian, rtn_quantize
@@ -345,14 +350,15 @@ def convert_gpu_weights(model_id, output_dir, settings: Optional[GpuQuantSetting
     if not (src / "config.json").is_file():
         raise CheckpointError(f"--model_id {src} has no config.json: not a Hugging Face checkpoint folder")
     raw_cfg = json.loads((src / "config.json").read_text())
-    if raw_cfg.get("quantization_config"):
-        raise CheckpointError(f"{src} is already quantized (quantization_config "
-                              f"{raw_cfg['quantization_config'].get('quant_method', '?')!r}); give the bf16/fp16 checkpoint")
+    qc = raw_cfg.get("quantization_config") or {}
+    if qc and qc.get("quant_method") != "fp8":
+        raise CheckpointError(f"{src} is already quantized (quantization_config {qc.get('quant_method', '?')!r}); give "
+                              "the bf16/fp16 checkpoint or an FP8 release")
     work = _check_output(out)
     if threads:
         torch.set_num_threads(int(threads))
     config = unquantized_config(src)
-    source = LayerSource(src, config)
+    source = LayerSource(src, config, fp8_block=_fp8_block(qc))
     try:
         run_key = s.key(source.index.fingerprint)
         state = {"key": run_key, "done": -1}
@@ -372,8 +378,8 @@ def convert_gpu_weights(model_id, output_dir, settings: Optional[GpuQuantSetting
             inputs.append(h)
         if state["done"] >= 0:
             inputs = _load_inputs(work / "inputs.safetensors")
-        first_dtype = source.stored_dtype(next(k for k in source.index.tensors if k.endswith(".weight")))
-        scale_dtype = _DTYPES.get(first_dtype, torch.bfloat16)
+        scale_dtype = _DTYPES.get(source.stored_dtype(source.checkpoint_key("model.embed_tokens.weight")),
+                                  torch.bfloat16)  # the checkpoint's float dtype (an FP8 release's is bf16)
         for i in range(state["done"] + 1, n_layers):
             t0 = time.perf_counter()
             packed, rows, inputs = quantize_layer(source, i, inputs, kwargs_list[i], s, scale_dtype, progress)
@@ -389,6 +395,11 @@ def convert_gpu_weights(model_id, output_dir, settings: Optional[GpuQuantSetting
         source.close()
     shutil.rmtree(work)
     return report
+
+
+def _fp8_block(qc: dict):
+    """An FP8 release's weight_block_size (default 128 x 128), None for an unquantized checkpoint."""
+    return tuple(qc.get("weight_block_size") or (128, 128)) if qc.get("quant_method") == "fp8" else None
 
 
 def _check_groups(source, s: GpuQuantSettings) -> None:
@@ -427,6 +438,13 @@ def _assemble(source, src: Path, out: Path, work: Path, s: GpuQuantSettings, n_l
         plan = []  # (output key, dtype, shape, nbytes, read)
         for key in sorted(source.index.tensors):
             base = key[:-len(".weight")] if key.endswith(".weight") else None
+            if key.endswith(".weight_scale_inv") and source.fp8_block is not None:
+                continue  # an FP8 release's block scales: its weights are quantized or decoded here
+            if base is not None and base not in bases and source.stored_dtype(key) == "F8_E4M3":
+                t = source.index.tensors[key][1]
+                decoded = lambda key=key: _np(source.stored(key).to(torch.bfloat16))[2]  # noqa: E731
+                plan.append((key, "BF16", t["shape"], 2 * int(np.prod(t["shape"])), decoded))
+                continue
             if base in bases:
                 for part in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"):
                     k = f"{base}.{part}"

@@ -44,7 +44,7 @@ class _Recorder(torch.nn.Module):
 class LayerSource:
     """The decoder layers of the checkpoint in ``path``, made real one at a time (fp32, CPU)."""
 
-    def __init__(self, path, config):
+    def __init__(self, path, config, fp8_block=None):
         from kt_kernel.models.checkpoint import _meta_model
 
         self.path = Path(path)
@@ -60,6 +60,8 @@ class LayerSource:
         self.layers = self.inner.layers
         self.index = index_tensors(self.path, CheckpointError)
         self.maps = MappedFolder(self.path, self.index.tensors)
+        # an FP8 release (DeepSeek-V3/R1, Kimi-K2): e4m3 weights with weight_scale_inv per block
+        self.fp8_block = fp8_block
         self.experts = {layer: name for layer, name, _ in find_experts_modules(self.model)}
         self._kwargs = None
 
@@ -68,12 +70,22 @@ class LayerSource:
 
     # ---- tensors -----------------------------------------------------------------------------
     def stored(self, key: str) -> torch.Tensor:
-        """The checkpoint tensor ``key`` in fp32 (F32, F16 or BF16 as stored)."""
+        """The checkpoint tensor ``key`` in fp32: F32, F16 or BF16 as stored, or an FP8 release's
+        e4m3 weight times its weight_scale_inv blocks (torch's float8_e4m3fn decoding)."""
         if key not in self.index.tensors:
             raise CheckpointError(f"{self.path} has no tensor {key}")
         meta = self.index.tensors[key][1]
+        if meta["dtype"] == "F8_E4M3" and self.fp8_block is not None:
+            from kt_kernel.checkpoint.hf import dequantize_fp8
+
+            scale_key = key + "_scale_inv"
+            if scale_key not in self.index.tensors:
+                raise CheckpointError(f"{key} is F8_E4M3 but {self.path} has no {scale_key}")
+            q = torch.from_numpy(np.array(self.maps.array(key)).view(np.uint8)).view(torch.float8_e4m3fn)
+            return dequantize_fp8(q.reshape(meta["shape"]), self.stored(scale_key), self.fp8_block)
         if meta["dtype"] not in ("F32", "F16", "BF16"):
-            raise CheckpointError(f"{key} in {self.path} is {meta['dtype']}; GPTQ takes F32, F16 or BF16 checkpoints")
+            raise CheckpointError(f"{key} in {self.path} is {meta['dtype']}; GPTQ takes F32, F16 or BF16 checkpoints "
+                                  "and FP8 releases")
         return torch.from_numpy(np.array(as_float32(self.maps.array(key), meta["dtype"]))).reshape(meta["shape"])
 
     def stored_dtype(self, key: str) -> str:
