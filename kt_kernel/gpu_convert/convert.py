@@ -336,12 +336,9 @@ def convert_gpu_weights(model_id, output_dir, settings: Optional[GpuQuantSetting
     """Quantizes the Linear weights of the decoder layers of the HF checkpoint ``model_id`` (a
     folder) and writes a compressed-tensors checkpoint to ``output_dir``. Resumes an unfinished
     run into the same folder with the same settings. ``on_layer(i)`` is called after layer i is
-    committed; ``progress(layer, done, total)`` after each module or expert. Returns the report."""
-    from kt_kernel.gpu_convert.calibration import calibration_samples, load_texts
-    from kt_kernel.gpu_convert.source import LayerSource
-    from kt_kernel.models.checkpoint import unquantized_config
+    committed; ``progress(layer, done, total)`` after each module or expert. ``threads``: torch's
+    threads during the run (the caller's count again afterwards). Returns the report."""
     from kt_kernel.models.errors import CheckpointError
-    from kt_kernel.models.tokenizer import load_tokenizer
 
     s = settings or GpuQuantSettings()
     src, out = Path(model_id), Path(output_dir)
@@ -356,7 +353,19 @@ def convert_gpu_weights(model_id, output_dir, settings: Optional[GpuQuantSetting
                               "the bf16/fp16 checkpoint or an FP8 release")
     work = _check_output(out)
     if threads:
-        torch.set_num_threads(int(threads))
+        from kt_kernel.threads import torch_threads
+
+        with torch_threads(int(threads)):  # the caller's count again afterwards
+            return _convert(src, out, work, s, qc, on_layer, progress)
+    return _convert(src, out, work, s, qc, on_layer, progress)
+
+
+def _convert(src: Path, out: Path, work: Path, s: GpuQuantSettings, qc: dict, on_layer, progress) -> dict:
+    from kt_kernel.gpu_convert.calibration import calibration_samples, load_texts
+    from kt_kernel.gpu_convert.source import LayerSource
+    from kt_kernel.models.checkpoint import unquantized_config
+    from kt_kernel.models.tokenizer import load_tokenizer
+
     config = unquantized_config(src)
     source = LayerSource(src, config, fp8_block=_fp8_block(qc))
     try:
