@@ -3,8 +3,9 @@
 # (every ISA-free source: the engine, the formats, the MoE operator, the generic tier's kernels)
 # with the MoE test driver tests/cpp/moe_check.cpp, and Debian's qemu-user runs it on
 # CPU models with and without dotprod, i8mm, bf16 and SVE (vector lengths 128, 256 and 512 bits):
-# the driver checks every weight format's layer against an fp64 layer, and this script checks that
-# the features each model reports are the ones it has.
+# the driver checks every weight format's layer against an fp64 layer, this script checks that the
+# features each model reports are the ones it has, and that the aarch64 build's outputs are bit for
+# bit those of the same sources built for x86-64 without its tiers.
 #   sudo apt-get install g++-aarch64-linux-gnu qemu-user      # once
 #   bash scripts/check_aarch64.sh
 set -euo pipefail
@@ -42,6 +43,18 @@ if ! "$QEMU" -cpu max,sve256=on "$BUILD/moe_check" > "$BUILD/moe_check.log"; the
   exit 1
 fi
 tail -1 "$BUILD/moe_check.log"
+# the same sources and flags built for this x86-64 host without its tiers (KT_X86_TIERS=0: the
+# generic kernels and reference quantizers only) must give the same output bits in every case: the
+# same weights quantized and run on ARM and on x86 agree exactly
+g++ -std=c++20 -O2 -Wall -Wextra -Wno-unused-parameter -fno-math-errno -ffp-contract=off -DKT_X86_TIERS=0 \
+  -Icpp/include -Icpp/src -Icpp $SOURCES tests/cpp/moe_check.cpp -o "$BUILD/moe_check_x86" -pthread -ldl
+KT_KERNEL_ISA=generic "$BUILD/moe_check_x86" > "$BUILD/moe_check_x86.log"
+digests() { grep -o '^ok *[a-z0-9_A-Z]* *subpools [0-9] M *[0-9]*\|digest [0-9a-f]*' "$1" | paste - -; }
+if ! diff <(digests "$BUILD/moe_check_x86.log") <(digests "$BUILD/moe_check.log") >&2; then
+  echo "check_aarch64: the aarch64 and x86-64 generic builds differ in the cases above" >&2
+  exit 1
+fi
+echo "the aarch64 and x86-64 generic builds: the same output bits in all $(grep -c digest "$BUILD/moe_check.log") cases"
 for model in "${order[@]}"; do
   head=$("$QEMU" -cpu "$model" "$BUILD/moe_check" --features)
   echo "-cpu $model: $head"

@@ -14,6 +14,7 @@
 #include "formats/format_impl.h"
 #include "kernels/kernel_decls.h"
 #include "kernels/kernel_registry.h"
+#include "kernels/x86_tiers.h"
 
 // The rows the kernel files registered (kernels/kernel_registry.h), bounded by the linker.
 extern "C" {
@@ -93,7 +94,7 @@ void quantize_int8pc_into(const float* w, int N, int K, QuantizedMatrix* out) {
 const std::vector<QuantizerRow>& quantizer_table() {
   static const std::vector<QuantizerRow> table = [] {
     std::vector<QuantizerRow> rows = {
-#if defined(__x86_64__)  // the x86 tiers' files are built on x86 only (CMakeLists.txt)
+#if KT_X86_TIERS  // the x86 tiers' files are built on x86 only (CMakeLists.txt)
         KT_QROW(int4_g32, kAvx512Obj, quantize_int4g32_16g__avx512, quantize_int4g32_into<quantize_int4g32_16g__avx512>),
         KT_QROW(int8_pc, kAvx512Obj, quantize_int8pc_16k__avx512, quantize_int8pc_into<quantize_int8pc_16k__avx512>),
         KT_QROW(int4_g32, kAvx2Obj, quantize_int4g32_8g__avx2, quantize_int4g32_into<quantize_int4g32_8g__avx2>),
@@ -119,7 +120,7 @@ const std::vector<QuantizerRow>& quantizer_table() {
 
 const std::vector<ActCodecRow>& act_codec_table() {
   static const std::vector<ActCodecRow> table = {
-#if defined(__x86_64__)
+#if KT_X86_TIERS
       {kAvx512Obj, "act_16__avx512", quantize_act_16__avx512, widen_16__avx512, round_bf16_16__avx512},
       {kAvx2Obj, "act_8__avx2", quantize_act_8__avx2, widen_8__avx2, round_bf16_8__avx2},
 #endif

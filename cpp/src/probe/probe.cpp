@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "kt/cpu_features.h"
+#include "kernels/x86_tiers.h"
 
 namespace kt::probe {
 namespace {
@@ -114,7 +115,7 @@ struct Family {
 // One row per instruction family; a family runs where the active features cover its tier's. The
 // amx tier needs amx_tile, which is set only where AMX is permitted (arch_prctl granted) and never
 // under the amx_emu override (amx_tile_emu instead), so the tile families run on real tiles only.
-#if defined(__x86_64__)  // the x86 tiers' loops (kernels/*/probe_*.cpp) are built on x86 only
+#if KT_X86_TIERS  // the x86 tiers' loops (kernels/*/probe_*.cpp) are built on x86 only
 const Family kFamilies[] = {
     {"fp32_fma_ymm", "vfmadd231ps ymm", "GFLOP/s", IsaTier::avx2, 16, kYmmAccumulators, fma_f32_ymm__avx2},
     {"fp32_fma_zmm", "vfmadd231ps zmm", "GFLOP/s", IsaTier::avx512, 32, kZmmAccumulators, fma_f32_zmm__avx512},
@@ -157,7 +158,7 @@ BandwidthResult measure_bandwidth(int threads, size_t mib, int repeats, std::opt
   r.pinned = pin;
   uint64_t (*read)(const void*, size_t) = read_sum_generic;
   r.loads = "64-bit scalar (generic)";
-#if defined(__x86_64__)
+#if KT_X86_TIERS
   const FeatureSet have = active_features();
   if (covers(have, tier_features(IsaTier::avx512))) {
     read = read_sum__avx512;
