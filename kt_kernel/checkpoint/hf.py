@@ -63,6 +63,13 @@ _VIEW_AS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": t
 INPUT_TYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "F8_E4M3"}
 
 
+def as_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
+    """The torch tensor of a safetensors tensor's elements read as NUMPY_DTYPES gives them (bf16
+    and fp8 as raw bits), in torch's own dtype; shares raw's memory."""
+    out = torch.from_numpy(raw)
+    return out.view(_VIEW_AS[dtype]) if dtype in _VIEW_AS else out
+
+
 def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block) -> torch.Tensor:
     """fp32 weights of an e4m3 [N, K] tensor with one fp32 scale per [bn, bk] block."""
     bn, bk = block
@@ -207,10 +214,7 @@ class HFCheckpoint:
             os.close(fd)
         if got != n:
             raise ConversionError(f"{self.path / fname} is truncated: reading {key} got {got} of {n} bytes")
-        out = torch.from_numpy(buf.view(NUMPY_DTYPES[t["dtype"]]).reshape(shape))
-        if t["dtype"] in _VIEW_AS:
-            out = out.view(_VIEW_AS[t["dtype"]])
-        return out
+        return as_torch(buf.view(NUMPY_DTYPES[t["dtype"]]).reshape(shape), t["dtype"])
 
     def expert(self, layer: int, e: int, proj: int) -> torch.Tensor:
         """Weights of one projection (0 gate, 1 up, 2 down) of one expert, fp32 [N, K]."""

@@ -21,8 +21,6 @@ from kt_kernel.models.errors import CheckpointError
 __all__ = ["decompressed_state_dict"]
 
 _PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-_TORCH = {"I32": torch.int32, "I64": torch.int64, "I8": torch.int8, "U8": torch.uint8, "BF16": torch.bfloat16,
-          "F16": torch.float16, "F32": torch.float32}
 
 
 class _Reader:
@@ -47,20 +45,24 @@ class _Reader:
         self.maps = MappedFolder(path, self.index.tensors)
 
     def tensor(self, key: str) -> torch.Tensor:
-        meta = self.index.tensors[key][1]
-        raw = np.array(self.maps.array(key))
-        if meta["dtype"] == "BF16":
-            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).reshape(meta["shape"])
-        return torch.from_numpy(raw).to(_TORCH[meta["dtype"]]).reshape(meta["shape"])
+        from kt_kernel.checkpoint.hf import as_torch
 
-    def weight(self, base: str) -> torch.Tensor:
-        """``base.weight`` as stored, or decompressed from its pack-quantized parts; fp32."""
-        if f"{base}.weight" in self.index.tensors:
-            return self.tensor(f"{base}.weight").float()
-        if f"{base}.weight_packed" not in self.index.tensors:
-            raise CheckpointError(f"{self.path} has neither {base}.weight nor {base}.weight_packed")
-        parts = {p: self.tensor(f"{base}.{p}") for p in _PARTS if f"{base}.{p}" in self.index.tensors}
-        return self.compressor.decompress(parts, self.scheme)["weight"].float()
+        return as_torch(np.array(self.maps.array(key)), self.index.tensors[key][1]["dtype"])
+
+    def read(self, key: str):
+        """Checkpoint key ``key`` in fp32: as stored, or a weight decompressed from its
+        pack-quantized parts; None where the checkpoint has neither."""
+        base = key[:-len(".weight")] if key.endswith(".weight") else None
+        if key not in self.index.tensors and base is not None and f"{base}.weight_packed" in self.index.tensors:
+            parts = {p: self.tensor(f"{base}.{p}") for p in _PARTS if f"{base}.{p}" in self.index.tensors}
+            return self.compressor.decompress(parts, self.scheme)["weight"].float()
+        return self.tensor(key).float() if key in self.index.tensors else None
+
+    def expert(self, key: str) -> torch.Tensor:
+        w = self.read(key)
+        if w is None:
+            raise CheckpointError(f"{self.path} has neither {key} nor {key}_packed")
+        return w
 
     def close(self):
         self.maps.close()
@@ -68,41 +70,29 @@ class _Reader:
 
 def decompressed_state_dict(path, model, dtype=torch.float32) -> dict:
     """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` (its tied output
-    aside), from the compressed-tensors checkpoint at ``path``."""
+    aside), from the compressed-tensors checkpoint at ``path``: the routed experts stacked here,
+    the rest through models.checkpoint.stored_state_dict."""
     from kt_kernel.models.architectures import architecture
-    from kt_kernel.models.checkpoint import find_experts_modules
+    from kt_kernel.models.checkpoint import find_experts_modules, stored_state_dict
 
     path = Path(path)
     arch = architecture(model.config.model_type)
     experts = {f"{name}.{p}": (layer, p) for layer, name, _ in find_experts_modules(model)
                for p in ("gate_up_proj", "down_proj")}
-    tied = "lm_head.weight" if model.config.tie_word_embeddings else None
+    params = model.state_dict()
     reader = _Reader(path)
-    out = {}
     try:
-        for name, t in model.state_dict().items():
-            if name == tied:
-                continue
-            if name in experts:
-                layer, which = experts[name]
-                E = t.shape[0]
-                if which == "down_proj":
-                    w = torch.stack([reader.weight(arch.expert_key(layer, e, 2)[:-len(".weight")]) for e in range(E)])
-                else:
-                    w = torch.stack([torch.cat([reader.weight(arch.expert_key(layer, e, p)[:-len(".weight")])
-                                                for p in (0, 1)]) for e in range(E)])
+        out = stored_state_dict(path, model, set(experts), dtype, read=reader.read)
+        for name, (layer, which) in experts.items():
+            E = params[name].shape[0]
+            if which == "down_proj":
+                w = torch.stack([reader.expert(arch.expert_key(layer, e, 2)) for e in range(E)])
             else:
-                key = arch.checkpoint_name(name)
-                if name.endswith(".weight") and f"{key}.weight" not in reader.index.tensors and \
-                        f"{key[:-len('.weight')]}.weight_packed" in reader.index.tensors:
-                    w = reader.weight(key[:-len(".weight")])
-                elif key in reader.index.tensors:
-                    w = reader.tensor(key).float()
-                else:
-                    raise CheckpointError(f"{path} has no tensor {key}, which {type(model).__name__} needs")
-            if tuple(w.shape) != tuple(t.shape):
+                w = torch.stack([torch.cat([reader.expert(arch.expert_key(layer, e, p)) for p in (0, 1)])
+                                 for e in range(E)])
+            if tuple(w.shape) != tuple(params[name].shape):
                 raise CheckpointError(f"{name}: {tuple(w.shape)} in {path}, {type(model).__name__} expects "
-                                      f"{tuple(t.shape)}")
+                                      f"{tuple(params[name].shape)}")
             out[name] = w.to(dtype)
     finally:
         reader.close()

@@ -94,34 +94,43 @@ def unquantized_config(path):
     return config
 
 
-def stored_state_dict(path, model, skip: set, dtype=torch.float32) -> dict:
+def stored_state_dict(path, model, skip: set, dtype=torch.float32, read=None) -> dict:
     """transformers name -> tensor (``dtype``, CPU) of every tensor of ``model`` but those in ``skip``
-    and its tied output, read as stored (F32, F16 or BF16) from the checkpoint in ``path``, under
-    their checkpoint names (arch.checkpoint_name)."""
+    and its tied output, under their checkpoint names (arch.checkpoint_name): ``read(key)``, an fp32
+    tensor or None where the checkpoint has none (default: the tensor as stored, F32, F16 or BF16,
+    from the checkpoint in ``path``)."""
     import numpy as np
 
     from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 
     arch = architecture(model.config.model_type)
-    tensors = index_tensors(path, CheckpointError).tensors
     tied = "lm_head.weight" if model.config.tie_word_embeddings else None
-    maps = MappedFolder(path, tensors)
+    maps = None
+    if read is None:
+        tensors = index_tensors(path, CheckpointError).tensors
+        maps = MappedFolder(path, tensors)
+
+        def read(key):
+            if key not in tensors:
+                return None
+            meta = tensors[key][1]
+            return torch.from_numpy(np.array(as_float32(maps.array(key), meta["dtype"]))).reshape(meta["shape"])
     out = {}
     try:
         for name, t in model.state_dict().items():
             if name in skip or name == tied:
                 continue
             key = arch.checkpoint_name(name)  # Mixtral's checkpoints say block_sparse_moe for mlp
-            if key not in tensors:
+            w = read(key)
+            if w is None:
                 raise CheckpointError(f"{path} has no tensor {key}, which {type(model).__name__} needs")
-            meta = tensors[key][1]
-            w = torch.from_numpy(np.array(as_float32(maps.array(key), meta["dtype"]))).reshape(meta["shape"])
             if tuple(w.shape) != tuple(t.shape):
                 raise CheckpointError(f"{key} has shape {tuple(w.shape)} in {path}, {type(model).__name__} expects "
                                       f"{tuple(t.shape)}")
             out[name] = w.to(dtype)
     finally:
-        maps.close()
+        if maps is not None:
+            maps.close()
     return out
 
 
