@@ -380,13 +380,12 @@ def _convert(src: Path, out: Path, work: Path, s: GpuQuantSettings, qc: dict, on
         work.mkdir(parents=True, exist_ok=True)
         n_layers = len(source.layers)
         windows = calibration_samples(load_tokenizer(src), load_texts(s.dataset), s.num_samples, s.max_length)
-        kwargs_list, inputs = None, []
-        for w in windows:
-            h, kw = source.layer_inputs(w)
-            kwargs_list = kwargs_list or kw
-            inputs.append(h)
-        if state["done"] >= 0:
+        if state["done"] >= 0:  # resumed: the next layer's inputs were committed; the arguments of any window do
+            kwargs_list = source.layer_inputs(windows[0])[1]
             inputs = _load_inputs(work / "inputs.safetensors")
+        else:
+            firsts = [source.layer_inputs(w) for w in windows]
+            inputs, kwargs_list = [h for h, _ in firsts], firsts[0][1]
         scale_dtype = _DTYPES.get(source.stored_dtype(source.checkpoint_key("model.embed_tokens.weight")),
                                   torch.bfloat16)  # the checkpoint's float dtype (an FP8 release's is bf16)
         for i in range(state["done"] + 1, n_layers):

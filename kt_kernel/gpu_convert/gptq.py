@@ -113,7 +113,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, num_bits: int = 4, group_siz
         raise ValueError(f"the Hessian is {tuple(h.shape)}, expected ({K}, {K}) for a weight of {K} columns")
     if not 0 <= damp < 1:
         raise ValueError(f"damp={damp} must be in [0, 1)")
-    W = w.float().clone()  # the column updates in fp32 (as GPTQ's authors do); H and its factor in fp64
+    W = w.float().clone()  # H in fp64; its factor (inverse_upper_factor) and the column updates in fp32
     H = h.to(torch.float64).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0

@@ -63,7 +63,7 @@ class LayerSource:
         # an FP8 release (DeepSeek-V3/R1, Kimi-K2): e4m3 weights with weight_scale_inv per block
         self.fp8_block = fp8_block
         self.experts = {layer: name for layer, name, _ in find_experts_modules(self.model)}
-        self._kwargs = None
+        self._embed_ready = False  # the embedding and rotary tables made real (layer_inputs' first call)
 
     def close(self) -> None:
         self.maps.close()
@@ -76,13 +76,13 @@ class LayerSource:
             raise CheckpointError(f"{self.path} has no tensor {key}")
         meta = self.index.tensors[key][1]
         if meta["dtype"] == "F8_E4M3" and self.fp8_block is not None:
-            from kt_kernel.checkpoint.hf import dequantize_fp8
+            from kt_kernel.checkpoint.hf import as_torch, dequantize_fp8
 
             scale_key = key + "_scale_inv"
             if scale_key not in self.index.tensors:
                 raise CheckpointError(f"{key} is F8_E4M3 but {self.path} has no {scale_key}")
-            q = torch.from_numpy(np.array(self.maps.array(key)).view(np.uint8)).view(torch.float8_e4m3fn)
-            return dequantize_fp8(q.reshape(meta["shape"]), self.stored(scale_key), self.fp8_block)
+            q = as_torch(np.array(self.maps.array(key)), meta["dtype"])  # a private copy: the map is read-only
+            return dequantize_fp8(q, self.stored(scale_key), self.fp8_block)
         if meta["dtype"] not in ("F32", "F16", "BF16"):
             raise CheckpointError(f"{key} in {self.path} is {meta['dtype']}; GPTQ takes F32, F16 or BF16 checkpoints "
                                   "and FP8 releases")
@@ -109,7 +109,7 @@ class LayerSource:
     def layer_inputs(self, input_ids: torch.Tensor) -> tuple:
         """(hidden states entering layer 0 [1, L, H] fp32, per-layer keyword arguments) for one
         sample's ``input_ids`` [L]: the arguments are those of every sample of that length."""
-        if not hasattr(self, "_embed_ready"):
+        if not self._embed_ready:
             self._materialize(self.inner.embed_tokens, "model.embed_tokens.")
             rotary = getattr(self.inner, "rotary_emb", None)
             if rotary is not None:
