@@ -545,7 +545,8 @@ def table_row(r: dict) -> str:
 
 def file_note(f: dict) -> str:
     ours = f.get("ours")
-    kernels = f"; ours: {ours['kernel']} ({ours['tier']})" if ours else ""
+    kernels = (f"; ours: {ours['kernel']} ({ours['tier']}, weight stream prefetch {ours.get('prefetch', '?')})"
+               if ours else "")
     return (f"- {f['type']}: {f['bytes'] / 2**30:.2f} GiB file, its blocks: {f['blocks']} "
             f"({100 * f['subnormal_share']:.2f}% of the {f['subnormal_what']} subnormal){kernels}")
 

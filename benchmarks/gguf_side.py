@@ -173,6 +173,7 @@ def open_layer(case: dict):
 # ---- the sides: each returns (forward(x, ids, w) -> bf16 [M, H], what it ran) ----------------
 
 def ours(layer, case: dict):
+    import kt_kernel
     from kt_kernel import KTMoEWrapper
 
     wrapper = KTMoEWrapper(layer_idx=layer.layer_idx, num_experts=layer.E, num_experts_per_tok=layer.K,
@@ -181,7 +182,8 @@ def ours(layer, case: dict):
                            method=layer.method)
     wrapper.load_weights()
     return wrapper.forward, {"formats": list(wrapper.formats), "kernel": wrapper.kernel_description,
-                             "tier": wrapper.isa_tier, "weight_bytes": wrapper.weight_bytes}
+                             "tier": wrapper.isa_tier, "weight_bytes": wrapper.weight_bytes,
+                             "prefetch": kt_kernel.cpu_info()["stream_prefetch"]}
 
 
 def torch_peer(layer, case: dict):

@@ -3,7 +3,8 @@
 Prints, in sections:
   CPU          brand, vendor, family/model, the features CPUID/XGETBV report;
   NUMA         the nodes as the OS names them, their CPUs and those this process may use;
-  ISA tier     the tier kt_kernel's kernels use and why AMX is (not) used (kt_kernel.cpu_info());
+  ISA tier     the tier kt_kernel's kernels use, why AMX is (not) used, and where the decode
+               kernels prefetch the weight stream (kt_kernel.cpu_info());
   bandwidth    streaming read bandwidth (1 thread and N threads, best and median GB/s);
   peaks        the peak of each instruction family this CPU has, on N threads at once;
   decode       predicted decode tokens/s per method for the model shapes asked for: an UPPER BOUND
@@ -163,6 +164,7 @@ def main(argv=None) -> dict:
     print(f"kt_kernel uses: {info['active_tier']} (best this CPU runs: {info['best_tier']}"
           f"{'; override ' + info['override'] if info['override'] else ''})")
     print(f"AMX: {info['amx']}")
+    print(f"weight stream prefetch: {info['stream_prefetch']} (KT_KERNEL_PREFETCH=l1|l2 forces one)")
 
     how = {None: "pinned as the engine pins its workers", True: "--pin", False: "--no-pin"}[args.pin]
     print(f"\nmeasuring with {args.threads} threads ({how}) ...", flush=True)

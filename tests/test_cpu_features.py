@@ -264,3 +264,104 @@ def test_kernel_tables_are_sorted_by_the_stated_key():
     for rows in [KERNEL_ROWS, EMULATED_ROWS]:
         assert len({r["name"] for r in rows}) == len(rows)
         assert rows == sorted(rows, key=key)
+
+
+def _proc_cpuinfo(key: str) -> int | None:
+    """The first `key : value` of /proc/cpuinfo as an int, or None where it has none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return int(value.strip())
+    except OSError:
+        pass
+    return None
+
+
+def test_family_and_model_are_the_kernels():
+    """CPUID leaf 1's display family and model, as Linux decodes them."""
+    family, model = _proc_cpuinfo("cpu family"), _proc_cpuinfo("model")
+    if family is None:
+        pytest.skip("no x86 /proc/cpuinfo")
+    assert (INFO["family"], INFO["model"]) == (family, model)
+
+
+# ---- the weight stream's software prefetch (kt/cpu_features.h stream_prefetch) -----------------
+
+_PREFETCH_PROBE = """
+import sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import kt_kernel, gguf_reference as gr
+from kt_kernel import _ext
+print(kt_kernel.cpu_info()["stream_prefetch"])
+E, K, H, I = 4, 2, 512, 1024
+rng = np.random.default_rng(3)
+out = []
+for fmt in ("q4_K", "q5_K", "q6_K", "iq4_xs", "q8_0"):
+    blocks = [np.stack([gr.random_blocks(fmt, n, k, rng, scale=2.0**-6) for _ in range(E)])
+              for n, k in ((I, H), (I, H), (H, I))]
+    layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), E, K, H, I, "LLAMAFILE", [1] * E, 64, formats=[fmt, fmt])
+    pmap = torch.arange(E)
+    layer.load_quantized([[b.ctypes.data] for b in blocks], pmap.data_ptr(), E)
+    for M in (1, 3, 9):  # fused rows, then the shared decode
+        x = torch.randn(M, H, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(M))
+        ids = torch.tensor([[m % E, (m + 1) % E] for m in range(M)], dtype=torch.int32)
+        w = torch.full((M, K), 0.5)
+        job, y = layer.submit(x.data_ptr(), "bfloat16", ids.data_ptr(), False, w.data_ptr(), "float32", M)
+        job.wait()
+        out.append(bytes(y.view(np.int16)))
+import hashlib
+print(hashlib.sha256(b"".join(out)).hexdigest())
+"""
+
+
+def _prefetch_run(policy: str | None) -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "KT_KERNEL_PREFETCH"}
+    if policy is not None:
+        env["KT_KERNEL_PREFETCH"] = policy
+    r = subprocess.run([sys.executable, "-c", _PREFETCH_PROBE, str(Path(__file__).parent)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    chosen, digest = r.stdout.split()
+    return chosen, digest
+
+
+def test_stream_prefetch_default_follows_the_cpu():
+    """l1 (prefetcht0) on AMD family 1Ah, where it measured faster; l2 elsewhere."""
+    if "KT_KERNEL_PREFETCH" in __import__("os").environ:
+        pytest.skip("KT_KERNEL_PREFETCH is set in this environment")
+    zen5 = INFO["vendor"] == "AuthenticAMD" and INFO["family"] >= 0x1A
+    assert INFO["stream_prefetch"] == ("l1" if zen5 else "l2")
+
+
+def test_stream_prefetch_changes_no_result():
+    """The GGUF word-layout kernels under both policies (forced by KT_KERNEL_PREFETCH) give the
+    same bits: a prefetch moves data, never a value."""
+    if not {"avx512_vnni"} <= set(INFO["features"]):
+        pytest.skip("the policy steers the AVX512-VNNI GGUF kernels only")
+    (c1, d1), (c2, d2) = _prefetch_run("l1"), _prefetch_run("l2")
+    assert (c1, c2) == ("l1", "l2")
+    assert d1 == d2
+
+
+def test_unknown_stream_prefetch_raises_at_construction():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import kt_kernel\nfrom kt_kernel import KTMoEWrapper\n"
+            "KTMoEWrapper(layer_idx=0, num_experts=4, num_experts_per_tok=2, hidden_size=256, "
+            "moe_intermediate_size=256, num_gpu_experts=0, cpuinfer_threads=1, threadpool_count=1, "
+            "weight_path=None, chunked_prefill_size=8, method='BF16')\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KT_KERNEL_PREFETCH": "l3"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "KT_KERNEL_PREFETCH='l3'" in r.stderr and "'l1' or 'l2'" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" in r.stderr  # a Python exception, not a crash

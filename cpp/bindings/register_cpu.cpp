@@ -15,6 +15,8 @@ void register_cpu(py::module_& m) {
     py::dict d;
     d["vendor"] = f.vendor;
     d["brand"] = f.brand;
+    d["family"] = f.family;
+    d["model"] = f.model;
     d["flags"] = f.flags();
     d["features"] = feature_names(f.features);
     d["best_tier"] = tier_name(f.best);
@@ -31,6 +33,7 @@ void register_cpu(py::module_& m) {
     if (covers(f.features, tier_features(IsaTier::avx512_bf16))) emulated.push_back(kAmxEmuOverride);
     d["emulated_tiers"] = emulated;
     d["amx"] = f.amx_status;
+    d["stream_prefetch"] = stream_prefetch_name(stream_prefetch());
     return d;
   });
   m.def("set_isa", &set_isa_override, py::arg("name"));

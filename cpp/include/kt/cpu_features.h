@@ -65,6 +65,7 @@ std::string isa_label(FeatureSet set);
 struct CpuFeatures {
   std::string vendor;
   std::string brand;
+  int family = 0, model = 0;  // x86 display family and model (CPUID leaf 1); 0 elsewhere
   bool sse42 = false, avx = false, avx2 = false, fma = false, f16c = false, avx_vnni = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool avx512_vnni = false, avx512_bf16 = false;
@@ -90,5 +91,15 @@ FeatureSet active_features();
 IsaTier active_tier();  // best_tier(active_features())
 void set_isa_override(const std::string& name);  // "" clears the override
 std::string isa_override();
+
+// Where the decode kernels prefetch the weight stream ahead of their loads (gguf_vnni::
+// prefetch_ahead): l1 (prefetcht0, 8 KiB ahead) or l2 (prefetcht1, 16 KiB ahead). Which one keeps
+// more lines in flight differs by core, so it is chosen per CPU from measurements: l1 on AMD
+// family 1Ah (Zen 5), l2 elsewhere (measured on Zen 4; docs/benchmarks/notes.md).
+// KT_KERNEL_PREFETCH=l1|l2 forces one. Decided once per process; an unknown value throws
+// std::invalid_argument (the MoE layer asks at construction, before any kernel runs).
+enum class StreamPrefetch : int { l2 = 0, l1 = 1 };
+StreamPrefetch stream_prefetch();
+const char* stream_prefetch_name(StreamPrefetch p);
 
 }  // namespace kt

@@ -157,6 +157,23 @@ FeatureSet active_features() {
 
 IsaTier active_tier() { return best_tier(active_features()); }
 
+const char* stream_prefetch_name(StreamPrefetch p) { return p == StreamPrefetch::l1 ? "l1" : "l2"; }
+
+StreamPrefetch stream_prefetch() {
+  static const StreamPrefetch chosen = [] {
+    const char* env = std::getenv("KT_KERNEL_PREFETCH");
+    if (env && *env) {
+      const std::string v = env;
+      if (v == "l1") return StreamPrefetch::l1;
+      if (v == "l2") return StreamPrefetch::l2;
+      throw std::invalid_argument("KT_KERNEL_PREFETCH='" + v + "': expected 'l1' or 'l2' (or unset: chosen by CPU)");
+    }
+    const CpuFeatures& f = cpu_features();
+    return f.vendor == "AuthenticAMD" && f.family >= 0x1a ? StreamPrefetch::l1 : StreamPrefetch::l2;
+  }();
+  return chosen;
+}
+
 void set_isa_override(const std::string& name) {
   if (!name.empty()) named_set_on_this_cpu(name, "set_isa", /*in_force=*/false);
   std::lock_guard<std::mutex> lock(g_override_mu);

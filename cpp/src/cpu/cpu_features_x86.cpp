@@ -76,6 +76,9 @@ CpuFeatures detect() {
     while (!f.brand.empty() && f.brand.front() == ' ') f.brand.erase(0, 1);
   }
   Regs r1 = cpuid(1, 0);
+  const int base_family = int((r1.a >> 8) & 0xf), base_model = int((r1.a >> 4) & 0xf);
+  f.family = base_family == 0xf ? base_family + int((r1.a >> 20) & 0xff) : base_family;
+  f.model = base_family == 0x6 || base_family == 0xf ? base_model | int((r1.a >> 12) & 0xf0) : base_model;
   f.sse42 = bit(r1.c, 20);
   f.fma = bit(r1.c, 12);
   f.f16c = bit(r1.c, 29);

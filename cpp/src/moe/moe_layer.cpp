@@ -228,6 +228,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Engine> engine, MoeConfig config)
     fail(std::string(dn.name) + " down rows are whole blocks of " + std::to_string(dn.k_align) +
          " weights: moe_intermediate_size=" + std::to_string(cfg_.intermediate) + " is not a multiple");
   features_ = active_features();
+  stream_prefetch();  // a bad KT_KERNEL_PREFETCH raises here, not in a kernel
   gate_up_.select(cfg_.format, features_);
   down_.select(cfg_.down_format, features_);
   last_kernels_.assign(cfg_.num_experts, nullptr);

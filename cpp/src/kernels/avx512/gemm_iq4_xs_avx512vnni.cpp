@@ -15,7 +15,7 @@ struct Iq4Xs : gguf_vnni::WordKQuant<Iq4Xs> {
   using Block = BlockIq4Xs;
   static constexpr int kSub = 32;
   static constexpr bool kOneScale = true;
-  static constexpr bool kPrefetchAhead = true;  // see gguf_vnni::prefetch_ahead
+  static constexpr bool kL2Prefetch = true;  // see gguf_vnni::prefetch_ahead
 
   // qs byte 16j + l (sub-block j): index of k = 32j + l (low nibble) and 32j + 16 + l (high).
   template <class Put>

@@ -16,7 +16,7 @@ struct Q4_K : gguf_vnni::WordKQuant<Q4_K> {
   using Block = BlockQ4_K;
   static constexpr int kSub = 32;
   static constexpr bool kOneScale = false;
-  static constexpr bool kPrefetchAhead = false;  // see gguf_vnni::prefetch_ahead
+  static constexpr bool kL2Prefetch = false;  // see gguf_vnni::prefetch_ahead
 
   // qs byte 32t + l (t < 4, l < 32): low nibble k = 64t + l, high nibble k + 32. Word i of qs of
   // the 16 rows (lane c: bytes 4i .. 4i+3 of row c) holds 4 consecutive k in its low nibbles and

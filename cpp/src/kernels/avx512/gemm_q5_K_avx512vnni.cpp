@@ -19,7 +19,7 @@ struct Q5_K : gguf_vnni::WordKQuant<Q5_K> {
   using Block = BlockQ5_K;
   static constexpr int kSub = 32;
   static constexpr bool kOneScale = false;
-  static constexpr bool kPrefetchAhead = true;  // see gguf_vnni::prefetch_ahead
+  static constexpr bool kL2Prefetch = true;  // see gguf_vnni::prefetch_ahead
 
   // qs as q4_K's (word i: low nibbles k = 64 (i / 8) + 4 (i % 8), high ones k + 32); the fifth bit
   // of k is bit k / 32 of qh[k % 32], in qh's word i % 8.

@@ -16,7 +16,7 @@ struct Q6_K : gguf_vnni::WordKQuant<Q6_K> {
   using Block = BlockQ6_K;
   static constexpr int kSub = 16;
   static constexpr bool kOneScale = true;
-  static constexpr bool kPrefetchAhead = true;  // see gguf_vnni::prefetch_ahead
+  static constexpr bool kL2Prefetch = true;  // see gguf_vnni::prefetch_ahead
 
   // ql byte 64h + b: low nibble of k = 128h + b (b < 32, s = 0) or 128h + b (b >= 32, s = 1), high
   // nibble k + 64 (s + 2); its high bits are bits 2s, 2s + 1 of qh[32h + b % 32].

@@ -5,7 +5,7 @@
 // had held q8_0's decode to 24 GB/s per core from the L3).
 //   block = a.d * d * (sum_k (q + 128) a.q[k] - 128 * a.sum)        (isum exact in int32)
 // Up to kFusedRows rows per expert (decode) take each word from its load straight into their
-// vpdpbusd, with no software prefetch (the words are read in order; see prefetch_ahead); more rows
+// vpdpbusd, prefetching the stream only where the CPU wants it in L1 (see prefetch_ahead); more rows
 // share the decoded k-block.
 #include "formats/gguf_word_layout.h"
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
@@ -35,6 +35,7 @@ struct Q8_0 {
   }
   template <int R>
   static void fused_rows(const BlockQ8_0* b, const Act* const* a, float* acc, Decoded& D) {
+    gguf_vnni::prefetch_ahead</*kL2Prefetch=*/false>(b);
     const gguf_vnni::Words<BlockQ8_0> w(b);
     __m512i is[R];
     for (int r = 0; r < R; ++r) is[r] = _mm512_setzero_si512();

@@ -47,6 +47,7 @@
 
 #include "kernels/avx512/avx512_driver.h"
 #include "kernels/row_blocks.h"
+#include "kt/cpu_features.h"
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
 
@@ -268,27 +269,37 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
     kquant_accumulate<kOneScale>(D, i1[r], kquant_min_sums(D, *a[r]), *a[r], acc + kPanelN * r);
 }
 
-// The k-block's worth of lines kAheadBytes on (the stream runs on across panels) into L2
-// (prefetcht1), before each fused k-block of the types that ask for it (kPrefetchAhead); past the
-// matrix's end it touches nothing. Measured on one Zen 4 core at shape A, m = 1, weights from
-// DRAM: the hardware prefetcher alone left the fused rows waiting for memory (q5_K 1.9 ms);
-// prefetcht0 3 k-blocks ahead helped (q5_K 1.3-1.5, q6_K 2.0-2.3 ms) but stalled on the burst of
-// L1 fills; prefetcht1 took q5_K to 0.85 and q6_K to 1.1 ms. 12 KiB to 20 KiB ahead measured alike
-// within the noise. q5_K and q6_K read each k-block's words out of order (two regions in turn),
-// which the hardware prefetcher does not follow: one thread at A, M = 8 ran at 63% and 23% of a
-// one-thread probe without, 64% (q6_K) with. q4_K and q8_0 read their words in order: there the
-// hardware prefetcher does better alone (q4_K at B, M = 1: 99% against 89%; q8_0 at A, M = 8:
-// 82% against 71%). The unfused decode of more rows lost speed with prefetcht0 (q4_K, 2 rows: 1.2
-// to 1.5 ms) and takes none.
-constexpr size_t kAheadBytes = size_t(16) << 10;
-template <class Block>
+// The k-block's worth of lines a few KiB on (the stream runs on across panels), before each fused
+// k-block (the fused rows of the word layouts); past the matrix's end it touches nothing.
+// Where to and how far is the CPU's (stream_prefetch(), kt/cpu_features.h):
+//   l2: prefetcht1 16 KiB ahead. On one Zen 4 core at shape A, m = 1, weights from DRAM: the
+//       hardware prefetcher alone left the fused rows waiting for memory (q5_K 1.9 ms); prefetcht0
+//       3 k-blocks ahead helped (q5_K 1.3-1.5, q6_K 2.0-2.3 ms) but stalled on the burst of L1
+//       fills; prefetcht1 took q5_K to 0.85 and q6_K to 1.1 ms; 12 to 20 KiB alike.
+//   l1: prefetcht0 8 KiB ahead. On Zen 5 (2 threads, A, M = 8, the memory's fast state of about
+//       85 GB/s) prefetcht1 16 KiB left q4_K and iq4_xs at 71-75% of the read bandwidth and
+//       prefetcht0 at 4 to 12 KiB took both to 82-86% (16 KiB: 79-80%, 32 KiB: 75%); in the
+//       slow state (about 50 GB/s) 100% against 87-91%.
+// Under l2 only the types that ask (kL2Prefetch) prefetch: q5_K and q6_K read each k-block's words
+// out of order (two regions in turn), which the hardware prefetcher does not follow; q4_K and q8_0
+// read in order, and on Zen 4 the hardware prefetcher did better alone (q4_K at B, M = 1: 99%
+// against 89%; q8_0 at A, M = 8: 82% against 71%). Under l1 every type prefetches: on Zen 5 q4_K
+// without ran at 47% of an 85 GB/s probe (3.4 ms per call, iq4_xs with prefetcht1 2.0 ms). The
+// unfused decode of more rows lost speed with prefetcht0 on Zen 4 (q4_K, 2 rows: 1.2 to 1.5 ms)
+// and takes none.
+template <bool kL2Prefetch, class Block>
 inline void prefetch_ahead(const Block* b) {
   constexpr size_t kBytes = sizeof(GgufPanelBlock<Block>);
-  const char* next = reinterpret_cast<const char*>(b) + kAheadBytes;
-  for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(next + l, _MM_HINT_T1);
+  static const bool to_l1 = stream_prefetch() == StreamPrefetch::l1;
+  const char* at = reinterpret_cast<const char*>(b);
+  if (to_l1) {
+    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(at + (size_t(8) << 10) + l, _MM_HINT_T0);
+  } else if constexpr (kL2Prefetch) {
+    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(at + (size_t(16) << 10) + l, _MM_HINT_T1);
+  }
 }
 
-// A K-quant in the word layout (Words) gives Block, kSub, kOneScale, kPrefetchAhead, weights(b, put), which calls
+// A K-quant in the word layout (Words) gives Block, kSub, kOneScale, kL2Prefetch, weights(b, put), which calls
 // put(g, q) with each decoded q[g], g = 0, 1, ..., 63 in order, and scales(b, D) (D.sc, D.mc,
 // D.d, D.dmin); WordKQuant<T> makes it a driver Format, with fused_rows for a few rows.
 template <class T>
@@ -313,7 +324,7 @@ struct WordKQuant {
   template <int R, class Block>
   static void fused_rows(const Block* b, const ActQ8x256* const* a, float* acc, KBlock& D) {
     constexpr int G = T::kSub / 4;
-    if constexpr (T::kPrefetchAhead) prefetch_ahead(b);
+    prefetch_ahead<T::kL2Prefetch>(b);
     T::scales(b, D);
     __m512i i1[R], is[R];
     for (int r = 0; r < R; ++r) i1[r] = is[r] = _mm512_setzero_si512();
