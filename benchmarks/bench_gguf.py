@@ -518,7 +518,7 @@ def run_type(shape: Shape, fmt: str, args, inputs: Path, cases, probe: MachineLi
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     ours = results.get("ours", {}).get("info")
     if ours:
-        file["ours"] = {k: ours[k] for k in ("kernel", "tier")}
+        file["ours"] = {k: ours[k] for k in ("kernel", "tier", "prefetch") if k in ours}
     return case_rows(shape, fmt, results, ref, cases[1], args), file
 
 

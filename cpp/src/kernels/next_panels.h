@@ -14,19 +14,25 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kt/cpu_features.h"
+
 namespace kt {
 namespace {
 
 struct NextPanels {
   const uint8_t* at[4] = {nullptr, nullptr, nullptr, nullptr};  // per matrix or panel; nullptr: none
   uint32_t step = 0;                          // bytes per step, 16.16 fixed point: (64 << 16) / P
+  bool to_l1 = false;                         // prefetcht0 instead of prefetcht1 (stream_ahead on l1 CPUs)
 
   // _mm_prefetch, not an asm statement like the AMX driver's: gcc 12 deletes the calls of a
   // function whose only effects are prefetches unless it is inlined early, which this one-line
   // member is (its prefetcht1 are in the kernels' code); the asm prefetch made the avx512_bf16
   // BF16 kernel slower at prefill through its code generation (docs/benchmarks/notes.md).
   inline void touch(int t, int s) const {
-    if (at[t]) _mm_prefetch(reinterpret_cast<const char*>(at[t] + ((size_t(s) * step) >> 16)), _MM_HINT_T1);
+    if (!at[t]) return;
+    const char* line = reinterpret_cast<const char*>(at[t] + ((size_t(s) * step) >> 16));
+    if (to_l1) _mm_prefetch(line, _MM_HINT_T0);
+    else _mm_prefetch(line, _MM_HINT_T1);
   }
 };
 
@@ -46,12 +52,16 @@ inline NextPanels next_panel_slice(const uint8_t* const* next, int nm, size_t pa
 // prefetcher alone left one AVX2 thread streaming int4 experts at 75% of the VNNI kernel's rate:
 // its ymm tile spends twice the instructions per line, so fewer lines are in flight.
 // kStreamAhead: the shortest distance that measured as fast as any longer one for the int4 AVX2
-// kernels at m=1 (distances from 1 KiB to a whole panel: docs/benchmarks/notes.md).
+// kernels at m=1 (distances from 1 KiB to a whole panel: docs/benchmarks/notes.md). Into L1
+// (prefetcht0) on the CPUs whose stream_prefetch() is l1 (Zen 5: int4 at A, M = 8, as fast as
+// prefetcht1 or faster; 8 KiB measured alike), else L2.
 constexpr size_t kStreamAhead = size_t(4) << 10;
 
 inline NextPanels stream_ahead(const uint8_t* const* cur, int nm, size_t distance) {
+  static const bool to_l1 = stream_prefetch() == StreamPrefetch::l1;
   NextPanels pf;
   pf.step = 64u << 16;
+  pf.to_l1 = to_l1;
   for (int t = 0; t < nm; ++t) pf.at[t] = cur[t] + distance;
   return pf;
 }

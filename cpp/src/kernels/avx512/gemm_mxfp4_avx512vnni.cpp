@@ -7,7 +7,8 @@
 // bandwidth at M = 1 on shape A, against 26% of the int8 peak at M = 512).
 //   block = a.d * 2^(e-128) * (sum_k (v + 128) a.q[k] - 128 * a.sum)        (isum exact in int32)
 // Up to kFusedRows rows per expert (decode) take each word from its load straight into their
-// vpdpbusd; more rows share the decoded k-block. Reference: formats/mxfp4.cpp.
+// vpdpbusd, prefetching the stream only where the CPU wants it in L1 (see prefetch_ahead); more
+// rows share the decoded k-block. Reference: formats/mxfp4.cpp.
 #include "formats/gguf_word_layout.h"
 #include "kernels/avx512/gguf_driver_avx512vnni.h"
 #include "kernels/kernel_registry.h"
@@ -61,6 +62,7 @@ struct Mxfp4 {
   }
   template <int R>
   static void fused_rows(const BlockMxfp4* b, const Act* const* a, float* acc, Decoded& D) {
+    gguf_vnni::prefetch_ahead</*kL2Prefetch=*/false>(b);
     const Words w(b);
     const __m512i tab = levels();
     __m512i is[R];
