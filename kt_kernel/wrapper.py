@@ -15,7 +15,7 @@ import torch
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
-from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS
+from kt_kernel.checkpoint.int4_release import INT4_RELEASE_METHODS
 from kt_kernel.checkpoint.hf import checkpoint_activation, gpt_oss_activation
 from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, is_mxfp4
 from kt_kernel.hf_config import read_config, text_config
@@ -185,7 +185,7 @@ class KTMoEWrapper:
         method = resolve_method(method)
         if method not in METHODS and method != GGUF_METHOD and method not in INT4_RELEASE_METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}, "
-                             f"{', '.join(INT4_RELEASE_METHODS)} (compressed-tensors int4 releases), {GGUF_METHOD} (the "
+                             f"{', '.join(INT4_RELEASE_METHODS)} (compressed-tensors and AutoGPTQ int4 releases), {GGUF_METHOD} (the "
                              "experts of a GGUF file, each projection in the file's type)")
         if not isinstance(cpu_save, (bool, str, os.PathLike)):
             raise TypeError(f"cpu_save must be False, True or a folder path, got {type(cpu_save).__name__}")
@@ -238,8 +238,8 @@ class KTMoEWrapper:
 
     @property
     def _native_method(self) -> str:
-        """The method whose format the layer packs: a compressed-tensors int4 release (RAWINT4,
-        GPTQ_INT4) loads exactly into AMXINT4's int4_g32 (kt_kernel/checkpoint/ct_int4.py)."""
+        """The method whose format the layer packs: an int4 release (RAWINT4, GPTQ_INT4) loads
+        exactly into AMXINT4's int4_g32 (kt_kernel/checkpoint/int4_release.py)."""
         return "AMXINT4" if self.method in INT4_RELEASE_METHODS else self.method
 
     def _build_native_layer(self) -> None:

@@ -86,6 +86,15 @@ def dequantize(q: dict) -> np.ndarray:
     raise ValueError(f"reference has no dequantizer for format {fmt!r}")
 
 
+def dequantize_int4_release(arrays: dict, proj: str, e: int) -> np.ndarray:
+    """fp32 [N, K] of expert ``e``'s ``proj`` in an int4 release reader's layer_arrays (packed bytes
+    with k even in the low nibble, int4_g32's d and m), through dequantize."""
+    packed = arrays[(proj, "qweight")][e]
+    values = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+    return dequantize({"format": "int4_g32", "N": values.shape[0], "K": values.shape[1], "values": values,
+                       "group_scale": arrays[(proj, "scale")][e], "group_min": arrays[(proj, "min")][e]})
+
+
 # ---- packers ------------------------------------------------------------------------------
 
 

@@ -134,7 +134,7 @@ def test_converter_takes_an_int4_release(release, tmp_path, quant_method, moe):
     ref = reference.moe_forward(x.float(), ids, wts, gate_up[:, :I], gate_up[:, I:], down)
     moe.assert_close_fp32(w.forward(x, ids, wts), ref, {"int8": "int8_pc", "int4": "int4_g32"}[quant_method],
                           f"{method} converted from an int4 release")
-    with pytest.raises(Exception, match="--input-type bf16 but .* is a compressed-tensors pack-quantized release: use --input-type rawint4"):
+    with pytest.raises(Exception, match="--input-type bf16 but .* is a compressed-tensors pack-quantized or AutoGPTQ int4 release: use --input-type rawint4"):
         convert_checkpoint(path, tmp_path / "b", "int4", input_type="bf16", progress=False)
 
 

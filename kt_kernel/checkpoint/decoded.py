@@ -1,5 +1,5 @@
-"""Released checkpoints seen as float weights, for the converter: a compressed-tensors int4
-release's experts decoded (scale * (q - zero point)) and a gpt-oss MXFP4 release's (e2m1 times
+"""Released checkpoints seen as float weights, for the converter: a compressed-tensors or AutoGPTQ
+int4 release's experts decoded (scale * (q - zero point)) and a gpt-oss MXFP4 release's (e2m1 times
 2^(s - 127), gate and up from the interleaved rows), both exact in fp32, so that
 ``convert_cpu_weights.py --input-type rawint4|mxfp4`` turns a release into kt_kernel's INT8 or
 INT4 folders, as a bf16 or fp8 checkpoint. The experts are decoded one projection at a time (never
@@ -12,7 +12,9 @@ from typing import Optional
 
 import torch
 
+from kt_kernel.checkpoint.autogptq import AutoGptqCheckpoint, is_autogptq_int4
 from kt_kernel.checkpoint.ct_int4 import CompressedInt4Checkpoint, is_compressed_int4
+from kt_kernel.checkpoint.int4_release import Int4Release
 from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.hf import HFCheckpoint, open_hf_checkpoint
 from kt_kernel.checkpoint.mxfp4 import MXFP4Checkpoint, dequantize_gpt_oss, is_mxfp4
@@ -22,10 +24,10 @@ __all__ = ["DecodedInt4Checkpoint", "DecodedMxfp4Checkpoint", "open_convert_sour
 
 
 class DecodedInt4Checkpoint(HFCheckpoint):
-    """A compressed-tensors int4 release's routed experts as fp32 weights (HFCheckpoint's interface:
-    ``expert``, ``read`` of the other tensors, ``non_expert_keys``, ``layer_bytes``)."""
+    """An int4 release's routed experts as fp32 weights (HFCheckpoint's interface: ``expert``,
+    ``read`` of the other tensors, ``non_expert_keys``, ``layer_bytes``)."""
     kind = "hf-int4-decoded"
-    release: CompressedInt4Checkpoint = None
+    release: Int4Release = None
 
     def expert(self, layer: int, e: int, proj: int) -> torch.Tensor:  # the converter's threads call it at once
         return torch.from_numpy(self.release.decode(layer, e, proj))
@@ -34,8 +36,8 @@ class DecodedInt4Checkpoint(HFCheckpoint):
         return 0.5
 
     def record(self) -> dict:
-        return {"path": str(self.path.resolve()), "fingerprint": self.fingerprint, "layout": "compressed-tensors",
-                "dtype": "int4 pack-quantized"}
+        return {"path": str(self.path.resolve()), "fingerprint": self.fingerprint, "layout": self.release.layout_name,
+                "dtype": "int4 " + ("pack-quantized" if isinstance(self.release, CompressedInt4Checkpoint) else "gptq")}
 
 
 class DecodedMxfp4Checkpoint(HFCheckpoint):
@@ -87,14 +89,16 @@ def _decoded_mxfp4(path) -> DecodedMxfp4Checkpoint:
 
 
 def _decoded_int4(path) -> DecodedInt4Checkpoint:
-    return _decoded(DecodedInt4Checkpoint, CompressedInt4Checkpoint(path, "RAWINT4"), layout="per-expert", dtype="I4")
+    release = (AutoGptqCheckpoint if is_autogptq_int4(path) else CompressedInt4Checkpoint)(path, "RAWINT4")
+    return _decoded(DecodedInt4Checkpoint, release, layout="per-expert", dtype="I4")
 
 
 def open_convert_source(path, input_type: Optional[str] = None) -> HFCheckpoint:
     """The converter's reader of ``path``: an HF checkpoint of float or fp8 experts, or with
     ``input_type`` rawint4 / mxfp4 (or such a release found when it is None) the release decoded.
     ``input_type`` names what the folder must hold."""
-    kinds = {"rawint4": (is_compressed_int4(path), _decoded_int4, "a compressed-tensors pack-quantized release"),
+    kinds = {"rawint4": (is_compressed_int4(path) or is_autogptq_int4(path), _decoded_int4,
+                         "a compressed-tensors pack-quantized or AutoGPTQ int4 release"),
              "mxfp4": (is_mxfp4(path), _decoded_mxfp4, "a gpt-oss MXFP4 release (quantization_config mxfp4)")}
     for name, (found, open_it, what) in kinds.items():
         if input_type == name and not found:

@@ -20,8 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--input-path", required=True, help="HF checkpoint folder: config.json, safetensors, index")
     p.add_argument("--input-type", choices=["bf16", "fp16", "fp32", "fp8", "rawint4", "mxfp4"], default=None,
                    help="what the experts are (checked; default: read from the checkpoint): a float dtype, fp8 "
-                        "(e4m3 with block scales), rawint4 (a compressed-tensors int4 release: Kimi-K2-Thinking, "
-                        "GPTQ), mxfp4 (a gpt-oss release: its expert biases are kept beside the weights)")
+                        "(e4m3 with block scales), rawint4 (a compressed-tensors or AutoGPTQ int4 release: Kimi-K2-Thinking, "
+                        "*-GPTQ-Int4), mxfp4 (a gpt-oss release: its expert biases are kept beside the weights)")
     p.add_argument("--output", required=True, help="output folder (new or empty, or the one to --resume)")
     p.add_argument("--quant-method", choices=sorted(QUANT_METHODS), default="int4",
                    help="; ".join(f"{f['quant_method']}: {f['method']} ({f['name']}, {f['bits_per_weight']:g} bits "

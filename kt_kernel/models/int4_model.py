@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kt_kernel.checkpoint.autogptq import is_autogptq_int4
 from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, decode_int4_g32, is_compressed_int4
 from kt_kernel.models.architectures import ARCHITECTURES
 from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
@@ -23,10 +24,18 @@ from kt_kernel.models.errors import CheckpointError, UnsupportedModelError
 __all__ = ["int4_state_dict", "int4_expert_weights", "write_int4_release"]
 
 
-def _release(path) -> CompressedInt4Checkpoint:
+def _require_compressed_int4(path) -> None:
+    if is_autogptq_int4(path):
+        raise UnsupportedModelError(f"{path} is an AutoGPTQ release: its routed experts load with KTMoEWrapper("
+                                    "method='GPTQ_INT4' or 'RAWINT4', weight_path=...); a whole AutoGPTQ model in "
+                                    "transformers is not supported here (its other linear layers are GPTQ-packed too)")
     if not is_compressed_int4(path):
         raise CheckpointError(f"{path}: config.json's quantization_config is not compressed-tensors pack-quantized; "
                               "load it with load_model")
+
+
+def _release(path) -> CompressedInt4Checkpoint:
+    _require_compressed_int4(path)
     return CompressedInt4Checkpoint(path, INT4_RELEASE_METHODS[0])
 
 
@@ -35,6 +44,7 @@ def int4_state_dict(path, model, dtype=torch.float32) -> dict:
     experts and tied output, read from the release at ``path`` (stored unquantized there)."""
     from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules, stored_state_dict
 
+    _require_compressed_int4(path)
     return stored_state_dict(path, model, expert_parameter_names(find_experts_modules(model)), dtype)
 
 
