@@ -299,13 +299,23 @@ print(kt_kernel.cpu_info()["stream_prefetch"])
 E, K, H, I = 4, 2, 512, 1024
 rng = np.random.default_rng(3)
 out = []
-for fmt in ("q4_K", "q5_K", "q6_K", "iq4_xs", "q8_0"):
-    blocks = [np.stack([gr.random_blocks(fmt, n, k, rng, scale=2.0**-6) for _ in range(E)])
-              for n, k in ((I, H), (I, H), (H, I))]
-    layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), E, K, H, I, "LLAMAFILE", [1] * E, 64, formats=[fmt, fmt])
-    pmap = torch.arange(E)
-    layer.load_quantized([[b.ctypes.data] for b in blocks], pmap.data_ptr(), E)
-    for M in (1, 3, 9):  # fused rows, then the shared decode
+def layers():
+    for fmt in ("q4_K", "q5_K", "q6_K", "iq4_xs", "q8_0", "mxfp4"):
+        blocks = [np.stack([gr.random_blocks(fmt, n, k, rng, scale=2.0**-6) for _ in range(E)])
+                  for n, k in ((I, H), (I, H), (H, I))]
+        layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), E, K, H, I, "LLAMAFILE", [1] * E, 64, formats=[fmt, fmt])
+        pmap = torch.arange(E)
+        layer.load_quantized([[b.ctypes.data] for b in blocks], pmap.data_ptr(), E)
+        yield layer
+    for method in ("AMXINT4", "AMXINT8", "BF16"):  # the vector drivers' stream_ahead
+        layer = _ext.MoeLayer(_ext.Engine.shared(2, 1), E, K, H, I, method, [1] * E, 64)
+        w = [torch.randn(E, n, k, generator=torch.Generator().manual_seed(n + k)).bfloat16() * 0.05
+             for n, k in ((I, H), (I, H), (H, I))]
+        pmap = torch.arange(E)
+        layer.load_from_tensors(*(t.data_ptr() for t in w), "bfloat16", pmap.data_ptr(), E)
+        yield layer
+for layer in layers():
+    for M in (1, 3, 9):  # fused rows (GGUF), then the shared decode
         x = torch.randn(M, H, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(M))
         ids = torch.tensor([[m % E, (m + 1) % E] for m in range(M)], dtype=torch.int32)
         w = torch.full((M, K), 0.5)
@@ -342,8 +352,8 @@ def test_stream_prefetch_default_follows_the_cpu():
 
 
 def test_stream_prefetch_changes_no_result():
-    """The GGUF word-layout kernels under both policies (forced by KT_KERNEL_PREFETCH) give the
-    same bits: a prefetch moves data, never a value."""
+    """The GGUF word-layout kernels and the vector drivers' decode under both policies (forced by
+    KT_KERNEL_PREFETCH) give the same bits: a prefetch moves data, never a value."""
     if not {"avx512_vnni"} <= set(INFO["features"]):
         pytest.skip("the policy steers the AVX512-VNNI GGUF kernels only")
     (c1, d1), (c2, d2) = _prefetch_run("l1"), _prefetch_run("l2")
