@@ -246,9 +246,76 @@ def test_converter_takes_it_as_rawint4(moe, tmp_path):
     moe.assert_close_fp32(w.forward(x, ids, wts), ref, "int8_pc", "AMXINT8 converted from an AutoGPTQ release")
 
 
-def test_whole_model_path_says_what_loads_it(tmp_path):
-    from kt_kernel.integrations.transformers import load_int4_model
+def _unpack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, offset: int = 1) -> torch.Tensor:
+    """The test's own reading of an AutoGPTQ layer (value k = 8i + j at bits 4j of qweight row i,
+    column 8c + j's zero point at bits 4j of qzeros column c, stored minus one): fp32 [N, K]."""
+    K, N = qweight.shape[0] * 8, qweight.shape[1]
+    w = qweight.numpy().view(np.uint32).astype(np.int64)
+    q = np.stack([(w >> (4 * j)) & 0xF for j in range(8)], axis=1).reshape(K, N)
+    zw = qzeros.numpy().view(np.uint32).astype(np.int64)
+    z = np.stack([(zw >> (4 * j)) & 0xF for j in range(8)], axis=2).reshape(zw.shape[0], -1)[:, :N] + offset
+    g = K // scales.shape[0]
+    s = scales.float().numpy()
+    return torch.from_numpy((s.repeat(g, axis=0) * (q - z.repeat(g, axis=0))).T.astype(np.float32))
 
-    path, _ = build(tmp_path / "r")
-    with pytest.raises(Exception, match="is an AutoGPTQ release: its routed experts load with KTMoEWrapper"):
-        load_int4_model(path, num_gpu_experts=0)
+
+@pytest.fixture(scope="module")
+def gptq_release(tiny, tmp_path_factory):
+    from kt_kernel.models.int4_model import write_autogptq_release
+
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = write_autogptq_release(tiny(arch), tmp_path_factory.mktemp(f"gptq-{arch}") / "r")
+        return cache[arch]
+    return get
+
+
+def test_written_release_reads_back_as_the_layout_says(gptq_release):
+    """write_autogptq_release's tensors, read by this file's own unpacking, are the weights the
+    whole-model reader gives transformers (attention, shared expert) and kt_kernel (routed experts)."""
+    from safetensors import safe_open
+
+    from kt_kernel.integrations.transformers import load_int4_reference
+    from kt_kernel.models.int4_model import int4_expert_weights
+
+    path = gptq_release("deepseek_v3")
+    I = json.loads((path / "config.json").read_text())["moe_intermediate_size"]
+    ref = load_int4_reference(path).state_dict()
+    gate_up, down = int4_expert_weights(path, 1, [5])
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        def layer(base):
+            return _unpack(*(f.get_tensor(f"{base}.{p}") for p in ("qweight", "qzeros", "scales")))
+        assert torch.equal(gate_up[0, :I], layer("model.layers.1.mlp.experts.5.gate_proj"))
+        assert torch.equal(down[0], layer("model.layers.1.mlp.experts.5.down_proj"))
+        for name in ("model.layers.1.self_attn.o_proj", "model.layers.1.mlp.shared_experts.up_proj",
+                     "model.layers.0.mlp.down_proj"):
+            assert torch.equal(ref[f"{name}.weight"], layer(name)), name
+        assert "model.layers.1.mlp.gate.weight" in f.keys()  # the router stays as it was
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "mixtral"])
+@pytest.mark.parametrize("split", ["cpu", "half"])
+def test_whole_release_matches_its_decoded_model(gptq_release, arch, split):
+    """load_int4_model on an AutoGPTQ release (routed experts from the packed words through
+    kt_kernel, the other packed layers decoded into transformers) against the same release with
+    its experts decoded in transformers' eager experts: only the activations' int8 rounding per
+    token separates them (bounds as tests/test_int4_models.py's)."""
+    from kt_kernel.integrations.transformers import kt_layers, load_int4_model, load_int4_reference
+    from kt_kernel.models import ARCHITECTURES, PrintableTokenizer, logit_agreement, teacher_forced_logits
+    from kt_kernel.models.compare import REFERENCE_PROMPT
+    from kt_kernel.threads import torch_threads
+
+    path = gptq_release(arch)
+    E = ARCHITECTURES[arch].tiny[ARCHITECTURES[arch].experts_field]
+    with torch_threads(1):
+        prompt = torch.tensor(PrintableTokenizer().encode(REFERENCE_PROMPT))
+        ref = teacher_forced_logits(load_int4_reference(path), prompt)
+        model = load_int4_model(path, "GPTQ_INT4", dtype=torch.float32, cpuinfer_threads=1,
+                                num_gpu_experts=E // 2 if split == "half" else 0)
+        assert all(k.wrapper.method == "GPTQ_INT4" and k.wrapper.formats == ("int4_g32", "int4_g32")
+                   for k in kt_layers(model) if k.wrapper is not None)
+        agreement = logit_agreement(teacher_forced_logits(model, prompt), ref)
+    print(f"{arch} {split}: {agreement}")
+    assert agreement.kl_mean <= 3e-3 and agreement.top1 >= 0.95, agreement

@@ -22,7 +22,7 @@ from kt_kernel.checkpoint.errors import ConversionError
 from kt_kernel.checkpoint.int4_release import GROUP, Int4Release, expert_key_pattern, int4_g32_scales, quantization_config
 from kt_kernel.checkpoint.safetensors_io import as_float32
 
-__all__ = ["AutoGptqCheckpoint", "is_autogptq_int4"]
+__all__ = ["AutoGptqCheckpoint", "decode_gptq_linear", "gptq_pack", "is_autogptq_int4"]
 
 _FORMATS = {"gptq": 1, "gptq_v2": 0}  # checkpoint_format -> what to add to a stored zero point
 
@@ -40,6 +40,37 @@ def unpack_columns(words: np.ndarray, n: int) -> np.ndarray:
     w = words.view(np.uint32)
     nib = (w[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 0xF
     return nib.reshape(w.shape[0], -1)[:, :n].astype(np.uint8)
+
+
+def decode_gptq_linear(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx, zero_offset: int) -> np.ndarray:
+    """fp32 [N, K] of one AutoGPTQ linear layer as stored (scales already fp32 [groups, N]): scale *
+    (q - zero point) with each k in group g_idx[k] (k // (K / groups) without one). For the layers
+    outside the routed experts, which a whole model loads into transformers."""
+    K, N = qweight.shape[0] * 8, qweight.shape[1]
+    words = qweight.view(np.uint32)
+    q = ((words[:, None, :] >> (4 * np.arange(8, dtype=np.uint32))[None, :, None]) & 0xF).reshape(K, N)
+    z = unpack_columns(qzeros, N).astype(np.float32) + zero_offset
+    groups = np.arange(K) // (K // scales.shape[0]) if g_idx is None else np.asarray(g_idx, dtype=np.int64)
+    return np.ascontiguousarray((scales[groups] * (q.astype(np.float32) - z[groups])).T)
+
+
+def gptq_pack(q: np.ndarray, z: np.ndarray, s: np.ndarray, zero_offset: int = 1) -> dict:
+    """AutoGPTQ's tensors of one linear layer from its 4-bit values q [N, K], zero points z and
+    fp16 scales s [N, groups]: qweight, qzeros (each zero point minus ``zero_offset``: 1 for
+    checkpoint_format gptq), scales, g_idx."""
+    N, K = q.shape
+    groups = s.shape[1]
+    rows = np.zeros((K // 8, N), np.uint32)
+    for j in range(8):
+        rows |= q[:, j::8].T.astype(np.uint32) << np.uint32(4 * j)
+    stored = (z - zero_offset).T.astype(np.uint32)  # [groups, N]
+    cols = np.zeros((groups, -(-N // 8) * 8), np.uint32)
+    cols[:, :N] = stored
+    zeros = np.zeros((groups, cols.shape[1] // 8), np.uint32)
+    for j in range(8):
+        zeros |= cols[:, j::8] << np.uint32(4 * j)
+    return {"qweight": rows.view(np.int32), "qzeros": zeros.view(np.int32), "scales": np.ascontiguousarray(s.T),
+            "g_idx": (np.arange(K) // (K // groups)).astype(np.int32)}
 
 
 class AutoGptqCheckpoint(Int4Release):

@@ -528,10 +528,11 @@ def load_mxfp4_reference(path, *, dtype=torch.float32, device="cpu"):
 
 def load_int4_model(path, method: str = INT4_RELEASE_METHODS[0], *, dtype=torch.bfloat16, device="cpu",
                     **attach_options):
-    """The whole model of a compressed-tensors int4 release (Kimi-K2-Thinking's scheme: pack-quantized
-    routed experts, the rest unquantized), with its routed experts run from the release's packed
-    words by kt_kernel (method RAWINT4 or GPTQ_INT4, the same path) and everything else loaded into
-    transformers' model in ``dtype``. GPU experts (``num_gpu_experts`` / ``gpu_experts_mask``, as
+    """The whole model of an int4 release (compressed-tensors, Kimi-K2-Thinking's scheme: pack-quantized
+    routed experts, the rest unquantized; or AutoGPTQ: every linear layer packed but the routers),
+    with its routed experts run from the release's packed words by kt_kernel (method RAWINT4 or
+    GPTQ_INT4, the same path) and everything else loaded into transformers' model in ``dtype``
+    (AutoGPTQ's other packed layers decoded). GPU experts (``num_gpu_experts`` / ``gpu_experts_mask``, as
     :func:`attach`) are decoded onto ``device``. Returns the model in eval mode."""
     if method not in INT4_RELEASE_METHODS:
         raise ValueError(f"method {method!r}: a compressed-tensors int4 release's experts run as they are stored, "
