@@ -15,7 +15,9 @@ layout, e4m3 experts with fp32 scales per 128 x 128 block, torch's float8 roundi
 Gaussian weights), run with method FP8 by ours and upstream, its reference on torch's decoding;
 --types rawint4 for a compressed-tensors int4 release (write_int4_checkpoint: Kimi-K2-Thinking's
 scheme, symmetric groups of 32 with bf16 scales, written by compressed-tensors' compressor), run
-with method RAWINT4, its reference on the file's scale * (q - 8); --types mxfp4 for a gpt-oss MXFP4
+with method RAWINT4, its reference on the file's scale * (q - 8); --types gptq for an AutoGPTQ int4
+release (write_gptq_checkpoint: the *-GPTQ-Int4 scheme, symmetric groups of 128 with fp16 scales),
+run with method GPTQ_INT4, its reference on the file's scale * (q - zero point); --types mxfp4 for a gpt-oss MXFP4
 release (write_mxfp4_checkpoint: kt_kernel's mxfp4 quantizer in gpt-oss's fused layout, zero
 biases, plain SwiGLU; upstream's copy of the same blocks in DeepSeek-V4-Flash's per-expert layout,
 the layout upstream's MXFP4 reads), run with method MXFP4, its reference on the e2m1 values times
@@ -91,17 +93,19 @@ POOL_ROWS = 4096
 
 FP8 = "fp8"  # --types fp8: an FP8 release's layer (write_fp8_checkpoint), method FP8 on every side
 INT4 = "rawint4"  # --types rawint4: a compressed-tensors int4 release's layer, method RAWINT4
+GPTQ = "gptq"  # --types gptq: an AutoGPTQ int4 release's layer, method GPTQ_INT4
 MXFP4 = "mxfp4"  # --types mxfp4: a gpt-oss MXFP4 release's layer, method MXFP4 (not GGUF's MXFP4 blocks)
-RELEASES = (FP8, INT4, MXFP4)  # the types that are releases' folders (gguf_side.RELEASE_LAYERS), not GGUF files
+RELEASES = (FP8, INT4, GPTQ, MXFP4)  # the types that are releases' folders (gguf_side.RELEASE_LAYERS), not GGUF files
 INT4_GROUP = 32
+GPTQ_GROUP = 128  # the *-GPTQ-Int4 releases' group
 FP8_BLOCK = (128, 128)
 
 
 def kt_format(name: str) -> dict | None:
     """kt_kernel's record of the GGUF type `name` (of the format a release's method packs into, for
-    fp8, rawint4 and mxfp4), None where kt_kernel lacks it."""
+    fp8, rawint4, gptq and mxfp4), None where kt_kernel lacks it."""
     if name in RELEASES:
-        native = {FP8: "FP8", INT4: "AMXINT4", MXFP4: "MXFP4"}[name]
+        native = {FP8: "FP8", INT4: "AMXINT4", GPTQ: "AMXINT4", MXFP4: "MXFP4"}[name]
         return next((f for f in all_formats() if f["method"] == native), None)
     return next((f for f in all_formats() if f["name"] == name and f["method"] == GGUF_METHOD), None)
 
@@ -275,6 +279,37 @@ def write_int4_checkpoint(path: Path, shape: Shape) -> dict:
             "subnormal_share": 0.0, "subnormal_what": "scales"}
 
 
+def write_gptq_checkpoint(path: Path, shape: Shape) -> dict:
+    """An AutoGPTQ int4 release's folder (the *-GPTQ-Int4 scheme: 4-bit, symmetric groups of 128,
+    fp16 scales, desc_act false, checkpoint_format gptq; layer 1's experts per expert, DeepSeek-V3
+    names), of Gaussian weights (WEIGHT_STD) rounded to nearest (scale max|w| / 7 per group)."""
+    from safetensors.torch import save_file
+
+    from kt_kernel.checkpoint.autogptq import gptq_pack
+
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": shape.H,
+           "moe_intermediate_size": shape.I, "intermediate_size": 2 * shape.I, "n_routed_experts": shape.E,
+           "num_experts_per_tok": shape.K, "num_hidden_layers": 2, "first_k_dense_replace": 1, "vocab_size": 32,
+           "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": GPTQ_GROUP, "desc_act": False,
+                                   "sym": True, "checkpoint_format": "gptq"}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    g, tensors = torch.Generator().manual_seed(0), {}
+    for e in range(shape.E):
+        for proj in PROJECTIONS:
+            rows, cols = projection_shape(proj, shape.H, shape.I)
+            w = (torch.randn(rows, cols, generator=g) * WEIGHT_STD[proj]).numpy()
+            blocks = w.reshape(rows, cols // GPTQ_GROUP, GPTQ_GROUP)
+            s = (np.abs(blocks).max(-1) / 7).astype(np.float16)
+            q = np.clip(np.rint(blocks / s.astype(np.float32)[..., None]) + 8, 0, 15).astype(np.uint8).reshape(rows, cols)
+            for part, t in gptq_pack(q, np.full(s.shape, 8), s).items():
+                tensors[f"model.layers.{RELEASE_LAYERS[GPTQ].layer_idx}.mlp.experts.{e}.{proj}_proj.{part}"] = \
+                    torch.from_numpy(t)
+    save_file(tensors, str(path / "model.safetensors"))
+    return {"blocks": f"AutoGPTQ int4, symmetric groups of {GPTQ_GROUP}, fp16 scales", "subnormal_share": 0.0,
+            "subnormal_what": "scales"}
+
+
 def write_mxfp4_checkpoint(path: Path, shape: Shape) -> dict:
     """A gpt-oss MXFP4 release's folder (config.json with quantization_config mxfp4; layer 0's
     experts fused: gate_up_proj_blocks / _scales with gate and up interleaved along 2I,
@@ -327,7 +362,8 @@ def write_mxfp4_checkpoint(path: Path, shape: Shape) -> dict:
             "subnormal_share": subnormal / (E * shape.weights_per_expert()), "subnormal_what": "e2m1 weights"}
 
 
-WRITE_RELEASE = {FP8: write_fp8_checkpoint, INT4: write_int4_checkpoint, MXFP4: write_mxfp4_checkpoint}
+WRITE_RELEASE = {FP8: write_fp8_checkpoint, INT4: write_int4_checkpoint, GPTQ: write_gptq_checkpoint,
+                 MXFP4: write_mxfp4_checkpoint}
 
 
 def open_layer(path: Path, fmt: str):

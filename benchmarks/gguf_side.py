@@ -3,7 +3,7 @@ every M on the protocol's inputs and saves the outputs. bench_gguf.py runs it; b
 
     python benchmarks/gguf_side.py {ours,torch,upstream} CASE.json
 
-CASE.json: {"gguf": file (or "fp8" / "rawint4" / "mxfp4": a release's folder, RELEASE_LAYERS),
+CASE.json: {"gguf": file (or "fp8" / "rawint4" / "gptq" / "mxfp4": a release's folder, RELEASE_LAYERS),
 "inputs": torch.save'd {"x", "ids", "w"} of the largest M, "out": where the results go
 (torch.save), "tokens", "threads", "iters", "min_time", "warmup"; for the decode cases
 M <= "paired_max_m" of the sides run here: "paired_rounds", "paired_calls", "paired_mib"
@@ -126,6 +126,33 @@ class Int4Layer(Fp8Layer):
         return q * np.repeat(scale.float().numpy(), self.group, axis=1)
 
 
+class GptqLayer(Fp8Layer):
+    """Layer 1's experts of an AutoGPTQ int4 release's folder (DeepSeek-V3 names: qweight packed
+    along K, qzeros, fp16 scales per group, symmetric, checkpoint_format gptq); both packages load
+    it with method GPTQ_INT4."""
+    method = "GPTQ_INT4"
+
+    def __init__(self, path: str):
+        self.path = path
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
+        self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+        self.group = cfg["quantization_config"]["group_size"]
+
+    def dequantize(self, proj: str, e: int) -> np.ndarray:
+        """fp32 [rows, cols] of expert e: scale * (q - zero point), q nibble j of qweight row i at k
+        = 8i + j, the zero point of column 8c + j at bits 4j of qzeros column c, stored minus one."""
+        from safetensors import safe_open
+        base = f"model.layers.{self.layer_idx}.mlp.experts.{e}.{proj}_proj"
+        with safe_open(str(Path(self.path) / "model.safetensors"), "pt") as f:
+            qw, qz, s = (f.get_tensor(f"{base}.{p}").numpy() for p in ("qweight", "qzeros", "scales"))
+        words, zwords = qw.view(np.uint32), qz.view(np.uint32)
+        q = np.stack([(words >> (4 * j)) & 0xF for j in range(8)], axis=1).reshape(-1, words.shape[1])
+        z = np.stack([(zwords >> (4 * j)) & 0xF for j in range(8)], axis=2).reshape(zwords.shape[0], -1) + 1
+        z = z[:, :q.shape[1]].repeat(self.group, axis=0)
+        return (s.astype(np.float32).repeat(self.group, axis=0) * (q.astype(np.float32) - z)).T.copy()
+
+
 class Mxfp4Layer:
     """Layer 0's experts of a gpt-oss MXFP4 release's folder (gate_up_proj / down_proj _blocks and
     _scales fused over the experts, gate and up interleaved along 2I), the shape its config.json
@@ -159,7 +186,7 @@ class Mxfp4Layer:
 
 
 # the releases a case may name besides a GGUF file: case key -> its layer
-RELEASE_LAYERS = {"fp8": Fp8Layer, "rawint4": Int4Layer, "mxfp4": Mxfp4Layer}
+RELEASE_LAYERS = {"fp8": Fp8Layer, "rawint4": Int4Layer, "gptq": GptqLayer, "mxfp4": Mxfp4Layer}
 
 
 def open_layer(case: dict):

@@ -130,6 +130,20 @@ def test_cli_int4_release(tmp_path):
     assert result["files"][0]["blocks"].startswith("compressed-tensors pack-quantized int4")
 
 
+def test_cli_gptq_release(tmp_path):
+    """--types gptq: an AutoGPTQ int4 release (symmetric groups of 128, fp16 scales), method
+    GPTQ_INT4 on its sides (AMXINT4's kernels), the reference on the file's scale * (q - zero point)."""
+    result = run([*FAST, "--types", "gptq", "--sides", "ours,torch"], tmp_path)
+    ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
+    assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
+    for r in ours:
+        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32", "int4_g32"] and "int4g32" in r["kernel"]
+        assert r["rel_err"] < 0.02, r  # the file's weights exactly: only the activations' int8 rounding
+    for r in peer:
+        assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r
+    assert result["files"][0]["blocks"].startswith("AutoGPTQ int4")
+
+
 def test_sides_that_cannot_run_are_reported(tmp_path, monkeypatch):
     """A type kt_kernel lacks is reported missing for ours, and the file holds random valid blocks;
     a side whose process fails is a row saying so, with its log's tail; the others still run."""
