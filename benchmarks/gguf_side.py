@@ -85,11 +85,15 @@ class Fp8Layer:
     method, layer_idx = "FP8", 1
 
     def __init__(self, path: str):
+        self.block = self._open(path)["weight_block_size"]
+
+    def _open(self, path: str) -> dict:
+        """Sets the path and the layer's shape from config.json; returns its quantization_config."""
         self.path = path
         cfg = json.loads((Path(path) / "config.json").read_text())
         self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
         self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
-        self.block = cfg["quantization_config"]["weight_block_size"]
+        return cfg["quantization_config"]
 
     def dequantize(self, proj: str, e: int) -> np.ndarray:
         """fp32 [rows, cols] of expert e: torch's float8_e4m3fn decoding times the block scales."""
@@ -109,11 +113,7 @@ class Int4Layer(Fp8Layer):
     method = "RAWINT4"
 
     def __init__(self, path: str):
-        self.path = path
-        cfg = json.loads((Path(path) / "config.json").read_text())
-        self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
-        self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
-        self.group = cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"]
+        self.group = self._open(path)["config_groups"]["group_0"]["weights"]["group_size"]
 
     def dequantize(self, proj: str, e: int) -> np.ndarray:
         """fp32 [rows, cols] of expert e: scale * (nibble - 8), nibble i of each int32 word at bits 4i."""
@@ -133,11 +133,7 @@ class GptqLayer(Fp8Layer):
     method = "GPTQ_INT4"
 
     def __init__(self, path: str):
-        self.path = path
-        cfg = json.loads((Path(path) / "config.json").read_text())
-        self.H, self.I = cfg["hidden_size"], cfg["moe_intermediate_size"]
-        self.E, self.K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
-        self.group = cfg["quantization_config"]["group_size"]
+        self.group = self._open(path)["group_size"]
 
     def dequantize(self, proj: str, e: int) -> np.ndarray:
         """fp32 [rows, cols] of expert e: scale * (q - zero point), q nibble j of qweight row i at k

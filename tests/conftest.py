@@ -192,6 +192,24 @@ class Moe:
     def format_of(method: str) -> dict:
         return FORMAT_BY_METHOD[method]
 
+    @staticmethod
+    def check_release_layer(wrapper, gate, up, down, what: str, physical_to_logical_map=None) -> None:
+        """A wrapper loaded from an int4 release (int4_g32, 2 sub-pools) against the float64 layer on
+        the release's weights (fp32 [E, N, K]) with the kernels' activation rounding, at M = 1 and 300."""
+        import reference
+
+        act = kernel_row("int4_g32", wrapper.isa_tier)["act"]
+        bounds = reference.slice_bounds(wrapper.moe_intermediate_size, 2, 32, 32)
+        E, H = gate.shape[0], wrapper.hidden_size
+        g = torch.Generator().manual_seed(1)
+        for M in (1, 300):
+            x = torch.randn(M, H, generator=g).bfloat16()
+            ids = torch.stack([torch.randperm(E, generator=g)[:wrapper.num_experts_per_tok] for _ in range(M)])
+            wts = torch.rand(M, wrapper.num_experts_per_tok, generator=g)
+            ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, act=act, slice_bounds=bounds,
+                                        physical_to_logical_map=physical_to_logical_map)
+            assert_close_dequant(wrapper.forward(x, ids, wts), ref, "int4_g32", what=f"{what}, M={M}")
+
     def __init__(self):
         self._weights: dict = {}
         self._deq: dict = {}

@@ -20,7 +20,6 @@ from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E40
 
 import kt_kernel  # noqa: E402
 import reference  # noqa: E402
-from format_expectations import kernel_row  # noqa: E402
 from kt_kernel import KTMoEWrapper, set_isa  # noqa: E402
 from kt_kernel.checkpoint import CompressedInt4Checkpoint, ConversionError  # noqa: E402
 
@@ -103,15 +102,7 @@ def test_release_runs_as_stored(moe, tmp_path, tier, method, args, scale_dtype):
         w = _wrapper(path, method, threadpool_count=2, chunked_prefill_size=128)
         w.load_weights()
         assert w.formats == ("int4_g32", "int4_g32")
-        act = kernel_row("int4_g32", w.isa_tier)["act"]
-        bounds = reference.slice_bounds(I, 2, 32, 32)
-        g = torch.Generator().manual_seed(1)
-        for M in (1, 300):
-            x = torch.randn(M, H, generator=g).bfloat16()
-            ids = torch.stack([torch.randperm(E, generator=g)[:TOPK] for _ in range(M)])
-            wts = torch.rand(M, TOPK, generator=g)
-            ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, act=act, slice_bounds=bounds)
-            moe.assert_close_dequant(w.forward(x, ids, wts), ref, "int4_g32", what=f"{method} on {tier}, M={M}")
+        moe.check_release_layer(w, gate, up, down, f"{method} on {tier}")
     finally:
         set_isa(None)
 
