@@ -93,7 +93,7 @@ void set_isa_override(const std::string& name);  // "" clears the override
 std::string isa_override();
 
 // Where the decode kernels prefetch the weight stream ahead of their loads (gguf_vnni::
-// prefetch_ahead: l1 prefetcht0 8 KiB ahead, l2 prefetcht1 16 KiB ahead; the vector drivers'
+// prefetch_ahead: l1 prefetcht0 4 KiB ahead, l2 prefetcht1 16 KiB ahead; the vector drivers'
 // stream_ahead: prefetcht0 or prefetcht1, 4 KiB ahead). Which one keeps
 // more lines in flight differs by core, so it is chosen per CPU from measurements: l1 on AMD
 // family 1Ah (Zen 5), l2 elsewhere (measured on Zen 4; docs/benchmarks/notes.md).

@@ -276,10 +276,11 @@ inline void kquant_rows(const KBlock& D, const ActQ8x256* const* a, float* acc) 
 //       hardware prefetcher alone left the fused rows waiting for memory (q5_K 1.9 ms); prefetcht0
 //       3 k-blocks ahead helped (q5_K 1.3-1.5, q6_K 2.0-2.3 ms) but stalled on the burst of L1
 //       fills; prefetcht1 took q5_K to 0.85 and q6_K to 1.1 ms; 12 to 20 KiB alike.
-//   l1: prefetcht0 8 KiB ahead. On Zen 5 (2 threads, A, M = 8, the memory's fast state of about
+//   l1: prefetcht0 4 KiB ahead. On Zen 5 (2 threads, A, M = 8, the memory's fast state of about
 //       85 GB/s) prefetcht1 16 KiB left q4_K and iq4_xs at 71-75% of the read bandwidth and
-//       prefetcht0 at 4 to 12 KiB took both to 82-86% (16 KiB: 79-80%, 32 KiB: 75%); in the
-//       slow state (about 50 GB/s) 100% against 87-91%.
+//       prefetcht0 at 4 to 12 KiB took both to 82-87% (16 KiB: 79-80%, 32 KiB: 75%); in the
+//       slow state (about 50 GB/s) 100% against 87-91%. 4 KiB against 8: q6_K 79-82% against
+//       78-79% (fast), 95-96% against 90% (slow), the other types alike.
 // Under l2 only the types that ask (kL2Prefetch) prefetch: q5_K and q6_K read each k-block's words
 // out of order (two regions in turn), which the hardware prefetcher does not follow; q4_K and q8_0
 // read in order, and on Zen 4 the hardware prefetcher did better alone (q4_K at B, M = 1: 99%
@@ -293,7 +294,7 @@ inline void prefetch_ahead(const Block* b) {
   static const bool to_l1 = stream_prefetch() == StreamPrefetch::l1;
   const char* at = reinterpret_cast<const char*>(b);
   if (to_l1) {
-    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(at + (size_t(8) << 10) + l, _MM_HINT_T0);
+    for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(at + (size_t(4) << 10) + l, _MM_HINT_T0);
   } else if constexpr (kL2Prefetch) {
     for (size_t l = 0; l < kBytes; l += 64) _mm_prefetch(at + (size_t(16) << 10) + l, _MM_HINT_T1);
   }
