@@ -78,6 +78,7 @@ class AutoGptqCheckpoint(Int4Release):
     kind = "autogptq-int4"
     private_parts = ("qweight", "scale", "min")  # transposed in memory
     layout_name = "AutoGPTQ"
+    stored_dtype = "int4 gptq"
     KEY = expert_key_pattern("qweight|qzeros|scales|g_idx|bias")
 
     def _check_args(self, q: dict, where: str) -> None:

@@ -37,6 +37,7 @@ class CompressedInt4Checkpoint(Int4Release):
     kind = "compressed-int4"
     private_parts = ("scale", "min")  # computed in memory; the values are views of the file maps
     layout_name = "compressed-tensors"
+    stored_dtype = "int4 pack-quantized"
     KEY = expert_key_pattern("weight_packed|weight_scale|weight_zero_point|weight_shape|weight_g_idx")
 
     def _check_args(self, q: dict, where: str) -> None:

@@ -37,7 +37,7 @@ class DecodedInt4Checkpoint(HFCheckpoint):
 
     def record(self) -> dict:
         return {"path": str(self.path.resolve()), "fingerprint": self.fingerprint, "layout": self.release.layout_name,
-                "dtype": "int4 " + ("pack-quantized" if isinstance(self.release, CompressedInt4Checkpoint) else "gptq")}
+                "dtype": self.release.stored_dtype}
 
 
 class DecodedMxfp4Checkpoint(HFCheckpoint):

@@ -78,7 +78,8 @@ def int4_g32_scales(s: np.ndarray, z: np.ndarray, K: int, group: int, key: str,
 class Int4Release:
     """The routed experts of an int4 release as int4_g32's logical arrays. A layout gives
     ``kind``, ``private_parts`` (the arrays computed in memory rather than viewed in the file
-    maps), ``KEY`` (expert_key_pattern of its parts), ``layout_name`` (for errors), and
+    maps), ``KEY`` (expert_key_pattern of its parts), ``layout_name`` (for errors), ``stored_dtype``
+    (what the converter records of its source), and
     ``_check_args(q, where)`` (its quantization_config, returning the group size rule),
     ``_expected(N, K)`` (part -> (dtype or None, shape) of one projection, the optional parts
     absent), ``_refuse(key, part)`` (a part it cannot read, or None), and ``_projection(keys, e,

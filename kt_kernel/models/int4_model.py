@@ -44,9 +44,9 @@ def int4_state_dict(path, model, dtype=torch.float32) -> dict:
     from kt_kernel.models.checkpoint import expert_parameter_names, find_experts_modules, stored_state_dict
 
     skip = expert_parameter_names(find_experts_modules(model))
-    ckpt = _release(path)
-    if not isinstance(ckpt, AutoGptqCheckpoint):
+    if not is_autogptq_int4(path):  # compressed-tensors: everything outside the experts is stored as it is
         return stored_state_dict(path, model, skip, dtype)
+    ckpt = AutoGptqCheckpoint(path, INT4_RELEASE_METHODS[1])
     tensors, maps = ckpt.tensors, MappedFolder(path, ckpt.tensors)
 
     def value(key):
