@@ -105,8 +105,8 @@ def kt_format(name: str) -> dict | None:
     """kt_kernel's record of the GGUF type `name` (of the format a release's method packs into, for
     fp8, rawint4, gptq and mxfp4), None where kt_kernel lacks it."""
     if name in RELEASES:
-        native = {FP8: "FP8", INT4: "AMXINT4", GPTQ: "AMXINT4", MXFP4: "MXFP4"}[name]
-        return next((f for f in all_formats() if f["method"] == native), None)
+        native = {FP8: "fp8_g128", INT4: "int4_g32_zp", GPTQ: "int4_g32_zp", MXFP4: "mxfp4"}[name]
+        return next((f for f in all_formats() if f["name"] == native), None)
     return next((f for f in all_formats() if f["name"] == name and f["method"] == GGUF_METHOD), None)
 
 

@@ -117,12 +117,12 @@ def test_cli_fp8_release(tmp_path):
 
 def test_cli_int4_release(tmp_path):
     """--types rawint4: a compressed-tensors int4 release (compressed-tensors' compressor), method
-    RAWINT4 on its sides (AMXINT4's kernels), the reference on the file's scale * (q - 8)."""
+    RAWINT4 on its sides (int4_g32_zp), the reference on the file's scale * (q - 8)."""
     result = run([*FAST, "--types", "rawint4", "--sides", "ours,torch"], tmp_path)
     ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
     assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
     for r in ours:
-        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32", "int4_g32"] and "int4g32" in r["kernel"]
+        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32_zp", "int4_g32_zp"] and "int4g32zp" in r["kernel"]
         # the weights are the file's exactly: only the activations' int8 rounding is left
         assert r["rel_err"] < 0.02 and r["bytes_per_weight"] == pytest.approx(5 / 8), r
     for r in peer:
@@ -132,12 +132,12 @@ def test_cli_int4_release(tmp_path):
 
 def test_cli_gptq_release(tmp_path):
     """--types gptq: an AutoGPTQ int4 release (symmetric groups of 128, fp16 scales), method
-    GPTQ_INT4 on its sides (AMXINT4's kernels), the reference on the file's scale * (q - zero point)."""
+    GPTQ_INT4 on its sides (int4_g32_zp), the reference on the file's scale * (q - zero point)."""
     result = run([*FAST, "--types", "gptq", "--sides", "ours,torch"], tmp_path)
     ours, peer = rows_of(result, "ours"), rows_of(result, "torch")
     assert [r["M"] for r in ours] == [1, 8] and [r["M"] for r in peer] == [1, 8]
     for r in ours:
-        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32", "int4_g32"] and "int4g32" in r["kernel"]
+        assert r["status"] == "ok" and r["info"]["formats"] == ["int4_g32_zp", "int4_g32_zp"] and "int4g32zp" in r["kernel"]
         assert r["rel_err"] < 0.02, r  # the file's weights exactly: only the activations' int8 rounding
     for r in peer:
         assert r["status"] == "ok" and r["rel_err"] < REL_ERR_BOUNDS[TORCH_PEER], r

@@ -3,7 +3,8 @@
 Two families share the records: the formats a method names (``BF16``, ``AMXINT8``, ``AMXINT4``:
 one format for the whole layer, quantized by us or stored by the converter), and the GGUF types,
 whose method is ``LLAMAFILE``: a GGUF file's tensors keep their own type, projection by projection
-(``gguf_type`` is the ggml type id; bf16 is in both families)."""
+(``gguf_type`` is the ggml type id; bf16 is in both families). int4_g32_zp belongs to neither: the
+int4 release methods (RAWINT4, GPTQ_INT4) load asymmetric releases into it."""
 from __future__ import annotations
 
 from kt_kernel import _ext
@@ -21,8 +22,9 @@ def all_formats() -> list[dict]:
 
 
 def formats() -> list[dict]:
-    """The records of the formats a method names (one per method, in record order)."""
-    return [f for f in _RECORDS if f["method"] != GGUF_METHOD]
+    """The records of the formats a method names (one per method, in record order); not
+    int4_g32_zp, which no method names (the int4 release readers choose it)."""
+    return [f for f in _RECORDS if f["method"] not in (GGUF_METHOD, "")]
 
 
 def gguf_formats() -> list[dict]:

@@ -15,7 +15,7 @@ import torch
 from kt_kernel import _ext
 from kt_kernel.checkpoint import open_checkpoint
 from kt_kernel.checkpoint.gguf import is_gguf, open_gguf
-from kt_kernel.checkpoint.int4_release import INT4_RELEASE_METHODS
+from kt_kernel.checkpoint.int4_release import INT4_RELEASE_FORMAT, INT4_RELEASE_METHODS
 from kt_kernel.checkpoint.hf import checkpoint_activation, gpt_oss_activation
 from kt_kernel.checkpoint.mxfp4 import MXFP4_METHOD, is_mxfp4
 from kt_kernel.hf_config import read_config, text_config
@@ -223,7 +223,10 @@ class KTMoEWrapper:
         self.gpu_experts_mask = self._gpu_mask(num_gpu_experts, gpu_experts_mask)
         self.num_gpu_experts = int(self.gpu_experts_mask.sum())
         # LLAMAFILE: the formats of this layer's gate/up and down, from the GGUF file's tensor types
-        self._formats = self._gguf_formats() if method == GGUF_METHOD else None
+        # an int4 release (RAWINT4, GPTQ_INT4) loads exactly into int4_g32_zp, which no method names
+        # (kt_kernel/checkpoint/int4_release.py); LLAMAFILE takes the GGUF file's formats
+        self._formats = (self._gguf_formats() if method == GGUF_METHOD else
+                         (INT4_RELEASE_FORMAT,) * 2 if method in INT4_RELEASE_METHODS else None)
         threads = all_cores() if cpuinfer_threads is None else cpuinfer_threads
         self.cpuinfer_threads = threads
         self.threadpool_count = threadpool_count
@@ -236,18 +239,12 @@ class KTMoEWrapper:
         self._writes = []  # jobs of submit_write_weight_scale_to_buffer, until synced
         self._weights_from_path = None  # (physical_to_logical_map,) of the last load_weights
 
-    @property
-    def _native_method(self) -> str:
-        """The method whose format the layer packs: an int4 release (RAWINT4, GPTQ_INT4) loads
-        exactly into AMXINT4's int4_g32 (kt_kernel/checkpoint/int4_release.py)."""
-        return "AMXINT4" if self.method in INT4_RELEASE_METHODS else self.method
-
     def _build_native_layer(self) -> None:
         self._placed_mask = self.gpu_experts_mask.clone()
         on_cpu = [0 if g else 1 for g in self._placed_mask.tolist()]
         formats = {} if self._formats is None else {"formats": list(self._formats)}
         self._layer = _ext.MoeLayer(self._engine, self.num_experts, self.num_experts_per_tok, self.hidden_size,
-                                    self.moe_intermediate_size, self._native_method, on_cpu, self.chunked_prefill_size,
+                                    self.moe_intermediate_size, self.method, on_cpu, self.chunked_prefill_size,
                                     self.layer_idx, self.max_deferred_experts_per_token, **formats,
                                     swiglu_limit=self.swiglu_limit, swiglu_alpha=self.swiglu_alpha)
         self._stream_layer = _ext.StreamLayer(self._layer)
@@ -637,8 +634,8 @@ class KTMoEWrapper:
 
     @property
     def formats(self) -> tuple:
-        """(gate/up format, down format) of the layer: the method's format twice, or with LLAMAFILE
-        the GGUF file's types (e.g. ("q4_K", "q6_K"))."""
+        """(gate/up format, down format) of the layer: the method's format twice (int4_g32_zp for
+        the int4 release methods), or with LLAMAFILE the GGUF file's types (e.g. ("q4_K", "q6_K"))."""
         return self._layer.format, self._layer.down_format
 
     @property

@@ -23,7 +23,7 @@ import torch
 try:
     import kt_kernel
     from kt_kernel import _ext
-    from kt_kernel.formats import formats as method_formats
+    from kt_kernel.formats import GGUF_METHOD, all_formats, formats as method_formats
 except ImportError as e:  # most often: the source tree shadows the installed package
     spec = importlib.util.find_spec("kt_kernel")
     raise ImportError(
@@ -36,10 +36,13 @@ import reference
 from format_expectations import ACT_ATOL, kernel_row  # noqa: F401  (kernel_row: used below)
 from output_digests import OutputDigests
 
-# The formats a method names whose rows may hold any K (padded); the GGUF block types, mxfp4 (method
-# MXFP4) among them, hold whole blocks only: tests/test_gguf_*.py and tests/test_mxfp4.py.
-FORMATS = [f for f in method_formats() if f["arrays"][0]["per"] != "block"]
+# The formats whose rows may hold any K (padded): those a method names and int4_g32_zp, which the
+# int4 release readers choose (no method names it: the `method` fixture skips it); the GGUF block
+# types, mxfp4 (method MXFP4) among them, hold whole blocks only: tests/test_gguf_*.py and
+# tests/test_mxfp4.py.
+FORMATS = [f for f in all_formats() if f["method"] != GGUF_METHOD and f["arrays"][0]["per"] != "block"]
 FORMAT_BY_METHOD = {f["method"]: f for f in method_formats()}
+FORMAT_BY_NAME = {f["name"]: f for f in all_formats()}
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 EMULATED_TIERS = list(kt_kernel.cpu_info()["emulated_tiers"])  # ["amx_emu"] on AVX512-BF16 hosts
 TEST_TIERS = HOST_TIERS + EMULATED_TIERS
@@ -74,7 +77,7 @@ def _tolerance_of(f: dict) -> Tolerance:
                      fp32_rel=f["layer_rel_err"])
 
 
-TOLERANCES = {f["name"]: _tolerance_of(f) for f in method_formats()}
+TOLERANCES = {f["name"]: _tolerance_of(f) for f in method_formats() + FORMATS}
 
 
 def tolerance(fmt_name: str) -> Tolerance:
@@ -90,7 +93,10 @@ def fmt(request) -> dict:
     return request.param
 
 
-@pytest.fixture(params=[f["method"] for f in FORMATS], ids=[f["method"] for f in FORMATS])
+METHODS = [f["method"] for f in FORMATS if f["method"]]
+
+
+@pytest.fixture(params=METHODS, ids=METHODS)
 def method(request) -> str:
     return request.param
 
@@ -194,11 +200,13 @@ class Moe:
 
     @staticmethod
     def check_release_layer(wrapper, gate, up, down, what: str, physical_to_logical_map=None) -> None:
-        """A wrapper loaded from an int4 release (int4_g32, 2 sub-pools) against the float64 layer on
-        the release's weights (fp32 [E, N, K]) with the kernels' activation rounding, at M = 1 and 300."""
+        """A wrapper loaded from an int4 release (int4_g32_zp, 2 sub-pools) against the float64 layer
+        on the release's weights (fp32 [E, N, K]) with the kernels' activation rounding, at M = 1 and
+        300 (the tile kernels' sizes on amx and amx_emu)."""
         import reference
 
-        act = kernel_row("int4_g32", wrapper.isa_tier)["act"]
+        assert wrapper.formats == ("int4_g32_zp", "int4_g32_zp")
+        act = kernel_row("int4_g32_zp", wrapper.isa_tier)["act"]
         bounds = reference.slice_bounds(wrapper.moe_intermediate_size, 2, 32, 32)
         E, H = gate.shape[0], wrapper.hidden_size
         g = torch.Generator().manual_seed(1)
@@ -208,7 +216,7 @@ class Moe:
             wts = torch.rand(M, wrapper.num_experts_per_tok, generator=g)
             ref = reference.moe_forward(x.float(), ids, wts, gate, up, down, act=act, slice_bounds=bounds,
                                         physical_to_logical_map=physical_to_logical_map)
-            assert_close_dequant(wrapper.forward(x, ids, wts), ref, "int4_g32", what=f"{what}, M={M}")
+            assert_close_dequant(wrapper.forward(x, ids, wts), ref, "int4_g32_zp", what=f"{what}, M={M}")
 
     def __init__(self):
         self._weights: dict = {}

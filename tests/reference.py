@@ -66,6 +66,8 @@ def dequantize(q: dict) -> np.ndarray:
     int8_pc   w = scale[n] * q[n, k]                      (one fp32 product)
     int4_g32  w = d[n, g] * q[n, k] + m[n, g], g = k // 32 (fp32 product, then fp32 sum;
                                                             d, m are fp16 bits)
+    int4_g32_zp  w = d[n, g] * (q[n, k] - z[n, g])        (exact in fp32: d has 11 significant
+                                                          bits, |q - z| <= 15; z uint8)
     fp8_g128  w = e4m3(q[n, k]) * scale[n, k // 128]      (torch's float8_e4m3fn, fp32 product)
     """
     fmt = q["format"]
@@ -80,6 +82,11 @@ def dequantize(q: dict) -> np.ndarray:
         d = np.repeat(f16_bits_to_f32(q["group_scale"]), INT4_GROUP, axis=1)[:, :K]
         m = np.repeat(f16_bits_to_f32(q["group_min"]), INT4_GROUP, axis=1)[:, :K]
         return d * v + m
+    if fmt == "int4_g32_zp":
+        v = np.asarray(q["values"], dtype=np.int32)
+        z = np.repeat(np.asarray(q["group_zero"], dtype=np.int32), INT4_GROUP, axis=1)[:, :K]
+        d = np.repeat(f16_bits_to_f32(q["group_scale"]).astype(np.float64), INT4_GROUP, axis=1)[:, :K]
+        return (d * (v - z)).astype(np.float32)  # exact: the fp64 product is an fp32 value
     if fmt == "fp8_g128":
         v = torch.from_numpy(np.ascontiguousarray(q["values"], dtype=np.uint8)).view(torch.float8_e4m3fn).float().numpy()
         return v * np.repeat(np.asarray(q["scale"], dtype=np.float32), FP8_GROUP, axis=1)[:, :K]
@@ -88,11 +95,11 @@ def dequantize(q: dict) -> np.ndarray:
 
 def dequantize_int4_release(arrays: dict, proj: str, e: int) -> np.ndarray:
     """fp32 [N, K] of expert ``e``'s ``proj`` in an int4 release reader's layer_arrays (packed bytes
-    with k even in the low nibble, int4_g32's d and m), through dequantize."""
+    with k even in the low nibble, int4_g32_zp's d and z), through dequantize."""
     packed = arrays[(proj, "qweight")][e]
     values = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
-    return dequantize({"format": "int4_g32", "N": values.shape[0], "K": values.shape[1], "values": values,
-                       "group_scale": arrays[(proj, "scale")][e], "group_min": arrays[(proj, "min")][e]})
+    return dequantize({"format": "int4_g32_zp", "N": values.shape[0], "K": values.shape[1], "values": values,
+                       "group_scale": arrays[(proj, "scale")][e], "group_zero": arrays[(proj, "zero")][e]})
 
 
 # ---- packers ------------------------------------------------------------------------------
@@ -136,7 +143,8 @@ def pack_int8_pc(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
 
 def pack_int4_g32(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
     """Panel: per group of 32 k, 4 blocks of 64 bytes with byte [4c + i] of block j =
-    q[c, 8j+i] | q[c, 8j+4+i] << 4, then 16 fp16 d and 16 fp16 m (320 bytes)."""
+    q[c, 8j+i] | q[c, 8j+4+i] << 4, then 16 fp16 d and 16 fp16 m (320 bytes). int4_g32_zp: the same,
+    with -z as an fp16 value where m is."""
     assert k0 % INT4_GROUP == 0
     kp = round_up(k1 - k0, INT4_GROUP)
     v = _slice_padded(np.asarray(q["values"], dtype=np.uint8), n0, n1, k0, k1, kp)
@@ -146,7 +154,11 @@ def pack_int4_g32(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
     d = np.zeros((panels * PANEL_N, groups), dtype="<u2")
     m = np.zeros((panels * PANEL_N, groups), dtype="<u2")
     d[: n1 - n0] = np.asarray(q["group_scale"], dtype=np.uint16)[n0:n1, g0 : g0 + groups]
-    m[: n1 - n0] = np.asarray(q["group_min"], dtype=np.uint16)[n0:n1, g0 : g0 + groups]
+    if q["format"] == "int4_g32_zp":
+        z = np.asarray(q["group_zero"], dtype=np.uint8)[n0:n1, g0 : g0 + groups]
+        m[: n1 - n0] = (-z.astype(np.float16)).view(np.uint16)
+    else:
+        m[: n1 - n0] = np.asarray(q["group_min"], dtype=np.uint16)[n0:n1, g0 : g0 + groups]
     out = []
     for p in range(panels):
         rows = slice(p * PANEL_N, (p + 1) * PANEL_N)
@@ -181,7 +193,8 @@ def pack_fp8_g128(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:
     return np.concatenate(out).astype(np.uint8) if out else np.zeros(0, np.uint8)
 
 
-PACKERS = {"bf16": pack_bf16, "int8_pc": pack_int8_pc, "int4_g32": pack_int4_g32, "fp8_g128": pack_fp8_g128}
+PACKERS = {"bf16": pack_bf16, "int8_pc": pack_int8_pc, "int4_g32": pack_int4_g32, "int4_g32_zp": pack_int4_g32,
+           "fp8_g128": pack_fp8_g128}
 
 
 def pack(q: dict, n0: int, n1: int, k0: int, k1: int) -> np.ndarray:

@@ -122,7 +122,7 @@ def test_one_amx_dot_product_serves_only_its_formats(amx):
     bf16; AMX-BF16 alone the reverse."""
     have = tier("avx512_bf16") | {"amx_tile", amx}
     tile_formats = {r["format"] for r in KERNEL_ROWS if amx in r["features"]}
-    assert tile_formats == ({"int8_pc", "int4_g32"} if amx == "amx_int8" else {"bf16"})
+    assert tile_formats == ({"int8_pc", "int4_g32", "int4_g32_zp"} if amx == "amx_int8" else {"bf16"})
     for fmt_name in FORMAT_NAMES:
         got = pick(fmt_name, *have)
         if fmt_name in tile_formats:

@@ -1,8 +1,9 @@
 """Methods RAWINT4 and GPTQ_INT4 on compressed-tensors int4 releases (pack-quantized, group and
-channel strategies, symmetric, bf16 and fp16 scales), written and decompressed by
+channel strategies, symmetric and asymmetric, bf16 and fp16 scales), written and decompressed by
 the compressed-tensors package itself, the independent oracle: the loaded weights are its
-decompression bit for bit, and the layer on every tier is within int4_g32's bound of the float64
-reference on them with the kernels' q8s activations. Bad releases raise naming the tensor."""
+decompression bit for bit, and the layer on every tier (the emulated AMX tiles too) is within
+int4_g32_zp's bound of the float64 reference on them with the kernels' q8s activations. Bad
+releases raise naming the tensor."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ from kt_kernel.checkpoint import CompressedInt4Checkpoint, ConversionError  # no
 
 H, I, E, TOPK, LAYER = 256, 256, 6, 2, 1
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
+TEST_TIERS = HOST_TIERS + list(kt_kernel.cpu_info()["emulated_tiers"])
 
 
 def _args(strategy="group", group=32, symmetric=True) -> QuantizationArgs:
@@ -72,7 +74,10 @@ def build(path: Path, args: QuantizationArgs, scale_dtype=torch.bfloat16, seed=0
 CASES = [("RAWINT4", _args("group", 32, True), torch.bfloat16),  # Kimi-K2-Thinking's scheme
          ("GPTQ_INT4", _args("group", 128, True), torch.float16),  # llm-compressor's W4A16
          ("GPTQ_INT4", _args("group", 64, True), torch.bfloat16),
-         ("RAWINT4", _args("channel", None, True), torch.bfloat16)]
+         ("RAWINT4", _args("channel", None, True), torch.bfloat16),
+         # asymmetric: scale * zero point needs up to 15 significant bits, beyond fp16's 11
+         ("GPTQ_INT4", _args("group", 64, False), torch.bfloat16),
+         ("RAWINT4", _args("group", 32, False), torch.float16)]
 IDS = [f"{m}-{a.strategy}{a.group_size or ''}-{'sym' if a.symmetric else 'asym'}-{str(d)[6:]}" for m, a, d in CASES]
 
 
@@ -93,15 +98,17 @@ def test_loaded_weights_are_the_decompression_bit_for_bit(tmp_path, method, args
                                               err_msg=f"{proj} {e}")
 
 
-@pytest.mark.parametrize("tier", HOST_TIERS)
+@pytest.mark.parametrize("tier", TEST_TIERS)
 @pytest.mark.parametrize("method,args,scale_dtype", CASES, ids=IDS)
 def test_release_runs_as_stored(moe, tmp_path, tier, method, args, scale_dtype):
+    if tier == "amx_emu" and args.symmetric:
+        pytest.skip("the emulated tiles run the asymmetric cases (the same kernel; the emulator is slow)")
     path, (gate, up, down) = build(tmp_path / "r", args, scale_dtype)
     set_isa(tier)
     try:
         w = _wrapper(path, method, threadpool_count=2, chunked_prefill_size=128)
         w.load_weights()
-        assert w.formats == ("int4_g32", "int4_g32")
+        assert w.formats == ("int4_g32_zp", "int4_g32_zp")
         moe.check_release_layer(w, gate, up, down, f"{method} on {tier}")
     finally:
         set_isa(None)
@@ -124,13 +131,17 @@ def test_actorder_group_is_refused(tmp_path):
         _wrapper(path, "RAWINT4").load_weights()
 
 
-def test_asymmetric_release_beyond_fp16_is_refused_naming_it(tmp_path):
-    """An asymmetric release's scale * (zero point + 8) can need 12 significant bits: refused, not
-    rounded."""
-    path, _ = build(tmp_path / "r", _args("group", 64, False))
-    with pytest.raises(ConversionError, match=r"weight_scale\[\d+, \d+\]: scale \* \(zero point \+ 8\) = .* is not an "
-                                              "fp16 value"):
-        _wrapper(path, "GPTQ_INT4").load_weights()
+def test_asymmetric_release_loads_exactly_where_int4_g32_could_not(tmp_path):
+    """An asymmetric release's scale * (zero point + 8) needs more significant bits than fp16 holds
+    (so int4_g32's fp16 minimum could not hold it): int4_g32_zp keeps the integer zero point and the
+    weights are still compressed-tensors' decompression bit for bit."""
+    path, dec = build(tmp_path / "r", _args("group", 64, False), torch.float16)
+    ckpt = CompressedInt4Checkpoint(path, "GPTQ_INT4")
+    with ckpt.layer_arrays(LAYER, {0}) as arrays:
+        d = arrays[("up", "scale")][0].view(np.float16).astype(np.float32)
+        m = d * arrays[("up", "zero")][0].astype(np.float32)
+        assert np.any(m.astype(np.float16).astype(np.float32) != m)
+        np.testing.assert_array_equal(reference.dequantize_int4_release(arrays, "up", 0), dec[1][0].numpy())
 
 
 def test_scale_beyond_fp16_is_refused_naming_it(tmp_path):
@@ -153,3 +164,36 @@ def test_wrong_packed_shape_is_refused_naming_it(tmp_path):
     save_file(t, str(path / "model.safetensors"))
     with pytest.raises(ConversionError, match=rf"{key} is I32 \(256, 31\).*\(256, 32\)"):
         _wrapper(path, "RAWINT4").load_weights()
+
+
+@pytest.mark.parametrize("tier", [HOST_TIERS[-1], *TEST_TIERS[len(HOST_TIERS):]])
+def test_symmetric_release_gives_int4_g32s_bits(tmp_path, tier):
+    """A symmetric release's minimum -8 d, formed in fp32 by int4_g32_zp's kernels, is the fp16
+    minimum int4_g32 would hold: the same arrays packed as int4_g32 give the same output bits."""
+    from kt_kernel.packer import pack_quantized
+
+    path, _ = build(tmp_path / "r", _args("group", 32, True), torch.bfloat16)
+    set_isa(tier)
+    try:
+        zp = _wrapper(path, "RAWINT4")
+        zp.load_weights()
+        g32 = KTMoEWrapper(layer_idx=LAYER, num_experts=E, num_experts_per_tok=TOPK, hidden_size=H,
+                           moe_intermediate_size=I, cpuinfer_threads=2, method="AMXINT4")
+        with CompressedInt4Checkpoint(path, "RAWINT4").layer_arrays(LAYER, set(range(E))) as arrays:
+            g32_arrays = {}
+            for p in ("gate", "up", "down"):
+                d = [a.view(np.float16) for a in arrays[(p, "scale")]]
+                assert all(np.all(z == 8) for z in arrays[(p, "zero")])
+                g32_arrays[(p, "qweight")] = arrays[(p, "qweight")]
+                g32_arrays[(p, "scale")] = arrays[(p, "scale")]
+                g32_arrays[(p, "min")] = [np.ascontiguousarray(-8 * x).view(np.uint16) for x in d]
+            pack_quantized(g32._layer, g32_arrays, torch.arange(E), E, private_parts=("qweight", "scale", "min"))
+        assert (zp.formats, g32.formats) == (("int4_g32_zp",) * 2, ("int4_g32",) * 2)
+        g = torch.Generator().manual_seed(3)
+        for M in (1, 300):
+            x = torch.randn(M, H, generator=g).bfloat16()
+            ids = torch.stack([torch.randperm(E, generator=g)[:TOPK] for _ in range(M)])
+            wts = torch.rand(M, TOPK, generator=g)
+            assert torch.equal(zp.forward(x, ids, wts), g32.forward(x, ids, wts)), f"M={M} on {tier}"
+    finally:
+        set_isa(None)

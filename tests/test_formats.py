@@ -116,6 +116,11 @@ def test_logical_arrays_have_documented_shapes(fmt):
         assert q["values"].dtype == np.uint8 and int(q["values"].max()) <= 15
         assert q["group_scale"].shape == q["group_min"].shape == (N, groups)
         assert q["group_scale"].dtype == q["group_min"].dtype == np.uint16
+    elif fmt["name"] == "int4_g32_zp":
+        groups = -(-K // 32)
+        assert q["values"].dtype == q["group_zero"].dtype == np.uint8
+        assert int(q["values"].max()) <= 15 and int(q["group_zero"].max()) <= 15
+        assert q["group_scale"].shape == q["group_zero"].shape == (N, groups) and q["group_scale"].dtype == np.uint16
     elif fmt["name"] == "fp8_g128":
         assert q["values"].dtype == np.uint8 and not np.any((q["values"] & 0x7F) == 0x7F)  # no NaN code
         assert q["scale"].shape == (N, -(-K // 128)) and q["scale"].dtype == np.float32

@@ -2,7 +2,8 @@
 test-only "amx_emu" override: the same kernel templates with the software tile backend), which the
 whole correctness matrix of test_moe_matrix.py / test_moe_edges.py also covers through the `tier`
 fixture; on an AMX host the hardware kernels run too, and must give the emulator's results.
-Here: bit-identity with the AVX512 kernels where the arithmetic is the same (int8_pc, int4_g32),
+Here: bit-identity with the AVX512 kernels where the arithmetic is the same (int8_pc, int4_g32,
+int4_g32_zp),
 the per-bucket choice between tile and vector kernel at min_m, and that the emulated kernels are
 never chosen automatically while the hardware ones are chosen exactly where AMX is permitted."""
 from __future__ import annotations
@@ -24,11 +25,12 @@ from kt_kernel.formats import formats as method_formats
 INFO = kt_kernel.cpu_info()
 EMU_ROWS = {r["format"]: r for r in _ext.emulated_kernel_table()}
 AMX_ROWS = {r["format"]: r for r in _ext.kernel_table() if r["tier"] == "amx"}
-# methods whose format has a tile kernel
-TILE_METHODS = [f["method"] for f in _ext.formats() if f["name"] in EMU_ROWS]
+# methods whose format has a tile kernel (int4_g32_zp's, which no method names, run through the
+# int4 release tests' amx_emu cases and the kernel-level tests below)
+TILE_METHODS = [f["method"] for f in _ext.formats() if f["name"] in EMU_ROWS and f["method"]]
 # integer dot products are exact and the epilogues are the AVX512 kernels' own: equal bits
 BIT_IDENTICAL = {"AMXINT8", "AMXINT4"}
-BIT_IDENTICAL_FORMATS = {"int8_pc", "int4_g32"}
+BIT_IDENTICAL_FORMATS = {"int8_pc", "int4_g32", "int4_g32_zp"}
 
 needs_emu = pytest.mark.skipif("amx_emu" not in INFO["emulated_tiers"],
                                reason="amx_emu needs the avx512_bf16 tier (AVX512 epilogues)")

@@ -73,10 +73,11 @@ void register_moe(py::module_& m) {
                                              std::to_string(formats.size()));
                c.format = format_by_name(formats[0]).id;
                c.down_format = format_by_name(formats[1]).id;
-               // LLAMAFILE takes every format a GGUF tensor may hold (bf16 too); another method its own
+               // LLAMAFILE takes every format a GGUF tensor may hold (bf16 too); another method its own,
+               // or one that no method names (int4_g32_zp, which the int4 release readers choose)
                const bool gguf = method == kGgufMethod;
                for (const FormatTraits* f : {&format_traits(c.format), &format_traits(c.down_format)})
-                 if (gguf ? f->gguf_type < 0 : method != f->method)
+                 if (gguf ? f->gguf_type < 0 : *f->method && method != f->method)
                    throw std::invalid_argument(std::string("format ") + f->name + " belongs to method " + f->method +
                                                ", not " + method);
              }

@@ -6,10 +6,11 @@ bits 4j..4j+3 of row i; ``qzeros`` int32 [K / g, ceil(N / 8)], the zero point of
 bits 4j of column c; ``scales`` [K / g, N] (fp16; bf16 or fp32 read too); ``g_idx`` int32 [K], the
 group of each k (k // g unless activation order reordered it). ``checkpoint_format`` "gptq" (the
 default, AutoGPTQ's v1) stores each zero point minus one, "gptq_v2" stores it as it is. A weight is
-``scale * (q - zero point)``: int4_g32 with u = q (kt_kernel.checkpoint.int4_release).
+``scale * (q - zero point)``: int4_g32_zp with u = q (kt_kernel.checkpoint.int4_release); "gptq"
+zero points reach 16 (a stored 15), which int4_g32_zp holds as well.
 
 Byte b of qweight's word (i, n) holds k = 8i + 2b in its low nibble and k + 1 in its high one:
-int4_g32's byte (n, 4i + b) exactly, so the values load by one byte transpose per projection, no
+int4_g32_zp's converted byte (n, 4i + b) exactly, so the values load by one byte transpose per projection, no
 arithmetic (a copy of the packed size, as the scales are). Refused with the field named: bits other
 than 4, ``desc_act`` (or a g_idx other than k // g), a group size that is not a multiple of 32,
 per-module ``dynamic`` overrides, and expert biases that are not zero.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.int4_release import GROUP, Int4Release, expert_key_pattern, int4_g32_scales, quantization_config
+from kt_kernel.checkpoint.int4_release import GROUP, Int4Release, expert_key_pattern, int4_group_arrays, quantization_config
 from kt_kernel.checkpoint.safetensors_io import as_float32
 
 __all__ = ["AutoGptqCheckpoint", "decode_gptq_linear", "gptq_pack", "is_autogptq_int4"]
@@ -74,9 +75,9 @@ def gptq_pack(q: np.ndarray, z: np.ndarray, s: np.ndarray, zero_offset: int = 1)
 
 
 class AutoGptqCheckpoint(Int4Release):
-    """The routed experts of an AutoGPTQ int4 checkpoint as int4_g32's logical arrays."""
+    """The routed experts of an AutoGPTQ int4 checkpoint as int4_g32_zp's logical arrays."""
     kind = "autogptq-int4"
-    private_parts = ("qweight", "scale", "min")  # transposed in memory
+    private_parts = ("qweight", "scale", "zero")  # transposed in memory
     layout_name = "AutoGPTQ"
     stored_dtype = "int4 gptq"
     KEY = expert_key_pattern("qweight|qzeros|scales|g_idx|bias")
@@ -126,7 +127,7 @@ class AutoGptqCheckpoint(Int4Release):
                                   "architecture)")
         skey = keys[(e, j, "scales")]
         s = np.ascontiguousarray(as_float32(mapped(skey), self.tensors[skey][1]["dtype"]).T)  # [N, K / g]
-        z = unpack_columns(mapped(keys[(e, j, "qzeros")]), N).T.astype(np.float32) + self.zero_offset
-        d, m = int4_g32_scales(s, z, K, g, skey)
+        z = unpack_columns(mapped(keys[(e, j, "qzeros")]), N).T.astype(np.int32) + self.zero_offset
+        d, z8 = int4_group_arrays(s, z, K, g, skey)
         q = mapped(keys[(e, j, "qweight")]).view(np.uint8).reshape(K // 8, N, 4)
-        return np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(N, K // 2), d, m
+        return np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(N, K // 2), d, z8

@@ -6,8 +6,8 @@ group or channel): per linear layer ``weight_packed`` int32 [N, K / 8], eight va
 value i in bits 4i..4i+3, each the signed q (-8..7) plus 8; ``weight_scale`` [N, K / group] (bf16,
 fp16 or fp32); ``weight_shape`` [N, K]; when asymmetric, ``weight_zero_point`` int32
 [ceil(N / 8), K / group], the zero points z (-8..7) plus 8 packed the same way along N. A weight is
-``scale * (q - z)``: int4_g32 with u = q + 8 and zero point v = z + 8 (8 when symmetric)
-(kt_kernel.checkpoint.int4_release). The packed words, read as bytes, are int4_g32's converted
+``scale * (q - z)``: int4_g32_zp with u = q + 8 and zero point z + 8 (8 when symmetric)
+(kt_kernel.checkpoint.int4_release). The packed words, read as bytes, are int4_g32_zp's converted
 layout already (k even in the low nibble), so the values are zero-copy views of the files' memory
 maps. ``actorder`` group (a ``weight_g_idx`` permutation) is refused.
 """
@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from kt_kernel.checkpoint.errors import ConversionError
-from kt_kernel.checkpoint.int4_release import (GROUP, INT4_RELEASE_METHODS, Int4Release, decode_int4_g32,
-                                               expert_key_pattern, int4_g32_scales, quantization_config)
+from kt_kernel.checkpoint.int4_release import (GROUP, INT4_RELEASE_METHODS, Int4Release, decode_int4_zp,
+                                               expert_key_pattern, int4_group_arrays, quantization_config)
 from kt_kernel.checkpoint.safetensors_io import as_float32
 
-__all__ = ["CompressedInt4Checkpoint", "INT4_RELEASE_METHODS", "is_compressed_int4", "decode_int4_g32"]
+__all__ = ["CompressedInt4Checkpoint", "INT4_RELEASE_METHODS", "is_compressed_int4", "decode_int4_zp"]
 
 
 def is_compressed_int4(path) -> bool:
@@ -33,9 +33,9 @@ def is_compressed_int4(path) -> bool:
 
 
 class CompressedInt4Checkpoint(Int4Release):
-    """The routed experts of a compressed-tensors int4 checkpoint as int4_g32's logical arrays."""
+    """The routed experts of a compressed-tensors int4 checkpoint as int4_g32_zp's logical arrays."""
     kind = "compressed-int4"
-    private_parts = ("scale", "min")  # computed in memory; the values are views of the file maps
+    private_parts = ("scale", "zero")  # computed in memory; the values are views of the file maps
     layout_name = "compressed-tensors"
     stored_dtype = "int4 pack-quantized"
     KEY = expert_key_pattern("weight_packed|weight_scale|weight_zero_point|weight_shape|weight_g_idx")
@@ -83,7 +83,7 @@ class CompressedInt4Checkpoint(Int4Release):
         return want
 
     def _projection(self, keys: dict, e: int, j: int, N: int, K: int, mapped) -> tuple:
-        """int4_g32's arrays (qweight view, d, m) of projection j of expert e, its weight_shape checked."""
+        """int4_g32_zp's arrays (qweight view, d, z) of projection j of expert e, its weight_shape checked."""
         shape_key = keys[(e, j, "weight_shape")]
         stored = [int(v) for v in mapped(shape_key)]
         if stored != [N, K]:
@@ -91,10 +91,10 @@ class CompressedInt4Checkpoint(Int4Release):
         key = keys[(e, j, "weight_scale")]
         s = as_float32(mapped(key), self.tensors[key][1]["dtype"])
         if self.symmetric:
-            v = np.full(s.shape, 8.0, np.float32)
+            v = np.full(s.shape, 8, np.int32)
         else:
             words = mapped(keys[(e, j, "weight_zero_point")]).view(np.uint32)  # [ceil(N / 8), groups]: row 8w + i at bits 4i
             nib = (words[:, None, :] >> (4 * np.arange(8, dtype=np.uint32))[None, :, None]) & 0xF
-            v = nib.reshape(-1, s.shape[1])[:N].astype(np.float32)
-        d, m = int4_g32_scales(s, v, K, self._group_size(K), key, "scale * (zero point + 8)")
-        return mapped(keys[(e, j, "weight_packed")]).view(np.uint8), d, m
+            v = nib.reshape(-1, s.shape[1])[:N].astype(np.int32)
+        d, z = int4_group_arrays(s, v, K, self._group_size(K), key)
+        return mapped(keys[(e, j, "weight_packed")]).view(np.uint8), d, z

@@ -1,13 +1,12 @@
 """What the int4 release layouts share (methods RAWINT4 and GPTQ_INT4): the reader of a folder of
-per-expert packed int4 weights with scales and zero points per group along K, as int4_g32's
-logical arrays (the format of method AMXINT4's kernels, every tier).
+per-expert packed int4 weights with scales and zero points per group along K, as the logical
+arrays of int4_g32_zp (int4_g32's kernels on every tier, with an integer zero point).
 
-A release's weight is ``scale * (q - z)``, q and z 4-bit. In int4_g32 terms (w = d u + m per group
-of 32): u = q, d = scale, m = -scale * z per group (a release group of 64 or 128 gives its d and m
-to each of its 32s). d and m are fp16, so a release loads exactly when its scale and scale * z
-are fp16 values; otherwise the load refuses, naming the tensor and value: every bf16 or fp16
-scale from 2^-17 to 8188 of a symmetric release (z = 8) is, while an asymmetric zero point times a
-bf16 scale can need 12 significant bits, one more than fp16 has, and fp32 scales rarely fit.
+A release's weight is ``scale * (q - z)``, q and z 4-bit: int4_g32_zp's w = d (u - z) with u = q,
+d = scale and z per group of 32 (a release group of 64 or 128 gives its d and z to each of its 32s).
+Every such weight is an fp32 value and the kernels form d * z exactly, so a release loads exactly
+when its scales are fp16 values, which every bf16 or fp16 scale from 2^-17 to 65280 is; another
+scale (most fp32 ones) is refused, naming the tensor and value.
 
 The layouts (kt_kernel.checkpoint.ct_int4: compressed-tensors pack-quantized; .autogptq:
 AutoGPTQ / GPTQModel) subclass Int4Release with their tensor names, expected shapes and the
@@ -27,10 +26,12 @@ from kt_kernel.checkpoint.hf import index_tensors
 from kt_kernel.checkpoint.safetensors_io import MappedFolder
 from kt_kernel.hf_config import EXPERT_COUNT_FIELDS, INTERMEDIATE_FIELDS, moe_layer_indices, read_config, text_config
 
-__all__ = ["INT4_RELEASE_METHODS", "GROUP", "Int4Release", "decode_int4_g32", "int4_g32_scales", "quantization_config"]
+__all__ = ["INT4_RELEASE_METHODS", "INT4_RELEASE_FORMAT", "GROUP", "Int4Release", "decode_int4_zp", "int4_group_arrays",
+           "quantization_config"]
 
 INT4_RELEASE_METHODS = ("RAWINT4", "GPTQ_INT4")
-GROUP = 32  # int4_g32's group
+INT4_RELEASE_FORMAT = "int4_g32_zp"  # the format an int4 release loads into, whatever its method
+GROUP = 32  # int4_g32_zp's group
 PROJ = {"gate_proj": 0, "up_proj": 1, "down_proj": 2, "w1": 0, "w3": 1, "w2": 2}
 PROJ_NAMES = ("gate", "up", "down")
 
@@ -46,44 +47,44 @@ def expert_key_pattern(parts: str) -> re.Pattern:
                       rf"\.({parts})$")
 
 
-def decode_int4_g32(packed: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
-    """fp32 [N, K] of int4_g32's logical arrays as the readers give them: packed uint8 [N, K / 2]
-    (k even in the low nibble), d and m fp16 bits [N, K / 32]; w = d u + m."""
-    u = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.float32)
-    d, m = (np.repeat(a.view(np.float16).astype(np.float32), GROUP, axis=1)[:, :u.shape[1]] for a in (d16, m16))
-    return d * u + m
+def decode_int4_zp(packed: np.ndarray, d16: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """fp32 [N, K] of int4_g32_zp's logical arrays as the readers give them: packed uint8 [N, K / 2]
+    (k even in the low nibble), d fp16 bits and z uint8 [N, K / 32]; w = d (u - z), exact."""
+    u = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.int32)
+    d = np.repeat(d16.view(np.float16).astype(np.float32), GROUP, axis=1)[:, :u.shape[1]]
+    zk = np.repeat(z.astype(np.int32), GROUP, axis=1)[:, :u.shape[1]]
+    return d * (u - zk).astype(np.float32)
 
 
-def int4_g32_scales(s: np.ndarray, z: np.ndarray, K: int, group: int, key: str,
-                    product: str = "scale * zero point") -> tuple:
-    """int4_g32's d = s and m = -s * z, fp16 bits [N, ceil(K / 32)], from a release's fp32 scales
-    ``s`` and zero points ``z`` (the 4-bit value of a zero weight), both [N, K / group], after
-    checking that fp16 holds both exactly (else a ConversionError naming ``key`` and the value;
-    ``product``: what the layout calls s * z)."""
-    d, m = s, -s * z
-    for name, a in (("scale", d), (product, m)):
-        h = a.astype(np.float16)
-        bad = ~np.isfinite(a) | (h.astype(np.float32) != a)
-        if bad.any():
-            at = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ConversionError(f"{key}{list(at)}: {name} = {float(a[at])!r} is not an fp16 value, which int4_g32 "
-                                  "holds exactly: bf16 and fp16 scales from 2^-17 to 8188 of symmetric releases are "
-                                  "(an asymmetric zero point times a bf16 scale can need 12 significant bits)")
+def int4_group_arrays(s: np.ndarray, z: np.ndarray, K: int, group: int, key: str) -> tuple:
+    """int4_g32_zp's d = s (fp16 bits) and z (uint8), [N, ceil(K / 32)], from a release's fp32
+    scales ``s`` and integer zero points ``z`` (the 4-bit value of a zero weight; AutoGPTQ's gptq
+    layout reaches 16), both [N, K / group], after checking that fp16 holds each scale exactly
+    (else a ConversionError naming ``key`` and the value)."""
+    h = s.astype(np.float16)
+    bad = ~np.isfinite(s) | (h.astype(np.float32) != s)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConversionError(f"{key}{list(at)}: scale = {float(s[at])!r} is not an fp16 value, which int4_g32_zp "
+                              "holds exactly: bf16 and fp16 scales from 2^-17 to 65280 are")
+    if z.min() < 0 or z.max() > 255:
+        at = tuple(int(i) for i in np.argwhere((z < 0) | (z > 255))[0])
+        raise ConversionError(f"{key}{list(at)}: zero point {int(z[at])} is not in 0..255")
     reps, groups = group // GROUP, -(-K // GROUP)
-    d16 = np.repeat(d.astype(np.float16), reps, axis=1)[:, :groups]
-    m16 = np.repeat(m.astype(np.float16), reps, axis=1)[:, :groups]
-    return np.ascontiguousarray(d16).view(np.uint16), np.ascontiguousarray(m16).view(np.uint16)
+    d16 = np.repeat(h, reps, axis=1)[:, :groups]
+    z8 = np.repeat(z.astype(np.uint8), reps, axis=1)[:, :groups]
+    return np.ascontiguousarray(d16).view(np.uint16), np.ascontiguousarray(z8)
 
 
 class Int4Release:
-    """The routed experts of an int4 release as int4_g32's logical arrays. A layout gives
+    """The routed experts of an int4 release as int4_g32_zp's logical arrays. A layout gives
     ``kind``, ``private_parts`` (the arrays computed in memory rather than viewed in the file
     maps), ``KEY`` (expert_key_pattern of its parts), ``layout_name`` (for errors), ``stored_dtype``
     (what the converter records of its source), and
     ``_check_args(q, where)`` (its quantization_config, returning the group size rule),
     ``_expected(N, K)`` (part -> (dtype or None, shape) of one projection, the optional parts
     absent), ``_refuse(key, part)`` (a part it cannot read, or None), and ``_projection(keys, e,
-    j, N, K, mapped)`` -> (packed uint8 [N, K / 2], d16, m16)."""
+    j, N, K, mapped)`` -> (packed uint8 [N, K / 2], d16, z8)."""
     KEY: re.Pattern
     layout_name: str
 
@@ -146,14 +147,14 @@ class Int4Release:
     @contextmanager
     def layer_arrays(self, layer: int, experts: set) -> Iterator[dict]:
         """(proj, part) -> one array per logical expert (None for those not in ``experts``):
-        "qweight" the packed values, uint8 [N, K / 2], "scale" and "min" int4_g32's d and m, fp16
-        bits [N, K / 32]."""
+        "qweight" the packed values, uint8 [N, K / 2], "scale" and "zero" int4_g32_zp's d (fp16
+        bits) and z (uint8), [N, K / 32]."""
         maps = MappedFolder(self.path, self.tensors)
-        arrays = {(p, part): [None] * self.num_experts for p in PROJ_NAMES for part in ("qweight", "scale", "min")}
+        arrays = {(p, part): [None] * self.num_experts for p in PROJ_NAMES for part in ("qweight", "scale", "zero")}
         try:
             for e in sorted(experts):
                 for j in range(3):
-                    for part, a in zip(("qweight", "scale", "min"), self._arrays(layer, e, j, maps.array)):
+                    for part, a in zip(("qweight", "scale", "zero"), self._arrays(layer, e, j, maps.array)):
                         arrays[(PROJ_NAMES[j], part)][e] = a
             yield arrays
         finally:
@@ -165,7 +166,7 @@ class Int4Release:
         exact; safe to call from several threads at once."""
         maps = MappedFolder(self.path, self.tensors)
         try:
-            return decode_int4_g32(*self._arrays(layer, e, proj, maps.array))
+            return decode_int4_zp(*self._arrays(layer, e, proj, maps.array))
         finally:
             maps.close()
 

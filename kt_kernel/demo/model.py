@@ -250,9 +250,10 @@ def _run(args) -> int:
     print(f"  {what}... done ({took.seconds:.1f} s)", flush=True)
     cpu_layers = [lay for lay in layers if lay.wrapper is not None]
     formats = sorted({f for lay in cpu_layers for f in lay.wrapper.formats})
-    # an int4 release runs in AMXINT4's format, int4_g32
-    bounds = (format_agreement_bounds(*formats) if gguf else
-              AGREEMENT_BOUNDS["AMXINT4" if method in INT4_RELEASE_METHODS else method])
+    # a GGUF file's types and an int4 release's int4_g32_zp are stored formats: their records bound
+    # the agreement with the same weights decoded, the demo's reference for them
+    bounds = (format_agreement_bounds(*formats) if gguf or method in INT4_RELEASE_METHODS else
+              AGREEMENT_BOUNDS[method])
     agreement = greedy = None
     if ref is not None:
         with step("running both models teacher-forced over prompt + generated text"):

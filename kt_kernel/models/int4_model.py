@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kt_kernel.checkpoint.autogptq import AutoGptqCheckpoint, decode_gptq_linear, gptq_pack, is_autogptq_int4
-from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, decode_int4_g32, is_compressed_int4
+from kt_kernel.checkpoint.ct_int4 import INT4_RELEASE_METHODS, CompressedInt4Checkpoint, decode_int4_zp, is_compressed_int4
 from kt_kernel.checkpoint.int4_release import Int4Release
 from kt_kernel.checkpoint.safetensors_io import MappedFolder, as_float32
 from kt_kernel.models.architectures import ARCHITECTURES
@@ -69,8 +69,8 @@ def int4_state_dict(path, model, dtype=torch.float32) -> dict:
 
 def int4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> tuple:
     """(gate_up [n, 2I, H], down [n, H, I]) of ``layer``'s routed experts ``experts`` (default all)
-    in the release, decoded (scale * (q - zero point), as the reader hands them to int4_g32:
-    d * u + m per group of 32), in transformers' fused layout."""
+    in the release, decoded (scale * (q - zero point), as the reader hands them to int4_g32_zp:
+    d * (u - z) per group of 32), in transformers' fused layout."""
     ckpt = _release(path)
     ids = list(range(ckpt.num_experts)) if experts is None else [int(e) for e in experts]
     H, I = ckpt.hidden_size, ckpt.intermediate_size
@@ -78,8 +78,8 @@ def int4_expert_weights(path, layer: int, experts=None, dtype=torch.float32) -> 
     with ckpt.layer_arrays(layer, set(ids)) as arrays:
         for i, e in enumerate(ids):
             for proj, dst in (("gate", gate_up[i, :I]), ("up", gate_up[i, I:]), ("down", down[i])):
-                dst.copy_(torch.from_numpy(decode_int4_g32(arrays[(proj, "qweight")][e], arrays[(proj, "scale")][e],
-                                                           arrays[(proj, "min")][e])))
+                dst.copy_(torch.from_numpy(decode_int4_zp(arrays[(proj, "qweight")][e], arrays[(proj, "scale")][e],
+                                                          arrays[(proj, "zero")][e])))
     return gate_up, down
 
 
@@ -98,12 +98,13 @@ def _new_release(src: Path, dst: Path, what: str) -> tuple:
     return cfg, row
 
 
-def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16) -> Path:
+def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16, symmetric: bool = True) -> Path:
     """A compressed-tensors int4 release of the Hugging Face model in ``src`` (a bf16/fp32
     safetensors folder with per-expert tensors) written to ``dst`` as Kimi-K2-Thinking ships one:
     each routed expert's weights pack-quantized by compressed-tensors' own compressor (4-bit ints,
     symmetric groups of ``group``, ``scale_dtype`` scales: weight_packed, weight_scale,
-    weight_shape), every other tensor as stored, ``quantization_config`` in config.json."""
+    weight_shape; asymmetric with ``symmetric`` False, adding weight_zero_point), every other tensor
+    as stored, ``quantization_config`` in config.json."""
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from compressed_tensors.quantization.utils import calculate_qparams
@@ -111,7 +112,7 @@ def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16) ->
 
     src, dst = Path(src), Path(dst)
     cfg, row = _new_release(src, dst, "int4 releases")
-    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=group)
     scheme = QuantizationScheme(targets=["Linear"], weights=args)
     cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
                                   "config_groups": {"group_0": {"targets": ["re:.*mlp.experts.*"],
@@ -132,7 +133,8 @@ def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16) ->
             c = PackedQuantizationCompressor.compress(
                 {"weight": w, "weight_scale": scale.to(scale_dtype), "weight_zero_point": zp.to(torch.int8)}, scheme)
             base = name[:-len(".weight")]
-            out.update({f"{base}.{part}": v.contiguous() for part, v in c.items() if part != "weight_zero_point"})
+            out.update({f"{base}.{part}": v.contiguous() for part, v in c.items()
+                        if part != "weight_zero_point" or not symmetric})
         save_file(out, str(dst / f.name))
         weight_map.update({k: f.name for k in out})
     if (src / "model.safetensors.index.json").exists():
@@ -140,19 +142,21 @@ def write_int4_release(src, dst, group: int = 32, scale_dtype=torch.bfloat16) ->
     return dst
 
 
-def write_autogptq_release(src, dst, group: int = 32) -> Path:
+def write_autogptq_release(src, dst, group: int = 32, symmetric: bool = True) -> Path:
     """An AutoGPTQ int4 release of the Hugging Face model in ``src`` (a bf16/fp32 safetensors folder
     with per-expert tensors) written to ``dst`` as the *-GPTQ-Int4 MoE models ship: every linear
     layer of the decoder layers (attention, dense and shared MLPs, routed experts) but the routers
     rounded to nearest in symmetric groups of ``group`` (4-bit q, zero point 8, fp16 scales
-    max|w| / 7) and packed in AutoGPTQ's layout (checkpoint_format gptq: qweight, qzeros, scales,
+    max|w| / 7), or with ``symmetric`` False in asymmetric ones (scale (max - min) / 15 over a
+    range holding 0, zero point round(-min / scale) in 1..15, which checkpoint_format gptq stores
+    minus one), and packed in AutoGPTQ's layout (checkpoint_format gptq: qweight, qzeros, scales,
     g_idx); a layer whose K is not whole groups, and every other tensor, as stored."""
     from safetensors.torch import load_file, save_file
 
     src, dst = Path(src), Path(dst)
     cfg, _ = _new_release(src, dst, "AutoGPTQ releases")
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": False,
-                                  "sym": True, "checkpoint_format": "gptq"}
+                                  "sym": symmetric, "checkpoint_format": "gptq"}
     (dst / "config.json").write_text(json.dumps(cfg, indent=1))
     weight_map = {}
     for f in sorted(src.glob("*.safetensors")):
@@ -164,10 +168,16 @@ def write_autogptq_release(src, dst, group: int = 32) -> Path:
                 continue
             w = t.float().numpy()
             blocks = w.reshape(w.shape[0], -1, group)
-            s = (np.abs(blocks).max(-1) / 7).astype(np.float16)
+            if symmetric:
+                s = (np.abs(blocks).max(-1) / 7).astype(np.float16)
+                z = np.full(s.shape, 8)
+            else:
+                lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+                s = ((hi - lo) / 15).astype(np.float16)
+                z = np.clip(np.rint(-lo / np.where(s == 0, 1, s).astype(np.float32)), 1, 15).astype(np.int64)
             s[s == 0] = 1
-            q = np.clip(np.rint(blocks / s.astype(np.float32)[..., None]) + 8, 0, 15).astype(np.uint8).reshape(w.shape)
-            packed = gptq_pack(q, np.full(s.shape, 8), s)
+            q = np.clip(np.rint(blocks / s.astype(np.float32)[..., None]) + z[..., None], 0, 15)
+            packed = gptq_pack(q.astype(np.uint8).reshape(w.shape), z, s)
             base = name[:-len(".weight")]
             out.update({f"{base}.{part}": torch.from_numpy(v) for part, v in packed.items()})
         save_file(out, str(dst / f.name))

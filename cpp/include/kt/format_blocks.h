@@ -44,6 +44,8 @@ inline const Int8PcTail* int8pc_tail(const uint8_t* panel, int Kp) {
 //   q[j][4c + i] = Q[c, 8j + i] | Q[c, 8j + 4 + i] << 4     j = 0..3, c = 0..15, i = 0..3
 //   so q[j] & 0xf is the vpdpbusd operand of k = 8j..8j+3 (lane c, bytes i), q[j] >> 4 of 8j+4..8j+7
 //   d[c], m[c]: fp16 scale and minimum,  W[c, k] = d[c] * Q[c, k] + m[c]
+// int4_g32_zp packs into the same block with m[c] = -z[c], its zero point, as an fp16 integer:
+//   W[c, k] = d[c] * Q[c, k] + d[c] * m[c] = d[c] * (Q[c, k] - z[c])    (d m formed in fp32, exact)
 struct Int4G32Block {
   static constexpr int kK = 32;
   static constexpr int kSteps = 4;  // 64-byte rows of nibble pairs, 8 k each

@@ -19,13 +19,14 @@ namespace kt {
 // The weight formats, in record order. Adding a format adds its id here and its record in
 // format_registry.cpp (docs/adding_a_format.md). Ours first, then the GGUF types (ggml spellings):
 // q8_0, f16, f32, then the legacy types q4_0 q4_1 q5_0 q5_1 iq4_nl, then q2_K q3_K q4_K q5_K q6_K iq4_xs,
-// then mxfp4 (method MXFP4 and a GGUF type).
+// then mxfp4 (method MXFP4 and a GGUF type), then int4_g32_zp (no method of its own: the int4
+// release methods load asymmetric releases into it).
 #define KT_FORMAT_IDS(X) \
   X(bf16) X(int8_pc) X(int4_g32) X(fp8_g128) \
   X(q8_0) X(f16) X(f32) \
   X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(iq4_nl) \
   X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K) X(iq4_xs) \
-  X(mxfp4)
+  X(mxfp4) X(int4_g32_zp)
 
 // The method of every GGUF format: KTMoEWrapper(method="LLAMAFILE") takes each projection's format
 // from the GGUF file's tensor types (any format with a gguf_type, bf16 included).
@@ -107,7 +108,8 @@ struct AgreementBounds {
 struct FormatTraits {
   FormatId id;
   const char* name;    // format id string, e.g. "int4_g32"
-  const char* method;  // KTMoEWrapper method that selects it, e.g. "AMXINT4"
+  const char* method;  // KTMoEWrapper method that selects it, e.g. "AMXINT4"; "" for a format that
+                       // only a checkpoint reader chooses (int4_g32_zp: asymmetric int4 releases)
   const char* quant_method;  // the converter's name for it (convert_cpu_weights.py --quant-method), e.g. "int4"
   int group;           // K values sharing one scale; 0 = one scale per output channel / none
   // Packed geometry: a panel is Kp / k_align blocks of block_bytes (Kp = K padded to k_align, the

@@ -23,6 +23,15 @@ void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out);
 void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
 void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
 
+// int4_g32_zp arrays: values uint8 [N, K] in 0..15, group_scale fp16 bits and group_zero uint8
+// [N, ceil(K/32)]; packed as int4_g32 (values and scale at int4_g32's indices)
+constexpr int kInt4G32ZpZero = 2;
+void int4g32zp_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);
+void int4g32zp_dequantize_ref(const QuantizedMatrix& q, float* out);
+void int4g32zp_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst);
+void int4g32zp_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out);
+void int4g32zp_check(const QuantizedMatrix& q);
+
 // fp8_g128 arrays: values e4m3 bytes [N, K], scale fp32 [N, ceil(K/128)]
 enum Fp8G128Array { kFp8G128Values = 0, kFp8G128Scale = 1 };
 void fp8g128_quantize_ref(const float* w, int N, int K, QuantizedMatrix* out);

@@ -154,13 +154,15 @@ void int4g32_dequantize_ref(const QuantizedMatrix& q, float* out) {
     }
 }
 
-void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+// int4_g32_zp (formats/int4_g32_zp.cpp) packs into the same blocks, its field m holding -z as an
+// fp16 integer, from which kernels form the minimum d * m in fp32; values and d are placed alike.
+template <bool kZeroPoint>
+void int4g32_pack_blocks(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
   const int kp = round_up(k1 - k0, G);
   const int groups_src = (q.K + G - 1) / G;
-  const size_t pb = format_traits(FormatId::int4_g32).panel_bytes(kp);
+  const size_t pb = format_traits(kZeroPoint ? FormatId::int4_g32_zp : FormatId::int4_g32).panel_bytes(kp);
   const uint8_t* values = q.array<uint8_t>(kInt4G32Values);
   const uint16_t* scale = q.array<uint16_t>(kInt4G32Scale);
-  const uint16_t* min = q.array<uint16_t>(kInt4G32Min);
   const int panels = (n1 - n0 + kPanelN - 1) / kPanelN;
   std::memset(dst, 0, pb * panels);
   for (int p = 0; p < panels; ++p) {
@@ -171,8 +173,12 @@ void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint
         int n = n0 + p * kPanelN + c;
         if (n >= n1) break;
         int kg0 = k0 + g * G;  // first source k of this group
-        blk.d[c] = scale[size_t(n) * groups_src + kg0 / G];
-        blk.m[c] = min[size_t(n) * groups_src + kg0 / G];
+        const size_t gi = size_t(n) * groups_src + kg0 / G;
+        blk.d[c] = scale[gi];
+        if constexpr (kZeroPoint)
+          blk.m[c] = f32_to_f16(-float(q.array<uint8_t>(kInt4G32ZpZero)[gi]));
+        else
+          blk.m[c] = q.array<uint16_t>(kInt4G32Min)[gi];
         for (int kk = 0; kk < G && kg0 + kk < k1; ++kk) {
           uint8_t v = values[size_t(n) * q.K + kg0 + kk];
           int j = kk / 8, r = kk % 8;
@@ -184,20 +190,38 @@ void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint
   }
 }
 
-void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
-  const Int4G32Block* blocks =
-      reinterpret_cast<const Int4G32Block*>(data + format_traits(FormatId::int4_g32).panel_bytes(Kp) * size_t(n / kPanelN));
+void int4g32_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+  int4g32_pack_blocks<false>(q, n0, n1, k0, k1, dst);
+}
+void int4g32zp_pack(const QuantizedMatrix& q, int n0, int n1, int k0, int k1, uint8_t* dst) {
+  int4g32_pack_blocks<true>(q, n0, n1, k0, k1, dst);
+}
+
+// w = d * q + m, or for int4_g32_zp d * q + d * m (= d * (q - z), exact in fp32: both products
+// are multiples of d's last bit and at most 15 d)
+template <bool kZeroPoint>
+void int4g32_unpack_blocks(const uint8_t* data, int Kp, int n, int K, float* out) {
+  const FormatTraits& f = format_traits(kZeroPoint ? FormatId::int4_g32_zp : FormatId::int4_g32);
+  const Int4G32Block* blocks = reinterpret_cast<const Int4G32Block*>(data + f.panel_bytes(Kp) * size_t(n / kPanelN));
   const int c = n % kPanelN;
   for (int g = 0; g * G < K; ++g) {
     const Int4G32Block& blk = blocks[g];
-    const float d = f16_to_f32(blk.d[c]), m = f16_to_f32(blk.m[c]);
+    const float d = f16_to_f32(blk.d[c]);
+    const float m = kZeroPoint ? d * f16_to_f32(blk.m[c]) : f16_to_f32(blk.m[c]);
     for (int kk = 0; kk < G && g * G + kk < K; ++kk) {
       const int j = kk / 8, r = kk % 8;
       const uint8_t byte = blk.q[j][c * 4 + (r & 3)];
       const uint8_t q = r < 4 ? byte & 0xf : byte >> 4;
-      out[g * G + kk] = d * q + m;  // w = d * q + m
+      out[g * G + kk] = d * q + m;
     }
   }
+}
+
+void int4g32_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  int4g32_unpack_blocks<false>(data, Kp, n, K, out);
+}
+void int4g32zp_unpack_row(const uint8_t* data, int Kp, int n, int K, float* out) {
+  int4g32_unpack_blocks<true>(data, Kp, n, K, out);
 }
 
 KT_REFERENCE_QUANTIZER_ROW(int4_g32, int4g32_quantize_ref)

@@ -19,6 +19,8 @@
 namespace kt::amx {
 namespace {
 
+// kZeroPoint: int4_g32_zp's blocks, whose m holds -z: the group minimum is d * m in fp32 (exact)
+template <bool kZeroPoint>
 struct Int4G32Amx {
   static constexpr int a_colsb = 32, b_rows = 8;
   static constexpr size_t b_step_bytes = 512;
@@ -46,6 +48,7 @@ struct Int4G32Amx {
     const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(panel)[g];
     *d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
     *m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.m)));
+    if constexpr (kZeroPoint) *m = _mm512_mul_ps(*d, *m);
   }
 
   // one row's C dwords c of group g, with that row's group sum gsum (as a float)

@@ -1,4 +1,4 @@
-// [NOTE] int4_g32 weights x q8s activations with AVX2 + F16C. Per group g of 32 k, row r:
+// [NOTE] int4_g32 and int4_g32_zp weights x q8s activations with AVX2 + F16C. Per group g of 32 k, row r:
 //   isum = sum_k q_w q_a                          (int32 per channel)
 //   acc += cvt(isum) * d[g] + m[g] * gsum_a[r,g]  (fp32, d and m widened from fp16)
 // and at the end acc *= s_a[r], as in the reference.
@@ -14,7 +14,8 @@
 // "Register blocks"). The rows' group sums are widened to
 // fp32 once per turn, and each group broadcasts its own from memory (a load, not a convert and a
 // shuffle per row and group).
-// Layout in formats/int4_g32.cpp.
+// Layout in formats/int4_g32.cpp. kZeroPoint: int4_g32_zp's blocks, whose m holds -z: the group
+// minimum is d * m, formed in fp32 (exact).
 #include "kernels/avx2/avx2_driver.h"
 #include "kernels/kernel_registry.h"
 
@@ -26,6 +27,7 @@ constexpr int kGroupLines = sizeof(Int4G32Block) / 64;  // cache lines of one gr
 // Groups per turn of a matrix (2.5 KiB of it); one group sum convert of a row serves 8 groups.
 constexpr int kTurnGroups = 8;
 
+template <bool kZeroPoint>
 struct Int4G32Tile {
   static constexpr int max_rows(int) { return 4; }
   // Every block takes the whole panel in one pass. Up to 2 rows, the acc, sum16, lo and hi of one
@@ -65,6 +67,7 @@ struct Int4G32Tile {
       for (int h = 0; h < NH; ++h) {
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.d + (h0 + h) * avx2::kHalfN)));
         __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.m + (h0 + h) * avx2::kHalfN)));
+        if constexpr (kZeroPoint) m = _mm256_mul_ps(d, m);
         for (int r = 0; r < MR; ++r) {
           __m256i isum = _mm256_madd_epi16(sum16[r][h], ones);
           acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][h]);
@@ -111,9 +114,12 @@ struct Int4G32Tile {
 
 }  // namespace
 
-void gateup_int4g32_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int4G32Tile>(a); }
-void down_int4g32_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int4G32Tile>(a); }
+void gateup_int4g32_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int4G32Tile<false>>(a); }
+void down_int4g32_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int4G32Tile<false>>(a); }
+void gateup_int4g32zp_q8s_4x16__avx2(const GateUpArgs& a) { avx2::gateup<Int4G32Tile<true>>(a); }
+void down_int4g32zp_q8s_4x16__avx2(const DownArgs& a) { avx2::down<Int4G32Tile<true>>(a); }
 
 KT_KERNEL_ROW(int4_g32, kAvx2Obj, q8s, int4g32_q8s_4x16__avx2)
+KT_KERNEL_ROW(int4_g32_zp, kAvx2Obj, q8s, int4g32zp_q8s_4x16__avx2)
 
 }  // namespace kt

@@ -3,14 +3,15 @@
 // Per group g of 32 k, for each row r and matrix:
 //   isum = sum_k q_w q_a                          (int32, 16 channels)
 //   acc += cvt(isum) * d[g] + m[g] * gsum_a[r,g]  (fp32)
-// and at the end acc *= s_a[r].  Layout in formats/int4_g32.cpp.
+// and at the end acc *= s_a[r].  Layout in formats/int4_g32.cpp. kZeroPoint: int4_g32_zp's blocks,
+// whose m holds -z: the group minimum is d * m, formed in fp32 (exact) once per panel and group.
 #pragma once
 #include "kernels/avx512/avx512_driver.h"
 
 namespace kt::avx512 {
 namespace {
 
-template <class Dot>
+template <class Dot, bool kZeroPoint>
 struct Int4G32Tile {
   static constexpr int max_rows(int) { return 4; }  // isum + acc: 4 NM MR zmm
   // 2 down panels, so that each activation broadcast feeds two vpdpbusd: faster at prefill on the
@@ -58,6 +59,7 @@ struct Int4G32Tile {
         const Int4G32Block& blk = reinterpret_cast<const Int4G32Block*>(w[t])[g];
         __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
         __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.m)));
+        if constexpr (kZeroPoint) m = _mm512_mul_ps(d, m);
         for (int r = 0; r < MR; ++r) {
           acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][r]), d, acc[t][r]);
           acc[t][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(float(gs[r][g])), acc[t][r]);
