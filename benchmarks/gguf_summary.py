@@ -54,15 +54,17 @@ def summary(results: list) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="JSON files written by bench_gguf.py --json")
+    p.add_argument("--types", help="only these types, comma-separated (e.g. mxfp4): a run may hold others")
     args = p.parse_args(argv)
     results = []
     for path in args.runs:
-        run = json.load(open(path))
+        with open(path) as f:
+            run = json.load(f)
         bw = [b["best_gbps"] for b in run["limits"]["bandwidth"]]
         c = run["conditions"]
         print(f"{path}: {c['cpu_info']['brand']}, {c['threads']} threads, {c['time']}, read bandwidth "
               f"{min(bw):.1f}-{max(bw):.1f} GB/s")
-        results += run["results"]
+        results += [r for r in run["results"] if not args.types or r["type"] in args.types.split(",")]
     print()
     print(summary(results))
     return 0

@@ -214,3 +214,19 @@ def test_summary_pairs_ours_with_upstream():
                                   row("upstream", 512, 150.0)])
     assert table.splitlines()[-1] == ("| A | q4_K | 2 | 3 | 1.50x | 40%* of 37 GB/s | 85% of 37 GB/s | 100 | 150 | "
                                       "1.50x | 300 GOP/s (40%) | 0.0200 / 0.0200 |")
+
+
+def test_summary_keeps_the_types_asked_for(tmp_path, capsys):
+    """--types: a run measured with several types gives the rows of those named only."""
+    import json
+
+    import gguf_summary
+
+    rows = [{"shape": "B", "type": t, "side": side, "M": 1, "ms": 2.0, "status": "ok", "rel_err": 0.01,
+             "pct_limit": 80.0, "bandwidth_gbps": 50.0} for t in ("mxfp4", "rawint4") for side in ("ours", "upstream")]
+    run = {"limits": {"bandwidth": [{"best_gbps": 50.0}]}, "results": rows,
+           "conditions": {"cpu_info": {"brand": "cpu"}, "threads": 2, "time": "now"}}
+    (tmp_path / "B.json").write_text(json.dumps(run))
+    assert gguf_summary.main([str(tmp_path / "B.json"), "--types", "mxfp4"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| B ")]
+    assert [line.split(" | ")[1] for line in table] == ["mxfp4"]

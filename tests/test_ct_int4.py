@@ -166,34 +166,30 @@ def test_wrong_packed_shape_is_refused_naming_it(tmp_path):
         _wrapper(path, "RAWINT4").load_weights()
 
 
-@pytest.mark.parametrize("tier", [HOST_TIERS[-1], *TEST_TIERS[len(HOST_TIERS):]])
-def test_symmetric_release_gives_int4_g32s_bits(tmp_path, tier):
-    """A symmetric release's minimum -8 d, formed in fp32 by int4_g32_zp's kernels, is the fp16
-    minimum int4_g32 would hold: the same arrays packed as int4_g32 give the same output bits."""
-    from kt_kernel.packer import pack_quantized
-
-    path, _ = build(tmp_path / "r", _args("group", 32, True), torch.bfloat16)
+@pytest.mark.parametrize("tier", [HOST_TIERS[0], HOST_TIERS[-1]])
+def test_activation_rounding_is_per_group(tmp_path, tier):
+    """The release's weights are exact, so the layer's error against the float64 layer on them with
+    unrounded activations is the activations' int8 rounding alone: one scale per 32 values (q8_32)
+    leaves about 0.012 on these layers, one per token (q8s, int4_g32's) 0.022; bound 0.015."""
+    path, (gate, up, down) = build(tmp_path / "r", _args("group", 32, False), torch.bfloat16)
     set_isa(tier)
     try:
-        zp = _wrapper(path, "RAWINT4")
-        zp.load_weights()
-        g32 = KTMoEWrapper(layer_idx=LAYER, num_experts=E, num_experts_per_tok=TOPK, hidden_size=H,
-                           moe_intermediate_size=I, cpuinfer_threads=2, method="AMXINT4")
-        with CompressedInt4Checkpoint(path, "RAWINT4").layer_arrays(LAYER, set(range(E))) as arrays:
-            g32_arrays = {}
-            for p in ("gate", "up", "down"):
-                d = [a.view(np.float16) for a in arrays[(p, "scale")]]
-                assert all(np.all(z == 8) for z in arrays[(p, "zero")])
-                g32_arrays[(p, "qweight")] = arrays[(p, "qweight")]
-                g32_arrays[(p, "scale")] = arrays[(p, "scale")]
-                g32_arrays[(p, "min")] = [np.ascontiguousarray(-8 * x).view(np.uint16) for x in d]
-            pack_quantized(g32._layer, g32_arrays, torch.arange(E), E, private_parts=("qweight", "scale", "min"))
-        assert (zp.formats, g32.formats) == (("int4_g32_zp",) * 2, ("int4_g32",) * 2)
-        g = torch.Generator().manual_seed(3)
-        for M in (1, 300):
+        w = _wrapper(path, "RAWINT4")
+        w.load_weights()
+        assert reference_act(w) == "q8_32"
+        g = torch.Generator().manual_seed(5)
+        for M in (1, 64):
             x = torch.randn(M, H, generator=g).bfloat16()
             ids = torch.stack([torch.randperm(E, generator=g)[:TOPK] for _ in range(M)])
             wts = torch.rand(M, TOPK, generator=g)
-            assert torch.equal(zp.forward(x, ids, wts), g32.forward(x, ids, wts)), f"M={M} on {tier}"
+            ref = reference.moe_forward(x.float(), ids, wts, gate, up, down)
+            out = w.forward(x, ids, wts).double()
+            rel = float((out - ref).norm() / ref.norm())
+            assert rel < 0.015, f"M={M} on {tier}: {rel:.4f}"
     finally:
         set_isa(None)
+
+
+def reference_act(wrapper) -> str:
+    from format_expectations import kernel_row
+    return kernel_row(wrapper.formats[0], wrapper.isa_tier)["act"]

@@ -167,20 +167,21 @@ constexpr FormatTraits kFormats[kNumFormats] = {
     // int4_g32_zp: int4_g32 with an integer zero point, w = d (q - z), the format int4 releases load
     // into (methods RAWINT4, GPTQ_INT4; no method names it: kt_kernel/checkpoint/int4_release.py),
     // exactly, symmetric or not. Its kernels are int4_g32's with the group minimum formed as
-    // d * (-z) in fp32. Its quantizer (round to nearest, the zero point an integer: float weights
-    // given to a release method): weight_rel_err 7.76-7.96% measured (seeds 1, 3, 10-13; int4_g32's
-    // least-squares minimum 7.2-7.3%), bound 8.5%; layer_rel_err 13.8% at M 8 and 64, 15.9% at
-    // worst of 20 single tokens (shape S, and A's H, I with E 16), bound 20% as int4_g32's.
-    // Agreement, as for the GGUF types, against the same weights decoded (the releases' own
-    // weights: only the q8s activations differ): tiny compressed-tensors and AutoGPTQ releases,
-    // symmetric and asymmetric, 3 architectures: KL mean <= 6.8e-4, top-1 >= 0.979: bounds KL 3e-3,
-    // top-1 0.95, tie margin 1.0 (the GGUF types').
+    // d * (-z) in fp32, reading q8_32 activations (a scale per 32 values: half the rounding error
+    // of q8s, docs/benchmarks/notes.md). Its quantizer (round to nearest, the zero point an
+    // integer: float weights given to a release method): weight_rel_err 7.76-7.96% measured (seeds
+    // 1, 3, 10-13; int4_g32's least-squares minimum 7.2-7.3%), bound 8.5%; layer_rel_err 13.7% at
+    // M 8 and 64, 15.9% at worst of 20 single tokens (shape S, and A's H, I with E 16), bound 20%
+    // as int4_g32's. Agreement, as for the GGUF types, against the same weights decoded (the
+    // releases' own weights: only the activations' rounding differs): tiny compressed-tensors and
+    // AutoGPTQ releases, symmetric and asymmetric, 3 architectures, all experts on the CPU or half:
+    // KL mean <= 2.8e-4, top-1 >= 0.976: bounds KL 3e-3, top-1 0.95, tie margin 1.0 (the GGUF types').
     {FormatId::int4_g32_zp, "int4_g32_zp", /*method=*/"", /*quant_method=*/"", /*group=*/Int4G32Block::kK,
      Int4G32Block::kK, sizeof(Int4G32Block), /*panel_tail_bytes=*/0,
      {{"values", "qweight", "U8", 4, ArrayPer::value},
       {"group_scale", "scale", "F16", 16, ArrayPer::group},
       {"group_zero", "zero", "U8", 8, ArrayPer::group}},
-     act_bit(ActFormat::q8s), /*int_dot=*/true, /*weight_rel_err=*/0.085, /*layer_rel_err=*/0.20,
+     act_bit(ActFormat::q8_32), /*int_dot=*/true, /*weight_rel_err=*/0.085, /*layer_rel_err=*/0.20,
      AgreementBounds{/*kl_mean=*/3e-3, /*top1=*/0.95, /*tie_margin=*/1.0},
      int4g32zp_quantize_ref, int4g32zp_dequantize_ref, int4g32zp_pack, int4g32zp_unpack_row, /*gguf_type=*/-1,
      int4g32zp_check},

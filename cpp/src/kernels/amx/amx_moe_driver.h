@@ -89,7 +89,16 @@ const uint8_t* gather_rows(const ActView& act, const int32_t* rows, int m, size_
   const size_t n = Fmt::act_bytes(act.Kp);
   uint8_t* x = thread_scratch(0, size_t(mpad) * lda);
   for (int i = 0; i < m; ++i) {
-    std::memcpy(x + lda * i, act.data + act.stride * size_t(rows ? rows[i] : i), n);
+    const int row = rows ? rows[i] : i;
+    if constexpr (requires { Fmt::Act::kGroupScale; }) {
+      if constexpr (Fmt::Act::kGroupScale) {  // q8_32: the q bytes of each block, one step each
+        for (int s = 0; s < Fmt::steps(act.Kp); ++s)
+          std::memcpy(x + lda * i + size_t(s) * Fmt::a_colsb, Fmt::Act::q(act, row, s), Fmt::a_colsb);
+        std::memset(x + lda * i + n, 0, lda - n);
+        continue;
+      }
+    }
+    std::memcpy(x + lda * i, act.data + act.stride * size_t(row), n);
     std::memset(x + lda * i + n, 0, lda - n);
   }
   std::memset(x + lda * m, 0, lda * size_t(mpad - m));
@@ -177,8 +186,9 @@ void tile_block(const uint8_t* a, size_t lda, int mr, const uint8_t* const* b, c
 // most of the time, slower than the AVX512-VNNI kernel: docs/benchmarks/notes.md.)
 //
 // y[r] for the 16 rows at `a` (lda bytes per row; padding rows are zero) and the panel whose B
-// tiles are b and packed bytes panel; gs[16 s + r]: row r's group sum of step s as a float;
-// scale: the rows' activation scales. Step s prefetches slice u0 + s of pf when Pf.
+// tiles are b and packed bytes panel; gs[16 s + r]: row r's group sum of step s as a float, and
+// gs[16 (steps + s) + r] its group scale (1 but for q8_32); scale: the rows' activation scales
+// (1 for q8_32). Step s prefetches slice u0 + s of pf when Pf.
 template <class Tiles, class Fmt, int C, int A, int B>
 inline void group_tdp(const uint8_t* a, size_t lda, const uint8_t* b, int s) {
   Tiles::template zero<C>();
@@ -188,11 +198,12 @@ inline void group_tdp(const uint8_t* a, size_t lda, const uint8_t* b, int s) {
 }
 
 template <class Fmt>
-inline void group_scale(__m512 (&acc)[16], const int32_t (&c)[16][16], const uint8_t* panel, int s, const float* gs) {
+inline void group_scale(__m512 (&acc)[16], const int32_t (&c)[16][16], const uint8_t* panel, int s, int steps,
+                        const float* gs) {
   __m512 d, m;
   Fmt::group_scales(panel, s, &d, &m);
 #pragma GCC unroll 16
-  for (int r = 0; r < 16; ++r) acc[r] = Fmt::step(acc[r], c[r], d, m, gs[16 * s + r]);
+  for (int r = 0; r < 16; ++r) acc[r] = Fmt::step(acc[r], c[r], d, m, gs[16 * s + r], gs[16 * (steps + s) + r]);
 }
 
 template <class Tiles, class Fmt, bool Pf>
@@ -209,29 +220,35 @@ void group_pass(const uint8_t* a, size_t lda, const uint8_t* b, const uint8_t* p
     if constexpr (Pf) pf.touch(u0 + s);
     if (s + 1 < steps) group_tdp<Tiles, Fmt, 1, 5, 7>(a, lda, b, s + 1);
     Tiles::template store<0>(c[0]);
-    group_scale<Fmt>(acc, c[0], panel, s, gs);
+    group_scale<Fmt>(acc, c[0], panel, s, steps, gs);
     if (s + 1 >= steps) break;
     if constexpr (Pf) pf.touch(u0 + s + 1);
     if (s + 2 < steps) group_tdp<Tiles, Fmt, 0, 4, 6>(a, lda, b, s + 2);
     Tiles::template store<1>(c[1]);
-    group_scale<Fmt>(acc, c[1], panel, s + 1, gs);
+    group_scale<Fmt>(acc, c[1], panel, s + 1, steps, gs);
   }
 #pragma GCC unroll 16
   for (int r = 0; r < 16; ++r) y[r] = Fmt::finish(acc[r], scale[r]);
 }
 
 // The group sums and scales of the rows gathered by gather_rows (rows[i], or i), as group_pass
-// reads them: per 16 rows (zero rows past m), steps x 16 floats, gs[16 (steps h + s) + r] for row
-// 16 h + r; scale[i] for row i.
-inline void gather_group_sums(const ActView& act, const int32_t* rows, int m, int steps, float** gs, float** scale) {
+// reads them: per 16 rows (zero rows past m), 2 steps x 16 floats, gs[16 (2 steps h + s) + r] the
+// group sum of row 16 h + r and gs[16 (2 steps h + steps + s) + r] its group scale (Fmt::Act);
+// scale[i] for row i.
+template <class Fmt>
+void gather_group_sums(const ActView& act, const int32_t* rows, int m, int steps, float** gs, float** scale) {
+  using Act = typename Fmt::Act;
   const int mpad = (m + 15) / 16 * 16;
-  *gs = reinterpret_cast<float*>(thread_scratch(3, (size_t(mpad) * steps + mpad) * sizeof(float)));
-  *scale = *gs + size_t(mpad) * steps;
+  *gs = reinterpret_cast<float*>(thread_scratch(3, (size_t(mpad) * 2 * steps + mpad) * sizeof(float)));
+  *scale = *gs + size_t(mpad) * 2 * steps;
   for (int i = 0; i < mpad; ++i) {
     const int row = i < m ? (rows ? rows[i] : i) : -1;
-    float* g = *gs + size_t(16) * steps * (i / 16) + i % 16;
-    for (int s = 0; s < steps; ++s) g[16 * s] = row < 0 ? 0.f : float(act.gsum[size_t(act.gsum_stride) * row + s]);
-    (*scale)[i] = row < 0 ? 0.f : act.scale[row];
+    float* g = *gs + size_t(16) * 2 * steps * (i / 16) + i % 16;
+    for (int s = 0; s < steps; ++s) {
+      g[16 * s] = row < 0 ? 0.f : float(Act::sum(act, row, s));
+      g[16 * (steps + s)] = row < 0 ? 0.f : Act::group_scale(act, row, s);
+    }
+    (*scale)[i] = row < 0 ? 0.f : Act::row_scale(act, row);
   }
 }
 
@@ -241,7 +258,7 @@ void gateup_grouped(const GateUpArgs& a) {
   const size_t lda = size_t(steps) * Fmt::a_colsb;
   const uint8_t* x = gather_rows<Fmt>(a.act, a.rows, a.m, lda);
   float *gs, *scale;
-  gather_group_sums(a.act, a.rows, a.m, steps, &gs, &scale);
+  gather_group_sums<Fmt>(a.act, a.rows, a.m, steps, &gs, &scale);
   uint8_t* bbuf[2] = {thread_scratch(1, Fmt::b_step_bytes * steps), thread_scratch(2, Fmt::b_step_bytes * steps)};
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.gate->panel_bytes;
@@ -255,9 +272,9 @@ void gateup_grouped(const GateUpArgs& a) {
     for (int hf = 0; hf < halves; ++hf) {
       const int i0 = 16 * hf, mr = a.m - i0 < 16 ? a.m - i0 : 16;
       __m512 g[16], u[16];
-      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[0], panel[0], steps, gs + size_t(16) * steps * hf, scale + i0,
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[0], panel[0], steps, gs + size_t(32) * steps * hf, scale + i0,
                                  pf, size_t(steps) * (2 * hf), g);
-      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[1], panel[1], steps, gs + size_t(16) * steps * hf, scale + i0,
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b[1], panel[1], steps, gs + size_t(32) * steps * hf, scale + i0,
                                  pf, size_t(steps) * (2 * hf + 1), u);
       // stage epilogue: h = silu(gate) * up
       for (int r = 0; r < mr; ++r)
@@ -272,7 +289,7 @@ void down_grouped(const DownArgs& a) {
   const size_t lda = size_t(steps) * Fmt::a_colsb;
   const uint8_t* x = gather_rows<Fmt>(a.act, nullptr, a.m, lda);
   float *gs, *scale;
-  gather_group_sums(a.act, nullptr, a.m, steps, &gs, &scale);
+  gather_group_sums<Fmt>(a.act, nullptr, a.m, steps, &gs, &scale);
   uint8_t* bbuf = thread_scratch(1, Fmt::b_step_bytes * steps);
   TileScope<Tiles> scope(tile_config<Fmt>());
   const size_t pb = a.down->panel_bytes;
@@ -287,7 +304,7 @@ void down_grouped(const DownArgs& a) {
     for (int hf = 0; hf < halves; ++hf) {
       const int i0 = 16 * hf, mr = a.m - i0 < 16 ? a.m - i0 : 16;
       __m512 y[16];
-      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b, panel, steps, gs + size_t(16) * steps * hf, scale + i0, pf,
+      group_pass<Tiles, Fmt, Pf>(x + lda * i0, lda, b, panel, steps, gs + size_t(32) * steps * hf, scale + i0, pf,
                                  size_t(steps) * hf, y);
       // stage epilogue: out[tok] += weight * y
       for (int r = 0; r < mr; ++r) {

@@ -15,13 +15,18 @@
 //   A tile: 16 token rows x 32 bytes (q8s of k 32g..32g+31)       C tile: 16 rows x 16 int32
 #pragma once
 #include "kernels/amx/amx_moe_driver.h"
+#include "kernels/int4_act.h"
 
 namespace kt::amx {
 namespace {
 
-// kZeroPoint: int4_g32_zp's blocks, whose m holds -z: the group minimum is d * m in fp32 (exact)
-template <bool kZeroPoint>
+// kZeroPoint: int4_g32_zp's blocks, whose m holds -z: the group minimum is d * m in fp32 (exact).
+// kAct: q8s, or q8_32 (kernels/int4_act.h), whose scale applies per group, in the AVX512 kernel's
+// order: acc += (cvt(isum_g) * d_g + m_g * gsum_a[g]) * s_a[g]; the rows' q bytes are gathered
+// out of their blocks into the A tiles' rows.
+template <bool kZeroPoint, ActFormat kAct>
 struct Int4G32Amx {
+  using Act = Int4Act<kAct>;
   static constexpr int a_colsb = 32, b_rows = 8;
   static constexpr size_t b_step_bytes = 512;
   static constexpr bool per_step = true;
@@ -51,8 +56,13 @@ struct Int4G32Amx {
     if constexpr (kZeroPoint) *m = _mm512_mul_ps(*d, *m);
   }
 
-  // one row's C dwords c of group g, with that row's group sum gsum (as a float)
-  static __m512 step(__m512 acc, const int32_t* c, __m512 d, __m512 m, float gsum) {
+  // one row's C dwords c of group g, with that row's group sum gsum (as a float) and, for q8_32,
+  // group scale gscale
+  static __m512 step(__m512 acc, const int32_t* c, __m512 d, __m512 m, float gsum, float gscale) {
+    if constexpr (Act::kGroupScale) {
+      const __m512 y = _mm512_fmadd_ps(m, _mm512_set1_ps(gsum), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c)), d));
+      return _mm512_fmadd_ps(y, _mm512_set1_ps(gscale), acc);
+    }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c)), d, acc);
     return _mm512_fmadd_ps(m, _mm512_set1_ps(gsum), acc);
   }

@@ -14,16 +14,22 @@ namespace kt {
 
 void gateup_int8pc_q8u_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int8PcAmx>(a); }
 void down_int8pc_q8u_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int8PcAmx>(a); }
-void gateup_int4g32_q8s_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int4G32Amx<false>>(a); }
-void down_int4g32_q8s_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int4G32Amx<false>>(a); }
-void gateup_int4g32zp_q8s_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Int4G32Amx<true>>(a); }
-void down_int4g32zp_q8s_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int4G32Amx<true>>(a); }
+void gateup_int4g32_q8s_32x16__amx_emu(const GateUpArgs& a) {
+  amx::gateup<amx::TileEmu, amx::Int4G32Amx<false, ActFormat::q8s>>(a);
+}
+void down_int4g32_q8s_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Int4G32Amx<false, ActFormat::q8s>>(a); }
+void gateup_int4g32zp_q8_32_32x16__amx_emu(const GateUpArgs& a) {
+  amx::gateup<amx::TileEmu, amx::Int4G32Amx<true, ActFormat::q8_32>>(a);
+}
+void down_int4g32zp_q8_32_32x16__amx_emu(const DownArgs& a) {
+  amx::down<amx::TileEmu, amx::Int4G32Amx<true, ActFormat::q8_32>>(a);
+}
 void gateup_bf16_bf16_32x16__amx_emu(const GateUpArgs& a) { amx::gateup<amx::TileEmu, amx::Bf16Amx>(a); }
 void down_bf16_bf16_32x16__amx_emu(const DownArgs& a) { amx::down<amx::TileEmu, amx::Bf16Amx>(a); }
 
 KT_EMULATED_TILE_ROW(int8_pc, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8u, int8pc_q8u_32x16__amx_emu, kTileMinMInt8)
 KT_EMULATED_TILE_ROW(int4_g32, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8s, int4g32_q8s_32x16__amx_emu, kTileMinMInt4)
-KT_EMULATED_TILE_ROW(int4_g32_zp, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8s, int4g32zp_q8s_32x16__amx_emu, kTileMinMInt4)
+KT_EMULATED_TILE_ROW(int4_g32_zp, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_int8, q8_32, int4g32zp_q8_32_32x16__amx_emu, kTileMinMInt4)
 KT_EMULATED_TILE_ROW(bf16, kAvx512Bf16Obj | feature::amx_tile_emu | feature::amx_bf16, bf16, bf16_bf16_32x16__amx_emu, kTileMinMBf16)
 
 }  // namespace kt

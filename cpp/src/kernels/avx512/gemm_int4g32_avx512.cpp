@@ -13,18 +13,18 @@ struct DotMaddubs {
   }
 };
 
-using Tile = avx512::Int4G32Tile<DotMaddubs, false>;
-using ZeroPointTile = avx512::Int4G32Tile<DotMaddubs, true>;
+using Tile = avx512::Int4G32Tile<DotMaddubs, false, ActFormat::q8s>;
+using ZeroPointTile = avx512::Int4G32Tile<DotMaddubs, true, ActFormat::q8_32>;
 
 }  // namespace
 
 void gateup_int4g32_q8s_4x16__avx512(const GateUpArgs& a) { avx512::gateup<Tile>(a); }
 void down_int4g32_q8s_4x16__avx512(const DownArgs& a) { avx512::down<Tile>(a); }
 
-void gateup_int4g32zp_q8s_4x16__avx512(const GateUpArgs& a) { avx512::gateup<ZeroPointTile>(a); }
-void down_int4g32zp_q8s_4x16__avx512(const DownArgs& a) { avx512::down<ZeroPointTile>(a); }
+void gateup_int4g32zp_q8_32_4x16__avx512(const GateUpArgs& a) { avx512::gateup<ZeroPointTile>(a); }
+void down_int4g32zp_q8_32_4x16__avx512(const DownArgs& a) { avx512::down<ZeroPointTile>(a); }
 
 KT_KERNEL_ROW(int4_g32, kAvx512Obj, q8s, int4g32_q8s_4x16__avx512)
-KT_KERNEL_ROW(int4_g32_zp, kAvx512Obj, q8s, int4g32zp_q8s_4x16__avx512)
+KT_KERNEL_ROW(int4_g32_zp, kAvx512Obj, q8_32, int4g32zp_q8_32_4x16__avx512)
 
 }  // namespace kt
