@@ -193,3 +193,17 @@ def test_activation_rounding_is_per_group(tmp_path, tier):
 def reference_act(wrapper) -> str:
     from format_expectations import kernel_row
     return kernel_row(wrapper.formats[0], wrapper.isa_tier)["act"]
+
+
+def test_float_weights_are_rounded_into_the_release_format(moe):
+    """Float weights given to a release method are rounded to nearest into int4_g32_zp (its
+    quantizer), within its layer bound of the fp32 layer."""
+    shape = moe.Shape(8, 2, 128, 96)
+    gate, up, down = moe.weights(shape)
+    w = KTMoEWrapper(layer_idx=0, num_experts=8, num_experts_per_tok=2, hidden_size=128, moe_intermediate_size=96,
+                     cpuinfer_threads=2, method="GPTQ_INT4")
+    w.load_weights_from_tensors(gate, up, down)
+    assert w.formats == ("int4_g32_zp", "int4_g32_zp")
+    x, ids, wts = moe.inputs(shape, 64, seed=2)
+    ref = reference.moe_forward(x, ids, wts, gate, up, down)
+    moe.assert_close_fp32(w.forward(x, ids, wts), ref, "int4_g32_zp", what="GPTQ_INT4 from float weights")

@@ -44,9 +44,12 @@
 //   b_tiles(panel, Kp, buf)         the panel as steps x b_step_bytes of B tiles (the panel itself,
 //                                   or a copy / unpacking into buf)
 //   tdp<Tiles, C, A, B>()           the tile instruction
-//   per_step:  group_scales(panel, s, &d, &m)       the step's per-channel scales
-//              step(acc, c, d, m, gsum) -> acc      after step s, gsum the row's group sum
-//              finish(acc, scale) -> y              scale the row's activation scale
+//   per_step:  Act                                  its activations' accessors (kernels/int4_act.h):
+//                                                   q8_32 rows are gathered block by block
+//              group_scales(panel, s, &d, &m)       the step's per-channel scales
+//              step(acc, c, d, m, gsum, gscale)     after step s: gsum the row's group sum, gscale
+//                -> acc                             its group scale (q8_32; 1 otherwise)
+//              finish(acc, scale) -> y              scale the row's activation scale (1 for q8_32)
 //   otherwise: finish(c, panel, Kp, act, row) -> y
 // where c is one row of 16 dwords of a C tile and row the activation row.
 #pragma once
