@@ -207,3 +207,16 @@ def test_float_weights_are_rounded_into_the_release_format(moe):
     x, ids, wts = moe.inputs(shape, 64, seed=2)
     ref = reference.moe_forward(x, ids, wts, gate, up, down)
     moe.assert_close_fp32(w.forward(x, ids, wts), ref, "int4_g32_zp", what="GPTQ_INT4 from float weights")
+
+
+def test_release_experts_write_back_as_bf16(tmp_path):
+    """sglang-kt's write-back of a CPU expert from an asymmetric release: its weights exactly
+    (compressed-tensors' decompression) rounded to bf16, gate rows then up rows, and down."""
+    path, (gate, up, down) = build(tmp_path / "r", _args("group", 32, False), torch.bfloat16)
+    w = _wrapper(path, "RAWINT4")
+    w.load_weights()
+    w13, w2 = torch.zeros(2 * I, H, dtype=torch.bfloat16), torch.zeros(H, I, dtype=torch.bfloat16)
+    w.submit_write_weight_scale_to_buffer(1, 4, [w13.data_ptr()], [0], [w2.data_ptr()], [0])
+    w.sync_write_weight_scale_to_buffer()
+    assert torch.equal(w13, torch.cat([gate[4], up[4]]).bfloat16())
+    assert torch.equal(w2, down[4].bfloat16())
