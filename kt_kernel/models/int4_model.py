@@ -170,12 +170,11 @@ def write_autogptq_release(src, dst, group: int = 32, symmetric: bool = True) ->
             blocks = w.reshape(w.shape[0], -1, group)
             if symmetric:
                 s = (np.abs(blocks).max(-1) / 7).astype(np.float16)
-                z = np.full(s.shape, 8)
             else:
                 lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
                 s = ((hi - lo) / 15).astype(np.float16)
-                z = np.clip(np.rint(-lo / np.where(s == 0, 1, s).astype(np.float32)), 1, 15).astype(np.int64)
             s[s == 0] = 1
+            z = np.full(s.shape, 8) if symmetric else np.clip(np.rint(-lo / s.astype(np.float32)), 1, 15).astype(np.int64)
             q = np.clip(np.rint(blocks / s.astype(np.float32)[..., None]) + z[..., None], 0, 15)
             packed = gptq_pack(q.astype(np.uint8).reshape(w.shape), z, s)
             base = name[:-len(".weight")]

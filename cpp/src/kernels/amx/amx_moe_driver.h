@@ -93,15 +93,12 @@ const uint8_t* gather_rows(const ActView& act, const int32_t* rows, int m, size_
   uint8_t* x = thread_scratch(0, size_t(mpad) * lda);
   for (int i = 0; i < m; ++i) {
     const int row = rows ? rows[i] : i;
-    if constexpr (requires { Fmt::Act::kGroupScale; }) {
-      if constexpr (Fmt::Act::kGroupScale) {  // q8_32: the q bytes of each block, one step each
-        for (int s = 0; s < Fmt::steps(act.Kp); ++s)
-          std::memcpy(x + lda * i + size_t(s) * Fmt::a_colsb, Fmt::Act::q(act, row, s), Fmt::a_colsb);
-        std::memset(x + lda * i + n, 0, lda - n);
-        continue;
-      }
+    if constexpr (requires { requires Fmt::Act::kGroupScale; }) {  // q8_32: each block's q bytes, a step each
+      for (int s = 0; s < Fmt::steps(act.Kp); ++s)
+        std::memcpy(x + lda * i + size_t(s) * Fmt::a_colsb, Fmt::Act::q(act, row, s), Fmt::a_colsb);
+    } else {
+      std::memcpy(x + lda * i, act.data + act.stride * size_t(row), n);
     }
-    std::memcpy(x + lda * i, act.data + act.stride * size_t(row), n);
     std::memset(x + lda * i + n, 0, lda - n);
   }
   std::memset(x + lda * m, 0, lda * size_t(mpad - m));

@@ -93,8 +93,6 @@ struct Int4G32Tile {
   template <int NM, int MR, int NH>
   static void compute(const uint8_t* const* w, int h0, int Kp, const ActView& act, const int* rows,
                       const NextPanels& pf, __m256 (&acc)[NM][MR][NH]) {
-    const int32_t* gs[MR];
-    for (int r = 0; r < MR; ++r) gs[r] = act.gsum + size_t(act.gsum_stride) * rows[r];
     for (int t = 0; t < NM; ++t)
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < NH; ++h) acc[t][r][h] = _mm256_setzero_ps();
@@ -103,15 +101,18 @@ struct Int4G32Tile {
       const int gn = G - g0 < kTurnGroups ? G - g0 : kTurnGroups;
       alignas(32) float gsf[MR][kTurnGroups], gsc[MR][kTurnGroups];
       for (int r = 0; r < MR; ++r) {
-        if constexpr (Act::kGroupScale)
+        if constexpr (Act::kGroupScale) {
           for (int i = 0; i < gn; ++i) {
             gsf[r][i] = float(Act::sum(act, rows[r], g0 + i));
             gsc[r][i] = Act::group_scale(act, rows[r], g0 + i);
           }
-        else if (gn == kTurnGroups)
-          _mm256_store_ps(gsf[r], _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[r] + g0))));
-        else
-          for (int i = 0; i < gn; ++i) gsf[r][i] = float(gs[r][g0 + i]);
+        } else {  // q8s: the row's group sums are contiguous
+          const int32_t* gs = act.gsum + size_t(act.gsum_stride) * rows[r] + g0;
+          if (gn == kTurnGroups)
+            _mm256_store_ps(gsf[r], _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs))));
+          else
+            for (int i = 0; i < gn; ++i) gsf[r][i] = float(gs[i]);
+        }
       }
       // unrolled, so that each matrix's sums are registers, not an array indexed at run time (on the
       // stack)
