@@ -1,13 +1,14 @@
 # Fails the build if an object compiled with ISA flags defines a weak (COMDAT) symbol: the linker
 # keeps one copy of such a symbol for the whole module, and if it kept the AVX2/AVX512 copy, code
-# that runs before dispatch (or on CPUs without that ISA) would execute those instructions.
+# that runs before dispatch (or on CPUs without that ISA) would execute those instructions (x86's
+# AVX2/AVX512/AMX, aarch64's dotprod/i8mm/bf16/SVE).
 # Called as: cmake -DNM=<nm> -DOBJECTS="<obj|obj|...>" -P check_isa_isolation.cmake
 string(REPLACE "|" ";" OBJECTS "${OBJECTS}")
 set(checked 0)
 foreach(obj IN LISTS OBJECTS)
   # every object of kernels/<isa>/, and the ISA-flagged kernels of kernels/amx_emu (gemm_*; the
   # emulator itself, tile_emu.cpp, has no ISA flags)
-  if(NOT obj MATCHES "/kernels/(avx2|avx512|amx)/|/kernels/amx_emu/gemm_")
+  if(NOT obj MATCHES "/kernels/(avx2|avx512|amx|neon|sve)/|/kernels/amx_emu/gemm_")
     continue()
   endif()
   math(EXPR checked "${checked} + 1")

@@ -14,7 +14,10 @@ from kt_kernel.formats import formats as method_formats
 INFO = kt_kernel.cpu_info()
 ALL_TIERS = list(_ext.all_tiers())
 FEATURES = ["avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
-            "amx_tile_emu"]
+            "amx_tile_emu", "neon", "dotprod", "i8mm", "arm_bf16", "sve"]
+# The two chains of tiers, each tier holding the features of the one before it: x86-64's and aarch64's.
+X86_TIERS = ["generic", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"]
+ARM_TIERS = ["generic", "neon", "neon_dotprod", "neon_i8mm", "neon_bf16", "sve"]
 FORMAT_IDS = [f["name"] for f in _ext.formats()]  # every format, in FormatId order
 # the GGUF block formats (mxfp4, whose method is MXFP4, among them): tests/test_gguf_formats.py
 FORMAT_NAMES = [f["name"] for f in method_formats() if f["arrays"][0]["per"] != "block"]
@@ -26,7 +29,8 @@ EMULATED_ROWS = list(_ext.emulated_kernel_table())
 FLAGS_OF = {"avx2": {"avx", "avx2", "fma", "f16c"}, "avx_vnni": {"avx_vnni"},
             "avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl"}, "avx512_vnni": {"avx512_vnni"},
             "avx512_bf16": {"avx512_bf16"}, "amx_tile": {"amx_tile"}, "amx_int8": {"amx_int8"},
-            "amx_bf16": {"amx_bf16"}}
+            "amx_bf16": {"amx_bf16"}, "neon": {"asimd"}, "dotprod": {"asimddp"}, "i8mm": {"i8mm"},
+            "arm_bf16": {"bf16"}, "sve": {"sve"}}
 
 
 def tier(name: str) -> set[str]:
@@ -64,8 +68,12 @@ def test_tiers_are_the_named_sets_the_cpu_covers():
     assert INFO["tiers"] == [t for t in ALL_TIERS if tier(t) <= features]
     assert INFO["best_tier"] == INFO["tiers"][-1]
     assert tier("generic") == set()
-    for lower, higher in zip(ALL_TIERS, ALL_TIERS[1:]):
-        assert tier(lower) < tier(higher), (lower, higher)
+    assert sorted(ALL_TIERS) == sorted(set(X86_TIERS + ARM_TIERS))
+    for chain in X86_TIERS, ARM_TIERS:
+        for lower, higher in zip(chain, chain[1:]):
+            assert tier(lower) < tier(higher), (lower, higher)
+    # no CPU covers a tier of both chains
+    assert not set.union(*map(tier, X86_TIERS)) & set.union(*map(tier, ARM_TIERS))
     assert tier("amx") - tier("avx512_bf16") == {"amx_tile", "amx_int8", "amx_bf16"}
     assert tier("amx_emu") - tier("avx512_bf16") == {"amx_tile_emu", "amx_int8", "amx_bf16"}
 
@@ -171,9 +179,10 @@ def test_every_feature_set_picks_the_first_row_it_covers(fmt_name):
 @pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
 @pytest.mark.parametrize("tier_name", ALL_TIERS)
 def test_tier_sets_pick_the_rows_of_their_tier(fmt_name, tier_name):
-    """A tier's set picks the first row listed at or below that tier, on any host."""
-    rank = ALL_TIERS.index(tier_name)
-    row = next(r for r in KERNEL_ROWS if r["format"] == fmt_name and ALL_TIERS.index(r["tier"]) <= rank)
+    """A tier's set picks the first row listed at or below that tier in its chain, on any host."""
+    chain = ARM_TIERS if tier_name in ARM_TIERS else X86_TIERS
+    below = chain[:chain.index(tier_name) + 1]
+    row = next(r for r in KERNEL_ROWS if r["format"] == fmt_name and r["tier"] in below)
     assert pick(fmt_name, *tier(tier_name))["kernel"] == row["name"]
 
 

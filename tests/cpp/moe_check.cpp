@@ -3,7 +3,12 @@
 // aarch64 build under qemu-user: scripts/check_aarch64.sh). Per format, decode (M = 1) and prefill
 // (M = 130, three chunks of 64), one and two sub-pools: ||out - ref|| / ||ref|| must stay within the
 // format's layer_rel_err (FormatTraits: the bound the Python tests hold every tier to).
-// Prints one line per case; exits non-zero on a failure. --features: print the CPU line only.
+// Above the generic tier, each case also runs on the generic tier's kernels and the two outputs must
+// agree within kVsGeneric. Prints one line per case, with the layer's kernel rows (a tile row / the vector row below its
+// min_m; the tier forced by KT_KERNEL_ISA picks them);
+// exits non-zero on a failure. --features: print the CPU line only. --formats a,b: only those
+// formats (by name). --own-rows: only the formats whose layer runs a kernel row of the active tier
+// (not one of a lower tier it falls back to).
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -14,11 +19,16 @@
 #include "kt/cpu_features.h"
 #include "kt/engine.h"
 #include "kt/formats.h"
+#include "kt/kernels.h"
 #include "kt/moe.h"
 
 namespace {
 
 constexpr int kExperts = 8, kTopk = 2, kHidden = 512, kInter = 256;  // whole K-quant super-blocks
+// A tier's output against the generic tier's on the same weights (relative L2 difference): one bf16
+// ulp of the outputs (2^-7 relative, the outputs' own rounding), where fp32 rounding-order
+// differences stay orders of magnitude below it.
+constexpr double kVsGeneric = 1.0 / 128;
 
 struct Weights {
   std::vector<float> gate, up, down;  // [E, I, H], [E, I, H], [E, H, I]
@@ -67,9 +77,24 @@ int main(int argc, char** argv) {
   const kt::CpuFeatures& cpu = kt::cpu_features();
   std::string flags;
   for (const std::string& f : cpu.flags()) flags += " " + f;
-  std::printf("moe_check: %s %s, tier %s, flags:%s, sve_vector_bits %d\n", cpu.vendor.c_str(), cpu.brand.c_str(),
-              kt::tier_name(kt::active_tier()), flags.c_str(), cpu.sve_vector_bits);
+  const char* tier;
+  try {
+    tier = kt::tier_name(kt::active_tier());  // a tier KT_KERNEL_ISA forces that this CPU lacks throws
+  } catch (const std::exception& e) {
+    std::printf("moe_check: %s\n", e.what());
+    return 3;
+  }
+  std::printf("moe_check: %s %s, tier %s, flags:%s, sve_vector_bits %d\n", cpu.vendor.c_str(), cpu.brand.c_str(), tier,
+              flags.c_str(), cpu.sve_vector_bits);
   if (argc > 1 && std::string(argv[1]) == "--features") return 0;
+  std::string only;  // ",a,b," or empty: every format
+  bool own_rows = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--formats" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
+    else if (arg == "--own-rows") own_rows = true;
+    else return std::fprintf(stderr, "moe_check: unknown argument %s\n", arg.c_str()), 2;
+  }
   std::mt19937 rng(1234);
   const Weights w = random_weights(rng);
   std::vector<int64_t> map(kExperts);
@@ -77,6 +102,7 @@ int main(int argc, char** argv) {
   int failures = 0, cases = 0;
   for (int f = 0; f < kt::kNumFormats; ++f) {
     const kt::FormatTraits& t = kt::format_traits(static_cast<kt::FormatId>(f));
+    if (!only.empty() && only.find("," + std::string(t.name) + ",") == std::string::npos) continue;
     for (int subpools : {1, 2}) {
       kt::MoeConfig cfg;
       cfg.num_experts = kExperts;
@@ -88,7 +114,19 @@ int main(int argc, char** argv) {
       cfg.chunk_tokens = 64;
       try {
         kt::MoeLayer layer(kt::Engine::shared(2, subpools), cfg);
+        if (own_rows && kt::row_tier(layer.kernel().needs) != kt::active_tier()) break;
         layer.load_from_tensors(w.gate.data(), w.up.data(), w.down.data(), kt::DType::f32, map.data(), kExperts);
+        // Above the generic tier, the same layer on the generic tier's kernels too: the same quantized
+        // weights (ARM has only the reference quantizers), so the two outputs differ only by the
+        // kernels' fp32 rounding order and, where a row reads another activation format, its rounding.
+        std::unique_ptr<kt::MoeLayer> generic;
+        if (kt::active_tier() != kt::IsaTier::generic) {
+          const std::string forced = kt::isa_override();
+          kt::set_isa_override("generic");
+          generic = std::make_unique<kt::MoeLayer>(kt::Engine::shared(2, subpools), cfg);
+          kt::set_isa_override(forced);
+          generic->load_from_tensors(w.gate.data(), w.up.data(), w.down.data(), kt::DType::f32, map.data(), kExperts);
+        }
         for (int M : {1, 130}) {
           std::normal_distribution<float> n(0.f, 1.f);
           std::uniform_int_distribution<int> pick(0, kExperts - 1);
@@ -116,13 +154,30 @@ int main(int argc, char** argv) {
             num += d * d, den += ref[i] * ref[i];
           }
           const double rel = std::sqrt(num / den);
-          const bool ok = rel <= t.layer_rel_err;
+          bool ok = rel <= t.layer_rel_err;
+          std::string vs_generic;
+          if (generic) {
+            std::shared_ptr<uint16_t> want(new uint16_t[size_t(M) * kHidden], std::default_delete<uint16_t[]>());
+            generic->submit(call, want)->wait();
+            double dn = 0, dd = 0;
+            for (size_t i = 0; i < ref.size(); ++i) {
+              const double a = kt::bf16_to_f32(out.get()[i]), b = kt::bf16_to_f32(want.get()[i]);
+              dn += (a - b) * (a - b), dd += b * b;
+            }
+            const double diff = std::sqrt(dn / dd);
+            ok = ok && diff <= kVsGeneric;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, " vs generic %.5f", diff);
+            vs_generic = buf;
+          }
           ++cases;
           failures += !ok;
           uint64_t digest = 1469598103934665603ull;  // FNV-1a of the output's bf16 bits
           for (size_t i = 0; i < ref.size(); ++i) digest = (digest ^ out.get()[i]) * 1099511628211ull;
-          std::printf("%-4s %-10s subpools %d M %3d: rel err %.4f (bound %.4f) digest %016llx\n", ok ? "ok" : "FAIL",
-                      t.name, subpools, M, rel, t.layer_rel_err, static_cast<unsigned long long>(digest));
+          std::printf("%-4s %-10s subpools %d M %3d: rel err %.4f (bound %.4f)%s digest %016llx %s\n", ok ? "ok" : "FAIL",
+                      t.name, subpools, M, rel, t.layer_rel_err, vs_generic.c_str(), static_cast<unsigned long long>(digest),
+                      (std::string(layer.kernel().name) +
+                       (layer.kernel().min_m ? std::string(" / ") + layer.vector_kernel().name : "")).c_str());
         }
       } catch (const std::exception& e) {
         ++cases;

@@ -25,7 +25,13 @@ constexpr FeatureSet amx_bf16 = 1u << 7;     // AMX-BF16 (tdpbf16ps), with tile 
 // Never detected: the tile instructions run on the software tile emulator (kernels/amx_emu), in
 // place of amx_tile. Only the test-only "amx_emu" set has it.
 constexpr FeatureSet amx_tile_emu = 1u << 8;
-constexpr int kCount = 9;
+// aarch64, from the Linux HWCAP bits (what the CPU has and the kernel enables for user space)
+constexpr FeatureSet neon = 1u << 9;       // Advanced SIMD (ASIMD), fp32 and int 128-bit vectors
+constexpr FeatureSet dotprod = 1u << 10;   // SDOT/UDOT (FEAT_DotProd)
+constexpr FeatureSet i8mm = 1u << 11;      // SMMLA/USMMLA/USDOT (FEAT_I8MM)
+constexpr FeatureSet arm_bf16 = 1u << 12;  // BFDOT/BFMMLA/BFCVT (FEAT_BF16)
+constexpr FeatureSet sve = 1u << 13;       // SVE, any vector length (read at run time)
+constexpr int kCount = 14;
 }  // namespace feature
 
 constexpr bool covers(FeatureSet have, FeatureSet need) { return (have & need) == need; }
@@ -37,14 +43,21 @@ FeatureSet features_from_names(const std::vector<std::string>& names);
 // The named feature sets users force (KT_KERNEL_ISA, set_isa). Each one holds the features of
 // the tiers before it, so they also order the sets: a CPU "runs" every tier its features cover.
 enum class IsaTier : int {
-  generic = 0,      // none: scalar reference kernels, any x86-64
+  generic = 0,      // none: scalar reference kernels, any x86-64 or aarch64
   avx2 = 1,         // avx2
   avx512 = 2,       // + avx512
   avx512_vnni = 3,  // + avx512_vnni
   avx512_bf16 = 4,  // + avx512_bf16
   amx = 5,          // + amx_tile, amx_int8, amx_bf16
+  // aarch64: disjoint from the x86 tiers' features, so an x86 CPU covers none of them and an ARM
+  // CPU none of the x86 ones
+  neon = 6,          // neon: every ARMv8-A CPU
+  neon_dotprod = 7,  // + dotprod
+  neon_i8mm = 8,     // + i8mm
+  neon_bf16 = 9,     // + arm_bf16
+  sve = 10,          // + sve
 };
-constexpr int kNumTiers = 6;
+constexpr int kNumTiers = 11;
 
 const char* tier_name(IsaTier t);
 // Throws std::invalid_argument listing the valid names.

@@ -11,8 +11,8 @@
 namespace kt {
 namespace {
 
-constexpr const char* kTierNames[kNumTiers] = {"generic", "avx2", "avx512", "avx512_vnni",
-                                               "avx512_bf16", "amx"};
+constexpr const char* kTierNames[kNumTiers] = {"generic",   "avx2", "avx512",       "avx512_vnni", "avx512_bf16", "amx",
+                                               "neon",      "neon_dotprod", "neon_i8mm", "neon_bf16", "sve"};
 constexpr FeatureSet kTierFeatures[kNumTiers] = {
     0,
     feature::avx2,
@@ -21,10 +21,16 @@ constexpr FeatureSet kTierFeatures[kNumTiers] = {
     feature::avx2 | feature::avx512 | feature::avx512_vnni | feature::avx512_bf16,
     feature::avx2 | feature::avx512 | feature::avx512_vnni | feature::avx512_bf16 | feature::amx_tile |
         feature::amx_int8 | feature::amx_bf16,
+    feature::neon,
+    feature::neon | feature::dotprod,
+    feature::neon | feature::dotprod | feature::i8mm,
+    feature::neon | feature::dotprod | feature::i8mm | feature::arm_bf16,
+    feature::neon | feature::dotprod | feature::i8mm | feature::arm_bf16 | feature::sve,
 };
 // Bit i of a FeatureSet.
 constexpr const char* kFeatureNames[feature::kCount] = {"avx2",     "avx_vnni", "avx512",   "avx512_vnni", "avx512_bf16",
-                                                        "amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu"};
+                                                        "amx_tile", "amx_int8", "amx_bf16", "amx_tile_emu",
+                                                        "neon",     "dotprod",  "i8mm",     "arm_bf16",    "sve"};
 
 // detect(): cpu_features_x86.cpp or cpu_features_aarch64.cpp, by the machine compiled for.
 

@@ -1,7 +1,6 @@
 // [NOTE] CPU features of an aarch64 CPU, from the bits the Linux kernel publishes in the auxiliary
 // vector (getauxval(AT_HWCAP / AT_HWCAP2): what the CPU has and the kernel enables for user space),
-// and SVE's vector length from prctl(PR_SVE_GET_VL). Compiled with no ISA flags. No tier uses these
-// features yet: every kernel runs at the generic tier on ARM.
+// and SVE's vector length from prctl(PR_SVE_GET_VL). Compiled with no ISA flags.
 #if defined(__aarch64__)
 #include <sys/auxv.h>
 #include <sys/prctl.h>
@@ -62,6 +61,9 @@ CpuFeatures detect() {
     const int vl = prctl(kPrSveGetVl, 0, 0, 0, 0);
     f.sve_vector_bits = vl < 0 ? 0 : (vl & kPrSveVlLenMask) * 8;
   }
+  using namespace feature;
+  f.features = (f.asimd ? neon : 0) | (f.asimd_dotprod ? dotprod : 0) | (f.i8mm ? i8mm : 0) |
+               (f.arm_bf16 ? arm_bf16 : 0) | (f.sve && f.sve_vector_bits >= 128 ? sve : 0);
   f.amx_status = "not an x86 CPU";
   f.best = best_tier(f.features);
   return f;

@@ -18,6 +18,13 @@ constexpr FeatureSet kAvx2Obj = feature::avx2;
 constexpr FeatureSet kAvx512Obj = kAvx2Obj | feature::avx512;
 constexpr FeatureSet kAvx512VnniObj = kAvx512Obj | feature::avx512_vnni;
 constexpr FeatureSet kAvx512Bf16Obj = kAvx512VnniObj | feature::avx512_bf16;  // also the amx and amx_emu objects'
+// aarch64 (kernels/neon, kernels/sve): the -march extensions of each list in CMakeLists.txt. The
+// lists above neon build for armv8.2-a, whose other extensions (LSE, RDM) every CPU with dotprod has.
+constexpr FeatureSet kNeonObj = feature::neon;
+constexpr FeatureSet kDotprodObj = kNeonObj | feature::dotprod;
+constexpr FeatureSet kI8mmObj = kDotprodObj | feature::i8mm;
+constexpr FeatureSet kNeonBf16Obj = kI8mmObj | feature::arm_bf16;
+constexpr FeatureSet kSveObj = kNeonBf16Obj | feature::sve;
 
 // Tokens per expert from which a tile row runs (its min_m): where the tile kernel, timed against
 // the vector kernel it is paired with for m rows per expert, starts to win (the timings:

@@ -14,7 +14,7 @@
 #include "formats/format_impl.h"
 #include "kernels/kernel_decls.h"
 #include "kernels/kernel_registry.h"
-#include "kernels/x86_tiers.h"
+#include "kernels/isa_tiers.h"
 
 // The rows the kernel files registered (kernels/kernel_registry.h), bounded by the linker.
 extern "C" {
@@ -166,9 +166,11 @@ void unpack_row_for(const KernelRow& row, const uint8_t* data, int Kp, int n, in
 
 IsaTier row_tier(FeatureSet needs) {
   if (needs & feature::amx_tile_emu) needs = (needs & ~feature::amx_tile_emu) | feature::amx_tile;
-  needs &= tier_features(IsaTier::amx);  // features no tier names (avx_vnni) do not place a row
+  // features no tier names (avx_vnni) do not place a row; a row needs x86 or ARM features, not both
+  const FeatureSet arm = tier_features(IsaTier::sve);
+  needs &= needs & arm ? arm : tier_features(IsaTier::amx);
   int t = 0;
-  while (!covers(tier_features(static_cast<IsaTier>(t)), needs)) ++t;  // the amx tier covers any masked set
+  while (!covers(tier_features(static_cast<IsaTier>(t)), needs)) ++t;  // the amx or sve tier covers any masked set
   return static_cast<IsaTier>(t);
 }
 

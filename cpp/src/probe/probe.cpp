@@ -25,7 +25,7 @@
 #include <thread>
 
 #include "kt/cpu_features.h"
-#include "kernels/x86_tiers.h"
+#include "kernels/isa_tiers.h"
 
 namespace kt::probe {
 namespace {
@@ -107,10 +107,15 @@ struct Family {
   const char* instruction;
   const char* unit;
   IsaTier tier;  // the tier whose kernels (and this loop) need it
-  int ops_per_instruction;
+  int ops_per_instruction;  // SVE families: per 128 bits of the vector length (per_128_bits)
   int accumulators;
   uint64_t (*loop)(int64_t iters);
+  bool per_128_bits = false;
 };
+
+int ops_per_instruction(const Family& fam) {
+  return fam.per_128_bits ? fam.ops_per_instruction * (cpu_features().sve_vector_bits / 128) : fam.ops_per_instruction;
+}
 
 // One row per instruction family; a family runs where the active features cover its tier's. The
 // amx tier needs amx_tile, which is set only where AMX is permitted (arch_prctl granted) and never
@@ -132,9 +137,20 @@ const Family kFamilies[] = {
     {"int8_tdpbusd_tmm", "tdpbusd 16x16x64", "GOP/s", IsaTier::amx, 32768, kTileAccumulators,
      int8_tdpbusd_tmm__amx},
 };
+#elif KT_ARM_TIERS  // the ARM tiers' loops (kernels/neon, kernels/sve) are built on aarch64 only
+const Family kFamilies[] = {
+    {"fp32_fmla_q", "fmla v.4s", "GFLOP/s", IsaTier::neon, 8, kArmAccumulators, fma_f32_q__neon},
+    {"fp32_fmla_z", "fmla z.s (indexed)", "GFLOP/s", IsaTier::sve, 8, kArmAccumulators, fma_f32_z__sve, true},
+    {"bf16_bfdot_q", "bfdot v.4s", "GFLOP/s", IsaTier::neon_bf16, 16, kArmAccumulators, bf16_bfdot_q__neonbf16},
+    {"bf16_bfmmla_q", "bfmmla v.4s", "GFLOP/s", IsaTier::neon_bf16, 32, kArmAccumulators, bf16_bfmmla_q__neonbf16},
+    {"bf16_bfmmla_z", "bfmmla z.s", "GFLOP/s", IsaTier::sve, 32, kArmAccumulators, bf16_bfmmla_z__sve, true},
+    {"int8_sdot_q", "sdot v.4s", "GOP/s", IsaTier::neon_dotprod, 32, kArmAccumulators, int8_sdot_q__dotprod},
+    {"int8_sdot_z", "sdot z.s", "GOP/s", IsaTier::sve, 32, kArmAccumulators, int8_sdot_z__sve, true},
+    {"int8_smmla_q", "smmla v.4s", "GOP/s", IsaTier::neon_i8mm, 64, kArmAccumulators, int8_smmla_q__i8mm},
+    {"int8_smmla_z", "smmla z.s", "GOP/s", IsaTier::sve, 64, kArmAccumulators, int8_smmla_z__sve, true},
+};
 #else
-// no family: the ARM rows' loops are to come with their kernels (issue 24)
-const std::array<Family, 0> kFamilies{};
+const std::array<Family, 0> kFamilies{};  // a build without the tiers' files
 #endif
 
 std::atomic<uint64_t> g_sink{0};  // checksums land here so no loop is dead code
@@ -166,6 +182,15 @@ BandwidthResult measure_bandwidth(int threads, size_t mib, int repeats, std::opt
   } else if (covers(have, tier_features(IsaTier::avx2))) {
     read = read_sum__avx2;
     r.loads = "ymm (avx2)";
+  }
+#elif KT_ARM_TIERS
+  const FeatureSet have = active_features();
+  if (covers(have, tier_features(IsaTier::sve))) {
+    read = read_sum__sve;
+    r.loads = "z" + std::to_string(cpu_features().sve_vector_bits) + " (sve)";
+  } else if (covers(have, tier_features(IsaTier::neon))) {
+    read = read_sum__neon;
+    r.loads = "q 128-bit (neon)";
   }
 #endif
 
@@ -212,7 +237,7 @@ std::vector<PeakResult> peak_families() {
     p.instruction = fam.instruction;
     p.unit = fam.unit;
     p.isa = tier_name(fam.tier);
-    p.ops_per_instruction = fam.ops_per_instruction;
+    p.ops_per_instruction = ops_per_instruction(fam);
     p.accumulators = fam.accumulators;
     if (!covers(f.features, tier_features(fam.tier))) {
       p.reason = std::string("not available: this CPU's best tier is ") + tier_name(f.best) + ", the family needs " +
@@ -289,7 +314,7 @@ PeaksResult measure_peaks(int threads, double seconds, std::optional<bool> pin_o
     uint64_t sum = 0;
     for (size_t k = 0; k < runnable.size(); ++k) {
       const Family& fam = *runnable[k];
-      const double ops_per_iter = double(fam.ops_per_instruction) * fam.accumulators;
+      const double ops_per_iter = double(ops_per_instruction(fam)) * fam.accumulators;
       for (int t = 0; t < trials; ++t) {
         sync.arrive_and_wait();
         auto t0 = Clock::now();

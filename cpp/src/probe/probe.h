@@ -18,6 +18,8 @@ namespace kt::probe {
 // and returns a checksum so the loads cannot be elided.
 uint64_t read_sum__avx2(const void* p, size_t bytes);
 uint64_t read_sum__avx512(const void* p, size_t bytes);
+uint64_t read_sum__neon(const void* p, size_t bytes);
+uint64_t read_sum__sve(const void* p, size_t bytes);
 
 // Peak loops: `iters` iterations of kPeakAccumulators independent instructions of the family
 // (one accumulator chain each, enough to hide the latency). Return a checksum.
@@ -31,12 +33,24 @@ uint64_t bf16_dpbf16ps_zmm__avx512bf16(int64_t iters);  // vdpbf16ps zmm 32 MACs
 // instructions, and release the tiles. Run only at the amx tier (kt::cpu_features().amx_permitted).
 uint64_t int8_tdpbusd_tmm__amx(int64_t iters);    // tdpbusd 16x16x64: 16384 MACs = 32768 ops
 uint64_t bf16_tdpbf16ps_tmm__amx(int64_t iters);  // tdpbf16ps 16x16x32: 8192 MACs = 16384 flops
+// aarch64, 16 accumulators (of 32 vector registers); the SVE loops' figures are per 128 bits of the
+// run-time vector length.
+uint64_t fma_f32_q__neon(int64_t iters);            // fmla v.4s          4 MACs = 8 flops
+uint64_t int8_sdot_q__dotprod(int64_t iters);       // sdot v.4s          16 MACs = 32 ops
+uint64_t int8_smmla_q__i8mm(int64_t iters);         // smmla v.4s         32 MACs = 64 ops
+uint64_t bf16_bfdot_q__neonbf16(int64_t iters);     // bfdot v.4s         8 MACs = 16 flops
+uint64_t bf16_bfmmla_q__neonbf16(int64_t iters);    // bfmmla v.4s        16 MACs = 32 flops
+uint64_t fma_f32_z__sve(int64_t iters);             // fmla z.s (indexed) 8 flops per 128 bits
+uint64_t int8_sdot_z__sve(int64_t iters);           // sdot z.s           32 ops per 128 bits
+uint64_t int8_smmla_z__sve(int64_t iters);          // smmla z.s          64 ops per 128 bits
+uint64_t bf16_bfmmla_z__sve(int64_t iters);         // bfmmla z.s         32 flops per 128 bits
 
 // Independent accumulators per loop iteration: ymm loops (16 registers) use 12, zmm loops 16,
 // tile loops 4 C tiles (of 8 tiles; the other 4 hold 2 A and 2 B).
 constexpr int kYmmAccumulators = 12;
 constexpr int kZmmAccumulators = 16;
 constexpr int kTileAccumulators = 4;
+constexpr int kArmAccumulators = 16;
 
 // ---- the driver (probe.cpp) -------------------------------------------------------------------
 struct BandwidthResult {

@@ -36,3 +36,11 @@
 #define KT_PROBE_MADD8 KT_PROBE_MADD(0) KT_PROBE_MADD(1) KT_PROBE_MADD(2) KT_PROBE_MADD(3) KT_PROBE_MADD(4) \
   KT_PROBE_MADD(5) KT_PROBE_MADD(6) KT_PROBE_MADD(7)
 #define KT_PROBE_MADD12 KT_PROBE_MADD8 KT_PROBE_MADD(8) KT_PROBE_MADD(9) KT_PROBE_MADD(10) KT_PROBE_MADD(11)
+
+// aarch64 (cpp/src/kernels/neon, cpp/src/kernels/sve): "insn cN<acc>, a<sa>, b<sb>", cN = cN + a . b
+// in the destination-first order, with the arrangement suffixes of the instruction (".4s", ".16b";
+// SVE's ".s", ".b", and an index such as ".s[0]").
+#define KT_PROBE_ARM(insn, acc, sa, sb, n) insn " %[c" #n "]" acc ", %[a]" sa ", %[b]" sb "\n\t"
+#define KT_PROBE_ARM8(insn, acc, sa, sb) KT_PROBE_ARM(insn, acc, sa, sb, 0) KT_PROBE_ARM(insn, acc, sa, sb, 1) \
+  KT_PROBE_ARM(insn, acc, sa, sb, 2) KT_PROBE_ARM(insn, acc, sa, sb, 3) KT_PROBE_ARM(insn, acc, sa, sb, 4)      \
+  KT_PROBE_ARM(insn, acc, sa, sb, 5) KT_PROBE_ARM(insn, acc, sa, sb, 6) KT_PROBE_ARM(insn, acc, sa, sb, 7)
