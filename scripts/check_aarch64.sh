@@ -9,7 +9,8 @@
 # - each ARM tier forced (KT_KERNEL_ISA) on the first model that has its features, and the sve tier
 #   at every vector length: the formats with a kernel row of that tier, against an fp64 layer within
 #   the format's bound (the bound the Python tests hold every x86 tier to);
-# - the features each model reports are the ones it has, and forcing a tier it lacks is refused.
+# - the features each model reports are the ones it has, forcing a tier it lacks is refused, and the
+#   machine-limit probe loops of its tiers run.
 # Both builds leave floating-point contraction off (-ffp-contract=off): aarch64's baseline has FMA,
 # x86-64's has not, and the generic code would otherwise round differently on the two.
 #   sudo apt-get install g++-aarch64-linux-gnu qemu-user      # once
@@ -61,6 +62,7 @@ declare -A MODELS=(
   [max,sve512=on]="asimd asimddp i8mm bf16 sve sve2"
 )
 declare -A VL=([max,sve128=on]=128 [max,sve256=on]=256 [max,sve512=on]=512)
+declare -A PROBES=([cortex-a53]=1 [cortex-a76]=2 [max,sve=off]=5 [max,sve128=on]=9 [max,sve256=on]=9 [max,sve512=on]=9)
 declare -A BEST=([cortex-a53]=neon [cortex-a76]=neon_dotprod [max,sve=off]=neon_bf16
                  [max,sve128=on]=sve [max,sve256=on]=sve [max,sve512=on]=sve)
 order=(cortex-a53 cortex-a76 "max,sve=off" "max,sve128=on" "max,sve256=on" "max,sve512=on")
@@ -75,6 +77,9 @@ for model in "${order[@]}"; do
   [ "$bits" = "${VL[$model]:-0}" ] || { echo "check_aarch64: -cpu $model reported SVE $bits bits, expected ${VL[$model]:-0}" >&2; exit 1; }
   tier=$(echo "$head" | sed -n 's/.*, tier \([a-z0-9_]*\),.*/\1/p')
   [ "$tier" = "${BEST[$model]}" ] || { echo "check_aarch64: -cpu $model chose tier '$tier', expected '${BEST[$model]}'" >&2; exit 1; }
+  # the machine-limit probes of its tiers run (under qemu their rates mean nothing)
+  ran=$(QEMU_LD_PREFIX=$SYSROOT "$QEMU" -cpu "$model" "$BUILD/moe_check" --probes | sed -n 's/^moe_check: \([0-9]*\) probe families ran/\1/p')
+  [ "$ran" = "${PROBES[$model]}" ] || { echo "check_aarch64: -cpu $model ran '$ran' probe families, expected ${PROBES[$model]}" >&2; exit 1; }
   above=0
   for t in "${tiers[@]}"; do
     if [ "$above" = 1 ]; then  # a tier above the model's best: forcing it must be refused

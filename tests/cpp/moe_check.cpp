@@ -6,7 +6,8 @@
 // Above the generic tier, each case also runs on the generic tier's kernels and the two outputs must
 // agree within kVsGeneric. Prints one line per case, with the layer's kernel rows (a tile row / the vector row below its
 // min_m; the tier forced by KT_KERNEL_ISA picks them);
-// exits non-zero on a failure. --features: print the CPU line only. --formats a,b: only those
+// exits non-zero on a failure. --features: print the CPU line only. --probes: run each machine-limit
+// probe the active tier has (cpp/src/probe: under qemu only that it runs, not its rate). --formats a,b: only those
 // formats (by name). --own-rows: only the formats whose layer runs a kernel row of the active tier
 // (not one of a lower tier it falls back to).
 #include <cmath>
@@ -21,6 +22,7 @@
 #include "kt/formats.h"
 #include "kt/kernels.h"
 #include "kt/moe.h"
+#include "probe/probe.h"
 
 namespace {
 
@@ -87,6 +89,18 @@ int main(int argc, char** argv) {
   std::printf("moe_check: %s %s, tier %s, flags:%s, sve_vector_bits %d\n", cpu.vendor.c_str(), cpu.brand.c_str(), tier,
               flags.c_str(), cpu.sve_vector_bits);
   if (argc > 1 && std::string(argv[1]) == "--features") return 0;
+  if (argc > 1 && std::string(argv[1]) == "--probes") {
+    const kt::probe::BandwidthResult bw = kt::probe::measure_bandwidth(1, 4, 1, false);
+    std::printf("probe read_sum: %s loads, %.2f GB/s\n", bw.loads.c_str(), bw.best_gbps);
+    int ran = 0;
+    for (const kt::probe::PeakResult& p : kt::probe::measure_peaks(1, 0.03, false, {}).families) {
+      std::printf("probe %-14s %-20s %s\n", p.name.c_str(), p.instruction.c_str(),
+                  p.available ? (std::to_string(p.ops_per_instruction) + " ops/instruction, ran").c_str() : p.reason.c_str());
+      ran += p.available;
+    }
+    std::printf("moe_check: %d probe families ran\n", ran);
+    return 0;
+  }
   std::string only;  // ",a,b," or empty: every format
   bool own_rows = false;
   for (int i = 1; i < argc; ++i) {
