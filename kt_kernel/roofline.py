@@ -44,9 +44,14 @@ PRESET_ALIASES = {"kimi-k2": "deepseek-v3", "qwen3": "qwen3-30b-a3b", "mixtral":
 # tier wins. At the amx tier prefill runs on tiles: integer formats tdpbusd (int4_g32's tdpbsud
 # runs at the same rate), BF16 tdpbf16ps. Below it, integer formats run vpdpbusd where the tier
 # has VNNI, else vpmaddubsw; BF16 runs vdpbf16ps where the tier has AVX512-BF16, else fp32 FMA.
+# aarch64 (only its families exist there): at the sve tier the SVE rows (SDOT; BF16 by fp32 FMLA);
+# at neon_i8mm and neon_bf16 the row-pair tiles (SMMLA; BFMMLA from neon_bf16); at neon_dotprod
+# SDOT; at neon, BF16 by fp32 FMLA and the integer formats by SMLAL, which has no probe family.
 PEAK_FAMILIES = {
-    "int": ("int8_tdpbusd_tmm", "int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm"),
-    "BF16": ("bf16_tdpbf16ps_tmm", "bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm"),
+    "int": ("int8_tdpbusd_tmm", "int8_vpdpbusd_zmm", "int8_pmaddubsw_zmm", "int8_pmaddubsw_ymm",
+            "int8_sdot_z", "int8_smmla_q", "int8_sdot_q"),
+    "BF16": ("bf16_tdpbf16ps_tmm", "bf16_dpbf16ps_zmm", "fp32_fma_zmm", "fp32_fma_ymm",
+             "fp32_fmla_z", "bf16_bfmmla_q", "fp32_fmla_q"),
 }
 INT_METHODS = tuple(f["method"] for f in formats() if f["int_dot"])
 

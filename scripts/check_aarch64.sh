@@ -7,7 +7,7 @@
 #   sources built for x86-64 without its tiers (the same weights quantized and run on ARM and on x86
 #   agree exactly);
 # - each ARM tier forced (KT_KERNEL_ISA) on the first model that has its features, and the sve tier
-#   at every vector length: the formats with a kernel row of that tier, against an fp64 layer within
+#   at every vector length (and at 2048 bits, the longest SVE allows): the formats with a kernel row of that tier, against an fp64 layer within
 #   the format's bound (the bound the Python tests hold every x86 tier to);
 # - the features each model reports are the ones it has, forcing a tier it lacks is refused, and the
 #   machine-limit probe loops of its tiers run.
@@ -60,12 +60,16 @@ declare -A MODELS=(
   [max,sve128=on]="asimd asimddp i8mm bf16 sve sve2"
   [max,sve256=on]="asimd asimddp i8mm bf16 sve sve2"
   [max,sve512=on]="asimd asimddp i8mm bf16 sve sve2"
+  [max,sve2048=on,sve-default-vector-length=256]="asimd asimddp i8mm bf16 sve sve2"
 )
-declare -A VL=([max,sve128=on]=128 [max,sve256=on]=256 [max,sve512=on]=512)
-declare -A PROBES=([cortex-a53]=1 [cortex-a76]=2 [max,sve=off]=5 [max,sve128=on]=9 [max,sve256=on]=9 [max,sve512=on]=9)
+# (qemu-user starts a process at 512 bits unless told otherwise: its default length is in bytes)
+declare -A VL=([max,sve128=on]=128 [max,sve256=on]=256 [max,sve512=on]=512 [max,sve2048=on,sve-default-vector-length=256]=2048)
+declare -A PROBES=([cortex-a53]=1 [cortex-a76]=2 [max,sve=off]=5 [max,sve128=on]=9 [max,sve256=on]=9 [max,sve512=on]=9
+                   [max,sve2048=on,sve-default-vector-length=256]=9)
 declare -A BEST=([cortex-a53]=neon [cortex-a76]=neon_dotprod [max,sve=off]=neon_bf16
-                 [max,sve128=on]=sve [max,sve256=on]=sve [max,sve512=on]=sve)
-order=(cortex-a53 cortex-a76 "max,sve=off" "max,sve128=on" "max,sve256=on" "max,sve512=on")
+                 [max,sve128=on]=sve [max,sve256=on]=sve [max,sve512=on]=sve [max,sve2048=on,sve-default-vector-length=256]=sve)
+order=(cortex-a53 cortex-a76 "max,sve=off" "max,sve128=on" "max,sve256=on" "max,sve512=on"
+       "max,sve2048=on,sve-default-vector-length=256")
 tiers=(neon neon_dotprod neon_i8mm neon_bf16 sve)
 declare -A checked=()
 for model in "${order[@]}"; do
@@ -93,9 +97,10 @@ for model in "${order[@]}"; do
     # each tier on the first model that has it; the sve tier at every vector length
     [ -n "${checked[$t]:-}" ] && [ "$t" != sve ] && continue
     checked[$t]=1
-    log="$BUILD/${t}_${model//[,=]/_}.log"
+    log="$BUILD/${t}_${model//[,=-]/_}.log"
     KT_KERNEL_ISA=$t run "$log" "$model" --own-rows
-    echo "   $t: $(grep -c digest "$log") cases, rows: $(grep -o '[a-z0-9_]*__[a-z0-9_]*\( / [a-z0-9_]*__[a-z0-9_]*\)\?$' "$log" | sort -u | tr '\n' ' ')"
+    [ "$(grep -c digest "$log")" -gt 0 ] || { echo "check_aarch64: tier $t ran no kernel row of its own" >&2; exit 1; }
+    echo "   $t: $(grep -c digest "$log") cases, rows: $(grep -o '[a-zA-Z0-9_]*__[a-z0-9_]*\( / [a-zA-Z0-9_]*__[a-z0-9_]*\)\?$' "$log" | sort -u | tr '\n' ' ')"
   done
 done
 echo "check_aarch64: ok"

@@ -165,7 +165,7 @@ def test_the_emulator_is_a_tile_backend_chosen_by_features(fmt_name):
 
 @pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
 def test_every_feature_set_picks_the_first_row_it_covers(fmt_name):
-    """All 2^9 sets: dispatch takes the first row (emulated table, then kernel table) whose
+    """Every set of FEATURES: dispatch takes the first row (emulated table, then kernel table) whose
     features the set holds, and the paired vector kernel is the first such row with min_m 0."""
     for bits in itertools.product([False, True], repeat=len(FEATURES)):
         have = {f for f, on in zip(FEATURES, bits) if on}

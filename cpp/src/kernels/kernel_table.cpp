@@ -33,12 +33,14 @@ namespace kt {
 namespace {
 
 // Best first: the higher tier (row_tier), then the row needing more features within a tier (an
-// AVX-VNNI row above the plain AVX2 row of its tier), then a fixed key: the lower feature bits,
-// the format id, the name. Names are unique (checked), so the order is total and does not depend
-// on the order in which the linker placed the objects.
+// AVX-VNNI row above the plain AVX2 row of its tier), then a tile row above a vector row of the
+// same needs (they pair: the tile row takes the buckets of min_m tokens and more, the vector row
+// the others), then a fixed key: the lower feature bits, the format id, the name. Names are unique
+// (checked), so the order is total and does not depend on the order in which the linker placed
+// the objects.
 bool better_row(const KernelRow& a, const KernelRow& b) {
   const auto key = [](const KernelRow& r) {
-    return std::make_tuple(-static_cast<int>(row_tier(r.needs)), -std::popcount(r.needs), r.needs,
+    return std::make_tuple(-static_cast<int>(row_tier(r.needs)), -std::popcount(r.needs), r.needs, r.min_m == 0,
                            static_cast<int>(r.format), std::string_view(r.name));
   };
   return key(a) < key(b);
