@@ -27,7 +27,12 @@ def resolve_isas(spec: str | None) -> list[str]:
         raise ValueError(f"no tier named in {spec!r}")
     for n in names:
         if n not in host:
-            what = "is not a tier" if n not in _ext.all_tiers() else f"is above this CPU's best tier {info['best_tier']}"
+            if n not in _ext.all_tiers():
+                what = "is not a tier"
+            elif set(_ext.tier_features(n)).isdisjoint(_ext.tier_features(info["best_tier"])) and info["best_tier"] != REFERENCE_TIER:
+                what = "is a tier of the other architecture (x86-64 or aarch64)"
+            else:
+                what = f"is above this CPU's best tier {info['best_tier']}"
             raise ValueError(f"{n!r} {what}; this CPU runs {', '.join(host)} (or all)")
     return sorted(set(names), key=host.index)
 

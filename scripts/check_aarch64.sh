@@ -8,7 +8,9 @@
 #   agree exactly);
 # - each ARM tier forced (KT_KERNEL_ISA) on the first model that has its features, and the sve tier
 #   at every vector length (and at 2048 bits, the longest SVE allows): the formats with a kernel row of that tier, against an fp64 layer within
-#   the format's bound (the bound the Python tests hold every x86 tier to);
+#   the format's bound (the bound the Python tests hold every x86 tier to), and each kernel row of
+#   the tier called directly against the scalar reference row over K tails, token counts, row
+#   lists, output strides and the gpt-oss activation (tests/cpp/rows_check.cpp);
 # - the features each model reports are the ones it has, forcing a tier it lacks is refused, and the
 #   machine-limit probe loops of its tiers run.
 # Both builds leave floating-point contraction off (-ffp-contract=off): aarch64's baseline has FMA,
@@ -26,7 +28,7 @@ BUILD=build/aarch64
 configure() {  # build dir, extra cmake arguments
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DKT_CHECK_DRIVER=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-ffp-contract=off "$@" >/dev/null
-  ninja -C "$dir" moe_check >/dev/null
+  ninja -C "$dir" moe_check rows_check >/dev/null
 }
 configure "$BUILD" -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64-linux-gnu.cmake -DCMAKE_CXX_COMPILER="$CXX"
 configure "$BUILD/x86-twin" -DKT_ISA_TIERS=OFF
@@ -100,6 +102,13 @@ for model in "${order[@]}"; do
     log="$BUILD/${t}_${model//[,=-]/_}.log"
     KT_KERNEL_ISA=$t run "$log" "$model" --own-rows
     [ "$(grep -c digest "$log")" -gt 0 ] || { echo "check_aarch64: tier $t ran no kernel row of its own" >&2; exit 1; }
+    rows_log="$BUILD/rows_${t}_${model//[,=-]/_}.log"
+    if ! KT_KERNEL_ISA=$t "$QEMU" -cpu "$model" "$BUILD/rows_check" > "$rows_log"; then
+      grep -h "FAIL\|rows_check:" "$rows_log" >&2
+      echo "check_aarch64: rows_check -cpu $model KT_KERNEL_ISA=$t failed (log: $rows_log)" >&2
+      exit 1
+    fi
+    echo "   $t rows: $(tail -1 "$rows_log")"
     echo "   $t: $(grep -c digest "$log") cases, rows: $(grep -o '[a-zA-Z0-9_]*__[a-z0-9_]*\( / [a-zA-Z0-9_]*__[a-z0-9_]*\)\?$' "$log" | sort -u | tr '\n' ' ')"
   done
 done

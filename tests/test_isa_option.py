@@ -12,7 +12,12 @@ from kt_kernel.isa_option import REFERENCE_TIER, add_isa_argument, apply_isa_arg
 
 HOST_TIERS = list(kt_kernel.cpu_info()["tiers"])
 ALL_TIERS = list(_ext.all_tiers())
-ABOVE_BEST = ALL_TIERS[len(HOST_TIERS)] if len(HOST_TIERS) < len(ALL_TIERS) else None
+# the next tier of the host's chain (x86-64's or aarch64's, tests/test_cpu_features.py), if any
+ABOVE_BEST = next((t for t in ALL_TIERS if t not in HOST_TIERS and set(_ext.tier_features(HOST_TIERS[-1])) <
+                   set(_ext.tier_features(t))), None)
+# a tier of the other architecture's chain (none on a CPU that runs only the reference)
+OTHER_ARCH = next((t for t in ALL_TIERS if REFERENCE_TIER not in (t, HOST_TIERS[-1]) and
+                   set(_ext.tier_features(t)).isdisjoint(_ext.tier_features(HOST_TIERS[-1]))), None)
 
 
 def test_resolve_default_is_the_tier_in_use():
@@ -34,6 +39,9 @@ def test_resolve_rejects_unknown_and_absent_tiers():
     if ABOVE_BEST is not None:
         with pytest.raises(ValueError, match=f"'{ABOVE_BEST}' is above this CPU's best tier"):
             resolve_isas(ABOVE_BEST)
+    if OTHER_ARCH is not None:
+        with pytest.raises(ValueError, match=f"'{OTHER_ARCH}' is a tier of the other architecture"):
+            resolve_isas(OTHER_ARCH)
     with pytest.raises(ValueError, match="no tier named"):
         resolve_isas(" , ")
 

@@ -9,6 +9,7 @@
 #include "bindings/bindings.h"
 #include "kernels/amx/tile_gemm.h"
 #include "kernels/amx_emu/tile_emu.h"
+#include "kernels/isa_tiers.h"
 #include "kt/cpu_features.h"
 
 namespace py = pybind11;
@@ -159,7 +160,11 @@ void register_amx(py::module_& m) {
       [](const py::array& a, const py::array& b) {
         const CpuFeatures& f = cpu_features();
         if (!f.amx_permitted) throw std::runtime_error("AMX is not usable on this host: " + f.amx_status);
+#if KT_X86_TIERS  // the hardware tile kernels (kernels/amx) are built for x86-64 only
         return tile_gemm(&amx::tile_gemm_s8s8_16x16__amx, a, b);
+#else
+        throw std::logic_error("AMX is permitted in a build without kernels/amx");
+#endif
       },
       py::arg("a"), py::arg("b_packed"),
       "As amx_emu_tile_gemm_s8s8, on the AMX hardware. RuntimeError where AMX is not permitted.");

@@ -33,6 +33,7 @@ void register_cpu(py::module_& m) {
     if (covers(f.features, tier_features(IsaTier::avx512_bf16))) emulated.push_back(kAmxEmuOverride);
     d["emulated_tiers"] = emulated;
     d["amx"] = f.amx_status;
+    d["sve_vector_bits"] = f.sve_vector_bits;
     d["stream_prefetch"] = stream_prefetch_name(stream_prefetch());
     return d;
   });
