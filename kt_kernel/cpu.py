@@ -8,9 +8,10 @@ from kt_kernel import _ext
 
 
 def cpu_info() -> dict:
-    """What the CPU offers and what the kernels use. Keys: vendor, brand, flags (CPUID bits seen),
-    features (the CPU features kernels may use here: CPUID bits the OS enables, AMX with its
-    permission; see docs/cpu_features.md), tiers (the named feature sets these features cover),
+    """What the CPU offers and what the kernels use. Keys: vendor, brand, flags (CPUID bits seen;
+    on aarch64 the HWCAP bits: asimd, asimddp, i8mm, bf16, sve, sve2), sve_vector_bits (0 without
+    SVE), features (the CPU features kernels may use here: CPUID bits the OS enables, AMX with its
+    permission, the ARM HWCAP ones; see docs/cpu_features.md), tiers (the named feature sets these features cover),
     best_tier, override, active_tier and active_features (what layers created now are dispatched
     on), amx (why AMX is or is not used), emulated_tiers (the test-only overrides this CPU can run:
     ``["amx_emu"]`` with AVX512-BF16), numa_nodes (the NUMA nodes as the OS names them: id, cpus,

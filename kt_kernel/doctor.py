@@ -149,7 +149,8 @@ def main(argv=None) -> dict:
              if ident else "")
           + (f" ({ident['generation']})" if ident.get("generation") else ""))
     print(f"cores allowed to this process: {all_cores()}")
-    print(f"features: {' '.join(info['flags'])}")
+    print(f"features: {' '.join(info['flags'])}"
+          + (f"; SVE vector length {info['sve_vector_bits']} bits" if info["sve_vector_bits"] else ""))
 
     nodes = topology()
     print("\n== NUMA ==")

@@ -41,8 +41,9 @@ if [ "$(cat "$SYSROOT/.debs" 2>/dev/null)" != "$DEBS" ]; then
   : > "$APT/state/status"
   keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   # the host's own Debian mirrors (its apt sources: deb822 URIs or one-line entries), for arm64
-  mirrors=$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
-              sed -n 's/^deb \(\[[^]]*\] *\)\?\([^ ]*\).*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null) |
+  # (sed's status is not asked: a host has either kind of file, or both)
+  mirrors=$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+              sed -n 's/^deb \(\[[^]]*\] *\)\?\([^ ]*\).*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true) |
             tr ' ' '\n' | grep -v '^$' | sort -u)
   main=$(echo "$mirrors" | grep -v -- '-security' | head -1)
   security=$(echo "$mirrors" | grep -- '-security' | head -1)
