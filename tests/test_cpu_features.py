@@ -273,11 +273,12 @@ def test_tables_keep_the_recorded_rows_in_the_recorded_order():
 
 def test_kernel_tables_are_sorted_by_the_stated_key():
     """kernel_table.cpp's order, restated: the higher tier, then more features, then the lower
-    feature bits, the format id, the name; names are unique, so no two rows tie."""
+    feature bits, then a tile row before a vector row, the format id, the name; names are unique,
+    so no two rows tie."""
     def key(row):
         bits = sum(1 << FEATURES.index(f) for f in row["features"])
-        return (-ALL_TIERS.index(row["tier"]), -len(row["features"]), bits, FORMAT_IDS.index(row["format"]),
-                row["name"])
+        return (-ALL_TIERS.index(row["tier"]), -len(row["features"]), bits, row["min_m"] == 0,
+                FORMAT_IDS.index(row["format"]), row["name"])
 
     for rows in [KERNEL_ROWS, EMULATED_ROWS]:
         assert len({r["name"] for r in rows}) == len(rows)
