@@ -42,14 +42,13 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 
 #include "kernels/avx512/avx512_driver.h"
 #include "kernels/row_blocks.h"
 #include "kt/cpu_features.h"
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
+#include "runtime/thread_scratch.h"
 
 namespace kt::gguf_vnni {
 namespace {
@@ -399,25 +398,8 @@ inline void legacy_rows(const LBlock& D, const ActQ8x32* const* a, float* acc) {
 // and template <int MR> rows(const Decoded&, const Act* const* a, float* acc). Every type uses
 // kMR = 8 (3 x 8 accumulators fit the 32 zmm; 12 rows measured slower for q4_K at m = 32 and 128).
 
-// The calling thread's accumulators: at least `floats` floats, 64-byte aligned.
-inline float* acc_buffer(size_t floats) {
-  struct Buffer {
-    float* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  if (buf.n < floats) {
-    std::free(buf.p);
-    buf.p = nullptr;
-    buf.n = 0;
-    const size_t n = (floats + 1023) & ~size_t(1023);
-    buf.p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
-    if (!buf.p) throw std::bad_alloc();
-    buf.n = n;
-  }
-  return buf.p;
-}
+// The calling thread's accumulators: at least `floats` floats, 64-byte aligned (contents undefined).
+inline float* acc_buffer(size_t floats) { return reinterpret_cast<float*>(thread_scratch(0, floats * sizeof(float))); }
 
 // The rows [i, i + n) (n <= R) of k-block s against D.
 template <class F, int R>

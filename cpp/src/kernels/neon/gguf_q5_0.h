@@ -1,4 +1,4 @@
-// [NOTE] q5_0 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q5_0 weights x q8_32 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode: the nibbles as q4_0's (transposed by 32-bit zips, AND 0x0f or
 // USHR 4), and the fifth bits of 4 rows (their 4 qh bytes, one 32-bit lane each): per register a
 // TBL picks each k's qh byte, CMTST its bit, AND 16 and ORR put it at bit 4, so q = 0..31 as int8
@@ -8,8 +8,8 @@
 // decode (M = 1): 0.6875 B/weight; per 128 weights (4 rows x 32 k) 4 vector and 4 scalar loads, 8
 // zips, 8 AND/USHR, 8 x 4 fifth-bit operations (TBL, CMTST, AND, ORR) and 8 stores to the decoded
 // k-block; then per 16 weights one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -24,10 +24,4 @@ struct Q5_0 : gguf_dot::Legacy</*kOff=*/16, /*kMin=*/false> {
 };
 
 }  // namespace
-
-void gateup_q5_0_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q5_0>(a); }
-void down_q5_0_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Q5_0>(a); }
-
-KT_KERNEL_ROW(q5_0, kDotprodObj, q8_32, q5_0_q8_32_8x16__dotprod)
-
 }  // namespace kt

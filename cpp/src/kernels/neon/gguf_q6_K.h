@@ -1,4 +1,4 @@
-// [NOTE] q6_K weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] q6_K weights x q8_256 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h). Each register of 4 rows' ql words gives 4
 // consecutive k of each row: its low nibbles with 2 high bits of a qh word inserted above them by
 // SLI (or its high nibbles inserted below the qh bits by SRI), then AND 0x3f: u = q + 32 in 0..63,
@@ -8,9 +8,9 @@
 // Instructions: LD1, SLI/SRI, USHL (qh to its bits), AND, SDOT (by element), MUL/MLA (.4S), SCVTF, FMLA.
 // decode (M = 1): 0.82 B/weight; per 16 weights 2 loads (ql, qh), 2 to 3 bit operations, one SDOT
 // (each register is loaded twice, once per nibble or qh bit pair in use, from L1 after the first).
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -57,10 +57,4 @@ struct Q6_K {
 };
 
 }  // namespace
-
-void gateup_q6_K_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q6_K>(a); }
-void down_q6_K_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Q6_K>(a); }
-
-KT_KERNEL_ROW_IN(q6_K, kDotprodObj, q8_256, q6_K_q8_256_6x16__dotprod, q6_K_words)
-
 }  // namespace kt

@@ -1,4 +1,4 @@
-// [NOTE] q8_0 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] q8_0 weights x q8_32 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h): a k-block (32 k, the 16 rows' blocks) is 8
 // words of qs, then the 16 fp16 d. Word g of channels 4q..4q+3 (16 bytes at 64 g + 16 q) is already
 // SDOT's operand, the int8 q themselves: no decode at all.
@@ -6,9 +6,9 @@
 // Instructions: LD1 (16 B), SDOT (by element), FCVTL (d), SCVTF + FMLA per block and 4 channels.
 // decode (M = 1): 1.0625 B/weight; per 16 weights one 16-byte load and one SDOT, nothing else.
 // prefill: rows in blocks of 8, each weight register feeding 8 SDOT (reloaded per row block).
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -35,10 +35,4 @@ struct Q8_0 {
 };
 
 }  // namespace
-
-void gateup_q8_0_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q8_0>(a); }
-void down_q8_0_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Q8_0>(a); }
-
-KT_KERNEL_ROW_IN(q8_0, kDotprodObj, q8_32, q8_0_q8_32_8x16__dotprod, q8_0_words)
-
 }  // namespace kt

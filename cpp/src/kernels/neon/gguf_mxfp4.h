@@ -1,4 +1,4 @@
-// [NOTE] mxfp4 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] mxfp4 weights x q8_32 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h): a k-block (32 k, the 16 rows' blocks) is 4
 // words of qs, word g lane c = row c's indexes of k = 4g .. 4g+3 (low nibbles) and 16 + 4g .. (high),
 // then the 16 exponent bytes. Decode: per register AND 0x0f or USHR 4, then one TBL through
@@ -7,9 +7,9 @@
 // Instructions: LD1, AND/USHR, TBL, SDOT (by element), USHLL, SHL, CMEQ, BSL, FMUL, SCVTF, FMLA.
 // decode (M = 1): 0.53 B/weight; per 16 weights one load, 2 operations (AND or USHR, TBL), one SDOT
 // (each qs register is loaded twice, for its low and its high nibbles, from L1 the second time).
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -50,10 +50,4 @@ struct Mxfp4 {
 };
 
 }  // namespace
-
-void gateup_mxfp4_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Mxfp4>(a); }
-void down_mxfp4_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Mxfp4>(a); }
-
-KT_KERNEL_ROW_IN(mxfp4, kDotprodObj, q8_32, mxfp4_q8_32_8x16__dotprod, mxfp4_words)
-
 }  // namespace kt

@@ -1,12 +1,12 @@
-// [NOTE] q4_1 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q4_1 weights x q8_32 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode as q4_0's: per 4 rows their 16 nibble bytes transposed by 32-bit
 // zips, then AND 0x0f (k < 16) or USHR 4 (k + 16): the nibbles 0..15 are SDOT's int8 operand.
 //   block = d * a.d * isum + m * a.d * a.sum      (isum exact in int32; a.sum the q8_32 block's sum)
 // Instructions: LD1, ZIP1/ZIP2 (.4S, .2D), AND/USHR, SDOT (by element), FCVTL, SCVTF, FMLA.
 // decode (M = 1): 0.625 B/weight; per 128 weights (4 rows x 32 k) 4 loads, 8 zips, 8 AND/USHR and
 // 8 stores to the decoded k-block; then per 16 weights one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -23,10 +23,4 @@ struct Q4_1 : gguf_dot::Legacy</*kOff=*/0, /*kMin=*/true> {
 };
 
 }  // namespace
-
-void gateup_q4_1_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q4_1>(a); }
-void down_q4_1_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Q4_1>(a); }
-
-KT_KERNEL_ROW(q4_1, kDotprodObj, q8_32, q4_1_q8_32_8x16__dotprod)
-
 }  // namespace kt

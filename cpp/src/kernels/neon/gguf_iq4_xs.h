@@ -1,4 +1,4 @@
-// [NOTE] iq4_xs weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] iq4_xs weights x q8_256 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h). Each register of 4 rows' qs words holds 4
 // consecutive k of each row in its low nibbles and the 4 at k + 16 in its high ones: AND 0x0f or
 // USHR 4, then one TBL through kIq4Values gives the signed levels (-127..113) as SDOT's operand.
@@ -6,9 +6,9 @@
 //   block = a.d * d * sum_j ls_j isum_j      (exact int32)
 // Instructions: LD1, AND/USHR, TBL, SDOT (by element), MUL/MLA (.4S), FCVTL, SCVTF, FMLA.
 // decode (M = 1): 0.53 B/weight; per 16 weights one load, 2 operations (AND or USHR, TBL), one SDOT.
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -53,10 +53,4 @@ struct Iq4Xs {
 };
 
 }  // namespace
-
-void gateup_iq4_xs_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Iq4Xs>(a); }
-void down_iq4_xs_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Iq4Xs>(a); }
-
-KT_KERNEL_ROW_IN(iq4_xs, kDotprodObj, q8_256, iq4_xs_q8_256_6x16__dotprod, iq4_xs_words)
-
 }  // namespace kt

@@ -1,4 +1,4 @@
-// [NOTE] q4_K weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] q4_K weights x q8_256 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h). qs word i of 4 rows (16 bytes at 64 i +
 // 16 q) holds 4 consecutive k of each row in its low nibbles and the 4 at k + 32 in its high ones,
 // so a register decodes by one AND 0x0f or one USHR 4 into SDOT's operand (nibbles 0..15 as int8).
@@ -8,9 +8,9 @@
 // Instructions: LD1, AND/USHR, SDOT (by element), MUL/MLA (.4S), FCVTL, SCVTF, FMLA/FMLS.
 // decode (M = 1): 0.5625 B/weight; per 16 weights one 16-byte load, one AND or USHR and one SDOT
 // (each qs register is loaded twice, for its low and its high nibbles, from L1 the second time).
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -38,10 +38,4 @@ struct Q4_K {
 };
 
 }  // namespace
-
-void gateup_q4_K_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q4_K>(a); }
-void down_q4_K_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Q4_K>(a); }
-
-KT_KERNEL_ROW_IN(q4_K, kDotprodObj, q8_256, q4_K_q8_256_6x16__dotprod, q4_K_words)
-
 }  // namespace kt

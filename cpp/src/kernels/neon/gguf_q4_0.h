@@ -1,4 +1,4 @@
-// [NOTE] q4_0 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q4_0 weights x q8_32 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode of a k-block (32 k, 16 rows), per 4 rows: their 16 nibble bytes
 // transposed by 32-bit zips (8 ZIP1/ZIP2), then per register AND 0x0f (k < 16) or USHR 4 (k + 16):
 // the nibbles 0..15 are the int8 codes, and the -8 goes to the activation sum:
@@ -6,8 +6,8 @@
 // Instructions: LD1, ZIP1/ZIP2 (.4S, .2D), AND/USHR, SDOT (by element), FCVTL, SCVTF, FMLA.
 // decode (M = 1): 0.5625 B/weight; per 128 weights (4 rows x 32 k) 4 loads, 8 zips, 8 AND/USHR and
 // 8 stores to the decoded k-block; then per 16 weights one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -21,10 +21,4 @@ struct Q4_0 : gguf_dot::Legacy</*kOff=*/8, /*kMin=*/false> {
 };
 
 }  // namespace
-
-void gateup_q4_0_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q4_0>(a); }
-void down_q4_0_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Q4_0>(a); }
-
-KT_KERNEL_ROW(q4_0, kDotprodObj, q8_32, q4_0_q8_32_8x16__dotprod)
-
 }  // namespace kt

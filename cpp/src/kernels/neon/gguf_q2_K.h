@@ -1,4 +1,4 @@
-// [NOTE] q2_K weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q2_K weights x q8_256 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode of a k-block (256 k, 16 rows), per 4 rows: their 64 qs bytes
 // transposed by 32-bit zips (4 x 8 ZIP1/ZIP2), then per register USHL + AND 3: the 2-bit q (0..3) as
 // int8 into the decoded k-block; the 16 scale bytes (scale | min << 4) of 4 rows by one more
@@ -9,8 +9,8 @@
 // zip, USHL + AND and one store to the decoded k-block (4 KiB, L1), then one reload and one SDOT per
 // row; per sub-block of 4 rows 4 scale operations (USHL + AND for scale and min), and per row,
 // sub-block and 4 rows one MUL/MLA for the scale and one MLA for the min.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -43,10 +43,4 @@ struct Q2_K : gguf_dot::KFile {
 };
 
 }  // namespace
-
-void gateup_q2_K_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q2_K>(a); }
-void down_q2_K_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Q2_K>(a); }
-
-KT_KERNEL_ROW(q2_K, kDotprodObj, q8_256, q2_K_q8_256_6x16__dotprod)
-
 }  // namespace kt

@@ -1,4 +1,4 @@
-// [NOTE] iq4_nl weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] iq4_nl weights x q8_32 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode as q4_0's (per 4 rows their nibble bytes transposed by 32-bit
 // zips, AND 0x0f or USHR 4), then one TBL through kIq4Values per register: the signed levels
 // -127..113 are SDOT's int8 operand.
@@ -6,8 +6,8 @@
 // Instructions: LD1, ZIP1/ZIP2, AND/USHR, TBL, SDOT (by element), FCVTL, SCVTF, FMLA.
 // decode (M = 1): 0.5625 B/weight; per 128 weights (4 rows x 32 k) 4 loads, 8 zips, 8 AND/USHR,
 // 8 TBL and 8 stores to the decoded k-block; then per 16 weights one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -22,10 +22,4 @@ struct Iq4Nl : gguf_dot::Legacy</*kOff=*/0, /*kMin=*/false> {
 };
 
 }  // namespace
-
-void gateup_iq4_nl_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Iq4Nl>(a); }
-void down_iq4_nl_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Iq4Nl>(a); }
-
-KT_KERNEL_ROW(iq4_nl, kDotprodObj, q8_32, iq4_nl_q8_32_8x16__dotprod)
-
 }  // namespace kt

@@ -1,7 +1,9 @@
-// [NOTE] The neon_dotprod driver of the GGUF block types (kernels/neon/gemm_<type>_dotprod.cpp),
-// after gguf_driver_avx512vnni.h. SDOT multiplies signed by signed, so the weights are decoded to
-// their int8 values (or a non-negative int8 code whose offset goes to the activation sums, where
-// that is cheaper) and no unsigned offset is needed.
+// [NOTE] The NEON driver of the GGUF block types (kernels/neon/gguf_<type>.h), after
+// gguf_driver_avx512vnni.h, built twice: at neon_dotprod with SDOT (gemm_gguf_dotprod.cpp), and at
+// neon, for ARMv8.0 cores without dotprod (Cortex-A72, Graviton 1), with a stand-in of the same
+// exact int32 result from baseline instructions (gemm_gguf_neon.cpp; dot_lane below). SDOT multiplies
+// signed by signed, so the weights are decoded to their int8 values (or a non-negative int8 code
+// whose offset goes to the activation sums, where that is cheaper) and no unsigned offset is needed.
 //
 // SDOT's layout: one 16-byte register = 4 channels x 4 k, lane c = channel 4q + c at k .. k+3:
 //
@@ -41,24 +43,32 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "kernels/neon/neon_driver.h"
 #include "kernels/row_blocks.h"
 #include "kt/gguf_blocks.h"
 #include "kt/kernels.h"
+#include "runtime/thread_scratch.h"
 
 namespace kt::gguf_dot {
 namespace {
 
 // ---- decoding helpers ------------------------------------------------------------------------
 
-// acc += w . x's 4 bytes at lane L, per int32 lane (SDOT by element)
+// acc += w . x's 4 bytes at lane L, per int32 lane: SDOT by element, or without dotprod its
+// stand-in: x's word L in every lane (DUP), the 16 int16 products (SMULL, SMULL2; exact: |q| <= 128),
+// their pairs (SADDLP) and the pairs' pairs (ADDP) as int32: the same exact sums, 6 instructions
+// against SDOT's one (the DUP is shared by the 4 quads of a pass).
 template <int L>
 [[gnu::always_inline]] inline int32x4_t dot_lane(int32x4_t acc, int8x16_t w, int8x16_t x) {
+#if defined(__ARM_FEATURE_DOTPROD)
   return vdotq_laneq_s32(acc, w, x, L);
+#else
+  const int8x16_t xl = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(x), L));
+  const int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(xl)), hi = vmull_high_s8(w, xl);
+  return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
 }
 
 // 4 fp16 bit patterns as fp32 (exact, subnormals included)
@@ -255,31 +265,20 @@ struct KFile {
 
 // ---- the driver --------------------------------------------------------------------------------
 
-// The calling thread's accumulators: at least `floats` floats, 64-byte aligned.
-inline float* acc_buffer(size_t floats) {
-  struct Buffer {
-    float* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  if (buf.n < floats) {
-    std::free(buf.p);
-    buf.p = nullptr;
-    buf.n = 0;
-    const size_t n = (floats + 1023) & ~size_t(1023);
-    buf.p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
-    if (!buf.p) throw std::bad_alloc();
-    buf.n = n;
-  }
-  return buf.p;
-}
+// The calling thread's accumulators: at least `floats` floats, 64-byte aligned (contents undefined).
+inline float* acc_buffer(size_t floats) { return reinterpret_cast<float*>(thread_scratch(0, floats * sizeof(float))); }
 
 // Rows per block: MR int32 sums per quad in a pass, as many per-sub-block sums where the type has
 // several sub-blocks, MR activations and 4 weights within the 32 v-registers (with the decode's
-// constants): 8 rows for the 32-weight types, 6 for the K-quants.
+// constants): 8 rows for the 32-weight types, 6 for the K-quants; 4 for both with the SDOT stand-in,
+// whose products and pair sums hold 4 temporaries per chain.
+#if defined(__ARM_FEATURE_DOTPROD)
 template <class F>
 constexpr int kMR = F::Block::kK / F::kSub == 1 ? 8 : 6;
+#else
+template <class F>
+constexpr int kMR = 4;
+#endif
 
 // Quads of channels per pass for MR rows: at least 4 independent SDOT chains where registers allow.
 constexpr int quads_per_pass(int mr) { return mr == 1 ? 4 : mr == 2 ? 2 : 1; }

@@ -1,4 +1,4 @@
-// [NOTE] q5_K weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h). Weights
+// [NOTE] q5_K weights x q8_256 activations with SDOT (driver: gguf_driver.h). Weights
 // word-interleaved at load (formats/gguf_word_layout.h). q4_K's decode (a qs register's low nibbles
 // by AND 0x0f, high ones by USHR 4) plus the fifth bits: bit j (sub-block j) of the qh register of
 // the same 4 k shifted to bit 4 and merged by one BSL: q in 0..31 as int8. Scales and mins as q4_K's.
@@ -6,9 +6,9 @@
 // Instructions: LD1, AND/USHR, USHL, BSL, SDOT (by element), MUL/MLA (.4S), FCVTL, SCVTF, FMLA/FMLS.
 // decode (M = 1): 0.6875 B/weight; per 16 weights 2 loads (qs, qh), 3 bit operations, one SDOT
 // (qs registers loaded twice and qh registers 8 times per k-block, from L1 after the first).
+#pragma once
 #include "formats/gguf_word_layout.h"
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -39,10 +39,4 @@ struct Q5_K {
 };
 
 }  // namespace
-
-void gateup_q5_K_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q5_K>(a); }
-void down_q5_K_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Q5_K>(a); }
-
-KT_KERNEL_ROW_IN(q5_K, kDotprodObj, q8_256, q5_K_q8_256_6x16__dotprod, q5_K_words)
-
 }  // namespace kt

@@ -1,4 +1,4 @@
-// [NOTE] q3_K weights x q8_256 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q3_K weights x q8_256 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode of a k-block (256 k, 16 rows), per 4 rows: the 2-bit values as
 // q2_K's (64 qs bytes transposed by 32-bit zips, USHL + AND 3), the high bit from the 32 hmask
 // bytes (transposed alike) shifted to bit 2 and merged by BSL: u = q + 4 in 0..7 as int8, its -4 on
@@ -9,8 +9,8 @@
 // decode (M = 1): 0.43 B/weight; per 16 weights (one register) 0.375 of a 16-byte load, 0.75 of a
 // zip, 4 bit operations (USHL + AND, USHL + BSL) and one store to the decoded k-block (4 KiB, L1),
 // then one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -54,10 +54,4 @@ struct Q3_K : gguf_dot::KFile {
 };
 
 }  // namespace
-
-void gateup_q3_K_q8_256_6x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q3_K>(a); }
-void down_q3_K_q8_256_6x16__dotprod(const DownArgs& a) { gguf_dot::down<Q3_K>(a); }
-
-KT_KERNEL_ROW(q3_K, kDotprodObj, q8_256, q3_K_q8_256_6x16__dotprod)
-
 }  // namespace kt

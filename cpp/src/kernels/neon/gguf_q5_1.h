@@ -1,4 +1,4 @@
-// [NOTE] q5_1 weights x q8_32 activations with SDOT (driver: gguf_driver_dotprod.h), on the file's
+// [NOTE] q5_1 weights x q8_32 activations with SDOT (driver: gguf_driver.h), on the file's
 // blocks (GgufPanelBlock). Decode as q5_0's (nibbles transposed by 32-bit zips, the fifth bits by
 // TBL + CMTST + AND + ORR): q = 0..31 as SDOT's int8 operand.
 //   block = d * a.d * isum + m * a.d * a.sum      (isum exact in int32)
@@ -6,8 +6,8 @@
 // decode (M = 1): 0.75 B/weight; per 128 weights (4 rows x 32 k) 4 vector and 4 scalar loads, 8
 // zips, 8 AND/USHR, 8 x 4 fifth-bit operations (TBL, CMTST, AND, ORR) and 8 stores to the decoded
 // k-block; then per 16 weights one reload and one SDOT per row.
-#include "kernels/kernel_registry.h"
-#include "kernels/neon/gguf_driver_dotprod.h"
+#pragma once
+#include "kernels/neon/gguf_driver.h"
 
 namespace kt {
 namespace {
@@ -25,10 +25,4 @@ struct Q5_1 : gguf_dot::Legacy</*kOff=*/0, /*kMin=*/true> {
 };
 
 }  // namespace
-
-void gateup_q5_1_q8_32_8x16__dotprod(const GateUpArgs& a) { gguf_dot::gateup<Q5_1>(a); }
-void down_q5_1_q8_32_8x16__dotprod(const DownArgs& a) { gguf_dot::down<Q5_1>(a); }
-
-KT_KERNEL_ROW(q5_1, kDotprodObj, q8_32, q5_1_q8_32_8x16__dotprod)
-
 }  // namespace kt
