@@ -232,13 +232,11 @@ void glu_inputs(double& g, double& u, const GluParams* glu, int n) {
 
 // Gate/up biases over the channels padded to whole panels, with NaN and inf where GluParams
 // defines the result: a NaN g or u stays NaN; +inf in g is clipped to a finite limit, or gives
-// silu(inf) = inf (times u, or u' + 1); +-inf in u is clamped to +-limit. Left out, where the
-// reference's scalar silu differs from the vector epilogues' (whose exp clamps its argument to
-// [-87.3, 88.7], neon_epilogue.h): -inf in g (the reference's -inf / (1 + exp(inf)) = NaN, the
-// vector's -inf / exp(88.7) = -inf), and +-inf in u under no limit (silu(g) of a g below about
-// -88 is the reference's -0, so -0 * inf = NaN, and the vector's a tiny negative number, so +-inf).
+// silu(inf) = inf (times u, or u' + 1); -inf in g gives -inf / exp(inf) = NaN; +-inf in u is
+// clamped to +-limit, or under no limit times silu(g): NaN where g is below -ln(FLT_MAX) (silu's
+// -0, from exp's overflow), +-inf where g is above it (a tiny silu).
 struct Biases {
-  std::vector<float> gate, up, up_finite;  // up_finite: up's NaN, no inf, for the kinds without a limit
+  std::vector<float> gate, up;
 };
 
 Biases make_biases(std::mt19937& rng) {
@@ -252,8 +250,12 @@ Biases make_biases(std::mt19937& rng) {
   b.up[21] = NAN;
   b.gate[37] = INFINITY;
   b.gate[66] = INFINITY;
-  b.up_finite = b.up;
+  b.gate[45] = -INFINITY;
+  b.gate[50] = -200.f;  // silu = -0: with up's inf, NaN
+  b.gate[51] = -80.f;   // silu tiny but finite: with up's -inf, +inf
+  b.gate[52] = -150.f;  // silu = -0 with a finite u
   b.up[50] = INFINITY;
+  b.up[51] = -INFINITY;
   b.up[66] = -INFINITY;
   return b;
 }
@@ -261,7 +263,7 @@ Biases make_biases(std::mt19937& rng) {
 std::vector<GluParams> glu_kinds(const Biases& b) {
   return {
       {.gate_bias = b.gate.data(), .up_bias = b.up.data(), .limit = kGptOssLimit, .alpha = kGptOssAlpha},
-      {.gate_bias = b.gate.data(), .up_bias = b.up_finite.data(), .limit = INFINITY, .alpha = 0.f},
+      {.gate_bias = b.gate.data(), .up_bias = b.up.data(), .limit = INFINITY, .alpha = 0.f},
       {.gate_bias = nullptr, .up_bias = b.up.data(), .limit = 1.5f, .alpha = 0.f},
       {.gate_bias = b.gate.data(), .up_bias = nullptr, .limit = INFINITY, .alpha = kGptOssAlpha},
       {.gate_bias = nullptr, .up_bias = nullptr, .limit = kGptOssLimit, .alpha = kGptOssAlpha},

@@ -29,13 +29,20 @@ struct ActView {
 //   h = silu(g') * u'                    alpha == 0
 //   h = g' * sigmoid(alpha g') * (u' + 1)  alpha != 0 (gpt-oss's SwiGLU)
 // limit = +inf clamps nothing; a bias pointer covers the call's channels padded with zeros to
-// whole panels (nullptr: no bias). A NaN g or u stays NaN.
+// whole panels (nullptr: no bias; the layer refuses non-finite biases at load). A NaN g or u stays
+// NaN. An infinite g or u (a dot product past fp32's range) gives what the fp32 formulas give with
+// an exact-to-rounding exp that overflows to +inf past kExpOverflow, as torch's: silu(+inf) = +inf,
+// silu(-inf) = -inf / inf = NaN, and an infinite u' times a silu that rounded to -0 is NaN.
 struct GluParams {
   const float* gate_bias = nullptr;
   const float* up_bias = nullptr;
   float limit = __builtin_inff();
   float alpha = 0.f;
 };
+
+// The largest float whose fp32 exp is finite (ln(FLT_MAX) rounded down): every kernel's exp is
+// +inf above it, as std::exp.
+constexpr float kExpOverflow = 88.72283172607421875f;
 
 // stage 1 of an expert: h[i, n] = silu(gate[n] . x[rows[i]]) * (up[n] . x[rows[i]]), or with glu
 // the activation GluParams describes,

@@ -43,8 +43,10 @@ inline void keep_in_register(__m256i& v) { __asm__("" : "+x"(v)); }
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
 // before fp32 rounding). The clamp keeps 2^n * e^r a normal float, so 2^n can be applied by adding
-// n to the exponent field of e^r (AVX2 has no scalef).
+// n to the exponent field of e^r (AVX2 has no scalef). +inf above ln(FLT_MAX), as std::exp
+// (avx512_driver.h's exp_ps says why).
 inline __m256 exp_ps(__m256 x) {
+  const __m256 overflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpOverflow), _CMP_GT_OQ);
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
   __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -61,7 +63,8 @@ inline __m256 exp_ps(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
   // n in [-126, 128] and p in [0.7, 1.42]: the biased exponent of p * 2^n stays in [1, 254]
   __m256i pow2n = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), pow2n));
+  const __m256 e = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), pow2n));
+  return _mm256_blendv_ps(e, _mm256_set1_ps(__builtin_inff()), overflow);
 }
 
 // silu(g) * u = g * u / (1 + exp(-g))

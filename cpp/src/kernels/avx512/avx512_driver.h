@@ -34,8 +34,10 @@ inline NextPanels next_panels(const uint8_t* const* cur, const uint8_t* const* n
 }
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
-// before fp32 rounding).
+// before fp32 rounding). +inf above ln(FLT_MAX), where fp32's exp overflows, as the reference's
+// std::exp: silu(-inf) and an infinite u times silu's -0 are then NaN, as in the reference and torch.
 inline __m512 exp_ps(__m512 x) {
+  const __mmask16 overflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpOverflow), _CMP_GT_OQ);
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -49,7 +51,7 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_mask_blend_ps(overflow, _mm512_scalef_ps(p, n), _mm512_set1_ps(__builtin_inff()));
 }
 
 // silu(g) * u = g * u / (1 + exp(-g))

@@ -15,7 +15,9 @@ namespace {
 // Taylor to degree 7 (rel. error < 1e-8 before fp32 rounding), as avx512_driver.h's exp_ps.
 // 2^n is added to p's exponent field: x clamped to [-87.3, 88.7] keeps the result normal (p >= 1
 // where n = -126) and finite (p < 1 where n = 128). A NaN x stays NaN: FMIN/FMAX return NaN.
+// +inf above ln(FLT_MAX), as std::exp (avx512_driver.h's exp_ps says why).
 inline float32x4_t exp_f32(float32x4_t x) {
+  const uint32x4_t overflow = vcgtq_f32(x, vdupq_n_f32(kExpOverflow));
   x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3f)), vdupq_n_f32(88.7f));
   const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504089f)));
   float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693145751953125f));
@@ -29,7 +31,8 @@ inline float32x4_t exp_f32(float32x4_t x) {
   p = vfmaq_f32(vdupq_n_f32(1.f), p, r);
   p = vfmaq_f32(vdupq_n_f32(1.f), p, r);
   const int32x4_t e = vshlq_n_s32(vcvtq_s32_f32(n), 23);  // NaN n converts to 0
-  return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), e));
+  const float32x4_t y = vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), e));
+  return vbslq_f32(overflow, vdupq_n_f32(__builtin_inff()), y);
 }
 
 // silu(g) * u = g * u / (1 + exp(-g))

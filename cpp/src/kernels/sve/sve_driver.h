@@ -83,7 +83,9 @@ constexpr int kBank = 24;
 
 // exp(x) = 2^n * e^r, n = round(x / ln2), |r| <= ln2/2; Taylor to degree 7 (rel. error < 1e-8
 // before fp32 rounding). FMAX/FMIN (not FMAXNM) return NaN for a NaN x, and so does the rest.
+// +inf above ln(FLT_MAX), as std::exp (avx512_driver.h's exp_ps says why).
 inline svfloat32_t exp_f32(svbool_t pg, svfloat32_t x) {
+  const svbool_t overflow = svcmpgt_n_f32(pg, x, kExpOverflow);
   x = svmin_n_f32_x(pg, svmax_n_f32_x(pg, x, -87.3f), 88.7f);
   const svfloat32_t n = svrintn_f32_x(pg, svmul_n_f32_x(pg, x, 1.44269504089f));
   svfloat32_t r = svmls_n_f32_x(pg, x, n, 0.693145751953125f);  // r = x - n ln2 (ln2 in two parts)
@@ -96,7 +98,7 @@ inline svfloat32_t exp_f32(svbool_t pg, svfloat32_t x) {
   p = svmad_n_f32_x(pg, p, r, 0.5f);
   p = svmad_n_f32_x(pg, p, r, 1.f);
   p = svmad_n_f32_x(pg, p, r, 1.f);
-  return svscale_f32_x(pg, p, svcvt_s32_f32_x(pg, n));
+  return svsel_f32(overflow, svdup_n_f32(__builtin_inff()), svscale_f32_x(pg, p, svcvt_s32_f32_x(pg, n)));
 }
 
 // silu(g) * u = g * u / (1 + exp(-g))
