@@ -14,9 +14,7 @@
 // zipped by 32-bit lanes (ZIP1/ZIP2) are two channel pairs x 4 k; each feeds one BFMMLA per row
 // pair, whose left operand is two rows' 4 k (two 8-byte loads). 2 B/weight loaded once per block of
 // 6 rows; one BFMMLA per 8 weights and row pair, one ZIP per 8 weights per block (24 accumulators
-// of one matrix at a time). It is registered, but dispatch picks the first row of the format,
-// and the kernel table orders rows of equal needs by name: the vector row (3x16) sorts first until
-// the table puts tile rows first among rows of equal needs.
+// of one matrix at a time).
 //
 // Rounding (FEAT_EBF16 absent, or FPCR.EBF = 0 as a process starts; qemu emulates the same): BFDOT
 // and BFMMLA ignore FPCR; the bf16 products are exact in fp32, each pair's sum and each addition

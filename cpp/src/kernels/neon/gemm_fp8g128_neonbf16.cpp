@@ -25,10 +25,9 @@
 // tile), each feeding one BFMMLA per row pair: per 16 weights the widening above plus 2 ZIP per
 // block of 4 rows (2 row pairs: 16 fp32 sums, one matrix at a time; 3 pairs spilled), and 2 BFMMLA
 // per row pair: about 12 vector instructions per 16 weights and 4 rows, where the vector row takes
-// 19 (two blocks of 2 rows, each widening). The group's sums are scaled on the 2x2 blocks ([c c+1 c c+1] scales), rows unzipped at the
-// end. Its pair steps are the vector row's, in the same order: both rows give the same bits (qemu:
-// identical moe_check digests). Registered, but until the kernel table puts a tile row before a
-// vector row of equal needs, dispatch takes the vector row, whose name sorts first.
+// 19 (two blocks of 2 rows, each widening). The group's sums are scaled on the 2x2 blocks
+// ([c c+1 c c+1] scales), rows unzipped at the end. Its pair steps are the vector row's, in the
+// same order: both rows give the same bits (qemu: identical moe_check digests).
 #include "kernels/kernel_registry.h"
 #include "kernels/neon/i8mm_tile.h"
 
