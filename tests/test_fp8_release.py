@@ -243,8 +243,8 @@ def test_truncated_release_is_refused_naming_the_file(tmp_path):
         _wrapper(path).load_weights()
 
 
-# The tiers whose fp8_g128 and bf16 rows read the same activations (at aarch64's sve tier the bf16
-# row reads fp32 and the fp8 one, a neon_bf16 row, bf16: not the same products)
+# The tiers whose fp8_g128 and bf16 rows read the same activations (x86's avx2 and avx512 read
+# fp32 for both; a tier whose two rows differ would not compute the same products)
 @pytest.mark.parametrize("tier", [t for t in HOST_TIERS if t != "generic" and
                                   kernel_row("fp8_g128", t)["act"] == kernel_row("bf16", t)["act"]])
 def test_layer_equals_bf16_method_where_the_weights_are_bf16_values(tmp_path, tier):

@@ -43,6 +43,7 @@
 // activation registers <= 24 vectors.
 // No software prefetch (left to the hardware prefetchers; not measured on SVE hardware yet).
 #include "kernels/kernel_registry.h"
+#include "kernels/sve/mmla_tile.h"
 #include "kernels/sve/sve_driver.h"
 
 namespace kt {
@@ -205,9 +206,6 @@ struct Fp8G128BfdotTile : ByVectorLength<Fp8G128BfdotTile> {
   }
 };
 
-// From 2 tokens an expert's rows fill the row pairs (neon's kRowPairMinM; not timed on SVE hardware).
-constexpr int kRowPairMinM = 2;
-
 struct Fp8G128BfmmlaTile : ByVectorLength<Fp8G128BfmmlaTile> {
   static constexpr int max_rows(int vpp, int) { return vpp == 4 ? 4 : vpp == 2 ? 6 : 8; }
 
@@ -289,6 +287,6 @@ void gateup_fp8g128_bf16_8x16__sve(const GateUpArgs& a) { sve::gateup<Fp8G128Bfm
 void down_fp8g128_bf16_8x16__sve(const DownArgs& a) { sve::down<Fp8G128BfmmlaTile>(a); }
 
 KT_KERNEL_ROW(fp8_g128, kSveObj, bf16, fp8g128_bf16_4x16__sve)
-KT_TILE_ROW(fp8_g128, kSveObj, bf16, fp8g128_bf16_8x16__sve, kRowPairMinM)
+KT_TILE_ROW(fp8_g128, kSveObj, bf16, fp8g128_bf16_8x16__sve, sve::kRowPairMinM)
 
 }  // namespace kt
