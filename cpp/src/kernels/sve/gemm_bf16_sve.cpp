@@ -122,14 +122,8 @@ inline svbfloat16_t act_pair_then_zeros(const uint32_t* x0, const uint32_t* x1) 
 // BFMMLA row pairs by mmla_tile.h's byte moves (typed for SMMLA: operands and sums reinterpreted),
 // one matrix per K pass: P VPP Zips accumulators (VL 128: 3 pairs x 8, 256: 5 x 4, 512: 8 x 2,
 // >= 1024: 8 x 1).
-struct Bf16BfmmlaTile {
+struct Bf16BfmmlaTile : sve::ZipsDispatch<Bf16BfmmlaTile> {
   static constexpr int max_rows(int vpp, int) { return vpp == 4 ? 6 : vpp == 2 ? 10 : 16; }
-
-  template <int VPP, int NM, int MR>
-  static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      float (&y)[NM][MR][kPanelN]) {
-    sve::with_zips<VPP>([&](auto zips) { compute_zips<VPP, NM, MR, decltype(zips)::value>(w, Kp, act, rows, y); });
-  }
 
   template <int VPP, int NM, int MR, int Zips>
   static void compute_zips(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

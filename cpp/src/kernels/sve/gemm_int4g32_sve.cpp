@@ -159,15 +159,9 @@ struct Int4SdotTile {
 // the SDOT tile (its fp32 group sums right after): P Zips int32 accumulators, the group's 4 P
 // activation pairs (steps 0..3), and q, lo, hi and the zipped weights; y stays in L1.
 template <bool kZeroPoint, ActFormat kAct>
-struct Int4MmlaTile {
+struct Int4MmlaTile : sve::ZipsDispatch<Int4MmlaTile<kZeroPoint, kAct>> {
   using Act = Int4Act<kAct>;
   static constexpr int max_rows(int, int) { return 8; }
-
-  template <int VPP, int NM, int MR>
-  static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      float (&y)[NM][MR][kPanelN]) {
-    sve::with_zips<VPP>([&](auto zips) { compute_zips<VPP, NM, MR, decltype(zips)::value>(w, Kp, act, rows, y); });
-  }
 
   template <int VPP, int NM, int MR, int Zips>
   static void compute_zips(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

@@ -105,14 +105,8 @@ struct Int8SdotTile {
 // SMMLA row pairs (mmla_tile.h), one matrix per K pass: P = ceil(MR / 2) row pairs and Zips
 // zipped registers per weight vector, P VPP Zips accumulators (VL 128: 3 pairs x 8, 256: 5 x 4,
 // 512: 10 x 2, >= 1024: 10 x 1), P activation pairs, and the lo, hi and zipped weight registers.
-struct Int8MmlaTile {
+struct Int8MmlaTile : sve::ZipsDispatch<Int8MmlaTile> {
   static constexpr int max_rows(int vpp, int) { return vpp == 4 ? 6 : vpp == 2 ? 10 : 20; }
-
-  template <int VPP, int NM, int MR>
-  static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
-                      float (&y)[NM][MR][kPanelN]) {
-    sve::with_zips<VPP>([&](auto zips) { compute_zips<VPP, NM, MR, decltype(zips)::value>(w, Kp, act, rows, y); });
-  }
 
   template <int VPP, int NM, int MR, int Zips>
   static void compute_zips(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,

@@ -74,6 +74,16 @@ template <int VPP, class F>
   f(Ix<2>{});
 }
 
+// sve_driver.h's Tile compute for a row-pair tile: Tile::compute_zips at this vector length's Zips.
+template <class Tile>
+struct ZipsDispatch {
+  template <int VPP, int NM, int MR>
+  static void compute(const uint8_t* const* w, int Kp, const ActView& act, const int* rows,
+                      float (&y)[NM][MR][kPanelN]) {
+    with_zips<VPP>([&](auto zips) { Tile::template compute_zips<VPP, NM, MR, decltype(zips)::value>(w, Kp, act, rows, y); });
+  }
+};
+
 // `at` (a pointer or a vector), made to depend on v in the compiler's eyes only (an empty asm: no
 // instruction, so no dependency in the core), so that GCC schedules what reads it after what
 // produces v: GCC 12 hoists a tile's weight loads above the previous vector's SMMLA, and an
